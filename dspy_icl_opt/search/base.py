@@ -1,0 +1,364 @@
+"""The contract every strategy shares: validation, budgets, seeding, the run log, resume, the report.
+
+A strategy subclasses :class:`ICLOptimizer` and implements ``_search(ctx)``, reading like its paper:
+expand candidates, score them with ``ctx.scorer``, select, repeat. Everything else (checking the
+input, metering both LMs, caching scores, journaling prompt-model answers, saving the report after
+every step, stopping cleanly on a budget cap, picking and saving the final program) lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.teleprompt import Teleprompter
+from dspy.utils.exceptions import AdapterParseError
+from loguru import logger
+
+from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost, unwrap_lm
+from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
+from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
+from dspy_icl_opt.search.scorer import Metric, Outcome, Scorer
+from dspy_icl_opt.search.surgery import ProgramState, named_predictors, read_state
+
+#: Below this many training examples, no validation split is held back (both roles use trainset).
+MIN_EXAMPLES_TO_SPLIT = 8
+
+
+def stable_int(*parts: Any) -> int:
+    """A reproducible 32-bit integer from any parts (Python's hash() is salted per process)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).hexdigest()
+    return int(digest[:8], 16)
+
+
+def check_examples(name: str, examples: Any, student: dspy.Module) -> list[dspy.Example]:
+    """Validate a trainset/valset: a non-empty list of dspy.Example with inputs the program needs."""
+    if not isinstance(examples, Sequence) or isinstance(examples, (str, bytes)):
+        raise TypeError(f"`{name}` must be a list of dspy.Example, but got {type(examples).__name__}. "
+                        "Build it with [dspy.Example(...).with_inputs('question'), ...].")
+    if not examples:
+        raise ValueError(f"`{name}` must contain at least one example, but it is empty. "
+                         "Pass labeled dspy.Example objects.")
+    required = _required_inputs(student)
+    for i, example in enumerate(examples):
+        if not isinstance(example, dspy.Example):
+            raise TypeError(f"`{name}[{i}]` must be a dspy.Example, but got {type(example).__name__}. "
+                            "Wrap it: dspy.Example(**row).with_inputs(...).")
+        if example._input_keys is None:
+            raise ValueError(f"`{name}[{i}]` has no input fields marked. "
+                             "Call .with_inputs('question', ...) on every example.")
+        missing = [k for k in required if k not in example.inputs()]
+        if missing:
+            raise ValueError(f"`{name}[{i}]` must provide the program's input field(s) {missing}, but its inputs "
+                             f"are {sorted(example.inputs().keys())}. Add them or fix .with_inputs(...).")
+    return list(examples)
+
+
+def _required_inputs(student: dspy.Module) -> list[str]:
+    """The inputs the program's forward() cannot do without (a bare Predict: its signature inputs)."""
+    if isinstance(student, dspy.Predict):
+        return list(student.signature.input_fields)
+    params = inspect.signature(student.forward).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
+
+
+class SearchContext:
+    """What a strategy works with during one ``compile`` call."""
+
+    def __init__(self, *, optimizer: ICLOptimizer, student: dspy.Module, trainset: list[dspy.Example],
+                 valset: list[dspy.Example], task_lm: MeteredLM, prompt_lm: MeteredLM, meter: BudgetMeter,
+                 journal: Journal, report: OptimizationReport, log_dir: Path | None) -> None:
+        self.optimizer = optimizer
+        self.student = student
+        self.trainset = trainset
+        self.valset = valset
+        self.task_lm = task_lm
+        self.prompt_lm = prompt_lm
+        self.meter = meter
+        self.journal = journal
+        self.report = report
+        self.log_dir = log_dir
+        self.rng = random.Random(optimizer.seed)
+        self.predictors = named_predictors(student)
+        self.initial_state = read_state(student)
+        self.scorer = Scorer(student, optimizer.metric, task_lm=task_lm, meter=meter, journal=journal,
+                             counters=report.counters, num_threads=optimizer.num_threads,
+                             failure_score=optimizer.failure_score, progress=optimizer.progress)
+        self._by_key: dict[str, CandidateRecord] = {}
+        self._t0 = time.perf_counter()
+
+    # ----------------------------------------------------------------------------- candidates
+    def add_candidate(self, state: ProgramState, *, step: int, origin: str, predictor: str | None = None,
+                      parent: int | None = None, meta: dict[str, Any] | None = None) -> CandidateRecord:
+        """Register a candidate; a state seen before returns its existing record."""
+        key = state.key()
+        if key in self._by_key:
+            return self._by_key[key]
+        record = CandidateRecord(id=len(self.report.candidates), step=step, origin=origin, predictor=predictor,
+                                 parent=parent, state=state.to_dict(), meta=meta or {})
+        self.report.candidates.append(record)
+        self._by_key[key] = record
+        return record
+
+    def state_of(self, record: CandidateRecord) -> ProgramState:
+        return ProgramState.from_dict(record.state)
+
+    def score(self, record: CandidateRecord, examples: Sequence[dspy.Example], label: str) -> float:
+        """Mean score of a candidate on ``examples``, stored in the record under ``label``."""
+        outcomes = self.scorer.evaluate(self.state_of(record), examples, desc=f"{label} #{record.id}")
+        return self.record_outcomes(record, outcomes, label)
+
+    def record_outcomes(self, record: CandidateRecord, outcomes: list[Outcome], label: str) -> float:
+        mean = sum(o.score for o in outcomes) / len(outcomes) if outcomes else 0.0
+        record.scores[label] = mean
+        record.n_scored[label] = len(outcomes)
+        return mean
+
+    def set_best(self, record: CandidateRecord) -> None:
+        self.report.best_candidate = record.id
+        self.report.best_state = record.state
+        self.report.best_scores = dict(record.scores)
+
+    def best_by(self, records: Sequence[CandidateRecord], label: str) -> CandidateRecord | None:
+        """The record with the highest score under ``label`` (earliest wins ties: determinism)."""
+        scored = [r for r in records if label in r.scores]
+        return max(scored, key=lambda r: (r.scores[label], -r.id)) if scored else None
+
+    # ------------------------------------------------------------------------- prompt model
+    def ask(self, signature: type[dspy.Signature], *, key: str, temperature: float | None = None,
+            max_tokens: int | None = None, validate: Callable[[dspy.Prediction], bool] | None = None,
+            **inputs: Any) -> dspy.Prediction | None:
+        """One answer of the prompt model to a meta-prompt, journaled under ``key``.
+
+        Unparsable, empty (``validate`` false) or failed answers are retried up to the optimizer's
+        ``max_retries`` with a fresh sample, then counted and skipped (``None``).
+        """
+        record, replay_cost = self.journal.get("ask", key)
+        if record is not None:
+            if replay_cost is not None and replay_cost.calls:
+                self.meter.charge("prompt", replay_cost)
+            return dspy.Prediction(**record["outputs"]) if record.get("outputs") is not None else None
+        spent = Cost()
+        answer = None
+        for attempt in range(self.optimizer.max_retries + 1):
+            answer = self._ask_once(signature, key, attempt, temperature, max_tokens, inputs, spent)
+            if answer is not None and (validate is None or validate(answer)):
+                break
+            if answer is not None:
+                self.report.counters.unparsable_answers += 1
+                logger.debug("Answer to {} rejected by its validator: {}", key, answer)
+            answer = None
+        outputs = None if answer is None else {k: answer[k] for k in answer.keys()}
+        self.journal.put("ask", key, {"outputs": outputs, "cost": {"calls": spent.calls, "tokens": spent.tokens}})
+        if answer is None:
+            logger.warning("No usable prompt-model answer for {} after {} tries; skipped", key,
+                           self.optimizer.max_retries + 1)
+        return answer
+
+    def _ask_once(self, signature: type[dspy.Signature], key: str, attempt: int, temperature: float | None,
+                  max_tokens: int | None, inputs: dict[str, Any], spent: Cost) -> dspy.Prediction | None:
+        config: dict[str, Any] = {}
+        if temperature is not None:
+            config["temperature"] = temperature
+        if max_tokens is not None:
+            config["max_tokens"] = max_tokens
+        if attempt > 0 or (temperature or 0) > 0:
+            config["rollout_id"] = stable_int(self.optimizer.seed, key, attempt)
+        with collect_cost() as cost:
+            try:
+                with dspy.context(lm=self.prompt_lm):
+                    return dspy.Predict(signature)(**inputs, config=config)
+            except BudgetExhausted:
+                raise
+            except AdapterParseError as exc:
+                self.report.counters.unparsable_answers += 1
+                logger.debug("Unparsable prompt-model answer for {}: {}", key, exc)
+            except Exception as exc:  # provider errors, timeouts: counted, never fatal
+                self.report.counters.prompt_model_errors += 1
+                logger.warning("Prompt model failed on {}: {}: {}", key, type(exc).__name__, exc)
+            finally:
+                spent.add(cost.calls, cost.tokens)
+        return None
+
+    # ----------------------------------------------------------------------------- progress
+    def checkpoint(self, step: int | None = None) -> None:
+        """Record progress and spending, and rewrite the report (atomically) if there is a log dir."""
+        if step is not None:
+            self.report.steps_completed = max(self.report.steps_completed, step)
+        self.report.spent = self.meter.snapshot()
+        self.report.timings["elapsed_s"] = round(time.perf_counter() - self._t0, 3)
+        if self.log_dir is not None:
+            self.report.save(self.log_dir / REPORT_FILE)
+
+
+class ICLOptimizer(Teleprompter):
+    """Base class of every strategy. See the module docstring for what it takes care of.
+
+    Args:
+        metric: ``metric(example, prediction, trace=None)`` -> bool or float, higher is better.
+        task_model: the LM that runs the program (default: ``dspy.settings.lm``).
+        prompt_model: the LM that writes instructions (default: the task model).
+        budget: caps on calls/tokens per model: a :class:`Budget`, a dict, or a preset name.
+        seed: seeds every random choice; the same seed and cached LMs give the same report.
+        num_threads: examples evaluated in parallel.
+        log_dir: where the journal, report and compiled program are written; a run given the
+            same ``log_dir`` again resumes (see ``compile(resume=...)``).
+        failure_score: the score of an example whose program or metric raised.
+        max_retries: extra tries for an unparsable or failed prompt-model answer.
+        progress: show progress bars.
+    """
+
+    def __init__(self, metric: Metric, *, task_model: dspy.BaseLM | None = None,
+                 prompt_model: dspy.BaseLM | None = None, budget: Budget | dict[str, Any] | str | None = None,
+                 seed: int = 0, num_threads: int = 1, log_dir: str | Path | None = None,
+                 failure_score: float = 0.0, max_retries: int = 2, progress: bool = True) -> None:
+        super().__init__()
+        if not callable(metric):
+            raise TypeError(f"`metric` must be callable as metric(example, prediction, trace=None), but got "
+                            f"{type(metric).__name__}. Pass a function.")
+        for name, lm in (("task_model", task_model), ("prompt_model", prompt_model)):
+            if lm is not None and not isinstance(lm, dspy.BaseLM):
+                raise TypeError(f"`{name}` must be a dspy.BaseLM (e.g. dspy.LM('openai/gpt-4o-mini') or "
+                                f"dspy_icl_opt.lm.resolve_lm('embedded')), but got {type(lm).__name__}.")
+        _check_int("seed", seed, minimum=0)
+        _check_int("num_threads", num_threads, minimum=1)
+        _check_int("max_retries", max_retries, minimum=0)
+        self.metric = metric
+        self.task_model = task_model
+        self.prompt_model = prompt_model
+        self.budget = Budget.coerce(budget)
+        self.seed = seed
+        self.num_threads = num_threads
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.failure_score = float(failure_score)
+        self.max_retries = max_retries
+        self.progress = progress
+        self.report_: OptimizationReport | None = None
+
+    # ------------------------------------------------------------------ for subclasses
+    def _params(self) -> dict[str, Any]:
+        """The strategy's parameters, as written into the report (and checked on resume)."""
+        return {}
+
+    def _search(self, ctx: SearchContext) -> None:
+        raise NotImplementedError
+
+    def _validate(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example]) -> None:
+        """Extra checks a strategy needs on the data (called before any LM call)."""
+
+    # ---------------------------------------------------------------------------- compile
+    def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None,
+                resume: bool | None = None, log_dir: str | Path | None = None, **kwargs: Any) -> dspy.Module:
+        """Optimize ``student`` and return an optimized copy (``student`` is never modified).
+
+        Args:
+            student: the DSPy program.
+            trainset: labeled examples used by the search.
+            valset: examples for the final choice; by default part of ``trainset`` is held back.
+            resume: continue the run journaled in ``log_dir`` (``None``: resume when one is there).
+            log_dir: overrides the constructor's ``log_dir``.
+        """
+        if kwargs:
+            raise TypeError(f"compile() got unexpected argument(s) {sorted(kwargs)}. It takes student, trainset, "
+                            "valset, resume and log_dir.")
+        named_predictors(student)
+        trainset = check_examples("trainset", trainset, student)
+        trainset, valset = self._split(trainset, valset, student)
+        self._validate(student, trainset, valset)
+        run_dir = Path(log_dir) if log_dir is not None else self.log_dir
+        ctx = self._context(student.deepcopy(), trainset, valset, run_dir, resume)
+        logger.info("{}: {} predictor(s), {} train / {} val examples, budget {}", type(self).__name__,
+                    len(ctx.predictors), len(trainset), len(valset), self.budget.model_dump(exclude_none=True))
+        try:
+            self._search(ctx)
+            ctx.report.finished = True
+        except BudgetExhausted as exc:
+            ctx.report.stopped_by_budget = True
+            logger.info("{} stopped: {}", type(self).__name__, exc)
+        finally:
+            ctx.checkpoint()
+        return self._finish(ctx)
+
+    def _split(self, trainset: list[dspy.Example], valset: list[dspy.Example] | None,
+               student: dspy.Module) -> tuple[list[dspy.Example], list[dspy.Example]]:
+        if valset is not None:
+            return trainset, check_examples("valset", valset, student)
+        if len(trainset) < MIN_EXAMPLES_TO_SPLIT:
+            logger.warning("Only {} training examples and no valset: the final choice uses trainset too.",
+                           len(trainset))
+            return trainset, list(trainset)
+        order = list(range(len(trainset)))
+        random.Random(self.seed).shuffle(order)
+        cut = len(order) // 2
+        return [trainset[i] for i in order[cut:]], [trainset[i] for i in order[:cut]]
+
+    def _context(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example],
+                 run_dir: Path | None, resume: bool | None) -> SearchContext:
+        task = self.task_model or dspy.settings.lm
+        if task is None:
+            raise ValueError("No task model: pass `task_model=` or call dspy.configure(lm=...) first. "
+                             "For the embedded model: dspy_icl_opt.lm.resolve_lm('embedded').")
+        prompt = self.prompt_model or task
+        journal = Journal(self._prepare_dir(run_dir, resume))
+        meter = BudgetMeter(self.budget)
+        report = OptimizationReport(optimizer=type(self).__name__, params=self._params(), seed=self.seed,
+                                    budget=self.budget)
+        return SearchContext(optimizer=self, student=student, trainset=trainset, valset=valset,
+                             task_lm=MeteredLM(unwrap_lm(task), meter, "task"),
+                             prompt_lm=MeteredLM(unwrap_lm(prompt), meter, "prompt"),
+                             meter=meter, journal=journal, report=report, log_dir=run_dir)
+
+    def _prepare_dir(self, run_dir: Path | None, resume: bool | None) -> Path | None:
+        if run_dir is None:
+            if resume:
+                raise ValueError("`resume=True` needs a `log_dir` holding an earlier run. Pass log_dir=...")
+            return None
+        journal_path = run_dir / JOURNAL_FILE
+        report_path = run_dir / REPORT_FILE
+        if journal_path.exists() and resume is False:
+            logger.info("resume=False: starting over in {}", run_dir)
+            for stale in (journal_path, report_path, run_dir / PROGRAM_FILE):
+                stale.unlink(missing_ok=True)
+        elif journal_path.exists() and report_path.exists():
+            old = OptimizationReport.load(report_path)
+            mine = {"optimizer": type(self).__name__, "seed": self.seed, "params": self._params()}
+            theirs = {"optimizer": old.optimizer, "seed": old.seed, "params": old.params}
+            if _jsonish(mine) != _jsonish(theirs):
+                raise ValueError(f"`log_dir` {run_dir} holds a run with other settings ({theirs}); resuming needs "
+                                 "the same optimizer, seed and parameters. Use another log_dir or resume=False.")
+            logger.info("Resuming the run in {}", run_dir)
+        elif resume:
+            raise ValueError(f"`resume=True` but {run_dir} holds no earlier run. Drop resume or fix log_dir.")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return journal_path
+
+    def _finish(self, ctx: SearchContext) -> dspy.Module:
+        report = ctx.report
+        state = ProgramState.from_dict(report.best_state) if report.best_state else ctx.initial_state
+        program = ctx.scorer.build(state)
+        self.report_ = report
+        if ctx.log_dir is not None:
+            program.save(str(ctx.log_dir / PROGRAM_FILE))
+            logger.info("Saved the compiled program and report in {}", ctx.log_dir)
+        logger.info("{} done: best candidate {} with scores {}; spent {}", type(self).__name__,
+                    report.best_candidate, report.best_scores,
+                    {r: s.model_dump() for r, s in report.spent.items()})
+        return program
+
+
+def _jsonish(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, but got {value!r}.")

@@ -1,0 +1,303 @@
+"""Budget accounting: LM calls and tokens of the task model and of the prompt model, counted apart.
+
+Every LM an optimizer uses is wrapped in a :class:`MeteredLM` with a *role* (``"task"`` or
+``"prompt"``). The wrapper admits a call only while the role's call cap leaves room (a slot is
+reserved before the call, so concurrent threads can never overshoot), forwards it to the real
+``dspy.LM`` (whose cache, history, usage tracking and callbacks keep working), then records the
+calls and tokens that really reached the model. Responses served from DSPy's response cache are
+not charged: DSPy reports an empty usage for them.
+
+Token caps are checked before each call against the tokens already spent plus those of calls in
+flight; the tokens of a call are only known when it returns, so a token cap can be passed by at
+most the last admitted call of each worker thread. Call caps are exact.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dspy
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["task", "prompt"]
+ROLES: tuple[Role, ...] = ("task", "prompt")
+
+#: Ready-made budgets, by name, for users who do not want to count calls themselves.
+BUDGET_PRESETS: dict[str, dict[str, int | None]] = {
+    "tiny": {"max_task_calls": 200, "max_prompt_calls": 20},
+    "light": {"max_task_calls": 1_000, "max_prompt_calls": 60},
+    "medium": {"max_task_calls": 4_000, "max_prompt_calls": 200},
+    "heavy": {"max_task_calls": 15_000, "max_prompt_calls": 800},
+}
+
+
+class Budget(BaseModel):
+    """Hard caps on what a search may spend; ``None`` means no cap.
+
+    Args:
+        max_task_calls: LM calls of the task model (the program being optimized).
+        max_task_tokens: tokens (prompt + completion) of the task model.
+        max_prompt_calls: LM calls of the prompt (optimizer) model, paraphraser included.
+        max_prompt_tokens: tokens of the prompt model.
+
+    Example:
+        >>> Budget(max_task_calls=300).max_task_calls
+        300
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_task_calls: int | None = Field(default=None, ge=0)
+    max_task_tokens: int | None = Field(default=None, ge=0)
+    max_prompt_calls: int | None = Field(default=None, ge=0)
+    max_prompt_tokens: int | None = Field(default=None, ge=0)
+
+    @classmethod
+    def coerce(cls, value: Budget | dict[str, Any] | str | None) -> Budget:
+        """Turn a preset name, a mapping or ``None`` into a ``Budget``."""
+        if value is None:
+            return cls()
+        if isinstance(value, Budget):
+            return value
+        if isinstance(value, str):
+            if value not in BUDGET_PRESETS:
+                raise ValueError(
+                    f"`budget` must be one of {sorted(BUDGET_PRESETS)}, a dict of caps or a Budget, "
+                    f"but got {value!r}. Pass e.g. budget={{'max_task_calls': 500}}."
+                )
+            return cls(**BUDGET_PRESETS[value])
+        if isinstance(value, dict):
+            return cls(**value)
+        raise TypeError(
+            f"`budget` must be a Budget, a dict of caps or a preset name, but got {type(value).__name__}. "
+            "Pass e.g. budget={'max_task_calls': 500}."
+        )
+
+    def call_cap(self, role: Role) -> int | None:
+        return self.max_task_calls if role == "task" else self.max_prompt_calls
+
+    def token_cap(self, role: Role) -> int | None:
+        return self.max_task_tokens if role == "task" else self.max_prompt_tokens
+
+
+class BudgetExhausted(RuntimeError):
+    """Raised inside a search when a role's cap leaves no room for another LM call."""
+
+    def __init__(self, role: Role, what: str, cap: int) -> None:
+        super().__init__(f"The {role} model's {what} budget ({cap}) is spent.")
+        self.role = role
+        self.what = what
+        self.cap = cap
+
+
+class Spent(BaseModel):
+    """What one role has spent so far."""
+
+    calls: int = 0
+    tokens: int = 0
+    cache_hits: int = 0
+    failed_calls: int = 0
+
+
+@dataclass
+class Cost:
+    """Calls and tokens charged while one unit of work ran (one example, one meta-prompt answer)."""
+
+    calls: int = 0
+    tokens: int = 0
+
+    def add(self, calls: int, tokens: int) -> None:
+        self.calls += calls
+        self.tokens += tokens
+
+
+_COST_SINK: contextvars.ContextVar[list[Cost] | None] = contextvars.ContextVar("icl_cost_sink", default=None)
+
+
+@contextmanager
+def collect_cost() -> Iterator[Cost]:
+    """Collect, in the current context, the cost of every metered call made inside the block."""
+    cost = Cost()
+    sinks = list(_COST_SINK.get() or [])
+    token = _COST_SINK.set([*sinks, cost])
+    try:
+        yield cost
+    finally:
+        _COST_SINK.reset(token)
+
+
+@dataclass
+class BudgetMeter:
+    """Thread-safe counters of calls and tokens per role, with the caps of a :class:`Budget`."""
+
+    budget: Budget = field(default_factory=Budget)
+    spent: dict[str, Spent] = field(default_factory=lambda: {role: Spent() for role in ROLES})
+    _in_flight: dict[str, int] = field(default_factory=lambda: {role: 0 for role in ROLES})
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def remaining_calls(self, role: Role) -> int | None:
+        cap = self.budget.call_cap(role)
+        if cap is None:
+            return None
+        with self._lock:
+            return max(0, cap - self.spent[role].calls - self._in_flight[role])
+
+    def exhausted(self, role: Role) -> bool:
+        """True when no further call of this role would be admitted."""
+        remaining = self.remaining_calls(role)
+        token_cap = self.budget.token_cap(role)
+        over_tokens = token_cap is not None and self.spent[role].tokens >= token_cap
+        return remaining == 0 or over_tokens
+
+    def reserve(self, role: Role, slots: int = 1) -> None:
+        """Reserve ``slots`` calls or raise :class:`BudgetExhausted`; pair with :meth:`settle`."""
+        cap = self.budget.call_cap(role)
+        token_cap = self.budget.token_cap(role)
+        with self._lock:
+            used = self.spent[role].calls + self._in_flight[role]
+            if cap is not None and used + slots > cap:
+                raise BudgetExhausted(role, "call", cap)
+            if token_cap is not None and self.spent[role].tokens >= token_cap:
+                raise BudgetExhausted(role, "token", token_cap)
+            self._in_flight[role] += slots
+
+    def settle(self, role: Role, *, reserved: int, calls: int, tokens: int, cache_hit: bool = False,
+               failed: bool = False) -> None:
+        """Release a reservation and record what the call really spent."""
+        with self._lock:
+            self._in_flight[role] -= reserved
+            spent = self.spent[role]
+            spent.calls += calls
+            spent.tokens += tokens
+            spent.cache_hits += int(cache_hit)
+            spent.failed_calls += int(failed)
+        for sink in _COST_SINK.get() or []:
+            sink.add(calls, tokens)
+
+    def charge(self, role: Role, cost: Cost) -> None:
+        """Charge work done earlier (replayed from a run log) as if it had just been done."""
+        self.reserve(role, cost.calls)
+        self.settle(role, reserved=cost.calls, calls=cost.calls, tokens=cost.tokens)
+
+    def snapshot(self) -> dict[str, Spent]:
+        with self._lock:
+            return {role: s.model_copy() for role, s in self.spent.items()}
+
+    def restore(self, spent: dict[str, Spent]) -> None:
+        with self._lock:
+            self.spent = {role: spent.get(role, Spent()).model_copy() for role in ROLES}
+
+
+class _HistoryCapture:
+    """Receives DSPy's history entries of one call (DSPy appends to every ``caller_modules`` owner)."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+
+
+def _entry_tokens(entry: dict[str, Any]) -> int:
+    usage = entry.get("usage") or {}
+    total = usage.get("total_tokens")
+    if total is None:
+        total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
+    return int(total or 0)
+
+
+def _samples_requested(lm: dspy.BaseLM, kwargs: dict[str, Any]) -> int:
+    n = kwargs.get("n", kwargs.get("num_generations", lm.kwargs.get("n", 1)))
+    return max(1, int(n or 1))
+
+
+class MeteredLM(dspy.BaseLM):
+    """A ``dspy.BaseLM`` that meters and caps the calls of the LM it wraps.
+
+    Attribute reads not defined here (``model``, ``kwargs``, ``history``, ``cache`` ...) go to the
+    wrapped LM, so adapters see the real model. ``n`` samples count as ``n`` calls.
+    """
+
+    def __init__(self, inner: dspy.BaseLM, meter: BudgetMeter, role: Role) -> None:  # noqa: D107
+        # BaseLM.__init__ is deliberately not called: every state attribute is the inner LM's.
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_meter", meter)
+        object.__setattr__(self, "_role", role)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_inner"), name)
+
+    @property
+    def inner(self) -> dspy.BaseLM:
+        return self._inner
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def supports_function_calling(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self._inner, "supports_function_calling", False))
+
+    @property
+    def supports_reasoning(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self._inner, "supports_reasoning", False))
+
+    @property
+    def supports_response_schema(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self._inner, "supports_response_schema", False))
+
+    def copy(self, **kwargs: Any) -> MeteredLM:
+        return MeteredLM(self._inner.copy(**kwargs), self._meter, self._role)
+
+    def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        slots = _samples_requested(self._inner, kwargs)
+        self._meter.reserve(self._role, slots)
+        capture = _HistoryCapture()
+        outer = list(dspy.settings.caller_modules or [])
+        try:
+            with dspy.context(caller_modules=[*outer, capture]):
+                result = self._inner(prompt, messages=messages, **kwargs)
+        except Exception:
+            # A failed call may still have reached the model: charge it, conservatively.
+            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, failed=True)
+            raise
+        self._settle_from(capture, slots)
+        return result
+
+    async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        slots = _samples_requested(self._inner, kwargs)
+        self._meter.reserve(self._role, slots)
+        capture = _HistoryCapture()
+        outer = list(dspy.settings.caller_modules or [])
+        try:
+            with dspy.context(caller_modules=[*outer, capture]):
+                result = await self._inner.acall(prompt, messages=messages, **kwargs)
+        except Exception:
+            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, failed=True)
+            raise
+        self._settle_from(capture, slots)
+        return result
+
+    def _settle_from(self, capture: _HistoryCapture, slots: int) -> None:
+        if not capture.history:
+            # History is disabled: nothing tells a cache hit apart, so charge the call.
+            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0)
+            return
+        entry = capture.history[-1]
+        cache_hit = not entry.get("usage") and bool(getattr(self._inner, "cache", False))
+        if cache_hit:
+            self._meter.settle(self._role, reserved=slots, calls=0, tokens=0, cache_hit=True)
+            return
+        self._meter.settle(self._role, reserved=slots, calls=slots, tokens=_entry_tokens(entry))
+        logger.trace("{} call charged: {} sample(s), {} tokens", self._role, slots, _entry_tokens(entry))
+
+
+def unwrap_lm(lm: dspy.BaseLM | None) -> dspy.BaseLM | None:
+    """The real LM behind any number of :class:`MeteredLM` layers."""
+    while isinstance(lm, MeteredLM):
+        lm = lm.inner
+    return lm

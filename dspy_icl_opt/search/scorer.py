@@ -1,0 +1,230 @@
+"""The cached scorer: evaluate a program state on examples, never the same (state, example) pair twice.
+
+Each (ProgramState.key(), example key) pair is run once per run and then served from the cache
+(the :class:`~dspy_icl_opt.search.journal.Journal`, which also survives a crash). A program that
+raises, or a metric that raises, gives ``failure_score`` for that example; the error is logged and
+counted in the report, never raised. :class:`~dspy_icl_opt.search.budget.BudgetExhausted` is the
+one exception that passes through, after every finished example has been cached.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+from loguru import logger
+from tqdm.auto import tqdm
+
+from dspy_icl_opt.search.budget import BudgetExhausted, BudgetMeter, MeteredLM, collect_cost
+from dspy_icl_opt.search.journal import Journal
+from dspy_icl_opt.search.placement import PlacementAdapter
+from dspy_icl_opt.search.report import Counters
+from dspy_icl_opt.search.surgery import ProgramState, apply_state, demo_to_dict, named_predictors
+
+Metric = Callable[..., Any]
+
+#: Program copies kept ready for reuse; states are revisited in bandits and racing.
+_PROGRAM_CACHE_SIZE = 64
+
+
+def example_key(example: dspy.Example) -> str:
+    """A stable digest of an example (inputs and labels)."""
+    blob = json.dumps(demo_to_dict(example), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One program state on one example."""
+
+    score: float
+    prediction: dict[str, Any] = field(default_factory=dict)
+    trace: tuple[dict[str, Any], ...] = ()
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+def metric_value(result: Any) -> float:
+    """A metric's result as a float: bools, numbers and objects with a ``score`` (GEPA's style)."""
+    if hasattr(result, "score"):
+        result = result.score
+    value = float(result)
+    if math.isnan(value):
+        raise ValueError("the metric returned NaN")
+    return value
+
+
+class Scorer:
+    """Evaluates program states of one student with one metric, through the metered task LM.
+
+    Args:
+        student: the program being optimized (never modified; copies are made per state).
+        metric: ``metric(example, prediction, trace=None)`` returning a bool, a number or an object
+            with ``score``.
+        task_lm: the metered task model.
+        journal: where outcomes are cached (and replayed on resume).
+        counters: the report's failure counters.
+        num_threads: examples evaluated in parallel.
+        failure_score: the score of an example whose program or metric raised.
+        progress: show a progress bar for evaluations of more than a few examples.
+    """
+
+    def __init__(self, student: dspy.Module, metric: Metric, *, task_lm: MeteredLM, meter: BudgetMeter,
+                 journal: Journal, counters: Counters, num_threads: int = 1, failure_score: float = 0.0,
+                 progress: bool = True) -> None:
+        self.student = student
+        self.metric = metric
+        self.task_lm = task_lm
+        self.meter = meter
+        self.journal = journal
+        self.counters = counters
+        self.num_threads = num_threads
+        self.failure_score = failure_score
+        self.progress = progress
+        self._programs: dict[str, tuple[dspy.Module, dict[int, str]]] = {}
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------------- public
+    def evaluate(self, state: ProgramState, examples: Sequence[dspy.Example], *, desc: str = "eval") -> list[Outcome]:
+        """Outcomes of ``state`` on ``examples``, in order; cached pairs cost nothing.
+
+        Raises:
+            BudgetExhausted: when the task budget ran out; every example finished before is cached.
+        """
+        skey = state.key()
+        keys = [f"{skey}:{example_key(ex)}" for ex in examples]
+        results: list[Outcome | None] = [self._cached(k) for k in keys]
+        todo = [i for i, r in enumerate(results) if r is None]
+        if todo:
+            program, names = self._program(state)
+            self._run_missing(program, names, examples, keys, todo, results, desc)
+        return [r for r in results if r is not None]
+
+    def mean(self, state: ProgramState, examples: Sequence[dspy.Example], *, desc: str = "eval") -> float:
+        outcomes = self.evaluate(state, examples, desc=desc)
+        return sum(o.score for o in outcomes) / len(outcomes) if outcomes else 0.0
+
+    def cached(self, state: ProgramState, example: dspy.Example) -> Outcome | None:
+        """The outcome if this pair was already evaluated (replayed pairs are charged on first read)."""
+        return self._cached(f"{state.key()}:{example_key(example)}")
+
+    def build(self, state: ProgramState) -> dspy.Module:
+        """A fresh program carrying ``state`` (for callers outside the scorer)."""
+        return apply_state(self.student, state)
+
+    # ---------------------------------------------------------------------------------- private
+    def _cached(self, key: str) -> Outcome | None:
+        record, cost = self.journal.get("score", key)
+        if record is None:
+            return None
+        if cost is not None and cost.calls:
+            self.meter.charge("task", cost)
+        return Outcome(record["score"], record.get("prediction") or {}, tuple(record.get("trace") or ()),
+                       record.get("error"))
+
+    def _program(self, state: ProgramState) -> tuple[dspy.Module, dict[int, str]]:
+        skey = state.key()
+        with self._lock:
+            if skey in self._programs:
+                return self._programs[skey]
+        program = apply_state(self.student, state)
+        names = {}
+        for name, predictor in named_predictors(program):
+            names[id(predictor)] = name
+            if predictor.lm is not None and not isinstance(predictor.lm, MeteredLM):
+                predictor.lm = MeteredLM(predictor.lm, self.meter, "task")
+        with self._lock:
+            if len(self._programs) >= _PROGRAM_CACHE_SIZE:
+                self._programs.pop(next(iter(self._programs)))
+            self._programs[skey] = (program, names)
+        return program, names
+
+    def _run_missing(self, program: dspy.Module, names: dict[int, str], examples: Sequence[dspy.Example],
+                     keys: list[str], todo: list[int], results: list[Outcome | None], desc: str) -> None:
+        exhausted: list[BudgetExhausted] = []
+        bar = tqdm(total=len(todo), desc=desc, disable=not self.progress or len(todo) < 4, leave=False)
+
+        def one(i: int) -> None:
+            if exhausted:
+                return
+            try:
+                outcome, cost = self._run_one(program, names, examples[i])
+            except BudgetExhausted as exc:
+                exhausted.append(exc)
+                return
+            self.journal.put("score", keys[i], {
+                "score": outcome.score, "prediction": outcome.prediction, "trace": list(outcome.trace),
+                "error": outcome.error, "cost": {"calls": cost.calls, "tokens": cost.tokens}})
+            results[i] = outcome
+            bar.update(1)
+
+        try:
+            if self.num_threads <= 1:
+                for i in todo:
+                    one(i)
+            else:
+                with ThreadPoolExecutor(max_workers=self.num_threads) as pool:
+                    futures = [pool.submit(contextvars.copy_context().run, one, i) for i in todo]
+                    for future in futures:
+                        future.result()
+        finally:
+            bar.close()
+        if exhausted:
+            raise exhausted[0]
+
+    def _run_one(self, program: dspy.Module, names: dict[int, str], example: dspy.Example) -> tuple[Outcome, Any]:
+        with collect_cost() as cost:
+            prediction, trace, error = self._call_program(program, names, example)
+            if error is not None:
+                return Outcome(self.failure_score, {}, trace, error), cost
+            try:
+                with dspy.context(lm=self.task_lm):
+                    score = metric_value(self.metric(example, prediction, None))
+            except BudgetExhausted:
+                raise
+            except Exception as exc:  # the metric is user code: count it, never crash the search
+                self.counters.metric_errors += 1
+                logger.warning("Metric raised {}: {}; scored {}", type(exc).__name__, exc, self.failure_score)
+                return Outcome(self.failure_score, _pred_dict(prediction), trace, f"metric: {exc!r}"), cost
+        return Outcome(score, _pred_dict(prediction), trace), cost
+
+    def _call_program(self, program: dspy.Module, names: dict[int, str], example: dspy.Example):
+        adapter = dspy.settings.adapter
+        if adapter is None:
+            adapter = PlacementAdapter()
+        try:
+            with dspy.context(lm=self.task_lm, trace=[], adapter=adapter):
+                prediction = program(**example.inputs())
+                trace = tuple(
+                    {"predictor": names.get(id(pred), "?"), "inputs": demo_to_dict(inputs),
+                     "outputs": _pred_dict(outputs)}
+                    for pred, inputs, outputs in dspy.settings.trace
+                )
+        except BudgetExhausted:
+            raise
+        except Exception as exc:  # an LM failure or a bug in the program: count, log, score as failure
+            self.counters.program_errors += 1
+            logger.warning("Program raised {} on an example: {}", type(exc).__name__, exc)
+            return None, (), f"program: {exc!r}"
+        return prediction, trace, None
+
+
+def _pred_dict(prediction: Any) -> dict[str, Any]:
+    if prediction is None:
+        return {}
+    if hasattr(prediction, "toDict"):
+        return demo_to_dict(prediction.toDict())
+    if isinstance(prediction, dict):
+        return demo_to_dict(prediction)
+    return {"output": str(prediction)}

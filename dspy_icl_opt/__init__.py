@@ -1,0 +1,40 @@
+"""dspy-icl-opt: in-context-learning prompt optimizers for DSPy.
+
+Strategies are DSPy teleprompters: ``OPRO``, ``APO`` (ProTeGi), ``ABO``, and the Optuna-searched
+``DemoSelector``; ``Sequential`` chains them. Each ``compile(student, *, trainset, valset=None)``
+returns an optimized copy of the program and leaves an ``OptimizationReport`` in ``.report_``.
+
+Example:
+    >>> import dspy_icl_opt
+    >>> sorted(dspy_icl_opt.__all__)[:3]
+    ['ABO', 'APO', 'Budget']
+"""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "OPRO": "dspy_icl_opt.optimizers.opro",
+    "APO": "dspy_icl_opt.optimizers.apo",
+    "ABO": "dspy_icl_opt.optimizers.abo",
+    "Sequential": "dspy_icl_opt.optimizers.sequential",
+    "DemoSelector": "dspy_icl_opt.demos",
+    "Budget": "dspy_icl_opt.search.budget",
+    "OptimizationReport": "dspy_icl_opt.search.report",
+    "PlacementAdapter": "dspy_icl_opt.search.placement",
+    "resolve_lm": "dspy_icl_opt.lm",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

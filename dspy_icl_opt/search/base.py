@@ -64,7 +64,7 @@ def _required_inputs(student: dspy.Module) -> list[str]:
     """The inputs the program's forward() cannot do without (a bare Predict: its signature inputs)."""
     if isinstance(student, dspy.Predict):
         return list(student.signature.input_fields)
-    params = inspect.signature(student.forward).parameters.values()
+    params = list(inspect.signature(type(student).forward).parameters.values())[1:]  # without self
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return [p.name for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
 

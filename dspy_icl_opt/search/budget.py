@@ -17,13 +17,19 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dspy
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
+
+try:  # DSPy 3.4 marks the message-dict call an adapter owns, so that it alone skips a deprecation warning.
+    from dspy.clients._deprecation import _adapter_call, adapter_message_call
+except ImportError:  # pragma: no cover - other DSPy versions
+    _adapter_call = None
+    adapter_message_call = None
 
 Role = Literal["task", "prompt"]
 ROLES: tuple[Role, ...] = ("task", "prompt")
@@ -259,7 +265,7 @@ class MeteredLM(dspy.BaseLM):
         capture = _HistoryCapture()
         outer = list(dspy.settings.caller_modules or [])
         try:
-            with dspy.context(caller_modules=[*outer, capture]):
+            with dspy.context(caller_modules=[*outer, capture]), self._adapter_owned(messages):
                 result = self._inner(prompt, messages=messages, **kwargs)
         except Exception:
             # A failed call may still have reached the model: charge it, conservatively.
@@ -274,13 +280,22 @@ class MeteredLM(dspy.BaseLM):
         capture = _HistoryCapture()
         outer = list(dspy.settings.caller_modules or [])
         try:
-            with dspy.context(caller_modules=[*outer, capture]):
+            with dspy.context(caller_modules=[*outer, capture]), self._adapter_owned(messages):
                 result = await self._inner.acall(prompt, messages=messages, **kwargs)
         except Exception:
             self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, failed=True)
             raise
         self._settle_from(capture, slots)
         return result
+
+    def _adapter_owned(self, messages: Any) -> AbstractContextManager[Any]:
+        """Hand the adapter's ownership of ``messages`` on to the wrapped LM (no spurious deprecation warning)."""
+        if _adapter_call is None or messages is None:
+            return nullcontext()
+        origin = _adapter_call.get()
+        if origin is not None and origin[0] is self and origin[1] is messages:
+            return adapter_message_call(self._inner, messages)
+        return nullcontext()
 
     def _settle_from(self, capture: _HistoryCapture, slots: int) -> None:
         if not capture.history:

@@ -1,0 +1,373 @@
+"""OPRO: Large Language Models as Optimizers (Yang et al., 2023), as a DSPy teleprompter."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import dspy
+from loguru import logger
+
+from dspy_icl_opt.optimizers.opro_prompts import (
+    ProposeInstruction,
+    TrajectoryEntry,
+    extract_instruction,
+    normalize_instruction,
+    render_exemplars,
+    render_trajectory,
+    shown_trajectory,
+)
+from dspy_icl_opt.search.base import ICLOptimizer, SearchContext, stable_int
+from dspy_icl_opt.search.placement import POSITIONS, Position
+from dspy_icl_opt.search.racing import race
+from dspy_icl_opt.search.report import CandidateRecord
+from dspy_icl_opt.search.scorer import Metric
+from dspy_icl_opt.search.surgery import ProgramState, describe_signature
+
+ExemplarSelection = Literal["random", "accumulative_most_frequent", "current_most_frequent", "constant"]
+Scoring = Literal["full", "minibatch", "racing"]
+
+#: The paper drops generated instructions longer than this many characters.
+MAX_INSTRUCTION_CHARS = 500
+#: COPRO's arguments that have an OPRO meaning, and the OPRO name each maps to.
+COPRO_ARGUMENTS = {"breadth": "candidates_per_step", "depth": "steps", "init_temperature": "temperature"}
+#: eval_kwargs of COPRO.compile that OPRO understands (the rest are rejected).
+COPRO_EVAL_KWARGS = {"num_threads": "num_threads", "display_progress": "progress"}
+
+
+@dataclass
+class _Run:
+    """What one compile() call tracks; the optimizer object itself holds settings only."""
+
+    names: list[str]
+    trajectories: dict[str, list[TrajectoryEntry]] = field(default_factory=dict)
+    seen: dict[str, set[str]] = field(default_factory=dict)
+    item_scores: dict[int, dict[int, float]] = field(default_factory=dict)
+    complete: set[int] = field(default_factory=set)
+    best: CandidateRecord | None = None
+    constant_exemplars: list[int] | None = None
+    dropped: Counter = field(default_factory=Counter)
+
+
+class OPRO(ICLOptimizer):
+    """OPRO: the prompt model proposes instructions from a scored trajectory of earlier ones.
+
+    Each step builds OPRO's meta-prompt for one predictor: the signature, the trajectory of its
+    past (instruction, score) pairs (best ``max_trajectory`` at or above ``score_threshold``, sorted
+    ascending, scores as integer percentages), ``num_exemplars`` training problems with the
+    instruction slot marked and their gold outputs, and a request for a new, different,
+    higher-scoring instruction between ``<INS>`` tags. It samples ``candidates_per_step``
+    answers at ``temperature``, extracts the tagged text, drops duplicates of anything seen
+    (normalised text) and overlong ones, scores the survivors on the training set, and appends
+    them to the trajectory. The final program is the best of the top ``final_candidates`` (by
+    training score) on ``valset`` — examples never shown in a meta-prompt.
+
+    Several predictors: steps go round-robin over predictors (step 1 the first predictor, step 2
+    the second, ...). Each predictor has its own trajectory; a candidate for one predictor is the
+    current best program with only that predictor's instruction replaced, so it is scored with
+    the others fixed at their best, and its score is the whole program's.
+
+    Instruction positions (``positions``), in DSPy terms: ``system`` = the signature
+    instructions (system message; the paper's before_Q); ``q_end`` = after the inputs at the end
+    of the user message; ``a_begin`` = the start of the answer (for ChainOfThought, of the
+    reasoning), asked for at the end of the user message since chat APIs cannot prefill.
+    With several positions, the seed instruction is scored at each and new candidates take the
+    positions in turn; the report (``extra["positions"]``) says which won. Non-system positions
+    are saved inside the signature instructions and applied by
+    :class:`~dspy_icl_opt.search.placement.PlacementAdapter` (used automatically while scoring).
+
+    Scoring: ``full`` scores every candidate on all of ``trainset`` (the paper); ``minibatch``
+    on ``minibatch_size`` examples drawn per step (the incumbent is scored on them too);
+    ``racing`` scores the step's candidates and the incumbent block by block and drops a
+    candidate once ``racing_min_better`` others beat it by a paired t-test at ``racing_alpha``.
+    Every (state, example) pair is scored once per run, whatever the mode.
+
+    Drop-in for COPRO: ``breadth``, ``depth`` and ``init_temperature`` map to
+    ``candidates_per_step``, ``steps`` and ``temperature``; ``track_stats`` is accepted (the
+    report always tracks); ``compile(..., eval_kwargs={"num_threads": 4})`` is understood.
+
+    Args:
+        metric: ``metric(example, prediction, trace=None)`` -> bool or float.
+        prompt_model: the optimizer LM (default: the task model).
+        task_model: the LM that runs the program (default: ``dspy.settings.lm``).
+        steps: optimization steps (the paper's code runs 200; a handful already helps).
+        candidates_per_step: instructions sampled per step (8).
+        temperature: sampling temperature of the prompt model (1.0).
+        max_trajectory: most trajectory entries shown (20).
+        score_threshold: entries scoring below this (0..1) are not shown (0.0).
+        num_exemplars: training problems shown in the meta-prompt (3).
+        exemplar_selection: ``random`` (seeded by step), ``accumulative_most_frequent`` (most often
+            wrong over the run), ``current_most_frequent`` (most often wrong among the
+            instructions shown now) or ``constant``.
+        positions: instruction positions searched (``("system",)``; any of system, q_end, a_begin).
+        scoring: ``full``, ``minibatch`` or ``racing``.
+        minibatch_size: examples per step in ``minibatch`` mode (16).
+        racing_block: examples per racing block (8).
+        racing_alpha: racing's t-test level (0.2).
+        racing_min_better: survivors that must beat a candidate to drop it (1).
+        final_candidates: top candidates (by training score) validated on ``valset`` (4).
+        max_instruction_chars: longer proposals are dropped (500).
+        **kwargs: ``budget``, ``seed``, ``num_threads``, ``log_dir`` ... (see ICLOptimizer), and
+            the COPRO names above.
+
+    Example:
+        >>> import dspy
+        >>> from dspy_icl_opt import OPRO
+        >>> from dspy_icl_opt.testing import scripted_lm
+        >>> opro = OPRO(metric=lambda ex, pred, trace=None: ex.answer == pred.answer,
+        ...             prompt_model=scripted_lm(["<INS>Answer in one word.</INS>"] * 8), steps=1)
+        >>> # program = opro.compile(dspy.Predict("question -> answer"), trainset=trainset)
+    """
+
+    def __init__(self, metric: Metric | None = None, *, prompt_model: dspy.BaseLM | None = None,
+                 task_model: dspy.BaseLM | None = None, steps: int = 10, candidates_per_step: int = 8,
+                 temperature: float = 1.0, max_trajectory: int = 20, score_threshold: float = 0.0,
+                 num_exemplars: int = 3, exemplar_selection: ExemplarSelection = "random",
+                 positions: tuple[Position, ...] | list[Position] = ("system",), scoring: Scoring = "full",
+                 minibatch_size: int = 16, racing_block: int = 8, racing_alpha: float = 0.2,
+                 racing_min_better: int = 1, final_candidates: int = 4,
+                 max_instruction_chars: int = MAX_INSTRUCTION_CHARS, track_stats: bool = True,
+                 **kwargs: Any) -> None:
+        mapped = _map_copro_arguments(kwargs)
+        steps = mapped.pop("steps", steps)
+        candidates_per_step = mapped.pop("candidates_per_step", candidates_per_step)
+        temperature = mapped.pop("temperature", temperature)
+        super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **mapped)
+        _positive("steps", steps, 0)
+        _positive("candidates_per_step", candidates_per_step, 1)
+        _positive("max_trajectory", max_trajectory, 1)
+        _positive("num_exemplars", num_exemplars, 0)
+        _positive("minibatch_size", minibatch_size, 1)
+        _positive("racing_block", racing_block, 2)
+        _positive("racing_min_better", racing_min_better, 1)
+        _positive("final_candidates", final_candidates, 1)
+        _positive("max_instruction_chars", max_instruction_chars, 1)
+        _choice("exemplar_selection", exemplar_selection, get_args(ExemplarSelection))
+        _choice("scoring", scoring, get_args(Scoring))
+        positions = tuple(positions)
+        if not positions or any(p not in POSITIONS for p in positions) or len(set(positions)) != len(positions):
+            raise ValueError(f"`positions` must be distinct values among {POSITIONS}, but got {positions!r}. "
+                             "Pass e.g. positions=('system', 'q_end').")
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"`score_threshold` must be in [0, 1], but got {score_threshold}.")
+        if not 0.0 < racing_alpha < 1.0:
+            raise ValueError(f"`racing_alpha` must be in (0, 1), but got {racing_alpha}.")
+        if temperature < 0:
+            raise ValueError(f"`temperature` must be >= 0, but got {temperature}.")
+        self.steps, self.candidates_per_step, self.temperature = steps, candidates_per_step, float(temperature)
+        self.max_trajectory, self.score_threshold = max_trajectory, float(score_threshold)
+        self.num_exemplars, self.exemplar_selection, self.positions = num_exemplars, exemplar_selection, positions
+        self.scoring, self.minibatch_size = scoring, minibatch_size
+        self.racing_block, self.racing_alpha, self.racing_min_better = racing_block, racing_alpha, racing_min_better
+        self.final_candidates, self.max_instruction_chars = final_candidates, max_instruction_chars
+        self.track_stats = track_stats
+
+    def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None,
+                eval_kwargs: dict[str, Any] | None = None, resume: bool | None = None,
+                log_dir: str | Path | None = None) -> dspy.Module:
+        """Optimize ``student``'s instructions; see the class docstring. ``eval_kwargs`` as in COPRO."""
+        for key, value in (eval_kwargs or {}).items():
+            if key not in COPRO_EVAL_KWARGS:
+                raise TypeError(f"OPRO.compile: eval_kwargs[{key!r}] has no OPRO meaning; it understands "
+                                f"{sorted(COPRO_EVAL_KWARGS)}. Drop it.")
+            setattr(self, COPRO_EVAL_KWARGS[key], value)
+        return super().compile(student, trainset=trainset, valset=valset, resume=resume, log_dir=log_dir)
+
+    def _params(self) -> dict[str, Any]:
+        keys = ("steps", "candidates_per_step", "temperature", "max_trajectory", "score_threshold", "num_exemplars",
+                "exemplar_selection", "positions", "scoring", "minibatch_size", "racing_block", "racing_alpha",
+                "racing_min_better", "final_candidates", "max_instruction_chars")
+        return {k: getattr(self, k) for k in keys}
+
+    # -------------------------------------------------------------------------- the loop
+    def _search(self, ctx: SearchContext) -> None:
+        run = _Run(names=[name for name, _ in ctx.predictors])
+        for name in run.names:
+            run.trajectories[name], run.seen[name] = [], set()
+        seeds = self._seed_candidates(ctx)
+        self._score_step(ctx, run, seeds, step=0)
+        self._finish_step(ctx, run, seeds, step=0)
+        for step in range(1, self.steps + 1):
+            name = run.names[(step - 1) % len(run.names)]
+            proposals = self._propose(ctx, run, step, name)
+            records = [self._candidate(ctx, run, step, name, text, position) for text, position in proposals]
+            if records:
+                self._score_step(ctx, run, records, step=step)
+            self._finish_step(ctx, run, records, step=step)
+        self._choose_final(ctx, run)
+
+    def _seed_candidates(self, ctx: SearchContext) -> list[CandidateRecord]:
+        records = [ctx.add_candidate(ctx.initial_state, step=0, origin="seed")]
+        for name, pstate in ctx.initial_state.predictors:
+            for position in self.positions:
+                if position != pstate.position:
+                    state = ctx.initial_state.replace(name, pstate.with_instruction(pstate.instruction, position))
+                    records.append(ctx.add_candidate(state, step=0, origin="seed", predictor=name))
+        return records
+
+    def _candidate(self, ctx: SearchContext, run: _Run, step: int, name: str, text: str,
+                   position: Position) -> CandidateRecord:
+        base = ProgramState.from_dict(run.best.state) if run.best else ctx.initial_state
+        state = base.replace(name, base[name].with_instruction(text, position))
+        return ctx.add_candidate(state, step=step, origin="proposal", predictor=name,
+                                 parent=run.best.id if run.best else None)
+
+    def _finish_step(self, ctx: SearchContext, run: _Run, records: list[CandidateRecord], step: int) -> None:
+        for record in records:
+            if record.id not in run.complete:
+                continue
+            names = [record.predictor] if record.predictor else run.names
+            for name in names:
+                pstate = ctx.state_of(record)[name]
+                run.seen[name].add(normalize_instruction(pstate.instruction))
+                run.trajectories[name].append(TrajectoryEntry(record.id, step, pstate.instruction, pstate.position,
+                                                              record.scores["train"]))
+        complete = [r for r in ctx.report.candidates if r.id in run.complete]
+        best = ctx.best_by(complete, "train")
+        if best is not None and (run.best is None or best.id != run.best.id):
+            run.best = best
+            ctx.set_best(best)
+        ctx.report.extra["trajectory"] = {n: [e.to_dict() for e in t] for n, t in run.trajectories.items()}
+        ctx.report.extra["dropped_proposals"] = dict(run.dropped)
+        ctx.report.extra["positions"] = self._position_summary(run)
+        logger.info("OPRO step {}/{}: {} new candidate(s); best train score {:.3f}", step, self.steps,
+                    len(records), run.best.scores.get("train", 0.0) if run.best else 0.0)
+        ctx.checkpoint(step)
+
+    # ------------------------------------------------------------------------- proposing
+    def _propose(self, ctx: SearchContext, run: _Run, step: int, name: str) -> list[tuple[str, Position]]:
+        shown = shown_trajectory(run.trajectories[name], max_entries=self.max_trajectory,
+                                 threshold=self.score_threshold)
+        best_position = self._best_position(run, name)
+        exemplars = [ctx.trainset[i] for i in self._exemplar_indices(ctx, run, step, name, shown)]
+        predictor = dict(ctx.predictors)[name]
+        inputs = {"task": describe_signature(predictor), "previous_instructions": render_trajectory(shown),
+                  "example_problems": render_exemplars(exemplars, best_position) or "(none)"}
+        logger.debug("OPRO meta-prompt for {} at step {}:\n{}", name, step, inputs)
+        proposals: list[tuple[str, Position]] = []
+        for k in range(self.candidates_per_step):
+            answer = ctx.ask(ProposeInstruction, key=f"opro/step{step}/{name}/sample{k}",
+                             temperature=self.temperature,
+                             validate=lambda a: bool(extract_instruction(a.new_instruction)), **inputs)
+            if answer is None:
+                run.dropped["unparsable"] += 1
+                continue
+            text = extract_instruction(answer.new_instruction)
+            norm = normalize_instruction(text)
+            if len(text) > self.max_instruction_chars:
+                run.dropped["too_long"] += 1
+            elif norm in run.seen[name] or any(norm == normalize_instruction(t) for t, _ in proposals):
+                run.dropped["duplicate"] += 1
+            else:
+                proposals.append((text, self.positions[k % len(self.positions)]))
+        return proposals
+
+    def _exemplar_indices(self, ctx: SearchContext, run: _Run, step: int, name: str,
+                          shown: list[TrajectoryEntry]) -> list[int]:
+        n = min(self.num_exemplars, len(ctx.trainset))
+        if self.exemplar_selection == "constant":
+            if run.constant_exemplars is None:
+                run.constant_exemplars = sorted(ctx.rng.sample(range(len(ctx.trainset)), n))
+            return run.constant_exemplars
+        if self.exemplar_selection == "random":
+            return sorted(random.Random(stable_int(self.seed, "exemplars", step)).sample(range(len(ctx.trainset)), n))
+        entries = run.trajectories[name] if self.exemplar_selection == "accumulative_most_frequent" else shown
+        wrong: Counter = Counter()
+        for entry in entries:
+            for index, score in run.item_scores.get(entry.candidate, {}).items():
+                wrong[index] += score < 1.0
+        tiebreak = {i: ctx.rng.random() for i in range(len(ctx.trainset))}
+        ranked = sorted(range(len(ctx.trainset)), key=lambda i: (-wrong[i], tiebreak[i]))
+        return sorted(ranked[:n])
+
+    # --------------------------------------------------------------------------- scoring
+    def _score_step(self, ctx: SearchContext, run: _Run, records: list[CandidateRecord], step: int) -> None:
+        items = self._scoring_items(ctx, step)
+        arms = {record.id: record for record in records}
+        if run.best is not None and self.scoring != "full":
+            arms.setdefault(run.best.id, run.best)
+
+        def pull(arm: int, positions: list[int]) -> list[float]:
+            record = arms[arm]
+            indices = [items[p] for p in positions]
+            outcomes = ctx.scorer.evaluate(ctx.state_of(record), [ctx.trainset[i] for i in indices],
+                                           desc=f"step {step} #{record.id}")
+            scores = run.item_scores.setdefault(record.id, {})
+            scores.update({i: o.score for i, o in zip(indices, outcomes)})
+            record.scores["train"] = sum(scores.values()) / len(scores)
+            record.n_scored["train"] = len(scores)
+            return [o.score for o in outcomes]
+
+        if self.scoring == "racing":
+            result = race(list(arms), len(items), pull, block_size=self.racing_block, alpha=self.racing_alpha,
+                          min_better=self.racing_min_better)
+            for arm, record in arms.items():
+                if arm in result.dropped:
+                    record.meta["raced_out_at_block"] = result.dropped[arm]
+                else:
+                    run.complete.add(arm)
+            return
+        for arm in arms:
+            pull(arm, list(range(len(items))))
+            run.complete.add(arm)
+
+    def _scoring_items(self, ctx: SearchContext, step: int) -> list[int]:
+        indices = list(range(len(ctx.trainset)))
+        if self.scoring == "minibatch" and self.minibatch_size < len(indices):
+            return sorted(random.Random(stable_int(self.seed, "minibatch", step)).sample(indices, self.minibatch_size))
+        if self.scoring == "racing":
+            random.Random(stable_int(self.seed, "race-order")).shuffle(indices)
+        return indices
+
+    # --------------------------------------------------------------------------- choosing
+    def _choose_final(self, ctx: SearchContext, run: _Run) -> None:
+        complete = [r for r in ctx.report.candidates if r.id in run.complete]
+        ranked = sorted(complete, key=lambda r: (-r.scores["train"], r.id))[: self.final_candidates]
+        for record in ranked:
+            ctx.score(record, ctx.valset, "val")
+            best = max((r for r in ranked if "val" in r.scores),
+                       key=lambda r: (r.scores["val"], r.scores["train"], -r.id))
+            ctx.set_best(best)
+            ctx.checkpoint()
+        if ctx.report.best_candidate is not None:
+            logger.info("OPRO chose candidate {} ({})", ctx.report.best_candidate, ctx.report.best_scores)
+
+    def _best_position(self, run: _Run, name: str) -> Position:
+        entries = run.trajectories[name]
+        return max(entries, key=lambda e: (e.score, -e.candidate)).position if entries else self.positions[0]
+
+    def _position_summary(self, run: _Run) -> dict[str, dict[str, float]]:
+        summary: dict[str, dict[str, float]] = {}
+        for name, entries in run.trajectories.items():
+            for entry in entries:
+                best = summary.setdefault(name, {})
+                best[entry.position] = max(best.get(entry.position, 0.0), entry.score)
+        return summary
+
+
+def _map_copro_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Translate COPRO's argument names; pass ICLOptimizer's through; reject the rest."""
+    common = {"budget", "seed", "num_threads", "log_dir", "failure_score", "max_retries", "progress"}
+    mapped: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in COPRO_ARGUMENTS:
+            mapped[COPRO_ARGUMENTS[key]] = value
+        elif key in common:
+            mapped[key] = value
+        else:
+            raise TypeError(f"OPRO got an unexpected argument {key!r}. COPRO's breadth, depth and init_temperature "
+                            f"map to {sorted(COPRO_ARGUMENTS.values())}; see help(OPRO) for the others.")
+    return mapped
+
+
+def _positive(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, but got {value!r}.")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {allowed}, but got {value!r}.")

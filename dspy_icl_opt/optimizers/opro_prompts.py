@@ -1,0 +1,107 @@
+"""OPRO's meta-prompt: the signature, and how the trajectory and exemplars are rendered into it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+
+from dspy_icl_opt.search.placement import Position
+
+INS_OPEN, INS_CLOSE = "<INS>", "</INS>"
+#: OPRO shows scores as integer percentages (100 buckets).
+SCORE_BUCKETS = 100
+
+
+class ProposeInstruction(dspy.Signature):
+    """Write a better instruction for a language-model task.
+
+    Earlier instructions are listed with the accuracy each achieved (0 to 100), from worst to best:
+    higher is better. The example problems show where the instruction <INS> is placed and the
+    expected outputs. Write one new instruction that is different from every instruction listed,
+    should score higher than all of them, and is concise, effective and general enough for every
+    problem of this task. Wrap it between <INS> and </INS>."""
+
+    task: str = dspy.InputField(desc="the task's input and output fields")
+    previous_instructions: str = dspy.InputField(desc="earlier instructions with their scores, ascending")
+    example_problems: str = dspy.InputField(desc="problems with the instruction slot <INS> and the expected output")
+    new_instruction: str = dspy.OutputField(desc="the new instruction, between <INS> and </INS>")
+
+
+@dataclass(frozen=True)
+class TrajectoryEntry:
+    """One scored instruction of one predictor."""
+
+    candidate: int
+    step: int
+    instruction: str
+    position: Position
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidate": self.candidate, "step": self.step, "instruction": self.instruction,
+                "position": self.position, "score": self.score}
+
+
+def shown_trajectory(entries: Sequence[TrajectoryEntry], *, max_entries: int, threshold: float) -> list[TrajectoryEntry]:
+    """The entries the meta-prompt shows: at or above ``threshold``, the best ``max_entries``, ascending.
+
+    The same instruction text at several positions is shown once, with its best score.
+    """
+    best: dict[str, TrajectoryEntry] = {}
+    for entry in entries:
+        if entry.score < threshold:
+            continue
+        kept = best.get(entry.instruction)
+        if kept is None or entry.score > kept.score:
+            best[entry.instruction] = entry
+    ranked = sorted(best.values(), key=lambda e: (e.score, -e.candidate))
+    return ranked[-max_entries:] if max_entries > 0 else []
+
+
+def render_trajectory(entries: Sequence[TrajectoryEntry]) -> str:
+    if not entries:
+        return "(none yet)"
+    blocks = [f"text:\n{e.instruction or '(empty instruction)'}\nscore:\n{round(e.score * SCORE_BUCKETS)}"
+              for e in entries]
+    return "\n\n".join(blocks)
+
+
+def _format_fields(values: dict[str, Any]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in values.items())
+
+
+def render_exemplars(examples: Sequence[dspy.Example], position: Position) -> str:
+    """Problems with the instruction slot marked where ``position`` puts it, and gold outputs."""
+    blocks = []
+    for i, example in enumerate(examples, 1):
+        inputs = _format_fields(dict(example.inputs()))
+        labels = _format_fields(dict(example.labels()))
+        if position == "system":
+            text = f"{INS_OPEN}\ninput:\n{inputs}\noutput:\n{labels}"
+        elif position == "q_end":
+            text = f"input:\n{inputs}\n{INS_OPEN}\noutput:\n{labels}"
+        else:
+            text = f"input:\n{inputs}\noutput:\n{INS_OPEN} {labels}"
+        blocks.append(f"Problem {i}:\n{text}")
+    return "\n\n".join(blocks)
+
+
+_TAGGED = re.compile(r"<INS>(.*?)(?:</INS>|$)", re.IGNORECASE | re.DOTALL)
+_QUOTES = "\"'`“”‘’ \n\t"
+
+
+def extract_instruction(text: str) -> str:
+    """The instruction between <INS> and </INS> (or the whole answer when the tags are missing)."""
+    match = _TAGGED.search(text or "")
+    found = match.group(1) if match else (text or "")
+    found = found.replace(INS_OPEN, "").replace(INS_CLOSE, "")
+    return found.strip(_QUOTES).strip()
+
+
+def normalize_instruction(text: str) -> str:
+    """The form instructions are de-duplicated by: lower case, words only, single spaces."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())

@@ -1,0 +1,225 @@
+"""OPRO's own behaviour: the planted instruction wins, the meta-prompt is built as the paper says."""
+
+from __future__ import annotations
+
+import re
+
+import dspy
+import pytest
+
+from dspy_icl_opt.optimizers.opro import OPRO
+from dspy_icl_opt.optimizers.opro_prompts import (
+    TrajectoryEntry,
+    extract_instruction,
+    render_exemplars,
+    render_trajectory,
+    shown_trajectory,
+)
+from dspy_icl_opt.search.placement import split_instructions
+from dspy_icl_opt.testing import format_chat_reply, planted_rule_task, scripted_lm, simulated_task_lm
+
+
+def proposal(text: str) -> str:
+    return format_chat_reply({"new_instruction": f"<INS>{text}</INS>"})
+
+
+def step_of(request) -> int:
+    """How many scored instructions the meta-prompt shows: grows by step, tells steps apart."""
+    return len(re.findall(r"^score:$", request.messages[-1].text, re.MULTILINE))
+
+
+@pytest.fixture
+def task():
+    return planted_rule_task("vowels", train_size=8, val_size=6, seed=1)
+
+
+def planted_at_step_two(task):
+    """Step 1 proposes useless instructions; step 2 proposes the one that carries the rule."""
+    answers = iter([proposal("Think about the word."), proposal("Look at each letter."),
+                    proposal("Be careful."), proposal(f"For each word, {task.rule} and answer with the number.")])
+    return scripted_lm([lambda request: next(answers)] * 4)
+
+
+def test_planted_instruction_found_at_step_two(task):
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), steps=2,
+                candidates_per_step=2, progress=False)
+    program = opro.compile(task.program(), trainset=task.train, valset=task.val)
+    assert task.rule in program.signature.instructions
+    report = opro.report_
+    trajectory = report.extra["trajectory"]["self"]
+    winner = [e for e in trajectory if task.rule in e["instruction"]]
+    assert len(winner) == 1 and winner[0]["step"] == 2 and winner[0]["score"] == 1.0
+    assert all(e["score"] == 0.0 for e in trajectory if e is not winner[0])
+    assert report.best_scores["val"] == 1.0
+    assert report.candidate(report.best_candidate).step == 2
+
+
+def test_meta_prompt_ascending_truncated_with_exemplars(task):
+    seen_requests = []
+
+    def respond(request):
+        seen_requests.append(request)
+        return proposal(f"Instruction number {len(seen_requests)}.")
+
+    # Scores vary with the instruction: it is right only on words whose length is in the instruction.
+    def knows(view):
+        return str(len(view.inputs["question"])) in view.instruction
+
+    lm = simulated_task_lm(solve=task.solve, knows=knows)
+    opro = OPRO(task.metric, task_model=lm, prompt_model=scripted_lm(respond), steps=4, candidates_per_step=3,
+                max_trajectory=5, num_exemplars=2, progress=False)
+    opro.compile(task.program(), trainset=task.train, valset=task.val)
+    last = seen_requests[-1].messages[-1].text
+    scores = [int(s) for s in re.findall(r"score:\n(\d+)", last)]
+    assert len(scores) == 5, "the trajectory is cut to max_trajectory"
+    assert scores == sorted(scores), "the trajectory is shown in ascending order"
+    assert last.count("<INS>") >= 2 and "Problem 2:" in last and "Problem 3:" not in last
+    trajectory = opro.report_.extra["trajectory"]["self"]
+    best_five = sorted(e["score"] for e in trajectory)[-5:]
+    assert [round(s * 100) for s in best_five] == scores
+
+
+def test_shown_trajectory_threshold_and_dedup():
+    entries = [TrajectoryEntry(i, i, f"ins {i % 3}", "system", s) for i, s in enumerate([0.1, 0.5, 0.3, 0.9, 0.2])]
+    shown = shown_trajectory(entries, max_entries=10, threshold=0.25)
+    # "ins 0" shown once at its best (0.9, not 0.1); "ins 1" at 0.5 (its 0.2 is under the threshold)
+    assert [(e.instruction, e.score) for e in shown] == [("ins 2", 0.3), ("ins 1", 0.5), ("ins 0", 0.9)]
+    assert [e.score for e in shown_trajectory(entries, max_entries=2, threshold=0.0)] == [0.5, 0.9]
+    assert "score:\n50" in render_trajectory(shown)
+
+
+def test_exemplars_mark_the_instruction_position():
+    ex = dspy.Example(question="abc", answer="1").with_inputs("question")
+    assert render_exemplars([ex], "system").index("<INS>") < render_exemplars([ex], "system").index("question")
+    q_end = render_exemplars([ex], "q_end")
+    assert q_end.index("question: abc") < q_end.index("<INS>") < q_end.index("answer: 1")
+    assert "output:\n<INS> answer: 1" in render_exemplars([ex], "a_begin")
+
+
+def test_extract_instruction_between_tags():
+    assert extract_instruction('Sure! <INS>"Count them."</INS> Good luck') == "Count them."
+    assert extract_instruction("no tags here") == "no tags here"
+    assert extract_instruction("<INS>cut short") == "cut short"
+
+
+def test_duplicates_and_overlong_proposals_are_dropped(task):
+    replies = [proposal("Same idea."), proposal("same   IDEA!"), proposal("x" * 600), proposal(task.rule)]
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(replies), steps=1,
+                candidates_per_step=4, progress=False)
+    opro.compile(task.program(), trainset=task.train, valset=task.val)
+    assert opro.report_.extra["dropped_proposals"] == {"duplicate": 1, "too_long": 1}
+    assert len(opro.report_.candidates) == 3  # seed + two distinct proposals
+
+
+def test_unparsable_answers_are_retried_then_skipped(task):
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(lambda r: "garbage"), steps=1,
+                candidates_per_step=2, max_retries=1, progress=False)
+    program = opro.compile(task.program(), trainset=task.train, valset=task.val)
+    assert opro.report_.counters.unparsable_answers >= 2
+    assert opro.report_.extra["dropped_proposals"] == {"unparsable": 2}
+    assert program.signature.instructions == task.program().signature.instructions
+
+
+def test_two_predictor_program_gets_an_instruction_each(task):
+    class TwoStep(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.extract = dspy.Predict(dspy.Signature("question -> letters", "List the letters."))
+            self.answer = dspy.Predict(dspy.Signature("question, letters -> answer", "Answer the question."))
+
+        def forward(self, question):
+            letters = self.extract(question=question).letters
+            return self.answer(question=question, letters=letters)
+
+    def respond(request):
+        if "Outputs:\n- letters" in request.messages[-1].text:  # the meta-prompt for the extractor
+            return proposal("Write the letters separated by spaces.")
+        return proposal(f"Use the letters: {task.rule}.")
+
+    def spaced(word):
+        return " ".join(word)
+
+    def solve(inputs):
+        return task.solve(inputs) if "letters" in inputs else spaced(inputs["question"])
+
+    def knows(view):
+        if "letters" in view.output_fields:  # the extractor needs its own instruction fixed
+            return "separated by spaces" in view.instruction
+        question = view.inputs["question"]
+        letters_ok = view.inputs.get("letters") == spaced(question)
+        # with good letters, short words come out right anyway; long ones need the rule too
+        return letters_ok and (task.rule in view.instruction or len(question) <= 5)
+
+    lm = simulated_task_lm(solve=solve, knows=knows)
+    opro = OPRO(task.metric, task_model=lm, prompt_model=scripted_lm(respond), steps=2, candidates_per_step=1,
+                progress=False)
+    program = opro.compile(TwoStep(), trainset=task.train, valset=task.val)
+    assert program.extract.signature.instructions == "Write the letters separated by spaces."
+    assert task.rule in program.answer.signature.instructions
+    steps = {c.predictor: c.step for c in opro.report_.candidates if c.origin == "proposal"}
+    assert steps == {"extract": 1, "answer": 2}, "steps alternate between predictors"
+
+
+def test_q_end_position_wins_when_only_it_works(task):
+    def knows(view):  # the model only follows text placed after the inputs
+        return task.rule in view.user_text and task.rule not in view.instruction
+
+    lm = simulated_task_lm(solve=task.solve, knows=knows)
+    replies = [proposal(f"Please {task.rule}."), proposal(f"Now {task.rule}.")]
+    opro = OPRO(task.metric, task_model=lm, prompt_model=scripted_lm(replies), steps=1, candidates_per_step=2,
+                positions=("system", "q_end"), progress=False)
+    program = opro.compile(task.program(), trainset=task.train, valset=task.val)
+    base, text, position = split_instructions(program.signature.instructions)
+    assert position == "q_end" and text == f"Now {task.rule}." and base == "Answer the question."
+    assert opro.report_.extra["positions"]["self"] == {"system": 0.0, "q_end": 1.0}
+
+
+def test_accumulative_exemplars_show_the_most_often_wrong(task):
+    hard = {ex.question for ex in task.train[:3]}
+    requests = []
+
+    def respond(request):
+        requests.append(request.messages[-1].text)
+        return proposal(f"Variant {len(requests)}")
+
+    lm = simulated_task_lm(solve=task.solve, knows=lambda view: view.inputs["question"] not in hard)
+    opro = OPRO(task.metric, task_model=lm, prompt_model=scripted_lm(respond), steps=2, candidates_per_step=1,
+                num_exemplars=3, exemplar_selection="accumulative_most_frequent", progress=False)
+    opro.compile(task.program(), trainset=task.train, valset=task.val)
+    shown = set(re.findall(r"question: (\w+)", requests[-1]))
+    assert shown == hard
+
+
+def test_copro_drop_in():
+    task = planted_rule_task("reverse", train_size=6, val_size=4, seed=2)
+    prompt_lm = scripted_lm(lambda r: proposal(f"Please {task.rule}."))
+    opro = OPRO(metric=task.metric, prompt_model=prompt_lm, breadth=2, depth=1, init_temperature=1.2,
+                track_stats=True, progress=False)
+    assert (opro.candidates_per_step, opro.steps, opro.temperature) == (2, 1, 1.2)
+    with dspy.context(lm=task.lm()):
+        program = opro.compile(task.program(), trainset=task.train, eval_kwargs={"num_threads": 2,
+                                                                               "display_progress": False})
+    assert task.rule in program.signature.instructions
+    with pytest.raises(TypeError, match="unexpected argument 'verbose'"):
+        OPRO(metric=task.metric, verbose=True)
+    with pytest.raises(TypeError, match="display_table"):
+        opro.compile(task.program(), trainset=task.train, eval_kwargs={"display_table": 5})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"steps": -1}, "`steps` must be an integer >= 0"),
+    ({"candidates_per_step": 0}, "`candidates_per_step` must be an integer >= 1"),
+    ({"positions": ("middle",)}, "`positions` must be distinct values"),
+    ({"exemplar_selection": "best"}, "`exemplar_selection` must be one of"),
+    ({"scoring": "half"}, "`scoring` must be one of"),
+    ({"racing_alpha": 1.5}, "`racing_alpha` must be in"),
+])
+def test_bad_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        OPRO(lambda e, p, t=None: 1.0, **kwargs)
+
+
+def test_no_task_model_is_a_clear_error(task):
+    opro = OPRO(task.metric, prompt_model=scripted_lm(["x"]), progress=False)
+    with pytest.raises(ValueError, match="No task model"):
+        opro.compile(task.program(), trainset=task.train)

@@ -21,6 +21,7 @@ from dspy_icl_opt.optimizers.opro_prompts import (
     shown_trajectory,
 )
 from dspy_icl_opt.search.base import ICLOptimizer, SearchContext, stable_int
+from dspy_icl_opt.search.budget import BudgetExhausted
 from dspy_icl_opt.search.placement import POSITIONS, Position
 from dspy_icl_opt.search.racing import race
 from dspy_icl_opt.search.report import CandidateRecord
@@ -191,13 +192,34 @@ class OPRO(ICLOptimizer):
         self._score_step(ctx, run, seeds, step=0)
         self._finish_step(ctx, run, seeds, step=0)
         for step in range(1, self.steps + 1):
+            if self._no_room_for_a_step(ctx):
+                ctx.report.stopped_by_budget = True
+                logger.info("OPRO: stopping before step {}: the rest of the task budget goes to final validation", step)
+                break
             name = run.names[(step - 1) % len(run.names)]
-            proposals = self._propose(ctx, run, step, name)
+            try:
+                proposals = self._propose(ctx, run, step, name)
+            except BudgetExhausted as exc:
+                if exc.role != "prompt":
+                    raise
+                ctx.report.stopped_by_budget = True
+                logger.info("OPRO: the prompt-model budget is spent at step {}; choosing among what was found", step)
+                break
             records = [self._candidate(ctx, run, step, name, text, position) for text, position in proposals]
             if records:
                 self._score_step(ctx, run, records, step=step)
             self._finish_step(ctx, run, records, step=step)
         self._choose_final(ctx, run)
+
+    def _no_room_for_a_step(self, ctx: SearchContext) -> bool:
+        """True when the task budget cannot pay for one more step and still validate the finalists."""
+        remaining = ctx.meter.remaining_calls("task")
+        if remaining is None:
+            return False
+        per_item = len(ctx.predictors)
+        step_items = self.minibatch_size if self.scoring == "minibatch" else len(ctx.trainset)
+        step_cost = self.candidates_per_step * min(step_items, len(ctx.trainset)) * per_item
+        return remaining < step_cost + self.final_candidates * len(ctx.valset) * per_item
 
     def _seed_candidates(self, ctx: SearchContext) -> list[CandidateRecord]:
         records = [ctx.add_candidate(ctx.initial_state, step=0, origin="seed")]

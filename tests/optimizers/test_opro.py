@@ -223,3 +223,22 @@ def test_no_task_model_is_a_clear_error(task):
     opro = OPRO(task.metric, prompt_model=scripted_lm(["x"]), progress=False)
     with pytest.raises(ValueError, match="No task model"):
         opro.compile(task.program(), trainset=task.train)
+
+
+def test_budget_keeps_room_for_the_final_validation(task):
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), steps=5,
+                candidates_per_step=2, final_candidates=4, budget={"max_task_calls": 50}, progress=False)
+    opro.compile(task.program(), trainset=task.train, valset=task.val)
+    report = opro.report_
+    assert report.stopped_by_budget and report.steps_completed == 1
+    assert "val" in report.best_scores, "the finalists were still validated"
+    assert report.spent["task"].calls == 8 + 2 * 8 + 3 * 6 <= 50
+
+
+def test_prompt_budget_end_still_validates(task):
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), steps=3,
+                candidates_per_step=2, budget={"max_prompt_calls": 3}, progress=False)
+    opro.compile(task.program(), trainset=task.train, valset=task.val)
+    report = opro.report_
+    assert report.stopped_by_budget and report.spent["prompt"].calls == 3
+    assert "val" in report.best_scores

@@ -1,0 +1,211 @@
+"""Side-by-side benchmark: held-out accuracy of optimizers at (about) the same task-model call budget.
+
+Every method compiles the same bundled program on the same splits with the same LMs; the LMs are
+wrapped in meters, so the task-model and prompt-model calls each method really made are counted
+(DSPy's own optimizers included). Ours get ``--budget`` as a hard task-call cap (final validation
+included); DSPy's are configured to spend about the same and their real count is printed next to
+their accuracy. DSPy's response cache is off, so every call counts.
+
+Run (the README's figures come from this command and its output):
+    python examples/benchmarks/bench_optimizers.py --tasks date_understanding,disambiguation_qa,hyperbaton \
+        --methods uncompiled,copro,opro --budget 120
+
+Methods: uncompiled, zeroshot_cot, copro, opro, apo, gepa, abo, abo_nodemo, bfsrs, mipro, demos,
+opro+demos. A method whose module is missing is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dspy
+from loguru import logger
+
+from dspy_icl_opt.lm import resolve_lm
+from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM
+from programs import load_task, make_program
+
+#: DSPy optimizers cannot be capped from outside without corrupting their scores, so they are sized:
+COPRO_BREADTH = 4
+BFSRS_DEMOS = 4
+
+
+def evaluate(program: dspy.Module, examples: list[dspy.Example], metric: Callable, lm: dspy.BaseLM) -> float:
+    evaluator = dspy.Evaluate(devset=examples, metric=metric, num_threads=1, display_progress=False,
+                              failure_score=0.0, max_errors=len(examples) + 1)
+    with dspy.context(lm=lm):
+        return float(evaluator(program).score) / 100.0
+
+
+def method_registry() -> dict[str, Callable[..., dspy.Module]]:
+    return {
+        "uncompiled": lambda ctx: ctx["program"],
+        "zeroshot_cot": _zeroshot_cot,
+        "copro": _copro,
+        "opro": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.opro", "OPRO", steps=20, candidates_per_step=4,
+                                  scoring="racing", racing_block=5, final_candidates=3),
+        "apo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.apo", "APO", rounds=3, beam_size=2,
+                                 minibatch_size=8, n_gradients=2, errors_per_gradient=3, mc_samples_per_step=1,
+                                 max_expansion_factor=4, evaluator="successive_halving"),
+        "abo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO", num_candidates=3, rounds=2,
+                                 minibatch_size=8),
+        "abo_nodemo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO", num_candidates=3, rounds=2,
+                                        minibatch_size=8, demonstration=False),
+        "demos": lambda ctx: _ours(ctx, "dspy_icl_opt.demos", "DemoSelector", max_demos=4, n_trials=12),
+        "opro+demos": _opro_then_demos,
+        "gepa": _gepa,
+        "bfsrs": _bfsrs,
+        "mipro": _mipro,
+    }
+
+
+def _zeroshot_cot(ctx: dict[str, Any]) -> dspy.Module:
+    program = make_program("cot", ctx["task"])
+    for _, predictor in program.named_predictors():
+        predictor.signature = predictor.signature.with_instructions(
+            predictor.signature.instructions + " Let's think step by step.")
+    return program
+
+
+def _ours(ctx: dict[str, Any], module: str, name: str, **params: Any) -> dspy.Module:
+    import importlib
+
+    cls = getattr(importlib.import_module(module), name)
+    optimizer = cls(ctx["metric"], task_model=ctx["task_lm"], prompt_model=ctx["prompt_lm"],
+                    budget=Budget(max_task_calls=ctx["budget"]), seed=ctx["seed"], progress=False, **params)
+    program = optimizer.compile(ctx["program"], trainset=ctx["train"], valset=ctx["val"])
+    ctx["report"] = optimizer.report_
+    return program
+
+
+def _opro_then_demos(ctx: dict[str, Any]) -> dspy.Module:
+    half = dict(ctx, budget=ctx["budget"] // 2)
+    half["program"] = _ours(half, "dspy_icl_opt.optimizers.opro", "OPRO", steps=20, candidates_per_step=4,
+                            scoring="racing", racing_block=5, final_candidates=3)
+    return _ours(half, "dspy_icl_opt.demos", "DemoSelector", max_demos=4, n_trials=8)
+
+
+def _copro(ctx: dict[str, Any]) -> dspy.Module:
+    from dspy.teleprompt import COPRO
+
+    depth = max(1, ctx["budget"] // (COPRO_BREADTH * len(ctx["train"])))
+    optimizer = COPRO(prompt_model=ctx["prompt_lm"], metric=ctx["metric"], breadth=COPRO_BREADTH, depth=depth,
+                      init_temperature=1.0)
+    with dspy.context(lm=ctx["task_lm"]):
+        return optimizer.compile(ctx["program"], trainset=ctx["train"],
+                                 eval_kwargs={"num_threads": 1, "display_progress": False})
+
+
+def _gepa(ctx: dict[str, Any]) -> dspy.Module:
+    metric = ctx["metric"]
+
+    def gepa_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
+        return float(metric(gold, pred, trace))
+
+    optimizer = dspy.GEPA(metric=gepa_metric, max_metric_calls=ctx["budget"], reflection_lm=ctx["prompt_lm"],
+                          seed=ctx["seed"], num_threads=1)
+    with dspy.context(lm=ctx["task_lm"]):
+        return optimizer.compile(ctx["program"], trainset=ctx["train"], valset=ctx["val"])
+
+
+def _bfsrs(ctx: dict[str, Any]) -> dspy.Module:
+    from dspy.teleprompt import BootstrapFewShotWithRandomSearch
+
+    per_candidate = len(ctx["val"]) + len(ctx["train"]) // 2
+    candidates = max(1, ctx["budget"] // per_candidate - 3)
+    optimizer = BootstrapFewShotWithRandomSearch(metric=ctx["metric"], max_bootstrapped_demos=BFSRS_DEMOS,
+                                                 max_labeled_demos=BFSRS_DEMOS, num_candidate_programs=candidates,
+                                                 num_threads=1)
+    with dspy.context(lm=ctx["task_lm"]):
+        return optimizer.compile(ctx["program"], trainset=ctx["train"], valset=ctx["val"])
+
+
+def _mipro(ctx: dict[str, Any]) -> dspy.Module:
+    from dspy.teleprompt import MIPROv2
+
+    optimizer = MIPROv2(metric=ctx["metric"], prompt_model=ctx["prompt_lm"], task_model=ctx["task_lm"], auto=None,
+                        num_candidates=4, max_bootstrapped_demos=2, max_labeled_demos=2, num_threads=1,
+                        seed=ctx["seed"], verbose=False)
+    trials = max(1, ctx["budget"] // max(1, len(ctx["val"])) - 2)
+    with dspy.context(lm=ctx["task_lm"]):
+        return optimizer.compile(ctx["program"], trainset=ctx["train"], valset=ctx["val"], num_trials=trials,
+                                 minibatch=False)
+
+
+def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[dspy.BaseLM, dspy.BaseLM]) -> dict:
+    task = load_task(task_name, seed=args.seed, train_size=args.train, val_size=args.val, test_size=args.test)
+    meter = BudgetMeter(Budget())
+    task_lm, prompt_lm = MeteredLM(lms[0], meter, "task"), MeteredLM(lms[1], meter, "prompt")
+    ctx = {"task": task, "program": make_program(args.program, task), "metric": task.metric, "train": task.train,
+           "val": task.val, "task_lm": task_lm, "prompt_lm": prompt_lm, "budget": args.budget, "seed": args.seed}
+    started = time.perf_counter()
+    try:
+        program = method_registry()[name](ctx)
+    except ImportError as exc:
+        return {"task": task_name, "method": name, "skipped": f"not available: {exc}"}
+    compile_s = time.perf_counter() - started
+    spent = meter.snapshot()
+    accuracy = evaluate(program, task.test, task.metric, lms[0])
+    row = {"task": task_name, "method": name, "test_accuracy": round(accuracy, 4),
+           "task_calls": spent["task"].calls, "prompt_calls": spent["prompt"].calls,
+           "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1)}
+    if "report" in ctx:
+        row["stopped_by_budget"] = ctx["report"].stopped_by_budget
+    logger.info("{}", row)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="date_understanding,disambiguation_qa,hyperbaton")
+    parser.add_argument("--methods", default="uncompiled,copro,opro")
+    parser.add_argument("--program", default="qa")
+    parser.add_argument("--budget", type=int, default=120, help="task-model calls per method")
+    parser.add_argument("--train", type=int, default=10)
+    parser.add_argument("--val", type=int, default=10)
+    parser.add_argument("--test", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lm", default="embedded")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    logger.remove()
+    logger.add(sys.stderr, level="INFO")
+    task_lm = resolve_lm(args.lm, temperature=0.0, max_tokens=256, cache=False)
+    prompt_lm = resolve_lm(args.lm, temperature=1.0, max_tokens=400, cache=False)
+    rows = [run_method(m, t, args, (task_lm, prompt_lm))
+            for t in args.tasks.split(",") for m in args.methods.split(",")]
+    print(render_table(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def render_table(rows: list[dict]) -> str:
+    head = "| task | method | test acc | task calls | prompt calls | tokens | compile s |"
+    lines = [head, "|" + "---|" * 7]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['task']} | {r['method']} | skipped | | | | |")
+            continue
+        lines.append(f"| {r['task']} | {r['method']} | {r['test_accuracy']:.3f} | {r['task_calls']} | "
+                     f"{r['prompt_calls']} | {r['tokens']} | {r['compile_s']} |")
+    methods = sorted({r["method"] for r in rows if "skipped" not in r}, key=[r["method"] for r in rows].index)
+    lines.append("")
+    lines.append("| method | mean test acc | mean task calls |")
+    lines.append("|---|---|---|")
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m and "skipped" not in r]
+        acc = sum(r["test_accuracy"] for r in mine) / len(mine)
+        calls = sum(r["task_calls"] for r in mine) / len(mine)
+        lines.append(f"| {m} | {acc:.3f} | {calls:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""The shared search core: metering, the cached scorer, the journal, surgery, placement, racing."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import dspy
+import pytest
+
+from dspy_icl_opt.search import (
+    Budget,
+    BudgetExhausted,
+    BudgetMeter,
+    Journal,
+    MeteredLM,
+    OptimizationReport,
+    PlacementAdapter,
+    ProgramState,
+    apply_state,
+    read_state,
+)
+from dspy_icl_opt.search.placement import compose_instructions, split_instructions
+from dspy_icl_opt.search.racing import paired_better, race, student_t_sf
+from dspy_icl_opt.search.report import Counters
+from dspy_icl_opt.search.scorer import Scorer
+from dspy_icl_opt.testing import always, planted_rule_task, scripted_lm, simulated_task_lm
+
+
+def make_scorer(task, lm, *, meter=None, journal=None, metric=None, threads=1):
+    meter = meter or BudgetMeter()
+    return Scorer(task.program(), metric or task.metric, task_lm=MeteredLM(lm, meter, "task"), meter=meter,
+                  journal=Journal(None) if journal is None else journal, counters=Counters(), num_threads=threads, progress=False)
+
+
+@pytest.fixture
+def task():
+    return planted_rule_task("vowels", train_size=10, val_size=4, seed=0)
+
+
+# ----------------------------------------------------------------------------- budget
+def test_metered_lm_counts_calls_tokens_and_samples():
+    lm = scripted_lm(lambda r: "[[ ## answer ## ]]\nok\n\n[[ ## completed ## ]]")
+    meter = BudgetMeter(Budget(max_prompt_calls=4))
+    metered = MeteredLM(lm, meter, "prompt")
+    metered("hello", n=3)
+    assert meter.spent["prompt"].calls == 3 == lm.engine.call_count
+    assert meter.spent["prompt"].tokens > 0
+    with pytest.raises(BudgetExhausted, match="prompt model's call budget \\(4\\)"):
+        metered("again", n=2)  # 3 + 2 > 4: refused before any call
+    assert lm.engine.call_count == 3
+    metered("last")
+    assert meter.spent["prompt"].calls == 4 and meter.exhausted("prompt")
+
+
+def test_cache_hits_are_not_charged(tmp_path):
+    from dspy_icl_opt.testing.scripted import ScriptedEngine
+
+    engine = ScriptedEngine(lambda r: "[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]")
+    cached = dspy.LM("fake/cached", engine=engine, cache=True)
+    meter = BudgetMeter()
+    metered = MeteredLM(cached, meter, "task")
+    question = f"a question never asked before {uuid.uuid4()}"  # DSPy's cache persists on disk
+    with dspy.context(lm=metered):
+        dspy.Predict("question -> answer")(question=question)
+        dspy.Predict("question -> answer")(question=question)
+    assert meter.spent["task"].calls == 1 and meter.spent["task"].cache_hits == 1
+
+
+def test_cap_is_exact_under_threads():
+    lm = scripted_lm(lambda r: "x")
+    meter = BudgetMeter(Budget(max_task_calls=7))
+    metered = MeteredLM(lm, meter, "task")
+    refused = []
+
+    def worker():
+        for _ in range(5):
+            try:
+                metered("hi")
+            except BudgetExhausted:
+                refused.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert lm.engine.call_count == 7 == meter.spent["task"].calls
+    assert len(refused) == 13
+
+
+def test_budget_presets_and_errors():
+    assert Budget.coerce("light").max_task_calls == 1000
+    with pytest.raises(ValueError, match="`budget` must be one of"):
+        Budget.coerce("huge")
+    with pytest.raises(TypeError, match="`budget` must be a Budget"):
+        Budget.coerce(12)
+
+
+# ----------------------------------------------------------------------------- scorer
+def test_scorer_never_scores_a_pair_twice(task):
+    lm = task.lm()
+    scorer = make_scorer(task, lm, threads=3)
+    state = read_state(task.program())
+    first = scorer.evaluate(state, task.train)
+    calls = lm.engine.call_count
+    second = scorer.evaluate(state, task.train + task.val)
+    assert calls == len(task.train)
+    assert lm.engine.call_count == calls + len(task.val)
+    assert [o.score for o in second[: len(first)]] == [o.score for o in first]
+
+
+def test_scorer_turns_failures_into_counted_scores(task):
+    def bad_metric(example, prediction, trace=None):
+        raise RuntimeError("metric bug")
+
+    scorer = make_scorer(task, task.lm(), metric=bad_metric)
+    outcomes = scorer.evaluate(read_state(task.program()), task.train[:3])
+    assert [o.score for o in outcomes] == [0.0] * 3 and all("metric bug" in o.error for o in outcomes)
+    assert scorer.counters.metric_errors == 3
+
+    broken = scripted_lm(lambda r: (_ for _ in ()).throw(ConnectionError("LM down")))
+    scorer = make_scorer(task, broken)
+    outcomes = scorer.evaluate(read_state(task.program()), task.train[:2])
+    assert all(o.failed and "program" in o.error for o in outcomes)
+    assert scorer.counters.program_errors == 2
+
+
+def test_scorer_keeps_finished_work_when_the_budget_ends(task, tmp_path):
+    lm = task.lm()
+    journal = Journal(tmp_path / "journal.jsonl")
+    scorer = make_scorer(task, lm, meter=BudgetMeter(Budget(max_task_calls=4)), journal=journal)
+    with pytest.raises(BudgetExhausted):
+        scorer.evaluate(read_state(task.program()), task.train)
+    assert len(journal) == 4
+    lines = (tmp_path / "journal.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["cost"]["calls"] == 1
+
+
+def test_journal_replay_charges_once_and_skips_torn_lines(task, tmp_path):
+    path = tmp_path / "journal.jsonl"
+    scorer = make_scorer(task, task.lm(), journal=Journal(path))
+    scorer.evaluate(read_state(task.program()), task.train[:3])
+    with path.open("a") as handle:
+        handle.write('{"kind": "score", "key": "cut sh')  # a crash mid-line
+    meter = BudgetMeter()
+    lm = task.lm()
+    replay = make_scorer(task, lm, meter=meter, journal=Journal(path))
+    replay.evaluate(read_state(task.program()), task.train[:3])
+    replay.evaluate(read_state(task.program()), task.train[:3])
+    assert lm.engine.call_count == 0
+    assert meter.spent["task"].calls == 3, "replayed work is charged once, as in the original run"
+
+
+def test_trace_names_the_predictor(task):
+    scorer = make_scorer(task, simulated_task_lm(solve=task.solve, knows=always()))
+    outcome = scorer.evaluate(read_state(task.program()), task.train[:1])[0]
+    assert outcome.score == 1.0
+    assert outcome.trace[0]["predictor"] == "self" and "answer" in outcome.trace[0]["outputs"]
+
+
+# ---------------------------------------------------------------------------- surgery
+def test_apply_state_copies_and_round_trips():
+    program = dspy.ChainOfThought("question -> answer")
+    state = read_state(program)
+    name = state.names()[0]
+    new = state.replace(name, state[name].with_instruction("Be brief.").with_demos(
+        [dspy.Example(question="q", answer="a")]))
+    changed = apply_state(program, new)
+    assert read_state(changed) == new
+    assert read_state(program) == state, "the original is untouched"
+    assert ProgramState.from_dict(json.loads(json.dumps(new.to_dict()))) == new
+    assert new.key() != state.key() and new.key() == ProgramState.from_dict(new.to_dict()).key()
+    with pytest.raises(KeyError, match="No predictor named 'nope'"):
+        state.replace("nope", state[name])
+
+
+# -------------------------------------------------------------------------- placement
+def test_placement_round_trip_and_adapter():
+    composed = compose_instructions("Base.", "Say it loud.", "q_end")
+    assert split_instructions(composed) == ("Base.", "Say it loud.", "q_end")
+    assert split_instructions("Plain.") == ("Plain.", "Plain.", "system")
+    sig = dspy.Signature("question -> answer", composed)
+    messages = PlacementAdapter().format(sig, [], {"question": "why?"})
+    assert "Say it loud." not in messages[0]["content"] and messages[0]["content"].count("Base.") == 1
+    assert messages[-1]["content"].endswith("Say it loud.")
+    begin = dspy.Signature("question -> reasoning, answer", compose_instructions("Base.", "First,", "a_begin"))
+    last = PlacementAdapter().format(begin, [], {"question": "why?"})[-1]["content"]
+    assert last.endswith("Begin the `reasoning` field with these words: First,")
+
+
+# ----------------------------------------------------------------------------- racing
+def test_t_test_and_race():
+    assert abs(student_t_sf(2.0, 10) - 0.0367) < 1e-3
+    assert paired_better([1, 1, 1, 1], [0, 0, 0, 0], 0.05)
+    assert not paired_better([1, 0, 1, 0], [0, 1, 0, 1], 0.2)
+    means = {"good": 0.9, "mid": 0.5, "bad": 0.1}
+    pulled = {k: 0 for k in means}
+
+    def pull(arm, items):
+        pulled[arm] += len(items)
+        return [1.0 if (i * 37 % 100) / 100 < means[arm] else 0.0 for i in items]
+
+    result = race(list(means), 40, pull, block_size=8, alpha=0.2)
+    assert "good" not in result.dropped and "bad" in result.dropped
+    assert pulled["good"] == 40 and pulled["bad"] < 40
+
+
+# ----------------------------------------------------------------------------- report
+def test_report_save_is_atomic_and_loads(tmp_path):
+    report = OptimizationReport(optimizer="X", params={"a": 1}, seed=0)
+    path = report.save(tmp_path / "r.json")
+    assert OptimizationReport.load(path).params == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

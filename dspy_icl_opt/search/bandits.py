@@ -46,6 +46,7 @@ class SelectionResult(Generic[K]):
         ranking: every arm position, best first (arms never pulled last, in input order).
         means: per arm, the mean reward over the distinct items it was pulled on (``None``: never pulled).
         pulls: per arm, the evaluations the schedule asked for (repeats of a seen item included).
+        items_seen: per arm, the distinct items its mean is over.
         evaluations: total (arm, item) evaluations asked for; equals ``planned_evaluations``.
         distinct_evaluations: (arm, item) pairs actually passed to ``pull`` (an upper bound of LM cost).
     """
@@ -55,6 +56,7 @@ class SelectionResult(Generic[K]):
     ranking: tuple[int, ...]
     means: tuple[float | None, ...]
     pulls: tuple[int, ...]
+    items_seen: tuple[int, ...]
     evaluations: int
     distinct_evaluations: int
 
@@ -62,7 +64,7 @@ class SelectionResult(Generic[K]):
         """JSON-able summary (without the arms themselves)."""
         return {"chosen": list(self.chosen_indices), "ranking": list(self.ranking),
                 "means": [None if m is None else round(m, 6) for m in self.means],
-                "pulls": list(self.pulls), "evaluations": self.evaluations,
+                "pulls": list(self.pulls), "items_seen": list(self.items_seen), "evaluations": self.evaluations,
                 "distinct_evaluations": self.distinct_evaluations}
 
 
@@ -121,7 +123,8 @@ class _Tracker:
         chosen = tuple(ranking[:k])
         return SelectionResult(chosen=tuple(self.arms[a] for a in chosen), chosen_indices=chosen,
                                ranking=tuple(ranking), means=tuple(self.mean(a) for a in range(len(self.arms))),
-                               pulls=tuple(self.pulls), evaluations=sum(self.pulls),
+                               pulls=tuple(self.pulls), items_seen=tuple(self.n(a) for a in range(len(self.arms))),
+                               evaluations=sum(self.pulls),
                                distinct_evaluations=self.distinct)
 
 

@@ -1,0 +1,380 @@
+"""APO / ProTeGi: "Automatic Prompt Optimization with Gradient Descent and Beam Search" (Pryzant et al., 2023).
+
+Each round: run every beam prompt on one shared minibatch, ask the prompt model why the prompt got
+sampled errors wrong (the textual gradient), ask it for edited prompts that fix each reason, add
+paraphrases of the edits and of the parent (local Monte Carlo search), de-duplicate and cap the
+children, then keep the best ``beam_size`` of parents + children with a best-arm-identification
+bandit. The final prompt is the beam member that scores best on ``valset``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import dspy
+from loguru import logger
+
+from dspy_icl_opt.optimizers.apo_prompts import (
+    DiagnoseErrors,
+    Failure,
+    FixInstruction,
+    Paraphrase,
+    clean_text,
+    culprit,
+    is_failure,
+    render_failures,
+    texts,
+)
+from dspy_icl_opt.search.bandits import BestArmIdentifier, SelectionResult, make_bandit
+from dspy_icl_opt.search.base import ICLOptimizer, SearchContext
+from dspy_icl_opt.search.budget import MeteredLM, unwrap_lm
+from dspy_icl_opt.search.report import CandidateRecord
+from dspy_icl_opt.search.scorer import Metric
+from dspy_icl_opt.search.surgery import ProgramState, describe_signature
+
+Evaluator = Literal["ucb", "ucb-e", "successive_rejects", "successive_halving", "brute_force"]
+Blame = Literal["trace", "each"]
+
+#: The reference samples the optimizer LM at this temperature.
+DEFAULT_TEMPERATURE = 0.7
+#: With ``reject_on_errors``, children are pre-scored on at most this many of the parent's errors (as the reference).
+ERROR_PRESCORE_SIZE = 16
+#: ... and only a random ``PRESCORE_POOL_FACTOR * max_expansion_factor`` of them (the reference's speed-up).
+PRESCORE_POOL_FACTOR = 2
+#: Integer settings: (minimum, the reference's default, quoted in error messages).
+_INT_SETTINGS = {"rounds": (1, 6), "beam_size": (1, 4), "minibatch_size": (1, 64), "n_gradients": (0, 4),
+                 "errors_per_gradient": (1, 4), "gradients_per_error": (1, 1), "steps_per_gradient": (1, 1),
+                 "mc_samples_per_step": (0, 2), "max_expansion_factor": (1, 8), "eval_rounds": (1, 8),
+                 "eval_prompts_per_round": (1, 8), "samples_per_eval": (1, 32)}
+
+
+@dataclass
+class _Child:
+    """A proposed instruction for one predictor, before it becomes a candidate."""
+
+    predictor: str
+    text: str
+    origin: str  # "edit" or "paraphrase"
+    meta: dict[str, Any]
+    state: ProgramState | None = None
+
+
+@dataclass
+class _Run:
+    names: list[str]
+    tasks: dict[str, str]
+    paraphrase_lm: dspy.BaseLM
+    gradients: list[dict[str, Any]] = field(default_factory=list)
+
+
+class APO(ICLOptimizer):
+    """APO (ProTeGi): textual gradients, edits and paraphrases, kept by beam search with a bandit.
+
+    Per round, ONE minibatch of ``minibatch_size`` training examples is drawn and shared by every
+    beam prompt. For each beam prompt: run it on the minibatch and collect its errors (examples
+    scoring below 1.0, with inputs, gold, prediction and the reasoning when the predictor has one,
+    taken from the scorer's trace); ``n_gradients`` times, sample ``errors_per_gradient`` errors and
+    ask the prompt model for ``gradients_per_error`` reasons (one call); for each reason ask for
+    ``steps_per_gradient`` edited instructions (one call); ask ``paraphrase_model`` for
+    ``mc_samples_per_step`` paraphrases of each distinct edit and of the parent (one call each).
+    Children are de-duplicated and, beyond ``max_expansion_factor`` per parent, sampled at random
+    or (``reject_on_errors``) ranked by their score on up to 16 of the parent's errors. The
+    ``evaluator`` bandit then picks ``beam_size`` of parents + children, scoring on ``trainset``.
+    After ``rounds`` rounds, the beam member best on ``valset`` is returned.
+
+    Several predictors: a gradient works on one predictor's instruction. With ``blame="trace"``
+    (default) it is the predictor the trace blames: the last call whose output became a wrong
+    field of the final answer (the majority over the sampled errors, the later predictor on a
+    tie); when no trace tells (e.g. the program crashed), the predictors take turns. With
+    ``blame="each"`` they always take turns, so upstream predictors of a chain get gradients too.
+    The errors are shown as that predictor saw them (its inputs and outputs), with the program's
+    final and expected outputs.
+
+    Prompt-model calls per beam member and round (without retries), at most ``n_gradients * (1 +
+    gradients_per_error) + mc_samples_per_step * (E + P)``, with ``E <= n_gradients *
+    gradients_per_error * steps_per_gradient`` distinct edits and ``P`` the predictors they edit
+    (1 when there is none). Task calls: the minibatch, the bandit's budget (see
+    :mod:`dspy_icl_opt.search.bandits`; cached pairs are free), the pre-scoring of
+    ``reject_on_errors`` and the final ``valset`` check.
+
+    Args:
+        metric: ``metric(example, prediction, trace=None)`` -> bool or float; 1.0 is a perfect answer.
+        prompt_model: writes gradients and edits (default: the task model).
+        task_model: runs the program (default: ``dspy.settings.lm``).
+        paraphrase_model: writes paraphrases (default: the prompt model); metered as the prompt role.
+        rounds: beam-search rounds (6).
+        beam_size: prompts kept per round (4).
+        minibatch_size: examples per round's shared minibatch (64).
+        n_gradients: gradient calls per beam prompt and round (4).
+        errors_per_gradient: errors shown per gradient call (4).
+        gradients_per_error: reasons asked per gradient call (1).
+        steps_per_gradient: edited prompts asked per reason (1).
+        mc_samples_per_step: paraphrases per edit and of the parent (2).
+        max_expansion_factor: most children kept per beam prompt (8).
+        reject_on_errors: keep the children that score best on the parent's errors instead of a random sample.
+        evaluator: "ucb", "ucb-e", "successive_rejects", "successive_halving" or "brute_force".
+        eval_rounds: bandit rounds (8).
+        eval_prompts_per_round: prompts pulled per UCB round (8).
+        samples_per_eval: examples per pull (32); the elimination methods and brute force spend
+            at most ``eval_rounds * eval_prompts_per_round * samples_per_eval`` evaluations.
+        c: exploration of UCB and UCB-E (1.0).
+        temperature: sampling temperature of the prompt and paraphrase models (0.7).
+        blame: "trace" or "each" (see above).
+        **kwargs: ``budget``, ``seed``, ``num_threads``, ``log_dir``, ``failure_score``, ``max_retries``,
+            ``progress`` (see :class:`~dspy_icl_opt.search.ICLOptimizer`).
+
+    Example:
+        >>> import dspy
+        >>> from dspy_icl_opt.optimizers.apo import APO
+        >>> from dspy_icl_opt.testing import format_chat_reply, planted_rule_task, scripted_lm, system_text
+        >>> task = planted_rule_task("vowels", train_size=8, val_size=4)
+        >>> replies = {"reasons": ["It never says to count the vowels."],
+        ...            "new_instructions": ["Count the vowels in the word."], "paraphrase": "Count the word's vowels."}
+        >>> def reply(request):  # stands in for a real LM, e.g. dspy.LM("openai/gpt-4o-mini")
+        ...     field = next(f for f in replies if f"`{f}`" in system_text(request))
+        ...     return format_chat_reply({field: replies[field]})
+        >>> apo = APO(task.metric, prompt_model=scripted_lm(reply), task_model=task.lm(), rounds=1, beam_size=2,
+        ...           minibatch_size=4, n_gradients=1, mc_samples_per_step=1, eval_rounds=2,
+        ...           eval_prompts_per_round=2, samples_per_eval=4, progress=False)
+        >>> program = apo.compile(task.program(), trainset=task.train, valset=task.val)
+        >>> program.signature.instructions
+        'Count the vowels in the word.'
+    """
+
+    def __init__(self, metric: Metric, *, prompt_model: dspy.BaseLM | None = None,
+                 task_model: dspy.BaseLM | None = None, paraphrase_model: dspy.BaseLM | None = None,
+                 rounds: int = 6, beam_size: int = 4, minibatch_size: int = 64, n_gradients: int = 4,
+                 errors_per_gradient: int = 4, gradients_per_error: int = 1, steps_per_gradient: int = 1,
+                 mc_samples_per_step: int = 2, max_expansion_factor: int = 8, reject_on_errors: bool = False,
+                 evaluator: Evaluator = "ucb", eval_rounds: int = 8, eval_prompts_per_round: int = 8,
+                 samples_per_eval: int = 32, c: float = 1.0, temperature: float = DEFAULT_TEMPERATURE,
+                 blame: Blame = "trace", **kwargs: Any) -> None:
+        super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **kwargs)
+        settings = {"rounds": rounds, "beam_size": beam_size, "minibatch_size": minibatch_size,
+                    "n_gradients": n_gradients, "errors_per_gradient": errors_per_gradient,
+                    "gradients_per_error": gradients_per_error, "steps_per_gradient": steps_per_gradient,
+                    "mc_samples_per_step": mc_samples_per_step, "max_expansion_factor": max_expansion_factor,
+                    "eval_rounds": eval_rounds, "eval_prompts_per_round": eval_prompts_per_round,
+                    "samples_per_eval": samples_per_eval}
+        for name, value in settings.items():
+            _check_int(name, value)
+            setattr(self, name, value)
+        _check_options(paraphrase_model, n_gradients, mc_samples_per_step, reject_on_errors, evaluator, c,
+                       temperature, blame)
+        self.paraphrase_model = paraphrase_model
+        self.reject_on_errors = reject_on_errors
+        self.evaluator, self.c, self.temperature, self.blame = evaluator, float(c), float(temperature), blame
+        self.bandit: BestArmIdentifier = make_bandit(evaluator, eval_rounds=eval_rounds,
+                                                     eval_prompts_per_round=eval_prompts_per_round,
+                                                     samples_per_eval=samples_per_eval, c=c)
+
+    def _params(self) -> dict[str, Any]:
+        keys = [*_INT_SETTINGS, "reject_on_errors", "evaluator", "c", "temperature", "blame"]
+        return {key: getattr(self, key) for key in keys}
+
+    # -------------------------------------------------------------------------------- the loop
+    def _search(self, ctx: SearchContext) -> None:
+        names = [name for name, _ in ctx.predictors]
+        run = _Run(names=names, tasks={name: describe_signature(p) for name, p in ctx.predictors},
+                   paraphrase_lm=self._paraphrase_lm(ctx))
+        seed = ctx.add_candidate(ctx.initial_state, step=0, origin="seed")
+        beam = [seed]
+        ctx.set_best(seed)
+        ctx.report.extra["beams"] = [{"round": 0, "beam": [seed.id]}]
+        ctx.report.extra["gradients"] = run.gradients
+        ctx.checkpoint(0)
+        for round_index in range(1, self.rounds + 1):
+            beam = self._round(ctx, run, round_index, beam)
+        self._choose_final(ctx, beam)
+
+    def _round(self, ctx: SearchContext, run: _Run, r: int, beam: list[CandidateRecord]) -> list[CandidateRecord]:
+        size = min(self.minibatch_size, len(ctx.trainset))
+        minibatch = sorted(ctx.rng.sample(range(len(ctx.trainset)), size))
+        children: list[CandidateRecord] = []
+        for j, parent in enumerate(beam):
+            children += self._expand(ctx, run, r, j, parent, minibatch)
+        pool = list({record.id: record for record in [*beam, *children]}.values())
+        result = self._select(ctx, r, pool)
+        new_beam = list(result.chosen)
+        ctx.report.extra["beams"].append({"round": r, "minibatch": minibatch, "pool": [rec.id for rec in pool],
+                                          "beam": [rec.id for rec in new_beam], "bandit": _summary(pool, result)})
+        ctx.set_best(new_beam[0])
+        logger.info("APO round {}/{}: {} children of {} beam prompt(s); new beam {} (bandit means {}); "
+                    "{} evaluations", r, self.rounds, len(pool) - len(beam), len(beam),
+                    [rec.id for rec in new_beam], [_fmt(result.means[pool.index(rec)]) for rec in new_beam],
+                    result.evaluations)
+        ctx.checkpoint(r)
+        return new_beam
+
+    # ---------------------------------------------------------------------------- expanding
+    def _expand(self, ctx: SearchContext, run: _Run, r: int, j: int, parent: CandidateRecord,
+                minibatch: list[int]) -> list[CandidateRecord]:
+        state = ctx.state_of(parent)
+        examples = [ctx.trainset[i] for i in minibatch]
+        outcomes = ctx.scorer.evaluate(state, examples, desc=f"round {r} minibatch #{parent.id}")
+        ctx.record_outcomes(parent, outcomes, f"minibatch_round{r}")
+        failures = [Failure(i, ex, o) for i, ex, o in zip(minibatch, examples, outcomes) if is_failure(o)]
+        edits = _distinct(state, self._gradient_steps(ctx, run, r, j, parent, state, failures))
+        targets = list(dict.fromkeys(child.predictor for child in edits)) or [run.names[(r - 1 + j) % len(run.names)]]
+        paraphrases = self._paraphrases(ctx, run, r, j, state, edits, targets)
+        children = self._cap(ctx, r, _distinct(state, [*edits, *paraphrases]), failures)
+        logger.debug("APO round {} beam #{}: {} errors, {} edits, {} paraphrases, {} children kept", r, parent.id,
+                     len(failures), len(edits), len(paraphrases), len(children))
+        return [ctx.add_candidate(child.state, step=r, origin=child.origin, predictor=child.predictor,
+                                  parent=parent.id, meta=child.meta) for child in children]
+
+    def _gradient_steps(self, ctx: SearchContext, run: _Run, r: int, j: int, parent: CandidateRecord,
+                        state: ProgramState, failures: list[Failure]) -> list[_Child]:
+        if not failures:
+            logger.debug("APO round {}: beam prompt #{} made no error on the minibatch", r, parent.id)
+            return []
+        children: list[_Child] = []
+        for g in range(self.n_gradients):
+            shown = ctx.rng.sample(failures, min(len(failures), self.errors_per_gradient))
+            name, how = self._target(run, shown, r, g)
+            inputs = {"task": run.tasks[name], "instruction": state[name].instruction,
+                      "failures": render_failures(shown, name)}
+            key = f"apo/round{r}/beam{j}/gradient{g}"
+            answer = ctx.ask(DiagnoseErrors, key=f"{key}/reasons", temperature=self.temperature,
+                             validate=lambda a: bool(texts(a.reasons, 1)), n_reasons=self.gradients_per_error,
+                             **inputs)
+            reasons = texts(answer.reasons, self.gradients_per_error) if answer is not None else []
+            run.gradients.append({"round": r, "beam": j, "parent": parent.id, "gradient": g, "predictor": name,
+                                  "blame": how, "errors": [f.index for f in shown], "reasons": reasons})
+            for i, reason in enumerate(reasons):
+                meta = {"round": r, "beam": j, "gradient": g, "reason": i, "problem": reason}
+                children += self._apply_gradient(ctx, f"{key}/reason{i}", name, inputs, reason, meta)
+        return children
+
+    def _apply_gradient(self, ctx: SearchContext, key: str, name: str, inputs: dict[str, str], reason: str,
+                        meta: dict[str, Any]) -> list[_Child]:
+        answer = ctx.ask(FixInstruction, key=f"{key}/edit", temperature=self.temperature,
+                         validate=lambda a: bool(texts(a.new_instructions, 1)), problem=reason,
+                         n_instructions=self.steps_per_gradient, **inputs)
+        if answer is None:
+            return []
+        edits = texts(answer.new_instructions, self.steps_per_gradient)
+        return [_Child(name, text, "edit", {**meta, "step": s, "key": f"{key}/step{s}"})
+                for s, text in enumerate(edits)]
+
+    def _paraphrases(self, ctx: SearchContext, run: _Run, r: int, j: int, state: ProgramState,
+                     edits: list[_Child], targets: list[str]) -> list[_Child]:
+        sources = [(c.predictor, c.text, c.meta["key"], {**c.meta, "of": "edit"}) for c in edits]
+        sources += [(name, state[name].instruction, f"apo/round{r}/beam{j}/parent/{name}",
+                     {"round": r, "beam": j, "of": "parent"}) for name in targets]
+        children = []
+        for name, text, key, meta in sources:
+            for m in range(self.mc_samples_per_step):
+                answer = ctx.ask(Paraphrase, key=f"{key}/mc{m}", temperature=self.temperature,
+                                 validate=lambda a: bool(clean_text(a.paraphrase)), instruction=text,
+                                 lm=run.paraphrase_lm)
+                if answer is not None:
+                    child_meta = {**meta, "key": f"{key}/mc{m}", "sample": m}
+                    children.append(_Child(name, clean_text(answer.paraphrase), "paraphrase", child_meta))
+        return children
+
+    def _target(self, run: _Run, shown: list[Failure], r: int, g: int) -> tuple[str, str]:
+        """The predictor a gradient works on, and why ("trace" or "turn")."""
+        if self.blame == "trace":
+            found = Counter(name for name in map(culprit, shown) if name in run.names)
+            if found:
+                top = max(found.values())
+                return max((n for n, k in found.items() if k == top), key=run.names.index), "trace"
+        return run.names[((r - 1) * self.n_gradients + g) % len(run.names)], "turn"
+
+    def _cap(self, ctx: SearchContext, r: int, children: list[_Child], failures: list[Failure]) -> list[_Child]:
+        """At most ``max_expansion_factor`` children: a random sample, or the best on the parent's errors."""
+        limit = self.max_expansion_factor
+        if len(children) <= limit:
+            return children
+        if not self.reject_on_errors or not failures:
+            return [children[i] for i in sorted(ctx.rng.sample(range(len(children)), limit))]
+        pool = sorted(ctx.rng.sample(range(len(children)), min(len(children), PRESCORE_POOL_FACTOR * limit)))
+        probe = [f.example for f in ctx.rng.sample(failures, min(len(failures), ERROR_PRESCORE_SIZE))]
+        scores = {i: ctx.scorer.mean(children[i].state, probe, desc=f"round {r} error pre-score") for i in pool}
+        kept = sorted(sorted(pool, key=lambda i: (-scores[i], i))[:limit])
+        for i in kept:
+            children[i].meta["error_score"] = scores[i]
+        return [children[i] for i in kept]
+
+    # ---------------------------------------------------------------------------- selecting
+    def _select(self, ctx: SearchContext, r: int, pool: list[CandidateRecord]) -> SelectionResult:
+        def pull(record: CandidateRecord, items: list[int]) -> list[float]:
+            examples = [ctx.trainset[i] for i in items]
+            outcomes = ctx.scorer.evaluate(ctx.state_of(record), examples, desc=f"round {r} #{record.id}")
+            return [o.score for o in outcomes]
+
+        result = self.bandit.select(pool, self.beam_size, pull, len(ctx.trainset), ctx.rng)
+        for record, mean, seen in zip(pool, result.means, result.items_seen):
+            if mean is not None:
+                record.scores[f"bandit_round{r}"] = mean
+                record.n_scored[f"bandit_round{r}"] = seen
+        return result
+
+    def _choose_final(self, ctx: SearchContext, beam: list[CandidateRecord]) -> None:
+        for record in beam:
+            ctx.score(record, ctx.valset, "val")
+        best = ctx.best_by(beam, "val")
+        if best is not None:
+            ctx.set_best(best)
+            logger.info("APO chose candidate {} (val {:.3f}) from the final beam {}", best.id, best.scores["val"],
+                        [record.id for record in beam])
+        ctx.checkpoint()
+
+    def _paraphrase_lm(self, ctx: SearchContext) -> dspy.BaseLM:
+        if self.paraphrase_model is None:
+            return ctx.prompt_lm
+        return MeteredLM(unwrap_lm(self.paraphrase_model), ctx.meter, "prompt")
+
+
+def _distinct(state: ProgramState, children: list[_Child]) -> list[_Child]:
+    """Children with a new program state each (the parent's own state and repeats dropped)."""
+    seen = {state.key()}
+    kept = []
+    for child in children:
+        child.state = state.replace(child.predictor, state[child.predictor].with_instruction(child.text))
+        if child.state.key() not in seen:
+            seen.add(child.state.key())
+            kept.append(child)
+    return kept
+
+
+def _summary(pool: list[CandidateRecord], result: SelectionResult) -> dict[str, Any]:
+    """The bandit's work by candidate id: means, distinct items seen, evaluations spent."""
+    return {"means": {str(rec.id): None if m is None else round(m, 6) for rec, m in zip(pool, result.means)},
+            "items_seen": {str(rec.id): n for rec, n in zip(pool, result.items_seen)},
+            "evaluations": result.evaluations, "distinct_evaluations": result.distinct_evaluations}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _check_int(name: str, value: Any) -> None:
+    minimum, default = _INT_SETTINGS[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, but got {value!r}. "
+                         f"The paper's default is {default}.")
+
+
+def _check_options(paraphrase_model: Any, n_gradients: int, mc_samples_per_step: int, reject_on_errors: Any,
+                   evaluator: Any, c: Any, temperature: Any, blame: Any) -> None:
+    if paraphrase_model is not None and not isinstance(paraphrase_model, dspy.BaseLM):
+        raise TypeError(f"`paraphrase_model` must be a dspy.BaseLM or None, but got {type(paraphrase_model).__name__}. "
+                        "Pass e.g. dspy.LM('openai/gpt-4o-mini'), or leave it out to use the prompt model.")
+    if n_gradients == 0 and mc_samples_per_step == 0:
+        raise ValueError("`n_gradients` and `mc_samples_per_step` must not both be 0, but both are: no child "
+                         "prompt could be made. Set n_gradients=4 (the paper's default).")
+    if not isinstance(reject_on_errors, bool):
+        raise TypeError(f"`reject_on_errors` must be True or False, but got {reject_on_errors!r}.")
+    if evaluator not in get_args(Evaluator):
+        raise ValueError(f"`evaluator` must be one of {get_args(Evaluator)}, but got {evaluator!r}. "
+                         "Use 'ucb' (the paper's choice) when unsure.")
+    for name, value in (("c", c), ("temperature", temperature)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"`{name}` must be a number >= 0, but got {value!r}.")
+    if blame not in get_args(Blame):
+        raise ValueError(f"`blame` must be one of {get_args(Blame)}, but got {blame!r}. Use 'trace' (the default) "
+                         "to edit the predictor that produced the wrong answer.")

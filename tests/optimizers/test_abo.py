@@ -1,0 +1,328 @@
+"""ABO's own behaviour: failing steps come from the diagnoses, only that step is split, demonstrations
+are checked by the metric, the planted sub-step is found, the ablation, budgets and resume."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import dspy
+import pytest
+
+from dspy_icl_opt.optimizers.abo import ABO, STRICT_SENTENCE
+from dspy_icl_opt.optimizers.abo_prompts import Procedure, follows_every_step, parse_sub_steps, step_number
+from dspy_icl_opt.testing import (
+    format_chat_reply,
+    last_user_text,
+    never,
+    parse_field_blocks,
+    planted_rule_task,
+    rule_in_demos,
+    scripted_lm,
+    simulated_task_lm,
+    system_text,
+)
+
+PROCEDURE = "1. Read the word.\n2. Look at its letters.\n3. Decide the answer.\n4. Write the answer."
+SUB_STEPS = ["Count the vowels in the word (a, e, i, o, u).", "Write that count as a digit."]
+OUTPUT_FIELD = re.compile(r"^\d+\. `(\w+)`", re.MULTILINE)
+
+
+def meta_prompt(request: Any) -> str:
+    """Which ABO meta-prompt a request is, from its first output field."""
+    outputs = system_text(request).split("Your output fields are:", 1)[-1]
+    first = OUTPUT_FIELD.search(outputs).group(1)
+    return {"procedure": "procedure", "execution": "demo", "reason": "locate", "sub_steps": "split"}[first]
+
+
+def echo_demo(fields: dict[str, str], answer: str | None = None) -> str:
+    """A demonstration that carries out every step of the given procedure and ends in the gold answer."""
+    procedure = Procedure.parse(fields["procedure"])
+    lines = []
+    for number, step in enumerate(procedure.steps, start=1):
+        lines.append(f"Step {number}: {step.text}")
+        lines.extend(f"Step {number}.{j}: {sub}" for j, sub in enumerate(step.sub_steps, start=1))
+    gold = parse_field_blocks("[[ ## x ## ]]\n" + fields["correct_outputs"])["x"].split("answer:", 1)[-1].strip()
+    return format_chat_reply({"execution": "\n".join(lines), "final_answer": gold if answer is None else answer})
+
+
+class ABOScript:
+    """A scripted prompt model for ABO that routes each meta-prompt to a handler and keeps a log.
+
+    ``procedures`` is a tuple used in turn, or a function of the request's fields (stateless, for
+    runs that are resumed: a resumed run starts a fresh script).
+    """
+
+    def __init__(self, *, locate: Callable[[dict], tuple[int, str]] = lambda f: (2, "it skipped a detail"),
+                 demo: Callable[[dict, int], str] = lambda f, i: echo_demo(f), procedures=(PROCEDURE,),
+                 sub_steps=SUB_STEPS) -> None:
+        self.locate, self.demo, self.procedures, self.sub_steps = locate, demo, procedures, sub_steps
+        self.log: list[tuple[str, dict[str, str]]] = []
+
+    def __call__(self, request: Any) -> str:
+        kind, fields = meta_prompt(request), parse_field_blocks(last_user_text(request))
+        count = sum(1 for k, _ in self.log if k == kind)
+        self.log.append((kind, fields))
+        if kind == "procedure":
+            procedures = self.procedures
+            chosen = procedures(fields) if callable(procedures) else procedures[count % len(procedures)]
+            return format_chat_reply({"procedure": chosen})
+        if kind == "demo":
+            return self.demo(fields, count)
+        if kind == "locate":
+            step, reason = self.locate(fields)
+            return format_chat_reply({"reason": reason, "failing_step": step})
+        return format_chat_reply({"sub_steps": "\n".join(f"{i}. {s}" for i, s in enumerate(self.sub_steps, 1))})
+
+    def asked(self, kind: str) -> list[dict[str, str]]:
+        return [fields for k, fields in self.log if k == kind]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dspy_settings():
+    with dspy.context(lm=None, adapter=None):
+        yield
+
+
+@pytest.fixture
+def task():
+    return planted_rule_task("vowels", train_size=6, val_size=4, seed=1)
+
+
+def make_abo(task, script, task_lm=None, **kwargs):
+    settings = {"num_candidates": 1, "rounds": 1, "minibatch_size": 32, "errors_per_round": 8, "progress": False}
+    settings.update(kwargs)
+    return ABO(task.metric, task_model=task_lm or task.lm(knows=never()), prompt_model=scripted_lm(script),
+               **settings)
+
+
+def cot() -> dspy.ChainOfThought:
+    return dspy.ChainOfThought(dspy.Signature("question -> answer", "Answer the question."))
+
+
+# ------------------------------------------------------------------------ localisation, refinement
+def test_histogram_comes_from_localisation_and_only_that_step_is_split(task):
+    hard = {ex.question for ex in task.train[:4]}
+
+    def locate(fields):
+        word = fields["task_input"].split("question:", 1)[1].strip()
+        return (3, f"misjudged {word}") if word in hard else (1, "misread the word")
+
+    script = ABOScript(locate=locate)
+    abo = make_abo(task, script)
+    abo.compile(cot(), trainset=task.train, valset=task.val)
+
+    refinement = [e for e in abo.report_.extra["rounds"] if e["round"] == 1][0]
+    assert refinement["histogram"] == {"1": 2, "3": 4}
+    assert refinement["failing_step"] == 3
+    assert sorted(refinement["reasons"]) == sorted(f"misjudged {w}" for w in hard)
+    assert script.asked("split")[0]["step_number"] == "3"
+    parent, child = Procedure.parse(PROCEDURE), Procedure.parse(refinement["procedure"])
+    assert [s.text for s in child.steps] == [s.text for s in parent.steps]
+    assert [s.sub_steps for s in child.steps] == [(), (), tuple(SUB_STEPS), ()]
+    assert refinement["kept"] is False, "a refinement that does not score higher is not kept"
+
+
+def test_localised_step_must_be_a_real_step(task):
+    abo = make_abo(task, ABOScript(locate=lambda f: (9, "no such step")), max_retries=0)
+    program = abo.compile(cot(), trainset=task.train, valset=task.val)
+    refinement = [e for e in abo.report_.extra["rounds"] if e["round"] == 1][0]
+    assert refinement["histogram"] == {} and refinement["candidate"] is None
+    assert abo.report_.counters.unparsable_answers >= len(task.train)
+    assert "2.1" not in program.predict.signature.instructions
+
+
+# ----------------------------------------------------------------------------------- demonstrations
+def demos_in_report(report) -> list[tuple[dict, dict]]:
+    return [(c.state, demo) for c in report.candidates for s in c.state.values() for demo in s["demos"]]
+
+
+def test_demonstration_failing_the_metric_is_never_installed(task):
+    wrong_first_two = lambda fields, i: echo_demo(fields, answer="999" if i < 2 else None)  # noqa: E731
+    abo = make_abo(task, ABOScript(demo=wrong_first_two), rounds=0)
+    program = abo.compile(cot(), trainset=task.train, valset=task.val)
+    assert abo.report_.extra["rejected_demonstrations"] == 2
+    [demo] = program.predict.demos
+    gold = {ex.question: ex.answer for ex in task.train}
+    assert demo.answer == gold[demo.question] and "Step 4:" in demo.reasoning
+    for _, installed in demos_in_report(abo.report_):
+        assert task.metric(dspy.Example(**installed), dspy.Prediction(answer=installed["answer"])) == 1.0
+
+
+def test_without_a_passing_demonstration_the_predictor_goes_without(task):
+    abo = make_abo(task, ABOScript(demo=lambda fields, i: echo_demo(fields, answer="999")), rounds=1)
+    program = abo.compile(cot(), trainset=task.train, valset=task.val)
+    assert program.predict.demos == []
+    assert demos_in_report(abo.report_) == []
+    assert program.predict.signature.instructions.endswith(STRICT_SENTENCE)
+    assert abo.report_.extra["rejected_demonstrations"] == 6  # 3 examples for Step 0, 3 for the refinement
+
+
+def test_demonstration_that_skips_a_step_is_rejected():
+    procedure = Procedure.parse(PROCEDURE).refine(2, SUB_STEPS)
+    assert follows_every_step("Step 1: a\nStep 2.1: b\nStep 2.2: c\nStep 3: d\nStep 4: e", procedure)
+    assert not follows_every_step("Step 1: a\nStep 2: b\nStep 3: d\nStep 4: e", procedure)
+    assert not follows_every_step("Step 1: a\nStep 2.1: b\nStep 2.2: c\nStep 3: d\nStep 40: e", procedure)
+
+
+def test_predict_carries_the_worked_example_in_its_instruction(task):
+    abo = make_abo(task, ABOScript(), rounds=0)
+    program = abo.compile(task.program(), trainset=task.train, valset=task.val)
+    instruction = program.signature.instructions
+    assert instruction.startswith(Procedure.parse(PROCEDURE).render())
+    assert "A worked example" in instruction and "Step 3: Decide the answer." in instruction
+    [demo] = program.demos
+    assert set(demo.keys()) == {"question", "answer"} and f"question: {demo.question}" in instruction
+
+
+def test_demonstration_false_installs_no_demo(task):
+    script = ABOScript(locate=lambda f: (2, "skipped"))
+    abo = make_abo(task, script, demonstration=False, rounds=1)
+    student = cot()
+    student.predict.demos = [dspy.Example(question="abc", reasoning="r", answer="1")]
+    program = abo.compile(student, trainset=task.train, valset=task.val)
+    assert program.predict.demos == []
+    assert program.predict.signature.instructions == f"{Procedure.parse(PROCEDURE).render()}\n\n{STRICT_SENTENCE}"
+    assert script.asked("demo") == [], "no demonstration is even written"
+    assert all(not s["demos"] for c in abo.report_.candidates if c.origin != "seed" for s in c.state.values())
+    assert script.asked("locate")[0]["demonstration"].startswith("(none")
+
+
+# ------------------------------------------------------------------------------------ the search
+def test_finds_the_planted_sub_step_through_the_demonstration(task):
+    """The task model only succeeds when a demo shows the rule; the rule only appears as a sub-step."""
+    task_lm = simulated_task_lm(solve=task.solve, knows=rule_in_demos(task.rule))
+    abo = make_abo(task, ABOScript(locate=lambda f: (2, "did not count anything")), task_lm=task_lm, rounds=2)
+    program = abo.compile(cot(), trainset=task.train, valset=task.val)
+    report = abo.report_
+    step0, round1, round2 = ([e for e in report.extra["rounds"] if e["round"] == r] for r in (0, 1, 2))
+    assert step0[0]["scores"]["val"] == 0.0
+    assert round1[0]["kept"] and round1[0]["scores"]["val"] == 1.0
+    assert round2[0]["histogram"] == {} and not round2[0]["kept"], "nothing left to fix after round 1"
+    assert report.best_scores["val"] == 1.0
+    assert "   2.1 Count the vowels" in program.predict.signature.instructions
+    [demo] = program.predict.demos
+    assert "Step 2.1: Count the vowels" in demo.reasoning
+    assert report.steps_completed == 2
+
+
+def test_beam_keeps_the_best_initial_procedures(task):
+    good = f"1. Read the word.\n2. {task.rule.capitalize()} and write the count."
+    script = ABOScript(procedures=(PROCEDURE, good, PROCEDURE.replace("Read", "Take")))
+    task_lm = simulated_task_lm(solve=task.solve, knows=rule_in_demos(task.rule))
+    abo = make_abo(task, script, task_lm=task_lm, num_candidates=3, beam_size=2, rounds=0)
+    program = abo.compile(cot(), trainset=task.train, valset=task.val)
+    step0 = abo.report_.extra["rounds"]
+    assert [e["kept"] for e in step0] == [True, True, False]  # the good one first, then the earliest tie
+    assert program.predict.signature.instructions == Procedure.parse(good).render()
+
+
+def test_two_predictors_optimized_in_turn_with_their_own_traces(task):
+    class SpellThenCount(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.spell = dspy.ChainOfThought("question -> letters")
+            self.count = dspy.ChainOfThought("question, letters -> answer")
+
+        def forward(self, question):
+            return self.count(question=question, letters=self.spell(question=question).letters)
+
+    def solve(inputs):
+        return " ".join(inputs["question"]) if "letters" not in inputs else task.solve(inputs)
+
+    def knows(view):
+        return "letters" in view.output_fields or any(task.rule in d.text.lower() for d in view.demos)
+
+    script = ABOScript()
+    abo = make_abo(task, script, task_lm=simulated_task_lm(solve=solve, knows=knows), rounds=1)
+    program = abo.compile(SpellThenCount(), trainset=task.train, valset=task.val)
+    assert program.spell.predict.demos == [], "`letters` is no label: its demonstration cannot be checked"
+    assert program.spell.predict.signature.instructions.endswith(STRICT_SENTENCE)
+    [demo] = program.count.predict.demos
+    assert demo.letters == " ".join(demo.question), "the demo's inputs come from the program's trace"
+    located = script.asked("locate")
+    assert "letters:" in located[0]["model_output"] and "letters:" in located[-1]["task_input"]
+    steps = {c.predictor: c.step for c in abo.report_.candidates if c.origin == "procedure"}
+    assert steps == {"spell.predict": 0, "count.predict": 2}
+    assert abo.report_.best_scores["val"] == 1.0
+
+
+# --------------------------------------------------------------------------------- budget, resume
+@pytest.mark.parametrize("cap, role", [({"max_prompt_calls": 3}, "prompt"), ({"max_task_calls": 9}, "task")])
+def test_budget_cap_stops_exactly(task, cap, role):
+    task_lm = task.lm(knows=never())
+    script = ABOScript()
+    abo = make_abo(task, script, task_lm=task_lm, budget=cap, num_candidates=2, rounds=2)
+    abo.compile(cot(), trainset=task.train, valset=task.val)
+    report = abo.report_
+    assert report.stopped_by_budget and not report.finished
+    assert report.spent[role].calls == next(iter(cap.values()))
+    engine_calls = len(script.log) if role == "prompt" else task_lm.engine.call_count
+    assert engine_calls == report.spent[role].calls
+
+
+@pytest.mark.parametrize("cap", [{"max_task_calls": 9}, {"max_prompt_calls": 4}, {"max_task_calls": 20}])
+def test_resume_makes_no_repeated_call(task, tmp_path, cap):
+    def run(log_dir=None, budget=None):
+        task_lm = simulated_task_lm(solve=task.solve, knows=rule_in_demos(task.rule))
+        script = ABOScript(locate=lambda f: (2, "did not count"))
+        abo = make_abo(task, script, task_lm=task_lm, budget=budget, num_candidates=2, rounds=2, log_dir=log_dir)
+        program = abo.compile(cot(), trainset=task.train, valset=task.val)
+        return abo.report_, program, task_lm.engine.call_count, len(script.log)
+
+    full, full_program, full_task, full_prompt = run()
+    cut, _, cut_task, cut_prompt = run(tmp_path, cap)
+    assert cut.stopped_by_budget
+    resumed, program, task_calls, prompt_calls = run(tmp_path)
+    assert (cut_task + task_calls, cut_prompt + prompt_calls) == (full_task, full_prompt)
+    assert resumed.best_state == full.best_state
+    assert resumed.extra["rounds"] == full.extra["rounds"]
+    assert program.dump_state() == full_program.dump_state()
+    again, _, task_calls, prompt_calls = run(tmp_path)
+    assert (task_calls, prompt_calls) == (0, 0) and again.best_state == full.best_state
+
+
+# -------------------------------------------------------------------------------------- settings
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"rounds": -1}, ValueError, "`rounds` must be >= 0, but got -1."),
+    ({"num_candidates": 0}, ValueError, "`num_candidates` must be >= 1, but got 0."),
+    ({"minibatch_size": 2.5}, TypeError, "`minibatch_size` must be an integer"),
+    ({"errors_per_round": 0}, ValueError, "`errors_per_round` must be >= 1"),
+    ({"num_candidates": 2, "beam_size": 3}, ValueError, "`beam_size` must be <= `num_candidates` (2), but got 3."),
+    ({"demonstration": "yes"}, TypeError, "`demonstration` must be True or False"),
+    ({"temperature": -0.5}, ValueError, "`temperature` must be a number >= 0"),
+])
+def test_bad_settings_are_named(kwargs, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        ABO(lambda e, p, t=None: 1.0, **kwargs)
+
+
+def test_unlabeled_trainset_is_refused(task):
+    abo = make_abo(task, ABOScript())
+    unlabeled = [dspy.Example(question=ex.question).with_inputs("question") for ex in task.train]
+    with pytest.raises(ValueError, match="gold outputs"):
+        abo.compile(cot(), trainset=unlabeled, valset=task.val)
+
+
+# ------------------------------------------------------------------------------------- parsing
+def test_procedure_parsing_rendering_and_splice():
+    text = "Here is how:\n**Step 1:** Read the word.\n2) Look at\n   its letters.\n3. Answer."
+    procedure = Procedure.parse(text)
+    assert [s.text for s in procedure.steps] == ["Read the word.", "Look at its letters.", "Answer."]
+    refined = procedure.refine(2, ["Spell it.", "Mark the vowels."])
+    assert Procedure.parse(refined.render()) == refined
+    assert refined.render_step(2) == "2. Look at its letters.\n   2.1 Spell it.\n   2.2 Mark the vowels."
+    assert refined.refine(2, ["a", "b", "c"]).steps[1].sub_steps == ("a", "b", "c"), "a step can be split again"
+    assert Procedure.parse("Just answer the question.") is None
+    assert Procedure.parse("1. Only one step.") is None
+    with pytest.raises(ValueError, match="must be a step"):
+        procedure.refine(4, ["a", "b"])
+
+
+def test_sub_step_lists_and_step_numbers():
+    assert parse_sub_steps("2.1 Spell it.\n2.2 Mark\nthe vowels.") == ["Spell it.", "Mark the vowels."]
+    assert parse_sub_steps("a) one\n- two") == ["one", "two"]
+    assert parse_sub_steps("1. only one") is None
+    assert [step_number(v, 4) for v in (1, "4", " 2. ", 0, 5, True, "two", None)] == [1, 4, 2, None, None, None,
+                                                                                       None, None]

@@ -1,0 +1,115 @@
+"""Demo pools: where candidate demonstrations come from, per predictor.
+
+* ``labeled``: training examples that carry at least one of the predictor's input fields and one of
+  its output fields, restricted to its fields (DSPy's LabeledFewShot idea; like DSPy's adapters,
+  a demo may miss fields, e.g. an intermediate input it never had).
+* ``bootstrapped``: the program's own runs on training examples that pass the metric; each
+  predictor call in the run's trace (its inputs and outputs, intermediate fields included) becomes
+  a demo for that predictor (DSPy's BootstrapFewShot idea, with the program as its own teacher).
+  The cost is capped: no new example is started once ``max_calls`` task-model calls were spent on it.
+
+A pool is a list of plain dicts; a demo's id is a digest of its content, so the same demo has the
+same id in every study and every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import dspy
+from loguru import logger
+
+from dspy_icl_opt.search import SearchContext
+from dspy_icl_opt.search.surgery import demo_to_dict
+
+PoolName = Literal["labeled", "bootstrapped"]
+POOLS: tuple[PoolName, ...] = ("labeled", "bootstrapped")
+#: Pools per predictor, by pool name: ``{predictor: {pool: [demo, ...]}}``.
+Pools = dict[str, dict[str, list[dict[str, Any]]]]
+
+
+def demo_id(demo: Mapping[str, Any]) -> str:
+    """A short stable digest of a demo's content."""
+    blob = json.dumps(demo_to_dict(demo), sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def labeled_pool(predictor: dspy.Predict, trainset: Sequence[dspy.Example]) -> list[dict[str, Any]]:
+    """Training examples usable as demos of ``predictor``, restricted to its fields, without duplicates."""
+    inputs, outputs = list(predictor.signature.input_fields), list(predictor.signature.output_fields)
+    pool: dict[str, dict[str, Any]] = {}
+    for example in trainset:
+        data = demo_to_dict(example)
+        if not any(f in data for f in inputs) or not any(f in data for f in outputs):
+            continue
+        demo = {f: data[f] for f in [*inputs, *outputs] if f in data}
+        pool.setdefault(demo_id(demo), demo)
+    return list(pool.values())
+
+
+def bootstrap_pools(ctx: SearchContext, *, max_calls: int, threshold: float,
+                    max_per_predictor: int) -> dict[str, list[dict[str, Any]]]:
+    """Demos from the program's own passing runs on a shuffled trainset (``ctx.rng``), per predictor.
+
+    Stops when ``max_calls`` task-model calls were spent here (an example already started is
+    finished, so the cap can be passed by the calls of one batch) or every predictor has
+    ``max_per_predictor`` demos.
+    """
+    names = [name for name, _ in ctx.predictors]
+    found: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
+    order = list(ctx.trainset)
+    ctx.rng.shuffle(order)
+    batch = max(1, ctx.optimizer.num_threads)
+    start = _task_calls(ctx)
+    for i in range(0, len(order) if max_calls > 0 else 0, batch):
+        if _task_calls(ctx) - start >= max_calls or all(len(found[n]) >= max_per_predictor for n in names):
+            break
+        chunk = order[i:i + batch]
+        for outcome in ctx.scorer.evaluate(ctx.initial_state, chunk, desc="bootstrap"):
+            if outcome.failed or outcome.score < threshold:
+                continue
+            for call in outcome.trace:
+                demo = {**call.get("inputs", {}), **call.get("outputs", {})}
+                if call.get("predictor") in found and len(found[call["predictor"]]) < max_per_predictor:
+                    found[call["predictor"]].setdefault(demo_id(demo), demo)
+    spent = _task_calls(ctx) - start
+    logger.info("Bootstrapped {} with {} task-model calls", {n: len(d) for n, d in found.items()}, spent)
+    return {name: list(demos.values()) for name, demos in found.items()}
+
+
+def build_pools(ctx: SearchContext, pools: Sequence[PoolName], *, max_calls: int, threshold: float,
+                max_per_predictor: int) -> Pools:
+    """Every requested pool for every predictor (empty pools included)."""
+    result: Pools = {name: {} for name, _ in ctx.predictors}
+    if "labeled" in pools:
+        for name, predictor in ctx.predictors:
+            result[name]["labeled"] = labeled_pool(predictor, ctx.trainset)
+    if "bootstrapped" in pools:
+        boot = bootstrap_pools(ctx, max_calls=max_calls, threshold=threshold, max_per_predictor=max_per_predictor)
+        for name in result:
+            result[name]["bootstrapped"] = boot.get(name, [])
+    return result
+
+
+def usable(pools: Pools) -> dict[str, list[str]]:
+    """The non-empty pools of each predictor, in the order they were asked for."""
+    return {name: [p for p, demos in by_pool.items() if demos] for name, by_pool in pools.items()}
+
+
+def largest_k(pools: Pools, max_demos: int) -> dict[str, int]:
+    """``k``'s upper bound per predictor: ``max_demos``, clamped (with a warning) to the largest pool."""
+    bounds = {}
+    for name, by_pool in pools.items():
+        largest = max((len(d) for d in by_pool.values()), default=0)
+        if largest < max_demos:
+            logger.warning("Predictor {!r}: max_demos={} but its largest demo pool has {} demo(s); k is "
+                           "searched in [0, {}].", name, max_demos, largest, largest)
+        bounds[name] = min(max_demos, largest)
+    return bounds
+
+
+def _task_calls(ctx: SearchContext) -> int:
+    return ctx.meter.snapshot()["task"].calls

@@ -1,0 +1,428 @@
+"""DemoSelector: an Optuna search over each predictor's few-shot demos; instructions are left alone.
+
+One trial picks, per predictor, how many demos (``k``, zero included), from which pool (labeled
+examples or the program's own passing traces), which ones (random, kNN of the input at inference
+time, MMR diversity, explicit slots, or an influence ranking from an earlier study) and in which
+order. A trial is scored on minibatches of the validation set; each minibatch's running mean is an
+intermediate value, so a pruner stops bad trials early. The best few trials are then scored on the
+whole validation set and the best of those wins (MIPROv2's minibatch-then-full idea, demos only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import dspy
+import optuna
+from loguru import logger
+from optuna.trial import FrozenTrial, TrialState
+
+from dspy_icl_opt.demos.dynamic import ORDERS, Order, enable_dynamic_demos, restore_classes, select_indices, split_demos
+from dspy_icl_opt.demos.embeddings import LEXICAL, is_registered, register_embedder
+from dspy_icl_opt.demos.influence import fit_influence
+from dspy_icl_opt.demos.pools import POOLS, PoolName, Pools, build_pools, demo_id, largest_k
+from dspy_icl_opt.demos.strategies import (
+    STRATEGIES,
+    check_choices,
+    coerce_influence,
+    Choice,
+    ParamsSource,
+    Space,
+    Strategy,
+    TrialSource,
+    choice_demos,
+    static_ids,
+    suggest,
+)
+from dspy_icl_opt.demos.study import (
+    PrunerName,
+    check_optuna_object,
+    check_settings,
+    enqueue_baselines,
+    finished,
+    k_curve,
+    make_pruner,
+    make_sampler,
+    open_study,
+    redact,
+    shared_pools,
+    summary,
+)
+from dspy_icl_opt.search import BudgetExhausted, ICLOptimizer, OptimizationReport, ProgramState, SearchContext
+from dspy_icl_opt.search.base import stable_int
+from dspy_icl_opt.search.scorer import Metric, Outcome, example_key
+
+#: Task-model calls spent at most on bootstrapping traces (an example already started is finished).
+DEFAULT_BOOTSTRAP_MAX_CALLS = 64
+#: Bootstrapping stops early once every predictor has this many demos per ``max_demos``.
+BOOTSTRAP_POOL_FACTOR = 3
+#: Example keys stored in trials are cut to this length (enough to tell a valset's examples apart).
+EXAMPLE_KEY_LEN = 12
+
+
+@dataclass
+class _Run:
+    """The state of one ``compile``: the study, the space and the minibatches."""
+
+    ctx: SearchContext
+    study: optuna.Study
+    space: Space
+    batches: list[list[dspy.Example]]
+    input_fields: dict[str, list[str]]
+    exhausted: BudgetExhausted | None = None
+    ran: int = 0
+    records: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.space.pools)
+
+    def pool(self, choice: Choice) -> list[dict[str, Any]]:
+        return self.space.pools[choice.predictor].get(choice.pool or "", [])
+
+    def state_of(self, choices: Mapping[str, Choice]) -> ProgramState:
+        state = self.ctx.initial_state
+        for name, choice in choices.items():
+            demos = choice_demos(choice, self.pool(choice), self.space.embedder)
+            state = state.replace(name, state[name].with_demos(demos))
+        return state
+
+
+class DemoSelector(ICLOptimizer):
+    """Search the few-shot demos of every predictor with Optuna; instructions are kept as they are.
+
+    Args:
+        metric: ``metric(example, prediction, trace=None)``, higher is better.
+        max_demos: the largest ``k`` per predictor. A predictor whose largest pool is smaller gets
+            ``k`` clamped to that pool's size, with a logged warning.
+        n_trials: trials this ``compile`` runs (the two baselines included; a resumed or shared
+            study keeps its earlier trials and adds these).
+        strategies: how demos are chosen: ``random``, ``knn`` (per call, at inference time),
+            ``mmr``, ``slots``, ``influence`` (needs ``influence=``).
+        pools: ``labeled`` (training examples) and/or ``bootstrapped`` (the program's passing runs).
+        orders: ``as_selected``, ``most_similar_last`` (per call), ``permutation``.
+        bootstrap_max_calls: task-model calls spent at most on bootstrapping (default 64).
+        bootstrap_threshold: a run whose score reaches this passes and gives demos (default 1.0).
+        minibatch_size: validation examples per intermediate value (default 8).
+        minibatches_per_trial: minibatches a trial that is not pruned gets (default 4).
+        pruner: ``"median"`` (default), ``"successive_halving"``, ``None`` or any Optuna pruner.
+        sampler: any Optuna sampler; default a ``TPESampler(multivariate=True, group=True, seed=seed)``.
+        storage: ``None`` (in memory), an RDB URL (``sqlite:///demos.db`` to resume in a later
+            compile, ``postgresql://...`` for several processes) or an Optuna storage.
+        study_name: the study to create or resume; with a storage and no name, a name derived from
+            the program, the trainset and the seed is used (so the same call resumes).
+        embedder: a ``dspy.Embedder`` (or ``callable(list[str]) -> array``, or the name given to
+            ``register_embedder``) for kNN and MMR; default: a lexical TF-IDF embedder that needs no
+            download. Programs store the embedder's name (its ``model`` string, else its qualified name).
+        influence: an influence ranking (``report.extra["influence"]`` or the report of an earlier
+            DemoSelector run) for the ``influence`` strategy.
+        top_k_full_eval: the best trials scored on the whole valset at the end (default 3).
+        **kwargs: :class:`~dspy_icl_opt.search.ICLOptimizer` arguments (task_model, budget, seed, ...).
+
+    A kNN or reordered-per-call winner makes the returned program's predictors ``DynamicPredict``;
+    see :mod:`dspy_icl_opt.demos.dynamic` for what ``save`` writes and how to load it.
+
+    With a ``storage``, the demo pools and the search settings are stored in the study: a later
+    compile or another process reuses those pools (no second bootstrap) and refuses other settings.
+    Processes sharing one study need the same program, trainset, valset and seed, and distinct
+    ``log_dir``; each seeds its sampler from the seed, its host and pid (so workers explore different
+    trials), which makes such runs not bit-for-bit reproducible. The report's ``extra`` holds
+    ``influence`` (each demo's estimated effect, best first), ``k_curve`` (best/mean score per k),
+    ``study`` (name, storage without password, trial counts) and ``pools`` (sizes).
+
+    Example:
+        >>> from dspy_icl_opt.testing import planted_rule_task
+        >>> task = planted_rule_task("reverse", train_size=8, val_size=8)
+        >>> selector = DemoSelector(task.metric, max_demos=2, n_trials=4, task_model=task.lm(), progress=False)
+        >>> program = selector.compile(task.program(), trainset=task.train, valset=task.val)
+        >>> len(selector.study_.trials)
+        4
+    """
+
+    def __init__(self, metric: Metric, *, max_demos: int = 8, n_trials: int = 30,
+                 strategies: Sequence[Strategy] = ("random", "knn", "mmr", "slots"),
+                 pools: Sequence[PoolName] = ("labeled", "bootstrapped"),
+                 orders: Sequence[Order] = ("as_selected", "most_similar_last", "permutation"),
+                 bootstrap_max_calls: int = DEFAULT_BOOTSTRAP_MAX_CALLS, bootstrap_threshold: float = 1.0,
+                 minibatch_size: int = 8, minibatches_per_trial: int = 4,
+                 pruner: PrunerName | optuna.pruners.BasePruner | None = "median",
+                 sampler: optuna.samplers.BaseSampler | None = None,
+                 storage: str | optuna.storages.BaseStorage | None = None, study_name: str | None = None,
+                 embedder: Any = None, influence: Mapping[str, Any] | OptimizationReport | None = None,
+                 top_k_full_eval: int = 3, **kwargs: Any) -> None:
+        super().__init__(metric, **kwargs)
+        for name, value, low in (("max_demos", max_demos, 1), ("n_trials", n_trials, 1),
+                                 ("bootstrap_max_calls", bootstrap_max_calls, 0), ("minibatch_size", minibatch_size, 1),
+                                 ("minibatches_per_trial", minibatches_per_trial, 1),
+                                 ("top_k_full_eval", top_k_full_eval, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an integer >= {low}, but got {value!r}.")
+        self.strategies = check_choices("strategies", strategies, STRATEGIES)
+        self.pools = check_choices("pools", pools, POOLS)
+        self.orders = check_choices("orders", orders, ORDERS)
+        self.influence = coerce_influence(influence)
+        if "influence" in self.strategies and not self.influence:
+            raise ValueError("The `influence` strategy needs a ranking: pass influence=report.extra['influence'] "
+                             "(or the report) of an earlier DemoSelector run.")
+        check_optuna_object("pruner", pruner, optuna.pruners.BasePruner, ("median", "successive_halving"))
+        check_optuna_object("sampler", sampler, optuna.samplers.BaseSampler, ())
+        check_optuna_object("storage", storage, optuna.storages.BaseStorage, (str,))
+        if study_name is not None and (not isinstance(study_name, str) or not study_name):
+            raise ValueError(f"`study_name` must be a non-empty string or None, but got {study_name!r}.")
+        self.max_demos, self.n_trials = max_demos, n_trials
+        self.bootstrap_max_calls, self.bootstrap_threshold = bootstrap_max_calls, float(bootstrap_threshold)
+        self.minibatch_size, self.minibatches_per_trial = minibatch_size, minibatches_per_trial
+        self.pruner, self.sampler, self.storage, self.study_name = pruner, sampler, storage, study_name
+        self.embedder_name = _embedder_name(embedder)
+        self.top_k_full_eval = top_k_full_eval
+        self.study_: optuna.Study | None = None
+        self.pools_: Pools | None = None
+
+    def trials_dataframe(self, **kwargs: Any) -> Any:
+        """The study's trials as a pandas DataFrame (``optuna.Study.trials_dataframe``)."""
+        if self.study_ is None:
+            raise RuntimeError("No study yet: call compile(...) first.")
+        return self.study_.trials_dataframe(**kwargs)
+
+    def _params(self) -> dict[str, Any]:
+        return {"max_demos": self.max_demos, "n_trials": self.n_trials, "strategies": list(self.strategies),
+                "pools": list(self.pools), "orders": list(self.orders),
+                "bootstrap_max_calls": self.bootstrap_max_calls, "bootstrap_threshold": self.bootstrap_threshold,
+                "minibatch_size": self.minibatch_size, "minibatches_per_trial": self.minibatches_per_trial,
+                "pruner": self.pruner if isinstance(self.pruner, str) or self.pruner is None
+                else type(self.pruner).__name__,
+                "sampler": None if self.sampler is None else type(self.sampler).__name__,
+                "storage": redact(self.storage), "study_name": self.study_name, "embedder": self.embedder_name,
+                "influence": stable_int(sorted((p, e["id"]) for p, es in self.influence.items() for e in es)),
+                "top_k_full_eval": self.top_k_full_eval}
+
+    def _validate(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example]) -> None:
+        names = {name for name, _ in student.named_predictors()}
+        unknown = sorted(set(self.influence) - names)
+        if unknown:
+            logger.warning("The influence ranking names predictors {} that the program lacks (it has {}); "
+                           "they are ignored.", unknown, sorted(names))
+
+    # ------------------------------------------------------------------------------ the search
+    def _search(self, ctx: SearchContext) -> None:
+        changed = enable_dynamic_demos(ctx.student)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        run: _Run | None = None
+        try:
+            run = self._prepare(ctx)
+            run.study.optimize(lambda trial: self._objective(run, trial), n_trials=self.n_trials,
+                               catch=(BudgetExhausted,), callbacks=[lambda s, t: self._after_trial(run, t)])
+            self._finalize(run)
+            if run.exhausted is not None:
+                raise run.exhausted
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+            if run is not None:
+                self._record_extras(run)
+            best = ProgramState.from_dict(ctx.report.best_state) if ctx.report.best_state else ctx.initial_state
+            if not any(split_demos(s.demos)[0] for _, s in best.predictors):
+                restore_classes(changed)
+
+    def _prepare(self, ctx: SearchContext) -> _Run:
+        order = list(ctx.valset)
+        ctx.rng.shuffle(order)
+        n = min(len(order), self.minibatch_size * self.minibatches_per_trial)
+        batches = [order[i:i + self.minibatch_size] for i in range(0, n, self.minibatch_size)]
+        shared = self.storage is not None
+        settings = {"predictors": sorted(name for name, _ in ctx.predictors), "strategies": list(self.strategies),
+                    "orders": list(self.orders), "pools": list(self.pools), "max_demos": self.max_demos}
+        name = self.study_name or (_default_study_name(ctx, self.seed, settings) if shared else None)
+        study = open_study(storage=self.storage, study_name=name, sampler=make_sampler(self.sampler, self.seed, shared),
+                           pruner=make_pruner(self.pruner))
+        self.study_ = study
+        check_settings(study, settings)
+        pools, built = shared_pools(study, lambda: build_pools(
+            ctx, self.pools, max_calls=self.bootstrap_max_calls, threshold=self.bootstrap_threshold,
+            max_per_predictor=BOOTSTRAP_POOL_FACTOR * self.max_demos))
+        if not built:
+            logger.info("Using the demo pools stored in study {!r}", study.study_name)
+        self.pools_ = pools
+        space = Space(pools=pools, k_max=largest_k(pools, self.max_demos), strategies=self.strategies,
+                      orders=self.orders, embedder=self.embedder_name, influence=self.influence)
+        sizes = {name: {pool: len(demos) for pool, demos in by_pool.items()} for name, by_pool in pools.items()}
+        logger.info("DemoSelector: study {!r} ({} earlier trials), pools {}, {} trial examples in {} minibatches",
+                    study.study_name, len(study.trials), sizes, n, len(batches))
+        enqueue_baselines(study, space)
+        fields = {name: list(pred.signature.input_fields) for name, pred in ctx.predictors}
+        return _Run(ctx=ctx, study=study, space=space, batches=batches, input_fields=fields)
+
+    def _objective(self, run: _Run, trial: optuna.Trial) -> float:
+        choices = {name: suggest(TrialSource(trial), name, run.space) for name in run.names}
+        state = run.state_of(choices)
+        described = {name: c.describe() for name, c in choices.items()}
+        record = run.ctx.add_candidate(state, step=trial.number, origin="trial",
+                                       meta={"trial": trial.number, "choice": described})
+        trial.set_user_attr("icl_choice", described)
+        trial.set_user_attr("icl_k", {name: c.shown for name, c in choices.items()})
+        seen: list[dspy.Example] = []
+        outcomes: list[Outcome] = []
+        for step, batch in enumerate(run.batches):
+            try:
+                outcomes += run.ctx.scorer.evaluate(state, batch, desc=f"trial {trial.number}")
+            except BudgetExhausted as exc:
+                self._stop_on_budget(run, trial, record, choices, seen, outcomes, state, batch, step, exc)
+            seen += batch
+            value = _mean(outcomes)
+            trial.report(value, step)
+            if step + 1 < len(run.batches) and trial.should_prune():
+                self._store(run, trial, record, choices, seen, outcomes)
+                raise optuna.TrialPruned(f"{value:.3f} after {len(outcomes)} examples")
+        self._store(run, trial, record, choices, seen, outcomes)
+        return _mean(outcomes)
+
+    def _stop_on_budget(self, run: _Run, trial: optuna.Trial, record: Any, choices: Mapping[str, Choice],
+                        seen: list[dspy.Example], outcomes: list[Outcome], state: ProgramState,
+                        batch: list[dspy.Example], step: int, exc: BudgetExhausted) -> NoReturn:
+        """The budget ran out inside a trial: keep what it scored (PRUNED) or, if nothing, mark it FAIL."""
+        run.exhausted = exc
+        trial.study.stop()
+        trial.set_user_attr("icl_stopped_by_budget", True)
+        for example in batch:  # examples of the interrupted minibatch that finished are cached
+            outcome = run.ctx.scorer.cached(state, example)
+            if outcome is not None:
+                seen.append(example)
+                outcomes.append(outcome)
+        if not outcomes:
+            logger.info("Trial {} stopped by the task-model budget before scoring any example: marked FAIL",
+                        trial.number)
+            optuna.logging.set_verbosity(optuna.logging.ERROR)  # the expected FAIL needs no traceback
+            raise exc
+        trial.report(_mean(outcomes), step)
+        self._store(run, trial, record, choices, seen, outcomes)
+        raise optuna.TrialPruned(f"task-model budget spent after {len(outcomes)} examples") from exc
+
+    def _store(self, run: _Run, trial: optuna.Trial, record: Any, choices: Mapping[str, Choice],
+               seen: Sequence[dspy.Example], outcomes: Sequence[Outcome]) -> None:
+        """Keep the trial's scores in the report and, for the influence fit, in the study."""
+        run.ctx.record_outcomes(record, list(outcomes), "trial")
+        run.records[trial.number] = record
+        keys = [example_key(ex)[:EXAMPLE_KEY_LEN] for ex in seen]
+        trial.set_user_attr("icl_scores", {k: o.score for k, o in zip(keys, outcomes)})
+        static = {name: static_ids(c, run.pool(c)) for name, c in choices.items()}
+        trial.set_user_attr("icl_demos", {name: ids for name, ids in static.items() if ids is not None})
+        dynamic = {name: c for name, c in choices.items() if static[name] is None}
+        if dynamic:
+            trial.set_user_attr("icl_dynamic", {k: self._shown(run, dynamic, o) for k, o in zip(keys, outcomes)})
+
+    def _shown(self, run: _Run, dynamic: Mapping[str, Choice], outcome: Outcome) -> dict[str, list[str]]:
+        """Ids of the demos each per-call predictor showed on one example (recomputed from the trace)."""
+        shown: dict[str, list[str]] = {}
+        for call in outcome.trace:
+            name = call.get("predictor")
+            if name not in dynamic:
+                continue
+            settings, pool = split_demos(choice_demos(dynamic[name], run.pool(dynamic[name]), run.space.embedder))
+            if settings is None:
+                continue
+            picked = select_indices(settings, pool, call.get("inputs", {}), run.input_fields[name])
+            shown.setdefault(name, []).extend(demo_id(pool[i]) for i in picked)
+        return shown
+
+    def _after_trial(self, run: _Run, trial: FrozenTrial) -> None:
+        run.ran += 1
+        value = trial.value if trial.value is not None else (
+            trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None)
+        logger.info("Trial {} {}: {} -> {} on {} examples", trial.number, trial.state.name,
+                    trial.user_attrs.get("icl_choice"), "n/a" if value is None else f"{value:.3f}",
+                    len(trial.user_attrs.get("icl_scores") or {}))
+        run.ctx.checkpoint(step=run.ran)
+        if run.exhausted is None and run.ctx.meter.exhausted("task"):
+            run.exhausted = _exhausted(run.ctx)
+            run.study.stop()
+
+    # ------------------------------------------------------------------------------ the choice
+    def _finalize(self, run: _Run) -> None:
+        """Score the best few trials on the whole valset and keep the best.
+
+        With the budget spent, only what costs nothing (pairs already scored) gets validated; the
+        others are compared by their trial score.
+        """
+        ctx = run.ctx
+        records = [r for r in (self._record_of(run, t) for t in _ranked(run.study)[: self.top_k_full_eval]) if r]
+        if not records:
+            ctx.set_best(ctx.add_candidate(ctx.initial_state, step=0, origin="initial"))
+            return
+        try:
+            for record in records:
+                ctx.score(record, ctx.valset, "val")
+                logger.info("Full validation of trial {}: {:.3f} on {} examples", record.meta.get("trial"),
+                            record.scores["val"], len(ctx.valset))
+        except BudgetExhausted as exc:
+            run.exhausted = run.exhausted or exc
+        finally:
+            ctx.set_best(ctx.best_by(records, "val") or ctx.best_by(records, "trial"))
+            ctx.checkpoint()
+
+    def _record_of(self, run: _Run, trial: FrozenTrial) -> Any:
+        """The candidate record of a finished trial (rebuilt from its params if another process ran it)."""
+        value = trial.value if trial.value is not None else trial.intermediate_values[max(trial.intermediate_values)]
+        if trial.number in run.records:
+            record = run.records[trial.number]
+        else:
+            try:
+                choices = {name: suggest(ParamsSource(trial.params), name, run.space) for name in run.names}
+            except (KeyError, ValueError, IndexError) as exc:
+                logger.warning("Trial {} cannot be rebuilt for this program ({}); skipped", trial.number, exc)
+                return None
+            record = run.ctx.add_candidate(run.state_of(choices), step=trial.number, origin="trial",
+                                           meta={"trial": trial.number, "choice": trial.user_attrs.get("icl_choice")})
+        record.scores.setdefault("trial", float(value))
+        return record
+
+    def _record_extras(self, run: _Run) -> None:
+        """Influence ranking, accuracy-against-k curve, study summary and pool sizes (no LM call)."""
+        trials = run.study.get_trials(deepcopy=False)
+        demos = {(name, demo_id(d)): d for name, by_pool in run.space.pools.items()
+                 for pool in by_pool.values() for d in pool}
+        extra = run.ctx.report.extra
+        extra["influence"] = fit_influence(finished(trials), demos=demos)
+        extra["k_curve"] = k_curve(trials)
+        extra["study"] = summary(run.study, self.storage, run.ran)
+        extra["pools"] = {name: {p: len(d) for p, d in by_pool.items()} for name, by_pool in run.space.pools.items()}
+        run.ctx.checkpoint()
+
+
+def _ranked(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished trials, best first (pruned ones, by their last value, only when none completed)."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if complete:
+        return sorted(complete, key=lambda t: (-t.value, t.number))
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    return sorted(pruned, key=lambda t: (-t.intermediate_values[max(t.intermediate_values)], t.number))
+
+
+def _mean(outcomes: Sequence[Outcome]) -> float:
+    return sum(o.score for o in outcomes) / len(outcomes) if outcomes else 0.0
+
+
+def _exhausted(ctx: SearchContext) -> BudgetExhausted:
+    budget = ctx.optimizer.budget
+    if ctx.meter.remaining_calls("task") == 0:
+        return BudgetExhausted("task", "call", budget.max_task_calls or 0)
+    return BudgetExhausted("task", "token", budget.max_task_tokens or 0)
+
+
+def _default_study_name(ctx: SearchContext, seed: int, settings: dict[str, Any]) -> str:
+    """A name that is the same for the same program, trainset, seed and search space (so a rerun resumes)."""
+    parts = [ctx.initial_state.key(), seed, sorted(settings.items()), *(example_key(ex) for ex in ctx.trainset)]
+    return f"demoselector-{stable_int(*parts):08x}"
+
+
+def _embedder_name(embedder: Any) -> str:
+    if embedder is None or embedder == LEXICAL:
+        return LEXICAL
+    if isinstance(embedder, str):
+        if not is_registered(embedder):
+            raise ValueError(f"`embedder` {embedder!r} is not registered: call register_embedder(embedder, "
+                             f"name={embedder!r}) first, or pass the embedder itself.")
+        return embedder
+    return register_embedder(embedder)

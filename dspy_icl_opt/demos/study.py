@@ -1,0 +1,225 @@
+"""The Optuna side of the demo search: the study, its sampler and pruner, baselines, summaries.
+
+Storage: ``None`` keeps the study in memory; a URL string opens an RDB study (``sqlite:///file.db``
+to resume it in a later ``compile``; ``postgresql://...`` so several processes share it), with
+heartbeats so that a trial whose process died is marked failed and run again once
+(``RetryFailedTrialCallback``); any ``optuna.storages.BaseStorage`` is used as given.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import socket
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import optuna
+import sqlalchemy.exc
+from loguru import logger
+from optuna.trial import FrozenTrial, TrialState
+
+from dspy_icl_opt.demos.strategies import Space
+from dspy_icl_opt.search import stable_int
+
+PrunerName = Literal["median", "successive_halving"]
+#: Trials that finish before the median pruner starts judging (Optuna's default).
+MEDIAN_STARTUP_TRIALS = 5
+#: Seconds between heartbeats of a running trial in an RDB study; a trial silent for twice this is failed.
+HEARTBEAT_INTERVAL_S = 60
+#: A trial failed by a dead worker is put back in the queue this many times.
+STALE_TRIAL_RETRIES = 1
+#: SQLite waits this long for a lock held by another process before giving up.
+SQLITE_TIMEOUT_S = 60
+#: Opening a new database from several workers at once can fail for all but one; retry this often ...
+SCHEMA_RACE_RETRIES = 3
+#: ... waiting this many seconds longer each time.
+SCHEMA_RACE_WAIT_S = 0.5
+POOLS_ATTR = "icl_pools"
+SETTINGS_ATTR = "icl_settings"
+
+
+def make_sampler(sampler: optuna.samplers.BaseSampler | None, seed: int, shared: bool) -> optuna.samplers.BaseSampler:
+    """The given sampler, or a seeded multivariate TPE sampler (grouped: the space is conditional).
+
+    With a shared storage, each process gets its own seed (from the seed, host and pid) so that
+    workers do not propose the same trials.
+    """
+    if sampler is not None:
+        return sampler
+    tpe_seed = stable_int(seed, "tpe", socket.gethostname(), os.getpid()) if shared else seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, seed=tpe_seed)
+
+
+def make_pruner(pruner: PrunerName | optuna.pruners.BasePruner | None) -> optuna.pruners.BasePruner:
+    if pruner is None:
+        return optuna.pruners.NopPruner()
+    if pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS)
+    if pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    return pruner  # type: ignore[return-value]
+
+
+def make_storage(storage: str | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage | None:
+    """An RDB storage with heartbeats for a URL; other values as given.
+
+    Workers started together may race to create the schema of a new database: the loser's error is
+    retried (the schema is there by then).
+    """
+    if not isinstance(storage, str):
+        return storage
+    storage = with_available_driver(storage)
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if storage.startswith("sqlite") else None
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    storage, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=STALE_TRIAL_RETRIES))
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if attempt == SCHEMA_RACE_RETRIES:
+                raise
+            logger.debug("Opening the study storage failed ({}); retrying", exc)
+            time.sleep(SCHEMA_RACE_WAIT_S * (attempt + 1))
+    return None  # unreachable: the last attempt returns or raises
+
+
+def with_available_driver(url: str) -> str:
+    """``postgresql://...`` with the psycopg2 driver named when psycopg 3 is missing.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` URL as psycopg 3; ``psycopg2-binary`` is what
+    most installs (and our test extra) carry.
+    """
+    if not url.startswith("postgresql://") or importlib.util.find_spec("psycopg") is not None:
+        return url
+    if importlib.util.find_spec("psycopg2") is None:
+        return url
+    return "postgresql+psycopg2://" + url[len("postgresql://"):]
+
+
+def open_study(*, storage: str | optuna.storages.BaseStorage | None, study_name: str | None,
+               sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """Create the study, or load it when ``study_name`` already exists in ``storage``."""
+    return optuna.create_study(storage=make_storage(storage), study_name=study_name, sampler=sampler,
+                               pruner=pruner, direction="maximize", load_if_exists=True)
+
+
+def redact(url: Any) -> Any:
+    """A storage URL without its password (for logs and reports)."""
+    if not isinstance(url, str):
+        return None if url is None else type(url).__name__
+    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def baseline_params(space: Space) -> list[dict[str, Any]]:
+    """The trials run first: zero-shot (``k = 0`` everywhere) and plain labeled demos (LabeledFewShot)."""
+    names = list(space.pools)
+    zero = {f"{n}/k": 0 for n in names}
+    labeled: dict[str, Any] = {}
+    for n in names:
+        size = len(space.pools[n].get("labeled") or [])
+        k = min(space.k_max[n], size)
+        labeled[f"{n}/k"] = k
+        if k == 0:
+            continue
+        labeled[f"{n}/pool"] = "labeled"
+        if "random" in space.strategies:
+            labeled.update({f"{n}/strategy": "random", f"{n}/random_seed": 0})
+        elif "slots" in space.strategies:
+            labeled.update({f"{n}/strategy": "slots", **{f"{n}/labeled/slot{i}": i for i in range(k)}})
+        else:
+            labeled[f"{n}/strategy"] = space.strategies[0]
+        if k > 1:
+            order = "as_selected" if "as_selected" in space.orders else space.orders[0]
+            labeled.update({f"{n}/order": order, **({f"{n}/perm_seed": 0} if order == "permutation" else {})})
+    return [zero] + ([labeled] if labeled != zero else [])
+
+
+def enqueue_baselines(study: optuna.Study, space: Space) -> None:
+    """Queue the baselines unless the study already holds them (a resumed or shared study)."""
+    for params in baseline_params(space):
+        study.enqueue_trial(params, user_attrs={"icl_baseline": True}, skip_if_exists=True)
+
+
+def shared_pools(study: optuna.Study, build: Any) -> tuple[dict[str, Any], bool]:
+    """The pools stored in the study, or ``build()`` stored there first; and whether they were built here."""
+    stored = study.user_attrs.get(POOLS_ATTR)
+    if stored is not None:
+        return stored, False
+    pools = build()
+    study.set_user_attr(POOLS_ATTR, pools)
+    return study.user_attrs.get(POOLS_ATTR, pools), True
+
+
+def check_settings(study: optuna.Study, settings: dict[str, Any]) -> None:
+    """Store the search-space settings in a new study; refuse to extend a study searched with others.
+
+    Optuna cannot mix trials whose categorical choices differ, so a resumed or shared study must be
+    searched with the same predictors, strategies, orders, pools and ``max_demos``.
+    """
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        study.set_user_attr(SETTINGS_ATTR, settings)
+    elif stored != settings:
+        raise ValueError(f"Study {study.study_name!r} was searched with {stored}, but this DemoSelector has "
+                         f"{settings}. Use the same settings to extend it, or another study_name.")
+
+
+def k_curve(trials: Iterable[FrozenTrial]) -> dict[str, list[dict[str, Any]]]:
+    """Best and mean finished-trial score per ``k``, per predictor (pruned trials counted apart)."""
+    values: dict[str, dict[int, list[float]]] = {}
+    pruned: dict[str, dict[int, int]] = {}
+    for trial in trials:
+        for name, k in (trial.user_attrs.get("icl_k") or {}).items():
+            if trial.state == TrialState.COMPLETE and trial.value is not None:
+                values.setdefault(name, {}).setdefault(int(k), []).append(float(trial.value))
+            elif trial.state == TrialState.PRUNED:
+                pruned.setdefault(name, {}).setdefault(int(k), 0)
+                pruned[name][int(k)] += 1
+    curve: dict[str, list[dict[str, Any]]] = {}
+    for name in sorted(set(values) | set(pruned)):
+        ks = sorted(set(values.get(name, {})) | set(pruned.get(name, {})))
+        curve[name] = [_k_point(k, values.get(name, {}).get(k, []), pruned.get(name, {}).get(k, 0)) for k in ks]
+    return curve
+
+
+def _k_point(k: int, scores: list[float], n_pruned: int) -> dict[str, Any]:
+    return {"k": k, "n": len(scores), "n_pruned": n_pruned,
+            "best": round(max(scores), 6) if scores else None,
+            "mean": round(sum(scores) / len(scores), 6) if scores else None}
+
+
+def summary(study: optuna.Study, storage: Any, ran: int) -> dict[str, Any]:
+    """What the report says about the study."""
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for trial in trials:
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    return {"name": study.study_name, "storage": redact(storage) or "in-memory", "trials": len(trials),
+            "trials_this_run": ran, "states": states,
+            "best_trial": best.number if best else None, "best_value": best.value if best else None}
+
+
+def finished(trials: Iterable[FrozenTrial]) -> list[Mapping[str, Any]]:
+    """The user attributes of trials that scored something (complete or pruned)."""
+    return [t.user_attrs for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def check_optuna_object(name: str, value: Any, base: type, allowed: tuple[Any, ...]) -> None:
+    """``value`` is None, one of ``allowed`` (values or types) or an instance of the Optuna ``base`` class."""
+    ok = value is None or isinstance(value, base) or any(
+        (isinstance(a, type) and isinstance(value, a)) or value == a for a in allowed)
+    if not ok:
+        options = ", ".join([*(repr(a) for a in allowed if not isinstance(a, type)),
+                             *(a.__name__ for a in allowed if isinstance(a, type)), f"an optuna {base.__name__}"])
+        raise ValueError(f"`{name}` must be None, {options}, but got {value!r}.")

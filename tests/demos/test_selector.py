@@ -1,0 +1,251 @@
+"""DemoSelector's behaviour: which demos win, what influence says, pruning, budget, k = 0, clamping."""
+
+from __future__ import annotations
+
+import dspy
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from dspy_icl_opt.demos import DemoSelector, DynamicPredict, register_embedder
+from dspy_icl_opt.demos.dynamic import SELECTION_KEY
+from dspy_icl_opt.search.placement import compose_instructions
+from dspy_icl_opt.testing import always, simulated_task_lm
+from tests.demos.conftest import GROUPS
+
+
+def questions(program: dspy.Module) -> list[str]:
+    return [d["question"] for d in program.demos if "question" in d]
+
+
+def select(task, lm=None, **settings):
+    settings = {"max_demos": 4, "n_trials": 30, "pools": ("labeled",), "progress": False, **settings}
+    selector = DemoSelector(task.metric, task_model=lm or task.lm(), **settings)
+    program = selector.compile(task.program(), trainset=task.train, valset=task.val)
+    return selector, program
+
+
+def test_influence_ranks_the_two_teaching_demos_first_and_a_second_study_uses_them(two_teachers):
+    first, _ = select(two_teachers, strategies=("random", "slots"))
+    ranking = first.report_.extra["influence"]["self"]
+    assert {e["demo"]["question"] for e in ranking[:2]} == {two_teachers.even, two_teachers.odd}
+    assert ranking[0]["weight"] > 0 and ranking[1]["weight"] > 0
+    assert all(e["weight"] < ranking[1]["weight"] for e in ranking[2:])
+
+    second, program = select(two_teachers, strategies=("influence",), influence=first.report_, n_trials=8)
+    assert {two_teachers.even, two_teachers.odd} <= set(questions(program))
+    assert second.report_.best_scores["val"] == 1.0
+
+
+def test_search_finds_a_set_holding_both_teaching_demos(two_teachers):
+    selector, program = select(two_teachers, strategies=("random", "slots"), n_trials=40, seed=1)
+    assert {two_teachers.even, two_teachers.odd} <= set(questions(program))
+    assert selector.report_.best_scores["val"] == 1.0
+    curve = selector.report_.extra["k_curve"]["self"]
+    by_k = {point["k"]: point for point in curve}
+    assert by_k[0]["best"] == 0.0  # zero-shot never knows the rule
+    assert max(p["best"] or 0.0 for p in curve) == 1.0 and min(by_k) == 0
+
+
+def test_pruning_stops_bad_trials_and_saves_task_calls(two_teachers):
+    # Half the training demos teach the rule: most trials score 1.0, those without a teacher 0.0,
+    # so the median pruner can stop the latter after their first minibatch.
+    teachers = {ex.question for ex in two_teachers.train[::2]}
+    settings = {"strategies": ("random", "slots"), "n_trials": 20, "minibatch_size": 4, "seed": 0}
+    calls, selectors = {}, {}
+    for pruner in ("median", None):
+        lm = two_teachers.lm()
+        lm.engine.knows = lambda view: any(demo.inputs.get("question") in teachers for demo in view.demos)
+        selectors[pruner], _ = select(two_teachers, lm, pruner=pruner, **settings)
+        calls[pruner] = lm.engine.call_count
+        assert selectors[pruner].report_.spent["task"].calls == calls[pruner]
+    pruned_trials = [t for t in selectors["median"].study_.trials if t.state == TrialState.PRUNED]
+    assert len(pruned_trials) >= 2
+    assert all(t.state == TrialState.COMPLETE for t in selectors[None].study_.trials)
+    assert calls["median"] < calls[None]
+    assert all(len(t.intermediate_values) < 4 and t.user_attrs["icl_scores"] for t in pruned_trials)
+    assert selectors["median"].report_.best_scores["val"] == 1.0
+
+
+def test_successive_halving_pruner_and_custom_sampler_are_accepted(two_teachers):
+    sampler = optuna.samplers.RandomSampler(seed=3)
+    selector, _ = select(two_teachers, strategies=("random",), n_trials=8, minibatch_size=4,
+                         pruner="successive_halving", sampler=sampler)
+    assert selector.study_.sampler is sampler
+    assert isinstance(selector.study_.pruner, optuna.pruners.SuccessiveHalvingPruner)
+
+
+def test_baselines_run_first_zero_shot_then_labeled(two_teachers):
+    selector, _ = select(two_teachers, n_trials=3)
+    first, second = selector.study_.trials[:2]
+    assert first.params == {"self/k": 0} and first.user_attrs["icl_baseline"]
+    assert second.params["self/k"] == 4 and second.params["self/pool"] == "labeled"
+    assert second.params["self/strategy"] == "random" and second.user_attrs["icl_baseline"]
+    zero = next(c for c in selector.report_.candidates if c.meta.get("trial") == 0)
+    assert zero.state["self"]["demos"] == []
+
+
+def test_k_zero_wins_when_every_demo_hurts(two_teachers):
+    lm = two_teachers.lm()
+    lm.engine.knows = lambda view: not view.demos  # a model that only does well zero-shot
+    selector, program = select(two_teachers, lm, n_trials=10, pools=("labeled", "bootstrapped"))
+    assert program.demos == []
+    assert selector.report_.best_scores["val"] == 1.0
+    assert selector.report_.extra["k_curve"]["self"][0]["k"] == 0
+    assert all(t.distributions["self/k"].low == 0 for t in selector.study_.trials)  # sampled, not only enqueued
+
+
+def test_pool_smaller_than_max_demos_clamps_k_with_a_warning(two_teachers, warnings_logged):
+    small = type(two_teachers)(two_teachers.train[:3], two_teachers.val[:4], two_teachers.even, two_teachers.odd)
+    selector, _ = select(small, max_demos=8, n_trials=6)
+    assert any("max_demos=8" in m and "has 3 demo(s)" in m for m in warnings_logged)
+    distribution = selector.study_.trials[-1].distributions["self/k"]
+    assert (distribution.low, distribution.high) == (0, 3)
+    shown = [[d for d in c.state["self"]["demos"] if SELECTION_KEY not in d] for c in selector.report_.candidates]
+    assert all(len(demos) <= 3 for demos in shown) and max(map(len, shown)) == 3
+
+
+def test_instructions_are_preserved_even_when_placed(two_teachers):
+    placed = compose_instructions("Base text.", "Reverse the letters.", "q_end")
+    student = two_teachers.program(placed)
+    selector = DemoSelector(two_teachers.metric, task_model=two_teachers.lm(), max_demos=2, n_trials=4,
+                            progress=False)
+    program = selector.compile(student, trainset=two_teachers.train, valset=two_teachers.val)
+    assert program.signature.instructions == placed
+    assert student.signature.instructions == placed and student.demos == []
+    assert all(c.state["self"]["instruction"] == "Reverse the letters." for c in selector.report_.candidates)
+
+
+def test_budget_stop_keeps_the_study_consistent(two_teachers):
+    lm = two_teachers.lm()
+    selector = DemoSelector(two_teachers.metric, task_model=lm, max_demos=4, n_trials=30, pools=("labeled",),
+                            minibatch_size=4, pruner=None, budget={"max_task_calls": 50}, progress=False)
+    selector.compile(two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)
+    report = selector.report_
+    assert report.stopped_by_budget and not report.finished
+    assert lm.engine.call_count == report.spent["task"].calls == 50
+    trials = selector.study_.trials
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials)
+    interrupted = [t for t in trials if t.user_attrs.get("icl_stopped_by_budget")]
+    assert len(interrupted) == 1 and interrupted[0].number == trials[-1].number
+    assert interrupted[0].state == TrialState.PRUNED  # it had scored some examples: kept, not lost
+    assert report.best_state is not None and report.extra["study"]["trials"] == len(trials)
+
+
+def test_knn_is_chosen_at_inference_time_and_survives_save_and_load(neighbour_task, tmp_path):
+    selector, program = select(neighbour_task, max_demos=2, n_trials=6, strategies=("knn", "random"), seed=0)
+    assert selector.report_.best_scores["val"] == 1.0
+    assert isinstance(program, DynamicPredict) and SELECTION_KEY in program.demos[0]
+    with dspy.context(lm=neighbour_task.lm()):
+        assert [program(question=ex.question).answer for ex in neighbour_task.val] == [
+            ex.answer for ex in neighbour_task.val]
+
+    program.save(str(tmp_path / "program.json"))
+    from dspy_icl_opt.demos import with_dynamic_demos
+
+    loaded = with_dynamic_demos(neighbour_task.program())
+    loaded.load(str(tmp_path / "program.json"))
+    program.save(str(tmp_path / "whole"), save_program=True)
+    pickled = dspy.load(str(tmp_path / "whole"), allow_pickle=True)
+    lm = neighbour_task.lm()
+    with dspy.context(lm=lm):
+        for copy in (loaded, pickled):
+            assert [copy(question=ex.question).answer for ex in neighbour_task.val] == [
+                ex.answer for ex in neighbour_task.val]
+    assert all(len(call.view.demos) <= 2 for call in lm.engine.calls)
+
+
+def test_static_winner_returns_plain_predictors(two_teachers):
+    _, program = select(two_teachers, strategies=("random",), orders=("as_selected",), n_trials=4)
+    assert type(program) is dspy.Predict
+
+
+class TwoSteps(dspy.Module):
+    """A draft, then an answer that reads it: two task-model calls per example."""
+
+    def __init__(self):
+        super().__init__()
+        self.draft = dspy.Predict("question -> draft")
+        self.answer = dspy.Predict("question, draft -> answer")
+
+    def forward(self, question):
+        return self.answer(question=question, draft=self.draft(question=question).draft)
+
+
+def two_step_setup():
+    lm = simulated_task_lm(solve=lambda inputs: {"draft": "d:" + inputs["question"], "answer": inputs["question"]},
+                           knows=always())
+    train = [dspy.Example(question=f"w{i}", answer=f"w{i}").with_inputs("question") for i in range(12)]
+    metric = lambda ex, pred, trace=None: float(ex.answer == pred.answer)  # noqa: E731
+    return lm, train, metric
+
+
+def test_bootstrapped_pool_holds_traces_of_every_predictor_within_the_cap():
+    lm, train, metric = two_step_setup()
+    selector = DemoSelector(metric, task_model=lm, max_demos=2, n_trials=2, bootstrap_max_calls=6,
+                            pools=("labeled", "bootstrapped"), progress=False)
+    selector.compile(TwoSteps(), trainset=train, valset=train[:4])
+    pools = selector.pools_
+    assert pools["draft"]["labeled"] == [] and len(pools["answer"]["labeled"]) == 12
+    assert len(pools["draft"]["bootstrapped"]) == len(pools["answer"]["bootstrapped"]) == 3  # 6 calls, 2 per run
+    assert all(d["draft"] == "d:" + d["question"] for d in pools["answer"]["bootstrapped"])
+
+
+def test_a_trial_stopped_before_any_example_is_marked_failed():
+    lm, train, metric = two_step_setup()
+    # The zero-shot trial costs 4 examples x 2 calls; the next trial gets one call: half an example.
+    selector = DemoSelector(metric, task_model=lm, max_demos=2, n_trials=5, pools=("labeled",), minibatch_size=2,
+                            budget={"max_task_calls": 9}, progress=False)
+    selector.compile(TwoSteps(), trainset=train, valset=train[:4])
+    first, second = selector.study_.trials
+    assert first.state == TrialState.COMPLETE
+    assert second.state == TrialState.FAIL and second.user_attrs["icl_stopped_by_budget"]
+    assert lm.engine.call_count == selector.report_.spent["task"].calls == 9
+    assert selector.report_.stopped_by_budget and selector.report_.best_candidate is not None
+
+
+def test_a_user_embedder_drives_knn(neighbour_task):
+    def embed(shift):
+        def group_vector(texts):  # one dimension per group; validation words ("...oto") moved by `shift` groups
+            words = [t.split(": ", 1)[-1] for t in texts]
+            moved = [shift if w.endswith("oto") else 0 for w in words]
+            return [[float(w.startswith(GROUPS[(i + m) % len(GROUPS)])) for i in range(len(GROUPS))]
+                    for w, m in zip(words, moved)]
+        return group_vector
+
+    scores = {}
+    for shift in (0, 1):
+        embedder = embed(shift)
+        register_embedder(embedder, name=f"groups-shifted-{shift}")
+        selector, program = select(neighbour_task, max_demos=1, n_trials=2, strategies=("knn",),
+                                   embedder=f"groups-shifted-{shift}")
+        scores[shift] = selector.study_.trials[1].value  # the k=1 kNN baseline
+        assert program.demos == [] or program.demos[0][SELECTION_KEY]["embedder"] == f"groups-shifted-{shift}"
+    assert scores == {0: 1.0, 1: 0.0}  # the right neighbours teach, the shifted ones never do
+
+
+def test_settings_are_validated():
+    metric = lambda ex, pred, trace=None: 1.0  # noqa: E731
+    with pytest.raises(ValueError, match="strategies"):
+        DemoSelector(metric, strategies=("nearest",))
+    with pytest.raises(ValueError, match="influence"):
+        DemoSelector(metric, strategies=("influence",))
+    with pytest.raises(ValueError, match="pruner"):
+        DemoSelector(metric, pruner="hyperband")
+    with pytest.raises(ValueError, match="max_demos"):
+        DemoSelector(metric, max_demos=0)
+    with pytest.raises(ValueError, match="storage"):
+        DemoSelector(metric, storage=3)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_study_is_exposed_for_dashboards(two_teachers):
+    selector, _ = select(two_teachers, n_trials=4)
+    frame = selector.trials_dataframe()
+    assert len(frame) == 4 and "params_self/k" in frame.columns
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    assert plot_optimization_history(selector.study_) is not None
+    assert selector.report_.extra["study"]["trials_this_run"] == 4

@@ -1,0 +1,117 @@
+"""Persistent and shared Optuna studies: a second compile resumes, several processes share one study."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from dspy_icl_opt.demos import DemoSelector
+from dspy_icl_opt.demos.study import make_storage
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_ENV = "DSPY_ICL_OPT_TEST_PG_URL"
+TRIALS_PER_WORKER = 5
+
+WORKER = textwrap.dedent("""
+    import sys
+    from dspy_icl_opt.demos import DemoSelector
+    from dspy_icl_opt.testing import planted_rule_task
+
+    storage, study_name, n_trials = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    task = planted_rule_task("reverse", train_size=10, val_size=8, seed=0)
+    selector = DemoSelector(task.metric, task_model=task.lm(), max_demos=3, n_trials=n_trials, storage=storage,
+                            study_name=study_name, minibatch_size=4, progress=False)
+    selector.compile(task.program(), trainset=task.train, valset=task.val)
+    report = selector.report_
+    assert report.finished and report.extra["study"]["trials_this_run"] == n_trials, report.extra["study"]
+""")
+
+
+def run_workers(tmp_path: Path, storage: str, study_name: str, n_workers: int = 2) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    workers = [subprocess.Popen([sys.executable, str(script), storage, study_name, str(TRIALS_PER_WORKER)],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(n_workers)]
+    for worker in workers:
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-3000:]
+
+
+def check_shared_study(storage: str, study_name: str, n_workers: int = 2) -> None:
+    study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert len(trials) == n_workers * TRIALS_PER_WORKER
+    assert sorted(numbers) == list(range(n_workers * TRIALS_PER_WORKER))  # distinct, none lost
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert "icl_pools" in study.user_attrs
+
+
+def test_two_processes_share_one_sqlite_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    run_workers(tmp_path, storage, "shared-sqlite")
+    check_shared_study(storage, "shared-sqlite")
+
+
+def test_two_processes_share_one_postgres_study(tmp_path):
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(f"{PG_ENV} is not set: no PostgreSQL server to test against (CI's .ci/run starts one).")
+    study_name = f"shared-pg-{uuid.uuid4().hex[:8]}"
+    try:
+        run_workers(tmp_path, url, study_name)
+        check_shared_study(url, study_name)
+    finally:
+        try:
+            optuna.delete_study(study_name=study_name, storage=make_storage(url))
+        except KeyError:
+            pass
+
+
+def test_a_second_compile_resumes_a_sqlite_study(tmp_path, two_teachers):
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    lms = []
+    for _ in range(2):
+        lms.append(two_teachers.lm())
+        selector = DemoSelector(two_teachers.metric, task_model=lms[-1], max_demos=3, n_trials=4, storage=storage,
+                                pools=("labeled", "bootstrapped"), progress=False)
+        selector.compile(two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)
+    study = selector.study_
+    assert study.study_name.startswith("demoselector-")  # derived from program, trainset and seed
+    assert [t.number for t in study.trials] == list(range(8))
+    assert sum(bool(t.user_attrs.get("icl_baseline")) for t in study.trials) == 2  # baselines not repeated
+    assert selector.report_.extra["study"] == {**selector.report_.extra["study"], "trials": 8, "trials_this_run": 4}
+    # The second run reuses the stored pools: it bootstraps nothing, so it never scores the uncompiled
+    # program on the trainset.
+    train_questions = {ex.question for ex in two_teachers.train}
+    second_inputs = {call.view.inputs.get("question") for call in lms[1].engine.calls}
+    assert not (train_questions & second_inputs)
+    assert train_questions <= {call.view.inputs.get("question") for call in lms[0].engine.calls}
+
+
+def test_storage_password_is_redacted_in_the_report():
+    from dspy_icl_opt.demos.study import redact
+
+    assert redact("postgresql://user:s3cret@db:5432/optuna") == "postgresql://user:***@db:5432/optuna"
+    assert redact("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_study_searched_with_other_settings_is_refused(tmp_path, two_teachers):
+    storage = f"sqlite:///{tmp_path / 'settings.db'}"
+    common = {"task_model": two_teachers.lm(), "n_trials": 2, "storage": storage, "study_name": "fixed",
+              "pools": ("labeled",), "progress": False}
+    DemoSelector(two_teachers.metric, strategies=("random",), **common).compile(
+        two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)
+    with pytest.raises(ValueError, match="was searched with"):
+        DemoSelector(two_teachers.metric, strategies=("random", "knn"), **common).compile(
+            two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)

@@ -22,7 +22,7 @@ from dspy_icl_opt.optimizers.opro_prompts import (
 )
 from dspy_icl_opt.search.base import ICLOptimizer, SearchContext, stable_int
 from dspy_icl_opt.search.budget import BudgetExhausted
-from dspy_icl_opt.search.placement import POSITIONS, Position
+from dspy_icl_opt.search.placement import POSITIONS, PlacementAdapter, Position
 from dspy_icl_opt.search.racing import race
 from dspy_icl_opt.search.report import CandidateRecord
 from dspy_icl_opt.search.scorer import Metric
@@ -148,16 +148,18 @@ class OPRO(ICLOptimizer):
         _positive("max_instruction_chars", max_instruction_chars, 1)
         _choice("exemplar_selection", exemplar_selection, get_args(ExemplarSelection))
         _choice("scoring", scoring, get_args(Scoring))
+        _number("temperature", temperature, 0.0, None)
+        _number("score_threshold", score_threshold, 0.0, 1.0)
+        _number("racing_alpha", racing_alpha, 0.0, 1.0)
+        if isinstance(positions, str):
+            raise ValueError(f"`positions` must be a tuple of positions, but got the string {positions!r}. "
+                             f"Pass positions=({positions!r},).")
         positions = tuple(positions)
         if not positions or any(p not in POSITIONS for p in positions) or len(set(positions)) != len(positions):
             raise ValueError(f"`positions` must be distinct values among {POSITIONS}, but got {positions!r}. "
                              "Pass e.g. positions=('system', 'q_end').")
-        if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"`score_threshold` must be in [0, 1], but got {score_threshold}.")
-        if not 0.0 < racing_alpha < 1.0:
-            raise ValueError(f"`racing_alpha` must be in (0, 1), but got {racing_alpha}.")
-        if temperature < 0:
-            raise ValueError(f"`temperature` must be >= 0, but got {temperature}.")
+        if racing_alpha in (0.0, 1.0):
+            raise ValueError(f"`racing_alpha` must be strictly between 0 and 1, but got {racing_alpha}.")
         self.steps, self.candidates_per_step, self.temperature = steps, candidates_per_step, float(temperature)
         self.max_trajectory, self.score_threshold = max_trajectory, float(score_threshold)
         self.num_exemplars, self.exemplar_selection, self.positions = num_exemplars, exemplar_selection, positions
@@ -170,12 +172,29 @@ class OPRO(ICLOptimizer):
                 eval_kwargs: dict[str, Any] | None = None, resume: bool | None = None,
                 log_dir: str | Path | None = None) -> dspy.Module:
         """Optimize ``student``'s instructions; see the class docstring. ``eval_kwargs`` as in COPRO."""
+        overrides = {}
         for key, value in (eval_kwargs or {}).items():
             if key not in COPRO_EVAL_KWARGS:
                 raise TypeError(f"OPRO.compile: eval_kwargs[{key!r}] has no OPRO meaning; it understands "
                                 f"{sorted(COPRO_EVAL_KWARGS)}. Drop it.")
-            setattr(self, COPRO_EVAL_KWARGS[key], value)
-        return super().compile(student, trainset=trainset, valset=valset, resume=resume, log_dir=log_dir)
+            overrides[COPRO_EVAL_KWARGS[key]] = value
+        if "num_threads" in overrides:
+            _positive("eval_kwargs['num_threads']", overrides["num_threads"], 1)
+        saved = {name: getattr(self, name) for name in overrides}
+        try:  # COPRO's eval_kwargs apply to this compile only
+            for name, value in overrides.items():
+                setattr(self, name, value)
+            return super().compile(student, trainset=trainset, valset=valset, resume=resume, log_dir=log_dir)
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    def _validate(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example]) -> None:
+        adapter = dspy.settings.adapter
+        if self.positions != ("system",) and adapter is not None and not isinstance(adapter, PlacementAdapter):
+            raise ValueError(f"`positions` {self.positions} need dspy_icl_opt.PlacementAdapter, but the configured "
+                             f"adapter is {type(adapter).__name__}, which would ignore them. Use "
+                             "dspy.context(adapter=PlacementAdapter()) or positions=('system',).")
 
     def _params(self) -> dict[str, Any]:
         keys = ("steps", "candidates_per_step", "temperature", "max_trajectory", "score_threshold", "num_exemplars",
@@ -188,38 +207,61 @@ class OPRO(ICLOptimizer):
         run = _Run(names=[name for name, _ in ctx.predictors])
         for name in run.names:
             run.trajectories[name], run.seen[name] = [], set()
+        held = self._hold_back_for_validation(ctx)
+        try:
+            self._steps(ctx, run)
+        except BudgetExhausted as exc:
+            ctx.report.stopped_by_budget = True
+            logger.info("OPRO stopped searching ({}); choosing among what was scored", exc)
+        finally:
+            if held:
+                ctx.meter.release("task", held)
+        self._choose_final(ctx, run)
+
+    def _steps(self, ctx: SearchContext, run: _Run) -> None:
         seeds = self._seed_candidates(ctx)
         self._score_step(ctx, run, seeds, step=0)
         self._finish_step(ctx, run, seeds, step=0)
         for step in range(1, self.steps + 1):
             if self._no_room_for_a_step(ctx):
                 ctx.report.stopped_by_budget = True
-                logger.info("OPRO: stopping before step {}: the rest of the task budget goes to final validation", step)
-                break
+                logger.info("OPRO: the task budget left cannot pay for step {}; stopping the search", step)
+                return
             name = run.names[(step - 1) % len(run.names)]
-            try:
-                proposals = self._propose(ctx, run, step, name)
-            except BudgetExhausted as exc:
-                if exc.role != "prompt":
-                    raise
-                ctx.report.stopped_by_budget = True
-                logger.info("OPRO: the prompt-model budget is spent at step {}; choosing among what was found", step)
-                break
+            proposals, prompt_budget_spent = self._propose(ctx, run, step, name)
             records = [self._candidate(ctx, run, step, name, text, position) for text, position in proposals]
             if records:
                 self._score_step(ctx, run, records, step=step)
             self._finish_step(ctx, run, records, step=step)
-        self._choose_final(ctx, run)
+            if prompt_budget_spent:
+                ctx.report.stopped_by_budget = True
+                logger.info("OPRO: the prompt-model budget is spent at step {}", step)
+                return
+
+    def _hold_back_for_validation(self, ctx: SearchContext) -> int:
+        """Reserve the task calls the final validation needs, so the search cannot spend them.
+
+        Nothing is held back when the budget cannot also pay for scoring the seed instruction(s).
+        """
+        remaining = ctx.meter.remaining_calls("task")
+        if remaining is None:
+            return 0
+        per_item = len(ctx.predictors)
+        held = self.final_candidates * len(ctx.valset) * per_item
+        seed_cost = len(ctx.trainset) * per_item * (1 + (len(self.positions) - 1) * per_item)
+        if remaining < held + seed_cost:
+            return 0  # too small a budget to hold anything back: search, and validate if anything is left
+        if held:
+            ctx.meter.reserve("task", held)
+        return held
 
     def _no_room_for_a_step(self, ctx: SearchContext) -> bool:
-        """True when the task budget cannot pay for one more step and still validate the finalists."""
+        """True when the task budget (less what is held back for validation) cannot pay for one more step."""
         remaining = ctx.meter.remaining_calls("task")
         if remaining is None:
             return False
-        per_item = len(ctx.predictors)
         step_items = self.minibatch_size if self.scoring == "minibatch" else len(ctx.trainset)
-        step_cost = self.candidates_per_step * min(step_items, len(ctx.trainset)) * per_item
-        return remaining < step_cost + self.final_candidates * len(ctx.valset) * per_item
+        return remaining < self.candidates_per_step * min(step_items, len(ctx.trainset)) * len(ctx.predictors)
 
     def _seed_candidates(self, ctx: SearchContext) -> list[CandidateRecord]:
         records = [ctx.add_candidate(ctx.initial_state, step=0, origin="seed")]
@@ -239,10 +281,10 @@ class OPRO(ICLOptimizer):
 
     def _finish_step(self, ctx: SearchContext, run: _Run, records: list[CandidateRecord], step: int) -> None:
         for record in records:
-            if record.id not in run.complete:
-                continue
+            if "train" not in record.scores:
+                continue  # never scored (the budget ended first)
             names = [record.predictor] if record.predictor else run.names
-            for name in names:
+            for name in names:  # raced-out candidates join too, with the score of the blocks they saw
                 pstate = ctx.state_of(record)[name]
                 run.seen[name].add(normalize_instruction(pstate.instruction))
                 run.trajectories[name].append(TrajectoryEntry(record.id, step, pstate.instruction, pstate.position,
@@ -260,32 +302,49 @@ class OPRO(ICLOptimizer):
         ctx.checkpoint(step)
 
     # ------------------------------------------------------------------------- proposing
-    def _propose(self, ctx: SearchContext, run: _Run, step: int, name: str) -> list[tuple[str, Position]]:
+    def _propose(self, ctx: SearchContext, run: _Run, step: int,
+                 name: str) -> tuple[list[tuple[str, Position]], bool]:
+        """New instructions for ``name``, and whether the prompt-model budget ended while sampling them."""
         shown = shown_trajectory(run.trajectories[name], max_entries=self.max_trajectory,
                                  threshold=self.score_threshold)
-        best_position = self._best_position(run, name)
         exemplars = [ctx.trainset[i] for i in self._exemplar_indices(ctx, run, step, name, shown)]
-        predictor = dict(ctx.predictors)[name]
-        inputs = {"task": describe_signature(predictor), "previous_instructions": render_trajectory(shown),
-                  "example_problems": render_exemplars(exemplars, best_position) or "(none)"}
-        logger.debug("OPRO meta-prompt for {} at step {}:\n{}", name, step, inputs)
+        task = describe_signature(dict(ctx.predictors)[name])
         proposals: list[tuple[str, Position]] = []
         for k in range(self.candidates_per_step):
-            answer = ctx.ask(ProposeInstruction, key=f"opro/step{step}/{name}/sample{k}",
-                             temperature=self.temperature,
-                             validate=lambda a: bool(extract_instruction(a.new_instruction)), **inputs)
-            if answer is None:
-                run.dropped["unparsable"] += 1
-                continue
-            text = extract_instruction(answer.new_instruction)
-            norm = normalize_instruction(text)
-            if len(text) > self.max_instruction_chars:
-                run.dropped["too_long"] += 1
-            elif norm in run.seen[name] or any(norm == normalize_instruction(t) for t, _ in proposals):
-                run.dropped["duplicate"] += 1
-            else:
-                proposals.append((text, self.positions[k % len(self.positions)]))
-        return proposals
+            position = self._sample_position(run, name, k)
+            inputs = {"task": task, "previous_instructions": render_trajectory(shown),
+                      "example_problems": render_exemplars(exemplars, position) or "(none)"}
+            logger.debug("OPRO meta-prompt for {} at step {}, sample {}:\n{}", name, step, k, inputs)
+            try:
+                answer = ctx.ask(ProposeInstruction, key=f"opro/step{step}/{name}/sample{k}",
+                                 temperature=self.temperature,
+                                 validate=lambda a: bool(extract_instruction(a.new_instruction)), **inputs)
+            except BudgetExhausted as exc:
+                if exc.role != "prompt":
+                    raise
+                return proposals, True
+            self._keep_proposal(run, name, answer, position, proposals)
+        return proposals, False
+
+    def _sample_position(self, run: _Run, name: str, k: int) -> Position:
+        """One position searched: all in turn, or the best so far when only one is allowed."""
+        if len(self.positions) == 1:
+            return self.positions[0]
+        return self.positions[k % len(self.positions)]
+
+    def _keep_proposal(self, run: _Run, name: str, answer: dspy.Prediction | None, position: Position,
+                       proposals: list[tuple[str, Position]]) -> None:
+        if answer is None:
+            run.dropped["unparsable"] += 1
+            return
+        text = extract_instruction(answer.new_instruction)
+        norm = normalize_instruction(text)
+        if len(text) > self.max_instruction_chars:
+            run.dropped["too_long"] += 1
+        elif norm in run.seen[name] or any(norm == normalize_instruction(t) for t, _ in proposals):
+            run.dropped["duplicate"] += 1
+        else:
+            proposals.append((text, position))
 
     def _exemplar_indices(self, ctx: SearchContext, run: _Run, step: int, name: str,
                           shown: list[TrajectoryEntry]) -> list[int]:
@@ -327,10 +386,10 @@ class OPRO(ICLOptimizer):
             result = race(list(arms), len(items), pull, block_size=self.racing_block, alpha=self.racing_alpha,
                           min_better=self.racing_min_better)
             for arm, record in arms.items():
-                if arm in result.dropped:
-                    record.meta["raced_out_at_block"] = result.dropped[arm]
-                else:
+                if arm not in result.dropped:
                     run.complete.add(arm)
+                elif arm not in run.complete:  # an incumbent that loses a race stays a complete candidate
+                    record.meta["raced_out_at_block"] = result.dropped[arm]
             return
         for arm in arms:
             pull(arm, list(range(len(items))))
@@ -356,10 +415,6 @@ class OPRO(ICLOptimizer):
             ctx.checkpoint()
         if ctx.report.best_candidate is not None:
             logger.info("OPRO chose candidate {} ({})", ctx.report.best_candidate, ctx.report.best_scores)
-
-    def _best_position(self, run: _Run, name: str) -> Position:
-        entries = run.trajectories[name]
-        return max(entries, key=lambda e: (e.score, -e.candidate)).position if entries else self.positions[0]
 
     def _position_summary(self, run: _Run) -> dict[str, dict[str, float]]:
         summary: dict[str, dict[str, float]] = {}
@@ -388,6 +443,14 @@ def _map_copro_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
 def _positive(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, but got {value!r}.")
+
+
+def _number(name: str, value: Any, low: float, high: float | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be a number, but got {value!r} ({type(value).__name__}).")
+    if value < low or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"`{name}` must be {bounds}, but got {value}.")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

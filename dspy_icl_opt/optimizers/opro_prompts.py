@@ -90,16 +90,27 @@ def render_exemplars(examples: Sequence[dspy.Example], position: Position) -> st
     return "\n\n".join(blocks)
 
 
-_TAGGED = re.compile(r"<INS>(.*?)(?:</INS>|$)", re.IGNORECASE | re.DOTALL)
+_TAGGED = re.compile(r"<INS>((?:(?!<INS>).)*?)</INS>", re.IGNORECASE | re.DOTALL)
+_OPEN = re.compile(r"<INS>", re.IGNORECASE)
 _QUOTES = "\"'`“”‘’ \n\t"
 
 
 def extract_instruction(text: str) -> str:
-    """The instruction between <INS> and </INS> (or the whole answer when the tags are missing)."""
-    match = _TAGGED.search(text or "")
-    found = match.group(1) if match else (text or "")
-    found = found.replace(INS_OPEN, "").replace(INS_CLOSE, "")
-    return found.strip(_QUOTES).strip()
+    """The instruction between the last non-empty <INS> and </INS> pair (or the whole answer without tags).
+
+    Models often echo the ``<INS>`` slot marker of the exemplars before their answer, so the last
+    complete pair wins. An answer that still contains a tag after extraction is rejected (empty
+    string), as the paper's code skips candidates that contain "INS".
+    """
+    text = text or ""
+    matches = [m for m in _TAGGED.findall(text) if m.strip()]
+    if matches:
+        found = matches[-1]
+    else:
+        opens = list(_OPEN.finditer(text))
+        found = text[opens[-1].end():] if opens else text
+    found = found.strip(_QUOTES).strip()
+    return "" if "INS>" in found.upper() else found
 
 
 def normalize_instruction(text: str) -> str:

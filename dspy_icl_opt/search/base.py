@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +25,11 @@ from loguru import logger
 from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost, unwrap_lm
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
-from dspy_icl_opt.search.scorer import Metric, Outcome, Scorer
+from dspy_icl_opt.search.scorer import Metric, Outcome, Scorer, example_key
 from dspy_icl_opt.search.surgery import ProgramState, named_predictors, read_state
 
+#: Hex characters kept of a SHA-256 digest: plenty to tell runs apart, short enough to read.
+_DIGEST_CHARS = 16
 #: Below this many training examples, no validation split is held back (both roles use trainset).
 MIN_EXAMPLES_TO_SPLIT = 8
 
@@ -34,7 +37,7 @@ MIN_EXAMPLES_TO_SPLIT = 8
 def stable_int(*parts: Any) -> int:
     """A reproducible 32-bit integer from any parts (Python's hash() is salted per process)."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).hexdigest()
-    return int(digest[:8], 16)
+    return int(digest[:8], 16)  # 8 hex characters = 32 bits
 
 
 def check_examples(name: str, examples: Any, student: dspy.Module) -> list[dspy.Example]:
@@ -141,14 +144,21 @@ class SearchContext:
         ``max_retries`` with a fresh sample, then counted and skipped (``None``).
         """
         record, replay_cost = self.journal.get("ask", key)
-        if record is not None:
-            if replay_cost is not None and replay_cost.calls:
-                self.meter.charge("prompt", replay_cost)
+        if replay_cost is not None and replay_cost.calls:
+            self.meter.charge("prompt", replay_cost)
+        if record is not None and not record.get("incomplete"):
             return dspy.Prediction(**record["outputs"]) if record.get("outputs") is not None else None
-        spent = Cost()
+        first = int(record.get("attempts", 0)) if record else 0  # an interrupted ask goes on where it stopped
+        cost = (record or {}).get("cost") or {}
+        spent = Cost(int(cost.get("calls", 0)), int(cost.get("tokens", 0)))
         answer = None
-        for attempt in range(self.optimizer.max_retries + 1):
-            answer = self._ask_once(signature, key, attempt, temperature, max_tokens, inputs, spent)
+        for attempt in range(first, self.optimizer.max_retries + 1):
+            try:
+                answer = self._ask_once(signature, key, attempt, temperature, max_tokens, inputs, spent)
+            except BudgetExhausted:
+                self.journal.put("ask", key, {"outputs": None, "incomplete": True, "attempts": attempt,
+                                              "cost": {"calls": spent.calls, "tokens": spent.tokens}})
+                raise
             if answer is not None and (validate is None or validate(answer)):
                 break
             if answer is not None:
@@ -276,6 +286,7 @@ class ICLOptimizer(Teleprompter):
         ctx = self._context(student.deepcopy(), trainset, valset, run_dir, resume)
         logger.info("{}: {} predictor(s), {} train / {} val examples, budget {}", type(self).__name__,
                     len(ctx.predictors), len(trainset), len(valset), self.budget.model_dump(exclude_none=True))
+        ctx.checkpoint()  # the report exists from the start, so a crash before step 1 can be resumed safely
         try:
             self._search(ctx)
             ctx.report.finished = True
@@ -305,17 +316,17 @@ class ICLOptimizer(Teleprompter):
         if task is None:
             raise ValueError("No task model: pass `task_model=` or call dspy.configure(lm=...) first. "
                              "For the embedded model: dspy_icl_opt.lm.resolve_lm('embedded').")
-        prompt = self.prompt_model or task
-        journal = Journal(self._prepare_dir(run_dir, resume))
-        meter = BudgetMeter(self.budget)
+        task, prompt = unwrap_lm(task), unwrap_lm(self.prompt_model or task)
         report = OptimizationReport(optimizer=type(self).__name__, params=self._params(), seed=self.seed,
-                                    budget=self.budget)
+                                    budget=self.budget,
+                                    fingerprint=run_fingerprint(student, trainset, valset, task, prompt, self.metric))
+        journal = Journal(self._prepare_dir(run_dir, resume, report))
+        meter = BudgetMeter(self.budget)
         return SearchContext(optimizer=self, student=student, trainset=trainset, valset=valset,
-                             task_lm=MeteredLM(unwrap_lm(task), meter, "task"),
-                             prompt_lm=MeteredLM(unwrap_lm(prompt), meter, "prompt"),
+                             task_lm=MeteredLM(task, meter, "task"), prompt_lm=MeteredLM(prompt, meter, "prompt"),
                              meter=meter, journal=journal, report=report, log_dir=run_dir)
 
-    def _prepare_dir(self, run_dir: Path | None, resume: bool | None) -> Path | None:
+    def _prepare_dir(self, run_dir: Path | None, resume: bool | None, report: OptimizationReport) -> Path | None:
         if run_dir is None:
             if resume:
                 raise ValueError("`resume=True` needs a `log_dir` holding an earlier run. Pass log_dir=...")
@@ -326,13 +337,9 @@ class ICLOptimizer(Teleprompter):
             logger.info("resume=False: starting over in {}", run_dir)
             for stale in (journal_path, report_path, run_dir / PROGRAM_FILE):
                 stale.unlink(missing_ok=True)
-        elif journal_path.exists() and report_path.exists():
-            old = OptimizationReport.load(report_path)
-            mine = {"optimizer": type(self).__name__, "seed": self.seed, "params": self._params()}
-            theirs = {"optimizer": old.optimizer, "seed": old.seed, "params": old.params}
-            if _jsonish(mine) != _jsonish(theirs):
-                raise ValueError(f"`log_dir` {run_dir} holds a run with other settings ({theirs}); resuming needs "
-                                 "the same optimizer, seed and parameters. Use another log_dir or resume=False.")
+        elif journal_path.exists():
+            if report_path.exists():
+                _check_same_run(run_dir, OptimizationReport.load(report_path), report)
             logger.info("Resuming the run in {}", run_dir)
         elif resume:
             raise ValueError(f"`resume=True` but {run_dir} holds no earlier run. Drop resume or fix log_dir.")
@@ -354,9 +361,30 @@ class ICLOptimizer(Teleprompter):
 
 
 def _jsonish(value: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def run_fingerprint(student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example],
+                    task_lm: dspy.BaseLM, prompt_lm: dspy.BaseLM, metric: Metric) -> dict[str, str]:
+    """What a journal's answers depend on besides the settings: resuming with another of these is refused."""
+
+    def digest(examples: list[dspy.Example]) -> str:
+        return hashlib.sha256("".join(example_key(e) for e in examples).encode()).hexdigest()[:_DIGEST_CHARS]
+
+    return {"trainset": digest(trainset), "valset": digest(valset), "program": read_state(student).key(),
+            "task_model": str(getattr(task_lm, "model", type(task_lm).__name__)),
+            "prompt_model": str(getattr(prompt_lm, "model", type(prompt_lm).__name__)),
+            "metric": getattr(metric, "__qualname__", type(metric).__name__)}
+
+
+def _check_same_run(run_dir: Path, old: OptimizationReport, new: OptimizationReport) -> None:
+    mine = {"optimizer": new.optimizer, "seed": new.seed, "params": new.params, "fingerprint": new.fingerprint}
+    theirs = {"optimizer": old.optimizer, "seed": old.seed, "params": old.params, "fingerprint": old.fingerprint}
+    differ = sorted(k for k in mine if _jsonish(mine[k]) != _jsonish(theirs[k]))
+    if differ:
+        raise ValueError(f"`log_dir` {run_dir} holds a run that differs in {differ} (there: "
+                         f"{ {k: theirs[k] for k in differ} }); resuming needs the same optimizer, seed, parameters, "
+                         "data, program, models and metric. Use another log_dir, or resume=False to start over.")
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:

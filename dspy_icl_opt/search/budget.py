@@ -5,11 +5,14 @@ Every LM an optimizer uses is wrapped in a :class:`MeteredLM` with a *role* (``"
 reserved before the call, so concurrent threads can never overshoot), forwards it to the real
 ``dspy.LM`` (whose cache, history, usage tracking and callbacks keep working), then records the
 calls and tokens that really reached the model. Responses served from DSPy's response cache are
-not charged: DSPy reports an empty usage for them.
+not charged: DSPy reports usage only for calls that reached the model, and the meter listens
+for that report (through a usage tracker it installs around each call).
 
 Token caps are checked before each call against the tokens already spent plus those of calls in
 flight; the tokens of a call are only known when it returns, so a token cap can be passed by at
-most the last admitted call of each worker thread. Call caps are exact.
+most the last admitted call of each worker thread. Call caps are exact; they count DSPy LM calls
+(``n`` samples count as ``n``), and a call that DSPy retried after a transient provider error is
+still one call.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Literal
 
 import dspy
 from loguru import logger
+from dspy.utils.usage_tracker import UsageTracker
 from pydantic import BaseModel, ConfigDict, Field
 
 try:  # DSPy 3.4 marks the message-dict call an adapter owns, so that it alone skips a deprecation warning.
@@ -113,10 +117,15 @@ class Spent(BaseModel):
 
 @dataclass
 class Cost:
-    """Calls and tokens charged while one unit of work ran (one example, one meta-prompt answer)."""
+    """Calls and tokens charged while one unit of work ran (one example, one meta-prompt answer).
+
+    ``refused`` is set when a call inside the unit was refused for lack of budget, so the unit is
+    known to be incomplete even if the program caught the exception (``dspy.Refine``, ``BestOfN``).
+    """
 
     calls: int = 0
     tokens: int = 0
+    refused: BudgetExhausted | None = None
 
     def add(self, calls: int, tokens: int) -> None:
         self.calls += calls
@@ -167,11 +176,22 @@ class BudgetMeter:
         token_cap = self.budget.token_cap(role)
         with self._lock:
             used = self.spent[role].calls + self._in_flight[role]
+            refusal = None
             if cap is not None and used + slots > cap:
-                raise BudgetExhausted(role, "call", cap)
-            if token_cap is not None and self.spent[role].tokens >= token_cap:
-                raise BudgetExhausted(role, "token", token_cap)
-            self._in_flight[role] += slots
+                refusal = BudgetExhausted(role, "call", cap)
+            elif token_cap is not None and self.spent[role].tokens >= token_cap:
+                refusal = BudgetExhausted(role, "token", token_cap)
+            else:
+                self._in_flight[role] += slots
+        if refusal is not None:
+            for sink in _COST_SINK.get() or []:
+                sink.refused = sink.refused or refusal
+            raise refusal
+
+    def release(self, role: Role, slots: int) -> None:
+        """Give back calls reserved with :meth:`reserve` and never made (e.g. a held-back reserve)."""
+        with self._lock:
+            self._in_flight[role] -= slots
 
     def settle(self, role: Role, *, reserved: int, calls: int, tokens: int, cache_hit: bool = False,
                failed: bool = False) -> None:
@@ -200,19 +220,28 @@ class BudgetMeter:
             self.spent = {role: spent.get(role, Spent()).model_copy() for role in ROLES}
 
 
-class _HistoryCapture:
-    """Receives DSPy's history entries of one call (DSPy appends to every ``caller_modules`` owner)."""
+class _CallCounter(UsageTracker):
+    """A usage tracker that also learns whether a call reached the model.
 
-    def __init__(self) -> None:
-        self.history: list[dict[str, Any]] = []
+    DSPy calls ``add_usage`` once for every LM call that was not served from its cache (even when
+    the provider reported no usage) and never for a cache hit; entries go on to the outer tracker.
+    """
 
+    def __init__(self, outer: UsageTracker | None) -> None:
+        super().__init__()
+        self.outer = outer
+        self.calls = 0
+        self.tokens = 0
 
-def _entry_tokens(entry: dict[str, Any]) -> int:
-    usage = entry.get("usage") or {}
-    total = usage.get("total_tokens")
-    if total is None:
-        total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
-    return int(total or 0)
+    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+        self.calls += 1
+        usage = dict(usage_entry or {})
+        total = usage.get("total_tokens")
+        if total is None:
+            total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
+        self.tokens += int(total or 0)
+        if self.outer is not None:
+            self.outer.add_usage(lm, usage_entry)
 
 
 def _samples_requested(lm: dspy.BaseLM, kwargs: dict[str, Any]) -> int:
@@ -262,30 +291,28 @@ class MeteredLM(dspy.BaseLM):
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         slots = _samples_requested(self._inner, kwargs)
         self._meter.reserve(self._role, slots)
-        capture = _HistoryCapture()
-        outer = list(dspy.settings.caller_modules or [])
+        counter = _CallCounter(dspy.settings.usage_tracker)
         try:
-            with dspy.context(caller_modules=[*outer, capture]), self._adapter_owned(messages):
+            with dspy.context(usage_tracker=counter), self._adapter_owned(messages):
                 result = self._inner(prompt, messages=messages, **kwargs)
         except Exception:
             # A failed call may still have reached the model: charge it, conservatively.
             self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, failed=True)
             raise
-        self._settle_from(capture, slots)
+        self._settle(counter, slots)
         return result
 
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         slots = _samples_requested(self._inner, kwargs)
         self._meter.reserve(self._role, slots)
-        capture = _HistoryCapture()
-        outer = list(dspy.settings.caller_modules or [])
+        counter = _CallCounter(dspy.settings.usage_tracker)
         try:
-            with dspy.context(caller_modules=[*outer, capture]), self._adapter_owned(messages):
+            with dspy.context(usage_tracker=counter), self._adapter_owned(messages):
                 result = await self._inner.acall(prompt, messages=messages, **kwargs)
         except Exception:
             self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, failed=True)
             raise
-        self._settle_from(capture, slots)
+        self._settle(counter, slots)
         return result
 
     def _adapter_owned(self, messages: Any) -> AbstractContextManager[Any]:
@@ -297,18 +324,12 @@ class MeteredLM(dspy.BaseLM):
             return adapter_message_call(self._inner, messages)
         return nullcontext()
 
-    def _settle_from(self, capture: _HistoryCapture, slots: int) -> None:
-        if not capture.history:
-            # History is disabled: nothing tells a cache hit apart, so charge the call.
-            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0)
-            return
-        entry = capture.history[-1]
-        cache_hit = not entry.get("usage") and bool(getattr(self._inner, "cache", False))
-        if cache_hit:
+    def _settle(self, counter: _CallCounter, slots: int) -> None:
+        if counter.calls == 0:
             self._meter.settle(self._role, reserved=slots, calls=0, tokens=0, cache_hit=True)
             return
-        self._meter.settle(self._role, reserved=slots, calls=slots, tokens=_entry_tokens(entry))
-        logger.trace("{} call charged: {} sample(s), {} tokens", self._role, slots, _entry_tokens(entry))
+        self._meter.settle(self._role, reserved=slots, calls=slots, tokens=counter.tokens)
+        logger.trace("{} call charged: {} sample(s), {} tokens", self._role, slots, counter.tokens)
 
 
 def unwrap_lm(lm: dspy.BaseLM | None) -> dspy.BaseLM | None:

@@ -18,6 +18,7 @@ import re
 from typing import Any, Literal
 
 from dspy.adapters.chat_adapter import ChatAdapter
+from dspy.adapters.json_adapter import JSONAdapter
 
 Position = Literal["system", "q_end", "a_begin"]
 POSITIONS: tuple[Position, ...] = ("system", "q_end", "a_begin")
@@ -43,8 +44,32 @@ def split_instructions(instructions: str) -> tuple[str, str, Position]:
     return base, text, match.group(1)  # type: ignore[return-value]
 
 
-class PlacementAdapter(ChatAdapter):
+class _Placement:
+    """Moves a placed instruction out of the system message; mixed into an adapter class."""
+
+    def format(self, signature: Any, demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        base, text, position = split_instructions(signature.instructions)
+        if position == "system":
+            return super().format(signature, demos, inputs)  # type: ignore[misc]
+        messages = super().format(signature.with_instructions(base), demos, inputs)  # type: ignore[misc]
+        last = messages[-1]
+        if position == "q_end":
+            last["content"] = f"{last['content']}\n\n{text}"
+        else:
+            first_field = next(iter(signature.output_fields))
+            last["content"] = f"{last['content']}\n\nBegin the `{first_field}` field with these words: {text}"
+        return messages
+
+
+class PlacementJSONAdapter(_Placement, JSONAdapter):
+    """DSPy's JSONAdapter, honouring instruction positions (PlacementAdapter's parse-failure fallback)."""
+
+
+class PlacementAdapter(_Placement, ChatAdapter):
     """A ChatAdapter that honours instruction positions written by :func:`compose_instructions`.
+
+    Its fallback after a parse failure is :class:`PlacementJSONAdapter`, so a retried call keeps
+    the instruction where it was scored.
 
     Example:
         >>> import dspy
@@ -52,17 +77,6 @@ class PlacementAdapter(ChatAdapter):
         ...     pass  # run a program compiled with a q_end or a_begin instruction
     """
 
-    def format(self, signature: Any, demos: list[dict[str, Any]], inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        base, text, position = split_instructions(signature.instructions)
-        if position == "system":
-            return super().format(signature, demos, inputs)
-        messages = super().format(signature.with_instructions(base), demos, inputs)
-        last = messages[-1]
-        if position == "q_end":
-            last["content"] = f"{last['content']}\n\n{text}"
-        else:
-            first_field = next(iter(signature.output_fields))
-            last["content"] = (
-                f"{last['content']}\n\nBegin the `{first_field}` field with these words: {text}"
-            )
-        return messages
+    def _make_json_adapter_fallback(self) -> JSONAdapter:
+        return PlacementJSONAdapter(use_native_function_calling=self.use_native_function_calling,
+                                    parallel_tool_calls=self.parallel_tool_calls)

@@ -69,6 +69,7 @@ class OptimizationReport(BaseModel):
     best_state: dict[str, Any] | None = None
     best_scores: dict[str, float] = Field(default_factory=dict)
     budget: Budget = Field(default_factory=Budget)
+    fingerprint: dict[str, str] = Field(default_factory=dict, description="data, program, models and metric")
     spent: dict[str, Spent] = Field(default_factory=lambda: {"task": Spent(), "prompt": Spent()})
     stopped_by_budget: bool = False
     finished: bool = False

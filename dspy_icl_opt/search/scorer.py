@@ -33,6 +33,8 @@ Metric = Callable[..., Any]
 
 #: Program copies kept ready for reuse; states are revisited in bandits and racing.
 _PROGRAM_CACHE_SIZE = 64
+#: Evaluations of fewer examples than this show no progress bar (it would only flicker).
+_MIN_ITEMS_FOR_A_BAR = 4
 
 
 def example_key(example: dspy.Example) -> str:
@@ -105,10 +107,14 @@ class Scorer:
         skey = state.key()
         keys = [f"{skey}:{example_key(ex)}" for ex in examples]
         results: list[Outcome | None] = [self._cached(k) for k in keys]
-        todo = [i for i, r in enumerate(results) if r is None]
+        first: dict[str, int] = {}
+        todo = [first.setdefault(k, i) for i, (k, r) in enumerate(zip(keys, results)) if r is None and k not in first]
         if todo:
             program, names = self._program(state)
             self._run_missing(program, names, examples, keys, todo, results, desc)
+        for i, key in enumerate(keys):  # an example listed twice is run once
+            if results[i] is None and key in first:
+                results[i] = results[first[key]]
         return [r for r in results if r is not None]
 
     def mean(self, state: ProgramState, examples: Sequence[dspy.Example], *, desc: str = "eval") -> float:
@@ -153,7 +159,8 @@ class Scorer:
     def _run_missing(self, program: dspy.Module, names: dict[int, str], examples: Sequence[dspy.Example],
                      keys: list[str], todo: list[int], results: list[Outcome | None], desc: str) -> None:
         exhausted: list[BudgetExhausted] = []
-        bar = tqdm(total=len(todo), desc=desc, disable=not self.progress or len(todo) < 4, leave=False)
+        bar = tqdm(total=len(todo), desc=desc, disable=not self.progress or len(todo) < _MIN_ITEMS_FOR_A_BAR,
+                   leave=False)
 
         def one(i: int) -> None:
             if exhausted:
@@ -186,6 +193,8 @@ class Scorer:
     def _run_one(self, program: dspy.Module, names: dict[int, str], example: dspy.Example) -> tuple[Outcome, Any]:
         with collect_cost() as cost:
             prediction, trace, error = self._call_program(program, names, example)
+            if cost.refused is not None:  # the program swallowed a refusal: its answer is incomplete
+                raise cost.refused
             if error is not None:
                 return Outcome(self.failure_score, {}, trace, error), cost
             try:
@@ -194,10 +203,14 @@ class Scorer:
             except BudgetExhausted:
                 raise
             except Exception as exc:  # the metric is user code: count it, never crash the search
-                self.counters.metric_errors += 1
+                self._count("metric_errors")
                 logger.warning("Metric raised {}: {}; scored {}", type(exc).__name__, exc, self.failure_score)
                 return Outcome(self.failure_score, _pred_dict(prediction), trace, f"metric: {exc!r}"), cost
         return Outcome(score, _pred_dict(prediction), trace), cost
+
+    def _count(self, counter: str) -> None:
+        with self._lock:
+            setattr(self.counters, counter, getattr(self.counters, counter) + 1)
 
     def _call_program(self, program: dspy.Module, names: dict[int, str], example: dspy.Example):
         adapter = dspy.settings.adapter
@@ -214,7 +227,7 @@ class Scorer:
         except BudgetExhausted:
             raise
         except Exception as exc:  # an LM failure or a bug in the program: count, log, score as failure
-            self.counters.program_errors += 1
+            self._count("program_errors")
             logger.warning("Program raised {} on an example: {}", type(exc).__name__, exc)
             return None, (), f"program: {exc!r}"
         return prediction, trace, None

@@ -242,3 +242,48 @@ def test_prompt_budget_end_still_validates(task):
     report = opro.report_
     assert report.stopped_by_budget and report.spent["prompt"].calls == 3
     assert "val" in report.best_scores
+
+
+def test_minibatch_budget_end_inside_a_step_still_validates(task):
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), steps=2,
+                candidates_per_step=2, scoring="minibatch", minibatch_size=4, final_candidates=1,
+                budget={"max_task_calls": 20}, progress=False)
+    opro.compile(task.program(), trainset=task.train, valset=task.val)
+    report = opro.report_
+    assert report.stopped_by_budget and "val" in report.best_scores
+    assert report.spent["task"].calls <= 20
+
+
+def test_answers_paid_before_the_prompt_budget_ends_are_scored(task):
+    replies = [proposal("Be careful."), proposal("Look closely."), proposal(f"Please {task.rule}.")]
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(replies), steps=1,
+                candidates_per_step=4, budget={"max_prompt_calls": 3}, progress=False)
+    program = opro.compile(task.program(), trainset=task.train, valset=task.val)
+    assert task.rule in program.signature.instructions
+
+
+def test_raced_out_candidates_stay_in_the_trajectory_and_are_not_proposed_again(task):
+    replies = iter([proposal("Bad idea."), proposal(f"Please {task.rule}."), proposal("Bad idea."),
+                    proposal("Another bad idea.")])
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(lambda r: next(replies)), steps=2,
+                candidates_per_step=2, scoring="racing", racing_block=2, progress=False)
+    opro.compile(task.program(), trainset=task.train, valset=task.val)
+    trajectory = opro.report_.extra["trajectory"]["self"]
+    assert [e["instruction"] for e in trajectory].count("Bad idea.") == 1
+    assert opro.report_.extra["dropped_proposals"] == {"duplicate": 1}
+    seed = opro.report_.candidate(0)
+    assert "raced_out_at_block" not in seed.meta or seed.id not in {e["candidate"] for e in trajectory}
+
+
+def test_extract_ignores_an_echoed_slot_marker():
+    assert extract_instruction("I think <INS> is where it goes. <INS>Count vowels.</INS>") == "Count vowels."
+    assert extract_instruction("<INS>Use <INS> here.") == "here."
+    assert extract_instruction("<INS>a</INS> then <INS>b <INS></INS>") == "a"
+
+
+def test_positions_refuse_an_adapter_that_ignores_them(task):
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(["x"]), positions=("system", "q_end"),
+                progress=False)
+    with dspy.context(adapter=dspy.ChatAdapter()):
+        with pytest.raises(ValueError, match="need dspy_icl_opt.PlacementAdapter"):
+            opro.compile(task.program(), trainset=task.train, valset=task.val)

@@ -213,3 +213,73 @@ def test_report_save_is_atomic_and_loads(tmp_path):
     path = report.save(tmp_path / "r.json")
     assert OptimizationReport.load(path).params == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_calls_without_reported_usage_are_still_charged():
+    from dspy.lm15 import Message, Response, TextPart, Usage
+
+    class NoUsageEngine:
+        calls = 0
+
+        def complete(self, request):
+            NoUsageEngine.calls += 1
+            text = f"[[ ## answer ## ]]\n{NoUsageEngine.calls}\n\n[[ ## completed ## ]]"
+            return Response(id=None, model="x", message=Message.assistant((TextPart(text),)), finish_reason="stop",
+                            usage=Usage())
+
+        def close(self):
+            pass
+
+    lm = dspy.LM("fake/no-usage", engine=NoUsageEngine(), cache=True)
+    meter = BudgetMeter(Budget(max_task_calls=2))
+    metered = MeteredLM(lm, meter, "task")
+    with dspy.context(lm=metered, disable_history=True):
+        for i in range(2):
+            dspy.Predict("question -> answer")(question=f"fresh {uuid.uuid4()} {i}")
+        with pytest.raises(BudgetExhausted):
+            dspy.Predict("question -> answer")(question=f"fresh {uuid.uuid4()}")
+    assert meter.spent["task"].calls == 2 == NoUsageEngine.calls
+
+
+def test_a_refusal_the_program_swallows_is_not_scored(task, tmp_path):
+    class Forgiving(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.predict = dspy.Predict("question -> answer")
+
+        def forward(self, question):
+            try:
+                return self.predict(question=question)
+            except Exception:  # like dspy.Refine / BestOfN: swallow and answer something
+                return dspy.Prediction(answer="?")
+
+    meter = BudgetMeter(Budget(max_task_calls=2))
+    journal = Journal(tmp_path / "journal.jsonl")
+    scorer = Scorer(Forgiving(), task.metric, task_lm=MeteredLM(task.lm(), meter, "task"), meter=meter,
+                    journal=journal, counters=Counters(), progress=False)
+    with pytest.raises(BudgetExhausted):
+        scorer.evaluate(read_state(Forgiving()), task.train[:4])
+    assert len(journal) == 2, "the two refused examples are not journaled as answers"
+
+
+def test_an_example_listed_twice_is_run_once(task):
+    lm = task.lm()
+    scorer = make_scorer(task, lm)
+    ex = task.train[0]
+    outcomes = scorer.evaluate(read_state(task.program()), [ex, ex.copy(), ex])
+    assert len(outcomes) == 3 and lm.engine.call_count == 1
+
+
+def test_resume_with_other_data_is_refused(task, tmp_path):
+    from dspy_icl_opt.optimizers.opro import OPRO
+    from dspy_icl_opt.testing import format_chat_reply
+
+    prompt = scripted_lm(lambda r: format_chat_reply({"new_instruction": "<INS>Count.</INS>"}))
+    OPRO(task.metric, task_model=task.lm(), prompt_model=prompt, steps=1, candidates_per_step=1,
+         log_dir=tmp_path, progress=False).compile(task.program(), trainset=task.train, valset=task.val)
+    other = planted_rule_task("reverse", train_size=10, val_size=4, seed=0)
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=prompt, steps=1, candidates_per_step=1,
+                log_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"differs in \['fingerprint'\]"):
+        opro.compile(other.program(), trainset=other.train, valset=other.val)
+    opro.compile(other.program(), trainset=other.train, valset=other.val, resume=False)  # starting over is fine

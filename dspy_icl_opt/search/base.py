@@ -22,7 +22,7 @@ from dspy.teleprompt import Teleprompter
 from dspy.utils.exceptions import AdapterParseError
 from loguru import logger
 
-from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost, unwrap_lm
+from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
 from dspy_icl_opt.search.scorer import Metric, Outcome, Scorer, example_key
@@ -316,7 +316,7 @@ class ICLOptimizer(Teleprompter):
         if task is None:
             raise ValueError("No task model: pass `task_model=` or call dspy.configure(lm=...) first. "
                              "For the embedded model: dspy_icl_opt.lm.resolve_lm('embedded').")
-        task, prompt = unwrap_lm(task), unwrap_lm(self.prompt_model or task)
+        prompt = self.prompt_model or task  # an LM already metered elsewhere keeps counting there too
         report = OptimizationReport(optimizer=type(self).__name__, params=self._params(), seed=self.seed,
                                     budget=self.budget,
                                     fingerprint=run_fingerprint(student, trainset, valset, task, prompt, self.metric))

@@ -283,3 +283,15 @@ def test_resume_with_other_data_is_refused(task, tmp_path):
     with pytest.raises(ValueError, match=r"differs in \['fingerprint'\]"):
         opro.compile(other.program(), trainset=other.train, valset=other.val)
     opro.compile(other.program(), trainset=other.train, valset=other.val, resume=False)  # starting over is fine
+
+
+def test_nested_meters_both_count(task):
+    lm = task.lm()
+    outer = BudgetMeter()
+    inner = BudgetMeter(Budget(max_task_calls=3))
+    metered = MeteredLM(MeteredLM(lm, outer, "task"), inner, "task")
+    scorer = Scorer(task.program(), task.metric, task_lm=metered, meter=inner, journal=Journal(None),
+                    counters=Counters(), progress=False)
+    with pytest.raises(BudgetExhausted):
+        scorer.evaluate(read_state(task.program()), task.train[:5])
+    assert inner.spent["task"].calls == outer.spent["task"].calls == lm.engine.call_count == 3

@@ -1,0 +1,351 @@
+"""``dspy-icl-opt``: run, compile, evaluate, benchmark and report prompt optimizations.
+
+Exit codes: 0 ok, 1 unexpected failure, 2 bad config or usage, 3 LM/model problem, 130 interrupted.
+This is the only module that prints; everything else logs through loguru.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from loguru import logger
+
+from dspy_icl_opt.pipeline.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, ConfigError, LMProblem, PipelineError
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
+#: The demo: small enough for the embedded 0.5B model on 2 CPU cores in under 10 minutes. A task-model
+#: call takes ~2-3 s there (~250 prompt tokens), so: 40 + 40 test calls around at most 70 for OPRO
+#: (seed and 2 steps x 2 proposals on minibatches of 6, then 2 finalists on 10 val examples).
+DEMO_TASK = "hyperbaton"
+DEMO_SIZES = {"train_size": 20, "val_size": 10, "test_size": 40}
+DEMO_BUDGET = {"max_task_calls": 70, "max_prompt_calls": 4}
+DEMO_STEPS = {
+    "opro": {"steps": 2, "candidates_per_step": 2, "scoring": "minibatch", "minibatch_size": 6,
+             "final_candidates": 2, "num_exemplars": 2},
+    "labeled": {"k": 3},
+}
+DEMO_LM = {"task": {"model": "embedded", "temperature": 0.0, "max_tokens": 128},
+           "prompt": {"model": "embedded", "temperature": 0.8, "max_tokens": 256}}
+
+EPILOGS = {
+    "run": """example:
+  dspy-icl-opt run examples/configs/opro.yaml
+  dspy-icl-opt run examples/configs/abo_then_demos.yaml --output runs/chain   # again to resume
+
+config (YAML/JSON): program {name, args}; data {task | path | hub, fields, input_keys, train_size,
+val_size, test_size, seed}; metric; lm {task, prompt: {model, temperature, max_tokens, cache}};
+optimize [{optimizer, params, budget, label}, ...]; bench [...]; budget; seed; num_threads; output;
+evaluate {before, after, split}. Optimizers: see `dspy-icl-opt list`.""",
+    "compile": """example:
+  dspy-icl-opt compile --task hyperbaton --program qa --lm openai/gpt-4o-mini --optimizer opro \\
+      --param steps=3 --budget light --output runs/hyperbaton-opro""",
+    "eval": """example:
+  dspy-icl-opt eval --task hyperbaton --program qa --lm embedded --load runs/demo/program.json""",
+    "bench": """example:
+  dspy-icl-opt bench examples/configs/bench.yaml --optimizers opro,labeled,mipro""",
+    "report": """example:
+  dspy-icl-opt report runs/demo --format html   # writes runs/demo/report.html""",
+    "demo": """example:
+  dspy-icl-opt demo                        # OPRO on the embedded model, ~5-10 minutes on 2 cores
+  dspy-icl-opt demo --optimizer labeled    # DSPy's LabeledFewShot instead""",
+    "list": """example:
+  dspy-icl-opt list""",
+}
+
+
+# ------------------------------------------------------------------------------ handlers
+def cmd_run(args: argparse.Namespace) -> int:
+    from dspy_icl_opt.pipeline.config import load_config
+    from dspy_icl_opt.pipeline.runner import run_pipeline
+
+    config = load_config(args.config)
+    result = run_pipeline(config, output=args.output, progress=args.progress, fresh=args.fresh)
+    _print_summary(result.summary, result.output)
+    return EXIT_OK
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from dspy_icl_opt.pipeline.runner import run_pipeline
+
+    config = config_from_flags(args, evaluate=args.evaluate)
+    if not config.optimize:
+        raise ConfigError("--optimizer: name at least one optimizer (e.g. --optimizer opro)")
+    result = run_pipeline(config, output=args.output, progress=args.progress, fresh=args.fresh)
+    _print_summary(result.summary, result.output)
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dspy_icl_opt.pipeline.evaluate import evaluate_program
+    from dspy_icl_opt.pipeline.runner import eval_examples, prepare
+
+    config = config_from_flags(args, evaluate=True)
+    comps = prepare(config)
+    program = comps.program
+    if args.load:
+        program = _load_program(program, Path(args.load))
+    result = evaluate_program(program, eval_examples(config, comps.task), comps.metric, lm=comps.task_lm,
+                              split=config.evaluate.split, num_threads=config.num_threads, progress=args.progress)
+    print(f"{result.split} accuracy: {100 * result.score:.1f}% on {result.n} examples "
+          f"({result.errors} errors, {result.calls} task-model calls)")
+    if args.output:
+        Path(args.output).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+        print(f"saved: {args.output}")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dspy_icl_opt.pipeline.bench import bench_markdown, run_bench
+    from dspy_icl_opt.pipeline.config import load_config
+
+    config = load_config(args.config)
+    names = [n.strip() for n in args.optimizers.split(",") if n.strip()] if args.optimizers else None
+    result = run_bench(config, names, output=args.output, progress=args.progress)
+    print(bench_markdown(result.rows, config.evaluate.split))
+    print(f"saved: {result.output}/bench.md, bench.csv, bench.png")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dspy_icl_opt.pipeline.render import render_report
+
+    path = render_report(args.run_dir, fmt=args.format, out=args.out)
+    print(f"saved: {path}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dspy_icl_opt.pipeline.config import parse_config
+    from dspy_icl_opt.pipeline.render import render_report
+    from dspy_icl_opt.pipeline.runner import run_pipeline
+
+    config = parse_config(demo_config(args.optimizer, task=args.task, seed=args.seed, output=args.output))
+    print(f"Demo: compiling the `qa` program on `{config.data.task}` with {config.optimize[0].optimizer} and the "
+          f"embedded model ({config.data.train_size} train / {config.data.val_size} val / {config.data.test_size} "
+          "test examples). This takes a few minutes on a laptop CPU.")
+    result = run_pipeline(config, progress=args.progress, fresh=args.fresh)
+    _print_summary(result.summary, result.output)
+    print(f"report: {render_report(result.output, fmt='html')}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from programs import task_names
+    from programs.programs import PROGRAM_NAMES
+
+    from dspy_icl_opt.pipeline.registry import REGISTRY, available
+
+    status = available()
+    print("optimizers (name: class, summary):")
+    for name, entry in REGISTRY.items():
+        note = "" if status[name] is None else "  [not available]"
+        print(f"  {name:<14} {entry.class_name:<34} {entry.summary}{note}")
+    print(f"programs: {', '.join(PROGRAM_NAMES)} (or pkg.module:factory)")
+    print(f"tasks: {', '.join(task_names())}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ helpers
+def demo_config(optimizer: str, *, task: str = DEMO_TASK, seed: int = 0, output: str = "runs/demo") -> dict[str, Any]:
+    """The demo's run description (a plain mapping, validated by the schema like any file)."""
+    return {"name": "demo", "program": "qa", "data": {"task": task, **DEMO_SIZES}, "lm": DEMO_LM,
+            "optimize": [{"optimizer": optimizer, "params": DEMO_STEPS[optimizer]}], "budget": DEMO_BUDGET,
+            "seed": seed, "output": output}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag}: must be KEY=VALUE, but got {item!r}")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def config_from_flags(args: argparse.Namespace, *, evaluate: bool) -> Any:
+    """A config from ``--config`` (optional) with the common flags applied on top."""
+    from dspy_icl_opt.pipeline.config import load_config, parse_config
+
+    data: dict[str, Any] = load_config(args.config, check=False).model_dump(mode="json") if args.config else {}
+    if args.task or args.data:
+        data["data"] = {**({"task": args.task} if args.task else {"path": str(Path(args.data).resolve())})}
+    if "data" not in data:
+        raise ConfigError("--task: give --task NAME, --data FILE or --config FILE")
+    for size in ("train_size", "val_size", "test_size"):
+        if getattr(args, size, None) is not None:
+            data["data"][size] = getattr(args, size)
+    if args.program:
+        data["program"] = {"name": args.program}
+    if args.lm:
+        data.setdefault("lm", {})["task"] = args.lm
+    if getattr(args, "prompt_lm", None):
+        data.setdefault("lm", {})["prompt"] = args.prompt_lm
+    if getattr(args, "optimizer", None):
+        names = [n.strip() for n in args.optimizer.split(",") if n.strip()]
+        data["optimize"] = [{"optimizer": n} for n in names]
+        data["optimize"][-1]["params"] = _key_values(args.param, "--param")
+    if getattr(args, "budget", None):
+        budget = args.budget
+        data["budget"] = budget if "=" not in budget else _key_values(budget.split(","), "--budget")
+    if args.seed is not None:
+        data["seed"] = args.seed
+    if getattr(args, "split", None):
+        data.setdefault("evaluate", {})["split"] = args.split
+    data.setdefault("evaluate", {}).update({"before": evaluate, "after": evaluate} if not args.config else {})
+    return parse_config(data)
+
+
+def _load_program(program: Any, path: Path) -> Any:
+    from dspy_icl_opt.search.report import PROGRAM_FILE
+
+    file = path / PROGRAM_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"--load: must be a program.json file or a run directory holding one, but got {str(path)!r}")
+    loaded = program.deepcopy()
+    try:
+        loaded.load(str(file))
+    except Exception as exc:  # noqa: BLE001 - a file saved from another program does not fit
+        raise ConfigError(f"--load: {str(file)!r} does not fit the program ({type(exc).__name__}: {exc})") from None
+    return loaded
+
+
+def _print_summary(summary: dict[str, Any], output: Path) -> None:
+    def pct(result: dict[str, Any] | None) -> str:
+        return "-" if not result else f"{100 * result['score']:.1f}% (n={result['n']})"
+
+    split = summary["split"]
+    if summary.get("before") or summary.get("after"):
+        print(f"{split} accuracy before: {pct(summary.get('before'))}")
+        print(f"{split} accuracy after:  {pct(summary.get('after'))}")
+    spent = summary.get("spent", {})
+    print(f"optimization spent {spent.get('task', {}).get('calls', 0)} task-model and "
+          f"{spent.get('prompt', {}).get('calls', 0)} prompt-model calls in {summary.get('wall_seconds', 0):.0f} s")
+    print(f"saved: {output}/program.json, report.json, summary.json, summary.md")
+
+
+# ------------------------------------------------------------------------------- parser
+def _common_flags(parser: argparse.ArgumentParser, *, optimizer: bool) -> None:
+    parser.add_argument("--config", help="a YAML/JSON run description; the flags below override it")
+    parser.add_argument("--task", help="a bundled task name (see `dspy-icl-opt list`)")
+    parser.add_argument("--data", help="a local JSON/JSONL/CSV/Parquet file instead of --task")
+    parser.add_argument("--program", help="qa, cot, two_step, or pkg.module:factory")
+    parser.add_argument("--lm", help="task model: 'embedded', a .gguf path or provider/model")
+    parser.add_argument("--seed", type=int, help="run seed (data shuffle, optimizers)")
+    for size in ("train", "val", "test"):
+        parser.add_argument(f"--{size}-size", dest=f"{size}_size", type=int, help=f"{size} examples")
+    if optimizer:
+        parser.add_argument("--prompt-lm", help="prompt model (default: the task model)")
+        parser.add_argument("--optimizer", help="registry name(s), comma-separated to chain, e.g. abo,demos")
+        parser.add_argument("--param", action="append", metavar="KEY=VALUE",
+                            help="a parameter of the (last) optimizer; repeatable")
+        parser.add_argument("--budget", help="preset (tiny, light, medium, heavy) or max_task_calls=N,...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dspy-icl-opt", description="Prompt optimizers for DSPy programs.",
+                                     epilog="example:\n  dspy-icl-opt demo\n  dspy-icl-opt run config.yaml",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="default INFO")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOGS[name],
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        cmd.set_defaults(handler=handler)
+        return cmd
+
+    run = add("run", cmd_run, "run a YAML/JSON config: evaluate, optimize, evaluate, save (resumable)")
+    run.add_argument("config", help="the run description")
+    compile_ = add("compile", cmd_compile, "optimize a program from flags (a config file is optional)")
+    _common_flags(compile_, optimizer=True)
+    compile_.add_argument("--evaluate", action="store_true", help="also evaluate before and after")
+    evaluate = add("eval", cmd_eval, "evaluate a (saved) program on the held-out split")
+    _common_flags(evaluate, optimizer=False)
+    evaluate.add_argument("--load", help="a program.json (or a run directory holding one)")
+    evaluate.add_argument("--split", choices=("test", "val"), help="default test")
+    bench = add("bench", cmd_bench, "compare optimizers on the same program, data, LMs and budget")
+    bench.add_argument("config", help="the run description (program, data, lm, budget, bench list)")
+    bench.add_argument("--optimizers", help="comma-separated registry names (default: the config's bench list)")
+    report = add("report", cmd_report, "render a run directory as Markdown or self-contained HTML")
+    report.add_argument("run_dir", help="a run output directory (or an optimizer log_dir, or a bench dir)")
+    report.add_argument("--format", choices=("md", "html"), default="html")
+    report.add_argument("--out", help="output file (default: RUN_DIR/report.md|html)")
+    demo = add("demo", cmd_demo, "compile the bundled QA program on a bundled task with the embedded LM")
+    demo.add_argument("--optimizer", choices=sorted(DEMO_STEPS), default="opro")
+    demo.add_argument("--task", default=DEMO_TASK, help=f"bundled task (default {DEMO_TASK})")
+    demo.add_argument("--seed", type=int, default=0)
+    add("list", cmd_list, "list optimizers, bundled programs and tasks")
+    for cmd in (run, compile_, bench, demo):
+        cmd.add_argument("--output", help="output directory (default: the config's `output`)")
+        cmd.add_argument("--fresh", action="store_true", help="discard an earlier run there instead of resuming")
+    evaluate.add_argument("--output", help="write the result as JSON to this file")
+    demo.set_defaults(output="runs/demo")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    """loguru to stderr through tqdm (so bars and log lines do not collide); quiet third-party loggers."""
+    import logging
+
+    from tqdm.auto import tqdm
+
+    logger.remove()
+    logger.add(lambda message: tqdm.write(message, end="", file=sys.stderr), level=level, colorize=sys.stderr.isatty(),
+               format="<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}")
+    quiet = logging.DEBUG if level in ("TRACE", "DEBUG") else logging.WARNING
+    for name in ("dspy", "LiteLLM", "httpx", "datasets", "optuna"):
+        logging.getLogger(name).setLevel(quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    # LiteLLM's price table ships with it; fetching a fresh copy would stall every start-up offline.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"error: {exc.describe()}", file=sys.stderr)
+        return exc.exit_code
+    except LMProblem as exc:
+        print(f"error: language model problem: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted: reports and journals are kept; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a message, the trace only at DEBUG
+        return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> int:
+    from dspy_icl_opt.pipeline.evaluate import lm_failure
+
+    logger.opt(exception=exc).debug("Traceback")
+    if lm_failure(exc):
+        print(f"error: language model problem: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return LMProblem.exit_code
+    print(f"error: {type(exc).__name__}: {exc} (run with --log-level DEBUG for the traceback)", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

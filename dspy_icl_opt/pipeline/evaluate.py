@@ -1,0 +1,117 @@
+"""Held-out evaluation: a program's mean metric on examples, with the task model's calls counted.
+
+Failures of the program or the metric on one example score 0 and are counted; when *every*
+example fails because of the LM (not reachable, not loadable ...), :class:`LMProblem` is raised so
+the CLI can exit with its LM code instead of reporting a meaningless 0.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import dspy
+from loguru import logger
+from tqdm.auto import tqdm
+
+from dspy_icl_opt.pipeline.errors import LMProblem
+from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM, unwrap_lm
+from dspy_icl_opt.search.placement import PlacementAdapter
+from dspy_icl_opt.search.scorer import metric_value
+
+
+@dataclass
+class EvalResult:
+    """The outcome of one evaluation."""
+
+    split: str
+    score: float
+    n: int
+    errors: int = 0
+    calls: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    first_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalResult:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def lm_failure(exc: BaseException) -> bool:
+    """Whether an exception comes from the LM layer (provider, engine, model file) rather than the program."""
+    from dspy.utils.exceptions import LMError
+
+    from dspy_icl_opt.lm.errors import CorruptModelError, LlamaModelLoadError, MissingLocalExtraError
+
+    lm_types = (LMError, CorruptModelError, LlamaModelLoadError, MissingLocalExtraError, ConnectionError)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, lm_types):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def evaluate_program(program: dspy.Module, examples: Sequence[dspy.Example], metric: Callable[..., Any], *,
+                     lm: dspy.BaseLM, split: str = "test", num_threads: int = 1, progress: bool = True) -> EvalResult:
+    """Mean ``metric`` of ``program`` on ``examples`` with ``lm`` as the task model.
+
+    Raises:
+        LMProblem: when every example failed in the LM layer.
+    """
+    if not examples:
+        logger.warning("No {} examples: evaluation skipped", split)
+        return EvalResult(split=split, score=0.0, n=0)
+    meter = BudgetMeter(Budget())
+    metered = MeteredLM(unwrap_lm(lm), meter, "task")
+    scores: list[float] = [0.0] * len(examples)
+    errors: list[BaseException] = []
+    started = time.perf_counter()
+    bar = tqdm(total=len(examples), desc=f"evaluate {split}", disable=not progress, leave=False)
+
+    def one(i: int) -> None:
+        try:
+            with dspy.context(lm=metered, adapter=PlacementAdapter()):
+                prediction = program(**examples[i].inputs())
+                scores[i] = metric_value(metric(examples[i], prediction, None))
+        except Exception as exc:  # noqa: BLE001 - one failed example scores 0; counted below
+            errors.append(exc)
+            logger.debug("Evaluation of {} example {} failed: {}: {}", split, i, type(exc).__name__, exc)
+        bar.update(1)
+
+    try:
+        if num_threads <= 1:
+            for i in range(len(examples)):
+                one(i)
+        else:
+            with ThreadPoolExecutor(max_workers=num_threads) as pool:
+                for future in [pool.submit(contextvars.copy_context().run, one, i) for i in range(len(examples))]:
+                    future.result()
+    finally:
+        bar.close()
+    return _result(split, scores, errors, meter, time.perf_counter() - started)
+
+
+def _result(split: str, scores: list[float], errors: list[BaseException], meter: BudgetMeter,
+            seconds: float) -> EvalResult:
+    first = f"{type(errors[0]).__name__}: {errors[0]}" if errors else None
+    if errors and len(errors) == len(scores) and lm_failure(errors[0]):
+        raise LMProblem(f"the task model failed on every {split} example; first error: {first}")
+    if errors:
+        logger.warning("{} of {} {} examples failed (scored 0); first error: {}", len(errors), len(scores), split,
+                       first)
+    spent = meter.snapshot()["task"]
+    result = EvalResult(split=split, score=sum(scores) / len(scores), n=len(scores), errors=len(errors),
+                        calls=spent.calls, tokens=spent.tokens, seconds=round(seconds, 3), first_error=first)
+    logger.info("{} accuracy {:.3f} on {} examples ({} errors, {} task calls)", split, result.score, result.n,
+                result.errors, result.calls)
+    return result

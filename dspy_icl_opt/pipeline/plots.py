@@ -1,0 +1,118 @@
+"""PNG charts (matplotlib, Agg backend): score trajectory, accuracy against k, benchmark bars."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dspy_icl_opt.search.report import OptimizationReport
+
+#: Figure size in inches and resolution: readable inline in a report, a few tens of kB.
+FIGSIZE = (6.4, 3.6)
+DPI = 110
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def _integer_ticks() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def main_label(report: OptimizationReport) -> str | None:
+    """The score label most candidates carry (``val`` preferred on ties): the one to plot."""
+    counts: dict[str, int] = {}
+    for record in report.candidates:
+        for label in record.scores:
+            counts[label] = counts.get(label, 0) + 1
+    if not counts:
+        return None
+    return max(counts, key=lambda label: (counts[label], label.startswith("val"), label == "train"))
+
+
+def trajectory_points(report: OptimizationReport, label: str) -> list[tuple[int, float, float]]:
+    """``(step, best score at this step, best so far)`` for every step with a scored candidate."""
+    per_step: dict[int, float] = {}
+    for record in report.candidates:
+        if label in record.scores:
+            per_step[record.step] = max(per_step.get(record.step, float("-inf")), record.scores[label])
+    points, best = [], float("-inf")
+    for step in sorted(per_step):
+        best = max(best, per_step[step])
+        points.append((step, per_step[step], best))
+    return points
+
+
+def trajectory_png(report: OptimizationReport) -> bytes | None:
+    """Every scored candidate by step, with the best score so far; ``None`` when nothing was scored."""
+    label = main_label(report)
+    if label is None:
+        return None
+    points = trajectory_points(report, label)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    scored = [(r.step, r.scores[label]) for r in report.candidates if label in r.scores]
+    ax.scatter([s for s, _ in scored], [v for _, v in scored], alpha=0.35, s=18, label="candidates")
+    ax.step([p[0] for p in points], [p[2] for p in points], where="post", color="C1", label="best so far")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"score ({label})")
+    ax.set_title(f"{report.optimizer}: score by step")
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def k_curve_png(curve: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes | None:
+    """Best and mean trial score against the number of demos k, per predictor."""
+    if not curve:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    for i, (name, points) in enumerate(sorted(curve.items())):
+        best = [(p["k"], p["best"]) for p in points if p.get("best") is not None]
+        mean = [(p["k"], p["mean"]) for p in points if p.get("mean") is not None]
+        if best:
+            ax.plot(*zip(*best), marker="o", color=f"C{i}", label=f"{name} best")
+        if mean:
+            ax.plot(*zip(*mean), marker=".", linestyle="--", color=f"C{i}", label=f"{name} mean")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.set_xlabel("k (demos)")
+    ax.set_ylabel("score")
+    ax.set_title("Accuracy against k")
+    ax.legend(loc="best", fontsize="small")
+    return _png(fig)
+
+
+def bench_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Held-out accuracy per optimizer, with its task/prompt calls written above the bar."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(FIGSIZE[0], 1.2 * len(rows) + 2), FIGSIZE[1]))
+    names = [str(r["optimizer"]) for r in rows]
+    scores = [float(r["accuracy"]) if r.get("accuracy") is not None else 0.0 for r in rows]
+    bars = ax.bar(names, scores, color=["C7" if r.get("family") == "baseline" else
+                                        "C0" if r.get("family") == "ours" else "C2" for r in rows])
+    for bar, row in zip(bars, rows):
+        ax.annotate(f"{row.get('task_calls', 0)}t/{row.get('prompt_calls', 0)}p calls",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title("Optimizers on the same program, data, LMs and budget")
+    ax.tick_params(axis="x", labelrotation=20)
+    return _png(fig)

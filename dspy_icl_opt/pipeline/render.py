@@ -1,0 +1,328 @@
+"""Render a run directory as Markdown or self-contained HTML (images inlined as base64).
+
+What is shown is what the reports hold: per step, the best instruction(s) and demos of every
+predictor, the score trajectory (PNG), the top candidates, the budget spent, and for DemoSelector
+the accuracy-against-k curve (``report.extra["k_curve"]``) and the demo influence ranking
+(``report.extra["influence"]``); for a pipeline run also the before/after accuracy, and for a
+benchmark its table and chart.
+
+Example:
+    >>> render_report("runs/demo", fmt="html")  # doctest: +SKIP
+    PosixPath('runs/demo/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dspy_icl_opt.pipeline import plots
+from dspy_icl_opt.pipeline.errors import ConfigError, at
+from dspy_icl_opt.search.report import REPORT_FILE, OptimizationReport, atomic_write_text
+
+#: Longest cell text in tables (demo fields, instructions in candidate lists).
+CELL_CHARS = 160
+#: Rows shown in the candidate, demo and influence tables.
+TOP_ROWS = 10
+Format = Literal["md", "html"]
+
+
+# ------------------------------------------------------------------------ document model
+@dataclass
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Code:
+    text: str
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class Image:
+    name: str
+    alt: str
+    png: bytes
+
+
+Block = Heading | Para | Code | Table | Image
+
+
+@dataclass
+class RunView:
+    """What a directory holds: a pipeline summary, step reports, a benchmark."""
+
+    root: Path
+    summary: dict[str, Any] | None = None
+    reports: list[tuple[str, OptimizationReport]] = field(default_factory=list)
+    bench: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------------- loading
+def load_run(run_dir: str | Path) -> RunView:
+    """Read a pipeline run, a benchmark, or a single optimizer's ``log_dir``."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise ConfigError(at("RUN_DIR", f"must be a directory holding a run, but {str(root)!r} is not one"))
+    view = RunView(root)
+    if (root / "summary.json").exists():
+        view.summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    if (root / "bench.json").exists():
+        view.bench = json.loads((root / "bench.json").read_text(encoding="utf-8"))
+    pattern = "*/" if view.bench is not None else "steps/*/"  # a benchmark keeps one directory per competitor
+    step_reports = sorted(p for p in root.glob(pattern + REPORT_FILE))
+    if step_reports:
+        view.reports = [(f"Step {p.parent.name}", OptimizationReport.load(p)) for p in step_reports]
+    elif (root / REPORT_FILE).exists():
+        view.reports = [("Optimization", OptimizationReport.load(root / REPORT_FILE))]
+    if not view.reports and view.bench is None and view.summary is None:
+        raise ConfigError(at("RUN_DIR", f"{str(root)!r} holds no summary.json, report.json, steps/ or bench.json"))
+    return view
+
+
+# ------------------------------------------------------------------------------- content
+def build_document(view: RunView) -> list[Block]:
+    title = (view.summary or {}).get("name") or view.root.name
+    blocks: list[Block] = [Heading(1, f"Optimization report: {title}")]
+    if view.summary:
+        blocks += summary_blocks(view.summary)
+    if view.bench:
+        blocks += bench_blocks(view.bench, view.root)
+    for index, (heading, report) in enumerate(view.reports):
+        blocks += report_blocks(report, f"{heading}: {report.optimizer}", index)
+    return blocks
+
+
+def _pct(result: dict[str, Any] | None) -> str:
+    return "-" if not result else f"{100 * result['score']:.1f}% (n={result['n']}, errors {result.get('errors', 0)})"
+
+
+def summary_blocks(summary: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [
+        Para(f"Status: {summary['status']}. Task {summary['task']}, program {summary['program']}, "
+             f"task LM {summary['task_lm']}, prompt LM {summary['prompt_lm']}. Splits: {summary.get('sizes')}."),
+        Table([f"{summary['split']} accuracy", "value"],
+              [["before", _pct(summary.get("before"))], ["after", _pct(summary.get("after"))]])]
+    steps = summary.get("steps") or []
+    if steps:
+        rows = [[s["index"], s["class"], s["spent"]["task"]["calls"], s["spent"]["prompt"]["calls"],
+                 sum(v.get("tokens", 0) for v in s["spent"].values()), f"{s['seconds']:.1f}",
+                 "yes" if s["finished"] else "budget" if s["stopped_by_budget"] else "no"] for s in steps]
+        blocks.append(Table(["step", "optimizer", "task calls", "prompt calls", "tokens", "seconds", "finished"],
+                            rows))
+    return blocks
+
+
+def bench_blocks(bench: dict[str, Any], root: Path) -> list[Block]:
+    columns = bench.get("columns") or list((bench.get("rows") or [{}])[0])
+    blocks: list[Block] = [Heading(2, "Benchmark"), Table(columns, [[r.get(c) for c in columns]
+                                                                   for r in bench.get("rows", [])])]
+    chart = root / "bench.png"
+    if chart.exists():
+        blocks.append(Image("bench.png", "held-out accuracy per optimizer", chart.read_bytes()))
+    return blocks
+
+
+def report_blocks(report: OptimizationReport, title: str, index: int = 0) -> list[Block]:
+    status = "finished" if report.finished else "stopped by its budget" if report.stopped_by_budget else "unfinished"
+    blocks: list[Block] = [
+        Heading(2, title),
+        Para(f"{report.optimizer}, seed {report.seed}: {len(report.candidates)} candidate(s) over "
+             f"{report.steps_completed} step(s), {status}, {report.timings.get('elapsed_s', 0):.1f} s."),
+    ]
+    if report.params:
+        blocks.append(Table(["parameter", "value"], [[k, _short(json.dumps(v, default=str))]
+                                                     for k, v in sorted(report.params.items())]))
+    if report.best_scores:
+        scores = [[k, f"{v:.3f}"] for k, v in report.best_scores.items()]
+        blocks.append(Table(["best candidate score", "value"], scores))
+    blocks += best_prompt_blocks(report)
+    blocks += trajectory_blocks(report, index)
+    blocks += budget_blocks(report)
+    blocks += demo_selector_blocks(report, index)
+    return blocks
+
+
+def best_prompt_blocks(report: OptimizationReport) -> list[Block]:
+    state = report.best_state or (report.candidates[-1].state if report.candidates else None)
+    if not state:
+        return [Para("No candidate was recorded.")]
+    blocks: list[Block] = [Heading(3, "Best prompt per predictor")]
+    for name, pstate in sorted(state.items()):
+        blocks += [Heading(4, name), Para(f"Instruction (position: {pstate.get('position', 'system')}):"),
+                   Code(pstate.get("instruction", ""))]
+        demos = pstate.get("demos") or []
+        if demos:
+            fields = sorted({k for demo in demos for k in demo})
+            rows = [[_short(demo.get(f, "")) for f in fields] for demo in demos[:TOP_ROWS]]
+            blocks += [Para(f"{len(demos)} demo(s):"), Table(fields, rows)]
+        else:
+            blocks.append(Para("No demos."))
+    return blocks
+
+
+def trajectory_blocks(report: OptimizationReport, index: int = 0) -> list[Block]:
+    label = plots.main_label(report)
+    if label is None:
+        return []
+    png = plots.trajectory_png(report)
+    points = plots.trajectory_points(report, label)
+    blocks: list[Block] = [Heading(3, f"Score trajectory ({label})")]
+    if png:
+        blocks.append(Image(f"{index:02d}_{_slug(report.optimizer)}_trajectory.png", "score by step", png))
+    blocks.append(Table(["step", "best at step", "best so far"], [[s, f"{v:.3f}", f"{b:.3f}"] for s, v, b in points]))
+    top = sorted((r for r in report.candidates if label in r.scores), key=lambda r: (-r.scores[label], r.id))
+    rows = [[r.id, r.step, r.origin, r.predictor or "-", f"{r.scores[label]:.3f}",
+             _short(_changed_text(r.state, r.predictor))] for r in top[:TOP_ROWS]]
+    blocks += [Para(f"Top {len(rows)} candidate(s) by {label} score:"),
+               Table(["id", "step", "origin", "predictor", label, "instruction"], rows)]
+    return blocks
+
+
+def _changed_text(state: dict[str, Any], predictor: str | None) -> str:
+    if predictor and predictor in state:
+        return state[predictor].get("instruction", "")
+    return " / ".join(s.get("instruction", "") for s in state.values())
+
+
+def budget_blocks(report: OptimizationReport) -> list[Block]:
+    rows = []
+    for role in ("task", "prompt"):
+        spent = report.spent.get(role)
+        if spent is None:
+            continue
+        rows.append([role, spent.calls, _cap(report.budget.call_cap(role)), spent.tokens,
+                     _cap(report.budget.token_cap(role)), spent.cache_hits, spent.failed_calls])
+    blocks: list[Block] = [Heading(3, "Budget spent"),
+                           Table(["model", "calls", "call cap", "tokens", "token cap", "cache hits", "failed"], rows)]
+    if report.extra.get("budget_enforced") is False:
+        blocks.append(Para("DSPy's optimizers are counted, not capped: their own settings bound them."))
+    counters = {k: v for k, v in report.counters.model_dump().items() if v}
+    if counters:
+        blocks.append(Table(["failure handled", "count"], [[k, v] for k, v in counters.items()]))
+    return blocks
+
+
+def demo_selector_blocks(report: OptimizationReport, index: int = 0) -> list[Block]:
+    blocks: list[Block] = []
+    curve = report.extra.get("k_curve")
+    if isinstance(curve, dict) and curve:
+        blocks.append(Heading(3, "Accuracy against k"))
+        png = plots.k_curve_png(curve)
+        if png:
+            blocks.append(Image(f"{index:02d}_k_curve.png", "accuracy against k", png))
+        rows = [[name, p.get("k"), p.get("n"), p.get("best"), p.get("mean"), p.get("n_pruned")]
+                for name, points in sorted(curve.items()) for p in points]
+        blocks.append(Table(["predictor", "k", "trials", "best", "mean", "pruned"], rows))
+    influence = report.extra.get("influence")
+    if isinstance(influence, dict) and influence:
+        blocks.append(Heading(3, "Demo influence (most helpful first)"))
+        for name, entries in sorted(influence.items()):
+            rows = [[i + 1, e.get("id"), e.get("weight"), e.get("n_in"), _short(json.dumps(e.get("demo", ""),
+                                                                                          default=str))]
+                    for i, e in enumerate(entries[:TOP_ROWS])]
+            blocks += [Para(f"Predictor {name}:"), Table(["rank", "demo", "weight", "rows", "content"], rows)]
+    return blocks
+
+
+def _cap(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _short(value: Any) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower())
+
+
+# ---------------------------------------------------------------------------- renderers
+def to_markdown(blocks: list[Block], image_dir: Path, rel: str) -> str:
+    """Markdown text; images are written as PNG files into ``image_dir`` (linked as ``rel/name``)."""
+    out: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append(f"{'#' * block.level} {block.text}")
+        elif isinstance(block, Para):
+            out.append(block.text)
+        elif isinstance(block, Code):
+            fence = "~~~~" if "```" in block.text else "```"
+            out.append(f"{fence}text\n{block.text}\n{fence}")
+        elif isinstance(block, Table):
+            out.append(_md_table(block))
+        elif isinstance(block, Image):
+            image_dir.mkdir(parents=True, exist_ok=True)
+            (image_dir / block.name).write_bytes(block.png)
+            out.append(f"![{block.alt}]({rel}/{block.name})")
+        out.append("")
+    return "\n".join(out)
+
+
+def _md_table(table: Table) -> str:
+    def cell(value: Any) -> str:
+        return _short("" if value is None else value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(h) for h in table.headers) + " |", "|" + "---|" * len(table.headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
+        "table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;"
+        "text-align:left;vertical-align:top}th{background:#f3f3f3}pre{background:#f6f8fa;padding:.75rem;"
+        "white-space:pre-wrap}img{max-width:100%}")
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    """One self-contained HTML page (images as base64 data URIs)."""
+    esc = html.escape
+    body: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            body.append(f"<h{block.level}>{esc(block.text)}</h{block.level}>")
+        elif isinstance(block, Para):
+            body.append(f"<p>{esc(block.text)}</p>")
+        elif isinstance(block, Code):
+            body.append(f"<pre><code>{esc(block.text)}</code></pre>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{esc(str(h))}</th>" for h in block.headers)
+            rows = "".join("<tr>" + "".join(f"<td>{esc(_short('' if v is None else v))}</td>" for v in row) + "</tr>"
+                           for row in block.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(block, Image):
+            data = base64.b64encode(block.png).decode("ascii")
+            body.append(f'<p><img alt="{esc(block.alt)}" src="data:image/png;base64,{data}"></p>')
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def render_report(run_dir: str | Path, *, fmt: Format = "html", out: str | Path | None = None) -> Path:
+    """Render ``run_dir`` to ``out`` (default ``run_dir/report.md`` or ``run_dir/report.html``)."""
+    if fmt not in ("md", "html"):
+        raise ConfigError(at("--format", f"must be 'md' or 'html', but got {fmt!r}"))
+    view = load_run(run_dir)
+    blocks = build_document(view)
+    target = Path(out) if out is not None else view.root / f"report.{fmt}"
+    if fmt == "html":
+        title = blocks[0].text if isinstance(blocks[0], Heading) else "report"
+        return atomic_write_text(target, to_html(blocks, title))
+    image_dir = target.parent / f"{target.stem}_files"
+    return atomic_write_text(target, to_markdown(blocks, image_dir, image_dir.name))

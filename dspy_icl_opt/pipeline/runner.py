@@ -1,0 +1,307 @@
+"""The declarative runner: config -> data, program, LMs -> evaluate, optimize step by step, evaluate.
+
+Output directory layout::
+
+    config.yaml         the run description, as validated
+    run.json            its fingerprint (a different config refuses to reuse the directory)
+    eval_before.json    held-out score of the starting program (reused on resume)
+    steps/00-opro/      one directory per step: journal, report.json, program.json, step.json
+    program.json        the final compiled program (DSPy JSON; ``program.load(path)``)
+    report.json         the last step's OptimizationReport
+    summary.json/.md    before/after accuracy, per-step spending, status
+
+Running again with the same output resumes: finished steps are loaded, an interrupted step of one
+of our optimizers resumes from its journal (no LM call repeated), DSPy's optimizers start over.
+
+Example:
+    >>> from dspy_icl_opt.pipeline import parse_config, run_pipeline  # doctest: +SKIP
+    >>> run_pipeline(parse_config({...}), task_lm=my_lm).summary["after"]["score"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+from loguru import logger
+from tqdm.auto import tqdm
+
+from dspy_icl_opt.pipeline.config import PipelineConfig, dump_config
+from dspy_icl_opt.pipeline.data import build_program, load_data, resolve_metric
+from dspy_icl_opt.pipeline.errors import ConfigError, LMProblem, at
+from dspy_icl_opt.pipeline.evaluate import EvalResult, evaluate_program
+from dspy_icl_opt.pipeline.registry import lookup, run_step, step_error
+from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, OptimizationReport, atomic_write_text
+
+SUMMARY_JSON, SUMMARY_MD, RUN_FILE, CONFIG_FILE = "summary.json", "summary.md", "run.json", "config.yaml"
+BEFORE_FILE, STEP_FILE, STEPS_DIR = "eval_before.json", "step.json", "steps"
+#: What ``--fresh`` removes: only files and folders the runner itself writes.
+OWNED = (STEPS_DIR, BEFORE_FILE, PROGRAM_FILE, REPORT_FILE, SUMMARY_JSON, SUMMARY_MD, RUN_FILE, CONFIG_FILE)
+
+
+@dataclass
+class Components:
+    """Everything a run works with, resolved from the config."""
+
+    task: Any
+    program: dspy.Module
+    metric: Any
+    task_lm: dspy.BaseLM
+    prompt_lm: dspy.BaseLM
+
+
+@dataclass
+class RunResult:
+    output: Path
+    summary: dict[str, Any]
+    program: dspy.Module
+    reports: list[OptimizationReport] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------ set-up
+def resolve_lms(config: PipelineConfig, task_lm: dspy.BaseLM | None = None,
+                prompt_lm: dspy.BaseLM | None = None) -> tuple[dspy.BaseLM, dspy.BaseLM]:
+    """The task and prompt LMs: those passed in, else built from ``config.lm`` (one object when equal)."""
+    task = task_lm if task_lm is not None else _resolve(config.lm.task, "lm.task")
+    if prompt_lm is not None:
+        return task, prompt_lm
+    same = config.lm.prompt is None or (task_lm is None and config.lm.prompt == config.lm.task)
+    return task, task if same else _resolve(config.lm.prompt, "lm.prompt")
+
+
+def _resolve(spec: Any, path: str) -> dspy.BaseLM:
+    from dspy_icl_opt.lm import CorruptModelError, LlamaModelLoadError, MissingLocalExtraError, resolve_lm
+
+    try:
+        return resolve_lm(spec.model, temperature=spec.temperature, max_tokens=spec.max_tokens, cache=spec.cache,
+                          **spec.options)
+    except (MissingLocalExtraError, CorruptModelError, LlamaModelLoadError) as exc:
+        raise LMProblem(f"{path}.model {spec.model!r}: {exc}") from None
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise ConfigError(at(f"{path}.model", str(exc))) from None
+    except Exception as exc:  # noqa: BLE001 - anything else while building an LM is an LM problem
+        raise LMProblem(f"{path}.model {spec.model!r}: {type(exc).__name__}: {exc}") from None
+
+
+def prepare(config: PipelineConfig, task_lm: dspy.BaseLM | None = None,
+            prompt_lm: dspy.BaseLM | None = None) -> Components:
+    """Load data, build the program and metric, resolve the LMs (no LM call)."""
+    task = load_data(config)
+    program = build_program(config, task)
+    metric = resolve_metric(config, task)
+    task_model, prompt_model = resolve_lms(config, task_lm, prompt_lm)
+    logger.info("Task {}: {} train / {} val / {} test; program {}; task LM {}", task.name, len(task.train),
+                len(task.val), len(task.test), config.program.name, getattr(task_model, "model", task_model))
+    return Components(task, program, metric, task_model, prompt_model)
+
+
+def eval_examples(config: PipelineConfig, task: Any) -> list[dspy.Example]:
+    return list(task.test if config.evaluate.split == "test" else task.val)
+
+
+# -------------------------------------------------------------------------------- output
+def check_output(out: Path, config: PipelineConfig, *, fresh: bool = False) -> None:
+    """Refuse an output dir that holds another config's run (with ``fresh``: clear what the runner wrote there)."""
+    run_file = out / RUN_FILE
+    if fresh:
+        for name in OWNED:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif run_file.exists():
+        old = json.loads(run_file.read_text(encoding="utf-8")).get("fingerprint")
+        if old != config.fingerprint():
+            raise ConfigError(at("output", f"{str(out)!r} holds a run of a different configuration; choose another "
+                                           "output directory, or pass --fresh to start over there"))
+        logger.info("Resuming the run in {}", out)
+
+
+def claim_output(out: Path, config: PipelineConfig) -> None:
+    """Mark the output dir as this config's run (once its data, program and LMs are known to be fine)."""
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(config, out / CONFIG_FILE)
+    write_json(out / RUN_FILE, {"fingerprint": config.fingerprint()})
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------- run
+def run_pipeline(config: PipelineConfig, *, task_lm: dspy.BaseLM | None = None,
+                 prompt_lm: dspy.BaseLM | None = None, output: str | Path | None = None, progress: bool = True,
+                 fresh: bool = False) -> RunResult:
+    """Evaluate, optimize (step by step, resumable) and evaluate again; write everything under the output dir.
+
+    Args:
+        config: the validated run description.
+        task_lm, prompt_lm: ready LMs (e.g. test fakes) used instead of ``config.lm``.
+        output: overrides ``config.output``.
+        progress: show progress bars.
+        fresh: discard an earlier run in the output dir instead of resuming it.
+
+    Raises:
+        ConfigError: bad data, program or settings found while starting (before any LM call).
+        LMProblem: an LM could not be built or never answered.
+        KeyboardInterrupt: after writing the summary (status ``interrupted``); reports and journals stay.
+    """
+    out = Path(output or config.output)
+    check_output(out, config, fresh=fresh)
+    comps = prepare(config, task_lm, prompt_lm)
+    claim_output(out, config)
+    summary = _new_summary(config, comps, out)
+    started = time.perf_counter()
+    try:
+        if config.evaluate.before:
+            summary["before"] = _before(config, comps, out, progress).to_dict()
+        program, reports = _run_steps(config, comps, out, summary, progress)
+        if config.evaluate.after:
+            unchanged = not config.optimize and summary["before"] is not None
+            summary["after"] = summary["before"] if unchanged else _evaluate(config, comps, program, progress).to_dict()
+        _save_final(out, program, reports)
+        summary["status"] = "complete"
+    except KeyboardInterrupt:
+        summary["status"] = "interrupted"
+        raise
+    except Exception:
+        summary["status"] = "failed"
+        raise
+    finally:
+        summary["wall_seconds"] = round(time.perf_counter() - started, 3)
+        _write_summary(out, summary)
+    return RunResult(out, summary, program, reports)
+
+
+def _new_summary(config: PipelineConfig, comps: Components, out: Path) -> dict[str, Any]:
+    return {"name": config.name or out.name, "status": "running", "task": comps.task.name,
+            "program": config.program.name, "split": config.evaluate.split,
+            "sizes": {"train": len(comps.task.train), "val": len(comps.task.val), "test": len(comps.task.test)},
+            "task_lm": str(getattr(comps.task_lm, "model", "?")),
+            "prompt_lm": str(getattr(comps.prompt_lm, "model", "?")),
+            "before": None, "after": None, "steps": [], "fingerprint": config.fingerprint(),
+            "files": {"config": CONFIG_FILE}}
+
+
+def _evaluate(config: PipelineConfig, comps: Components, program: dspy.Module, progress: bool) -> EvalResult:
+    return evaluate_program(program, eval_examples(config, comps.task), comps.metric, lm=comps.task_lm,
+                            split=config.evaluate.split, num_threads=config.num_threads, progress=progress)
+
+
+def _before(config: PipelineConfig, comps: Components, out: Path, progress: bool) -> EvalResult:
+    cache = out / BEFORE_FILE
+    if cache.exists():
+        cached = EvalResult.from_dict(read_json(cache))
+        if cached.split == config.evaluate.split:
+            logger.info("Reusing the starting program's {} score {:.3f}", cached.split, cached.score)
+            return cached
+    result = _evaluate(config, comps, comps.program, progress)
+    write_json(cache, result.to_dict())
+    return result
+
+
+def _run_steps(config: PipelineConfig, comps: Components, out: Path, summary: dict[str, Any],
+               progress: bool) -> tuple[dspy.Module, list[OptimizationReport]]:
+    program, reports = comps.program, []
+    valset = list(comps.task.val) or None
+    bar = tqdm(total=len(config.optimize), desc="optimize", disable=not progress or len(config.optimize) < 2)
+    try:
+        for index, step in enumerate(config.optimize):
+            step_dir = out / STEPS_DIR / step.slug(index)
+            program, report, record = _one_step(config, comps, index, step, step_dir, program, valset, progress)
+            reports.append(report)
+            summary["steps"].append(record)
+            _write_summary(out, summary)
+            bar.update(1)
+    finally:
+        bar.close()
+    return program, reports
+
+
+def _one_step(config: PipelineConfig, comps: Components, index: int, step: Any, step_dir: Path,
+              program: dspy.Module, valset: list[dspy.Example] | None,
+              progress: bool) -> tuple[dspy.Module, OptimizationReport, dict[str, Any]]:
+    entry = lookup(step.optimizer)
+    marker = step_dir / STEP_FILE
+    if marker.exists() and (step_dir / PROGRAM_FILE).exists() and (step_dir / REPORT_FILE).exists():
+        logger.info("Step {} ({}) already done; loading its program", index, entry.name)
+        loaded = program.deepcopy()
+        loaded.load(str(step_dir / PROGRAM_FILE))
+        return loaded, OptimizationReport.load(step_dir / REPORT_FILE), read_json(marker)
+    logger.info("Step {}: {} ({})", index, entry.name, entry.class_name)
+    try:
+        result = run_step(entry, step.params, student=program, trainset=list(comps.task.train), valset=valset,
+                          metric=comps.metric, task_lm=comps.task_lm, prompt_lm=comps.prompt_lm,
+                          budget=config.step_budget(step), seed=config.seed, num_threads=config.num_threads,
+                          log_dir=step_dir, progress=progress)
+    except (ValueError, TypeError) as exc:
+        raise step_error(f"optimize[{index}]", entry, exc) from None
+    record = step_record(index, entry, result.report, result.seconds, step_dir.relative_to(step_dir.parents[1]))
+    write_json(marker, record)
+    return result.program, result.report, record
+
+
+def step_record(index: int, entry: Any, report: OptimizationReport, seconds: float, rel_dir: Path) -> dict[str, Any]:
+    """A step's line in the summary."""
+    return {"index": index, "optimizer": entry.name, "class": entry.class_name, "family": entry.family,
+            "dir": rel_dir.as_posix(), "seconds": round(seconds, 3),
+            "spent": {role: s.model_dump() for role, s in report.spent.items()},
+            "best_scores": report.best_scores, "finished": report.finished,
+            "stopped_by_budget": report.stopped_by_budget, "candidates": len(report.candidates)}
+
+
+def _save_final(out: Path, program: dspy.Module, reports: list[OptimizationReport]) -> None:
+    program.save(str(out / PROGRAM_FILE))
+    if reports:
+        reports[-1].save(out / REPORT_FILE)
+
+
+# ------------------------------------------------------------------------------ summary
+def _write_summary(out: Path, summary: dict[str, Any]) -> None:
+    totals = {role: {"calls": 0, "tokens": 0} for role in ("task", "prompt")}
+    for step in summary["steps"]:
+        for role in totals:
+            spent = step["spent"].get(role, {})
+            totals[role]["calls"] += spent.get("calls", 0)
+            totals[role]["tokens"] += spent.get("tokens", 0)
+    summary["spent"] = totals
+    if summary.get("before") and summary.get("after"):
+        summary["improvement"] = round(summary["after"]["score"] - summary["before"]["score"], 6)
+    if (out / PROGRAM_FILE).exists() and summary.get("status") == "complete":
+        summary["files"].update({"program": PROGRAM_FILE, "report": REPORT_FILE if summary["steps"] else None})
+    write_json(out / SUMMARY_JSON, summary)
+    atomic_write_text(out / SUMMARY_MD, summary_markdown(summary))
+
+
+def _pct(result: dict[str, Any] | None) -> str:
+    return "-" if not result else f"{100 * result['score']:.1f}% (n={result['n']})"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """A short human-readable summary of a run."""
+    lines = [f"# Run {summary['name']}: {summary['status']}", "",
+             f"Task `{summary['task']}`, program `{summary['program']}`, task LM `{summary['task_lm']}`, "
+             f"prompt LM `{summary['prompt_lm']}`.", "",
+             f"| {summary['split']} accuracy | value |", "|---|---|",
+             f"| before | {_pct(summary.get('before'))} |", f"| after | {_pct(summary.get('after'))} |", ""]
+    if summary["steps"]:
+        lines += ["| step | optimizer | task calls | prompt calls | tokens | seconds | finished |",
+                  "|---|---|---|---|---|---|---|"]
+        for s in summary["steps"]:
+            tokens = sum(v.get("tokens", 0) for v in s["spent"].values())
+            lines.append(f"| {s['index']} | {s['class']} | {s['spent']['task']['calls']} | "
+                         f"{s['spent']['prompt']['calls']} | {tokens} | {s['seconds']:.1f} | "
+                         f"{'yes' if s['finished'] else 'budget' if s['stopped_by_budget'] else 'no'} |")
+    lines += ["", f"Wall time {summary.get('wall_seconds', 0):.1f} s. Render the full report with "
+                  "`dspy-icl-opt report <this directory>`.", ""]
+    return "\n".join(lines)

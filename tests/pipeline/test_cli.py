@@ -1,0 +1,104 @@
+"""The console script: exit codes, messages without stack traces, help with examples, report rendering."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from dspy_icl_opt.pipeline import parse_config, run_pipeline
+from dspy_icl_opt.pipeline.cli import build_parser, config_from_flags, demo_config, main
+
+COMMANDS = ("run", "compile", "eval", "bench", "report", "demo", "list")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "example:\n  dspy-icl-opt " + command in capsys.readouterr().out
+
+
+def test_bad_config_exits_2_naming_the_field_without_a_traceback(config_dict, tmp_path, capsys):
+    pytest.importorskip("dspy_icl_opt.optimizers.abo")
+    config_dict["optimize"] = [{"optimizer": "labeled"}, {"optimizer": "abo", "params": {"beam_size": 0}}]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config_dict), encoding="utf-8")
+    assert main(["--no-progress", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"invalid configuration {path}" in err
+    assert "optimize[1].params.beam_size: must be >= 1, but got 0" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing ran
+
+
+def test_missing_config_file_and_usage_errors_exit_2(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read the config file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+
+
+def test_report_command_renders_a_run(config_dict, task_lm, tmp_path, capsys):
+    run_pipeline(parse_config(config_dict), task_lm=task_lm, progress=False)
+    assert main(["report", str(tmp_path / "run"), "--format", "md"]) == 0
+    assert (tmp_path / "run" / "report.md").exists()
+    assert "saved:" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "empty-dir-that-does-not-exist")]) == 2
+
+
+def test_list_shows_ours_and_dspys_optimizers(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("opro", "labeled", "mipro", "gepa", "hyperbaton"):
+        assert name in out
+
+
+def test_compile_flags_make_a_valid_config(data_file, tmp_path):
+    args = build_parser().parse_args([
+        "compile", "--data", str(data_file), "--program", "cot", "--lm", "openai/gpt-4o-mini",
+        "--optimizer", "labeled,bootstrap", "--param", "max_labeled_demos=2", "--budget", "max_task_calls=50",
+        "--seed", "3", "--train-size", "5", "--val-size", "5", "--test-size", "5"])
+    config = config_from_flags(args, evaluate=False)
+    assert config.program.name == "cot" and config.lm.task.model == "openai/gpt-4o-mini"
+    assert [s.optimizer for s in config.optimize] == ["labeled", "bootstrap"]
+    assert config.optimize[1].params == {"max_labeled_demos": 2}
+    assert config.budget.max_task_calls == 50 and config.seed == 3
+    assert not config.evaluate.before and not config.evaluate.after
+
+
+def test_compile_flags_override_a_config_file(config_dict, tmp_path):
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps(config_dict), encoding="utf-8")
+    args = build_parser().parse_args(["compile", "--config", str(path), "--seed", "9", "--optimizer", "bootstrap"])
+    config = config_from_flags(args, evaluate=False)
+    assert config.seed == 9 and config.optimize[0].optimizer == "bootstrap"
+    assert config.data.path == config_dict["data"]["path"] and config.evaluate.before  # the file's choice stays
+
+
+def test_compile_without_data_is_a_usage_error(capsys):
+    assert main(["compile", "--optimizer", "labeled"]) == 2
+    assert "--task" in capsys.readouterr().err
+
+
+def test_demo_config_is_small_and_valid():
+    for optimizer, step_class in (("opro", "opro"), ("labeled", "labeled")):
+        if optimizer == "opro":
+            pytest.importorskip("dspy_icl_opt.optimizers.opro")
+        config = parse_config(demo_config(optimizer))
+        assert config.lm.task.model == config.lm.prompt.model == "embedded"
+        assert config.optimize[0].optimizer == step_class
+        assert config.data.train_size + config.data.val_size + config.data.test_size <= 100
+
+
+def test_an_lm_that_cannot_answer_exits_3(config_dict, tmp_path, capsys):
+    config_dict["lm"] = {"task": "nonexistentprovider/model-x"}  # LiteLLM refuses it locally: no network call
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(config_dict), encoding="utf-8")
+    assert main(["--no-progress", "run", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "language model problem" in err and "Traceback" not in err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"

@@ -185,8 +185,11 @@ class APO(ICLOptimizer):
         ctx.report.extra["beams"] = [{"round": 0, "beam": [seed.id]}]
         ctx.report.extra["gradients"] = run.gradients
         ctx.checkpoint(0)
-        for round_index in range(1, self.rounds + 1):
-            beam = self._round(ctx, run, round_index, beam)
+        per_item = len(names)
+        with ctx.search_phase(validation_calls=self.beam_size * len(ctx.valset) * per_item,
+                              first_cost=min(self.minibatch_size, len(ctx.trainset)) * per_item):
+            for round_index in range(1, self.rounds + 1):
+                beam = self._round(ctx, run, round_index, beam)
         self._choose_final(ctx, beam)
 
     def _round(self, ctx: SearchContext, run: _Run, r: int, beam: list[CandidateRecord]) -> list[CandidateRecord]:
@@ -314,11 +317,12 @@ class APO(ICLOptimizer):
         return result
 
     def _choose_final(self, ctx: SearchContext, beam: list[CandidateRecord]) -> None:
-        for record in beam:
+        for record in beam:  # the best so far is kept after each one, in case the budget ends here
             ctx.score(record, ctx.valset, "val")
+            ctx.set_best(ctx.best_by(beam, "val"))
+            ctx.checkpoint()
         best = ctx.best_by(beam, "val")
         if best is not None:
-            ctx.set_best(best)
             logger.info("APO chose candidate {} (val {:.3f}) from the final beam {}", best.id, best.scores["val"],
                         [record.id for record in beam])
         ctx.checkpoint()

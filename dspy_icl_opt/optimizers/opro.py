@@ -207,15 +207,11 @@ class OPRO(ICLOptimizer):
         run = _Run(names=[name for name, _ in ctx.predictors])
         for name in run.names:
             run.trajectories[name], run.seen[name] = [], set()
-        held = self._hold_back_for_validation(ctx)
-        try:
+        per_item = len(ctx.predictors)
+        seed_cost = len(ctx.trainset) * per_item * (1 + (len(self.positions) - 1) * per_item)
+        with ctx.search_phase(validation_calls=self.final_candidates * len(ctx.valset) * per_item,
+                              first_cost=seed_cost):
             self._steps(ctx, run)
-        except BudgetExhausted as exc:
-            ctx.report.stopped_by_budget = True
-            logger.info("OPRO stopped searching ({}); choosing among what was scored", exc)
-        finally:
-            if held:
-                ctx.meter.release("task", held)
         self._choose_final(ctx, run)
 
     def _steps(self, ctx: SearchContext, run: _Run) -> None:
@@ -237,23 +233,6 @@ class OPRO(ICLOptimizer):
                 ctx.report.stopped_by_budget = True
                 logger.info("OPRO: the prompt-model budget is spent at step {}", step)
                 return
-
-    def _hold_back_for_validation(self, ctx: SearchContext) -> int:
-        """Reserve the task calls the final validation needs, so the search cannot spend them.
-
-        Nothing is held back when the budget cannot also pay for scoring the seed instruction(s).
-        """
-        remaining = ctx.meter.remaining_calls("task")
-        if remaining is None:
-            return 0
-        per_item = len(ctx.predictors)
-        held = self.final_candidates * len(ctx.valset) * per_item
-        seed_cost = len(ctx.trainset) * per_item * (1 + (len(self.positions) - 1) * per_item)
-        if remaining < held + seed_cost:
-            return 0  # too small a budget to hold anything back: search, and validate if anything is left
-        if held:
-            ctx.meter.reserve("task", held)
-        return held
 
     def _no_room_for_a_step(self, ctx: SearchContext) -> bool:
         """True when the task budget (less what is held back for validation) cannot pay for one more step."""

@@ -13,7 +13,8 @@ import inspect
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,29 @@ class SearchContext:
             finally:
                 spent.add(cost.calls, cost.tokens)
         return None
+
+    # ------------------------------------------------------------------------------ budget
+    @contextmanager
+    def search_phase(self, *, validation_calls: int, first_cost: int) -> Iterator[None]:
+        """Run the search part of a strategy so that its final validation keeps its budget.
+
+        The task calls ``validation_calls`` are held back while the block runs (when the budget
+        can also pay ``first_cost``, the cost of scoring the seed; otherwise nothing is held), and
+        a task or prompt budget running out inside the block ends the block, not the run: the
+        strategy then validates what it found.
+        """
+        remaining = self.meter.remaining_calls("task")
+        held = validation_calls if remaining is not None and remaining >= validation_calls + first_cost else 0
+        if held:
+            self.meter.reserve("task", held)
+        try:
+            yield
+        except BudgetExhausted as exc:
+            self.report.stopped_by_budget = True
+            logger.info("{} stopped searching ({}); validating what was found", self.report.optimizer, exc)
+        finally:
+            if held:
+                self.meter.release("task", held)
 
     # ----------------------------------------------------------------------------- progress
     def checkpoint(self, step: int | None = None) -> None:

@@ -63,7 +63,7 @@ class Journal:
 
     def put(self, kind: str, key: str, record: dict[str, Any]) -> None:
         record = {"kind": kind, "key": key, **record}
-        line = json.dumps(record, ensure_ascii=False, default=str)
+        line = json.dumps(record, ensure_ascii=False, default=str) if self.path is not None else ""
         with self._lock:
             self._records[(kind, key)] = record
             if self.path is not None:

@@ -137,9 +137,10 @@ def test_budget_cap_stops_exactly(cap):
     paraphrase_lm = scripted_lm(responder(task.rule))
     apo, program = run_apo(task, task_lm=task_lm, prompt_lm=prompt_lm, paraphrase_model=paraphrase_lm, budget=cap)
     report = apo.report_
-    assert report.stopped_by_budget and not report.finished
+    assert report.stopped_by_budget
     if "max_prompt_calls" in cap:
         assert report.spent["prompt"].calls == 4 == prompt_lm.engine.call_count + paraphrase_lm.engine.call_count
+        assert "val" in report.best_scores, "a spent prompt budget ends the search, not the final validation"
     else:
         assert report.spent["task"].calls == 7 == task_lm.engine.call_count
     assert isinstance(program, dspy.Predict)
@@ -246,3 +247,11 @@ def test_bad_settings_are_named(settings, message):
 def test_paraphrase_model_type_is_checked():
     with pytest.raises(TypeError, match="`paraphrase_model` must be a dspy.BaseLM"):
         APO(lambda ex, pred, trace=None: 1.0, paraphrase_model="openai/gpt-4o-mini")
+
+
+def test_task_budget_ending_mid_round_keeps_the_final_validation():
+    task = planted_rule_task("vowels", train_size=16, val_size=6, seed=0)
+    apo, _ = run_apo(task, budget={"max_task_calls": 40})
+    report = apo.report_
+    assert report.stopped_by_budget and report.spent["task"].calls <= 40
+    assert "val" in report.best_scores, "the held-back calls paid for validating the last beam"

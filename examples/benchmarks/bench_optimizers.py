@@ -34,6 +34,11 @@ from programs import load_task, make_program
 #: DSPy optimizers cannot be capped from outside without corrupting their scores, so they are sized:
 COPRO_BREADTH = 4
 BFSRS_DEMOS = 4
+#: Small-budget settings of ours: minibatch scoring so that several steps fit a ~100-call budget.
+OPRO_SETTINGS = {"steps": 20, "candidates_per_step": 3, "scoring": "minibatch", "minibatch_size": 5,
+                 "final_candidates": 2}
+DEMOS_SETTINGS = {"max_demos": 4, "n_trials": 12, "minibatch_size": 5, "minibatches_per_trial": 2,
+                  "top_k_full_eval": 2}
 
 
 def evaluate(program: dspy.Module, examples: list[dspy.Example], metric: Callable, lm: dspy.BaseLM) -> float:
@@ -48,8 +53,7 @@ def method_registry() -> dict[str, Callable[..., dspy.Module]]:
         "uncompiled": lambda ctx: ctx["program"],
         "zeroshot_cot": _zeroshot_cot,
         "copro": _copro,
-        "opro": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.opro", "OPRO", steps=20, candidates_per_step=4,
-                                  scoring="racing", racing_block=5, final_candidates=3),
+        "opro": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.opro", "OPRO", **OPRO_SETTINGS),
         "apo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.apo", "APO", rounds=3, beam_size=2,
                                  minibatch_size=8, n_gradients=2, errors_per_gradient=3, mc_samples_per_step=1,
                                  max_expansion_factor=4, evaluator="successive_halving"),
@@ -57,7 +61,7 @@ def method_registry() -> dict[str, Callable[..., dspy.Module]]:
                                  minibatch_size=8),
         "abo_nodemo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO", num_candidates=3, rounds=2,
                                         minibatch_size=8, demonstration=False),
-        "demos": lambda ctx: _ours(ctx, "dspy_icl_opt.demos", "DemoSelector", max_demos=4, n_trials=12),
+        "demos": lambda ctx: _ours(ctx, "dspy_icl_opt.demos", "DemoSelector", **DEMOS_SETTINGS),
         "opro+demos": _opro_then_demos,
         "gepa": _gepa,
         "bfsrs": _bfsrs,
@@ -78,17 +82,17 @@ def _ours(ctx: dict[str, Any], module: str, name: str, **params: Any) -> dspy.Mo
 
     cls = getattr(importlib.import_module(module), name)
     optimizer = cls(ctx["metric"], task_model=ctx["task_lm"], prompt_model=ctx["prompt_lm"],
-                    budget=Budget(max_task_calls=ctx["budget"]), seed=ctx["seed"], progress=False, **params)
+                    budget=Budget(max_task_calls=ctx["budget"], max_prompt_calls=ctx["prompt_budget"]),
+                    seed=ctx["seed"], progress=False, **params)
     program = optimizer.compile(ctx["program"], trainset=ctx["train"], valset=ctx["val"])
     ctx["report"] = optimizer.report_
     return program
 
 
 def _opro_then_demos(ctx: dict[str, Any]) -> dspy.Module:
-    half = dict(ctx, budget=ctx["budget"] // 2)
-    half["program"] = _ours(half, "dspy_icl_opt.optimizers.opro", "OPRO", steps=20, candidates_per_step=4,
-                            scoring="racing", racing_block=5, final_candidates=3)
-    return _ours(half, "dspy_icl_opt.demos", "DemoSelector", max_demos=4, n_trials=8)
+    half = dict(ctx, budget=ctx["budget"] // 2, prompt_budget=ctx["prompt_budget"])
+    half["program"] = _ours(half, "dspy_icl_opt.optimizers.opro", "OPRO", **OPRO_SETTINGS)
+    return _ours(half, "dspy_icl_opt.demos", "DemoSelector", **DEMOS_SETTINGS)
 
 
 def _copro(ctx: dict[str, Any]) -> dspy.Module:
@@ -143,7 +147,8 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
     meter = BudgetMeter(Budget())
     task_lm, prompt_lm = MeteredLM(lms[0], meter, "task"), MeteredLM(lms[1], meter, "prompt")
     ctx = {"task": task, "program": make_program(args.program, task), "metric": task.metric, "train": task.train,
-           "val": task.val, "task_lm": task_lm, "prompt_lm": prompt_lm, "budget": args.budget, "seed": args.seed}
+           "val": task.val, "task_lm": task_lm, "prompt_lm": prompt_lm, "budget": args.budget, "seed": args.seed,
+           "prompt_budget": args.prompt_budget}
     started = time.perf_counter()
     try:
         program = method_registry()[name](ctx)
@@ -157,6 +162,8 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
            "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1)}
     if "report" in ctx:
         row["stopped_by_budget"] = ctx["report"].stopped_by_budget
+        if "k_curve" in ctx["report"].extra:  # DemoSelector: accuracy against the number of demos
+            row["k_curve"] = ctx["report"].extra["k_curve"]
     logger.info("{}", row)
     return row
 
@@ -167,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="uncompiled,copro,opro")
     parser.add_argument("--program", default="qa")
     parser.add_argument("--budget", type=int, default=120, help="task-model calls per method")
+    parser.add_argument("--prompt-budget", type=int, default=30, help="prompt-model calls per method (ours)")
     parser.add_argument("--train", type=int, default=10)
     parser.add_argument("--val", type=int, default=10)
     parser.add_argument("--test", type=int, default=40)
@@ -181,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run_method(m, t, args, (task_lm, prompt_lm))
             for t in args.tasks.split(",") for m in args.methods.split(",")]
     print(render_table(rows))
+    for row in rows:
+        if "k_curve" in row:
+            print(f"k curve ({row['task']}, {row['method']}): {json.dumps(row['k_curve'])}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
     return 0

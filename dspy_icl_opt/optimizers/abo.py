@@ -50,6 +50,7 @@ from dspy_icl_opt.search import (
     SearchContext,
     describe_signature,
 )
+from dspy_icl_opt.search.budget import collect_cost
 from dspy_icl_opt.search.scorer import Metric, metric_value
 from dspy_icl_opt.search.surgery import demo_to_dict
 
@@ -187,42 +188,53 @@ class _PredictorRun:
         self.task = f"{describe_signature(predictor)}\nCurrent instruction: {base[name].instruction}"
         self.demo_signature = demonstration_signature(self.final_fields)
         self.key = f"abo/pred:{name}"
+        self.seed: CandidateRecord | None = None
+        self.prompt_budget_spent: BudgetExhausted | None = None
         self.checkable = any(self._has_gold(example) for example in ctx.trainset)
         if opt.demonstration and not self.checkable:
             logger.info("ABO [{}]: its outputs {} are not among the examples' labels, so a demonstration cannot be "
                         "checked by the metric; it gets a procedure only", name, list(self.final_fields))
 
     def run(self) -> ProgramState:
-        beam = self._initial_beam(self._minibatch())
+        """The best state for this predictor: a procedure (and demonstration), or the one it started with."""
+        minibatch = self._minibatch()
+        self.seed = self.ctx.add_candidate(self.base, step=self.first_step, origin="seed", predictor=self.name)
+        self.ctx.score(self.seed, self.ctx.valset, VAL)  # the program to beat (free when scored before)
+        beam = self._initial_beam(minibatch)
         if not beam:
             logger.warning("ABO [{}]: no usable procedure was written; the predictor keeps its state", self.name)
-            return self.base
-        best = self._select(beam)
-        for round_ in range(1, self.opt.rounds + 1):
-            minibatch = self._minibatch()
-            beam = [self._refine(arm, round_, lineage, minibatch) for lineage, arm in enumerate(beam)]
-            best = self._select(beam)
-            self.ctx.checkpoint(self.first_step + round_)
-        return self.ctx.state_of(best.record)
+        else:
+            self._select(beam)
+            if self.prompt_budget_spent is not None:
+                raise self.prompt_budget_spent  # what was written and scored is kept; no rounds are possible
+            for round_ in range(1, self.opt.rounds + 1):
+                minibatch = self._minibatch()
+                beam = [self._refine(arm, round_, lineage, minibatch) for lineage, arm in enumerate(beam)]
+                self._select(beam)
+                self.ctx.checkpoint(self.first_step + round_)
+        return self.ctx.state_of(self._select(beam))
 
     # ------------------------------------------------------------------------------------ Step 0
     def _initial_beam(self, minibatch: list[dspy.Example]) -> list[_Arm]:
-        ctx, label = self.ctx, self._label(0)
-        seed = ctx.add_candidate(self.base, step=self.first_step, origin="seed", predictor=self.name)
+        ctx, label, seed = self.ctx, self._label(0), self.seed
         seed_score = ctx.score(seed, minibatch, label)
         arms: list[_Arm] = []
-        for k in range(self.opt.num_candidates):
-            procedure = self._write_procedure(k)
-            if procedure is None or any(arm.procedure == procedure for arm in arms):
-                continue
-            demo = self._write_demo(procedure, f"{self.key}/round0/candidate{k}", preferred=None)
-            arm = self._make_arm(procedure, demo, round_=0, origin="procedure", parent=seed.id)
-            ctx.score(arm.record, minibatch, label)
-            arms.append(arm)
+        try:
+            for k in range(self.opt.num_candidates):
+                procedure = self._write_procedure(k)
+                if procedure is None or any(arm.procedure == procedure for arm in arms):
+                    continue
+                demo = self._write_demo(procedure, f"{self.key}/round0/candidate{k}", preferred=None)
+                arm = self._make_arm(procedure, demo, round_=0, origin="procedure", parent=seed.id)
+                ctx.score(arm.record, minibatch, label)
+                arms.append(arm)
+        except BudgetExhausted as exc:
+            if exc.role != "prompt":
+                raise
+            self.prompt_budget_spent = exc  # the procedures already written are still scored and compared
         if not arms:
             return []
         beam = sorted(arms, key=lambda a: (-a.record.scores[label], a.record.id))[: self.opt.beam_size]
-        ctx.set_best(beam[0].record)
         for arm in beam:
             ctx.score(arm.record, ctx.valset, VAL)
         for arm in arms:
@@ -293,11 +305,15 @@ class _PredictorRun:
         work = {self.reasoning: demo.execution} if self.reasoning else {}
         prediction = dspy.Prediction(**work, **demo.outputs)
         try:
-            with dspy.context(lm=self.ctx.task_lm):
-                return metric_value(self.opt.metric(example, prediction, None)) >= CORRECT_SCORE
+            with collect_cost() as cost, dspy.context(lm=self.ctx.task_lm):
+                passed = metric_value(self.opt.metric(example, prediction, None)) >= CORRECT_SCORE
+            if cost.refused is not None:  # the metric swallowed a budget refusal: its verdict is incomplete
+                raise cost.refused
+            return passed
         except BudgetExhausted:
             raise
         except Exception as exc:  # the metric is user code: a demonstration it cannot score is not used
+            self.ctx.report.counters.metric_errors += 1
             logger.warning("ABO [{}]: the metric raised {} on a demonstration; not used", self.name, exc)
             return False
 
@@ -335,7 +351,7 @@ class _PredictorRun:
                   prefix: str) -> tuple[list[tuple[int, str]], int]:
         """(failing step, reason) for a sample of the arm's errors on the minibatch, and the number of errors."""
         errors = [(ex, o) for ex, o in zip(minibatch, outcomes)
-                  if o.score < CORRECT_SCORE and self._trace_entry(o) is not None]
+                  if o.score < CORRECT_SCORE and not o.failed and self._trace_entry(o) is not None]
         sample = self.ctx.rng.sample(errors, min(self.opt.errors_per_round, len(errors)))
         findings = []
         for i, (example, outcome) in enumerate(sample):
@@ -396,10 +412,14 @@ class _PredictorRun:
             return f"{procedure.render()}\n\nA worked example, every step carried out:\n{demo.render()}"
         return procedure.render()
 
-    def _select(self, beam: list[_Arm]) -> _Arm:
-        best_record = self.ctx.best_by([arm.record for arm in beam], VAL) or beam[0].record
+    def _select(self, beam: list[_Arm]) -> CandidateRecord:
+        """The beam's best on valset, unless the state this predictor started from is strictly better there."""
+        best_record = self.ctx.best_by([arm.record for arm in beam], VAL)
+        seed_val = self.seed.scores.get(VAL)
+        if best_record is None or (seed_val is not None and seed_val > best_record.scores[VAL]):
+            best_record = self.seed
         self.ctx.set_best(best_record)
-        return next(arm for arm in beam if arm.record.id == best_record.id)
+        return best_record
 
     def _minibatch(self) -> list[dspy.Example]:
         trainset = self.ctx.trainset

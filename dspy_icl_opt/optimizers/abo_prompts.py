@@ -186,7 +186,9 @@ def reasoning_field(signature: type[dspy.Signature]) -> str | None:
     """The output field that holds the working (``reasoning`` for ChainOfThought), if one precedes the answer."""
     names = list(signature.output_fields)
     for name in names[:-1]:
-        if name in REASONING_FIELDS and signature.output_fields[name].annotation is str:
+        annotation = signature.output_fields[name].annotation
+        textual = annotation is str or (isinstance(annotation, type) and issubclass(annotation, dspy.Reasoning))
+        if name in REASONING_FIELDS and textual:  # ChainOfThought's field is str, or dspy.Reasoning
             return name
     return None
 

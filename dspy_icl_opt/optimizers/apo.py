@@ -29,7 +29,7 @@ from dspy_icl_opt.optimizers.apo_prompts import (
 )
 from dspy_icl_opt.search.bandits import BestArmIdentifier, SelectionResult, make_bandit
 from dspy_icl_opt.search.base import ICLOptimizer, SearchContext
-from dspy_icl_opt.search.budget import MeteredLM, unwrap_lm
+from dspy_icl_opt.search.budget import BudgetExhausted, MeteredLM, unwrap_lm
 from dspy_icl_opt.search.report import CandidateRecord
 from dspy_icl_opt.search.scorer import Metric
 from dspy_icl_opt.search.surgery import ProgramState, describe_signature
@@ -67,6 +67,7 @@ class _Run:
     tasks: dict[str, str]
     paraphrase_lm: dspy.BaseLM
     gradients: list[dict[str, Any]] = field(default_factory=list)
+    prompt_budget_spent: BudgetExhausted | None = None
 
 
 class APO(ICLOptimizer):
@@ -172,7 +173,10 @@ class APO(ICLOptimizer):
 
     def _params(self) -> dict[str, Any]:
         keys = [*_INT_SETTINGS, "reject_on_errors", "evaluator", "c", "temperature", "blame"]
-        return {key: getattr(self, key) for key in keys}
+        params = {key: getattr(self, key) for key in keys}
+        # resuming with another paraphrase model would replay the old one's paraphrases
+        params["paraphrase_model"] = getattr(self.paraphrase_model, "model", None)
+        return params
 
     # -------------------------------------------------------------------------------- the loop
     def _search(self, ctx: SearchContext) -> None:
@@ -190,6 +194,8 @@ class APO(ICLOptimizer):
                               first_cost=min(self.minibatch_size, len(ctx.trainset)) * per_item):
             for round_index in range(1, self.rounds + 1):
                 beam = self._round(ctx, run, round_index, beam)
+                if run.prompt_budget_spent is not None:
+                    raise run.prompt_budget_spent  # ends the search; this round's beam is still validated
         self._choose_final(ctx, beam)
 
     def _round(self, ctx: SearchContext, run: _Run, r: int, beam: list[CandidateRecord]) -> list[CandidateRecord]:
@@ -198,6 +204,8 @@ class APO(ICLOptimizer):
         children: list[CandidateRecord] = []
         for j, parent in enumerate(beam):
             children += self._expand(ctx, run, r, j, parent, minibatch)
+            if run.prompt_budget_spent is not None:
+                break  # no more prompt-model answers: select among what this round has
         pool = list({record.id: record for record in [*beam, *children]}.values())
         result = self._select(ctx, r, pool)
         new_beam = list(result.chosen)
@@ -219,21 +227,29 @@ class APO(ICLOptimizer):
         outcomes = ctx.scorer.evaluate(state, examples, desc=f"round {r} minibatch #{parent.id}")
         ctx.record_outcomes(parent, outcomes, f"minibatch_round{r}")
         failures = [Failure(i, ex, o) for i, ex, o in zip(minibatch, examples, outcomes) if is_failure(o)]
-        edits = _distinct(state, self._gradient_steps(ctx, run, r, j, parent, state, failures))
-        targets = list(dict.fromkeys(child.predictor for child in edits)) or [run.names[(r - 1 + j) % len(run.names)]]
-        paraphrases = self._paraphrases(ctx, run, r, j, state, edits, targets)
-        children = self._cap(ctx, r, _distinct(state, [*edits, *paraphrases]), failures)
+        raw_edits: list[_Child] = []
+        paraphrases: list[_Child] = []
+        try:
+            self._gradient_steps(ctx, run, r, j, parent, state, failures, raw_edits)
+            edits = _distinct(state, raw_edits)
+            targets = list(dict.fromkeys(c.predictor for c in edits)) or [run.names[(r - 1 + j) % len(run.names)]]
+            self._paraphrases(ctx, run, r, j, state, edits, targets, paraphrases)
+        except BudgetExhausted as exc:
+            if exc.role != "prompt":
+                raise
+            run.prompt_budget_spent = exc  # the answers already paid for still become children
+        children = self._cap(ctx, r, _distinct(state, [*raw_edits, *paraphrases]), failures)
         logger.debug("APO round {} beam #{}: {} errors, {} edits, {} paraphrases, {} children kept", r, parent.id,
-                     len(failures), len(edits), len(paraphrases), len(children))
+                     len(failures), len(raw_edits), len(paraphrases), len(children))
         return [ctx.add_candidate(child.state, step=r, origin=child.origin, predictor=child.predictor,
                                   parent=parent.id, meta=child.meta) for child in children]
 
     def _gradient_steps(self, ctx: SearchContext, run: _Run, r: int, j: int, parent: CandidateRecord,
-                        state: ProgramState, failures: list[Failure]) -> list[_Child]:
+                        state: ProgramState, failures: list[Failure], children: list[_Child]) -> None:
+        """Append to ``children`` the edits of every gradient (as they come, so a budget end keeps them)."""
         if not failures:
             logger.debug("APO round {}: beam prompt #{} made no error on the minibatch", r, parent.id)
-            return []
-        children: list[_Child] = []
+            return
         for g in range(self.n_gradients):
             shown = ctx.rng.sample(failures, min(len(failures), self.errors_per_gradient))
             name, how = self._target(run, shown, r, g)
@@ -249,7 +265,6 @@ class APO(ICLOptimizer):
             for i, reason in enumerate(reasons):
                 meta = {"round": r, "beam": j, "gradient": g, "reason": i, "problem": reason}
                 children += self._apply_gradient(ctx, f"{key}/reason{i}", name, inputs, reason, meta)
-        return children
 
     def _apply_gradient(self, ctx: SearchContext, key: str, name: str, inputs: dict[str, str], reason: str,
                         meta: dict[str, Any]) -> list[_Child]:
@@ -263,11 +278,11 @@ class APO(ICLOptimizer):
                 for s, text in enumerate(edits)]
 
     def _paraphrases(self, ctx: SearchContext, run: _Run, r: int, j: int, state: ProgramState,
-                     edits: list[_Child], targets: list[str]) -> list[_Child]:
+                     edits: list[_Child], targets: list[str], children: list[_Child]) -> None:
+        """Append to ``children`` the paraphrases of each edit and of the parent."""
         sources = [(c.predictor, c.text, c.meta["key"], {**c.meta, "of": "edit"}) for c in edits]
         sources += [(name, state[name].instruction, f"apo/round{r}/beam{j}/parent/{name}",
                      {"round": r, "beam": j, "of": "parent"}) for name in targets]
-        children = []
         for name, text, key, meta in sources:
             for m in range(self.mc_samples_per_step):
                 answer = ctx.ask(Paraphrase, key=f"{key}/mc{m}", temperature=self.temperature,
@@ -276,7 +291,6 @@ class APO(ICLOptimizer):
                 if answer is not None:
                     child_meta = {**meta, "key": f"{key}/mc{m}", "sample": m}
                     children.append(_Child(name, clean_text(answer.paraphrase), "paraphrase", child_meta))
-        return children
 
     def _target(self, run: _Run, shown: list[Failure], r: int, g: int) -> tuple[str, str]:
         """The predictor a gradient works on, and why ("trace" or "turn")."""

@@ -326,3 +326,23 @@ def test_sub_step_lists_and_step_numbers():
     assert parse_sub_steps("1. only one") is None
     assert [step_number(v, 4) for v in (1, "4", " 2. ", 0, 5, True, "two", None)] == [1, 4, 2, None, None, None,
                                                                                        None, None]
+
+
+def test_a_student_better_than_every_procedure_is_kept(task):
+    from dspy_icl_opt.testing import rule_in_instruction, simulated_task_lm
+
+    task_lm = simulated_task_lm(solve=task.solve, knows=rule_in_instruction(task.rule))
+    student = dspy.ChainOfThought(dspy.Signature("question -> answer", f"Answer: {task.rule}."))
+    abo = make_abo(task, ABOScript(), task_lm=task_lm, rounds=0)
+    program = abo.compile(student, trainset=task.train, valset=task.val)
+    assert program.predict.signature.instructions == f"Answer: {task.rule}."
+    assert abo.report_.best_candidate == 0 and abo.report_.best_scores["val"] == 1.0
+
+
+def test_procedures_paid_for_before_the_prompt_budget_ends_are_compared(task):
+    knows = lambda view: "Look at its letters" in view.instruction  # noqa: E731
+    abo = make_abo(task, ABOScript(), task_lm=simulated_task_lm(solve=task.solve, knows=knows),
+                   demonstration=False, num_candidates=3, budget={"max_prompt_calls": 1})
+    program = abo.compile(cot(), trainset=task.train, valset=task.val)
+    assert abo.report_.stopped_by_budget and abo.report_.spent["prompt"].calls == 1
+    assert "Look at its letters" in program.predict.signature.instructions

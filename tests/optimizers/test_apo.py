@@ -255,3 +255,10 @@ def test_task_budget_ending_mid_round_keeps_the_final_validation():
     report = apo.report_
     assert report.stopped_by_budget and report.spent["task"].calls <= 40
     assert "val" in report.best_scores, "the held-back calls paid for validating the last beam"
+
+
+def test_edits_paid_for_before_the_prompt_budget_ends_are_kept():
+    task = planted_rule_task("vowels", train_size=16, val_size=6, seed=0)
+    apo, program = run_apo(task, rounds=1, budget={"max_prompt_calls": 2})
+    assert apo.report_.stopped_by_budget and apo.report_.spent["prompt"].calls == 2
+    assert task.rule in program.signature.instructions, "the paid edit naming the rule was scored and won"

@@ -58,6 +58,8 @@ from dspy_icl_opt.search.scorer import Metric, Outcome, example_key
 DEFAULT_BOOTSTRAP_MAX_CALLS = 64
 #: Bootstrapping stops early once every predictor has this many demos per ``max_demos``.
 BOOTSTRAP_POOL_FACTOR = 3
+#: Under a task-call cap, bootstrapping may spend at most 1/this of what is left (the trials need the rest).
+BOOTSTRAP_BUDGET_SHARE = 4
 #: Example keys stored in trials are cut to this length (enough to tell a valset's examples apart).
 EXAMPLE_KEY_LEN = 12
 
@@ -212,9 +214,14 @@ class DemoSelector(ICLOptimizer):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         run: _Run | None = None
         try:
-            run = self._prepare(ctx)
-            run.study.optimize(lambda trial: self._objective(run, trial), n_trials=self.n_trials,
-                               catch=(BudgetExhausted,), callbacks=[lambda s, t: self._after_trial(run, t)])
+            per_item = len(ctx.predictors)
+            with ctx.search_phase(validation_calls=self.top_k_full_eval * len(ctx.valset) * per_item,
+                                  first_cost=min(len(ctx.valset), self.minibatch_size) * per_item):
+                run = self._prepare(ctx)
+                run.study.optimize(lambda trial: self._objective(run, trial), n_trials=self.n_trials,
+                                   catch=(BudgetExhausted,), callbacks=[lambda s, t: self._after_trial(run, t)])
+            if run is None:  # the budget ended while the pools were built: nothing was searched
+                return
             self._finalize(run)
             if run.exhausted is not None:
                 raise run.exhausted
@@ -239,8 +246,12 @@ class DemoSelector(ICLOptimizer):
                            pruner=make_pruner(self.pruner))
         self.study_ = study
         check_settings(study, settings)
+        max_calls = self.bootstrap_max_calls
+        remaining = ctx.meter.remaining_calls("task")
+        if remaining is not None:  # bootstrapping may not eat the trials' budget
+            max_calls = min(max_calls, remaining // BOOTSTRAP_BUDGET_SHARE)
         pools, built = shared_pools(study, lambda: build_pools(
-            ctx, self.pools, max_calls=self.bootstrap_max_calls, threshold=self.bootstrap_threshold,
+            ctx, self.pools, max_calls=max_calls, threshold=self.bootstrap_threshold,
             max_per_predictor=BOOTSTRAP_POOL_FACTOR * self.max_demos))
         if not built:
             logger.info("Using the demo pools stored in study {!r}", study.study_name)
@@ -346,7 +357,13 @@ class DemoSelector(ICLOptimizer):
         others are compared by their trial score.
         """
         ctx = run.ctx
-        records = [r for r in (self._record_of(run, t) for t in _ranked(run.study)[: self.top_k_full_eval]) if r]
+        records: list[Any] = []
+        for trial in _ranked(run.study):  # the best few *distinct* programs (several trials can build one)
+            record = self._record_of(run, trial)
+            if record is not None and all(record.id != r.id for r in records):
+                records.append(record)
+            if len(records) == self.top_k_full_eval:
+                break
         if not records:
             ctx.set_best(ctx.add_candidate(ctx.initial_state, step=0, origin="initial"))
             return

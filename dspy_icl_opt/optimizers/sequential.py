@@ -68,6 +68,9 @@ class Sequential(Teleprompter):
             options = {"valset": valset, "resume": resume,
                        "log_dir": None if log_dir is None else Path(log_dir) / f"{i}-{name}"}
             kwargs = {k: v for k, v in options.items() if v is not None and _accepts(optimizer.compile, k)}
+            if i > 0:  # DSPy's own teleprompters refuse a compiled student; the chain's input is a fresh start
+                program = program.deepcopy()
+                program._compiled = False
             program = optimizer.compile(program, trainset=trainset, **kwargs)
             self.programs_.append(program)
             self.reports_.append(getattr(optimizer, "report_", None))

@@ -215,7 +215,9 @@ def _load_program(program: Any, path: Path) -> Any:
     file = path / PROGRAM_FILE if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"--load: must be a program.json file or a run directory holding one, but got {str(path)!r}")
-    loaded = program.deepcopy()
+    from dspy_icl_opt.demos.dynamic import with_dynamic_demos
+
+    loaded = with_dynamic_demos(program)  # a kNN winner needs its per-call demo selection back
     try:
         loaded.load(str(file))
     except Exception as exc:  # noqa: BLE001 - a file saved from another program does not fit

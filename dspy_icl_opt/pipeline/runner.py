@@ -31,6 +31,7 @@ import dspy
 from loguru import logger
 from tqdm.auto import tqdm
 
+from dspy_icl_opt.demos.dynamic import with_dynamic_demos
 from dspy_icl_opt.pipeline.config import PipelineConfig, dump_config
 from dspy_icl_opt.pipeline.data import build_program, load_data, resolve_metric
 from dspy_icl_opt.pipeline.errors import ConfigError, LMProblem, at
@@ -235,7 +236,7 @@ def _one_step(config: PipelineConfig, comps: Components, index: int, step: Any, 
     marker = step_dir / STEP_FILE
     if marker.exists() and (step_dir / PROGRAM_FILE).exists() and (step_dir / REPORT_FILE).exists():
         logger.info("Step {} ({}) already done; loading its program", index, entry.name)
-        loaded = program.deepcopy()
+        loaded = with_dynamic_demos(program)  # a kNN winner needs its per-call demo selection back
         loaded.load(str(step_dir / PROGRAM_FILE))
         return loaded, OptimizationReport.load(step_dir / REPORT_FILE), read_json(marker)
     logger.info("Step {}: {} ({})", index, entry.name, entry.class_name)

@@ -249,3 +249,17 @@ def test_study_is_exposed_for_dashboards(two_teachers):
 
     assert plot_optimization_history(selector.study_) is not None
     assert selector.report_.extra["study"]["trials_this_run"] == 4
+
+
+def test_capped_search_still_validates_distinct_finalists(two_teachers):
+    lm = two_teachers.lm()
+    selector = DemoSelector(two_teachers.metric, task_model=lm, max_demos=4, n_trials=40, pools=("labeled",),
+                            minibatch_size=4, minibatches_per_trial=1, pruner=None, top_k_full_eval=2,
+                            budget={"max_task_calls": 120},
+                            progress=False)
+    selector.compile(two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)
+    report = selector.report_
+    validated = [c for c in report.candidates if "val" in c.scores]
+    assert report.stopped_by_budget and report.spent["task"].calls <= 120
+    assert len(validated) == 2, "the two best distinct programs were validated on the whole valset"
+    assert "val" in report.best_scores

@@ -85,3 +85,14 @@ def test_a_chain_of_one_is_that_optimizer(task):
     program = chain.compile(task.program(), trainset=task.train, valset=task.val)
     assert chain.programs_ == [program]
     assert isinstance(program, dspy.Module)
+
+
+def test_chain_of_dspy_teleprompters_gets_an_uncompiled_student_at_each_step(task):
+    from dspy.teleprompt import BootstrapFewShot
+
+    lm, _ = half_and_half_lm(task)
+    chain = Sequential([BootstrapFewShot(metric=task.metric, max_bootstrapped_demos=1, max_labeled_demos=1),
+                        BootstrapFewShot(metric=task.metric, max_bootstrapped_demos=1, max_labeled_demos=2)])
+    with dspy.context(lm=lm):
+        program = chain.compile(task.program(), trainset=task.train)
+    assert program._compiled and len(chain.programs_) == 2

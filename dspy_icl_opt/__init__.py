@@ -15,11 +15,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from dspy_icl_opt.optimizers import _EXPORTS as _STRATEGIES  # noqa: E402 - lazy map, imports nothing heavy
+
 _EXPORTS = {
-    "OPRO": "dspy_icl_opt.optimizers.opro",
-    "APO": "dspy_icl_opt.optimizers.apo",
-    "ABO": "dspy_icl_opt.optimizers.abo",
-    "Sequential": "dspy_icl_opt.optimizers.sequential",
+    **_STRATEGIES,
     "DemoSelector": "dspy_icl_opt.demos",
     "Budget": "dspy_icl_opt.search.budget",
     "OptimizationReport": "dspy_icl_opt.search.report",

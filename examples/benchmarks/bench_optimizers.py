@@ -92,7 +92,9 @@ def _ours(ctx: dict[str, Any], module: str, name: str, **params: Any) -> dspy.Mo
 def _opro_then_demos(ctx: dict[str, Any]) -> dspy.Module:
     half = dict(ctx, budget=ctx["budget"] // 2, prompt_budget=ctx["prompt_budget"])
     half["program"] = _ours(half, "dspy_icl_opt.optimizers.opro", "OPRO", **OPRO_SETTINGS)
-    return _ours(half, "dspy_icl_opt.demos", "DemoSelector", **DEMOS_SETTINGS)
+    program = _ours(half, "dspy_icl_opt.demos", "DemoSelector", **DEMOS_SETTINGS)
+    ctx["report"] = half["report"]  # DemoSelector's, with its k curve
+    return program
 
 
 def _copro(ctx: dict[str, Any]) -> dspy.Module:
@@ -180,21 +182,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lm", default="embedded")
-    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--out", default=None,
+                        help="append each row to this JSONL file as it finishes; rows already there are kept and "
+                             "not run again, so an interrupted benchmark resumes")
     args = parser.parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level="INFO")
     task_lm = resolve_lm(args.lm, temperature=0.0, max_tokens=256, cache=False)
     prompt_lm = resolve_lm(args.lm, temperature=1.0, max_tokens=400, cache=False)
-    rows = [run_method(m, t, args, (task_lm, prompt_lm))
-            for t in args.tasks.split(",") for m in args.methods.split(",")]
+    done = _read_rows(args.out)
+    rows = []
+    for t in args.tasks.split(","):
+        for m in args.methods.split(","):
+            row = done.get((t, m))
+            if row is None:
+                row = dict(run_method(m, t, args, (task_lm, prompt_lm)), commit=_commit())
+                _append_row(args.out, row)
+            rows.append(row)
     print(render_table(rows))
     for row in rows:
         if "k_curve" in row:
             print(f"k curve ({row['task']}, {row['method']}): {json.dumps(row['k_curve'])}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def _read_rows(path: str | None) -> dict[tuple[str, str], dict]:
+    if not path or not Path(path).exists():
+        return {}
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return {(r["task"], r["method"]): r for r in rows}
+
+
+def _append_row(path: str | None, row: dict) -> None:
+    if path:
+        with Path(path).open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def render_table(rows: list[dict]) -> str:

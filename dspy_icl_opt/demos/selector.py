@@ -19,6 +19,7 @@ import optuna
 from loguru import logger
 from optuna.trial import FrozenTrial, TrialState
 
+from dspy_icl_opt._validation import check_int
 from dspy_icl_opt.demos.dynamic import ORDERS, Order, enable_dynamic_demos, restore_classes, select_indices, split_demos
 from dspy_icl_opt.demos.embeddings import LEXICAL, is_registered, register_embedder
 from dspy_icl_opt.demos.influence import fit_influence
@@ -159,8 +160,7 @@ class DemoSelector(ICLOptimizer):
                                  ("bootstrap_max_calls", bootstrap_max_calls, 0), ("minibatch_size", minibatch_size, 1),
                                  ("minibatches_per_trial", minibatches_per_trial, 1),
                                  ("top_k_full_eval", top_k_full_eval, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"`{name}` must be an integer >= {low}, but got {value!r}.")
+            check_int(name, value, minimum=low)
         self.strategies = check_choices("strategies", strategies, STRATEGIES)
         self.pools = check_choices("pools", pools, POOLS)
         self.orders = check_choices("orders", orders, ORDERS)

@@ -48,6 +48,7 @@ from dspy.lm15 import (
 )
 from loguru import logger
 
+from dspy_icl_opt._validation import check_int
 from dspy_icl_opt.lm.errors import (
     LOCAL_EXTRA_INSTALL_HINT,
     LlamaContextOverflowError,
@@ -366,10 +367,7 @@ class LlamaCppEngine:
         llama: Any = None,
     ) -> None:
         for name, value, minimum in (("n_ctx", n_ctx, MIN_N_CTX), ("n_threads", n_threads or 1, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(
-                    f"`{name}` must be an integer >= {minimum}, but got {value!r}. Pass e.g. {name}={minimum}."
-                )
+            check_int(name, value, minimum=minimum, hint=f"Pass e.g. {name}={minimum}.")
         path = Path(model_path).expanduser()
         if llama is None and not path.is_file():
             raise FileNotFoundError(

@@ -28,6 +28,7 @@ from typing import Any
 import dspy
 from loguru import logger
 
+from dspy_icl_opt._validation import check_int
 from dspy_icl_opt.optimizers.abo_prompts import (
     Demonstration,
     LocateFailingStep,
@@ -134,11 +135,11 @@ class ABO(ICLOptimizer):
                  minibatch_size: int = 32, errors_per_round: int = 8, demonstration: bool = True,
                  beam_size: int = 1, temperature: float = 1.0, **common: Any) -> None:
         super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **common)
-        _check_count("num_candidates", num_candidates, 1, "Ask for at least one initial procedure.")
-        _check_count("rounds", rounds, 0, "Use 0 to keep the best initial procedure without refining it.")
-        _check_count("minibatch_size", minibatch_size, 1, "Score each round on at least one example.")
-        _check_count("errors_per_round", errors_per_round, 1, "Localise at least one error per round.")
-        _check_count("beam_size", beam_size, 1, "Keep at least one procedure.")
+        check_int("num_candidates", num_candidates, minimum=1, hint="Ask for at least one initial procedure.")
+        check_int("rounds", rounds, minimum=0, hint="Use 0 to keep the best initial procedure without refining it.")
+        check_int("minibatch_size", minibatch_size, minimum=1, hint="Score each round on at least one example.")
+        check_int("errors_per_round", errors_per_round, minimum=1, hint="Localise at least one error per round.")
+        check_int("beam_size", beam_size, minimum=1, hint="Keep at least one procedure.")
         if beam_size > num_candidates:
             raise ValueError(f"`beam_size` must be <= `num_candidates` ({num_candidates}), but got {beam_size}. "
                              "Lower beam_size or raise num_candidates.")
@@ -456,9 +457,3 @@ class _PredictorRun:
                  "kept": kept, **diagnosis}
         self.ctx.report.extra["rounds"].append(entry)
 
-
-def _check_count(name: str, value: Any, minimum: int, fix: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an integer, but got {type(value).__name__} {value!r}. {fix}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, but got {value}. {fix}")

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 import dspy
 from loguru import logger
 
+from dspy_icl_opt._validation import check_int
 from dspy_icl_opt.optimizers.apo_prompts import (
     DiagnoseErrors,
     Failure,
@@ -160,7 +161,8 @@ class APO(ICLOptimizer):
                     "eval_rounds": eval_rounds, "eval_prompts_per_round": eval_prompts_per_round,
                     "samples_per_eval": samples_per_eval}
         for name, value in settings.items():
-            _check_int(name, value)
+            check_int(name, value, minimum=_INT_SETTINGS[name][0],
+                      hint=f"The paper's default is {_INT_SETTINGS[name][1]}.")
             setattr(self, name, value)
         _check_options(paraphrase_model, n_gradients, mc_samples_per_step, reject_on_errors, evaluator, c,
                        temperature, blame)
@@ -368,13 +370,6 @@ def _summary(pool: list[CandidateRecord], result: SelectionResult) -> dict[str, 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-def _check_int(name: str, value: Any) -> None:
-    minimum, default = _INT_SETTINGS[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, but got {value!r}. "
-                         f"The paper's default is {default}.")
 
 
 def _check_options(paraphrase_model: Any, n_gradients: int, mc_samples_per_step: int, reject_on_errors: Any,

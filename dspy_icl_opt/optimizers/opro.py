@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args
 import dspy
 from loguru import logger
 
+from dspy_icl_opt._validation import check_int
 from dspy_icl_opt.optimizers.opro_prompts import (
     ProposeInstruction,
     TrajectoryEntry,
@@ -137,15 +138,15 @@ class OPRO(ICLOptimizer):
         candidates_per_step = mapped.pop("candidates_per_step", candidates_per_step)
         temperature = mapped.pop("temperature", temperature)
         super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **mapped)
-        _positive("steps", steps, 0)
-        _positive("candidates_per_step", candidates_per_step, 1)
-        _positive("max_trajectory", max_trajectory, 1)
-        _positive("num_exemplars", num_exemplars, 0)
-        _positive("minibatch_size", minibatch_size, 1)
-        _positive("racing_block", racing_block, 2)
-        _positive("racing_min_better", racing_min_better, 1)
-        _positive("final_candidates", final_candidates, 1)
-        _positive("max_instruction_chars", max_instruction_chars, 1)
+        check_int("steps", steps, minimum=0)
+        check_int("candidates_per_step", candidates_per_step, minimum=1)
+        check_int("max_trajectory", max_trajectory, minimum=1)
+        check_int("num_exemplars", num_exemplars, minimum=0)
+        check_int("minibatch_size", minibatch_size, minimum=1)
+        check_int("racing_block", racing_block, minimum=2)
+        check_int("racing_min_better", racing_min_better, minimum=1)
+        check_int("final_candidates", final_candidates, minimum=1)
+        check_int("max_instruction_chars", max_instruction_chars, minimum=1)
         _choice("exemplar_selection", exemplar_selection, get_args(ExemplarSelection))
         _choice("scoring", scoring, get_args(Scoring))
         _number("temperature", temperature, 0.0, None)
@@ -179,7 +180,7 @@ class OPRO(ICLOptimizer):
                                 f"{sorted(COPRO_EVAL_KWARGS)}. Drop it.")
             overrides[COPRO_EVAL_KWARGS[key]] = value
         if "num_threads" in overrides:
-            _positive("eval_kwargs['num_threads']", overrides["num_threads"], 1)
+            check_int("eval_kwargs['num_threads']", overrides["num_threads"], minimum=1)
         saved = {name: getattr(self, name) for name in overrides}
         try:  # COPRO's eval_kwargs apply to this compile only
             for name, value in overrides.items():
@@ -417,11 +418,6 @@ def _map_copro_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
             raise TypeError(f"OPRO got an unexpected argument {key!r}. COPRO's breadth, depth and init_temperature "
                             f"map to {sorted(COPRO_ARGUMENTS.values())}; see help(OPRO) for the others.")
     return mapped
-
-
-def _positive(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, but got {value!r}.")
 
 
 def _number(name: str, value: Any, low: float, high: float | None) -> None:

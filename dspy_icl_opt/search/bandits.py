@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+from dspy_icl_opt._validation import check_int
+
 K = TypeVar("K")
 Pull = Callable[[Any, list[int]], Sequence[float]]
 BanditName = Literal["ucb", "ucb-e", "successive_rejects", "successive_halving", "brute_force"]
@@ -128,10 +130,6 @@ class _Tracker:
                                distinct_evaluations=self.distinct)
 
 
-def _check_positive(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, but got {value!r}.")
-
 
 class BestArmIdentifier(ABC):
     """The interface of every bandit: ``select`` the top ``k`` arms, spending a stated budget."""
@@ -148,8 +146,8 @@ class BestArmIdentifier(ABC):
         """
         if not arms:
             raise ValueError("`arms` must hold at least one candidate, but it is empty.")
-        _check_positive("k", k)
-        _check_positive("n_items", n_items)
+        check_int("k", k, minimum=1)
+        check_int("n_items", n_items, minimum=1)
         tracker = _Tracker(arms, pull)
         if len(arms) <= k:
             return tracker.result(k, list(range(len(arms))))
@@ -184,9 +182,9 @@ class UCB(BestArmIdentifier):
 
     def __init__(self, eval_rounds: int = 8, eval_prompts_per_round: int = 8, samples_per_eval: int = 32,
                  c: float = 1.0) -> None:
-        _check_positive("eval_rounds", eval_rounds)
-        _check_positive("eval_prompts_per_round", eval_prompts_per_round)
-        _check_positive("samples_per_eval", samples_per_eval)
+        check_int("eval_rounds", eval_rounds, minimum=1)
+        check_int("eval_prompts_per_round", eval_prompts_per_round, minimum=1)
+        check_int("samples_per_eval", samples_per_eval, minimum=1)
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0:
             raise ValueError(f"`c` must be a number >= 0, but got {c!r}. Use 1.0 (the reference default).")
         self.eval_rounds = eval_rounds
@@ -239,7 +237,7 @@ class _Elimination(BestArmIdentifier):
     """Phased elimination: survivors are pulled on the same stream slice, then the worst are dropped."""
 
     def __init__(self, budget: int) -> None:
-        _check_positive("budget", budget)
+        check_int("budget", budget, minimum=1)
         self.budget = budget
 
     @abstractmethod
@@ -324,7 +322,7 @@ class BruteForce(BestArmIdentifier):
     """
 
     def __init__(self, budget: int) -> None:
-        _check_positive("budget", budget)
+        check_int("budget", budget, minimum=1)
         self.budget = budget
 
     def _size(self, n_arms: int, n_items: int) -> int:
@@ -353,7 +351,7 @@ def make_bandit(name: str, *, eval_rounds: int = 8, eval_prompts_per_round: int 
     """
     for arg, value in (("eval_rounds", eval_rounds), ("eval_prompts_per_round", eval_prompts_per_round),
                        ("samples_per_eval", samples_per_eval)):
-        _check_positive(arg, value)
+        check_int(arg, value, minimum=1)
     budget = eval_rounds * eval_prompts_per_round * samples_per_eval
     if name == "ucb":
         return UCB(eval_rounds, eval_prompts_per_round, samples_per_eval, c)

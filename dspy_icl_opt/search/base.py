@@ -23,6 +23,7 @@ from dspy.teleprompt import Teleprompter
 from dspy.utils.exceptions import AdapterParseError
 from loguru import logger
 
+from dspy_icl_opt._validation import check_int
 from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
@@ -261,9 +262,9 @@ class ICLOptimizer(Teleprompter):
             if lm is not None and not isinstance(lm, dspy.BaseLM):
                 raise TypeError(f"`{name}` must be a dspy.BaseLM (e.g. dspy.LM('openai/gpt-4o-mini') or "
                                 f"dspy_icl_opt.lm.resolve_lm('embedded')), but got {type(lm).__name__}.")
-        _check_int("seed", seed, minimum=0)
-        _check_int("num_threads", num_threads, minimum=1)
-        _check_int("max_retries", max_retries, minimum=0)
+        check_int("seed", seed, minimum=0)
+        check_int("num_threads", num_threads, minimum=1)
+        check_int("max_retries", max_retries, minimum=0)
         self.metric = metric
         self.task_model = task_model
         self.prompt_model = prompt_model
@@ -410,7 +411,3 @@ def _check_same_run(run_dir: Path, old: OptimizationReport, new: OptimizationRep
                          f"{ {k: theirs[k] for k in differ} }); resuming needs the same optimizer, seed, parameters, "
                          "data, program, models and metric. Use another log_dir, or resume=False to start over.")
 
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, but got {value!r}.")

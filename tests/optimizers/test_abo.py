@@ -285,10 +285,10 @@ def test_resume_makes_no_repeated_call(task, tmp_path, cap):
 
 # -------------------------------------------------------------------------------------- settings
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"rounds": -1}, ValueError, "`rounds` must be >= 0, but got -1."),
-    ({"num_candidates": 0}, ValueError, "`num_candidates` must be >= 1, but got 0."),
-    ({"minibatch_size": 2.5}, TypeError, "`minibatch_size` must be an integer"),
-    ({"errors_per_round": 0}, ValueError, "`errors_per_round` must be >= 1"),
+    ({"rounds": -1}, ValueError, "`rounds` must be an integer >= 0, but got -1. Use 0 to keep"),
+    ({"num_candidates": 0}, ValueError, "`num_candidates` must be an integer >= 1, but got 0."),
+    ({"minibatch_size": 2.5}, TypeError, "`minibatch_size` must be an integer >= 1, but got float 2.5."),
+    ({"errors_per_round": 0}, ValueError, "`errors_per_round` must be an integer >= 1"),
     ({"num_candidates": 2, "beam_size": 3}, ValueError, "`beam_size` must be <= `num_candidates` (2), but got 3."),
     ({"demonstration": "yes"}, TypeError, "`demonstration` must be True or False"),
     ({"temperature": -0.5}, ValueError, "`temperature` must be a number >= 0"),

@@ -232,7 +232,6 @@ def test_report_records_the_beam_of_every_round():
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"beam_size": 0}, r"`beam_size` must be an integer >= 1, but got 0"),
-    ({"rounds": 1.5}, r"`rounds` must be an integer >= 1, but got 1.5"),
     ({"n_gradients": 0, "mc_samples_per_step": 0}, r"must not both be 0"),
     ({"evaluator": "thompson"}, r"`evaluator` must be one of"),
     ({"blame": "first"}, r"`blame` must be one of"),
@@ -242,6 +241,11 @@ def test_report_records_the_beam_of_every_round():
 def test_bad_settings_are_named(settings, message):
     with pytest.raises(ValueError, match=message):
         APO(lambda ex, pred, trace=None: 1.0, **settings)
+
+
+def test_a_non_integer_count_is_a_type_error_naming_the_default():
+    with pytest.raises(TypeError, match=r"`rounds` must be an integer >= 1, but got float 1.5. The paper's default is 6."):
+        APO(lambda ex, pred, trace=None: 1.0, rounds=1.5)
 
 
 def test_paraphrase_model_type_is_checked():

@@ -29,7 +29,7 @@ def test_bad_config_exits_2_naming_the_field_without_a_traceback(config_dict, tm
     assert main(["--no-progress", "run", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"invalid configuration {path}" in err
-    assert "optimize[1].params.beam_size: must be >= 1, but got 0" in err
+    assert "optimize[1].params.beam_size: must be an integer >= 1, but got 0. Keep at least one procedure." in err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing ran
 

@@ -1,0 +1,30 @@
+"""Argument checks shared by every public constructor, so that each names the argument the same way.
+
+Messages follow the house shape: "`name` must be ..., but got .... How to fix." A value of the wrong
+type raises ``TypeError``; a value of the right type out of range raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def check_int(name: str, value: Any, *, minimum: int, hint: str = "") -> int:
+    """Return ``value`` if it is an integer (``bool`` excluded) of at least ``minimum``, else raise.
+
+    Args:
+        name: the argument's name as the user wrote it, shown in backticks.
+        value: what the user passed.
+        minimum: the smallest value allowed.
+        hint: how to fix it (e.g. the paper's default), appended to the message.
+
+    Example:
+        >>> check_int("rounds", 3, minimum=1)
+        3
+    """
+    tail = f" {hint}" if hint else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an integer >= {minimum}, but got {type(value).__name__} {value!r}.{tail}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, but got {value!r}.{tail}")
+    return value

@@ -19,12 +19,9 @@ from dspy_icl_opt.lm.llama_engine import (
     DEFAULT_N_CTX,
     DEFAULT_TEMPERATURE,
     LlamaCppEngine,
-    derive_seed,
-    load_llama_cpp,
-    loaded_model_count,
-    request_to_messages,
-    unload_models,
 )
+from dspy_icl_opt.lm.llama_messages import derive_seed, request_to_messages
+from dspy_icl_opt.lm.llama_models import load_llama_cpp, loaded_model_count, unload_models
 from dspy_icl_opt.lm.model_store import (
     CACHE_DIR_ENV_VAR,
     EMBEDDED_MODEL_DISPLAY_NAME,

@@ -9,7 +9,9 @@ the ``n > 1`` fan-out (it calls `LlamaCppEngine.complete` once per candidate).
 Thread safety: llama.cpp contexts are not thread-safe. All engines that use the
 same loaded model share one lock, and every call into that model holds it, so
 concurrent callers (e.g. ``dspy.Evaluate(num_threads=4)``) are serialized
-rather than corrupting the context.
+rather than corrupting the context. The loaded models and their locks live in
+`dspy_icl_opt.lm.llama_models`; request and response conversion in
+`dspy_icl_opt.lm.llama_messages`.
 
 Example:
     >>> import dspy
@@ -23,15 +25,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib
 import os
 import threading
-import weakref
-from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from dspy.clients.engines.base import validate_request
@@ -42,36 +39,36 @@ from dspy.lm15 import (
     Request,
     Response,
     TextPart,
-    UnsupportedFeatureError,
-    Usage,
     response_to_events,
 )
 from loguru import logger
 
 from dspy_icl_opt._validation import check_int
-from dspy_icl_opt.lm.errors import (
-    LOCAL_EXTRA_INSTALL_HINT,
-    LlamaContextOverflowError,
-    LlamaModelLoadError,
-    MissingLocalExtraError,
+from dspy_icl_opt.lm.errors import LlamaContextOverflowError
+from dspy_icl_opt.lm.llama_messages import (
+    PROVIDER_NAME,
+    derive_seed,
+    finish_reason,
+    request_to_messages,
+    response_format,
+    usage_of,
+)
+from dspy_icl_opt.lm.llama_models import (
+    ModelKey,
+    SharedModel,
+    available_cpus,
+    load_shared,
+    shared_for_injected,
 )
 from dspy_icl_opt.lm.model_store import EMBEDDED_MODEL_FILE_NAME, ensure_embedded_model
 
-LLAMA_CPP_MODULE = "llama_cpp"
-PROVIDER_NAME = "llama.cpp"
 DEFAULT_N_CTX = 4096
 MIN_N_CTX = 256  # llama.cpp rounds smaller contexts up to this, which llama-cpp-python mishandles.
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_TEMPERATURE = 0.0
 DEFAULT_TOP_P = 0.95  # llama.cpp's own default; only matters when temperature > 0.
 DEFAULT_SEED = 0
-SEED_MODULUS = 2**31 - 1  # llama.cpp seeds are uint32; stay clear of the "random" sentinel.
-DEVELOPER_PREFIX = "[developer] "
-PART_SEPARATOR = "\n"
-SYSTEM_JOIN = "\n\n"
 CONTEXT_OVERFLOW_MARKER = "exceed context window"
-LENGTH_FINISH_REASON = "length"
-STOP_FINISH_REASON = "stop"
 STATE_VERSION = 1
 # Default threads = CPUs // 2 (llama.cpp's own heuristic). llama.cpp's OpenMP threads spin-wait, so using
 # every CPU makes calls 5-20x slower as soon as anything else runs on the machine.
@@ -80,240 +77,6 @@ CPUS_PER_DEFAULT_THREAD = 2
 PASSTHROUGH_EXTENSIONS = frozenset(
     {"min_p", "typical_p", "repeat_penalty", "tfs_z", "mirostat_mode", "mirostat_tau", "mirostat_eta"}
 )
-
-
-def load_llama_cpp(*, module_name: str = LLAMA_CPP_MODULE) -> ModuleType:
-    """Import the llama.cpp bindings or raise `MissingLocalExtraError` with the fix.
-
-    Args:
-        module_name: Module to import (overridable for tests).
-
-    Returns:
-        The imported module.
-
-    Raises:
-        MissingLocalExtraError: If the module cannot be imported.
-
-    Example:
-        >>> llama_cpp = load_llama_cpp()  # doctest: +SKIP
-    """
-    try:
-        return importlib.import_module(module_name)
-    except ImportError as exc:
-        raise MissingLocalExtraError(
-            f"Local GGUF models need the `{module_name}` package (llama-cpp-python), but it could not be "
-            f"imported ({exc}). Install it with: {LOCAL_EXTRA_INSTALL_HINT}"
-        ) from exc
-
-
-def available_cpus() -> int:
-    """Return the number of CPUs this process may run on (at least 1).
-
-    Example:
-        >>> available_cpus() >= 1
-        True
-    """
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # Not available on macOS / Windows.
-        return max(1, os.cpu_count() or 1)
-
-
-@dataclass(frozen=True)
-class _ModelKey:
-    path: str
-    n_ctx: int
-    n_threads: int
-    chat_format: str | None
-    verbose: bool
-
-
-@dataclass
-class SharedModel:
-    """A loaded llama model plus the lock that serializes every call into it."""
-
-    llama: Any
-    lock: threading.Lock
-
-
-_REGISTRY: dict[_ModelKey, SharedModel] = {}
-_REGISTRY_LOCK = threading.Lock()
-_INJECTED: weakref.WeakKeyDictionary[Any, SharedModel] = weakref.WeakKeyDictionary()
-
-
-def loaded_model_count() -> int:
-    """Return how many llama.cpp models are currently held by the shared registry.
-
-    Example:
-        >>> loaded_model_count() >= 0
-        True
-    """
-    with _REGISTRY_LOCK:
-        return len(_REGISTRY)
-
-
-def unload_models() -> int:
-    """Drop every shared llama.cpp model so its memory can be freed.
-
-    Engines keep working: the next call loads the model again.
-
-    Returns:
-        The number of models released.
-
-    Example:
-        >>> unload_models() >= 0
-        True
-    """
-    with _REGISTRY_LOCK:
-        released = list(_REGISTRY.values())
-        _REGISTRY.clear()
-    for shared in released:
-        with shared.lock:  # Let running calls finish before closing.
-            close = getattr(shared.llama, "close", None)
-            if callable(close):
-                close()
-    logger.debug("Unloaded {} llama.cpp model(s)", len(released))
-    return len(released)
-
-
-def _shared_for_injected(llama: Any) -> SharedModel:
-    """One lock per injected model object, shared by every engine using it."""
-    with _REGISTRY_LOCK:
-        try:
-            shared = _INJECTED.get(llama)
-            if shared is None:
-                shared = _INJECTED[llama] = SharedModel(llama=llama, lock=threading.Lock())
-            return shared
-        except TypeError:  # Not weak-referenceable: the engine keeps this lock for its lifetime.
-            return SharedModel(llama=llama, lock=threading.Lock())
-
-
-def _load_shared(key: _ModelKey, *, seed: int) -> SharedModel:
-    with _REGISTRY_LOCK:
-        shared = _REGISTRY.get(key)
-        if shared is not None:
-            return shared
-        llama_cpp = load_llama_cpp()
-        logger.info("Loading {} with llama.cpp (n_ctx={}, n_threads={})", key.path, key.n_ctx, key.n_threads)
-        try:
-            llama = llama_cpp.Llama(
-                model_path=key.path, n_ctx=key.n_ctx, n_threads=key.n_threads, n_threads_batch=key.n_threads,
-                seed=seed, chat_format=key.chat_format, verbose=key.verbose,
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise LlamaModelLoadError(
-                f"`model_path` must be a GGUF file llama.cpp can load, but loading {key.path} failed: {exc}. "
-                "Check the file; for the embedded model call ensure_embedded_model(repair=True)."
-            ) from exc
-        shared = _REGISTRY[key] = SharedModel(llama=llama, lock=threading.Lock())
-        return shared
-
-
-def _parts_text(parts: tuple[Any, ...], *, where: str) -> str:
-    texts = []
-    for index, part in enumerate(parts):
-        if not isinstance(part, TextPart):
-            raise UnsupportedFeatureError(
-                f"The llama.cpp engine accepts text only, but {where}.parts[{index}] is "
-                f"{type(part).__name__}. Send text, or use a multimodal provider model.",
-                feature=f"{where}.parts[{index}]", provider=PROVIDER_NAME,
-            )
-        texts.append(part.text)
-    return PART_SEPARATOR.join(texts)
-
-
-def request_to_messages(request: Request) -> list[dict[str, str]]:
-    """Convert a canonical request to llama.cpp chat messages.
-
-    The system prompt comes first. Developer messages before the first user or
-    assistant turn are merged into it; later ones become user messages prefixed
-    with ``[developer]`` (chat templates allow one leading system message).
-
-    Args:
-        request: The canonical DSPy request.
-
-    Returns:
-        OpenAI-style ``{"role", "content"}`` dictionaries.
-
-    Raises:
-        UnsupportedFeatureError: For tools, tool messages or non-text parts.
-
-    Example:
-        >>> from dspy.lm15 import Message, Request
-        >>> request_to_messages(Request(model="m", system="Be brief.", messages=(Message.user("Hi"),)))
-        [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]
-    """
-    if request.tools:
-        raise UnsupportedFeatureError(
-            "The llama.cpp engine does not support tools, but the request has "
-            f"{len(request.tools)}. Use a provider model for tool calling.", feature="tools", provider=PROVIDER_NAME,
-        )
-    system: list[str] = []
-    if request.system is not None:
-        is_text = isinstance(request.system, str)
-        system.append(request.system if is_text else _parts_text(request.system, where="system"))
-    turns: list[dict[str, str]] = []
-    for index, message in enumerate(request.messages):
-        text = _parts_text(message.parts, where=f"messages[{index}]")
-        if message.role == "developer":
-            if not turns:
-                system.append(text)
-            else:
-                turns.append({"role": "user", "content": DEVELOPER_PREFIX + text})
-        elif message.role in ("user", "assistant"):
-            turns.append({"role": message.role, "content": text})
-        else:
-            raise UnsupportedFeatureError(
-                f"The llama.cpp engine accepts user, assistant and developer messages, but messages[{index}] "
-                f"has role {message.role!r}.", feature=f"messages[{index}].role", provider=PROVIDER_NAME,
-            )
-    head = [{"role": "system", "content": SYSTEM_JOIN.join(system)}] if system else []
-    return head + turns
-
-
-def _response_format(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Map lm15's canonical response formats onto llama.cpp's JSON grammar option.
-
-    lm15 allows exactly ``{"type": "json_object"}`` and
-    ``{"type": "json_schema", "schema": {...}, ...}``.
-    """
-    if not value:
-        return None
-    schema = value.get("schema") if value.get("type") == "json_schema" else None
-    return {"type": "json_object", **({"schema": schema} if schema else {})}
-
-
-def derive_seed(base: int, *, call_index: int) -> int:
-    """Derive a deterministic per-call sampling seed from a base seed and a call counter.
-
-    Args:
-        base: The engine's (or request's) seed.
-        call_index: 0 for the first sampled call, 1 for the next, ...
-
-    Returns:
-        A seed in ``[0, 2**31 - 1)``.
-
-    Example:
-        >>> derive_seed(0, call_index=0) == derive_seed(0, call_index=0)
-        True
-        >>> derive_seed(0, call_index=0) != derive_seed(0, call_index=1)
-        True
-    """
-    digest = hashlib.blake2b(f"{base}:{call_index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % SEED_MODULUS
-
-
-def _usage(result: dict[str, Any]) -> Usage:
-    usage = result.get("usage") or {}
-    return Usage(
-        input_tokens=usage.get("prompt_tokens"),
-        output_tokens=usage.get("completion_tokens"),
-        total_tokens=usage.get("total_tokens"),
-    )
-
-
-def _finish_reason(choice: dict[str, Any]) -> str:
-    return LENGTH_FINISH_REASON if choice.get("finish_reason") == LENGTH_FINISH_REASON else STOP_FINISH_REASON
 
 
 class LlamaCppEngine:
@@ -382,7 +145,7 @@ class LlamaCppEngine:
         self.chat_format = chat_format
         self.verbose = verbose
         self._llama = llama
-        self._injected = _shared_for_injected(llama) if llama is not None else None
+        self._injected = shared_for_injected(llama) if llama is not None else None
         self._calls = 0
         self._calls_lock = threading.Lock()
 
@@ -402,13 +165,13 @@ class LlamaCppEngine:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._calls_lock = threading.Lock()
-        self._injected = _shared_for_injected(self._llama) if self._llama is not None else None
+        self._injected = shared_for_injected(self._llama) if self._llama is not None else None
 
     def _model(self) -> SharedModel:
         if self._injected is not None:
             return self._injected
-        key = _ModelKey(self.model_path, self.n_ctx, self.n_threads, self.chat_format, self.verbose)
-        return _load_shared(key, seed=self.seed)
+        key = ModelKey(self.model_path, self.n_ctx, self.n_threads, self.chat_format, self.verbose)
+        return load_shared(key, seed=self.seed)
 
     def load(self) -> LlamaCppEngine:
         """Load (or join) the shared model now instead of on the first call.
@@ -469,7 +232,7 @@ class LlamaCppEngine:
         }
         optional = {"top_k": config.top_k, "presence_penalty": config.presence_penalty,
                     "frequency_penalty": config.frequency_penalty,
-                    "response_format": _response_format(config.response_format)}
+                    "response_format": response_format(config.response_format)}
         kwargs.update({key: value for key, value in optional.items() if value is not None})
         for key, value in (config.extensions or {}).items():
             if key in PASSTHROUGH_EXTENSIONS:
@@ -522,8 +285,8 @@ class LlamaCppEngine:
             id=result.get("id"),
             model=request.model,
             message=Message.assistant((TextPart(text),)),
-            finish_reason=_finish_reason(choice),
-            usage=_usage(result),
+            finish_reason=finish_reason(choice),
+            usage=usage_of(result),
         )
 
     def stream(self, request: Request):

@@ -215,7 +215,8 @@ class DemoSelector(ICLOptimizer):
         run: _Run | None = None
         try:
             per_item = len(ctx.predictors)
-            with ctx.search_phase(validation_calls=self.top_k_full_eval * len(ctx.valset) * per_item,
+            # the best few trials and the program as given are validated at the end
+            with ctx.search_phase(validation_calls=(self.top_k_full_eval + 1) * len(ctx.valset) * per_item,
                                   first_cost=min(len(ctx.valset), self.minibatch_size) * per_item):
                 run = self._prepare(ctx)
                 run.study.optimize(lambda trial: self._objective(run, trial), n_trials=self.n_trials,
@@ -351,10 +352,10 @@ class DemoSelector(ICLOptimizer):
 
     # ------------------------------------------------------------------------------ the choice
     def _finalize(self, run: _Run) -> None:
-        """Score the best few trials on the whole valset and keep the best.
+        """Score the program as given and the best few trials on the whole valset, and keep the best.
 
-        With the budget spent, only what costs nothing (pairs already scored) gets validated; the
-        others are compared by their trial score.
+        With the budget spent, only what costs nothing (pairs already scored) gets validated; if
+        nothing could be, the trials are compared by their trial score.
         """
         ctx = run.ctx
         records: list[Any] = []
@@ -365,18 +366,18 @@ class DemoSelector(ICLOptimizer):
             if len(records) == self.top_k_full_eval:
                 break
         if not records:
-            ctx.set_best(ctx.add_candidate(ctx.initial_state, step=0, origin="initial"))
+            ctx.set_best(ctx.add_candidate(ctx.initial_state, step=0, origin="seed"))
             return
         try:
-            for record in records:
-                ctx.score(record, ctx.valset, "val")
-                logger.info("Full validation of trial {}: {:.3f} on {} examples", record.meta.get("trial"),
-                            record.scores["val"], len(ctx.valset))
+            best = ctx.choose_by_validation(records)
+            logger.info("DemoSelector chose candidate {} (trial {}, val {:.3f} on {} examples)", best.id,
+                        best.meta.get("trial"), best.scores["val"], len(ctx.valset))
         except BudgetExhausted as exc:
             run.exhausted = run.exhausted or exc
-        finally:
-            ctx.set_best(ctx.best_by(records, "val") or ctx.best_by(records, "trial"))
-            ctx.checkpoint()
+            start = ctx.add_candidate(ctx.initial_state, step=0, origin="seed")
+            if not any("val" in record.scores for record in [start, *records]):  # nothing validated
+                ctx.set_best(ctx.best_by(records, "trial"))
+                ctx.checkpoint()
 
     def _record_of(self, run: _Run, trial: FrozenTrial) -> Any:
         """The candidate record of a finished trial (rebuilt from its params if another process ran it)."""

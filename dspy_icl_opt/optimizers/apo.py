@@ -192,7 +192,7 @@ class APO(ICLOptimizer):
         ctx.report.extra["gradients"] = run.gradients
         ctx.checkpoint(0)
         per_item = len(names)
-        with ctx.search_phase(validation_calls=self.beam_size * len(ctx.valset) * per_item,
+        with ctx.search_phase(validation_calls=(self.beam_size + 1) * len(ctx.valset) * per_item,  # + the start
                               first_cost=min(self.minibatch_size, len(ctx.trainset)) * per_item):
             for round_index in range(1, self.rounds + 1):
                 beam = self._round(ctx, run, round_index, beam)
@@ -333,15 +333,9 @@ class APO(ICLOptimizer):
         return result
 
     def _choose_final(self, ctx: SearchContext, beam: list[CandidateRecord]) -> None:
-        for record in beam:  # the best so far is kept after each one, in case the budget ends here
-            ctx.score(record, ctx.valset, "val")
-            ctx.set_best(ctx.best_by(beam, "val"))
-            ctx.checkpoint()
-        best = ctx.best_by(beam, "val")
-        if best is not None:
-            logger.info("APO chose candidate {} (val {:.3f}) from the final beam {}", best.id, best.scores["val"],
-                        [record.id for record in beam])
-        ctx.checkpoint()
+        best = ctx.choose_by_validation(beam)  # the starting prompt competes too
+        logger.info("APO chose candidate {} (val {:.3f}) from the final beam {} and the starting prompt", best.id,
+                    best.scores["val"], [record.id for record in beam])
 
     def _paraphrase_lm(self, ctx: SearchContext) -> dspy.BaseLM:
         if self.paraphrase_model is None:

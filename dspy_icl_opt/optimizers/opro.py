@@ -210,7 +210,8 @@ class OPRO(ICLOptimizer):
             run.trajectories[name], run.seen[name] = [], set()
         per_item = len(ctx.predictors)
         seed_cost = len(ctx.trainset) * per_item * (1 + (len(self.positions) - 1) * per_item)
-        with ctx.search_phase(validation_calls=self.final_candidates * len(ctx.valset) * per_item,
+        # the finalists and the starting program are validated at the end
+        with ctx.search_phase(validation_calls=(self.final_candidates + 1) * len(ctx.valset) * per_item,
                               first_cost=seed_cost):
             self._steps(ctx, run)
         self._choose_final(ctx, run)
@@ -387,12 +388,7 @@ class OPRO(ICLOptimizer):
     def _choose_final(self, ctx: SearchContext, run: _Run) -> None:
         complete = [r for r in ctx.report.candidates if r.id in run.complete]
         ranked = sorted(complete, key=lambda r: (-r.scores["train"], r.id))[: self.final_candidates]
-        for record in ranked:
-            ctx.score(record, ctx.valset, "val")
-            best = max((r for r in ranked if "val" in r.scores),
-                       key=lambda r: (r.scores["val"], r.scores["train"], -r.id))
-            ctx.set_best(best)
-            ctx.checkpoint()
+        ctx.choose_by_validation(ranked, tiebreak=lambda r: (r.scores.get("train", 0.0),))
         if ctx.report.best_candidate is not None:
             logger.info("OPRO chose candidate {} ({})", ctx.report.best_candidate, ctx.report.best_scores)
 

@@ -32,6 +32,8 @@ from dspy_icl_opt.search.surgery import ProgramState, named_predictors, read_sta
 
 #: Hex characters kept of a SHA-256 digest: plenty to tell runs apart, short enough to read.
 _DIGEST_CHARS = 16
+#: The score label of the final comparison on the valset (every strategy's choice is made on it).
+VAL_LABEL = "val"
 #: Below this many training examples, no validation split is held back (both roles use trainset).
 MIN_EXAMPLES_TO_SPLIT = 8
 
@@ -135,6 +137,31 @@ class SearchContext:
         """The record with the highest score under ``label`` (earliest wins ties: determinism)."""
         scored = [r for r in records if label in r.scores]
         return max(scored, key=lambda r: (r.scores[label], -r.id)) if scored else None
+
+    def choose_by_validation(self, finalists: Sequence[CandidateRecord], *,
+                             tiebreak: Callable[[CandidateRecord], tuple] = lambda record: ()) -> CandidateRecord:
+        """Score the program as it was given and ``finalists`` on the valset, and make the best the result.
+
+        The starting program always competes, whatever the search thought of it, so a compiled
+        program never scores below the student on ``valset``; a tie keeps the student (then
+        ``tiebreak``, then the earliest record). It is scored first: its pairs are often cached
+        already. The best so far is set after every validation, so a budget that ends here keeps
+        what was validated; `BudgetExhausted` propagates. Hold back one validation more than the
+        finalists for it (``search_phase(validation_calls=...)``).
+        """
+        start = self.add_candidate(self.initial_state, step=0, origin="seed")
+        contenders = [start, *(record for record in finalists if record.id != start.id)]
+
+        def rank(record: CandidateRecord) -> tuple:
+            return (record.scores[VAL_LABEL], record.id == start.id, *tiebreak(record), -record.id)
+
+        best = start
+        for record in contenders:
+            self.score(record, self.valset, VAL_LABEL)
+            best = max((r for r in contenders if VAL_LABEL in r.scores), key=rank)
+            self.set_best(best)
+            self.checkpoint()
+        return best
 
     # ------------------------------------------------------------------------- prompt model
     def ask(self, signature: type[dspy.Signature], *, key: str, temperature: float | None = None,

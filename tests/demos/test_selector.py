@@ -251,6 +251,26 @@ def test_study_is_exposed_for_dashboards(two_teachers):
     assert selector.report_.extra["study"]["trials_this_run"] == 4
 
 
+def test_the_program_as_given_competes_in_the_final_choice(two_teachers):
+    # Each program is asked questions in turn: the start (no demos) gets its first four wrong and the
+    # rest right, every other program the other way round. Trials see four examples, so the start
+    # looks worst there; on the whole valset (16) it is best.
+    asked: dict[str, set[str]] = {}
+
+    def knows(view) -> bool:
+        seen = asked.setdefault(repr(view.demos), set())
+        seen.add(view.inputs["question"])
+        return (len(seen) > 4) == (not view.demos)
+
+    reverse = lambda inputs: inputs["question"][::-1]  # noqa: E731
+    selector, program = select(two_teachers, lm=simulated_task_lm(solve=reverse, knows=knows),
+                               minibatch_size=4, minibatches_per_trial=1, n_trials=6, top_k_full_eval=2, pruner=None)
+    report = selector.report_
+    assert report.candidates[0].scores["trial"] == 0.0 < max(c.scores["trial"] for c in report.candidates)
+    assert report.best_candidate == 0 and report.best_scores["val"] == 0.75
+    assert not program.demos
+
+
 def test_capped_search_still_validates_distinct_finalists(two_teachers):
     lm = two_teachers.lm()
     selector = DemoSelector(two_teachers.metric, task_model=lm, max_demos=4, n_trials=40, pools=("labeled",),
@@ -261,5 +281,8 @@ def test_capped_search_still_validates_distinct_finalists(two_teachers):
     report = selector.report_
     validated = [c for c in report.candidates if "val" in c.scores]
     assert report.stopped_by_budget and report.spent["task"].calls <= 120
-    assert len(validated) == 2, "the two best distinct programs were validated on the whole valset"
+    start = report.candidates[0]
+    assert start.meta["choice"] == {"self": "k=0"}, "trial 0 is the program as given (zero-shot)"
+    assert len(validated) == 3 and start in validated, \
+        "the program as given and the two best distinct trials were validated on the whole valset"
     assert "val" in report.best_scores

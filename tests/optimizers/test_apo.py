@@ -219,6 +219,19 @@ def test_reject_on_errors_keeps_the_children_that_fix_the_errors():
     assert task.rule in instruction_of(children[0]).lower() and children[0].meta["error_score"] == 1.0
 
 
+def test_the_starting_prompt_competes_in_the_final_choice():
+    # The start is wrong on every training example and right on every validation one, every edit the
+    # other way round: the bandit drops the start from the beam, and only the valset shows it is best.
+    task = planted_rule_task("vowels", train_size=8, val_size=6, seed=0)
+    start, val_words = task.program().signature.instructions, {ex.question for ex in task.val}
+    knows = lambda view: (view.instruction == start) == (view.inputs["question"] in val_words)  # noqa: E731
+    apo, program = run_apo(task, task_lm=simulated_task_lm(solve=task.solve, knows=knows), beam_size=1)
+    report = apo.report_
+    assert 0 not in report.extra["beams"][-1]["beam"], "the start fell out of the final beam"
+    assert report.best_candidate == 0 and report.best_scores["val"] == 1.0
+    assert program.signature.instructions == start
+
+
 def test_report_records_the_beam_of_every_round():
     task = planted_rule_task("vowels", train_size=16, val_size=6, seed=0)
     apo, _ = run_apo(task, rounds=3)

@@ -225,11 +225,28 @@ def test_no_task_model_is_a_clear_error(task):
         opro.compile(task.program(), trainset=task.train)
 
 
+def test_the_starting_instruction_competes_in_the_final_choice(task):
+    # The start is wrong on every training example and right on every validation one, every proposal
+    # the other way round: the search ranks the start last, and only the valset shows it is best.
+    start, val_words = task.program().signature.instructions, {ex.question for ex in task.val}
+    knows = lambda view: (view.instruction == start) == (view.inputs["question"] in val_words)  # noqa: E731
+    opro = OPRO(task.metric, task_model=simulated_task_lm(solve=task.solve, knows=knows),
+                prompt_model=planted_at_step_two(task), steps=2, candidates_per_step=2, final_candidates=1,
+                progress=False)
+    program = opro.compile(task.program(), trainset=task.train, valset=task.val)
+    report = opro.report_
+    assert max(c.scores["train"] for c in report.candidates) == 1.0, "the search preferred a proposal"
+    assert report.best_candidate == 0 and report.best_scores == {"train": 0.0, "val": 1.0}
+    assert program.signature.instructions == start
+
+
 def test_budget_keeps_room_for_the_final_validation(task):
     opro = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), steps=5,
-                candidates_per_step=2, final_candidates=4, budget={"max_task_calls": 50}, progress=False)
+                candidates_per_step=2, final_candidates=4, budget={"max_task_calls": 56}, progress=False)
     opro.compile(task.program(), trainset=task.train, valset=task.val)
     report = opro.report_
+    # 30 calls are held back for validating 4 finalists and the start (5 x 6): after the seed (8) and
+    # step 1 (2 x 8) the 2 calls left cannot pay for step 2.
     assert report.stopped_by_budget and report.steps_completed == 1
     assert "val" in report.best_scores, "the finalists were still validated"
     assert report.spent["task"].calls == 8 + 2 * 8 + 3 * 6 <= 50

@@ -215,8 +215,7 @@ class DemoSelector(ICLOptimizer):
         run: _Run | None = None
         try:
             per_item = len(ctx.predictors)
-            # the best few trials and the program as given are validated at the end
-            with ctx.search_phase(validation_calls=(self.top_k_full_eval + 1) * len(ctx.valset) * per_item,
+            with ctx.search_phase(validation_calls=self._validation_cost(ctx),
                                   first_cost=min(len(ctx.valset), self.minibatch_size) * per_item):
                 run = self._prepare(ctx)
                 run.study.optimize(lambda trial: self._objective(run, trial), n_trials=self.n_trials,
@@ -233,6 +232,19 @@ class DemoSelector(ICLOptimizer):
             best = ProgramState.from_dict(ctx.report.best_state) if ctx.report.best_state else ctx.initial_state
             if not any(split_demos(s.demos)[0] for _, s in best.predictors):
                 restore_classes(changed)
+
+    def _validation_cost(self, ctx: SearchContext) -> int:
+        """Task calls the final choice needs: the best few trials and the program as given, on the valset.
+
+        Trials score valset minibatches, so a finalist costs only the valset examples they did not
+        reach; so does the start when it is the zero-shot baseline trial (a student without demos),
+        and a student with demos of its own costs a whole validation.
+        """
+        trial_items = min(len(ctx.valset), self.minibatch_size * self.minibatches_per_trial)
+        unseen = len(ctx.valset) - trial_items
+        has_demos = any(state.demos for _, state in ctx.initial_state.predictors)
+        start = len(ctx.valset) if has_demos else unseen
+        return (self.top_k_full_eval * unseen + start) * len(ctx.predictors)
 
     def _prepare(self, ctx: SearchContext) -> _Run:
         order = list(ctx.valset)

@@ -271,6 +271,18 @@ def test_the_program_as_given_competes_in_the_final_choice(two_teachers):
     assert not program.demos
 
 
+def test_trials_that_score_the_whole_valset_hold_nothing_back_for_validation(two_teachers):
+    # 4 minibatches of 4 cover the 16 validation examples: validating the finalists and the start (the
+    # zero-shot trial) afterwards is free, so the whole budget goes to trials.
+    selector, _ = select(two_teachers, minibatch_size=4, minibatches_per_trial=4, n_trials=40, pruner=None,
+                         top_k_full_eval=2, budget={"max_task_calls": 60})
+    report = selector.report_
+    complete = [t for t in selector.study_.trials if t.state == TrialState.COMPLETE]
+    assert report.stopped_by_budget and report.spent["task"].calls == 60
+    assert len(complete) == 3, "60 calls pay for three whole trials of 16 (and a part of a fourth)"
+    assert "val" in report.best_scores, "the choice was still made on the whole valset"
+
+
 def test_capped_search_still_validates_distinct_finalists(two_teachers):
     lm = two_teachers.lm()
     selector = DemoSelector(two_teachers.metric, task_model=lm, max_demos=4, n_trials=40, pools=("labeled",),

@@ -121,4 +121,3 @@ def usage_of(result: dict[str, Any]) -> Usage:
 
 def finish_reason(choice: dict[str, Any]) -> str:
     return LENGTH_FINISH_REASON if choice.get("finish_reason") == LENGTH_FINISH_REASON else STOP_FINISH_REASON
-

@@ -149,4 +149,3 @@ def load_shared(key: ModelKey, *, seed: int) -> SharedModel:
             ) from exc
         shared = _REGISTRY[key] = SharedModel(llama=llama, lock=threading.Lock())
         return shared
-

@@ -456,4 +456,3 @@ class _PredictorRun:
                             "parent_val": parent.record.scores.get(VAL) if parent else None},
                  "kept": kept, **diagnosis}
         self.ctx.report.extra["rounds"].append(entry)
-

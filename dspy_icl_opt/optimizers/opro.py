@@ -388,9 +388,8 @@ class OPRO(ICLOptimizer):
     def _choose_final(self, ctx: SearchContext, run: _Run) -> None:
         complete = [r for r in ctx.report.candidates if r.id in run.complete]
         ranked = sorted(complete, key=lambda r: (-r.scores["train"], r.id))[: self.final_candidates]
-        ctx.choose_by_validation(ranked, tiebreak=lambda r: (r.scores.get("train", 0.0),))
-        if ctx.report.best_candidate is not None:
-            logger.info("OPRO chose candidate {} ({})", ctx.report.best_candidate, ctx.report.best_scores)
+        best = ctx.choose_by_validation(ranked, tiebreak=lambda r: (r.scores.get("train", 0.0),))
+        logger.info("OPRO chose candidate {} ({}) from {} finalists and the seed", best.id, best.scores, len(ranked))
 
     def _position_summary(self, run: _Run) -> dict[str, dict[str, float]]:
         summary: dict[str, dict[str, float]] = {}

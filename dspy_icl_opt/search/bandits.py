@@ -130,7 +130,6 @@ class _Tracker:
                                distinct_evaluations=self.distinct)
 
 
-
 class BestArmIdentifier(ABC):
     """The interface of every bandit: ``select`` the top ``k`` arms, spending a stated budget."""
 

@@ -437,4 +437,3 @@ def _check_same_run(run_dir: Path, old: OptimizationReport, new: OptimizationRep
         raise ValueError(f"`log_dir` {run_dir} holds a run that differs in {differ} (there: "
                          f"{ {k: theirs[k] for k in differ} }); resuming needs the same optimizer, seed, parameters, "
                          "data, program, models and metric. Use another log_dir, or resume=False to start over.")
-

@@ -91,7 +91,8 @@ def _ours(ctx: dict[str, Any], module: str, name: str, **params: Any) -> dspy.Mo
 
 def _opro_then_demos(ctx: dict[str, Any]) -> dspy.Module:
     half = dict(ctx, budget=ctx["budget"] // 2, prompt_budget=ctx["prompt_budget"])
-    half["program"] = _ours(half, "dspy_icl_opt.optimizers.opro", "OPRO", **OPRO_SETTINGS)
+    # On half the budget OPRO validates one finalist (and the seed), so that its steps keep room.
+    half["program"] = _ours(half, "dspy_icl_opt.optimizers.opro", "OPRO", **{**OPRO_SETTINGS, "final_candidates": 1})
     program = _ours(half, "dspy_icl_opt.demos", "DemoSelector", **DEMOS_SETTINGS)
     ctx["report"] = half["report"]  # DemoSelector's, with its k curve
     return program

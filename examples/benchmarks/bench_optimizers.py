@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lm", default="embedded")
+    parser.add_argument("--pivot", action="store_true", help="also print a method x task table of accuracy (task calls)")
     parser.add_argument("--out", default=None,
                         help="append each row to this JSONL file as it finishes; rows already there are kept and "
                              "not run again, so an interrupted benchmark resumes")
@@ -201,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                 _append_row(args.out, row)
             rows.append(row)
     print(render_table(rows))
+    if args.pivot:
+        print()
+        print(render_pivot(rows))
     for row in rows:
         if "k_curve" in row:
             print(f"k curve ({row['task']}, {row['method']}): {json.dumps(row['k_curve'])}")
@@ -228,6 +232,23 @@ def _commit() -> str:
                               cwd=Path(__file__).parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def render_pivot(rows: list[dict]) -> str:
+    """One line per method: test accuracy (task calls) on each task, then the means."""
+    done = [r for r in rows if "skipped" not in r]
+    tasks = list(dict.fromkeys(r["task"] for r in done))
+    methods = list(dict.fromkeys(r["method"] for r in done))
+    cell = {(r["method"], r["task"]): r for r in done}
+    lines = ["| method | " + " | ".join(tasks) + " | mean acc | mean task calls |", "|---" * (len(tasks) + 3) + "|"]
+    for m in methods:
+        mine = [cell[(m, t)] for t in tasks if (m, t) in cell]
+        cells = [f"{cell[(m, t)]['test_accuracy']:.2f} ({cell[(m, t)]['task_calls']})" if (m, t) in cell else "-"
+                 for t in tasks]
+        acc = sum(r["test_accuracy"] for r in mine) / len(mine)
+        calls = sum(r["task_calls"] for r in mine) / len(mine)
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {acc:.3f} | {calls:.0f} |")
+    return "\n".join(lines)
 
 
 def render_table(rows: list[dict]) -> str:

@@ -21,7 +21,8 @@ from dspy_icl_opt.pipeline.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
 #: The demo: small enough for the embedded 0.5B model on 2 CPU cores in under 10 minutes. A task-model
 #: call takes ~2-3 s there (~250 prompt tokens), so: 40 + 40 test calls around at most 70 for OPRO
-#: (seed and 2 steps x 2 proposals on minibatches of 6, then 2 finalists on 10 val examples).
+#: (seed and 2 steps x 2 proposals on minibatches of 6, then the seed and 2 finalists on 10 val examples:
+#: at most 6 + 24 + 30 = 60).
 DEMO_TASK = "hyperbaton"
 DEMO_SIZES = {"train_size": 20, "val_size": 10, "test_size": 40}
 DEMO_BUDGET = {"max_task_calls": 70, "max_prompt_calls": 4}

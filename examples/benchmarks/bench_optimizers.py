@@ -6,9 +6,9 @@ wrapped in meters, so the task-model and prompt-model calls each method really m
 included); DSPy's are configured to spend about the same and their real count is printed next to
 their accuracy. DSPy's response cache is off, so every call counts.
 
-Run (the README's figures come from this command and its output):
+Run (the README's figures come from the three commands it shows, of this form):
     python examples/benchmarks/bench_optimizers.py --tasks date_understanding,disambiguation_qa,hyperbaton \
-        --methods uncompiled,copro,opro --budget 120
+        --methods uncompiled,copro,opro --budget 80 --test 50 --pivot --out results.jsonl
 
 Methods: uncompiled, zeroshot_cot, copro, opro, apo, gepa, abo, abo_nodemo, bfsrs, mipro, demos,
 opro+demos. A method whose module is missing is reported as skipped.

@@ -386,8 +386,7 @@ class DemoSelector(ICLOptimizer):
                         best.meta.get("trial"), best.scores["val"], len(ctx.valset))
         except BudgetExhausted as exc:
             run.exhausted = run.exhausted or exc
-            start = ctx.add_candidate(ctx.initial_state, step=0, origin="seed")
-            if not any("val" in record.scores for record in [start, *records]):  # nothing validated
+            if ctx.report.best_candidate is None:  # not even the start was validated
                 ctx.set_best(ctx.best_by(records, "trial"))
                 ctx.checkpoint()
 

@@ -192,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     logger.add(sys.stderr, level="INFO")
     task_lm = resolve_lm(args.lm, temperature=0.0, max_tokens=256, cache=False)
     prompt_lm = resolve_lm(args.lm, temperature=1.0, max_tokens=400, cache=False)
-    done = _read_rows(args.out)
+    done, commit = _read_rows(args.out), _commit()  # the code this process imported
     rows = []
     for t in args.tasks.split(","):
         for m in args.methods.split(","):
             row = done.get((t, m))
             if row is None:
-                row = dict(run_method(m, t, args, (task_lm, prompt_lm)), commit=_commit())
+                row = dict(run_method(m, t, args, (task_lm, prompt_lm)), commit=commit)
                 _append_row(args.out, row)
             rows.append(row)
     print(render_table(rows))
@@ -245,9 +245,7 @@ def render_pivot(rows: list[dict]) -> str:
         mine = [cell[(m, t)] for t in tasks if (m, t) in cell]
         cells = [f"{cell[(m, t)]['test_accuracy']:.2f} ({cell[(m, t)]['task_calls']})" if (m, t) in cell else "-"
                  for t in tasks]
-        acc = sum(r["test_accuracy"] for r in mine) / len(mine)
-        calls = sum(r["task_calls"] for r in mine) / len(mine)
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {acc:.3f} | {calls:.0f} |")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_means(mine)} |")
     return "\n".join(lines)
 
 
@@ -266,10 +264,15 @@ def render_table(rows: list[dict]) -> str:
     lines.append("|---|---|---|")
     for m in methods:
         mine = [r for r in rows if r["method"] == m and "skipped" not in r]
-        acc = sum(r["test_accuracy"] for r in mine) / len(mine)
-        calls = sum(r["task_calls"] for r in mine) / len(mine)
-        lines.append(f"| {m} | {acc:.3f} | {calls:.0f} |")
+        lines.append(f"| {m} | {_means(mine)} |")
     return "\n".join(lines)
+
+
+def _means(rows: list[dict]) -> str:
+    """Mean test accuracy and mean task calls of ``rows``, as two table cells."""
+    acc = sum(r["test_accuracy"] for r in rows) / len(rows)
+    calls = sum(r["task_calls"] for r in rows) / len(rows)
+    return f"{acc:.3f} | {calls:.0f}"
 
 
 if __name__ == "__main__":

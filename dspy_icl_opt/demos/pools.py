@@ -3,10 +3,13 @@
 * ``labeled``: training examples that carry at least one of the predictor's input fields and one of
   its output fields, restricted to its fields (DSPy's LabeledFewShot idea; like DSPy's adapters,
   a demo may miss fields, e.g. an intermediate input it never had).
-* ``bootstrapped``: the program's own runs on training examples that pass the metric; each
-  predictor call in the run's trace (its inputs and outputs, intermediate fields included) becomes
-  a demo for that predictor (DSPy's BootstrapFewShot idea, with the program as its own teacher).
-  The cost is capped: no new example is started once ``max_calls`` task-model calls were spent on it.
+* ``bootstrapped``: a teacher's runs on training examples that pass the metric; each predictor
+  call in the run's trace (its inputs and outputs, intermediate fields included) becomes a demo for
+  that predictor (DSPy's BootstrapFewShot). The teacher is ``"labeled"`` (the program as given, each
+  predictor without demos of its own shown up to ``max_demos`` labeled ones, never the example being
+  run: BootstrapFewShot's default teacher), ``"student"`` (the program as given) or the state of a
+  teacher program with the same predictors. The cost is capped: no new example is started once
+  ``max_calls`` task-model calls were spent on it.
 
 A pool is a list of plain dicts; a demo's id is a digest of its content, so the same demo has the
 same id in every study and every process.
@@ -16,17 +19,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import dspy
 from loguru import logger
 
-from dspy_icl_opt.search import SearchContext
+from dspy_icl_opt.search import ProgramState, SearchContext
+from dspy_icl_opt.search.base import stable_int
 from dspy_icl_opt.search.surgery import demo_to_dict
 
 PoolName = Literal["labeled", "bootstrapped"]
 POOLS: tuple[PoolName, ...] = ("labeled", "bootstrapped")
+TeacherName = Literal["labeled", "student"]
+TEACHERS: tuple[TeacherName, ...] = ("labeled", "student")
 #: Pools per predictor, by pool name: ``{predictor: {pool: [demo, ...]}}``.
 Pools = dict[str, dict[str, list[dict[str, Any]]]]
 
@@ -37,27 +44,59 @@ def demo_id(demo: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
 
+def as_demo(predictor: dspy.Predict, example: Any) -> dict[str, Any] | None:
+    """``example`` restricted to the predictor's fields, or None when it lacks all its inputs or all its outputs."""
+    inputs, outputs = list(predictor.signature.input_fields), list(predictor.signature.output_fields)
+    data = demo_to_dict(example)
+    if not any(f in data for f in inputs) or not any(f in data for f in outputs):
+        return None
+    return {f: data[f] for f in [*inputs, *outputs] if f in data}
+
+
 def labeled_pool(predictor: dspy.Predict, trainset: Sequence[dspy.Example]) -> list[dict[str, Any]]:
     """Training examples usable as demos of ``predictor``, restricted to its fields, without duplicates."""
-    inputs, outputs = list(predictor.signature.input_fields), list(predictor.signature.output_fields)
     pool: dict[str, dict[str, Any]] = {}
     for example in trainset:
-        data = demo_to_dict(example)
-        if not any(f in data for f in inputs) or not any(f in data for f in outputs):
-            continue
-        demo = {f: data[f] for f in [*inputs, *outputs] if f in data}
-        pool.setdefault(demo_id(demo), demo)
+        demo = as_demo(predictor, example)
+        if demo is not None:
+            pool.setdefault(demo_id(demo), demo)
     return list(pool.values())
 
 
-def bootstrap_pools(ctx: SearchContext, *, max_calls: int, threshold: float,
-                    max_per_predictor: int) -> dict[str, list[dict[str, Any]]]:
-    """Demos from the program's own passing runs on a shuffled trainset (``ctx.rng``), per predictor.
+def labeled_teacher(ctx: SearchContext, max_demos: int, seed: int) -> Callable[[dspy.Example], ProgramState]:
+    """BootstrapFewShot's default teacher: the program as given, each predictor that has no demos of
+    its own shown ``max_demos`` labeled demos (a seeded sample of its pool), never the example it runs on."""
+    order: dict[str, list[dict[str, Any]]] = {}
+    for name, predictor in ctx.predictors:
+        if ctx.initial_state[name].demos:
+            continue  # an already taught predictor keeps its demos (DSPy leaves a compiled teacher alone)
+        pool = labeled_pool(predictor, ctx.trainset)
+        random.Random(stable_int(seed, "teacher", name)).shuffle(pool)
+        order[name] = pool
+    predictors = dict(ctx.predictors)
 
+    def state_for(example: dspy.Example) -> ProgramState:
+        state = ctx.initial_state
+        for name, pool in order.items():
+            own = as_demo(predictors[name], example)
+            skip = demo_id(own) if own is not None else None
+            shown = [d for d in pool if demo_id(d) != skip][:max_demos]
+            state = state.replace(name, state[name].with_demos(shown))
+        return state
+
+    return state_for
+
+
+def bootstrap_pools(ctx: SearchContext, *, max_calls: int, threshold: float, max_per_predictor: int,
+                    teacher: Callable[[dspy.Example], ProgramState] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Demos from the teacher's passing runs on a shuffled trainset (``ctx.rng``), per predictor.
+
+    ``teacher`` gives the program state that runs each example (default: the program as given).
     Stops when ``max_calls`` task-model calls were spent here (an example already started is
     finished, so the cap can be passed by the calls of one batch) or every predictor has
     ``max_per_predictor`` demos.
     """
+    teacher = teacher or (lambda example: ctx.initial_state)
     names = [name for name, _ in ctx.predictors]
     found: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
     order = list(ctx.trainset)
@@ -67,8 +106,7 @@ def bootstrap_pools(ctx: SearchContext, *, max_calls: int, threshold: float,
     for i in range(0, len(order) if max_calls > 0 else 0, batch):
         if _task_calls(ctx) - start >= max_calls or all(len(found[n]) >= max_per_predictor for n in names):
             break
-        chunk = order[i:i + batch]
-        for outcome in ctx.scorer.evaluate(ctx.initial_state, chunk, desc="bootstrap"):
+        for outcome in _run_teacher(ctx, teacher, order[i:i + batch]):
             if outcome.failed or outcome.score < threshold:
                 continue
             for call in outcome.trace:
@@ -80,15 +118,30 @@ def bootstrap_pools(ctx: SearchContext, *, max_calls: int, threshold: float,
     return {name: list(demos.values()) for name, demos in found.items()}
 
 
+def _run_teacher(ctx: SearchContext, teacher: Callable[[dspy.Example], ProgramState],
+                 chunk: Sequence[dspy.Example]) -> list[Any]:
+    """The teacher's outcomes on ``chunk``, in order (examples that share a teacher state run together)."""
+    groups: dict[str, tuple[ProgramState, list[int]]] = {}
+    for i, example in enumerate(chunk):
+        state = teacher(example)
+        groups.setdefault(state.key(), (state, []))[1].append(i)
+    outcomes: list[Any] = [None] * len(chunk)
+    for state, positions in groups.values():
+        for i, outcome in zip(positions, ctx.scorer.evaluate(state, [chunk[i] for i in positions], desc="bootstrap")):
+            outcomes[i] = outcome
+    return outcomes
+
+
 def build_pools(ctx: SearchContext, pools: Sequence[PoolName], *, max_calls: int, threshold: float,
-                max_per_predictor: int) -> Pools:
-    """Every requested pool for every predictor (empty pools included)."""
+                max_per_predictor: int, teacher: Callable[[dspy.Example], ProgramState] | None = None) -> Pools:
+    """Every requested pool for every predictor (empty pools included); ``teacher`` as in :func:`bootstrap_pools`."""
     result: Pools = {name: {} for name, _ in ctx.predictors}
     if "labeled" in pools:
         for name, predictor in ctx.predictors:
             result[name]["labeled"] = labeled_pool(predictor, ctx.trainset)
     if "bootstrapped" in pools:
-        boot = bootstrap_pools(ctx, max_calls=max_calls, threshold=threshold, max_per_predictor=max_per_predictor)
+        boot = bootstrap_pools(ctx, max_calls=max_calls, threshold=threshold, max_per_predictor=max_per_predictor,
+                               teacher=teacher)
         for name in result:
             result[name]["bootstrapped"] = boot.get(name, [])
     return result

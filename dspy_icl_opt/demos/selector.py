@@ -23,7 +23,17 @@ from dspy_icl_opt._validation import check_int
 from dspy_icl_opt.demos.dynamic import ORDERS, Order, enable_dynamic_demos, restore_classes, select_indices, split_demos
 from dspy_icl_opt.demos.embeddings import LEXICAL, is_registered, register_embedder
 from dspy_icl_opt.demos.influence import fit_influence
-from dspy_icl_opt.demos.pools import POOLS, PoolName, Pools, build_pools, demo_id, largest_k
+from dspy_icl_opt.demos.pools import (
+    POOLS,
+    TEACHERS,
+    PoolName,
+    Pools,
+    TeacherName,
+    build_pools,
+    demo_id,
+    labeled_teacher,
+    largest_k,
+)
 from dspy_icl_opt.demos.strategies import (
     STRATEGIES,
     check_choices,
@@ -54,6 +64,7 @@ from dspy_icl_opt.demos.study import (
 from dspy_icl_opt.search import BudgetExhausted, ICLOptimizer, OptimizationReport, ProgramState, SearchContext
 from dspy_icl_opt.search.base import stable_int
 from dspy_icl_opt.search.scorer import Metric, Outcome, example_key
+from dspy_icl_opt.search.surgery import named_predictors, read_state
 
 #: Task-model calls spent at most on bootstrapping traces (an example already started is finished).
 DEFAULT_BOOTSTRAP_MAX_CALLS = 64
@@ -108,6 +119,11 @@ class DemoSelector(ICLOptimizer):
         orders: ``as_selected``, ``most_similar_last`` (per call), ``permutation``.
         bootstrap_max_calls: task-model calls spent at most on bootstrapping (default 64).
         bootstrap_threshold: a run whose score reaches this passes and gives demos (default 1.0).
+        bootstrap_teacher: who runs the training examples for the bootstrapped pool: ``"labeled"``
+            (default; the program as given, each predictor without demos of its own shown up to
+            ``max_demos`` labeled demos, never the example being run, as DSPy's BootstrapFewShot
+            does) or ``"student"`` (the program as given). ``compile(..., teacher=program)`` uses
+            a teacher program instead (same predictor names; it runs on the task model).
         minibatch_size: validation examples per intermediate value (default 8).
         minibatches_per_trial: minibatches a trial that is not pruned gets (default 4).
         pruner: ``"median"`` (default), ``"successive_halving"``, ``None`` or any Optuna pruner.
@@ -149,7 +165,7 @@ class DemoSelector(ICLOptimizer):
                  pools: Sequence[PoolName] = ("labeled", "bootstrapped"),
                  orders: Sequence[Order] = ("as_selected", "most_similar_last", "permutation"),
                  bootstrap_max_calls: int = DEFAULT_BOOTSTRAP_MAX_CALLS, bootstrap_threshold: float = 1.0,
-                 minibatch_size: int = 8, minibatches_per_trial: int = 4,
+                 bootstrap_teacher: TeacherName = "labeled", minibatch_size: int = 8, minibatches_per_trial: int = 4,
                  pruner: PrunerName | optuna.pruners.BasePruner | None = "median",
                  sampler: optuna.samplers.BaseSampler | None = None,
                  storage: str | optuna.storages.BaseStorage | None = None, study_name: str | None = None,
@@ -164,6 +180,11 @@ class DemoSelector(ICLOptimizer):
         self.strategies = check_choices("strategies", strategies, STRATEGIES)
         self.pools = check_choices("pools", pools, POOLS)
         self.orders = check_choices("orders", orders, ORDERS)
+        if bootstrap_teacher not in TEACHERS:
+            raise ValueError(f"`bootstrap_teacher` must be one of {list(TEACHERS)}, but got {bootstrap_teacher!r}. "
+                             "To bootstrap from a program of your own, pass it as compile(..., teacher=program).")
+        self.bootstrap_teacher: TeacherName = bootstrap_teacher
+        self._teacher_state: ProgramState | None = None
         self.influence = coerce_influence(influence)
         if "influence" in self.strategies and not self.influence:
             raise ValueError("The `influence` strategy needs a ranking: pass influence=report.extra['influence'] "
@@ -192,6 +213,8 @@ class DemoSelector(ICLOptimizer):
         return {"max_demos": self.max_demos, "n_trials": self.n_trials, "strategies": list(self.strategies),
                 "pools": list(self.pools), "orders": list(self.orders),
                 "bootstrap_max_calls": self.bootstrap_max_calls, "bootstrap_threshold": self.bootstrap_threshold,
+                "bootstrap_teacher": self.bootstrap_teacher if self._teacher_state is None
+                else f"program:{self._teacher_state.key()}",
                 "minibatch_size": self.minibatch_size, "minibatches_per_trial": self.minibatches_per_trial,
                 "pruner": self.pruner if isinstance(self.pruner, str) or self.pruner is None
                 else type(self.pruner).__name__,
@@ -199,6 +222,21 @@ class DemoSelector(ICLOptimizer):
                 "storage": redact(self.storage), "study_name": self.study_name, "embedder": self.embedder_name,
                 "influence": stable_int(sorted((p, e["id"]) for p, es in self.influence.items() for e in es)),
                 "top_k_full_eval": self.top_k_full_eval}
+
+    def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None,
+                teacher: dspy.Module | None = None, **kwargs: Any) -> dspy.Module:
+        """Search ``student``'s demos (see :meth:`ICLOptimizer.compile`).
+
+        Args:
+            teacher: a program with the same predictors as ``student`` whose passing runs fill the
+                bootstrapped pool (its instructions and demos; it runs on the task model and its
+                calls count as task calls). Default: ``bootstrap_teacher``.
+        """
+        self._teacher_state = None if teacher is None else _teacher_state(student, teacher)
+        try:
+            return super().compile(student, trainset=trainset, valset=valset, **kwargs)
+        finally:
+            self._teacher_state = None
 
     def _validate(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example]) -> None:
         names = {name for name, _ in student.named_predictors()}
@@ -265,7 +303,7 @@ class DemoSelector(ICLOptimizer):
             max_calls = min(max_calls, remaining // BOOTSTRAP_BUDGET_SHARE)
         pools, built = shared_pools(study, lambda: build_pools(
             ctx, self.pools, max_calls=max_calls, threshold=self.bootstrap_threshold,
-            max_per_predictor=BOOTSTRAP_POOL_FACTOR * self.max_demos))
+            max_per_predictor=BOOTSTRAP_POOL_FACTOR * self.max_demos, teacher=self._teacher(ctx)))
         if not built:
             logger.info("Using the demo pools stored in study {!r}", study.study_name)
         self.pools_ = pools
@@ -277,6 +315,15 @@ class DemoSelector(ICLOptimizer):
         enqueue_baselines(study, space)
         fields = {name: list(pred.signature.input_fields) for name, pred in ctx.predictors}
         return _Run(ctx=ctx, study=study, space=space, batches=batches, input_fields=fields)
+
+    def _teacher(self, ctx: SearchContext) -> Any:
+        """The program state that runs each training example when the bootstrapped pool is built."""
+        if self._teacher_state is not None:
+            fixed = self._teacher_state
+            return lambda example: fixed
+        if self.bootstrap_teacher == "labeled":
+            return labeled_teacher(ctx, self.max_demos, self.seed)
+        return None  # the program as given
 
     def _objective(self, run: _Run, trial: optuna.Trial) -> float:
         choices = {name: suggest(TrialSource(trial), name, run.space) for name in run.names}
@@ -444,6 +491,22 @@ def _default_study_name(ctx: SearchContext, seed: int, settings: dict[str, Any])
     """A name that is the same for the same program, trainset, seed and search space (so a rerun resumes)."""
     parts = [ctx.initial_state.key(), seed, sorted(settings.items()), *(example_key(ex) for ex in ctx.trainset)]
     return f"demoselector-{stable_int(*parts):08x}"
+
+
+def _teacher_state(student: dspy.Module, teacher: Any) -> ProgramState:
+    """The instructions and demos of a teacher program, checked against the student's predictors."""
+    if not isinstance(teacher, dspy.Module):
+        raise TypeError(f"`teacher` must be a dspy.Module with the student's predictors, but got "
+                        f"{type(teacher).__name__}. Pass e.g. an optimized copy of the student.")
+    wanted = [name for name, _ in named_predictors(student)]
+    found = [name for name, _ in named_predictors(teacher)]
+    if sorted(wanted) != sorted(found):
+        raise ValueError(f"`teacher` must have the student's predictors {wanted}, but it has {found}. "
+                         "Pass a copy of the student (e.g. another optimizer's output for it).")
+    if any(getattr(p, "lm", None) is not None for _, p in named_predictors(teacher)):
+        logger.warning("The teacher's predictors carry LMs of their own; DemoSelector runs the teacher on the task "
+                       "model (its instructions and demos are what it keeps).")
+    return read_state(teacher)
 
 
 def _embedder_name(embedder: Any) -> str:

@@ -120,27 +120,32 @@ def redact(url: Any) -> Any:
 
 
 def baseline_params(space: Space) -> list[dict[str, Any]]:
-    """The trials run first: zero-shot (``k = 0`` everywhere) and plain labeled demos (LabeledFewShot)."""
-    names = list(space.pools)
-    zero = {f"{n}/k": 0 for n in names}
-    labeled: dict[str, Any] = {}
-    for n in names:
-        size = len(space.pools[n].get("labeled") or [])
-        k = min(space.k_max[n], size)
-        labeled[f"{n}/k"] = k
+    """The trials run first: zero-shot (``k = 0`` everywhere), then the largest set of plain labeled
+    demos (LabeledFewShot) and of bootstrapped ones (BootstrapFewShot), when those pools hold any."""
+    zero = {f"{n}/k": 0 for n in space.pools}
+    sets = [_largest_set(space, pool) for pool in ("labeled", "bootstrapped")]
+    return [zero] + [params for params in sets if params != zero]
+
+
+def _largest_set(space: Space, pool: str) -> dict[str, Any]:
+    """Every predictor shows ``k_max`` demos of ``pool`` (fewer when the pool is smaller; none when empty)."""
+    params: dict[str, Any] = {}
+    for n in space.pools:
+        k = min(space.k_max[n], len(space.pools[n].get(pool) or []))
+        params[f"{n}/k"] = k
         if k == 0:
             continue
-        labeled[f"{n}/pool"] = "labeled"
+        params[f"{n}/pool"] = pool
         if "random" in space.strategies:
-            labeled.update({f"{n}/strategy": "random", f"{n}/random_seed": 0})
+            params.update({f"{n}/strategy": "random", f"{n}/random_seed": 0})
         elif "slots" in space.strategies:
-            labeled.update({f"{n}/strategy": "slots", **{f"{n}/labeled/slot{i}": i for i in range(k)}})
+            params.update({f"{n}/strategy": "slots", **{f"{n}/{pool}/slot{i}": i for i in range(k)}})
         else:
-            labeled[f"{n}/strategy"] = space.strategies[0]
+            params[f"{n}/strategy"] = space.strategies[0]
         if k > 1:
             order = "as_selected" if "as_selected" in space.orders else space.orders[0]
-            labeled.update({f"{n}/order": order, **({f"{n}/perm_seed": 0} if order == "permutation" else {})})
-    return [zero] + ([labeled] if labeled != zero else [])
+            params.update({f"{n}/order": order, **({f"{n}/perm_seed": 0} if order == "permutation" else {})})
+    return params
 
 
 def enqueue_baselines(study: optuna.Study, space: Space) -> None:

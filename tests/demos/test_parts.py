@@ -137,14 +137,20 @@ def test_suggested_choices_rebuild_from_params_and_give_valid_demos():
         study.tell(trial, 0.0)
 
 
-def test_baselines_are_zero_shot_then_labeled_and_respect_the_space():
-    zero, labeled = baseline_params(space())
+def test_baselines_are_zero_shot_then_the_largest_labeled_and_bootstrapped_sets():
+    zero, labeled = baseline_params(space())  # the bootstrapped pool is empty: no third baseline
     assert zero == {"self/k": 0}
     assert labeled == {"self/k": 3, "self/pool": "labeled", "self/strategy": "random", "self/random_seed": 0,
                        "self/order": "as_selected"}
     _, slots = baseline_params(space(strategies=("slots",), orders=("permutation",)))
     assert slots["self/labeled/slot2"] == 2 and slots["self/perm_seed"] == 0
-    assert baseline_params(space(pools={"self": {"labeled": [], "bootstrapped": POOL}})) == [{"self/k": 0}]
+    only_boot = baseline_params(space(pools={"self": {"labeled": [], "bootstrapped": POOL[:2]}}))
+    assert only_boot == [{"self/k": 0}, {"self/k": 2, "self/pool": "bootstrapped", "self/strategy": "random",
+                                         "self/random_seed": 0, "self/order": "as_selected"}]
+    both = baseline_params(space(pools={"self": {"labeled": POOL, "bootstrapped": POOL[:1]}}))
+    assert [b.get("self/pool") for b in both] == [None, "labeled", "bootstrapped"]
+    assert both[2]["self/k"] == 1 and "self/order" not in both[2]  # one demo: no order to choose
+    assert baseline_params(space(pools={"self": {"labeled": [], "bootstrapped": []}})) == [{"self/k": 0}]
 
 
 def test_k_curve_best_and_mean_per_k():

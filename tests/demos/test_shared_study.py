@@ -89,10 +89,10 @@ def test_a_second_compile_resumes_a_sqlite_study(tmp_path, two_teachers):
     study = selector.study_
     assert study.study_name.startswith("demoselector-")  # derived from program, trainset and seed
     assert [t.number for t in study.trials] == list(range(8))
-    assert sum(bool(t.user_attrs.get("icl_baseline")) for t in study.trials) == 2  # baselines not repeated
+    baselines = [t.number for t in study.trials if t.user_attrs.get("icl_baseline")]
+    assert baselines == [0, 1, 2]  # zero-shot, labeled, bootstrapped: queued once, not again on resume
     assert selector.report_.extra["study"] == {**selector.report_.extra["study"], "trials": 8, "trials_this_run": 4}
-    # The second run reuses the stored pools: it bootstraps nothing, so it never scores the uncompiled
-    # program on the trainset.
+    # The second run reuses the stored pools: it bootstraps nothing, so it never runs a training example.
     train_questions = {ex.question for ex in two_teachers.train}
     second_inputs = {call.view.inputs.get("question") for call in lms[1].engine.calls}
     assert not (train_questions & second_inputs)

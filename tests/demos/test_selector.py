@@ -298,3 +298,59 @@ def test_capped_search_still_validates_distinct_finalists(two_teachers):
     assert len(validated) == 3 and start in validated, \
         "the program as given and the two best distinct trials were validated on the whole valset"
     assert "val" in report.best_scores
+
+
+def bootstrap_views(lm, train):
+    """The requests the bootstrap made: the calls whose input is a training question."""
+    questions = {ex.question for ex in train}
+    return [call.view for call in lm.engine.calls if call.view.inputs.get("question") in questions]
+
+
+def test_the_labeled_teacher_bootstraps_what_the_student_alone_cannot_and_never_shows_the_example(two_teachers):
+    lm = two_teachers.lm()
+    lm.engine.knows = lambda view: bool(view.demos)  # right only with demos: the student alone fails every run
+    student = DemoSelector(two_teachers.metric, task_model=lm, max_demos=3, n_trials=1, bootstrap_teacher="student",
+                           progress=False)
+    student.compile(two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)
+    assert student.pools_["self"]["bootstrapped"] == []
+
+    lm = two_teachers.lm()
+    lm.engine.knows = lambda view: bool(view.demos)
+    labeled = DemoSelector(two_teachers.metric, task_model=lm, max_demos=3, n_trials=1, progress=False)
+    labeled.compile(two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)
+    assert len(labeled.pools_["self"]["bootstrapped"]) == 9  # 3 * max_demos, then the bootstrap stops
+    views = bootstrap_views(lm, two_teachers.train)
+    assert len(views) == 9 and all(len(v.demos) == 3 for v in views)
+    assert all(v.inputs["question"] not in {d.inputs["question"] for d in v.demos} for v in views)
+    assert labeled.report_.params["bootstrap_teacher"] == "labeled"
+
+
+def test_a_teacher_program_runs_the_bootstrap_and_a_wrong_one_is_refused(two_teachers):
+    lm = two_teachers.lm()
+    teacher = two_teachers.program("Reverse the word, letter by letter.")
+    teacher.demos = [dspy.Example(question="abc", answer="cba")]
+    selector = DemoSelector(two_teachers.metric, task_model=lm, max_demos=2, n_trials=1, progress=False)
+    selector.compile(two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val, teacher=teacher)
+    views = bootstrap_views(lm, two_teachers.train)
+    assert views and all(v.instruction == "Reverse the word, letter by letter." for v in views)
+    assert all([d.inputs["question"] for d in v.demos] == ["abc"] for v in views)
+    assert selector.report_.params["bootstrap_teacher"].startswith("program:")
+
+    with pytest.raises(ValueError, match="`teacher` must have the student's predictors"):
+        selector.compile(two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val,
+                         teacher=TwoSteps())
+    with pytest.raises(TypeError, match="`teacher` must be a dspy.Module"):
+        selector.compile(two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val,
+                         teacher="gpt-4o")
+    with pytest.raises(ValueError, match="`bootstrap_teacher` must be one of"):
+        DemoSelector(two_teachers.metric, bootstrap_teacher="teacher")
+
+
+def test_the_labeled_teacher_leaves_a_taught_predictor_its_own_demos(two_teachers):
+    lm = two_teachers.lm()
+    program = two_teachers.program()
+    program.demos = [dspy.Example(question="xyz", answer="zyx")]
+    selector = DemoSelector(two_teachers.metric, task_model=lm, max_demos=3, n_trials=1, progress=False)
+    selector.compile(program, trainset=two_teachers.train, valset=two_teachers.val)
+    views = bootstrap_views(lm, two_teachers.train)
+    assert views and all([d.inputs["question"] for d in v.demos] == ["xyz"] for v in views)

@@ -145,12 +145,13 @@ def _mipro(ctx: dict[str, Any]) -> dspy.Module:
                                  minibatch=False)
 
 
-def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[dspy.BaseLM, dspy.BaseLM]) -> dict:
+def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[dspy.BaseLM, dspy.BaseLM],
+               budget: int | None = None) -> dict:
     task = load_task(task_name, seed=args.seed, train_size=args.train, val_size=args.val, test_size=args.test)
     meter = BudgetMeter(Budget())
     task_lm, prompt_lm = MeteredLM(lms[0], meter, "task"), MeteredLM(lms[1], meter, "prompt")
     ctx = {"task": task, "program": make_program(args.program, task), "metric": task.metric, "train": task.train,
-           "val": task.val, "task_lm": task_lm, "prompt_lm": prompt_lm, "budget": args.budget, "seed": args.seed,
+           "val": task.val, "task_lm": task_lm, "prompt_lm": prompt_lm, "budget": budget or args.budget, "seed": args.seed,
            "prompt_budget": args.prompt_budget}
     started = time.perf_counter()
     try:
@@ -160,7 +161,7 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
     compile_s = time.perf_counter() - started
     spent = meter.snapshot()
     accuracy = evaluate(program, task.test, task.metric, lms[0])
-    row = {"task": task_name, "method": name, "test_accuracy": round(accuracy, 4),
+    row = {"task": task_name, "method": name, "test_accuracy": round(accuracy, 4), "budget": ctx["budget"],
            "task_calls": spent["task"].calls, "prompt_calls": spent["prompt"].calls,
            "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1)}
     if "report" in ctx:
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lm", default="embedded")
     parser.add_argument("--pivot", action="store_true", help="also print a method x task table of accuracy (task calls)")
+    parser.add_argument("--budget-from", default=None, metavar="FILE:METHOD",
+                        help="cap each task's --budget at the task calls METHOD's row for that task spent in FILE "
+                             "(e.g. results.jsonl:bfsrs), so a method gets no more calls than the reference did")
     parser.add_argument("--out", default=None,
                         help="append each row to this JSONL file as it finishes; rows already there are kept and "
                              "not run again, so an interrupted benchmark resumes")
@@ -198,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in args.methods.split(","):
             row = done.get((t, m))
             if row is None:
-                row = dict(run_method(m, t, args, (task_lm, prompt_lm)), commit=commit)
+                budget = _reference_budget(args.budget_from, t, args.budget)
+                row = dict(run_method(m, t, args, (task_lm, prompt_lm), budget), commit=commit)
                 _append_row(args.out, row)
             rows.append(row)
     print(render_table(rows))
@@ -216,6 +221,17 @@ def _read_rows(path: str | None) -> dict[tuple[str, str], dict]:
         return {}
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     return {(r["task"], r["method"]): r for r in rows}
+
+
+def _reference_budget(spec: str | None, task: str, budget: int) -> int:
+    """``budget``, or less: what the reference method's row for ``task`` spent (``FILE:METHOD``)."""
+    if not spec:
+        return budget
+    path, _, method = spec.rpartition(":")
+    row = _read_rows(path).get((task, method)) if path else None
+    if row is None or "task_calls" not in row:
+        raise SystemExit(f"--budget-from {spec}: no {method!r} row for task {task!r} in {path!r}; run it first.")
+    return min(budget, int(row["task_calls"]))
 
 
 def _append_row(path: str | None, row: dict) -> None:

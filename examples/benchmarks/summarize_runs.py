@@ -1,0 +1,79 @@
+"""Pool the rows of several ``bench_optimizers.py`` runs (one JSONL file per seed) and compare methods.
+
+No LM call: it reads the files. For every method it prints the mean test accuracy and task calls
+over every (seed, task) cell it has, and for each pair named with ``--pair A,B`` the cells both
+have: how often A is above, level with or below B, and the mean difference with its paired
+standard error. A file's seed is read from a ``seed<N>`` in its name (else the file's position).
+
+Run (the README's figures come from this command):
+    python examples/benchmarks/summarize_runs.py examples/benchmarks/results/run_e_seed*.jsonl \
+        --pair demos,bfsrs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def read_cells(paths: Sequence[str]) -> dict[tuple[str, str, str], dict]:
+    """``{(method, seed, task): row}`` from the files (a later file's row wins)."""
+    cells: dict[tuple[str, str, str], dict] = {}
+    for position, path in enumerate(paths):
+        match = re.search(r"seed(\d+)", Path(path).name)
+        seed = match.group(1) if match else str(position)
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if "skipped" not in row:
+                    cells[(row["method"], seed, row["task"])] = row
+    return cells
+
+
+def method_table(cells: dict[tuple[str, str, str], dict]) -> str:
+    methods = list(dict.fromkeys(m for m, _, _ in cells))
+    lines = ["| method | cells | mean test acc | mean task calls |", "|---|---|---|---|"]
+    for method in methods:
+        rows = [r for (m, _, _), r in cells.items() if m == method]
+        acc = sum(r["test_accuracy"] for r in rows) / len(rows)
+        calls = sum(r["task_calls"] for r in rows) / len(rows)
+        lines.append(f"| {method} | {len(rows)} | {acc:.3f} | {calls:.1f} |")
+    return "\n".join(lines)
+
+
+def pair_line(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> str:
+    both = sorted((s, t) for m, s, t in cells if m == a and (b, s, t) in cells)
+    if not both:
+        return f"{a} vs {b}: no cell has both"
+    diffs = [cells[(a, s, t)]["test_accuracy"] - cells[(b, s, t)]["test_accuracy"] for s, t in both]
+    calls = [cells[(a, s, t)]["task_calls"] - cells[(b, s, t)]["task_calls"] for s, t in both]
+    above, level = sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs)
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) if len(diffs) > 1 else 0.0
+    se = math.sqrt(var / len(diffs))
+    per_cell = ", ".join(f"seed {s} {t} {d:+.2f}" for (s, t), d in zip(both, diffs))
+    return (f"{a} vs {b} on {len(both)} cells: above {above}, level {level}, below {len(both) - above - level}; "
+            f"mean difference {mean:+.3f} (paired s.e. {se:.3f}); {a} spent {sum(calls) / len(calls):+.1f} task "
+            f"calls per cell against {b}\n  {per_cell}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", help="JSONL files written by bench_optimizers.py --out")
+    parser.add_argument("--pair", action="append", default=[], metavar="A,B", help="compare method A with B")
+    args = parser.parse_args(argv)
+    cells = read_cells(args.files)
+    print(method_table(cells))
+    for pair in args.pair:
+        a, _, b = pair.partition(",")
+        print()
+        print(pair_line(cells, a, b))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -166,3 +166,15 @@ def _fit_idf(texts: Sequence[str]) -> np.ndarray:
 def _unit(rows: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     return rows / np.where(norms > 0, norms, 1.0)
+
+
+def embedder_name(embedder: Any) -> str:
+    """The name an embedder is stored under: ``lexical``, a registered name, or the name it is registered as."""
+    if embedder is None or embedder == LEXICAL:
+        return LEXICAL
+    if isinstance(embedder, str):
+        if not is_registered(embedder):
+            raise ValueError(f"`embedder` {embedder!r} is not registered: call register_embedder(embedder, "
+                             f"name={embedder!r}) first, or pass the embedder itself.")
+        return embedder
+    return register_embedder(embedder)

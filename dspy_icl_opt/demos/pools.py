@@ -28,7 +28,7 @@ from loguru import logger
 
 from dspy_icl_opt.search import ProgramState, SearchContext
 from dspy_icl_opt.search.base import stable_int
-from dspy_icl_opt.search.surgery import demo_to_dict
+from dspy_icl_opt.search.surgery import demo_to_dict, named_predictors, read_state
 
 PoolName = Literal["labeled", "bootstrapped"]
 POOLS: tuple[PoolName, ...] = ("labeled", "bootstrapped")
@@ -85,6 +85,22 @@ def labeled_teacher(ctx: SearchContext, max_demos: int, seed: int) -> Callable[[
         return state
 
     return state_for
+
+
+def teacher_state(student: dspy.Module, teacher: Any) -> ProgramState:
+    """The instructions and demos of a teacher program, checked against the student's predictors."""
+    if not isinstance(teacher, dspy.Module):
+        raise TypeError(f"`teacher` must be a dspy.Module with the student's predictors, but got "
+                        f"{type(teacher).__name__}. Pass e.g. an optimized copy of the student.")
+    wanted = [name for name, _ in named_predictors(student)]
+    found = [name for name, _ in named_predictors(teacher)]
+    if sorted(wanted) != sorted(found):
+        raise ValueError(f"`teacher` must have the student's predictors {wanted}, but it has {found}. "
+                         "Pass a copy of the student (e.g. another optimizer's output for it).")
+    if any(getattr(p, "lm", None) is not None for _, p in named_predictors(teacher)):
+        logger.warning("The teacher's predictors carry LMs of their own; DemoSelector runs the teacher on the task "
+                       "model (its instructions and demos are what it keeps).")
+    return read_state(teacher)
 
 
 def bootstrap_pools(ctx: SearchContext, *, max_calls: int, threshold: float, max_per_predictor: int,

@@ -17,11 +17,11 @@ from typing import Any, NoReturn
 import dspy
 import optuna
 from loguru import logger
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from dspy_icl_opt._validation import check_int
 from dspy_icl_opt.demos.dynamic import ORDERS, Order, enable_dynamic_demos, restore_classes, select_indices, split_demos
-from dspy_icl_opt.demos.embeddings import LEXICAL, is_registered, register_embedder
+from dspy_icl_opt.demos.embeddings import embedder_name
 from dspy_icl_opt.demos.influence import fit_influence
 from dspy_icl_opt.demos.pools import (
     POOLS,
@@ -33,6 +33,7 @@ from dspy_icl_opt.demos.pools import (
     demo_id,
     labeled_teacher,
     largest_k,
+    teacher_state,
 )
 from dspy_icl_opt.demos.strategies import (
     STRATEGIES,
@@ -51,12 +52,14 @@ from dspy_icl_opt.demos.study import (
     PrunerName,
     check_optuna_object,
     check_settings,
+    default_study_name,
     enqueue_baselines,
     finished,
     k_curve,
     make_pruner,
     make_sampler,
     open_study,
+    ranked_trials,
     redact,
     shared_pools,
     summary,
@@ -64,7 +67,6 @@ from dspy_icl_opt.demos.study import (
 from dspy_icl_opt.search import BudgetExhausted, ICLOptimizer, OptimizationReport, ProgramState, SearchContext
 from dspy_icl_opt.search.base import stable_int
 from dspy_icl_opt.search.scorer import Metric, Outcome, example_key
-from dspy_icl_opt.search.surgery import named_predictors, read_state
 
 #: Task-model calls spent at most on bootstrapping traces (an example already started is finished).
 DEFAULT_BOOTSTRAP_MAX_CALLS = 64
@@ -198,7 +200,7 @@ class DemoSelector(ICLOptimizer):
         self.bootstrap_max_calls, self.bootstrap_threshold = bootstrap_max_calls, float(bootstrap_threshold)
         self.minibatch_size, self.minibatches_per_trial = minibatch_size, minibatches_per_trial
         self.pruner, self.sampler, self.storage, self.study_name = pruner, sampler, storage, study_name
-        self.embedder_name = _embedder_name(embedder)
+        self.embedder_name = embedder_name(embedder)
         self.top_k_full_eval = top_k_full_eval
         self.study_: optuna.Study | None = None
         self.pools_: Pools | None = None
@@ -232,7 +234,7 @@ class DemoSelector(ICLOptimizer):
                 bootstrapped pool (its instructions and demos; it runs on the task model and its
                 calls count as task calls). Default: ``bootstrap_teacher``.
         """
-        self._teacher_state = None if teacher is None else _teacher_state(student, teacher)
+        self._teacher_state = None if teacher is None else teacher_state(student, teacher)
         try:
             return super().compile(student, trainset=trainset, valset=valset, **kwargs)
         finally:
@@ -292,7 +294,7 @@ class DemoSelector(ICLOptimizer):
         shared = self.storage is not None
         settings = {"predictors": sorted(name for name, _ in ctx.predictors), "strategies": list(self.strategies),
                     "orders": list(self.orders), "pools": list(self.pools), "max_demos": self.max_demos}
-        name = self.study_name or (_default_study_name(ctx, self.seed, settings) if shared else None)
+        name = self.study_name or (default_study_name(ctx, self.seed, settings) if shared else None)
         study = open_study(storage=self.storage, study_name=name, sampler=make_sampler(self.sampler, self.seed, shared),
                            pruner=make_pruner(self.pruner))
         self.study_ = study
@@ -418,7 +420,7 @@ class DemoSelector(ICLOptimizer):
         """
         ctx = run.ctx
         records: list[Any] = []
-        for trial in _ranked(run.study):  # the best few *distinct* programs (several trials can build one)
+        for trial in ranked_trials(run.study):  # the best few *distinct* programs (several trials can build one)
             record = self._record_of(run, trial)
             if record is not None and all(record.id != r.id for r in records):
                 records.append(record)
@@ -466,16 +468,6 @@ class DemoSelector(ICLOptimizer):
         run.ctx.checkpoint()
 
 
-def _ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """Finished trials, best first (pruned ones, by their last value, only when none completed)."""
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    if complete:
-        return sorted(complete, key=lambda t: (-t.value, t.number))
-    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
-    return sorted(pruned, key=lambda t: (-t.intermediate_values[max(t.intermediate_values)], t.number))
-
-
 def _mean(outcomes: Sequence[Outcome]) -> float:
     return sum(o.score for o in outcomes) / len(outcomes) if outcomes else 0.0
 
@@ -485,36 +477,3 @@ def _exhausted(ctx: SearchContext) -> BudgetExhausted:
     if ctx.meter.remaining_calls("task") == 0:
         return BudgetExhausted("task", "call", budget.max_task_calls or 0)
     return BudgetExhausted("task", "token", budget.max_task_tokens or 0)
-
-
-def _default_study_name(ctx: SearchContext, seed: int, settings: dict[str, Any]) -> str:
-    """A name that is the same for the same program, trainset, seed and search space (so a rerun resumes)."""
-    parts = [ctx.initial_state.key(), seed, sorted(settings.items()), *(example_key(ex) for ex in ctx.trainset)]
-    return f"demoselector-{stable_int(*parts):08x}"
-
-
-def _teacher_state(student: dspy.Module, teacher: Any) -> ProgramState:
-    """The instructions and demos of a teacher program, checked against the student's predictors."""
-    if not isinstance(teacher, dspy.Module):
-        raise TypeError(f"`teacher` must be a dspy.Module with the student's predictors, but got "
-                        f"{type(teacher).__name__}. Pass e.g. an optimized copy of the student.")
-    wanted = [name for name, _ in named_predictors(student)]
-    found = [name for name, _ in named_predictors(teacher)]
-    if sorted(wanted) != sorted(found):
-        raise ValueError(f"`teacher` must have the student's predictors {wanted}, but it has {found}. "
-                         "Pass a copy of the student (e.g. another optimizer's output for it).")
-    if any(getattr(p, "lm", None) is not None for _, p in named_predictors(teacher)):
-        logger.warning("The teacher's predictors carry LMs of their own; DemoSelector runs the teacher on the task "
-                       "model (its instructions and demos are what it keeps).")
-    return read_state(teacher)
-
-
-def _embedder_name(embedder: Any) -> str:
-    if embedder is None or embedder == LEXICAL:
-        return LEXICAL
-    if isinstance(embedder, str):
-        if not is_registered(embedder):
-            raise ValueError(f"`embedder` {embedder!r} is not registered: call register_embedder(embedder, "
-                             f"name={embedder!r}) first, or pass the embedder itself.")
-        return embedder
-    return register_embedder(embedder)

@@ -23,7 +23,8 @@ from loguru import logger
 from optuna.trial import FrozenTrial, TrialState
 
 from dspy_icl_opt.demos.strategies import Space
-from dspy_icl_opt.search import stable_int
+from dspy_icl_opt.search import SearchContext, stable_int
+from dspy_icl_opt.search.scorer import example_key
 
 PrunerName = Literal["median", "successive_halving"]
 #: Trials that finish before the median pruner starts judging (Optuna's default).
@@ -228,3 +229,19 @@ def check_optuna_object(name: str, value: Any, base: type, allowed: tuple[Any, .
         options = ", ".join([*(repr(a) for a in allowed if not isinstance(a, type)),
                              *(a.__name__ for a in allowed if isinstance(a, type)), f"an optuna {base.__name__}"])
         raise ValueError(f"`{name}` must be None, {options}, but got {value!r}.")
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished trials, best first (pruned ones, by their last value, only when none completed)."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if complete:
+        return sorted(complete, key=lambda t: (-t.value, t.number))
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    return sorted(pruned, key=lambda t: (-t.intermediate_values[max(t.intermediate_values)], t.number))
+
+
+def default_study_name(ctx: SearchContext, seed: int, settings: dict[str, Any]) -> str:
+    """A name that is the same for the same program, trainset, seed and search space (so a rerun resumes)."""
+    parts = [ctx.initial_state.key(), seed, sorted(settings.items()), *(example_key(ex) for ex in ctx.trainset)]
+    return f"demoselector-{stable_int(*parts):08x}"

@@ -28,3 +28,28 @@ def check_int(name: str, value: Any, *, minimum: int, hint: str = "") -> int:
     if value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, but got {value!r}.{tail}")
     return value
+
+
+def check_number(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
+                 hint: str = "") -> float:
+    """Return ``value`` as a float if it is a real number (``bool`` excluded, NaN refused) within the bounds.
+
+    Example:
+        >>> check_number("temperature", 1, minimum=0)
+        1.0
+    """
+    tail = f" {hint}" if hint else ""
+    if minimum is not None and maximum is not None:
+        wanted = f"a number in [{minimum}, {maximum}]"
+    elif minimum is not None:
+        wanted = f"a number >= {minimum}"
+    elif maximum is not None:
+        wanted = f"a number <= {maximum}"
+    else:
+        wanted = "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be {wanted}, but got {type(value).__name__} {value!r}.{tail}")
+    inside = value == value and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    if not inside:
+        raise ValueError(f"`{name}` must be {wanted}, but got {value!r}.{tail}")
+    return float(value)

@@ -19,7 +19,7 @@ import optuna
 from loguru import logger
 from optuna.trial import FrozenTrial
 
-from dspy_icl_opt._validation import check_int
+from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.demos.dynamic import ORDERS, Order, enable_dynamic_demos, restore_classes, select_indices, split_demos
 from dspy_icl_opt.demos.embeddings import embedder_name
 from dspy_icl_opt.demos.influence import fit_influence
@@ -197,7 +197,9 @@ class DemoSelector(ICLOptimizer):
         if study_name is not None and (not isinstance(study_name, str) or not study_name):
             raise ValueError(f"`study_name` must be a non-empty string or None, but got {study_name!r}.")
         self.max_demos, self.n_trials = max_demos, n_trials
-        self.bootstrap_max_calls, self.bootstrap_threshold = bootstrap_max_calls, float(bootstrap_threshold)
+        self.bootstrap_max_calls = bootstrap_max_calls
+        self.bootstrap_threshold = check_number("bootstrap_threshold", bootstrap_threshold,
+                                                hint="A run scoring at least this gives demos; 1.0 keeps exact passes.")
         self.minibatch_size, self.minibatches_per_trial = minibatch_size, minibatches_per_trial
         self.pruner, self.sampler, self.storage, self.study_name = pruner, sampler, storage, study_name
         self.embedder_name = embedder_name(embedder)

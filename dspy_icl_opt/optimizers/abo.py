@@ -28,7 +28,7 @@ from typing import Any
 import dspy
 from loguru import logger
 
-from dspy_icl_opt._validation import check_int
+from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.optimizers.abo_prompts import (
     Demonstration,
     LocateFailingStep,
@@ -146,8 +146,7 @@ class ABO(ICLOptimizer):
         if not isinstance(demonstration, bool):
             raise TypeError(f"`demonstration` must be True or False, but got {demonstration!r}. "
                             "Pass demonstration=False for the paper's no-demonstration ablation.")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f"`temperature` must be a number >= 0, but got {temperature!r}. Try 1.0.")
+        check_number("temperature", temperature, minimum=0, hint="Try 1.0.")
         self.num_candidates = num_candidates
         self.rounds = rounds
         self.minibatch_size = minibatch_size

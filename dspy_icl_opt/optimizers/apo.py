@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 import dspy
 from loguru import logger
 
-from dspy_icl_opt._validation import check_int
+from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.optimizers.apo_prompts import (
     DiagnoseErrors,
     Failure,
@@ -379,9 +379,8 @@ def _check_options(paraphrase_model: Any, n_gradients: int, mc_samples_per_step:
     if evaluator not in get_args(Evaluator):
         raise ValueError(f"`evaluator` must be one of {get_args(Evaluator)}, but got {evaluator!r}. "
                          "Use 'ucb' (the paper's choice) when unsure.")
-    for name, value in (("c", c), ("temperature", temperature)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"`{name}` must be a number >= 0, but got {value!r}.")
+    check_number("c", c, minimum=0, hint="Use 1.0 (the reference default).")
+    check_number("temperature", temperature, minimum=0)
     if blame not in get_args(Blame):
         raise ValueError(f"`blame` must be one of {get_args(Blame)}, but got {blame!r}. Use 'trace' (the default) "
                          "to edit the predictor that produced the wrong answer.")

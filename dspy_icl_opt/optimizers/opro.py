@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args
 import dspy
 from loguru import logger
 
-from dspy_icl_opt._validation import check_int
+from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.optimizers.opro_prompts import (
     ProposeInstruction,
     TrajectoryEntry,
@@ -149,9 +149,9 @@ class OPRO(ICLOptimizer):
         check_int("max_instruction_chars", max_instruction_chars, minimum=1)
         _choice("exemplar_selection", exemplar_selection, get_args(ExemplarSelection))
         _choice("scoring", scoring, get_args(Scoring))
-        _number("temperature", temperature, 0.0, None)
-        _number("score_threshold", score_threshold, 0.0, 1.0)
-        _number("racing_alpha", racing_alpha, 0.0, 1.0)
+        check_number("temperature", temperature, minimum=0)
+        check_number("score_threshold", score_threshold, minimum=0, maximum=1)
+        check_number("racing_alpha", racing_alpha, minimum=0, maximum=1)
         if isinstance(positions, str):
             raise ValueError(f"`positions` must be a tuple of positions, but got the string {positions!r}. "
                              f"Pass positions=({positions!r},).")
@@ -413,14 +413,6 @@ def _map_copro_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
             raise TypeError(f"OPRO got an unexpected argument {key!r}. COPRO's breadth, depth and init_temperature "
                             f"map to {sorted(COPRO_ARGUMENTS.values())}; see help(OPRO) for the others.")
     return mapped
-
-
-def _number(name: str, value: Any, low: float, high: float | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a number, but got {value!r} ({type(value).__name__}).")
-    if value < low or (high is not None and value > high):
-        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"`{name}` must be {bounds}, but got {value}.")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from dspy_icl_opt._validation import check_int
+from dspy_icl_opt._validation import check_int, check_number
 
 K = TypeVar("K")
 Pull = Callable[[Any, list[int]], Sequence[float]]
@@ -184,8 +184,7 @@ class UCB(BestArmIdentifier):
         check_int("eval_rounds", eval_rounds, minimum=1)
         check_int("eval_prompts_per_round", eval_prompts_per_round, minimum=1)
         check_int("samples_per_eval", samples_per_eval, minimum=1)
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0:
-            raise ValueError(f"`c` must be a number >= 0, but got {c!r}. Use 1.0 (the reference default).")
+        check_number("c", c, minimum=0, hint="Use 1.0 (the reference default).")
         self.eval_rounds = eval_rounds
         self.eval_prompts_per_round = eval_prompts_per_round
         self.samples_per_eval = samples_per_eval

@@ -236,6 +236,8 @@ def test_settings_are_validated():
         DemoSelector(metric, max_demos=0)
     with pytest.raises(ValueError, match="storage"):
         DemoSelector(metric, storage=3)
+    with pytest.raises(TypeError, match="`bootstrap_threshold` must be a number, but got str"):
+        DemoSelector(metric, bootstrap_threshold="high")
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

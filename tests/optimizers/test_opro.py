@@ -212,7 +212,8 @@ def test_copro_drop_in():
     ({"positions": ("middle",)}, "`positions` must be distinct values"),
     ({"exemplar_selection": "best"}, "`exemplar_selection` must be one of"),
     ({"scoring": "half"}, "`scoring` must be one of"),
-    ({"racing_alpha": 1.5}, "`racing_alpha` must be in"),
+    ({"racing_alpha": 1.5}, "`racing_alpha` must be a number in [0, 1]"),
+    ({"temperature": float("nan")}, "`temperature` must be a number >= 0"),
 ])
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):

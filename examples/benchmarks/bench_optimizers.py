@@ -161,7 +161,8 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
     compile_s = time.perf_counter() - started
     spent = meter.snapshot()
     accuracy = evaluate(program, task.test, task.metric, lms[0])
-    row = {"task": task_name, "method": name, "test_accuracy": round(accuracy, 4), "budget": ctx["budget"],
+    row = {"task": task_name, "method": name, "seed": args.seed, "test_accuracy": round(accuracy, 4),
+           "budget": ctx["budget"],
            "task_calls": spent["task"].calls, "prompt_calls": spent["prompt"].calls,
            "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1)}
     if "report" in ctx:

@@ -3,7 +3,8 @@
 No LM call: it reads the files. For every method it prints the mean test accuracy and task calls
 over every (seed, task) cell it has, and for each pair named with ``--pair A,B`` the cells both
 have: how often A is above, level with or below B, and the mean difference with its paired
-standard error. A file's seed is read from a ``seed<N>`` in its name (else the file's position).
+standard error. A row's seed is its ``seed`` field, else a ``seed<N>`` in its file's name, else the
+file's name itself (so rows of different files never mix unless they name the same seed).
 
 Run (the README's figures come from this command):
     python examples/benchmarks/summarize_runs.py examples/benchmarks/results/run_e_seed*.jsonl \
@@ -23,14 +24,14 @@ from pathlib import Path
 def read_cells(paths: Sequence[str]) -> dict[tuple[str, str, str], dict]:
     """``{(method, seed, task): row}`` from the files (a later file's row wins)."""
     cells: dict[tuple[str, str, str], dict] = {}
-    for position, path in enumerate(paths):
+    for path in paths:
         match = re.search(r"seed(\d+)", Path(path).name)
-        seed = match.group(1) if match else str(position)
+        default = match.group(1) if match else Path(path).name
         for line in Path(path).read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
                 if "skipped" not in row:
-                    cells[(row["method"], seed, row["task"])] = row
+                    cells[(row["method"], str(row.get("seed", default)), row["task"])] = row
     return cells
 
 

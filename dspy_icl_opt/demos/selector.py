@@ -1,9 +1,9 @@
 """DemoSelector: an Optuna search over each predictor's few-shot demos; instructions are left alone.
 
 One trial picks, per predictor, how many demos (``k``, zero included), from which pool (labeled
-examples or the program's own passing traces), which ones (random, kNN of the input at inference
-time, MMR diversity, explicit slots, or an influence ranking from an earlier study) and in which
-order. A trial is scored on minibatches of the validation set; each minibatch's running mean is an
+examples or a teacher's passing traces), which ones (random, kNN of the input at inference time,
+MMR diversity, explicit slots, or an influence ranking from an earlier study) and in which order.
+The first trials are zero-shot, the largest labeled set and the largest bootstrapped set. A trial is scored on minibatches of the validation set; each minibatch's running mean is an
 intermediate value, so a pruner stops bad trials early. The best few trials are then scored on the
 whole validation set and the best of those wins (MIPROv2's minibatch-then-full idea, demos only).
 """
@@ -113,11 +113,11 @@ class DemoSelector(ICLOptimizer):
         metric: ``metric(example, prediction, trace=None)``, higher is better.
         max_demos: the largest ``k`` per predictor. A predictor whose largest pool is smaller gets
             ``k`` clamped to that pool's size, with a logged warning.
-        n_trials: trials this ``compile`` runs (the two baselines included; a resumed or shared
+        n_trials: trials this ``compile`` runs (the baselines included; a resumed or shared
             study keeps its earlier trials and adds these).
         strategies: how demos are chosen: ``random``, ``knn`` (per call, at inference time),
             ``mmr``, ``slots``, ``influence`` (needs ``influence=``).
-        pools: ``labeled`` (training examples) and/or ``bootstrapped`` (the program's passing runs).
+        pools: ``labeled`` (training examples) and/or ``bootstrapped`` (a teacher's passing runs).
         orders: ``as_selected``, ``most_similar_last`` (per call), ``permutation``.
         bootstrap_max_calls: task-model calls spent at most on bootstrapping (default 64).
         bootstrap_threshold: a run whose score reaches this passes and gives demos (default 1.0).

@@ -1,0 +1,54 @@
+"""The benchmark scripts' bookkeeping (no LM): pooling per-seed rows and the reference budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "examples" / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def row(task, method, acc, calls, **extra):
+    return {"task": task, "method": method, "test_accuracy": acc, "task_calls": calls, **extra}
+
+
+def test_rows_pool_by_seed_and_pairs_compare_cell_by_cell(tmp_path, capsys):
+    summarize = load("summarize_runs")
+    a = write(tmp_path / "run_seed0.jsonl", [row("t1", "demos", 0.5, 60), row("t1", "bfsrs", 0.4, 62),
+                                             row("t2", "demos", 0.3, 70), row("t2", "bfsrs", 0.3, 70)])
+    b = write(tmp_path / "other.jsonl", [row("t1", "demos", 0.2, 50, seed=1), row("t1", "bfsrs", 0.6, 50, seed=1),
+                                         row("t2", "demos", 0.9, 50), {"task": "t2", "method": "x", "skipped": "no"}])
+    cells = summarize.read_cells([a, b])
+    assert ("demos", "1", "t1") in cells and ("demos", "other.jsonl", "t2") in cells  # never mixed with seed 0
+    assert summarize.main([a, b, "--pair", "demos,bfsrs"]) == 0
+    out = capsys.readouterr().out
+    assert "| demos | 4 | 0.475 | 57.5 |" in out and "| bfsrs | 3 | 0.433 | 60.7 |" in out
+    assert "demos vs bfsrs on 3 cells: above 1, level 1, below 1; mean difference -0.100" in out
+    assert "demos spent -0.7 task calls per cell" in out
+
+
+def test_the_reference_budget_is_what_the_reference_row_spent(tmp_path):
+    bench = load("bench_optimizers")
+    ref = write(tmp_path / "ref.jsonl", [row("t1", "bfsrs", 0.4, 61)])
+    assert bench._reference_budget(f"{ref}:bfsrs", "t1", 80) == 61
+    assert bench._reference_budget(f"{ref}:bfsrs", "t1", 50) == 50  # never above --budget
+    assert bench._reference_budget(None, "t1", 80) == 80
+    with pytest.raises(SystemExit, match="no 'bfsrs' row for task 't2'"):
+        bench._reference_budget(f"{ref}:bfsrs", "t2", 80)

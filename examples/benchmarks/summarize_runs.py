@@ -2,7 +2,7 @@
 
 No LM call: it reads the files. For every method it prints the mean test accuracy and task calls
 over every (seed, task) cell it has, and for each pair named with ``--pair A,B`` the cells both
-have: how often A is above, level with or below B, and the mean difference with its paired
+have: a seed x task grid of both, how often A is above, level with or below B, and the mean difference with its paired
 standard error. A row's seed is its ``seed`` field, else a ``seed<N>`` in its file's name, else the
 file's name itself (so rows of different files never mix unless they name the same seed).
 
@@ -62,6 +62,20 @@ def pair_line(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> str:
             f"calls per cell against {b}\n  {per_cell}")
 
 
+def pair_grid(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> str:
+    """One line per seed, one column per task: ``A / B`` test accuracy (task calls)."""
+    seeds = sorted({s for m, s, _ in cells if m in (a, b)}, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
+    tasks = list(dict.fromkeys(t for m, _, t in cells if m in (a, b)))
+
+    def cell(seed: str, task: str) -> str:
+        parts = [cells.get((m, seed, task)) for m in (a, b)]
+        return " / ".join("-" if r is None else f"{r['test_accuracy']:.2f} ({r['task_calls']})" for r in parts)
+
+    lines = ["| seed | " + " | ".join(f"{t}: {a} / {b}" for t in tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    lines += [f"| {seed} | " + " | ".join(cell(seed, t) for t in tasks) + " |" for seed in seeds]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", help="JSONL files written by bench_optimizers.py --out")
@@ -71,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     print(method_table(cells))
     for pair in args.pair:
         a, _, b = pair.partition(",")
+        print()
+        print(pair_grid(cells, a, b))
         print()
         print(pair_line(cells, a, b))
     return 0

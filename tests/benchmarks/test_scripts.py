@@ -42,6 +42,8 @@ def test_rows_pool_by_seed_and_pairs_compare_cell_by_cell(tmp_path, capsys):
     assert "| demos | 4 | 0.475 | 57.5 |" in out and "| bfsrs | 3 | 0.433 | 60.7 |" in out
     assert "demos vs bfsrs on 3 cells: above 1, level 1, below 1; mean difference -0.100" in out
     assert "demos spent -0.7 task calls per cell" in out
+    assert "| 0 | 0.50 (60) / 0.40 (62) | 0.30 (70) / 0.30 (70) |" in out  # the seed x task grid
+    assert "| 1 | 0.20 (50) / 0.60 (50) | - / - |" in out
 
 
 def test_the_reference_budget_is_what_the_reference_row_spent(tmp_path):

@@ -151,7 +151,8 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
     meter = BudgetMeter(Budget())
     task_lm, prompt_lm = MeteredLM(lms[0], meter, "task"), MeteredLM(lms[1], meter, "prompt")
     ctx = {"task": task, "program": make_program(args.program, task), "metric": task.metric, "train": task.train,
-           "val": task.val, "task_lm": task_lm, "prompt_lm": prompt_lm, "budget": budget or args.budget, "seed": args.seed,
+           "val": task.val, "task_lm": task_lm, "prompt_lm": prompt_lm, "seed": args.seed,
+           "budget": args.budget if budget is None else budget,
            "prompt_budget": args.prompt_budget}
     started = time.perf_counter()
     try:

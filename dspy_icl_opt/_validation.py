@@ -6,6 +6,7 @@ type raises ``TypeError``; a value of the right type out of range raises ``Value
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -49,7 +50,7 @@ def check_number(name: str, value: Any, *, minimum: float | None = None, maximum
         wanted = "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be {wanted}, but got {type(value).__name__} {value!r}.{tail}")
-    inside = value == value and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
-    if not inside:
+    inside = (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    if math.isnan(value) or not inside:
         raise ValueError(f"`{name}` must be {wanted}, but got {value!r}.{tail}")
     return float(value)

@@ -66,11 +66,11 @@ def labeled_pool(predictor: dspy.Predict, trainset: Sequence[dspy.Example]) -> l
 def labeled_teacher(ctx: SearchContext, max_demos: int, seed: int) -> Callable[[dspy.Example], ProgramState]:
     """BootstrapFewShot's default teacher: the program as given, each predictor that has no demos of
     its own shown ``max_demos`` labeled demos (a seeded sample of its pool), never the example it runs on."""
-    order: dict[str, list[dict[str, Any]]] = {}
+    order: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # per predictor: (demo id, demo), shuffled
     for name, predictor in ctx.predictors:
         if ctx.initial_state[name].demos:
             continue  # an already taught predictor keeps its demos (DSPy leaves a compiled teacher alone)
-        pool = labeled_pool(predictor, ctx.trainset)
+        pool = [(demo_id(d), d) for d in labeled_pool(predictor, ctx.trainset)]
         random.Random(stable_int(seed, "teacher", name)).shuffle(pool)
         order[name] = pool
     predictors = dict(ctx.predictors)
@@ -80,7 +80,7 @@ def labeled_teacher(ctx: SearchContext, max_demos: int, seed: int) -> Callable[[
         for name, pool in order.items():
             own = as_demo(predictors[name], example)
             skip = demo_id(own) if own is not None else None
-            shown = [d for d in pool if demo_id(d) != skip][:max_demos]
+            shown = [d for i, d in pool if i != skip][:max_demos]
             state = state.replace(name, state[name].with_demos(shown))
         return state
 

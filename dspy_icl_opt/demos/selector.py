@@ -3,9 +3,10 @@
 One trial picks, per predictor, how many demos (``k``, zero included), from which pool (labeled
 examples or a teacher's passing traces), which ones (random, kNN of the input at inference time,
 MMR diversity, explicit slots, or an influence ranking from an earlier study) and in which order.
-The first trials are zero-shot, the largest labeled set and the largest bootstrapped set. A trial is scored on minibatches of the validation set; each minibatch's running mean is an
-intermediate value, so a pruner stops bad trials early. The best few trials are then scored on the
-whole validation set and the best of those wins (MIPROv2's minibatch-then-full idea, demos only).
+The first trials are zero-shot, the largest labeled set and the largest bootstrapped set. A trial
+is scored on minibatches of the validation set; each minibatch's running mean is an intermediate
+value, so a pruner stops bad trials early. The best few trials are then scored on the whole
+validation set and the best of those wins (MIPROv2's minibatch-then-full idea, demos only).
 """
 
 from __future__ import annotations

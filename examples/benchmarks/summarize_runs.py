@@ -2,13 +2,14 @@
 
 No LM call: it reads the files. For every method it prints the mean test accuracy and task calls
 over every (seed, task) cell it has, and for each pair named with ``--pair A,B`` the cells both
-have: a seed x task grid of both, how often A is above, level with or below B, and the mean difference with its paired
-standard error. A row's seed is its ``seed`` field, else a ``seed<N>`` in its file's name, else the
-file's name itself (so rows of different files never mix unless they name the same seed).
+have: a seed x task grid of both, how often A is above, level with or below B, and the mean
+difference with its paired standard error. A row's seed is its ``seed`` field, else a ``seed<N>``
+in its file's name, else the file's name itself (so rows of different files never mix unless they
+name the same seed).
 
 Run (the README's figures come from this command):
     python examples/benchmarks/summarize_runs.py examples/benchmarks/results/run_e_seed*.jsonl \
-        --pair demos,bfsrs
+        --pair demos,bfsrs --pair demos,uncompiled --pair bfsrs,uncompiled
 """
 
 from __future__ import annotations

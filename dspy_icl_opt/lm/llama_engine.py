@@ -90,9 +90,13 @@ class LlamaCppEngine:
 
     Sampling: ``temperature`` defaults to 0.0 (greedy) and ``max_tokens`` to 512
     when the request leaves them unset. At temperature > 0 each call gets its own
-    seed derived from the base seed (the request's ``seed``, else the engine's)
-    and a per-engine call counter, so DSPy's ``n > 1`` fan-out (n calls with the
-    same request) yields different samples, reproducibly for a given seed.
+    seed derived from the base seed and a counter, so DSPy's ``n > 1`` fan-out
+    (n calls with the same request) yields different samples. With a request
+    ``seed`` the counter is per seed value (the k-th call with seed s samples
+    with ``derive_seed(s, k)``), so a call's sample depends only on its own seed
+    and never on how many other calls came first: a resumed run that asks the
+    remaining questions with the same seeds samples what the uninterrupted run
+    did. Without one, the engine's seed and a per-engine call counter are used.
 
     Args:
         model_path: Path of the GGUF file.
@@ -147,6 +151,7 @@ class LlamaCppEngine:
         self._llama = llama
         self._injected = shared_for_injected(llama) if llama is not None else None
         self._calls = 0
+        self._seed_uses: dict[int, int] = {}
         self._calls_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -195,11 +200,18 @@ class LlamaCppEngine:
         """
         return self._model().llama
 
-    def _call_seed(self, base: int, *, temperature: float) -> int:
+    def _call_seed(self, base: int, *, temperature: float, explicit: bool = False) -> int:
         if temperature <= 0:
             return base
         with self._calls_lock:
-            index, self._calls = self._calls, self._calls + 1
+            if explicit:
+                uses = getattr(self, "_seed_uses", None)
+                if uses is None:
+                    uses = self._seed_uses = {}
+                index = uses.get(base, 0)
+                uses[base] = index + 1
+            else:
+                index, self._calls = self._calls, self._calls + 1
         return derive_seed(base, call_index=index)
 
     def completion_kwargs(self, request: Request) -> dict[str, Any]:
@@ -228,7 +240,7 @@ class LlamaCppEngine:
             "max_tokens": DEFAULT_MAX_TOKENS if config.max_tokens is None else config.max_tokens,
             "top_p": DEFAULT_TOP_P if config.top_p is None else config.top_p,
             "stop": list(config.stop),
-            "seed": self._call_seed(base_seed, temperature=temperature),
+            "seed": self._call_seed(base_seed, temperature=temperature, explicit=config.seed is not None),
         }
         optional = {"top_k": config.top_k, "presence_penalty": config.presence_penalty,
                     "frequency_penalty": config.frequency_penalty,

@@ -26,6 +26,8 @@ from loguru import logger
 from dspy_icl_opt._validation import check_int
 from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
+from dspy_icl_opt.search.meta import MetaPromptAdapter
+from dspy_icl_opt.search.plan import SearchPlan, Shape
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
 from dspy_icl_opt.search.scorer import Metric, Outcome, Scorer, example_key
 from dspy_icl_opt.search.surgery import ProgramState, named_predictors, read_state
@@ -34,6 +36,8 @@ from dspy_icl_opt.search.surgery import ProgramState, named_predictors, read_sta
 _DIGEST_CHARS = 16
 #: The score label of the final comparison on the valset (every strategy's choice is made on it).
 VAL_LABEL = "val"
+#: A finalist replaces the start only if its paired validation gain is at least this many standard errors.
+VALIDATION_Z = 1.5
 #: Below this many training examples, no validation split is held back (both roles use trainset).
 MIN_EXAMPLES_TO_SPLIT = 8
 
@@ -42,6 +46,19 @@ def stable_int(*parts: Any) -> int:
     """A reproducible 32-bit integer from any parts (Python's hash() is salted per process)."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).hexdigest()
     return int(digest[:8], 16)  # 8 hex characters = 32 bits
+
+
+def paired_gain(scores: Sequence[float], baseline: Sequence[float]) -> tuple[float, float]:
+    """Mean of ``scores - baseline`` (same examples, in order) and its standard error."""
+    diffs = [a - b for a, b in zip(scores, baseline)]
+    n = len(diffs)
+    if n == 0:
+        return 0.0, 0.0
+    mean = sum(diffs) / n
+    if n == 1:
+        return mean, 0.0
+    variance = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    return mean, (variance / n) ** 0.5
 
 
 def check_examples(name: str, examples: Any, student: dspy.Module) -> list[dspy.Example]:
@@ -100,6 +117,9 @@ class SearchContext:
                              failure_score=optimizer.failure_score, progress=optimizer.progress)
         self._by_key: dict[str, CandidateRecord] = {}
         self._t0 = time.perf_counter()
+        #: how many of the valset's examples the final choice uses (the plan may cut them to fit the cap)
+        self.validation_examples = len(valset)
+        self.plan: SearchPlan | None = None
 
     # ----------------------------------------------------------------------------- candidates
     def add_candidate(self, state: ProgramState, *, step: int, origin: str, predictor: str | None = None,
@@ -140,28 +160,54 @@ class SearchContext:
 
     def choose_by_validation(self, finalists: Sequence[CandidateRecord], *,
                              tiebreak: Callable[[CandidateRecord], tuple] = lambda record: ()) -> CandidateRecord:
-        """Score the program as it was given and ``finalists`` on the valset, and make the best the result.
+        """Validate the program as it was given and ``finalists``, and keep a finalist only if it is surely better.
 
-        The starting program always competes, whatever the search thought of it, so a compiled
-        program never scores below the student on ``valset``; a tie keeps the student (then
-        ``tiebreak``, then the earliest record). It is scored first: its pairs are often cached
-        already. The best so far is set after every validation, so a budget that ends here keeps
-        what was validated; `BudgetExhausted` propagates. Hold back one validation more than the
-        finalists for it (``search_phase(validation_calls=...)``).
+        The start is validated first (its pairs are often cached) and is the result unless a finalist
+        beats it on the same validation examples by a paired test: mean difference above zero and at
+        least ``VALIDATION_Z`` paired standard errors (:func:`paired_gain`). Among the finalists that
+        pass, the best mean wins (then ``tiebreak``, then the earliest). The validation examples are
+        the first ``validation_examples`` of the valset (all of it unless the plan cut them), or more
+        when the budget left pays for them (:meth:`_validation_size`). The best
+        so far is set after every validation, so a budget that ends here keeps what was validated;
+        `BudgetExhausted` propagates. What the choice was based on goes to ``report.extra["final_choice"]``.
         """
         start = self.add_candidate(self.initial_state, step=0, origin="seed")
         contenders = [start, *(record for record in finalists if record.id != start.id)]
-
-        def rank(record: CandidateRecord) -> tuple:
-            return (record.scores[VAL_LABEL], record.id == start.id, *tiebreak(record), -record.id)
-
+        examples = self.valset[: self._validation_size(len(contenders))]
+        scores: dict[int, list[float]] = {}
+        table: list[dict[str, Any]] = []
+        choice = {"rule": f"paired: mean gain > 0 and >= {VALIDATION_Z} standard errors over the start",
+                  "examples": len(examples), "start": start.id, "contenders": table, "chosen": start.id}
+        self.report.extra["final_choice"] = choice
+        self.set_best(start)
         best = start
         for record in contenders:
-            self.score(record, self.valset, VAL_LABEL)
-            best = max((r for r in contenders if VAL_LABEL in r.scores), key=rank)
+            outcomes = self.scorer.evaluate(self.state_of(record), examples, desc=f"{VAL_LABEL} #{record.id}")
+            self.record_outcomes(record, outcomes, VAL_LABEL)
+            scores[record.id] = [o.score for o in outcomes]
+            gain, se = paired_gain(scores[record.id], scores[start.id])
+            passed = record.id != start.id and gain > 0 and gain >= VALIDATION_Z * se
+            table.append({"candidate": record.id, "val": record.scores[VAL_LABEL], "gain": round(gain, 6),
+                          "se": round(se, 6), "passed": passed})
+            if passed and (best.id == start.id or (record.scores[VAL_LABEL], *tiebreak(record), -record.id)
+                           > (best.scores[VAL_LABEL], *tiebreak(best), -best.id)):
+                best = record
+            choice["chosen"] = best.id
             self.set_best(best)
             self.checkpoint()
+        logger.info("Final choice on {} validation examples: candidate {} (val {:.3f}; the start {:.3f})",
+                    len(examples), best.id, best.scores[VAL_LABEL], start.scores[VAL_LABEL])
         return best
+
+    def _validation_size(self, contenders: int) -> int:
+        """The planned validation examples, or more when the budget left pays for them (fewer finalists
+        than planned, or a search that spent less): every saved call makes the final choice surer."""
+        size = min(self.validation_examples, len(self.valset))
+        remaining = self.meter.remaining_calls("task")
+        if remaining is None:
+            return len(self.valset)
+        affordable = remaining // max(1, contenders * len(self.predictors))
+        return max(size, min(len(self.valset), affordable))
 
     # ------------------------------------------------------------------------- prompt model
     def ask(self, signature: type[dspy.Signature], *, key: str, temperature: float | None = None,
@@ -181,6 +227,8 @@ class SearchContext:
         cost = (record or {}).get("cost") or {}
         spent = Cost(int(cost.get("calls", 0)), int(cost.get("tokens", 0)))
         answer = None
+        stats = self.report.extra.setdefault("meta_prompts", {}).setdefault(
+            signature.__name__, {"answers": 0, "usable": 0, "unusable": 0})
         for attempt in range(first, self.optimizer.max_retries + 1):
             try:
                 answer = self._ask_once(signature, key, attempt, temperature, max_tokens, inputs, spent)
@@ -188,8 +236,11 @@ class SearchContext:
                 self.journal.put("ask", key, {"outputs": None, "incomplete": True, "attempts": attempt,
                                               "cost": {"calls": spent.calls, "tokens": spent.tokens}})
                 raise
+            stats["answers"] += 1
             if answer is not None and (validate is None or validate(answer)):
+                stats["usable"] += 1
                 break
+            stats["unusable"] += 1
             if answer is not None:
                 self.report.counters.unparsable_answers += 1
                 logger.debug("Answer to {} rejected by its validator: {}", key, answer)
@@ -209,10 +260,11 @@ class SearchContext:
         if max_tokens is not None:
             config["max_tokens"] = max_tokens
         if attempt > 0 or (temperature or 0) > 0:
-            config["rollout_id"] = stable_int(self.optimizer.seed, key, attempt)
+            # the sample depends on the journal key, never on how many calls came before (exact replay)
+            config["rollout_id"] = config["seed"] = stable_int(self.optimizer.seed, key, attempt)
         with collect_cost() as cost:
             try:
-                with dspy.context(lm=self.prompt_lm):
+                with dspy.context(lm=self.prompt_lm, adapter=MetaPromptAdapter()):
                     return dspy.Predict(signature)(**inputs, config=config)
             except BudgetExhausted:
                 raise
@@ -228,16 +280,20 @@ class SearchContext:
 
     # ------------------------------------------------------------------------------ budget
     @contextmanager
-    def search_phase(self, *, validation_calls: int, first_cost: int) -> Iterator[None]:
+    def search_phase(self, *, validation_calls: int, first_cost: int | None = None) -> Iterator[None]:
         """Run the search part of a strategy so that its final validation keeps its budget.
 
-        The task calls ``validation_calls`` are held back while the block runs (when the budget
-        can also pay ``first_cost``, the cost of scoring the seed; otherwise nothing is held), and
+        The task calls ``validation_calls`` are held back while the block runs (with ``first_cost``,
+        the cost of scoring the seed, only when the budget can pay both; without it, always, up to
+        what is left), and
         a task or prompt budget running out inside the block ends the block, not the run: the
         strategy then validates what it found.
         """
         remaining = self.meter.remaining_calls("task")
-        held = validation_calls if remaining is not None and remaining >= validation_calls + first_cost else 0
+        if first_cost is None:  # hold back the final validation whatever it leaves the search (the plan sized it)
+            held = min(validation_calls, remaining) if remaining is not None else 0
+        else:
+            held = validation_calls if remaining is not None and remaining >= validation_calls + first_cost else 0
         if held:
             self.meter.reserve("task", held)
         try:
@@ -312,6 +368,30 @@ class ICLOptimizer(Teleprompter):
     def _search(self, ctx: SearchContext) -> None:
         raise NotImplementedError
 
+    def _plan(self, shape: Shape) -> SearchPlan | None:
+        """The strategy's schedule for ``shape`` (no LM call); ``None`` if it does not plan."""
+        return None
+
+    # ------------------------------------------------------------------------------- plan
+    def plan(self, student: dspy.Module, *, trainset: list[dspy.Example],
+             valset: list[dspy.Example] | None = None) -> SearchPlan:
+        """How ``compile`` with the same arguments would spend the budget, computed without any LM call.
+
+        Returns:
+            A :class:`~dspy_icl_opt.search.plan.SearchPlan`: steps, per-step sizes and the projected
+            task and prompt calls per phase (``print(plan.render())``).
+
+        Example:
+            >>> # print(OPRO(metric, budget={"max_task_calls": 400}).plan(program, trainset=train).render())
+        """
+        named = named_predictors(student)
+        trainset = check_examples("trainset", trainset, student)
+        trainset, valset = self._split(trainset, valset, student)
+        plan = self._plan(Shape.of(self.budget, len(trainset), len(valset), len(named)))
+        if plan is None:
+            raise NotImplementedError(f"{type(self).__name__} does not plan its search ahead.")
+        return plan
+
     def _validate(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example]) -> None:
         """Extra checks a strategy needs on the data (called before any LM call)."""
 
@@ -338,6 +418,12 @@ class ICLOptimizer(Teleprompter):
         ctx = self._context(student.deepcopy(), trainset, valset, run_dir, resume)
         logger.info("{}: {} predictor(s), {} train / {} val examples, budget {}", type(self).__name__,
                     len(ctx.predictors), len(trainset), len(valset), self.budget.model_dump(exclude_none=True))
+        plan = self._plan(Shape.of(self.budget, len(trainset), len(valset), len(ctx.predictors)))
+        if plan is not None:
+            ctx.plan = plan
+            ctx.validation_examples = int(plan.settings.get("validation_examples", len(valset)))
+            ctx.report.extra["plan"] = plan.to_dict()
+            logger.info("{}", plan.render())
         ctx.checkpoint()  # the report exists from the start, so a crash before step 1 can be resumed safely
         try:
             self._search(ctx)

@@ -44,6 +44,7 @@ class Counters(BaseModel):
     program_errors: int = 0
     unparsable_answers: int = 0
     prompt_model_errors: int = 0
+    task_parse_failures: int = 0
 
 
 class OptimizationReport(BaseModel):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
+from dspy.utils.exceptions import AdapterParseError
 from loguru import logger
 from tqdm.auto import tqdm
 
@@ -31,6 +32,8 @@ from dspy_icl_opt.search.surgery import ProgramState, apply_state, demo_to_dict,
 
 Metric = Callable[..., Any]
 
+#: The error prefix of an answer the adapter could not parse.
+PARSE_ERROR = "parse:"
 #: Program copies kept ready for reuse; states are revisited in bandits and racing.
 _PROGRAM_CACHE_SIZE = 64
 #: Evaluations of fewer examples than this show no progress bar (it would only flicker).
@@ -51,10 +54,16 @@ class Outcome:
     prediction: dict[str, Any] = field(default_factory=dict)
     trace: tuple[dict[str, Any], ...] = ()
     error: str | None = None
+    raw: str | None = None  # what the model wrote, when the adapter could not read it
 
     @property
     def failed(self) -> bool:
         return self.error is not None
+
+    @property
+    def unparsable(self) -> bool:
+        """The model answered, but not in the format the adapter reads (an outcome worth showing an optimizer)."""
+        return self.error is not None and self.error.startswith(PARSE_ERROR)
 
 
 def metric_value(result: Any) -> float:
@@ -137,7 +146,7 @@ class Scorer:
         if cost is not None and cost.calls:
             self.meter.charge("task", cost)
         return Outcome(record["score"], record.get("prediction") or {}, tuple(record.get("trace") or ()),
-                       record.get("error"))
+                       record.get("error"), record.get("raw"))
 
     def _program(self, state: ProgramState) -> tuple[dspy.Module, dict[int, str]]:
         skey = state.key()
@@ -172,7 +181,7 @@ class Scorer:
                 return
             self.journal.put("score", keys[i], {
                 "score": outcome.score, "prediction": outcome.prediction, "trace": list(outcome.trace),
-                "error": outcome.error, "cost": {"calls": cost.calls, "tokens": cost.tokens}})
+                "error": outcome.error, "raw": outcome.raw, "cost": {"calls": cost.calls, "tokens": cost.tokens}})
             results[i] = outcome
             bar.update(1)
 
@@ -195,6 +204,10 @@ class Scorer:
             prediction, trace, error = self._call_program(program, names, example)
             if cost.refused is not None:  # the program swallowed a refusal: its answer is incomplete
                 raise cost.refused
+            if isinstance(error, AdapterParseError):
+                self._count("task_parse_failures")
+                return Outcome(self.failure_score, {}, trace, f"{PARSE_ERROR} {_short(error)}",
+                               str(error.lm_response or "")), cost
             if error is not None:
                 return Outcome(self.failure_score, {}, trace, error), cost
             try:
@@ -226,11 +239,20 @@ class Scorer:
                 )
         except BudgetExhausted:
             raise
+        except AdapterParseError as exc:  # the model answered in a format the adapter cannot read: an outcome
+            logger.debug("Unparsable task-model answer: {}", exc.lm_response)
+            return None, (), exc
         except Exception as exc:  # an LM failure or a bug in the program: count, log, score as failure
             self._count("program_errors")
             logger.warning("Program raised {} on an example: {}", type(exc).__name__, exc)
             return None, (), f"program: {exc!r}"
         return prediction, trace, None
+
+
+def _short(error: AdapterParseError) -> str:
+    """The parse error's first line, without the echoed response."""
+    names = list(getattr(error.signature, "output_fields", {}) or {})
+    return f"expected the output field(s) {names}"
 
 
 def _pred_dict(prediction: Any) -> dict[str, Any]:

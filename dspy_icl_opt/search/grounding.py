@@ -1,0 +1,96 @@
+"""Grounding: what the data says about a task, for proposers and for one deterministic candidate.
+
+MIPROv2 gives its proposer a summary of the data and the program. A small prompt model needs it more:
+left alone it writes instructions from its prior. :func:`data_summary` says, per output field, which
+answers the labels use (``one of: (A), (B), (C)``, ``an integer``, ``a short phrase``), and
+:func:`format_instruction` turns that into one candidate every instruction strategy scores in its
+first step: the instruction as given plus a sentence naming the answer space. It is deterministic
+(no LM call) and fixes the error a small task model makes most (the right idea in the wrong format).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import dspy
+
+#: At most this many distinct label values are listed as the answer space.
+MAX_LISTED_VALUES = 12
+#: Labels are listed only when they repeat: at most this share of the examples may be distinct values.
+LISTED_SHARE = 0.5
+#: Example values quoted for free-form answers.
+QUOTED_VALUES = 2
+_INTEGER = re.compile(r"^[+-]?\d+$")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
+
+
+def _values(examples: Sequence[dspy.Example], name: str) -> list[str]:
+    return [str(ex.labels()[name]).strip() for ex in examples if name in ex.labels()]
+
+
+def answer_space(examples: Sequence[dspy.Example], name: str) -> str | None:
+    """The answers field ``name`` takes in ``examples``, in words; ``None`` when no example labels it."""
+    values = _values(examples, name)
+    if not values:
+        return None
+    distinct = sorted(set(values))
+    if all(_INTEGER.match(v) for v in values):
+        return "an integer (digits only, e.g. " + ", ".join(distinct[:QUOTED_VALUES]) + ")"
+    if all(_NUMBER.match(v) for v in values):
+        return "a number (digits only, e.g. " + ", ".join(distinct[:QUOTED_VALUES]) + ")"
+    if len(distinct) <= MAX_LISTED_VALUES and len(distinct) <= max(2, LISTED_SHARE * len(values)):
+        return "exactly one of: " + ", ".join(distinct)
+    words = sorted(len(v.split()) for v in values)[len(values) // 2]
+    size = "one word" if words <= 1 else f"about {words} words"
+    quoted = "; ".join(repr(v) for v in distinct[:QUOTED_VALUES])
+    return f"a short answer ({size}, e.g. {quoted})"
+
+
+def output_spaces(predictor: dspy.Predict, examples: Sequence[dspy.Example]) -> dict[str, str]:
+    """Answer spaces of the predictor's output fields that the examples label."""
+    spaces = {}
+    for name in predictor.signature.output_fields:
+        space = answer_space(examples, name)
+        if space is not None:
+            spaces[name] = space
+    return spaces
+
+
+def data_summary(predictor: dspy.Predict, examples: Sequence[dspy.Example]) -> str:
+    """A few lines about the data: how many examples, input sizes, and each labelled output's answers."""
+    lines = [f"{len(examples)} labelled training examples."]
+    for name in predictor.signature.input_fields:
+        lengths = sorted(len(str(ex.get(name, "")).split()) for ex in examples)
+        if lengths:
+            lines.append(f"Input `{name}`: typically {lengths[len(lengths) // 2]} words.")
+    for name, space in output_spaces(predictor, examples).items():
+        lines.append(f"Output `{name}`: {space}.")
+    return "\n".join(lines)
+
+
+def format_sentence(spaces: dict[str, str]) -> str:
+    """One sentence that names the answer space of each labelled output."""
+    parts = [f"the `{name}` must be {space}" for name, space in spaces.items()]
+    return "Answer format: " + "; ".join(parts) + ". Write only that answer in the field, with no explanation " \
+                                                  "or restated question."
+
+
+def format_instruction(instruction: str, spaces: dict[str, str]) -> str | None:
+    """``instruction`` followed by the answer-format sentence; ``None`` when the labels say nothing."""
+    if not spaces:
+        return None
+    sentence = format_sentence(spaces)
+    return f"{instruction.rstrip()}\n\n{sentence}" if instruction.strip() else sentence
+
+
+def describe_failure_format(outcome_error: str | None, raw: Any, fields: Sequence[str]) -> str | None:
+    """For an answer the adapter could not parse: what the model wrote and what was expected."""
+    if not outcome_error or not outcome_error.startswith("parse"):
+        return None
+    text = " ".join(str(raw or "").split())
+    if len(text) > 300:
+        text = text[:300] + " ..."
+    expected = ", ".join(f"`{f}`" for f in fields)
+    return f"the model wrote {text!r}, which could not be read as the output field(s) {expected}"

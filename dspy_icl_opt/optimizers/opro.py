@@ -22,6 +22,18 @@ from dspy_icl_opt.optimizers.opro_prompts import (
     shown_trajectory,
 )
 from dspy_icl_opt.search.base import ICLOptimizer, SearchContext, stable_int
+from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces
+from dspy_icl_opt.search.plan import (
+    MIN_STEPS,
+    UNCAPPED_STEPS,
+    Phase,
+    SearchPlan,
+    Shape,
+    plan_validation,
+    search_subset,
+    shrink_to_fit,
+    validation_calls,
+)
 from dspy_icl_opt.search.budget import BudgetExhausted
 from dspy_icl_opt.search.placement import POSITIONS, PlacementAdapter, Position
 from dspy_icl_opt.search.racing import race
@@ -34,6 +46,8 @@ Scoring = Literal["full", "minibatch", "racing"]
 
 #: The paper drops generated instructions longer than this many characters.
 MAX_INSTRUCTION_CHARS = 500
+#: The plan keeps the shared search set at least this large before it lowers the candidates per step.
+PREFERRED_SEARCH_EXAMPLES = 16
 #: COPRO's arguments that have an OPRO meaning, and the OPRO name each maps to.
 COPRO_ARGUMENTS = {"breadth": "candidates_per_step", "depth": "steps", "init_temperature": "temperature"}
 #: eval_kwargs of COPRO.compile that OPRO understands (the rest are rejected).
@@ -52,6 +66,9 @@ class _Run:
     best: CandidateRecord | None = None
     constant_exemplars: list[int] | None = None
     dropped: Counter = field(default_factory=Counter)
+    per_step: int = 1
+    search: list[int] = field(default_factory=list)
+    summaries: dict[str, str] = field(default_factory=dict)
 
 
 class OPRO(ICLOptimizer):
@@ -125,20 +142,27 @@ class OPRO(ICLOptimizer):
     """
 
     def __init__(self, metric: Metric | None = None, *, prompt_model: dspy.BaseLM | None = None,
-                 task_model: dspy.BaseLM | None = None, steps: int = 10, candidates_per_step: int = 8,
+                 task_model: dspy.BaseLM | None = None, steps: int | None = None, candidates_per_step: int = 8,
                  temperature: float = 1.0, max_trajectory: int = 20, score_threshold: float = 0.0,
                  num_exemplars: int = 3, exemplar_selection: ExemplarSelection = "random",
                  positions: tuple[Position, ...] | list[Position] = ("system",), scoring: Scoring = "full",
                  minibatch_size: int = 16, racing_block: int = 8, racing_alpha: float = 0.2,
-                 racing_min_better: int = 1, final_candidates: int = 4,
-                 max_instruction_chars: int = MAX_INSTRUCTION_CHARS, track_stats: bool = True,
+                 racing_min_better: int = 1, final_candidates: int = 2, search_examples: int | None = None,
+                 format_candidate: bool = True, max_instruction_chars: int = MAX_INSTRUCTION_CHARS,
+                 track_stats: bool = True,
                  **kwargs: Any) -> None:
         mapped = _map_copro_arguments(kwargs)
         steps = mapped.pop("steps", steps)
         candidates_per_step = mapped.pop("candidates_per_step", candidates_per_step)
         temperature = mapped.pop("temperature", temperature)
         super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **mapped)
-        check_int("steps", steps, minimum=0)
+        if steps is not None:
+            check_int("steps", steps, minimum=0, hint="Or pass steps=None to run as many as the budget pays for.")
+        if search_examples is not None:
+            check_int("search_examples", search_examples, minimum=1,
+                      hint="Or pass None to let the plan size the shared search set.")
+        if not isinstance(format_candidate, bool):
+            raise TypeError(f"`format_candidate` must be True or False, but got {format_candidate!r}.")
         check_int("candidates_per_step", candidates_per_step, minimum=1)
         check_int("max_trajectory", max_trajectory, minimum=1)
         check_int("num_exemplars", num_exemplars, minimum=0)
@@ -167,6 +191,7 @@ class OPRO(ICLOptimizer):
         self.scoring, self.minibatch_size = scoring, minibatch_size
         self.racing_block, self.racing_alpha, self.racing_min_better = racing_block, racing_alpha, racing_min_better
         self.final_candidates, self.max_instruction_chars = final_candidates, max_instruction_chars
+        self.search_examples, self.format_candidate = search_examples, format_candidate
         self.track_stats = track_stats
 
     def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None,
@@ -200,33 +225,75 @@ class OPRO(ICLOptimizer):
     def _params(self) -> dict[str, Any]:
         keys = ("steps", "candidates_per_step", "temperature", "max_trajectory", "score_threshold", "num_exemplars",
                 "exemplar_selection", "positions", "scoring", "minibatch_size", "racing_block", "racing_alpha",
-                "racing_min_better", "final_candidates", "max_instruction_chars")
+                "racing_min_better", "final_candidates", "max_instruction_chars", "search_examples",
+                "format_candidate")
         return {k: getattr(self, k) for k in keys}
+
+    # -------------------------------------------------------------------------- the plan
+    def _plan(self, shape: Shape) -> SearchPlan:
+        """Steps, candidates per step and the shared search set that fit the caps (see search/plan.py)."""
+        m = shape.n_predictors
+        finalists, n_val, notes = plan_validation(shape, self.final_candidates)
+        held = validation_calls(shape, finalists, n_val)
+        search = None if shape.task_cap is None else max(0, shape.task_cap - held)
+        first = 1 + m * (len(self.positions) - 1) + (m if self.format_candidate else 0)
+        wanted = self.steps if self.steps is not None else (UNCAPPED_STEPS if search is None else MIN_STEPS)
+        counts = list(range(self.candidates_per_step, 0, -1))
+        if shape.prompt_cap is not None and wanted:
+            counts = [k for k in counts if k * wanted <= shape.prompt_cap] or [1]
+        if self.scoring == "minibatch":
+            sizes = [self.minibatch_size] if self.search_examples is None else [self.search_examples]
+            cost = lambda b, k: (first * b * m, (k + 1) * b * m)  # noqa: E731 - the incumbent re-scored per step
+        else:
+            top = shape.n_train if self.search_examples is None else min(self.search_examples, shape.n_train)
+            sizes = list(range(top, 0, -1)) if self.search_examples is None else [top]
+            cost = lambda b, k: (first * b * m, k * b * m)  # noqa: E731 - the incumbent is cached on the set
+        steps, size, count = shrink_to_fit(cost, steps_wanted=wanted, sizes=sizes, counts=counts, budget=search,
+                                           preferred_min_size=min(PREFERRED_SEARCH_EXAMPLES, shape.n_train))
+        fixed, per_step = cost(size, count)
+        if search is not None and self.steps is None and per_step:
+            steps = max(steps, (search - fixed) // per_step)
+            if shape.prompt_cap is not None:
+                steps = min(steps, shape.prompt_cap // count)
+        if steps < wanted:
+            notes.append(f"only {steps} step(s) fit the caps; {wanted} wanted")
+        phases = [Phase("step 0: seed, format and position candidates", fixed),
+                  Phase(f"steps 1-{steps}: {count} proposals each", steps * per_step, steps * count),
+                  Phase(f"final validation: start + {finalists} finalist(s)", held)]
+        settings = {"candidates_per_step": count, "search_examples": size, "finalists": finalists,
+                    "validation_examples": n_val, "scoring": self.scoring}
+        return SearchPlan("OPRO", shape, int(steps), settings, phases, notes)
 
     # -------------------------------------------------------------------------- the loop
     def _search(self, ctx: SearchContext) -> None:
         run = _Run(names=[name for name, _ in ctx.predictors])
         for name in run.names:
             run.trajectories[name], run.seen[name] = [], set()
-        per_item = len(ctx.predictors)
-        seed_cost = len(ctx.trainset) * per_item * (1 + (len(self.positions) - 1) * per_item)
-        # the finalists and the starting program are validated at the end
-        with ctx.search_phase(validation_calls=(self.final_candidates + 1) * len(ctx.valset) * per_item,
-                              first_cost=seed_cost):
+        plan = ctx.plan
+        run.per_step = plan.settings["candidates_per_step"]
+        run.search = search_subset(len(ctx.trainset), plan.settings["search_examples"], self.seed)
+        run.summaries = {name: data_summary(p, ctx.trainset) for name, p in ctx.predictors}
+        held = validation_calls(plan.shape, plan.settings["finalists"], plan.settings["validation_examples"])
+        with ctx.search_phase(validation_calls=held):
             self._steps(ctx, run)
-        self._choose_final(ctx, run)
+        self._choose_final(ctx, run, plan.settings["finalists"])
 
     def _steps(self, ctx: SearchContext, run: _Run) -> None:
         seeds = self._seed_candidates(ctx)
         self._score_step(ctx, run, seeds, step=0)
         self._finish_step(ctx, run, seeds, step=0)
-        for step in range(1, self.steps + 1):
-            if self._no_room_for_a_step(ctx):
+        step = 0
+        while self.steps is None or step < self.steps:
+            step += 1
+            if self.steps is None and ctx.meter.remaining_calls("task") is None and step > UNCAPPED_STEPS:
+                return
+            count = self._room_for(ctx, run)
+            if count == 0:
                 ctx.report.stopped_by_budget = True
                 logger.info("OPRO: the task budget left cannot pay for step {}; stopping the search", step)
                 return
             name = run.names[(step - 1) % len(run.names)]
-            proposals, prompt_budget_spent = self._propose(ctx, run, step, name)
+            proposals, prompt_budget_spent = self._propose(ctx, run, step, name, count)
             records = [self._candidate(ctx, run, step, name, text, position) for text, position in proposals]
             if records:
                 self._score_step(ctx, run, records, step=step)
@@ -236,16 +303,26 @@ class OPRO(ICLOptimizer):
                 logger.info("OPRO: the prompt-model budget is spent at step {}", step)
                 return
 
-    def _no_room_for_a_step(self, ctx: SearchContext) -> bool:
-        """True when the task budget (less what is held back for validation) cannot pay for one more step."""
+    def _room_for(self, ctx: SearchContext, run: _Run) -> int:
+        """Candidates the task budget (less the held-back validation) pays for in the next step (a partial
+        step takes fewer); 0 when not even one fits."""
         remaining = ctx.meter.remaining_calls("task")
         if remaining is None:
-            return False
-        step_items = self.minibatch_size if self.scoring == "minibatch" else len(ctx.trainset)
-        return remaining < self.candidates_per_step * min(step_items, len(ctx.trainset)) * len(ctx.predictors)
+            return run.per_step
+        m = len(ctx.predictors)
+        items = min(self.minibatch_size, len(ctx.trainset)) if self.scoring == "minibatch" else len(run.search)
+        extra = items * m if self.scoring == "minibatch" else 0  # the incumbent on the step's minibatch
+        return max(0, min(run.per_step, (remaining - extra) // max(1, items * m)))
 
     def _seed_candidates(self, ctx: SearchContext) -> list[CandidateRecord]:
         records = [ctx.add_candidate(ctx.initial_state, step=0, origin="seed")]
+        if self.format_candidate:
+            for name, predictor in ctx.predictors:
+                pstate = ctx.initial_state[name]
+                text = format_instruction(pstate.instruction, output_spaces(predictor, ctx.trainset))
+                if text is not None:
+                    state = ctx.initial_state.replace(name, pstate.with_instruction(text))
+                    records.append(ctx.add_candidate(state, step=0, origin="format", predictor=name))
         for name, pstate in ctx.initial_state.predictors:
             for position in self.positions:
                 if position != pstate.position:
@@ -271,7 +348,14 @@ class OPRO(ICLOptimizer):
                 run.trajectories[name].append(TrajectoryEntry(record.id, step, pstate.instruction, pstate.position,
                                                               record.scores["train"]))
         complete = [r for r in ctx.report.candidates if r.id in run.complete]
-        best = ctx.best_by(complete, "train")
+        if self.scoring == "minibatch" and run.best is not None:
+            # means over different minibatches are not comparable: challenge the incumbent on this step's
+            label = f"step{step}"
+            best = ctx.best_by([r for r in complete if label in r.scores], label)
+            if best is not None and best.scores[label] <= run.best.scores.get(label, float("-inf")):
+                best = run.best
+        else:
+            best = ctx.best_by(complete, "train")
         if best is not None and (run.best is None or best.id != run.best.id):
             run.best = best
             ctx.set_best(best)
@@ -283,17 +367,18 @@ class OPRO(ICLOptimizer):
         ctx.checkpoint(step)
 
     # ------------------------------------------------------------------------- proposing
-    def _propose(self, ctx: SearchContext, run: _Run, step: int,
-                 name: str) -> tuple[list[tuple[str, Position]], bool]:
+    def _propose(self, ctx: SearchContext, run: _Run, step: int, name: str,
+                 count: int) -> tuple[list[tuple[str, Position]], bool]:
         """New instructions for ``name``, and whether the prompt-model budget ended while sampling them."""
         shown = shown_trajectory(run.trajectories[name], max_entries=self.max_trajectory,
                                  threshold=self.score_threshold)
         exemplars = [ctx.trainset[i] for i in self._exemplar_indices(ctx, run, step, name, shown)]
         task = describe_signature(dict(ctx.predictors)[name])
         proposals: list[tuple[str, Position]] = []
-        for k in range(self.candidates_per_step):
+        for k in range(count):
             position = self._sample_position(run, name, k)
-            inputs = {"task": task, "previous_instructions": render_trajectory(shown),
+            inputs = {"task": task, "data_summary": run.summaries[name],
+                      "previous_instructions": render_trajectory(shown),
                       "example_problems": render_exemplars(exemplars, position) or "(none)"}
             logger.debug("OPRO meta-prompt for {} at step {}, sample {}:\n{}", name, step, k, inputs)
             try:
@@ -329,25 +414,26 @@ class OPRO(ICLOptimizer):
 
     def _exemplar_indices(self, ctx: SearchContext, run: _Run, step: int, name: str,
                           shown: list[TrajectoryEntry]) -> list[int]:
-        n = min(self.num_exemplars, len(ctx.trainset))
+        pool = run.search  # problems whose scores the trajectory shows
+        n = min(self.num_exemplars, len(pool))
         if self.exemplar_selection == "constant":
             if run.constant_exemplars is None:
-                run.constant_exemplars = sorted(ctx.rng.sample(range(len(ctx.trainset)), n))
+                run.constant_exemplars = sorted(ctx.rng.sample(pool, n))
             return run.constant_exemplars
         if self.exemplar_selection == "random":
-            return sorted(random.Random(stable_int(self.seed, "exemplars", step)).sample(range(len(ctx.trainset)), n))
+            return sorted(random.Random(stable_int(self.seed, "exemplars", step)).sample(pool, n))
         entries = run.trajectories[name] if self.exemplar_selection == "accumulative_most_frequent" else shown
         wrong: Counter = Counter()
         for entry in entries:
             for index, score in run.item_scores.get(entry.candidate, {}).items():
                 wrong[index] += score < 1.0
-        tiebreak = {i: ctx.rng.random() for i in range(len(ctx.trainset))}
-        ranked = sorted(range(len(ctx.trainset)), key=lambda i: (-wrong[i], tiebreak[i]))
+        tiebreak = {i: ctx.rng.random() for i in pool}
+        ranked = sorted(pool, key=lambda i: (-wrong[i], tiebreak[i]))
         return sorted(ranked[:n])
 
     # --------------------------------------------------------------------------- scoring
     def _score_step(self, ctx: SearchContext, run: _Run, records: list[CandidateRecord], step: int) -> None:
-        items = self._scoring_items(ctx, step)
+        items = self._scoring_items(ctx, run, step)
         arms = {record.id: record for record in records}
         if run.best is not None and self.scoring != "full":
             arms.setdefault(run.best.id, run.best)
@@ -359,6 +445,8 @@ class OPRO(ICLOptimizer):
                                            desc=f"step {step} #{record.id}")
             scores = run.item_scores.setdefault(record.id, {})
             scores.update({i: o.score for i, o in zip(indices, outcomes)})
+            if self.scoring == "minibatch":
+                ctx.record_outcomes(record, [o for o in outcomes], f"step{step}")
             record.scores["train"] = sum(scores.values()) / len(scores)
             record.n_scored["train"] = len(scores)
             return [o.score for o in outcomes]
@@ -376,18 +464,21 @@ class OPRO(ICLOptimizer):
             pull(arm, list(range(len(items))))
             run.complete.add(arm)
 
-    def _scoring_items(self, ctx: SearchContext, step: int) -> list[int]:
-        indices = list(range(len(ctx.trainset)))
-        if self.scoring == "minibatch" and self.minibatch_size < len(indices):
-            return sorted(random.Random(stable_int(self.seed, "minibatch", step)).sample(indices, self.minibatch_size))
+    def _scoring_items(self, ctx: SearchContext, run: _Run, step: int) -> list[int]:
+        """The step's shared examples: the run's search set (shuffled once for racing), or a fresh minibatch."""
+        if self.scoring == "minibatch":
+            indices = list(range(len(ctx.trainset)))
+            size = min(self.minibatch_size, len(indices))
+            return sorted(random.Random(stable_int(self.seed, "minibatch", step)).sample(indices, size))
+        indices = list(run.search)
         if self.scoring == "racing":
             random.Random(stable_int(self.seed, "race-order")).shuffle(indices)
         return indices
 
     # --------------------------------------------------------------------------- choosing
-    def _choose_final(self, ctx: SearchContext, run: _Run) -> None:
-        complete = [r for r in ctx.report.candidates if r.id in run.complete]
-        ranked = sorted(complete, key=lambda r: (-r.scores["train"], r.id))[: self.final_candidates]
+    def _choose_final(self, ctx: SearchContext, run: _Run, finalists: int) -> None:
+        complete = [r for r in ctx.report.candidates if r.id in run.complete and r.origin != "seed"]
+        ranked = sorted(complete, key=lambda r: (-r.scores["train"], r.id))[:finalists]
         best = ctx.choose_by_validation(ranked, tiebreak=lambda r: (r.scores.get("train", 0.0),))
         logger.info("OPRO chose candidate {} ({}) from {} finalists and the seed", best.id, best.scores, len(ranked))
 

@@ -26,6 +26,7 @@ class ProposeInstruction(dspy.Signature):
     problem of this task. Wrap it between <INS> and </INS>."""
 
     task: str = dspy.InputField(desc="the task's input and output fields")
+    data_summary: str = dspy.InputField(desc="what the training data looks like, and the answers its labels use")
     previous_instructions: str = dspy.InputField(desc="earlier instructions with their scores, ascending")
     example_problems: str = dspy.InputField(desc="problems with the instruction slot <INS> and the expected output")
     new_instruction: str = dspy.OutputField(desc="the new instruction, between <INS> and </INS>")

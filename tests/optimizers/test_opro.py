@@ -105,14 +105,23 @@ def test_extract_instruction_between_tags():
 def test_duplicates_and_overlong_proposals_are_dropped(task):
     replies = [proposal("Same idea."), proposal("same   IDEA!"), proposal("x" * 600), proposal(task.rule)]
     opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(replies), steps=1,
-                candidates_per_step=4, progress=False)
+                candidates_per_step=4, format_candidate=False, progress=False)
     opro.compile(task.program(), trainset=task.train, valset=task.val)
     assert opro.report_.extra["dropped_proposals"] == {"duplicate": 1, "too_long": 1}
     assert len(opro.report_.candidates) == 3  # seed + two distinct proposals
 
 
+def test_plain_text_answers_without_markers_or_tags_are_read(task):
+    # A small model often writes just the instruction: no [[ ## field ## ]] marker, no <INS> tags.
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(lambda r: f"To answer, {task.rule}."),
+                steps=1, candidates_per_step=1, format_candidate=False, progress=False)
+    program = opro.compile(task.program(), trainset=task.train, valset=task.val)
+    assert opro.report_.extra["meta_prompts"]["ProposeInstruction"] == {"answers": 1, "usable": 1, "unusable": 0}
+    assert program.signature.instructions == f"To answer, {task.rule}."
+
+
 def test_unparsable_answers_are_retried_then_skipped(task):
-    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(lambda r: "garbage"), steps=1,
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(lambda r: "<INS></INS>"), steps=1,
                 candidates_per_step=2, max_retries=1, progress=False)
     program = opro.compile(task.program(), trainset=task.train, valset=task.val)
     assert opro.report_.counters.unparsable_answers >= 2
@@ -243,18 +252,20 @@ def test_the_starting_instruction_competes_in_the_final_choice(task):
 
 def test_budget_keeps_room_for_the_final_validation(task):
     opro = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), steps=5,
-                candidates_per_step=2, final_candidates=4, budget={"max_task_calls": 56}, progress=False)
+                candidates_per_step=2, final_candidates=4, format_candidate=False,
+                budget={"max_task_calls": 56}, progress=False)
     opro.compile(task.program(), trainset=task.train, valset=task.val)
     report = opro.report_
-    # 30 calls are held back for validating 4 finalists and the start (5 x 6): after the seed (8) and
-    # step 1 (2 x 8) the 2 calls left cannot pay for step 2.
-    assert report.stopped_by_budget and report.steps_completed == 1
-    assert "val" in report.best_scores, "the finalists were still validated"
-    assert report.spent["task"].calls == 8 + 2 * 8 + 3 * 6 <= 50
+    plan = report.extra["plan"]
+    # 4 finalists and the start would take 30 of 56 calls: the plan cuts finalists, never the start's validation
+    assert plan["settings"]["finalists"] == 2 and plan["settings"]["validation_examples"] == 6
+    assert report.stopped_by_budget and report.spent["task"].calls <= 56
+    assert report.extra["final_choice"]["examples"] == 6, "the start and the finalists were validated in full"
+    assert "val" in report.candidates[0].scores
 
 
 def test_prompt_budget_end_still_validates(task):
-    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), steps=3,
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task),
                 candidates_per_step=2, budget={"max_prompt_calls": 3}, progress=False)
     opro.compile(task.program(), trainset=task.train, valset=task.val)
     report = opro.report_

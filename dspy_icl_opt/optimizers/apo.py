@@ -24,12 +24,23 @@ from dspy_icl_opt.optimizers.apo_prompts import (
     Paraphrase,
     clean_text,
     culprit,
+    edited_instructions,
     is_failure,
     render_failures,
-    texts,
 )
 from dspy_icl_opt.search.bandits import BestArmIdentifier, SelectionResult, make_bandit
 from dspy_icl_opt.search.base import ICLOptimizer, SearchContext
+from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces
+from dspy_icl_opt.search.meta import numbered_items
+from dspy_icl_opt.search.plan import (
+    MIN_SEARCH_EXAMPLES,
+    Phase,
+    SearchPlan,
+    Shape,
+    plan_validation,
+    search_subset,
+    validation_calls,
+)
 from dspy_icl_opt.search.budget import BudgetExhausted, MeteredLM, unwrap_lm
 from dspy_icl_opt.search.report import CandidateRecord
 from dspy_icl_opt.search.scorer import Metric
@@ -40,6 +51,10 @@ Blame = Literal["trace", "each"]
 
 #: The reference samples the optimizer LM at this temperature.
 DEFAULT_TEMPERATURE = 0.7
+#: The fewest rounds a capped plan aims for before it accepts fewer (fewer is a random sample, not a search).
+MIN_ROUNDS = 3
+#: Rounds without a task cap when ``rounds`` is left to the plan (the paper's default).
+UNCAPPED_ROUNDS = 6
 #: With ``reject_on_errors``, children are pre-scored on at most this many of the parent's errors (as the reference).
 ERROR_PRESCORE_SIZE = 16
 #: ... and only a random ``PRESCORE_POOL_FACTOR * max_expansion_factor`` of them (the reference's speed-up).
@@ -67,6 +82,12 @@ class _Run:
     names: list[str]
     tasks: dict[str, str]
     paraphrase_lm: dspy.BaseLM
+    summaries: dict[str, str]
+    search: list[int]
+    beam_size: int
+    n_gradients: int
+    mc_samples: int
+    bandit: BestArmIdentifier
     gradients: list[dict[str, Any]] = field(default_factory=list)
     prompt_budget_spent: BudgetExhausted | None = None
 
@@ -147,12 +168,12 @@ class APO(ICLOptimizer):
 
     def __init__(self, metric: Metric, *, prompt_model: dspy.BaseLM | None = None,
                  task_model: dspy.BaseLM | None = None, paraphrase_model: dspy.BaseLM | None = None,
-                 rounds: int = 6, beam_size: int = 4, minibatch_size: int = 64, n_gradients: int = 4,
+                 rounds: int | None = None, beam_size: int = 4, minibatch_size: int = 64, n_gradients: int = 4,
                  errors_per_gradient: int = 4, gradients_per_error: int = 1, steps_per_gradient: int = 1,
                  mc_samples_per_step: int = 2, max_expansion_factor: int = 8, reject_on_errors: bool = False,
-                 evaluator: Evaluator = "ucb", eval_rounds: int = 8, eval_prompts_per_round: int = 8,
+                 evaluator: Evaluator = "successive_halving", eval_rounds: int = 8, eval_prompts_per_round: int = 8,
                  samples_per_eval: int = 32, c: float = 1.0, temperature: float = DEFAULT_TEMPERATURE,
-                 blame: Blame = "trace", **kwargs: Any) -> None:
+                 blame: Blame = "trace", format_candidate: bool = True, **kwargs: Any) -> None:
         super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **kwargs)
         settings = {"rounds": rounds, "beam_size": beam_size, "minibatch_size": minibatch_size,
                     "n_gradients": n_gradients, "errors_per_gradient": errors_per_gradient,
@@ -161,9 +182,15 @@ class APO(ICLOptimizer):
                     "eval_rounds": eval_rounds, "eval_prompts_per_round": eval_prompts_per_round,
                     "samples_per_eval": samples_per_eval}
         for name, value in settings.items():
+            if name == "rounds" and value is None:  # as many rounds as the budget pays for
+                self.rounds = None
+                continue
             check_int(name, value, minimum=_INT_SETTINGS[name][0],
                       hint=f"The paper's default is {_INT_SETTINGS[name][1]}.")
             setattr(self, name, value)
+        if not isinstance(format_candidate, bool):
+            raise TypeError(f"`format_candidate` must be True or False, but got {format_candidate!r}.")
+        self.format_candidate = format_candidate
         _check_options(paraphrase_model, n_gradients, mc_samples_per_step, reject_on_errors, evaluator, c,
                        temperature, blame)
         self.paraphrase_model = paraphrase_model
@@ -174,48 +201,152 @@ class APO(ICLOptimizer):
                                                      samples_per_eval=samples_per_eval, c=c)
 
     def _params(self) -> dict[str, Any]:
-        keys = [*_INT_SETTINGS, "reject_on_errors", "evaluator", "c", "temperature", "blame"]
+        keys = [*_INT_SETTINGS, "reject_on_errors", "evaluator", "c", "temperature", "blame", "format_candidate"]
         params = {key: getattr(self, key) for key in keys}
         # resuming with another paraphrase model would replay the old one's paraphrases
         params["paraphrase_model"] = getattr(self.paraphrase_model, "model", None)
         return params
 
+    # -------------------------------------------------------------------------------- the plan
+    def _children_per_parent(self, g: int, mc: int) -> int:
+        edits = g * self.gradients_per_error * self.steps_per_gradient
+        return min(self.max_expansion_factor, edits + mc * (edits + 1))
+
+    def _plan(self, shape: Shape) -> SearchPlan:
+        """Rounds, beam, gradients and paraphrases per parent, and the search set, from the caps.
+
+        Each round costs, per beam parent, ``g * (1 + gradients_per_error) + mc * (edits + 1)`` prompt
+        calls and about ``3/4 * search_examples`` task calls per child (successive halving on the
+        shared search set; the parents' pairs are cached). Gradients and paraphrases shrink before
+        the rounds do; the final beam and the start are validated.
+        """
+        m = shape.n_predictors
+        finalists, n_val, notes = plan_validation(shape, self.beam_size)
+        held = validation_calls(shape, finalists, n_val)
+        search = None if shape.task_cap is None else max(0, shape.task_cap - held)
+        beam = finalists
+        top = min(shape.n_train, self.minibatch_size)
+        size = top if search is None else max(min(MIN_SEARCH_EXAMPLES, top), min(top, search // 16))
+        first = (2 if self.format_candidate else 1) * size * m
+        wanted = self.rounds if self.rounds is not None else (UNCAPPED_ROUNDS if search is None else MIN_ROUNDS)
+        lowest = 1 if self.n_gradients else 0  # a gradient is what makes this APO: keep at least one
+        configs = [(g, mc) for g in range(self.n_gradients, lowest - 1, -1)
+                   for mc in range(self.mc_samples_per_step, -1, -1) if g or mc]
+        best = None
+        for g, mc in configs:
+            prompt = beam * (g * (1 + self.gradients_per_error) + mc * (g * self.gradients_per_error
+                                                                         * self.steps_per_gradient + 1))
+            per_round = beam * self._children_per_parent(g, mc) * max(1, (3 * size) // 4) * m
+            by_task = wanted if search is None else max(0, (search - first) // max(1, per_round))
+            by_prompt = wanted if shape.prompt_cap is None else shape.prompt_cap // max(1, prompt)
+            rounds = min(by_task, by_prompt)
+            if best is None or rounds > best[0]:
+                best = (rounds, g, mc, prompt, per_round)
+            if rounds >= wanted:
+                best = (rounds if self.rounds is None and search is not None else wanted, g, mc, prompt, per_round)
+                break
+        rounds, g, mc, prompt, per_round = best
+        if self.rounds is not None:
+            rounds = min(rounds, self.rounds)
+        if rounds < wanted:
+            notes.append(f"only {rounds} round(s) fit the caps; {wanted} wanted")
+        if (g, mc) != (self.n_gradients, self.mc_samples_per_step):
+            notes.append(f"gradients per parent {self.n_gradients} -> {g}, paraphrases {self.mc_samples_per_step} -> {mc}")
+        phases = [Phase("step 0: the start and the format candidate", first),
+                  Phase(f"rounds 1-{rounds}: beam {beam}, {self._children_per_parent(g, mc)} children per parent",
+                        rounds * per_round, rounds * prompt),
+                  Phase(f"final validation: start + beam of {finalists}", held)]
+        settings = {"beam_size": beam, "n_gradients": g, "mc_samples_per_step": mc, "search_examples": size,
+                    "evaluations_per_round": None if search is None else per_round,
+                    "finalists": finalists, "validation_examples": n_val}
+        return SearchPlan("APO", shape, int(rounds), settings, phases, notes)
+
     # -------------------------------------------------------------------------------- the loop
     def _search(self, ctx: SearchContext) -> None:
         names = [name for name, _ in ctx.predictors]
+        plan = ctx.plan
         run = _Run(names=names, tasks={name: describe_signature(p) for name, p in ctx.predictors},
-                   paraphrase_lm=self._paraphrase_lm(ctx))
+                   paraphrase_lm=self._paraphrase_lm(ctx),
+                   summaries={name: data_summary(p, ctx.trainset) for name, p in ctx.predictors},
+                   search=search_subset(len(ctx.trainset), plan.settings["search_examples"], self.seed),
+                   beam_size=plan.settings["beam_size"], n_gradients=plan.settings["n_gradients"],
+                   mc_samples=plan.settings["mc_samples_per_step"], bandit=self._bandit(plan))
         seed = ctx.add_candidate(ctx.initial_state, step=0, origin="seed")
-        beam = [seed]
         ctx.set_best(seed)
         ctx.report.extra["beams"] = [{"round": 0, "beam": [seed.id]}]
         ctx.report.extra["gradients"] = run.gradients
-        ctx.checkpoint(0)
-        per_item = len(names)
-        with ctx.search_phase(validation_calls=(self.beam_size + 1) * len(ctx.valset) * per_item,  # + the start
-                              first_cost=min(self.minibatch_size, len(ctx.trainset)) * per_item):
-            for round_index in range(1, self.rounds + 1):
+        held = validation_calls(plan.shape, plan.settings["finalists"], plan.settings["validation_examples"])
+        beam = [seed]
+        with ctx.search_phase(validation_calls=held):
+            beam = self._first_beam(ctx, run, seed)
+            ctx.checkpoint(0)
+            round_index = 0
+            while self.rounds is None or round_index < self.rounds:
+                round_index += 1
+                if not self._room_for_a_round(ctx, run, plan, round_index):
+                    break
                 beam = self._round(ctx, run, round_index, beam)
                 if run.prompt_budget_spent is not None:
                     raise run.prompt_budget_spent  # ends the search; this round's beam is still validated
         self._choose_final(ctx, beam)
 
+    def _room_for_a_round(self, ctx: SearchContext, run: _Run, plan: SearchPlan, round_index: int) -> bool:
+        remaining = ctx.meter.remaining_calls("task")
+        if remaining is None:
+            return self.rounds is not None or round_index <= UNCAPPED_ROUNDS
+        per_round = plan.settings["evaluations_per_round"] or 0
+        if remaining < per_round // 2:  # a round the budget would cut early selects nothing
+            ctx.report.stopped_by_budget = True
+            logger.info("APO: {} task calls left cannot pay for round {}; validating the beam", remaining, round_index)
+            return False
+        return True
+
+    def _first_beam(self, ctx: SearchContext, run: _Run, seed: CandidateRecord) -> list[CandidateRecord]:
+        """The start and the data-grounded format candidate, scored on the search set; the best form the beam."""
+        pool = [seed]
+        if self.format_candidate:
+            state = ctx.initial_state
+            for name, predictor in ctx.predictors:
+                text = format_instruction(state[name].instruction, output_spaces(predictor, ctx.trainset))
+                if text is not None:
+                    state = state.replace(name, state[name].with_instruction(text))
+            if state.key() != ctx.initial_state.key():
+                pool.append(ctx.add_candidate(state, step=0, origin="format", parent=seed.id))
+        examples = [ctx.trainset[i] for i in run.search]
+        for record in pool:
+            ctx.score(record, examples, "search")
+        beam = sorted(pool, key=lambda r: (-r.scores["search"], r.id))[: run.beam_size]
+        ctx.report.extra["beams"][0] = {"round": 0, "pool": [r.id for r in pool], "beam": [r.id for r in beam]}
+        return beam
+
+    def _bandit(self, plan: SearchPlan) -> BestArmIdentifier:
+        """The reference's bandit budget without a task cap; the plan's per-round budget with one."""
+        per_round = plan.settings["evaluations_per_round"]
+        if per_round is None:
+            return self.bandit
+        # the parents' pairs are cached, so the nominal budget counts them on top of the children's
+        nominal = max(1, per_round * (1 + plan.settings["beam_size"]) // max(1, plan.settings["beam_size"]))
+        samples = max(1, min(self.samples_per_eval, plan.settings["search_examples"] // 2))
+        prompts = max(1, min(self.eval_prompts_per_round, 4))
+        return make_bandit(self.evaluator, eval_rounds=max(1, nominal // (prompts * samples)),
+                           eval_prompts_per_round=prompts, samples_per_eval=samples, c=self.c)
+
     def _round(self, ctx: SearchContext, run: _Run, r: int, beam: list[CandidateRecord]) -> list[CandidateRecord]:
-        size = min(self.minibatch_size, len(ctx.trainset))
-        minibatch = sorted(ctx.rng.sample(range(len(ctx.trainset)), size))
+        size = min(self.minibatch_size, len(run.search))
+        minibatch = sorted(ctx.rng.sample(run.search, size))
         children: list[CandidateRecord] = []
         for j, parent in enumerate(beam):
             children += self._expand(ctx, run, r, j, parent, minibatch)
             if run.prompt_budget_spent is not None:
                 break  # no more prompt-model answers: select among what this round has
         pool = list({record.id: record for record in [*beam, *children]}.values())
-        result = self._select(ctx, r, pool)
+        result = self._select(ctx, run, r, pool)
         new_beam = list(result.chosen)
         ctx.report.extra["beams"].append({"round": r, "minibatch": minibatch, "pool": [rec.id for rec in pool],
                                           "beam": [rec.id for rec in new_beam], "bandit": _summary(pool, result)})
         ctx.set_best(new_beam[0])
-        logger.info("APO round {}/{}: {} children of {} beam prompt(s); new beam {} (bandit means {}); "
-                    "{} evaluations", r, self.rounds, len(pool) - len(beam), len(beam),
+        logger.info("APO round {}: {} children of {} beam prompt(s); new beam {} (bandit means {}); "
+                    "{} evaluations", r, len(pool) - len(beam), len(beam),
                     [rec.id for rec in new_beam], [_fmt(result.means[pool.index(rec)]) for rec in new_beam],
                     result.evaluations)
         ctx.checkpoint(r)
@@ -252,16 +383,16 @@ class APO(ICLOptimizer):
         if not failures:
             logger.debug("APO round {}: beam prompt #{} made no error on the minibatch", r, parent.id)
             return
-        for g in range(self.n_gradients):
+        for g in range(run.n_gradients):
             shown = ctx.rng.sample(failures, min(len(failures), self.errors_per_gradient))
             name, how = self._target(run, shown, r, g)
-            inputs = {"task": run.tasks[name], "instruction": state[name].instruction,
-                      "failures": render_failures(shown, name)}
+            inputs = {"task": run.tasks[name], "data_summary": run.summaries[name],
+                      "instruction": state[name].instruction, "failures": render_failures(shown, name)}
             key = f"apo/round{r}/beam{j}/gradient{g}"
             answer = ctx.ask(DiagnoseErrors, key=f"{key}/reasons", temperature=self.temperature,
-                             validate=lambda a: bool(texts(a.reasons, 1)), n_reasons=self.gradients_per_error,
+                             validate=lambda a: bool(numbered_items(a.reasons)), n_reasons=self.gradients_per_error,
                              **inputs)
-            reasons = texts(answer.reasons, self.gradients_per_error) if answer is not None else []
+            reasons = numbered_items(answer.reasons, self.gradients_per_error) if answer is not None else []
             run.gradients.append({"round": r, "beam": j, "parent": parent.id, "gradient": g, "predictor": name,
                                   "blame": how, "errors": [f.index for f in shown], "reasons": reasons})
             for i, reason in enumerate(reasons):
@@ -271,11 +402,11 @@ class APO(ICLOptimizer):
     def _apply_gradient(self, ctx: SearchContext, key: str, name: str, inputs: dict[str, str], reason: str,
                         meta: dict[str, Any]) -> list[_Child]:
         answer = ctx.ask(FixInstruction, key=f"{key}/edit", temperature=self.temperature,
-                         validate=lambda a: bool(texts(a.new_instructions, 1)), problem=reason,
+                         validate=lambda a: bool(edited_instructions(a.new_instructions, 1)), problem=reason,
                          n_instructions=self.steps_per_gradient, **inputs)
         if answer is None:
             return []
-        edits = texts(answer.new_instructions, self.steps_per_gradient)
+        edits = edited_instructions(answer.new_instructions, self.steps_per_gradient)
         return [_Child(name, text, "edit", {**meta, "step": s, "key": f"{key}/step{s}"})
                 for s, text in enumerate(edits)]
 
@@ -286,7 +417,7 @@ class APO(ICLOptimizer):
         sources += [(name, state[name].instruction, f"apo/round{r}/beam{j}/parent/{name}",
                      {"round": r, "beam": j, "of": "parent"}) for name in targets]
         for name, text, key, meta in sources:
-            for m in range(self.mc_samples_per_step):
+            for m in range(run.mc_samples):
                 answer = ctx.ask(Paraphrase, key=f"{key}/mc{m}", temperature=self.temperature,
                                  validate=lambda a: bool(clean_text(a.paraphrase)), instruction=text,
                                  lm=run.paraphrase_lm)
@@ -301,7 +432,7 @@ class APO(ICLOptimizer):
             if found:
                 top = max(found.values())
                 return max((n for n, k in found.items() if k == top), key=run.names.index), "trace"
-        return run.names[((r - 1) * self.n_gradients + g) % len(run.names)], "turn"
+        return run.names[((r - 1) * max(1, run.n_gradients) + g) % len(run.names)], "turn"
 
     def _cap(self, ctx: SearchContext, r: int, children: list[_Child], failures: list[Failure]) -> list[_Child]:
         """At most ``max_expansion_factor`` children: a random sample, or the best on the parent's errors."""
@@ -319,13 +450,13 @@ class APO(ICLOptimizer):
         return [children[i] for i in kept]
 
     # ---------------------------------------------------------------------------- selecting
-    def _select(self, ctx: SearchContext, r: int, pool: list[CandidateRecord]) -> SelectionResult:
+    def _select(self, ctx: SearchContext, run: _Run, r: int, pool: list[CandidateRecord]) -> SelectionResult:
         def pull(record: CandidateRecord, items: list[int]) -> list[float]:
-            examples = [ctx.trainset[i] for i in items]
+            examples = [ctx.trainset[run.search[i]] for i in items]  # items index the shared search set
             outcomes = ctx.scorer.evaluate(ctx.state_of(record), examples, desc=f"round {r} #{record.id}")
             return [o.score for o in outcomes]
 
-        result = self.bandit.select(pool, self.beam_size, pull, len(ctx.trainset), ctx.rng)
+        result = run.bandit.select(pool, run.beam_size, pull, len(run.search), ctx.rng)
         for record, mean, seen in zip(pool, result.means, result.items_seen):
             if mean is not None:
                 record.scores[f"bandit_round{r}"] = mean

@@ -8,6 +8,7 @@ from typing import Any
 
 import dspy
 
+from dspy_icl_opt.search.meta import numbered_items
 from dspy_icl_opt.search.scorer import Outcome
 
 #: Field values longer than this are cut in meta-prompts (a long reasoning says little more).
@@ -23,10 +24,11 @@ class DiagnoseErrors(dspy.Signature):
     and keep it specific."""
 
     task: str = dspy.InputField(desc="the step's input and output fields")
+    data_summary: str = dspy.InputField(desc="what the training data looks like, and the answers its labels use")
     instruction: str = dspy.InputField(desc="the instruction the step ran with")
     failures: str = dspy.InputField(desc="examples the step got wrong: its inputs, its output, the expected output")
     n_reasons: int = dspy.InputField(desc="how many reasons to give")
-    reasons: list[str] = dspy.OutputField(desc="the reasons, one or two sentences each")
+    reasons: str = dspy.OutputField(desc="a numbered list of reasons ('1. ...'), one or two sentences each")
 
 
 class FixInstruction(dspy.Signature):
@@ -38,11 +40,13 @@ class FixInstruction(dspy.Signature):
     outputs. Each must be a complete instruction that stands on its own."""
 
     task: str = dspy.InputField(desc="the step's input and output fields")
+    data_summary: str = dspy.InputField(desc="what the training data looks like, and the answers its labels use")
     instruction: str = dspy.InputField(desc="the instruction the step ran with")
     failures: str = dspy.InputField(desc="examples the step got wrong: its inputs, its output, the expected output")
     problem: str = dspy.InputField(desc="why the instruction failed on them")
     n_instructions: int = dspy.InputField(desc="how many improved instructions to write")
-    new_instructions: list[str] = dspy.OutputField(desc="the improved instructions, each complete")
+    new_instructions: str = dspy.OutputField(
+        desc="the improved instruction; when asked for several, a numbered list ('1. ...'), each complete")
 
 
 class Paraphrase(dspy.Signature):
@@ -66,8 +70,9 @@ class Failure:
 
 
 def is_failure(outcome: Outcome) -> bool:
-    """An imperfect answer (score below 1.0) that the program did produce (crashes tell nothing)."""
-    return not outcome.failed and outcome.score < 1.0
+    """An imperfect answer (score below 1.0) that the model did write: a wrong answer, or one in a format
+    the adapter could not read (the error a small model makes most). Crashes tell nothing."""
+    return (not outcome.failed or outcome.unparsable) and outcome.score < 1.0
 
 
 def _norm(value: Any) -> str:
@@ -115,6 +120,13 @@ def render_failures(failures: Sequence[Failure], predictor: str) -> str:
         call = last_call(failure.outcome.trace, predictor)
         inputs = dict(call["inputs"]) if call else dict(failure.example.inputs().items())
         outputs = dict(call["outputs"]) if call else dict(failure.outcome.prediction)
+        if failure.outcome.unparsable:
+            lines = [f"## Example {number}", "Inputs:", *_lines(inputs),
+                     "Output of this step: unreadable. The model wrote:", *_lines({"text": failure.outcome.raw}),
+                     f"but the expected format is each output field under its own header ({failure.outcome.error})",
+                     "Expected output:", *_lines(failure.gold)]
+            blocks.append("\n".join(lines))
+            continue
         lines = [f"## Example {number}", "Inputs:", *_lines(inputs), "Output of this step:", *_lines(outputs)]
         final = failure.outcome.prediction
         if {k: _norm(v) for k, v in final.items()} != {k: _norm(v) for k, v in outputs.items()}:
@@ -132,8 +144,10 @@ def clean_text(value: Any) -> str:
     return text
 
 
-def texts(value: Any, limit: int) -> list[str]:
-    """Up to ``limit`` non-empty cleaned strings from a list answer (a lone string counts as one)."""
-    items = [value] if isinstance(value, str) else list(value or [])
-    cleaned = [clean_text(item) for item in items]
-    return [t for t in cleaned if t][:limit]
+def edited_instructions(value: Any, limit: int) -> list[str]:
+    """Up to ``limit`` instructions from an edit answer: the items of a numbered list when several are
+    asked for, else the whole text (a single instruction may itself contain numbered steps)."""
+    if limit > 1:
+        return numbered_items(value, limit)
+    text = clean_text(value)
+    return [text] if text else []

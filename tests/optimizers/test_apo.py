@@ -40,15 +40,28 @@ def responder(rule: str, log: list[dict[str, str]] | None = None):
         if log is not None:
             log.append({"system": system, **fields})
         if "`reasons`" in system:
-            return format_chat_reply({"reasons": [f"The instruction never says to {rule}.", "It is too vague."]})
+            return format_chat_reply({"reasons": f"1. The instruction never says to {rule}.\n2. It is too vague."})
         if "`new_instructions`" in system:
             fixed = f"Read the word and {rule}; reply with that number." if rule in fields["problem"] else DECOY
-            return format_chat_reply({"new_instructions": [fixed]})
+            return format_chat_reply({"new_instructions": fixed})
         if "`paraphrase`" in system:
             return format_chat_reply({"paraphrase": f"In other words: {fields['instruction']}"})
         raise AssertionError(f"unexpected meta-prompt: {system[:200]}")
 
     return respond
+
+
+def interrupt_after(n: int, respond):
+    """A responder that answers ``n`` requests, then stops the run as Ctrl-C would."""
+    seen = []
+
+    def reply(request: Any) -> str:
+        if len(seen) >= n:
+            raise KeyboardInterrupt
+        seen.append(1)
+        return respond(request)
+
+    return reply
 
 
 def shown_examples(failures: str) -> list[dict[str, str]]:
@@ -137,11 +150,11 @@ def test_budget_cap_stops_exactly(cap):
     paraphrase_lm = scripted_lm(responder(task.rule))
     apo, program = run_apo(task, task_lm=task_lm, prompt_lm=prompt_lm, paraphrase_model=paraphrase_lm, budget=cap)
     report = apo.report_
-    assert report.stopped_by_budget
-    if "max_prompt_calls" in cap:
+    if "max_prompt_calls" in cap:  # the plan sizes gradients and paraphrases to the prompt cap
         assert report.spent["prompt"].calls == 4 == prompt_lm.engine.call_count + paraphrase_lm.engine.call_count
         assert "val" in report.best_scores, "a spent prompt budget ends the search, not the final validation"
     else:
+        assert report.stopped_by_budget
         assert report.spent["task"].calls == 7 == task_lm.engine.call_count
     assert isinstance(program, dspy.Predict)
 
@@ -168,8 +181,13 @@ def test_resume_makes_no_repeated_lm_call(tmp_path):
         return apo.report_, program, [lm.engine.call_count for lm in lms.values()]
 
     full, full_program, full_calls = run()
-    cut, _, cut_calls = run(log_dir=tmp_path, budget={"max_prompt_calls": 9})
-    assert cut.stopped_by_budget
+    # killed after 9 prompt-model answers (a cap would change the plan; a kill does not)
+    lms = {"task_lm": task.lm(), "prompt_lm": scripted_lm(interrupt_after(9, responder(task.rule))),
+           "paraphrase_model": scripted_lm(responder(task.rule))}
+    with pytest.raises(KeyboardInterrupt):
+        run_apo(task, **lms, log_dir=tmp_path)
+    cut_calls = [lm.engine.call_count for lm in lms.values()]
+    cut_calls[1] -= 1  # the request the kill interrupted was never answered: the resumed run asks it again
     resumed, program, resumed_calls = run(log_dir=tmp_path)
     assert [a + b for a, b in zip(cut_calls, resumed_calls)] == full_calls
     assert resumed.best_state == full.best_state and resumed.extra["beams"] == full.extra["beams"]
@@ -213,7 +231,7 @@ def test_two_predictor_program_with_blame_each_edits_both():
 
 def test_reject_on_errors_keeps_the_children_that_fix_the_errors():
     task = planted_rule_task("vowels", train_size=16, val_size=6, seed=4)
-    apo, _ = run_apo(task, rounds=1, max_expansion_factor=1, reject_on_errors=True)
+    apo, _ = run_apo(task, rounds=1, max_expansion_factor=1, reject_on_errors=True, format_candidate=False, seed=1)
     children = [c for c in apo.report_.candidates if c.step == 1]
     assert len(children) == 1
     assert task.rule in instruction_of(children[0]).lower() and children[0].meta["error_score"] == 1.0
@@ -268,9 +286,9 @@ def test_paraphrase_model_type_is_checked():
 
 def test_task_budget_ending_mid_round_keeps_the_final_validation():
     task = planted_rule_task("vowels", train_size=16, val_size=6, seed=0)
-    apo, _ = run_apo(task, budget={"max_task_calls": 40})
+    apo, _ = run_apo(task, budget={"max_task_calls": 20})
     report = apo.report_
-    assert report.stopped_by_budget and report.spent["task"].calls <= 40
+    assert report.stopped_by_budget and report.spent["task"].calls <= 20
     assert "val" in report.best_scores, "the held-back calls paid for validating the last beam"
 
 

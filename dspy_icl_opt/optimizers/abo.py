@@ -7,16 +7,25 @@ ABO therefore optimizes the target model's *behaviour*: it gives the model an ex
 shows it, in one worked demonstration, how to follow that procedure; when the model errs, the
 optimizer names the step at which it went wrong and breaks only that step into finer sub-steps.
 
-Per predictor, the loop reads like the paper (Step 0, 1, 2 ...):
+Per predictor, the loop reads like the paper (Step 0, 1, 2 ...), every candidate scored on one shared
+search set planned from the budget (so all comparisons are paired):
 
-0. the prompt model writes ``num_candidates`` numbered procedures for the task; each gets an
-   instruction-following demonstration (a training example worked step by step, checked by the
-   metric); each pair is scored on a shared minibatch and the best ``beam_size`` are kept;
-1. each round: on a fresh shared minibatch, up to ``errors_per_round`` errors of the current pair are
-   shown to the prompt model, which names the first wrongly executed step of each; the most frequent
-   failing step is split into sub-steps (spliced in code: the other steps stay word for word), the
-   demonstration is rewritten for the refined procedure, and the new pair replaces the old one only if
-   it scores higher on the minibatch and no lower on ``valset``.
+0. the prompt model writes numbered procedures for the task; each is run by the task model as it is
+   (with "Follow the steps strictly.", the paper's ablation) and with an instruction-following
+   demonstration: one of the task model's own correct runs that carries out every step, or, when
+   there is none, a worked example the prompt model writes (checked by the metric). Whether the
+   demonstration helps is decided by running the task model with it, on the same examples. The best
+   ``beam_size`` pairs, the program as given and a data-grounded format candidate compete;
+1. each round: up to ``errors_per_round`` errors of the current pair (wrong answers, and answers the
+   adapter could not read, with what the model wrote) are shown to the prompt model, which names the
+   first wrongly executed step of each; the most frequent failing step is split into sub-steps
+   (spliced in code: the other steps stay word for word), the demonstration is renewed for the
+   refined procedure, and the refinement replaces its parent only if it scores higher on the search
+   set. The final choice is made on the valset, the program as given competing.
+
+A plain Predict has nowhere to follow steps: ABO adds a ``reasoning`` output before its outputs (as
+ChainOfThought does), recorded in the state, so the compiled program keeps it. Its ``program.json``
+then has the fields of ``dspy.Predict("question -> reasoning, answer")`` (load it into that).
 """
 
 from __future__ import annotations
@@ -52,6 +61,16 @@ from dspy_icl_opt.search import (
     describe_signature,
 )
 from dspy_icl_opt.search.budget import collect_cost
+from dspy_icl_opt.search.grounding import format_sentence, output_spaces
+from dspy_icl_opt.search.plan import (
+    Phase,
+    SearchPlan,
+    Shape,
+    plan_validation,
+    search_subset,
+    shrink_to_fit,
+    validation_calls,
+)
 from dspy_icl_opt.search.scorer import Metric, metric_value
 from dspy_icl_opt.search.surgery import demo_to_dict
 
@@ -64,8 +83,16 @@ PROCEDURE_EXAMPLES = 3
 DEMO_EXAMPLE_TRIES = 3
 #: The paper's ablation: this sentence instead of a demonstration (also used when no demo could be made).
 STRICT_SENTENCE = "Follow the steps strictly."
-#: The score label of the validation split, shared by all predictors and rounds.
-VAL = "val"
+#: The score label of the shared search set, on which every candidate is compared.
+SEARCH = "search"
+#: The output field ABO adds to a predictor without one, so the procedure has somewhere to be followed.
+ADDED_REASONING = "reasoning"
+#: The fewest refinement rounds a capped plan aims for before it accepts fewer.
+MIN_ROUNDS = 3
+#: Refinement rounds without a task cap when ``rounds`` is left to the plan.
+UNCAPPED_ROUNDS = 2
+#: The plan keeps the search set at least this large before it writes fewer procedures.
+PREFERRED_SEARCH_EXAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -81,40 +108,39 @@ class ABO(ICLOptimizer):
     """Automatic Behavior Optimization: step-by-step procedures, demonstrations that follow them, and
     refinement of the step the target model fails at (Ma et al., 2024, arXiv 2402.02101).
 
-    Each predictor ends up with a numbered procedure as its instruction and one
-    instruction-following demonstration as its only demo (so the compiled program carries both).
-    For a ChainOfThought predictor (an output field named ``reasoning`` or a synonym before the
-    answer) the demonstration's work fills that field. A plain Predict has nowhere to show the work
-    in a demo, so the worked example is written into the instruction below the procedure, and the
-    demo carries the inputs and the final outputs. A demonstration is installed only if its final
-    outputs pass ``metric``; otherwise up to three training examples are tried, then the predictor
-    goes without one and its instruction ends with "Follow the steps strictly." (logged).
+    Each predictor ends up with a numbered procedure as its instruction and, where running the task
+    model says it helps, one instruction-following demonstration as its only demo. The demonstration's
+    work fills the predictor's reasoning output (ChainOfThought's ``reasoning``, or the one ABO adds to a
+    plain Predict with ``add_reasoning``). With ``add_reasoning=False`` a plain Predict carries the worked
+    example in its instruction instead. A demonstration written by the prompt model is used only if its
+    final outputs pass ``metric`` (up to three training examples are tried).
 
     Multi-predictor programs are optimized one predictor at a time, in DSPy's order, with the others
     fixed at their best state so far. Errors are localised with the trace of the predictor being
-    optimized (its inputs and outputs on the failing example, and the program's final output); the
-    gold output shown is the example's. A predictor whose outputs are not among the examples' labels
-    cannot have its demonstration checked by the metric, so it gets a procedure without a demo.
+    optimized. A predictor whose outputs are not among the examples' labels gets a procedure without
+    a demo.
 
-    Where this differs from, or adds to, the paper's description: scores come from ``metric``
-    through the cached scorer; an error is an example scoring below 1.0 (full marks), and so is a
-    demonstration that fails; a refinement is kept only if it beats its parent on the round's
-    minibatch and is no worse on ``valset`` (our guard against refinements the target model does not
-    follow); ``beam_size`` > 1 refines independent lineages and returns the best on ``valset``. The
-    demonstration replaces the predictor's existing demos (``demonstration=False`` removes them).
+    Budget: :meth:`plan` sizes the shared search set, the procedures written, the rounds and the
+    errors localised per round from the caps (sizes shrink before counts, both before rounds), and
+    holds back the final validation of the start and ``final_candidates`` finalists.
 
     Args:
         metric: ``metric(example, prediction, trace=None)`` -> bool or float, higher is better.
         prompt_model: the LM that writes procedures, demonstrations and diagnoses (default: the task model).
         task_model: the LM that runs the program (default: ``dspy.settings.lm``).
-        num_candidates: initial procedures written (Step 0). Default 4.
-        rounds: refinement rounds after Step 0; 0 keeps the best initial procedure. Default 2.
-        minibatch_size: training examples per round's shared minibatch. Default 32.
-        errors_per_round: errors localised per round and lineage. Default 8.
-        demonstration: write instruction-following demonstrations; ``False`` is the paper's ablation
+        num_candidates: most initial procedures written (Step 0). Default 4.
+        rounds: refinement rounds after Step 0; 0 keeps the best initial procedure; ``None`` (default):
+            as many as the budget pays for (2 without a task cap).
+        minibatch_size: most training examples in the shared search set. Default 32.
+        errors_per_round: most errors localised per round and lineage. Default 8.
+        demonstration: use instruction-following demonstrations; ``False`` is the paper's ablation
             (the procedure plus "Follow the steps strictly.", no demo). Default True.
         beam_size: procedures kept after Step 0 and refined side by side. Default 1.
         temperature: prompt-model temperature when writing procedures and sub-steps. Default 1.0.
+        add_reasoning: give a predictor without a reasoning output one (default True).
+        format_candidate: let the data-grounded format candidate compete and end procedures with the
+            answer format the labels use (default True).
+        final_candidates: finalists validated beside the start (default 2).
         **common: the other :class:`~dspy_icl_opt.search.ICLOptimizer` arguments (``budget``, ``seed``,
             ``num_threads``, ``log_dir``, ``failure_score``, ``max_retries``, ``progress``).
 
@@ -124,28 +150,36 @@ class ABO(ICLOptimizer):
         >>> from dspy_icl_opt.testing import planted_rule_task
         >>> task = planted_rule_task("vowels", train_size=16, val_size=16)
         >>> abo = ABO(task.metric, prompt_model=dspy.LM("openai/gpt-4o-mini"), task_model=task.lm(),
-        ...           num_candidates=4, rounds=2, budget="light", progress=False)
-        >>> program = abo.compile(dspy.ChainOfThought("question -> answer"),
+        ...           budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
+        >>> program = abo.compile(dspy.Predict("question -> answer"),
         ...                       trainset=task.train, valset=task.val)  # doctest: +SKIP
         >>> [(r["round"], r["histogram"], r["kept"]) for r in abo.report_.extra["rounds"]]  # doctest: +SKIP
     """
 
     def __init__(self, metric: Metric, *, prompt_model: dspy.BaseLM | None = None,
-                 task_model: dspy.BaseLM | None = None, num_candidates: int = 4, rounds: int = 2,
+                 task_model: dspy.BaseLM | None = None, num_candidates: int = 4, rounds: int | None = None,
                  minibatch_size: int = 32, errors_per_round: int = 8, demonstration: bool = True,
-                 beam_size: int = 1, temperature: float = 1.0, **common: Any) -> None:
+                 beam_size: int = 1, temperature: float = 1.0, add_reasoning: bool = True,
+                 format_candidate: bool = True, final_candidates: int = 2, **common: Any) -> None:
         super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **common)
         check_int("num_candidates", num_candidates, minimum=1, hint="Ask for at least one initial procedure.")
-        check_int("rounds", rounds, minimum=0, hint="Use 0 to keep the best initial procedure without refining it.")
+        if rounds is not None:
+            check_int("rounds", rounds, minimum=0,
+                      hint="Use 0 to keep the best initial procedure without refining it, or None to let the plan "
+                           "decide.")
         check_int("minibatch_size", minibatch_size, minimum=1, hint="Score each round on at least one example.")
         check_int("errors_per_round", errors_per_round, minimum=1, hint="Localise at least one error per round.")
         check_int("beam_size", beam_size, minimum=1, hint="Keep at least one procedure.")
+        check_int("final_candidates", final_candidates, minimum=1, hint="Validate at least one finalist.")
         if beam_size > num_candidates:
             raise ValueError(f"`beam_size` must be <= `num_candidates` ({num_candidates}), but got {beam_size}. "
                              "Lower beam_size or raise num_candidates.")
-        if not isinstance(demonstration, bool):
-            raise TypeError(f"`demonstration` must be True or False, but got {demonstration!r}. "
-                            "Pass demonstration=False for the paper's no-demonstration ablation.")
+        for name, value in (("demonstration", demonstration), ("add_reasoning", add_reasoning),
+                            ("format_candidate", format_candidate)):
+            if not isinstance(value, bool):
+                raise TypeError(f"`{name}` must be True or False, but got {value!r}."
+                                + (" Pass demonstration=False for the paper's no-demonstration ablation."
+                                   if name == "demonstration" else ""))
         check_number("temperature", temperature, minimum=0, hint="Try 1.0.")
         self.num_candidates = num_candidates
         self.rounds = rounds
@@ -154,11 +188,14 @@ class ABO(ICLOptimizer):
         self.demonstration = demonstration
         self.beam_size = beam_size
         self.temperature = float(temperature)
+        self.add_reasoning = add_reasoning
+        self.format_candidate = format_candidate
+        self.final_candidates = final_candidates
 
     def _params(self) -> dict[str, Any]:
-        return {"num_candidates": self.num_candidates, "rounds": self.rounds, "minibatch_size": self.minibatch_size,
-                "errors_per_round": self.errors_per_round, "demonstration": self.demonstration,
-                "beam_size": self.beam_size, "temperature": self.temperature}
+        keys = ("num_candidates", "rounds", "minibatch_size", "errors_per_round", "demonstration", "beam_size",
+                "temperature", "add_reasoning", "format_candidate", "final_candidates")
+        return {key: getattr(self, key) for key in keys}
 
     def _validate(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example]) -> None:
         if not any(len(example.labels()) for example in trainset):
@@ -166,110 +203,228 @@ class ABO(ICLOptimizer):
                              "gold output when localising errors; build examples with the answer, e.g. "
                              "dspy.Example(question=..., answer=...).with_inputs('question').")
 
+    # ------------------------------------------------------------------------------------ the plan
+    def _plan(self, shape: Shape) -> SearchPlan:
+        """Search set, procedures, rounds and errors per round that fit the caps (see search/plan.py)."""
+        m = shape.n_predictors
+        finalists, n_val, notes = plan_validation(shape, self.final_candidates)
+        held = validation_calls(shape, finalists, n_val)
+        search = None if shape.task_cap is None else max(0, shape.task_cap - held)
+        runs = 2 if self.demonstration else 1  # each procedure runs with and without its demonstration
+        first = 2 if self.format_candidate else 1  # the start and the format candidate
+        wanted = self.rounds if self.rounds is not None else (UNCAPPED_ROUNDS if search is None else MIN_ROUNDS)
+        top = min(shape.n_train, self.minibatch_size)
+        counts = list(range(self.num_candidates, self.beam_size - 1, -1))
+
+        def cost(size: int, count: int) -> tuple[int, int]:
+            return m * (first + count * runs) * size, m * self.beam_size * runs * size
+
+        rounds, size, count = shrink_to_fit(cost, steps_wanted=wanted, sizes=list(range(top, 0, -1)),
+                                            counts=counts, budget=search,
+                                            preferred_min_size=min(PREFERRED_SEARCH_EXAMPLES, top))
+        fixed, per_round = cost(size, count)
+        if search is not None and self.rounds is None and per_round:
+            rounds = max(rounds, (search - fixed) // per_round)
+        writer = 1 if self.demonstration else 0  # a demonstration the prompt model may have to write
+        errors = self.errors_per_round
+        if shape.prompt_cap is not None:
+            per_predictor = shape.prompt_cap // m - count * (1 + writer)
+            affordable = per_predictor // max(1, rounds * self.beam_size) - 1 - writer if rounds else errors
+            errors = max(1, min(errors, affordable))
+            rounds = min(rounds, max(0, per_predictor // max(1, self.beam_size * (errors + 1 + writer))))
+        if rounds < wanted:
+            notes.append(f"only {rounds} refinement round(s) fit the caps; {wanted} wanted")
+        phases = [Phase("step 0: the start, the format candidate, procedures with and without a demonstration",
+                        fixed, m * count * (1 + writer)),
+                  Phase(f"rounds 1-{rounds}: localise {errors} error(s), split a step, renew the demonstration",
+                        rounds * per_round, m * rounds * self.beam_size * (errors + 1 + writer)),
+                  Phase(f"final validation: start + {finalists} finalist(s)", held)]
+        settings = {"num_candidates": count, "search_examples": size, "errors_per_round": errors,
+                    "finalists": finalists, "validation_examples": n_val}
+        return SearchPlan("ABO", shape, int(rounds), settings, phases, notes)
+
+    # ------------------------------------------------------------------------------------ the loop
     def _search(self, ctx: SearchContext) -> None:
         ctx.report.extra.setdefault("rounds", [])
         ctx.report.extra.setdefault("rejected_demonstrations", 0)
+        plan = ctx.plan
+        examples = [ctx.trainset[i] for i in search_subset(len(ctx.trainset), plan.settings["search_examples"],
+                                                            self.seed)]
+        held = validation_calls(plan.shape, plan.settings["finalists"], plan.settings["validation_examples"])
         state = ctx.initial_state
-        for index, (name, predictor) in enumerate(ctx.predictors):
-            run = _PredictorRun(self, ctx, name, predictor, state, first_step=index * (self.rounds + 1))
-            state = run.run()
+        with ctx.search_phase(validation_calls=held):
+            for index, (name, predictor) in enumerate(ctx.predictors):
+                run = _PredictorRun(self, ctx, name, predictor, state, examples,
+                                    first_step=index * (max(plan.steps, self.rounds or 0) + 1))
+                state = run.run()
+        ranked = sorted((r for r in ctx.report.candidates if SEARCH in r.scores and r.origin != "seed"),
+                        key=lambda r: (-r.scores[SEARCH], r.id))
+        ctx.choose_by_validation(ranked[: plan.settings["finalists"]])
+
+    def _rounds_left(self, ctx: SearchContext, round_: int, per_round: int) -> bool:
+        """Whether refinement round ``round_`` runs: as set, or while the budget pays for one."""
+        if self.rounds is not None:
+            return round_ <= self.rounds
+        remaining = ctx.meter.remaining_calls("task")
+        if remaining is None:
+            return round_ <= UNCAPPED_ROUNDS
+        return remaining >= per_round
 
 
 class _PredictorRun:
-    """ABO on one predictor, the others fixed in ``base``."""
+    """ABO on one predictor, the others fixed in ``base``; every candidate scored on ``examples``."""
 
     def __init__(self, opt: ABO, ctx: SearchContext, name: str, predictor: dspy.Predict, base: ProgramState,
-                 *, first_step: int) -> None:
-        self.opt, self.ctx, self.name, self.base, self.first_step = opt, ctx, name, base, first_step
+                 examples: list[dspy.Example], *, first_step: int) -> None:
+        self.opt, self.ctx, self.name, self.examples, self.first_step = opt, ctx, name, examples, first_step
         signature = predictor.signature
         self.reasoning = reasoning_field(signature)
+        if self.reasoning is None and opt.add_reasoning and ADDED_REASONING not in signature.fields:
+            self.reasoning = ADDED_REASONING  # room to follow the steps; kept in the compiled state
+            base = base.replace(name, base[name].with_reasoning_field(ADDED_REASONING))
+        self.base = base
         self.final_fields = {n: f for n, f in signature.output_fields.items() if n != self.reasoning}
         self.input_fields = list(signature.input_fields)
-        self.task = f"{describe_signature(predictor)}\nCurrent instruction: {base[name].instruction}"
+        self.task = f"{describe_signature(predictor)}\nCurrent instruction: {ctx.initial_state[name].instruction}"
+        spaces = output_spaces(predictor, ctx.trainset) if opt.format_candidate else {}
+        self.format = format_sentence(spaces) if spaces else ""
         self.demo_signature = demonstration_signature(self.final_fields)
         self.key = f"abo/pred:{name}"
         self.seed: CandidateRecord | None = None
         self.prompt_budget_spent: BudgetExhausted | None = None
+        self.arms: list[_Arm] = []
         self.checkable = any(self._has_gold(example) for example in ctx.trainset)
         if opt.demonstration and not self.checkable:
             logger.info("ABO [{}]: its outputs {} are not among the examples' labels, so a demonstration cannot be "
                         "checked by the metric; it gets a procedure only", name, list(self.final_fields))
 
     def run(self) -> ProgramState:
-        """The best state for this predictor: a procedure (and demonstration), or the one it started with."""
-        minibatch = self._minibatch()
-        self.seed = self.ctx.add_candidate(self.base, step=self.first_step, origin="seed", predictor=self.name)
-        self.ctx.score(self.seed, self.ctx.valset, VAL)  # the program to beat (free when scored before)
-        beam = self._initial_beam(minibatch)
+        """The best state for this predictor on the search set: a procedure (and demonstration), or the start."""
+        ctx = self.ctx
+        self.seed = ctx.add_candidate(ctx.initial_state if self._unchanged() else self.base, step=self.first_step,
+                                      origin="seed", predictor=self.name)
+        contenders = [self.seed]
+        if self.format:
+            pstate = self.base[self.name]
+            state = self.base.replace(self.name, pstate.with_instruction(f"{pstate.instruction}\n\n{self.format}"))
+            contenders.append(ctx.add_candidate(state, step=self.first_step, origin="format", predictor=self.name,
+                                                parent=self.seed.id))
+        for record in contenders:
+            ctx.score(record, self.examples, SEARCH)
+        beam = self._initial_beam()
         if not beam:
             logger.warning("ABO [{}]: no usable procedure was written; the predictor keeps its state", self.name)
+        elif self.prompt_budget_spent is not None:
+            raise self.prompt_budget_spent  # what was written and scored is compared in the final choice
         else:
-            self._select(beam)
-            if self.prompt_budget_spent is not None:
-                raise self.prompt_budget_spent  # what was written and scored is kept; no rounds are possible
-            for round_ in range(1, self.opt.rounds + 1):
-                minibatch = self._minibatch()
-                beam = [self._refine(arm, round_, lineage, minibatch) for lineage, arm in enumerate(beam)]
-                self._select(beam)
-                self.ctx.checkpoint(self.first_step + round_)
-        return self.ctx.state_of(self._select(beam))
+            runs = 2 if self.opt.demonstration else 1
+            per_round = len(beam) * runs * len(self.examples) * len(ctx.predictors)
+            round_ = 1
+            while self.opt._rounds_left(ctx, round_, per_round):
+                tried = len(self.arms)
+                beam = [self._refine(arm, round_, lineage) for lineage, arm in enumerate(beam)]
+                ctx.checkpoint(self.first_step + round_)
+                round_ += 1
+                if len(self.arms) == tried:  # nothing left to localise or split: more rounds would repeat this one
+                    break
+        best = ctx.best_by([*contenders, *(arm.record for arm in self.arms)], SEARCH)
+        ctx.set_best(best)
+        return ctx.state_of(best)
+
+    def _unchanged(self) -> bool:
+        return self.base.key() == self.ctx.initial_state.key() or self.base[self.name] == \
+            self.ctx.initial_state[self.name].with_reasoning_field(ADDED_REASONING)
 
     # ------------------------------------------------------------------------------------ Step 0
-    def _initial_beam(self, minibatch: list[dspy.Example]) -> list[_Arm]:
-        ctx, label, seed = self.ctx, self._label(0), self.seed
-        seed_score = ctx.score(seed, minibatch, label)
+    def _initial_beam(self) -> list[_Arm]:
+        ctx = self.ctx
         arms: list[_Arm] = []
+        procedures: list[Procedure] = []
         try:
-            for k in range(self.opt.num_candidates):
+            for k in range(ctx.plan.settings["num_candidates"]):
                 procedure = self._write_procedure(k)
-                if procedure is None or any(arm.procedure == procedure for arm in arms):
+                if procedure is None or procedure in procedures:
                     continue
-                demo = self._write_demo(procedure, f"{self.key}/round0/candidate{k}", preferred=None)
-                arm = self._make_arm(procedure, demo, round_=0, origin="procedure", parent=seed.id)
-                ctx.score(arm.record, minibatch, label)
-                arms.append(arm)
+                procedures.append(procedure)
+                arms += self._arms_for(procedure, f"{self.key}/round0/candidate{k}", round_=0, origin="procedure",
+                                       parent=self.seed.id, preferred=None)
         except BudgetExhausted as exc:
             if exc.role != "prompt":
                 raise
             self.prompt_budget_spent = exc  # the procedures already written are still scored and compared
         if not arms:
             return []
-        beam = sorted(arms, key=lambda a: (-a.record.scores[label], a.record.id))[: self.opt.beam_size]
-        for arm in beam:
-            ctx.score(arm.record, ctx.valset, VAL)
+        beam = sorted(arms, key=_rank)[: self.opt.beam_size]
         for arm in arms:
-            self._report(0, None, arm, kept=arm in beam, parent_score=seed_score, label=label)
-        logger.info("ABO [{}] step 0: {} procedure(s); minibatch {:.3f} (unoptimized {:.3f}), val {:.3f}", self.name,
-                    len(arms), beam[0].record.scores[label], seed_score, beam[0].record.scores[VAL])
+            self._report(0, None, arm, kept=arm in beam, parent_score=self.seed.scores[SEARCH])
+        logger.info("ABO [{}] step 0: {} procedure(s); best {:.3f} on the search set (unoptimized {:.3f})",
+                    self.name, len(procedures), beam[0].record.scores[SEARCH], self.seed.scores[SEARCH])
         ctx.checkpoint(self.first_step)
         return beam
+
+    def _arms_for(self, procedure: Procedure, key: str, *, round_: int, origin: str, parent: int,
+                  preferred: int | None, refined_step: int | None = None) -> list[_Arm]:
+        """The procedure run as it is and with a demonstration (when one can be had), both scored."""
+        plain = self._make_arm(procedure, None, round_=round_, origin=origin, parent=parent, refined_step=refined_step)
+        outcomes = self.ctx.scorer.evaluate(self.ctx.state_of(plain.record), self.examples, desc="procedure")
+        self.ctx.record_outcomes(plain.record, outcomes, SEARCH)
+        arms = [plain]
+        demo = self._demonstration(procedure, outcomes, key, preferred)
+        if demo is not None:
+            shown = self._make_arm(procedure, demo, round_=round_, origin=origin, parent=parent,
+                                   refined_step=refined_step)
+            self.ctx.score(shown.record, self.examples, SEARCH)
+            arms.append(shown)
+        self.arms += arms
+        return arms
 
     def _write_procedure(self, k: int) -> Procedure | None:
         examples = self.ctx.rng.sample(self.ctx.trainset, min(PROCEDURE_EXAMPLES, len(self.ctx.trainset)))
         shown = "\n\n".join(f"Example {i}:\n{format_fields(demo_to_dict(ex.inputs()))}\n"
-                            f"{format_fields(demo_to_dict(ex.labels()))}" for i, ex in enumerate(examples, start=1))
+                             f"{format_fields(demo_to_dict(ex.labels()))}" for i, ex in enumerate(examples, start=1))
         answer = self._ask(WriteProcedure, f"{self.key}/round0/candidate{k}/procedure",
                            temperature=self.opt.temperature, task=self.task, examples=shown,
                            validate=lambda a: Procedure.parse(a.procedure) is not None)
         return None if answer is None else Procedure.parse(answer.procedure)
 
     # ------------------------------------------------------------------------- demonstrations
-    def _write_demo(self, procedure: Procedure, key: str, preferred: int | None) -> Demonstration | None:
-        """A demonstration of ``procedure`` whose final outputs pass the metric, or None (logged)."""
+    def _demonstration(self, procedure: Procedure, outcomes: list[Outcome], key: str,
+                       preferred: int | None) -> Demonstration | None:
+        """One of the task model's own correct runs that labels every step, else one the prompt model writes."""
         if not self.opt.demonstration or not self.checkable:
             return None
+        own = self._own_run(procedure, outcomes)
+        return own if own is not None else self._write_demo(procedure, key, preferred)
+
+    def _own_run(self, procedure: Procedure, outcomes: list[Outcome]) -> Demonstration | None:
+        if self.reasoning is None:
+            return None
+        index_of = {id(example): i for i, example in enumerate(self.ctx.trainset)}
+        for example, outcome in zip(self.examples, outcomes):
+            entry = self._trace_entry(outcome)
+            if outcome.failed or outcome.score < CORRECT_SCORE or entry is None:
+                continue
+            work = str((entry.get("outputs") or {}).get(self.reasoning, ""))
+            if follows_every_step(work, procedure):
+                outputs = {n: entry["outputs"].get(n) for n in self.final_fields}
+                inputs = {f: entry["inputs"].get(f) for f in self.input_fields}
+                return Demonstration(index_of.get(id(example), -1), inputs, work, demo_to_dict(outputs))
+        return None
+
+    def _write_demo(self, procedure: Procedure, key: str, preferred: int | None) -> Demonstration | None:
+        """A demonstration the prompt model writes, whose final outputs pass the metric, or None (logged)."""
         for j, index in enumerate(self._demo_pool(preferred)):
             demo = self._demo_attempt(procedure, index, f"{key}/demo{j}")
             if demo is not None:
                 return demo
-        logger.warning("ABO [{}]: no demonstration passed the metric after {} example(s); going without one ({})",
-                       self.name, DEMO_EXAMPLE_TRIES, key)
+        logger.info("ABO [{}]: no demonstration passed the metric after {} example(s); going without one ({})",
+                    self.name, DEMO_EXAMPLE_TRIES, key)
         return None
 
     def _demo_pool(self, preferred: int | None) -> list[int]:
         """Training examples to demonstrate on: the previous demonstration's first, then random ones."""
         order = self.ctx.rng.sample(range(len(self.ctx.trainset)), len(self.ctx.trainset))
-        if preferred is not None:
+        if preferred is not None and preferred >= 0:
             order = [preferred] + [i for i in order if i != preferred]
         return [i for i in order if self._has_gold(self.ctx.trainset[i])][:DEMO_EXAMPLE_TRIES]
 
@@ -321,38 +476,36 @@ class _PredictorRun:
         return any(name in example.labels() for name in self.final_fields)
 
     # ------------------------------------------------------------------------- rounds 1, 2 ...
-    def _refine(self, arm: _Arm, round_: int, lineage: int, minibatch: list[dspy.Example]) -> _Arm:
+    def _refine(self, arm: _Arm, round_: int, lineage: int) -> _Arm:
         """One round on one lineage: localise failing steps, split the most frequent, keep it if better."""
-        label = self._label(round_)
-        outcomes = self.ctx.scorer.evaluate(self.ctx.state_of(arm.record), minibatch, desc=f"round {round_}")
-        parent_score = self.ctx.record_outcomes(arm.record, outcomes, label)
+        outcomes = self.ctx.scorer.evaluate(self.ctx.state_of(arm.record), self.examples, desc=f"round {round_}")
+        parent_score = self.ctx.record_outcomes(arm.record, outcomes, SEARCH)
         prefix = f"{self.key}/round{round_}/lineage{lineage}"
-        findings, n_errors = self._diagnose(arm, minibatch, outcomes, prefix)
+        findings, n_errors = self._diagnose(arm, outcomes, prefix)
         histogram = Counter(step for step, _ in findings)
         if not histogram:
-            logger.info("ABO [{}] round {}: no localised error among {} (minibatch {:.3f}); procedure unchanged",
+            logger.info("ABO [{}] round {}: no localised error among {} (search set {:.3f}); procedure unchanged",
                         self.name, round_, n_errors, parent_score)
-            self._report(round_, lineage, None, kept=False, parent=arm, parent_score=parent_score, label=label,
-                         errors=n_errors)
+            self._report(round_, lineage, None, kept=False, parent=arm, parent_score=parent_score, errors=n_errors)
             return arm
         step = min(histogram, key=lambda s: (-histogram[s], s))  # most frequent; ties: the earliest step
         reasons = [reason for s, reason in findings if s == step]
-        child = self._split(arm, step, reasons, prefix, round_)
-        kept = child is not None and self._accept(arm, child, minibatch, label)
-        self._report(round_, lineage, child, kept=kept, parent=arm, parent_score=parent_score, label=label,
-                     errors=n_errors, histogram=histogram, failing_step=step, reasons=reasons)
-        logger.info("ABO [{}] round {}: failing steps {} -> split step {}; minibatch {:.3f} -> {}; {}", self.name,
+        children = self._split(arm, step, reasons, prefix, round_)
+        child = sorted(children, key=_rank)[0] if children else None
+        kept = child is not None and child.record.scores[SEARCH] > parent_score
+        self._report(round_, lineage, child, kept=kept, parent=arm, parent_score=parent_score, errors=n_errors,
+                     histogram=histogram, failing_step=step, reasons=reasons)
+        logger.info("ABO [{}] round {}: failing steps {} -> split step {}; search set {:.3f} -> {}; {}", self.name,
                     round_, dict(sorted(histogram.items())), step, parent_score,
-                    "n/a" if child is None else f"{child.record.scores.get(label, 0.0):.3f}",
+                    "n/a" if child is None else f"{child.record.scores[SEARCH]:.3f}",
                     "kept" if kept else "parent kept")
         return child if kept and child is not None else arm
 
-    def _diagnose(self, arm: _Arm, minibatch: list[dspy.Example], outcomes: list[Outcome],
-                  prefix: str) -> tuple[list[tuple[int, str]], int]:
-        """(failing step, reason) for a sample of the arm's errors on the minibatch, and the number of errors."""
-        errors = [(ex, o) for ex, o in zip(minibatch, outcomes)
-                  if o.score < CORRECT_SCORE and not o.failed and self._trace_entry(o) is not None]
-        sample = self.ctx.rng.sample(errors, min(self.opt.errors_per_round, len(errors)))
+    def _diagnose(self, arm: _Arm, outcomes: list[Outcome], prefix: str) -> tuple[list[tuple[int, str]], int]:
+        """(failing step, reason) for a sample of the arm's errors, and the number of errors."""
+        errors = [(ex, o) for ex, o in zip(self.examples, outcomes) if o.score < CORRECT_SCORE
+                  and ((not o.failed and self._trace_entry(o) is not None) or o.unparsable)]
+        sample = self.ctx.rng.sample(errors, min(self.ctx.plan.settings["errors_per_round"], len(errors)))
         findings = []
         for i, (example, outcome) in enumerate(sample):
             found = self._locate(arm, example, outcome, f"{prefix}/error{i}")
@@ -363,36 +516,33 @@ class _PredictorRun:
     def _locate(self, arm: _Arm, example: dspy.Example, outcome: Outcome, key: str) -> tuple[int, str] | None:
         entry = self._trace_entry(outcome) or {}
         n_steps = len(arm.procedure)
-        model_output = format_fields(entry.get("outputs") or {})
-        if outcome.prediction and outcome.prediction != entry.get("outputs"):
-            model_output += f"\nThe program's final output:\n{format_fields(outcome.prediction)}"
+        if outcome.unparsable:
+            model_output = (f"(unreadable: {outcome.error}) The model wrote:\n{outcome.raw}")
+            task_input = format_fields({f: example.get(f) for f in self.input_fields if f in example})
+        else:
+            model_output = format_fields(entry.get("outputs") or {})
+            if outcome.prediction and outcome.prediction != entry.get("outputs"):
+                model_output += f"\nThe program's final output:\n{format_fields(outcome.prediction)}"
+            task_input = format_fields(entry.get("inputs") or {})
         demonstration = arm.demo.render() if arm.demo else f"(none; the instruction ends: {STRICT_SENTENCE})"
         answer = self._ask(LocateFailingStep, key, validate=lambda a: step_number(a.failing_step, n_steps) is not None,
-                           procedure=arm.procedure.render(), demonstration=demonstration,
-                           task_input=format_fields(entry.get("inputs") or {}), model_output=model_output,
-                           correct_output=format_fields(demo_to_dict(example.labels())))
+                           procedure=arm.procedure.render(), demonstration=demonstration, task_input=task_input,
+                           model_output=model_output, correct_output=format_fields(demo_to_dict(example.labels())))
         number = None if answer is None else step_number(answer.failing_step, n_steps)
         return None if number is None else (number, str(answer.reason))
 
-    def _split(self, arm: _Arm, step: int, reasons: list[str], prefix: str, round_: int) -> _Arm | None:
-        """The arm's procedure with ``step`` broken into sub-steps, and a demonstration rewritten for it."""
+    def _split(self, arm: _Arm, step: int, reasons: list[str], prefix: str, round_: int) -> list[_Arm]:
+        """The arm's procedure with ``step`` broken into sub-steps, run as it is and with a renewed demonstration."""
         answer = self._ask(SplitStep, f"{prefix}/split", temperature=self.opt.temperature,
                            validate=lambda a: parse_sub_steps(a.sub_steps) is not None, task=self.task,
                            procedure=arm.procedure.render(), step_number=step, step=arm.procedure.render_step(step),
                            failures="\n".join(f"- {reason}" for reason in reasons))
         if answer is None:
-            return None
+            return []
         procedure = arm.procedure.refine(step, parse_sub_steps(answer.sub_steps) or [])
         preferred = arm.demo.example_index if arm.demo else None
-        demo = self._write_demo(procedure, prefix, preferred)
-        return self._make_arm(procedure, demo, round_=round_, origin="refinement", parent=arm.record.id,
-                              refined_step=step)
-
-    def _accept(self, parent: _Arm, child: _Arm, minibatch: list[dspy.Example], label: str) -> bool:
-        """Better on the shared minibatch, then confirmed (no worse) on the validation set."""
-        if self.ctx.score(child.record, minibatch, label) <= parent.record.scores[label]:
-            return False
-        return self.ctx.score(child.record, self.ctx.valset, VAL) >= self.ctx.score(parent.record, self.ctx.valset, VAL)
+        return self._arms_for(procedure, prefix, round_=round_, origin="refinement", parent=arm.record.id,
+                              preferred=preferred, refined_step=step)
 
     # --------------------------------------------------------------------------------- helpers
     def _make_arm(self, procedure: Procedure, demo: Demonstration | None, *, round_: int, origin: str,
@@ -406,28 +556,12 @@ class _PredictorRun:
         return _Arm(record, procedure, demo)
 
     def _instruction(self, procedure: Procedure, demo: Demonstration | None) -> str:
+        fmt = f"\n\n{self.format}" if self.format else ""
         if demo is None:
-            return f"{procedure.render()}\n\n{STRICT_SENTENCE}"
+            return f"{procedure.render()}\n\n{STRICT_SENTENCE}{fmt}"
         if self.reasoning is None:
-            return f"{procedure.render()}\n\nA worked example, every step carried out:\n{demo.render()}"
-        return procedure.render()
-
-    def _select(self, beam: list[_Arm]) -> CandidateRecord:
-        """The beam's best on valset, unless the state this predictor started from is strictly better there."""
-        best_record = self.ctx.best_by([arm.record for arm in beam], VAL)
-        seed_val = self.seed.scores.get(VAL)
-        if best_record is None or (seed_val is not None and seed_val > best_record.scores[VAL]):
-            best_record = self.seed
-        self.ctx.set_best(best_record)
-        return best_record
-
-    def _minibatch(self) -> list[dspy.Example]:
-        trainset = self.ctx.trainset
-        picked = self.ctx.rng.sample(range(len(trainset)), min(self.opt.minibatch_size, len(trainset)))
-        return [trainset[i] for i in sorted(picked)]
-
-    def _label(self, round_: int) -> str:
-        return f"minibatch@{self.first_step + round_}"
+            return f"{procedure.render()}\n\nA worked example, every step carried out:\n{demo.render()}{fmt}"
+        return f"{procedure.render()}{fmt}"
 
     def _trace_entry(self, outcome: Outcome) -> dict[str, Any] | None:
         """The last call of this predictor in an outcome's trace (None if it was not called)."""
@@ -439,10 +573,9 @@ class _PredictorRun:
                      {k: v for k, v in kwargs.items() if k not in ("validate", "temperature")})
         return self.ctx.ask(signature, key=key, **kwargs)
 
-    def _report(self, round_: int, lineage: int | None, arm: _Arm | None, *, kept: bool, label: str,
-                parent_score: float, parent: _Arm | None = None, **diagnosis: Any) -> None:
+    def _report(self, round_: int, lineage: int | None, arm: _Arm | None, *, kept: bool, parent_score: float,
+                parent: _Arm | None = None, **diagnosis: Any) -> None:
         """Append one attempt to ``report.extra["rounds"]`` (the paper's Step 0, 1, 2 ...)."""
-        scores = dict(arm.record.scores) if arm else {}
         entry = {"predictor": self.name, "round": round_, "lineage": lineage,
                  "candidate": arm.record.id if arm else None,
                  "parent": parent.record.id if parent else (arm.record.parent if arm else None),
@@ -451,7 +584,11 @@ class _PredictorRun:
                  if arm else None,
                  "demonstration": arm.demo.to_dict() if arm and arm.demo else None,
                  "histogram": {str(k): v for k, v in sorted((diagnosis.pop("histogram", None) or {}).items())},
-                 "scores": {"minibatch": scores.get(label), "parent_minibatch": parent_score, "val": scores.get(VAL),
-                            "parent_val": parent.record.scores.get(VAL) if parent else None},
+                 "scores": {"search": arm.record.scores.get(SEARCH) if arm else None, "parent_search": parent_score},
                  "kept": kept, **diagnosis}
         self.ctx.report.extra["rounds"].append(entry)
+
+
+def _rank(arm: _Arm) -> tuple:
+    """Best search score first; on a tie the arm with a demonstration (the paper's method), then the earliest."""
+    return (-arm.record.scores[SEARCH], arm.demo is None, arm.record.id)

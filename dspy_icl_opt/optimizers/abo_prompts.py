@@ -15,6 +15,8 @@ from typing import Any
 
 import dspy
 
+from dspy_icl_opt.search.meta import first_number_in
+
 #: A procedure needs at least this many steps: a single step is a task description, not a procedure.
 MIN_STEPS = 2
 #: A refinement must split the failing step into at least this many sub-steps.
@@ -61,7 +63,7 @@ class LocateFailingStep(dspy.Signature):
     model_output: str = dspy.InputField(desc="what the model wrote, its reasoning included")
     correct_output: str = dspy.InputField()
     reason: str = dspy.OutputField(desc="what went wrong at that step")
-    failing_step: int = dspy.OutputField(desc="the number of the first wrongly executed step (a top-level number)")
+    failing_step: str = dspy.OutputField(desc="the number of the first wrongly executed step, e.g. 2")
 
 
 class SplitStep(dspy.Signature):
@@ -82,6 +84,7 @@ def demonstration_signature(final_fields: Mapping[str, Any]) -> type[dspy.Signat
     for name, info in final_fields.items():
         desc = f"the final `{name}` that the work arrives at"
         signature = signature.append(f"final_{name}", dspy.OutputField(desc=desc), type_=info.annotation)
+    signature.__name__ = WriteDemonstration.__name__  # reports count its answers under one name
     return signature
 
 
@@ -194,14 +197,10 @@ def reasoning_field(signature: type[dspy.Signature]) -> str | None:
 
 
 def step_number(value: Any, n_steps: int) -> int | None:
-    """``value`` as a step number of an ``n_steps``-step procedure, or None if it is not one."""
-    if isinstance(value, bool):
+    """``value`` as a step number of an ``n_steps``-step procedure ("2", "Step 2", "2.1" -> 2), or None."""
+    if isinstance(value, bool) or value is None:
         return None
-    try:
-        number = int(str(value).strip().rstrip("."))
-    except (TypeError, ValueError):
-        return None
-    return number if 1 <= number <= n_steps else None
+    return first_number_in(value, 1, n_steps)
 
 
 # --------------------------------------------------------------------------------- demonstrations

@@ -229,9 +229,12 @@ class APO(ICLOptimizer):
         size = top if search is None else max(min(MIN_SEARCH_EXAMPLES, top), min(top, search // 16))
         first = (2 if self.format_candidate else 1) * size * m
         wanted = self.rounds if self.rounds is not None else (UNCAPPED_ROUNDS if search is None else MIN_ROUNDS)
-        lowest = 1 if self.n_gradients else 0  # a gradient is what makes this APO: keep at least one
-        configs = [(g, mc) for g in range(self.n_gradients, lowest - 1, -1)
-                   for mc in range(self.mc_samples_per_step, -1, -1) if g or mc]
+        # gradients shrink first, then paraphrases; at least one gradient (it is what makes this APO) and,
+        # while it fits, one paraphrase (the paper's local Monte Carlo search) are kept
+        lowest = 1 if self.n_gradients else 0
+        gradients = range(self.n_gradients, lowest - 1, -1)
+        configs = [(g, mc) for mc in range(self.mc_samples_per_step, 0, -1) for g in gradients]
+        configs += [(g, 0) for g in gradients if g]
         best = None
         for g, mc in configs:
             prompt = beam * (g * (1 + self.gradients_per_error) + mc * (g * self.gradients_per_error
@@ -285,7 +288,11 @@ class APO(ICLOptimizer):
                 round_index += 1
                 if not self._room_for_a_round(ctx, run, plan, round_index):
                     break
-                beam = self._round(ctx, run, round_index, beam)
+                beam, grew = self._round(ctx, run, round_index, beam)
+                if not grew:
+                    logger.info("APO round {}: no beam prompt made an error to learn from; the search is done",
+                                round_index)
+                    break
                 if run.prompt_budget_spent is not None:
                     raise run.prompt_budget_spent  # ends the search; this round's beam is still validated
         self._choose_final(ctx, beam)
@@ -331,7 +338,9 @@ class APO(ICLOptimizer):
         return make_bandit(self.evaluator, eval_rounds=max(1, nominal // (prompts * samples)),
                            eval_prompts_per_round=prompts, samples_per_eval=samples, c=self.c)
 
-    def _round(self, ctx: SearchContext, run: _Run, r: int, beam: list[CandidateRecord]) -> list[CandidateRecord]:
+    def _round(self, ctx: SearchContext, run: _Run, r: int,
+               beam: list[CandidateRecord]) -> tuple[list[CandidateRecord], bool]:
+        """One round; returns the new beam and whether any child was proposed."""
         size = min(self.minibatch_size, len(run.search))
         minibatch = sorted(ctx.rng.sample(run.search, size))
         children: list[CandidateRecord] = []
@@ -350,7 +359,7 @@ class APO(ICLOptimizer):
                     [rec.id for rec in new_beam], [_fmt(result.means[pool.index(rec)]) for rec in new_beam],
                     result.evaluations)
         ctx.checkpoint(r)
-        return new_beam
+        return new_beam, bool(children)
 
     # ---------------------------------------------------------------------------- expanding
     def _expand(self, ctx: SearchContext, run: _Run, r: int, j: int, parent: CandidateRecord,

@@ -36,6 +36,8 @@ from dspy_icl_opt.search.surgery import ProgramState, named_predictors, read_sta
 _DIGEST_CHARS = 16
 #: The score label of the final comparison on the valset (every strategy's choice is made on it).
 VAL_LABEL = "val"
+#: Where the whole program is saved (dspy.load) when the optimized state added a field to a signature.
+WHOLE_PROGRAM_DIR = "program"
 #: A finalist replaces the start only if its paired validation gain is at least this many standard errors.
 VALIDATION_Z = 1.5
 #: Below this many training examples, no validation split is held back (both roles use trainset).
@@ -491,6 +493,12 @@ class ICLOptimizer(Teleprompter):
         self.report_ = report
         if ctx.log_dir is not None:
             program.save(str(ctx.log_dir / PROGRAM_FILE))
+            added = [name for name, pstate in state.predictors if pstate.reasoning_field]
+            if added:  # program.json loads only into a program with that field: save the whole program too
+                program.save(str(ctx.log_dir / WHOLE_PROGRAM_DIR), save_program=True)
+                logger.warning("Predictor(s) {} gained a reasoning output; load {} with dspy.load(..., "
+                               "allow_pickle=True), or program.json into a program that has that field",
+                               added, ctx.log_dir / WHOLE_PROGRAM_DIR)
             logger.info("Saved the compiled program and report in {}", ctx.log_dir)
         logger.info("{} done: best candidate {} with scores {}; spent {}", type(self).__name__,
                     report.best_candidate, report.best_scores,

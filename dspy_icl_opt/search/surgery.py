@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dspy
@@ -37,6 +37,10 @@ def demo_to_dict(demo: Any) -> dict[str, Any]:
     return {k: _jsonable(v) for k, v in data.items() if not str(k).startswith("dspy_")}
 
 
+#: The description of a reasoning field added to a predictor that had none (ChainOfThought's wording).
+REASONING_DESC = "Think step by step in order to produce the outputs; follow the instruction's steps."
+
+
 @dataclass(frozen=True)
 class PredictorState:
     """What an optimizer may change in one predictor.
@@ -46,28 +50,37 @@ class PredictorState:
         demos: few-shot demos, each a dict of field name to value.
         position: where the instruction sits (``system``, ``q_end`` or ``a_begin``).
         base_instruction: the instruction kept in the system message when ``position`` is not ``system``.
+        reasoning_field: the name of a text output field added before the predictor's outputs (as
+            ChainOfThought adds ``reasoning``), so that a plain Predict has room to work step by step;
+            empty: the signature's fields are kept as they are.
     """
 
     instruction: str
     demos: tuple[dict[str, Any], ...] = ()
     position: Position = "system"
     base_instruction: str = ""
+    reasoning_field: str = ""
 
     def with_instruction(self, instruction: str, position: Position | None = None) -> PredictorState:
-        return PredictorState(instruction, self.demos, position or self.position, self.base_instruction)
+        return replace(self, instruction=instruction, position=position or self.position)
 
     def with_demos(self, demos: list[Any] | tuple[Any, ...]) -> PredictorState:
-        clean = tuple(demo_to_dict(d) for d in demos)
-        return PredictorState(self.instruction, clean, self.position, self.base_instruction)
+        return replace(self, demos=tuple(demo_to_dict(d) for d in demos))
+
+    def with_reasoning_field(self, name: str) -> PredictorState:
+        return replace(self, reasoning_field=name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"instruction": self.instruction, "demos": list(self.demos), "position": self.position,
+        data = {"instruction": self.instruction, "demos": list(self.demos), "position": self.position,
                 "base_instruction": self.base_instruction}
+        if self.reasoning_field:  # only when set, so the keys of every other state stay as they were
+            data["reasoning_field"] = self.reasoning_field
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PredictorState:
         return cls(data["instruction"], tuple(data.get("demos", ())), data.get("position", "system"),
-                   data.get("base_instruction", ""))
+                   data.get("base_instruction", ""), data.get("reasoning_field", ""))
 
 
 @dataclass(frozen=True)
@@ -152,7 +165,10 @@ def apply_state(program: dspy.Module, state: ProgramState) -> dspy.Module:
             instructions = pstate.instruction
         else:
             instructions = compose_instructions(split_instructions(base)[0], pstate.instruction, pstate.position)
-        predictor.signature = predictor.signature.with_instructions(instructions)
+        signature = predictor.signature.with_instructions(instructions)
+        if pstate.reasoning_field and pstate.reasoning_field not in signature.output_fields:
+            signature = signature.prepend(pstate.reasoning_field, dspy.OutputField(desc=REASONING_DESC), type_=str)
+        predictor.signature = signature
         predictor.demos = [dspy.Example(**demo) for demo in pstate.demos]
     return copy
 

@@ -91,7 +91,8 @@ def task():
 
 
 def make_abo(task, script, task_lm=None, **kwargs):
-    settings = {"num_candidates": 1, "rounds": 1, "minibatch_size": 32, "errors_per_round": 8, "progress": False}
+    settings = {"num_candidates": 1, "rounds": 1, "minibatch_size": 32, "errors_per_round": 8, "progress": False,
+                "format_candidate": False}
     settings.update(kwargs)
     return ABO(task.metric, task_model=task_lm or task.lm(knows=never()), prompt_model=scripted_lm(script),
                **settings)
@@ -140,7 +141,7 @@ def demos_in_report(report) -> list[tuple[dict, dict]]:
 
 def test_demonstration_failing_the_metric_is_never_installed(task):
     wrong_first_two = lambda fields, i: echo_demo(fields, answer="999" if i < 2 else None)  # noqa: E731
-    abo = make_abo(task, ABOScript(demo=wrong_first_two), rounds=0)
+    abo = make_abo(task, ABOScript(demo=wrong_first_two), rounds=0, task_lm=task.lm(knows=lambda v: bool(v.demos)))
     program = abo.compile(cot(), trainset=task.train, valset=task.val)
     assert abo.report_.extra["rejected_demonstrations"] == 2
     [demo] = program.predict.demos
@@ -151,12 +152,15 @@ def test_demonstration_failing_the_metric_is_never_installed(task):
 
 
 def test_without_a_passing_demonstration_the_predictor_goes_without(task):
-    abo = make_abo(task, ABOScript(demo=lambda fields, i: echo_demo(fields, answer="999")), rounds=1)
+    script = ABOScript(demo=lambda fields, i: echo_demo(fields, answer="999"))
+    follows = lambda view: "Read the word" in view.instruction and len(view.inputs["question"]) % 2  # noqa: E731
+    abo = make_abo(task, script, rounds=1, task_lm=task.lm(knows=follows))
     program = abo.compile(cot(), trainset=task.train, valset=task.val)
     assert program.predict.demos == []
     assert demos_in_report(abo.report_) == []
     assert program.predict.signature.instructions.endswith(STRICT_SENTENCE)
-    assert abo.report_.extra["rejected_demonstrations"] == 6  # 3 examples for Step 0, 3 for the refinement
+    # 3 examples tried for Step 0, 3 for the refinement: every one rejected
+    assert abo.report_.extra["rejected_demonstrations"] == len(script.asked("demo")) == 6
 
 
 def test_demonstration_that_skips_a_step_is_rejected():
@@ -166,8 +170,19 @@ def test_demonstration_that_skips_a_step_is_rejected():
     assert not follows_every_step("Step 1: a\nStep 2.1: b\nStep 2.2: c\nStep 3: d\nStep 40: e", procedure)
 
 
+def test_predict_gains_a_reasoning_output_for_the_steps(task, tmp_path):
+    abo = make_abo(task, ABOScript(), rounds=0, task_lm=task.lm(knows=lambda v: bool(v.demos)), log_dir=tmp_path)
+    program = abo.compile(task.program(), trainset=task.train, valset=task.val)
+    assert list(program.signature.output_fields) == ["reasoning", "answer"]
+    [demo] = program.demos
+    assert "Step 4:" in demo.reasoning and program.signature.instructions == Procedure.parse(PROCEDURE).render()
+    assert task.program().signature.output_fields.keys() == {"answer"}, "the student is untouched"
+    loaded = dspy.load(str(tmp_path / "program"), allow_pickle=True)  # the whole program, field included
+    assert list(loaded.signature.output_fields) == ["reasoning", "answer"] and loaded.demos[0].reasoning == demo.reasoning
+
+
 def test_predict_carries_the_worked_example_in_its_instruction(task):
-    abo = make_abo(task, ABOScript(), rounds=0)
+    abo = make_abo(task, ABOScript(), rounds=0, add_reasoning=False, task_lm=task.lm(knows=lambda v: bool(v.demos)))
     program = abo.compile(task.program(), trainset=task.train, valset=task.val)
     instruction = program.signature.instructions
     assert instruction.startswith(Procedure.parse(PROCEDURE).render())
@@ -178,7 +193,8 @@ def test_predict_carries_the_worked_example_in_its_instruction(task):
 
 def test_demonstration_false_installs_no_demo(task):
     script = ABOScript(locate=lambda f: (2, "skipped"))
-    abo = make_abo(task, script, demonstration=False, rounds=1)
+    follows = lambda view: "Read the word" in view.instruction and len(view.inputs["question"]) % 2  # noqa: E731
+    abo = make_abo(task, script, demonstration=False, rounds=1, task_lm=task.lm(knows=follows))
     student = cot()
     student.predict.demos = [dspy.Example(question="abc", reasoning="r", answer="1")]
     program = abo.compile(student, trainset=task.train, valset=task.val)
@@ -197,8 +213,8 @@ def test_finds_the_planted_sub_step_through_the_demonstration(task):
     program = abo.compile(cot(), trainset=task.train, valset=task.val)
     report = abo.report_
     step0, round1, round2 = ([e for e in report.extra["rounds"] if e["round"] == r] for r in (0, 1, 2))
-    assert step0[0]["scores"]["val"] == 0.0
-    assert round1[0]["kept"] and round1[0]["scores"]["val"] == 1.0
+    assert step0[0]["scores"]["search"] == 0.0
+    assert round1[0]["kept"] and round1[0]["scores"]["search"] == 1.0
     assert round2[0]["histogram"] == {} and not round2[0]["kept"], "nothing left to fix after round 1"
     assert report.best_scores["val"] == 1.0
     assert "   2.1 Count the vowels" in program.predict.signature.instructions
@@ -214,7 +230,9 @@ def test_beam_keeps_the_best_initial_procedures(task):
     abo = make_abo(task, script, task_lm=task_lm, num_candidates=3, beam_size=2, rounds=0)
     program = abo.compile(cot(), trainset=task.train, valset=task.val)
     step0 = abo.report_.extra["rounds"]
-    assert [e["kept"] for e in step0] == [True, True, False]  # the good one first, then the earliest tie
+    # each procedure runs without and with its demonstration: the good one's demo arm first, then on a tie
+    # the earliest demo arm (the paper's method over its ablation)
+    assert [e["kept"] for e in step0] == [False, True, False, True, False, False]
     assert program.predict.signature.instructions == Procedure.parse(good).render()
 
 
@@ -238,7 +256,10 @@ def test_two_predictors_optimized_in_turn_with_their_own_traces(task):
     abo = make_abo(task, script, task_lm=simulated_task_lm(solve=solve, knows=knows), rounds=1)
     program = abo.compile(SpellThenCount(), trainset=task.train, valset=task.val)
     assert program.spell.predict.demos == [], "`letters` is no label: its demonstration cannot be checked"
-    assert program.spell.predict.signature.instructions.endswith(STRICT_SENTENCE)
+    spell_arms = [c for c in abo.report_.candidates if c.predictor == "spell.predict" and c.origin == "procedure"]
+    assert spell_arms and all(c.state["spell.predict"]["instruction"].endswith(STRICT_SENTENCE) for c in spell_arms)
+    assert program.spell.predict.signature.instructions == SpellThenCount().spell.predict.signature.instructions, \
+        "spelling was already right: a procedure that only ties keeps the predictor as it was"
     [demo] = program.count.predict.demos
     assert demo.letters == " ".join(demo.question), "the demo's inputs come from the program's trace"
     located = script.asked("locate")
@@ -256,24 +277,46 @@ def test_budget_cap_stops_exactly(task, cap, role):
     abo = make_abo(task, script, task_lm=task_lm, budget=cap, num_candidates=2, rounds=2)
     abo.compile(cot(), trainset=task.train, valset=task.val)
     report = abo.report_
-    assert report.stopped_by_budget and not report.finished
+    assert report.stopped_by_budget
     assert report.spent[role].calls == next(iter(cap.values()))
     engine_calls = len(script.log) if role == "prompt" else task_lm.engine.call_count
     assert engine_calls == report.spent[role].calls
 
 
-@pytest.mark.parametrize("cap", [{"max_task_calls": 9}, {"max_prompt_calls": 4}, {"max_task_calls": 20}])
+class _Killed(ABOScript):
+    """Answers ``n`` meta-prompts, then stops the run as Ctrl-C would (a cap would change the plan)."""
+
+    def __init__(self, n: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.n = n
+
+    def __call__(self, request: Any) -> str:
+        if len(self.log) >= self.n:
+            raise KeyboardInterrupt
+        return super().__call__(request)
+
+
+@pytest.mark.parametrize("cap", [{"max_task_calls": 9}, {"killed_after_prompts": 4}, {"max_task_calls": 20}])
 def test_resume_makes_no_repeated_call(task, tmp_path, cap):
-    def run(log_dir=None, budget=None):
+    made = []
+
+    def run(log_dir=None, budget=None, killed=None):
         task_lm = simulated_task_lm(solve=task.solve, knows=rule_in_demos(task.rule))
-        script = ABOScript(locate=lambda f: (2, "did not count"))
+        made.append(task_lm)
+        locate = lambda f: (2, "did not count")  # noqa: E731
+        script = ABOScript(locate=locate) if killed is None else _Killed(killed, locate=locate)
         abo = make_abo(task, script, task_lm=task_lm, budget=budget, num_candidates=2, rounds=2, log_dir=log_dir)
         program = abo.compile(cot(), trainset=task.train, valset=task.val)
         return abo.report_, program, task_lm.engine.call_count, len(script.log)
 
     full, full_program, full_task, full_prompt = run()
-    cut, _, cut_task, cut_prompt = run(tmp_path, cap)
-    assert cut.stopped_by_budget
+    if "killed_after_prompts" in cap:
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path, killed=cap["killed_after_prompts"])
+        cut_task, cut_prompt = made[-1].engine.call_count, cap["killed_after_prompts"]
+    else:
+        cut, _, cut_task, cut_prompt = run(tmp_path, cap)
+        assert cut.stopped_by_budget
     resumed, program, task_calls, prompt_calls = run(tmp_path)
     assert (cut_task + task_calls, cut_prompt + prompt_calls) == (full_task, full_prompt)
     assert resumed.best_state == full.best_state

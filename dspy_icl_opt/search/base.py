@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,8 +24,9 @@ from dspy.teleprompt import Teleprompter
 from dspy.utils.exceptions import AdapterParseError
 from loguru import logger
 
-from dspy_icl_opt._validation import check_int
+from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost
+from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
 from dspy_icl_opt.search.scorer import Metric, Outcome, Scorer, example_key
@@ -34,6 +36,7 @@ from dspy_icl_opt.search.surgery import ProgramState, named_predictors, read_sta
 _DIGEST_CHARS = 16
 #: The score label of the final comparison on the valset (every strategy's choice is made on it).
 VAL_LABEL = "val"
+_FAILURE_SCORE_HINT = "Pass the score an example gets when its program or metric raises, e.g. 0.0."
 #: Below this many training examples, no validation split is held back (both roles use trainset).
 MIN_EXAMPLES_TO_SPLIT = 8
 
@@ -184,7 +187,7 @@ class SearchContext:
         for attempt in range(first, self.optimizer.max_retries + 1):
             try:
                 answer = self._ask_once(signature, key, attempt, temperature, max_tokens, inputs, spent)
-            except BudgetExhausted:
+            except (BudgetExhausted, RunInterrupted):  # a cap or an outage: the ask goes on when the run resumes
                 self.journal.put("ask", key, {"outputs": None, "incomplete": True, "attempts": attempt,
                                               "cost": {"calls": spent.calls, "tokens": spent.tokens}})
                 raise
@@ -203,6 +206,19 @@ class SearchContext:
 
     def _ask_once(self, signature: type[dspy.Signature], key: str, attempt: int, temperature: float | None,
                   max_tokens: int | None, inputs: dict[str, Any], spent: Cost) -> dspy.Prediction | None:
+        """One sample; a sample that met a fault (no answer) is asked again, never counted as a failed answer."""
+        faults = 0
+        while True:
+            try:
+                return self._ask_call(signature, key, attempt, temperature, max_tokens, inputs, spent)
+            except LMFault as fault:
+                self.report.counters.lm_faults += 1
+                logger.warning("No answer from the prompt model for {} ({}); asking again", key, fault.cause)
+                self.meter.faults.retry(faults, fault)
+                faults += 1
+
+    def _ask_call(self, signature: type[dspy.Signature], key: str, attempt: int, temperature: float | None,
+                  max_tokens: int | None, inputs: dict[str, Any], spent: Cost) -> dspy.Prediction | None:
         config: dict[str, Any] = {}
         if temperature is not None:
             config["temperature"] = temperature
@@ -213,13 +229,20 @@ class SearchContext:
         with collect_cost() as cost:
             try:
                 with dspy.context(lm=self.prompt_lm):
-                    return dspy.Predict(signature)(**inputs, config=config)
-            except BudgetExhausted:
+                    answer = dspy.Predict(signature)(**inputs, config=config)
+                if cost.fault is not None:  # a fault swallowed on the way: no answer is not an answer
+                    raise cost.fault
+                return answer
+            except (BudgetExhausted, LMFault, RunInterrupted):
                 raise
             except AdapterParseError as exc:
+                if cost.fault is not None:
+                    raise cost.fault from exc
                 self.report.counters.unparsable_answers += 1
                 logger.debug("Unparsable prompt-model answer for {}: {}", key, exc)
-            except Exception as exc:  # provider errors, timeouts: counted, never fatal
+            except Exception as exc:  # an answer the program could not use: counted, never fatal
+                if cost.fault is not None:
+                    raise cost.fault from exc
                 self.report.counters.prompt_model_errors += 1
                 logger.warning("Prompt model failed on {}: {}: {}", key, type(exc).__name__, exc)
             finally:
@@ -299,7 +322,9 @@ class ICLOptimizer(Teleprompter):
         self.seed = seed
         self.num_threads = num_threads
         self.log_dir = Path(log_dir) if log_dir is not None else None
-        self.failure_score = float(failure_score)
+        self.failure_score = check_number("failure_score", failure_score, hint=_FAILURE_SCORE_HINT)
+        if not math.isfinite(self.failure_score):
+            raise ValueError(f"`failure_score` must be a finite number, but got {failure_score!r}. {_FAILURE_SCORE_HINT}")
         self.max_retries = max_retries
         self.progress = progress
         self.report_: OptimizationReport | None = None
@@ -345,6 +370,15 @@ class ICLOptimizer(Teleprompter):
         except BudgetExhausted as exc:
             ctx.report.stopped_by_budget = True
             logger.info("{} stopped: {}", type(self).__name__, exc)
+        except (RunInterrupted, LMFault) as exc:  # the model stopped answering: save, then say so (never a result)
+            ctx.report.interrupted = True
+            self.report_ = ctx.report
+            stop = exc if isinstance(exc, RunInterrupted) else RunInterrupted(exc.role, 1, str(exc.cause))
+            stop.report = ctx.report
+            logger.warning("{} interrupted: {}", type(self).__name__, stop)
+            if stop is exc:
+                raise
+            raise stop from exc
         finally:
             ctx.checkpoint()
         return self._finish(ctx)

@@ -27,6 +27,7 @@ from loguru import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
+from dspy_icl_opt.search.fingerprint import describe_differences, lm_identity, metric_identity
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
 from dspy_icl_opt.search.scorer import Metric, Outcome, Scorer, example_key
@@ -405,7 +406,8 @@ class ICLOptimizer(Teleprompter):
         prompt = self.prompt_model or task  # an LM already metered elsewhere keeps counting there too
         report = OptimizationReport(optimizer=type(self).__name__, params=self._params(), seed=self.seed,
                                     budget=self.budget,
-                                    fingerprint=run_fingerprint(student, trainset, valset, task, prompt, self.metric))
+                                    fingerprint=run_fingerprint(student, trainset, valset, task, prompt, self.metric,
+                                                                failure_score=repr(self.failure_score)))
         journal = Journal(self._prepare_dir(run_dir, resume, report))
         meter = BudgetMeter(self.budget)
         return SearchContext(optimizer=self, student=student, trainset=trainset, valset=valset,
@@ -424,8 +426,11 @@ class ICLOptimizer(Teleprompter):
             for stale in (journal_path, report_path, run_dir / PROGRAM_FILE):
                 stale.unlink(missing_ok=True)
         elif journal_path.exists():
-            if report_path.exists():
-                _check_same_run(run_dir, OptimizationReport.load(report_path), report)
+            if not report_path.exists():  # written before the first journal record: without it nothing can be checked
+                raise ValueError(f"`log_dir` {run_dir} holds a journal but no {REPORT_FILE}, so it cannot be checked "
+                                 "that the journal belongs to this run. Restore the report, use another log_dir, or "
+                                 "pass resume=False (the CLI: --fresh) to start over there.")
+            _check_same_run(run_dir, OptimizationReport.load(report_path), report)
             logger.info("Resuming the run in {}", run_dir)
         elif resume:
             raise ValueError(f"`resume=True` but {run_dir} holds no earlier run. Drop resume or fix log_dir.")
@@ -451,16 +456,20 @@ def _jsonish(value: Any) -> Any:
 
 
 def run_fingerprint(student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example],
-                    task_lm: dspy.BaseLM, prompt_lm: dspy.BaseLM, metric: Metric) -> dict[str, str]:
-    """What a journal's answers depend on besides the settings: resuming with another of these is refused."""
+                    task_lm: dspy.BaseLM, prompt_lm: dspy.BaseLM, metric: Metric,
+                    **settings: str) -> dict[str, str]:
+    """What a journal's answers depend on (see :mod:`dspy_icl_opt.search.fingerprint`): a resume with another is refused.
+
+    The models are their names with their sampling settings; the metric is its ``version`` or a digest
+    of its source; ``settings`` are further strings that decide results (``failure_score`` ...).
+    """
 
     def digest(examples: list[dspy.Example]) -> str:
         return hashlib.sha256("".join(example_key(e) for e in examples).encode()).hexdigest()[:_DIGEST_CHARS]
 
     return {"trainset": digest(trainset), "valset": digest(valset), "program": read_state(student).key(),
-            "task_model": str(getattr(task_lm, "model", type(task_lm).__name__)),
-            "prompt_model": str(getattr(prompt_lm, "model", type(prompt_lm).__name__)),
-            "metric": getattr(metric, "__qualname__", type(metric).__name__)}
+            "task_model": lm_identity(task_lm), "prompt_model": lm_identity(prompt_lm),
+            "metric": metric_identity(metric), **settings}
 
 
 def _check_same_run(run_dir: Path, old: OptimizationReport, new: OptimizationReport) -> None:
@@ -468,6 +477,9 @@ def _check_same_run(run_dir: Path, old: OptimizationReport, new: OptimizationRep
     theirs = {"optimizer": old.optimizer, "seed": old.seed, "params": old.params, "fingerprint": old.fingerprint}
     differ = sorted(k for k in mine if _jsonish(mine[k]) != _jsonish(theirs[k]))
     if differ:
-        raise ValueError(f"`log_dir` {run_dir} holds a run that differs in {differ} (there: "
-                         f"{ {k: theirs[k] for k in differ} }); resuming needs the same optimizer, seed, parameters, "
-                         "data, program, models and metric. Use another log_dir, or resume=False to start over.")
+        details = [f"{k} (there: {theirs[k]!s}, here: {mine[k]!s})" for k in differ if k != "fingerprint"]
+        details += describe_differences(old.fingerprint, new.fingerprint) if "fingerprint" in differ else []
+        raise ValueError(f"`log_dir` {run_dir} holds a run that differs in {differ}: {'; '.join(details)}. Resuming "
+                         "would replay its results as this run's; it needs the same optimizer, seed, parameters, data, "
+                         "program, models (and their sampling settings) and metric (its code or `version`). Use "
+                         "another log_dir, or resume=False (the CLI: --fresh) to start over there.")

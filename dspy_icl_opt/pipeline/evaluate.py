@@ -1,5 +1,7 @@
 """Held-out evaluation: a program's mean metric on examples, with the task model's calls counted.
 
+An LM that does not answer (a fault, see :mod:`dspy_icl_opt.search.faults`) never scores 0: the
+example is run again, and when the model stays silent :class:`LMOutage` is raised (nothing is kept).
 Failures of the program or the metric on one example score 0 and are counted; when *every*
 example fails because of the LM (not reachable, not loadable ...), :class:`LMProblem` is raised so
 the CLI can exit with its LM code instead of reporting a meaningless 0.
@@ -18,8 +20,9 @@ import dspy
 from loguru import logger
 from tqdm.auto import tqdm
 
-from dspy_icl_opt.pipeline.errors import LMProblem
-from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM, unwrap_lm
+from dspy_icl_opt.pipeline.errors import LMOutage, LMProblem
+from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM, collect_cost, unwrap_lm
+from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.placement import PlacementAdapter
 from dspy_icl_opt.search.scorer import metric_value
 
@@ -78,14 +81,40 @@ def evaluate_program(program: dspy.Module, examples: Sequence[dspy.Example], met
     started = time.perf_counter()
     bar = tqdm(total=len(examples), desc=f"evaluate {split}", disable=not progress, leave=False)
 
+    outage: list[RunInterrupted] = []
+
+    def once(i: int) -> None:
+        with collect_cost() as cost:
+            try:
+                with dspy.context(lm=metered, adapter=PlacementAdapter()):
+                    prediction = program(**examples[i].inputs())
+                    if cost.fault is not None:  # a fault the program caught: no answer is not a score
+                        raise cost.fault
+                    scores[i] = metric_value(metric(examples[i], prediction, None))
+                if cost.fault is not None:
+                    raise cost.fault
+            except (LMFault, RunInterrupted):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one failed example scores 0; counted below
+                if cost.fault is not None:
+                    raise cost.fault from exc
+                errors.append(exc)
+                logger.debug("Evaluation of {} example {} failed: {}: {}", split, i, type(exc).__name__, exc)
+
     def one(i: int) -> None:
-        try:
-            with dspy.context(lm=metered, adapter=PlacementAdapter()):
-                prediction = program(**examples[i].inputs())
-                scores[i] = metric_value(metric(examples[i], prediction, None))
-        except Exception as exc:  # noqa: BLE001 - one failed example scores 0; counted below
-            errors.append(exc)
-            logger.debug("Evaluation of {} example {} failed: {}: {}", split, i, type(exc).__name__, exc)
+        attempt = 0
+        while not outage:
+            try:
+                once(i)
+                break
+            except LMFault as fault:  # no answer: run the example again, or stop once the model is gone
+                try:
+                    meter.faults.retry(attempt, fault)
+                except RunInterrupted as exc:
+                    outage.append(exc)
+                attempt += 1
+            except RunInterrupted as exc:
+                outage.append(exc)
         bar.update(1)
 
     try:
@@ -98,6 +127,8 @@ def evaluate_program(program: dspy.Module, examples: Sequence[dspy.Example], met
                     future.result()
     finally:
         bar.close()
+    if outage:  # nothing of a half-done evaluation is kept: a re-run evaluates again
+        raise LMOutage(f"the task model stopped answering during the {split} evaluation: {outage[0]}")
     return _result(split, scores, errors, meter, time.perf_counter() - started)
 
 

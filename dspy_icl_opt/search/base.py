@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -322,6 +323,9 @@ class ICLOptimizer(Teleprompter):
         self.budget = Budget.coerce(budget)
         self.seed = seed
         self.num_threads = num_threads
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(f"`log_dir` must be a folder path (str or pathlib.Path) or None, but got "
+                            f"{type(log_dir).__name__} {log_dir!r}. Pass e.g. log_dir='runs/opro'.")
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.failure_score = check_number("failure_score", failure_score, hint=_FAILURE_SCORE_HINT)
         if not math.isfinite(self.failure_score):
@@ -434,7 +438,7 @@ class ICLOptimizer(Teleprompter):
             logger.info("Resuming the run in {}", run_dir)
         elif resume:
             raise ValueError(f"`resume=True` but {run_dir} holds no earlier run. Drop resume or fix log_dir.")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable_dir("log_dir", run_dir)
         return journal_path
 
     def _finish(self, ctx: SearchContext) -> dspy.Module:
@@ -449,6 +453,18 @@ class ICLOptimizer(Teleprompter):
                     report.best_candidate, report.best_scores,
                     {r: s.model_dump() for r, s in report.spent.items()})
         return program
+
+
+def check_writable_dir(name: str, folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be written there, else a ValueError naming ``name``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"`{name}` must be a folder that can be written, but {str(folder)!r} cannot "
+                         f"({exc.strerror or type(exc).__name__}). Pass another folder or fix its permissions.") from None
 
 
 def _jsonish(value: Any) -> Any:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import dspy
 from loguru import logger
 from dspy.utils.usage_tracker import UsageTracker
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dspy_icl_opt.search.faults import FaultMonitor, is_fault, mark_unit
 
@@ -86,7 +86,10 @@ class Budget(BaseModel):
                 )
             return cls(**BUDGET_PRESETS[value])
         if isinstance(value, dict):
-            return cls(**value)
+            try:
+                return cls(**value)
+            except ValidationError as exc:
+                raise ValueError(budget_problem(exc)) from None
         raise TypeError(
             f"`budget` must be a Budget, a dict of caps or a preset name, but got {type(value).__name__}. "
             "Pass e.g. budget={'max_task_calls': 500}."
@@ -97,6 +100,19 @@ class Budget(BaseModel):
 
     def token_cap(self, role: Role) -> int | None:
         return self.max_task_tokens if role == "task" else self.max_prompt_tokens
+
+
+def budget_problem(exc: ValidationError) -> str:
+    """A Budget's validation errors as one house-style message (no pydantic text or links)."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        name = ".".join(str(part) for part in err["loc"]) or "budget"
+        got = err.get("input")
+        if err["type"] == "extra_forbidden":
+            problems.append(f"`budget` has no cap `{name}` (the caps are {sorted(Budget.model_fields)})")
+        else:
+            problems.append(f"`budget.{name}` must be None or an integer >= 0, but got {got!r}")
+    return "; ".join(problems) + ". Pass e.g. budget={'max_task_calls': 500, 'max_prompt_calls': 50} or a preset name."
 
 
 class BudgetExhausted(RuntimeError):

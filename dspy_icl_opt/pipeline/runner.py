@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -34,9 +35,10 @@ from tqdm.auto import tqdm
 from dspy_icl_opt.demos.dynamic import with_dynamic_demos
 from dspy_icl_opt.pipeline.config import PipelineConfig, dump_config
 from dspy_icl_opt.pipeline.data import build_program, load_data, resolve_metric
-from dspy_icl_opt.pipeline.errors import ConfigError, LMProblem, at
+from dspy_icl_opt.pipeline.errors import ConfigError, LMOutage, LMProblem, at
 from dspy_icl_opt.pipeline.evaluate import EvalResult, evaluate_program
 from dspy_icl_opt.pipeline.registry import lookup, run_step, step_error
+from dspy_icl_opt.search.faults import RunInterrupted
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, OptimizationReport, atomic_write_text
 
 SUMMARY_JSON, SUMMARY_MD, RUN_FILE, CONFIG_FILE = "summary.json", "summary.md", "run.json", "config.yaml"
@@ -107,8 +109,13 @@ def eval_examples(config: PipelineConfig, task: Any) -> list[dspy.Example]:
 
 # -------------------------------------------------------------------------------- output
 def check_output(out: Path, config: PipelineConfig, *, fresh: bool = False) -> None:
-    """Refuse an output dir that holds another config's run (with ``fresh``: clear what the runner wrote there)."""
+    """Refuse an output dir that holds another config's run (with ``fresh``: clear what the runner wrote there).
+
+    A folder that is not empty and holds no run of ours (no ``run.json``) is refused whatever ``fresh``
+    says: nothing the runner did not write is ever deleted or overwritten. The folder must be writable.
+    """
     run_file = out / RUN_FILE
+    check_output_folder(out)
     if fresh:
         for name in OWNED:
             target = out / name
@@ -124,10 +131,36 @@ def check_output(out: Path, config: PipelineConfig, *, fresh: bool = False) -> N
         logger.info("Resuming the run in {}", out)
 
 
+def check_output_folder(out: Path) -> None:
+    """The output folder is new, empty (hidden files aside) or one of our runs, and writable; else ConfigError."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(at("output", f"must be a folder, but {str(out)!r} is a file; choose another output"))
+    if out.is_dir() and not (out / RUN_FILE).is_file():
+        try:
+            foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        except OSError as exc:
+            raise ConfigError(at("output", f"{str(out)!r} cannot be read ({exc.strerror or exc}); choose a folder "
+                                           "you can write to")) from None
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise ConfigError(at("output", f"must be a new or empty folder, or a run of dspy-icl-opt (with {RUN_FILE}), "
+                                           f"but {str(out)!r} holds other files ({shown}); nothing there was changed. "
+                                           "Choose another output folder"))
+    try:  # writable? (a probe file, removed at once)
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe-{os.getpid()}"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(at("output", f"must be a folder that can be written, but {str(out)!r} cannot "
+                                       f"({exc.strerror or exc}); choose another output folder or fix its "
+                                       "permissions")) from None
+
+
 def claim_output(out: Path, config: PipelineConfig) -> None:
     """Mark the output dir as this config's run (once its data, program and LMs are known to be fine)."""
     out.mkdir(parents=True, exist_ok=True)
-    dump_config(config, out / CONFIG_FILE)
+    dump_config(config, out / CONFIG_FILE, redact=True)  # api keys and URL passwords never land in the output
     write_json(out / RUN_FILE, {"fingerprint": config.fingerprint()})
 
 
@@ -159,6 +192,7 @@ def run_pipeline(config: PipelineConfig, *, task_lm: dspy.BaseLM | None = None,
     """
     out = Path(output or config.output)
     check_output(out, config, fresh=fresh)
+    check_storages(config)  # before any LM call: a study that cannot be opened must not waste the "before" evaluation
     comps = prepare(config, task_lm, prompt_lm)
     claim_output(out, config)
     summary = _new_summary(config, comps, out)
@@ -175,6 +209,12 @@ def run_pipeline(config: PipelineConfig, *, task_lm: dspy.BaseLM | None = None,
     except KeyboardInterrupt:
         summary["status"] = "interrupted"
         raise
+    except (RunInterrupted, LMOutage) as exc:  # the model stopped answering: resumable, never a result
+        summary["status"] = "interrupted"
+        summary["interrupted_by"] = str(exc)
+        if isinstance(exc, LMOutage):
+            raise
+        raise LMOutage(str(exc)) from None
     except Exception:
         summary["status"] = "failed"
         raise
@@ -247,9 +287,36 @@ def _one_step(config: PipelineConfig, comps: Components, index: int, step: Any, 
                           log_dir=step_dir, progress=progress)
     except (ValueError, TypeError) as exc:
         raise step_error(f"optimize[{index}]", entry, exc) from None
+    check_calls_answered(f"optimize[{index}] ({entry.name})", result.report)
     record = step_record(index, entry, result.report, result.seconds, step_dir.relative_to(step_dir.parents[1]))
     write_json(marker, record)
     return result.program, result.report, record
+
+
+def check_calls_answered(where: str, report: OptimizationReport) -> None:
+    """A step whose every LM call of a role failed is no result: LMProblem (exit 3), and the step is not marked done."""
+    for role, spent in report.spent.items():
+        if spent.failed_calls and spent.failed_calls >= spent.calls:
+            raise LMProblem(f"{where}: every {role}-model call failed ({spent.failed_calls} failed, "
+                            f"{spent.calls - spent.failed_calls} answered); check that the {role} model is reachable "
+                            "and its settings, then run the same command again")
+
+
+def check_storages(config: PipelineConfig) -> None:
+    """Open every study storage URL named in the steps' params (no LM call), or raise ConfigError naming it."""
+    from dspy_icl_opt.demos.study import StorageError, check_storage
+
+    problems = []
+    for where, steps in (("optimize", config.optimize), ("bench", config.bench)):
+        for i, step in enumerate(steps):
+            url = step.params.get("storage")
+            if isinstance(url, str):
+                try:
+                    check_storage(url)
+                except StorageError as exc:
+                    problems.append(at(f"{where}[{i}].params.storage", str(exc)))
+    if problems:
+        raise ConfigError(problems)
 
 
 def step_record(index: int, entry: Any, report: OptimizationReport, seconds: float, rel_dir: Path) -> dict[str, Any]:

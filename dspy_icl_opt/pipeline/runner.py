@@ -36,15 +36,18 @@ from dspy_icl_opt.demos.dynamic import with_dynamic_demos
 from dspy_icl_opt.pipeline.config import PipelineConfig, dump_config
 from dspy_icl_opt.pipeline.data import build_program, load_data, resolve_metric
 from dspy_icl_opt.pipeline.errors import ConfigError, LMOutage, LMProblem, at
-from dspy_icl_opt.pipeline.evaluate import EvalResult, evaluate_program
+from dspy_icl_opt.pipeline.evaluate import EvalResult, eval_identity, evaluate_program
 from dspy_icl_opt.pipeline.registry import lookup, run_step, step_error
 from dspy_icl_opt.search.faults import RunInterrupted
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, OptimizationReport, atomic_write_text
 
 SUMMARY_JSON, SUMMARY_MD, RUN_FILE, CONFIG_FILE = "summary.json", "summary.md", "run.json", "config.yaml"
 BEFORE_FILE, STEP_FILE, STEPS_DIR = "eval_before.json", "step.json", "steps"
+#: Finished evaluation examples (before and after), so an evaluation an LM outage stopped goes on where it stopped.
+EVAL_JOURNAL = "eval_journal.jsonl"
 #: What ``--fresh`` removes: only files and folders the runner itself writes.
-OWNED = (STEPS_DIR, BEFORE_FILE, PROGRAM_FILE, REPORT_FILE, SUMMARY_JSON, SUMMARY_MD, RUN_FILE, CONFIG_FILE)
+OWNED = (STEPS_DIR, BEFORE_FILE, EVAL_JOURNAL, PROGRAM_FILE, REPORT_FILE, SUMMARY_JSON, SUMMARY_MD, RUN_FILE,
+         CONFIG_FILE)
 
 
 @dataclass
@@ -203,7 +206,8 @@ def run_pipeline(config: PipelineConfig, *, task_lm: dspy.BaseLM | None = None,
         program, reports = _run_steps(config, comps, out, summary, progress)
         if config.evaluate.after:
             unchanged = not config.optimize and summary["before"] is not None
-            summary["after"] = summary["before"] if unchanged else _evaluate(config, comps, program, progress).to_dict()
+            summary["after"] = summary["before"] if unchanged else _evaluate(config, comps, program, progress,
+                                                                             out / EVAL_JOURNAL).to_dict()
         _save_final(out, program, reports)
         summary["status"] = "complete"
     except KeyboardInterrupt:
@@ -234,20 +238,25 @@ def _new_summary(config: PipelineConfig, comps: Components, out: Path) -> dict[s
             "files": {"config": CONFIG_FILE}}
 
 
-def _evaluate(config: PipelineConfig, comps: Components, program: dspy.Module, progress: bool) -> EvalResult:
+def _evaluate(config: PipelineConfig, comps: Components, program: dspy.Module, progress: bool,
+              journal: Path | None = None) -> EvalResult:
     return evaluate_program(program, eval_examples(config, comps.task), comps.metric, lm=comps.task_lm,
-                            split=config.evaluate.split, num_threads=config.num_threads, progress=progress)
+                            split=config.evaluate.split, num_threads=config.num_threads, progress=progress,
+                            journal=journal)
 
 
 def _before(config: PipelineConfig, comps: Components, out: Path, progress: bool) -> EvalResult:
     cache = out / BEFORE_FILE
+    identity = eval_identity(comps.program, comps.task_lm, comps.metric, config.evaluate.split)
     if cache.exists():
-        cached = EvalResult.from_dict(read_json(cache))
-        if cached.split == config.evaluate.split:
+        data = read_json(cache)
+        cached = EvalResult.from_dict(data)
+        if cached.split == config.evaluate.split and data.get("identity") == identity:
             logger.info("Reusing the starting program's {} score {:.3f}", cached.split, cached.score)
             return cached
-    result = _evaluate(config, comps, comps.program, progress)
-    write_json(cache, result.to_dict())
+        logger.info("The saved 'before' score is of another program, LM or metric; evaluating again")
+    result = _evaluate(config, comps, comps.program, progress, out / EVAL_JOURNAL)
+    write_json(cache, {**result.to_dict(), "identity": identity})
     return result
 
 
@@ -302,12 +311,12 @@ def check_calls_answered(where: str, report: OptimizationReport) -> None:
                             "and its settings, then run the same command again")
 
 
-def check_storages(config: PipelineConfig) -> None:
-    """Open every study storage URL named in the steps' params (no LM call), or raise ConfigError naming it."""
+def check_storages(config: PipelineConfig, where: str = "optimize") -> None:
+    """Open every study storage URL named in the params of ``config.<where>`` steps (no LM call), or raise ConfigError."""
     from dspy_icl_opt.demos.study import StorageError, check_storage
 
     problems = []
-    for where, steps in (("optimize", config.optimize), ("bench", config.bench)):
+    for where, steps in ((where, getattr(config, where)),):
         for i, step in enumerate(steps):
             url = step.params.get("storage")
             if isinstance(url, str):

@@ -160,11 +160,42 @@ def check_output_folder(out: Path) -> None:
                                        "permissions")) from None
 
 
-def claim_output(out: Path, config: PipelineConfig) -> None:
+def run_inputs(comps: Components) -> dict[str, str]:
+    """What the config's names stand for, as they are now: the metric's code, the LMs' settings, the program, the data."""
+    from dspy_icl_opt.search.base import run_fingerprint
+
+    task = comps.task
+    found = run_fingerprint(comps.program, list(task.train) + list(task.val), list(task.test), comps.task_lm,
+                            comps.prompt_lm, comps.metric)
+    return {"metric": found["metric"], "task_model": found["task_model"], "prompt_model": found["prompt_model"],
+            "program": found["program"], "data": f"{found['trainset']}/{found['valset']}"}
+
+
+def check_inputs(out: Path, comps: Components) -> None:
+    """Refuse to resume a run whose metric code, LM settings, program or data changed under the same config."""
+    from dspy_icl_opt.search.fingerprint import describe_differences
+
+    run_file = out / RUN_FILE
+    if not run_file.is_file():
+        return
+    old = read_json(run_file).get("inputs")
+    if old is None:
+        return
+    differ = describe_differences(old, run_inputs(comps))
+    if differ:
+        raise ConfigError(at("output", f"{str(out)!r} holds a run whose results depend on other inputs: "
+                                       f"{'; '.join(differ)}. Resuming would reuse its scores; choose another "
+                                       "output folder, or pass --fresh to start over there"))
+
+
+def claim_output(out: Path, config: PipelineConfig, comps: Components | None = None) -> None:
     """Mark the output dir as this config's run (once its data, program and LMs are known to be fine)."""
     out.mkdir(parents=True, exist_ok=True)
     dump_config(config, out / CONFIG_FILE, redact=True)  # api keys and URL passwords never land in the output
-    write_json(out / RUN_FILE, {"fingerprint": config.fingerprint()})
+    record: dict[str, Any] = {"fingerprint": config.fingerprint()}
+    if comps is not None:
+        record["inputs"] = run_inputs(comps)
+    write_json(out / RUN_FILE, record)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -197,7 +228,8 @@ def run_pipeline(config: PipelineConfig, *, task_lm: dspy.BaseLM | None = None,
     check_output(out, config, fresh=fresh)
     check_storages(config)  # before any LM call: a study that cannot be opened must not waste the "before" evaluation
     comps = prepare(config, task_lm, prompt_lm)
-    claim_output(out, config)
+    check_inputs(out, comps)
+    claim_output(out, config, comps)
     summary = _new_summary(config, comps, out)
     started = time.perf_counter()
     try:

@@ -9,14 +9,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 from loguru import logger
 
-from dspy_icl_opt.pipeline.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, ConfigError, LMProblem, PipelineError
+from dspy_icl_opt.pipeline.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ConfigError,
+    LMOutage,
+    LMProblem,
+    PipelineError,
+)
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
 #: The demo: small enough for the embedded 0.5B model on 2 CPU cores in under 10 minutes. A task-model
@@ -321,10 +333,37 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     # LiteLLM's price table ships with it; fetching a fresh copy would stall every start-up offline.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    with _sigterm_as_interrupt():
+        return _run(args)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a container stopping) ends a run as Ctrl-C does: summary written, status interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.handler(args)
     except ConfigError as exc:
         print(f"error: {exc.describe()}", file=sys.stderr)
+        return exc.exit_code
+    except LMOutage as exc:
+        print(f"error: language model problem: the model stopped answering, so the run stopped as interrupted with "
+              f"nothing failed recorded; run the same command again once it answers to resume.\n  {exc}",
+              file=sys.stderr)
         return exc.exit_code
     except LMProblem as exc:
         print(f"error: language model problem: {exc}", file=sys.stderr)

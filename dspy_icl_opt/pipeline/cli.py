@@ -54,7 +54,10 @@ EPILOGS = {
 config (YAML/JSON): program {name, args}; data {task | path | hub, fields, input_keys, train_size,
 val_size, test_size, seed}; metric; lm {task, prompt: {model, temperature, max_tokens, cache}};
 optimize [{optimizer, params, budget, label}, ...]; bench [...]; budget; seed; num_threads; output;
-evaluate {before, after, split}. Optimizers: see `dspy-icl-opt list`.""",
+evaluate {before, after, split}. Optimizers: see `dspy-icl-opt list`.
+
+A config is as trusted as code: a pkg.module:factory program or pkg.module:function metric is
+imported (running the module) and called. Only run configs you would run as a Python script.""",
     "compile": """example:
   dspy-icl-opt compile --task hyperbaton --program qa --lm openai/gpt-4o-mini --optimizer opro \\
       --param steps=3 --budget light --output runs/hyperbaton-opro""",
@@ -257,7 +260,8 @@ def _common_flags(parser: argparse.ArgumentParser, *, optimizer: bool) -> None:
     parser.add_argument("--config", help="a YAML/JSON run description; the flags below override it")
     parser.add_argument("--task", help="a bundled task name (see `dspy-icl-opt list`)")
     parser.add_argument("--data", help="a local JSON/JSONL/CSV/Parquet file instead of --task")
-    parser.add_argument("--program", help="qa, cot, two_step, or pkg.module:factory")
+    parser.add_argument("--program", help="qa, cot, two_step, or pkg.module:factory (imported and run: as trusted "
+                                          "as code)")
     parser.add_argument("--lm", help="task model: 'embedded', a .gguf path or provider/model")
     parser.add_argument("--seed", type=int, help="run seed (data shuffle, optimizers)")
     for size in ("train", "val", "test"):
@@ -272,7 +276,9 @@ def _common_flags(parser: argparse.ArgumentParser, *, optimizer: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspy-icl-opt", description="Prompt optimizers for DSPy programs.",
-                                     epilog="example:\n  dspy-icl-opt demo\n  dspy-icl-opt run config.yaml",
+                                     epilog="example:\n  dspy-icl-opt demo\n  dspy-icl-opt run config.yaml\n\n"
+                                            "A config is as trusted as code: pkg.module:factory programs and metrics\n"
+                                            "are imported and run.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="default INFO")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")

@@ -6,6 +6,10 @@ checks everything that can be checked without an LM call (the schema, the optimi
 their parameters by building each optimizer, the metric and program import paths, the data
 source), and reports every problem as ``path: expected ..., got ...``.
 
+A config is as trusted as code: a ``pkg.module:factory`` program or ``pkg.module:function`` metric
+is imported (running the module) and called. Nothing is imported until every other check passed,
+so a rejected config runs no code of its own; never run a config you would not run as a script.
+
 Relative ``data.path`` values are read relative to the config file; ``output`` relative to the
 working directory.
 
@@ -246,12 +250,15 @@ def redact_secrets(value: Any, name: str = "") -> Any:
 
 def check_config(config: PipelineConfig) -> None:
     """Checks beyond the schema, none of which calls an LM: optimizers, parameters, metric, program, data."""
-    from dspy_icl_opt.pipeline.data import check_sources
+    from dspy_icl_opt.pipeline.data import check_imports, check_sources
     from dspy_icl_opt.pipeline.registry import check_steps
 
     problems = check_sources(config)
     problems += check_steps(config.optimize, "optimize", config)
     problems += check_steps(config.bench, "bench", config)
+    if problems:  # a rejected config imports nothing: its modules' code never runs
+        raise ConfigError(problems)
+    problems = check_imports(config)
     if problems:
         raise ConfigError(problems)
 

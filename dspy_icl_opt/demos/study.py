@@ -75,6 +75,7 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None) -> optuna.st
     """
     if not isinstance(storage, str):
         return storage
+    check_storage(storage)  # a named error at once for a bad URL, a missing folder, a server that is down
     storage = with_available_driver(storage)
     engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if storage.startswith("sqlite") else None
     for attempt in range(SCHEMA_RACE_RETRIES + 1):

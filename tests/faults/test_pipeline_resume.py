@@ -63,3 +63,23 @@ def test_same_inputs_resume_with_no_call(config):
     lm = _task_lm(temperature=0.0)
     run_pipeline(parse_config(config), task_lm=lm, progress=False)
     assert lm.engine.inner.call_count == 0
+
+
+@pytest.mark.parametrize("optimizer", ["bootstrap", "opro"])
+def test_an_outage_in_a_step_is_never_marked_done(config, tmp_path, optimizer):
+    from dspy_icl_opt.pipeline import LMOutage
+    from dspy_icl_opt.testing import always
+
+    config["optimize"] = [{"optimizer": optimizer, "params": {"steps": 1, "candidates_per_step": 1}
+                           if optimizer == "opro" else {}}]
+    config["evaluate"] = {"before": False, "after": False}
+    lm = _task_lm(die_after=1)
+    prompt = simulated_task_lm(solve=lambda inputs: "<INS>Reverse the word.</INS>", knows=always())
+    with pytest.raises(LMOutage):
+        run_pipeline(parse_config(config), task_lm=lm, prompt_lm=prompt, progress=False)
+    out = tmp_path / "run"
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    assert not list(out.glob("steps/*/step.json"))
+    lm.engine.recover()
+    result = run_pipeline(parse_config(config), task_lm=lm, prompt_lm=prompt, progress=False)
+    assert result.summary["status"] == "complete"

@@ -67,6 +67,7 @@ from dspy_icl_opt.demos.study import (
 )
 from dspy_icl_opt.search import BudgetExhausted, ICLOptimizer, OptimizationReport, ProgramState, SearchContext
 from dspy_icl_opt.search.base import stable_int
+from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.scorer import Metric, Outcome, example_key
 
 #: Task-model calls spent at most on bootstrapping traces (an example already started is finished).
@@ -261,7 +262,7 @@ class DemoSelector(ICLOptimizer):
             with ctx.search_phase(validation_calls=self._validation_cost(ctx),
                                   first_cost=min(len(ctx.valset), self.minibatch_size) * per_item):
                 run = self._prepare(ctx)
-                run.study.optimize(lambda trial: self._objective(run, trial), n_trials=self.n_trials,
+                run.study.optimize(lambda trial: self._stoppable(run, trial), n_trials=self.n_trials,
                                    catch=(BudgetExhausted,), callbacks=[lambda s, t: self._after_trial(run, t)])
             if run is None:  # the budget ended while the pools were built: nothing was searched
                 return
@@ -329,6 +330,14 @@ class DemoSelector(ICLOptimizer):
         if self.bootstrap_teacher == "labeled":
             return labeled_teacher(ctx, self.max_demos, self.seed)
         return None  # the program as given
+
+    def _stoppable(self, run: _Run, trial: optuna.Trial) -> float:
+        """The objective; a stop (Ctrl-C, SIGTERM, an LM outage) ends the search without Optuna's traceback."""
+        try:
+            return self._objective(run, trial)
+        except (KeyboardInterrupt, RunInterrupted, LMFault):
+            optuna.logging.set_verbosity(optuna.logging.ERROR)  # restored when _search ends
+            raise
 
     def _objective(self, run: _Run, trial: optuna.Trial) -> float:
         choices = {name: suggest(TrialSource(trial), name, run.space) for name in run.names}

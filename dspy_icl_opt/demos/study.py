@@ -75,6 +75,7 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None) -> optuna.st
     """
     if not isinstance(storage, str):
         return storage
+    check_storage(storage)  # a named error at once for a bad URL, a missing folder, a server that is down
     storage = with_available_driver(storage)
     engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if storage.startswith("sqlite") else None
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
@@ -85,12 +86,81 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None) -> optuna.st
                     storage, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                         max_retry=STALE_TRIAL_RETRIES))
+        except sqlalchemy.exc.ArgumentError as exc:
+            raise StorageError(storage, f"not a database URL ({_first_line(exc)})", _URL_HINT) from None
+        except ImportError as exc:
+            raise StorageError(storage, f"its database driver is not installed ({exc})",
+                               "Install it (PostgreSQL: pip install psycopg2-binary).") from None
         except sqlalchemy.exc.SQLAlchemyError as exc:
             if attempt == SCHEMA_RACE_RETRIES:
-                raise
+                raise StorageError(storage, _first_line(exc), _REACH_HINT) from None
             logger.debug("Opening the study storage failed ({}); retrying", exc)
             time.sleep(SCHEMA_RACE_WAIT_S * (attempt + 1))
     return None  # unreachable: the last attempt returns or raises
+
+
+_URL_HINT = "Pass e.g. sqlite:///demos.db or postgresql://user:password@host/db, or None for an in-memory study."
+_REACH_HINT = ("Check the URL, that a SQLite file's folder exists and is writable, and that the database server "
+               "runs and accepts the user.")
+#: Seconds a storage check waits for a database server.
+CONNECT_TIMEOUT_S = 5
+
+
+class StorageError(ValueError):
+    """A study storage URL that cannot be opened; the message names it (without its password) and the fix."""
+
+    def __init__(self, url: Any, reason: str, hint: str) -> None:
+        super().__init__(f"`storage` {redact(url)!r} cannot be opened: {reason}. {hint}")
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)  # the driver's own message, without SQLAlchemy's SQL and doc link
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return redact_text(text[0] if text else type(exc).__name__)
+
+
+def redact_text(text: str) -> str:
+    """Any ``user:password@`` inside a message, with the password hidden."""
+    return re.sub(r"(//[^:/@\s]+):[^@/\s]*@", r"\1:***@", text)
+
+
+def check_storage(url: str) -> None:
+    """Open a storage URL once, quickly, without creating a study (no LM call); raise :class:`StorageError`.
+
+    Checks the URL form, a SQLite file's folder, the driver and, for a server, that it accepts a connection.
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(with_available_driver(url))
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        raise StorageError(url, f"not a database URL ({_first_line(exc)})", _URL_HINT) from None
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            folder = os.path.dirname(os.path.abspath(database))
+            if not os.path.isdir(folder):
+                raise StorageError(url, f"the folder {folder!r} of the SQLite file does not exist",
+                                   "Create the folder first, or point the URL at an existing one.")
+            if not os.access(folder, os.W_OK):
+                raise StorageError(url, f"the folder {folder!r} of the SQLite file is not writable",
+                                   "Fix its permissions, or point the URL at another folder.")
+        return
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if parsed.get_backend_name() == "postgresql" else {}
+    try:
+        engine = sqlalchemy.create_engine(parsed, connect_args=connect_args)
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
+        raise StorageError(url, f"unknown database kind ({_first_line(exc)})", _URL_HINT) from None
+    except ImportError as exc:
+        raise StorageError(url, f"its database driver is not installed ({exc})",
+                           "Install it (PostgreSQL: pip install psycopg2-binary).") from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise StorageError(url, _first_line(exc), _REACH_HINT) from None
+    finally:
+        engine.dispose()
 
 
 def with_available_driver(url: str) -> str:

@@ -61,6 +61,7 @@ from dspy_icl_opt.search import (
     describe_signature,
 )
 from dspy_icl_opt.search.budget import collect_cost
+from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.grounding import format_sentence, output_spaces
 from dspy_icl_opt.search.plan import (
     Phase,
@@ -465,7 +466,7 @@ class _PredictorRun:
             if cost.refused is not None:  # the metric swallowed a budget refusal: its verdict is incomplete
                 raise cost.refused
             return passed
-        except BudgetExhausted:
+        except (BudgetExhausted, LMFault, RunInterrupted):  # out of budget, or the LM did not answer: no verdict
             raise
         except Exception as exc:  # the metric is user code: a demonstration it cannot score is not used
             self.ctx.report.counters.metric_errors += 1

@@ -8,7 +8,7 @@ Example:
 
 from dspy_icl_opt.pipeline.bench import BenchResult, run_bench
 from dspy_icl_opt.pipeline.config import PipelineConfig, StepConfig, dump_config, load_config, parse_config
-from dspy_icl_opt.pipeline.errors import ConfigError, LMProblem, PipelineError
+from dspy_icl_opt.pipeline.errors import ConfigError, LMOutage, LMProblem, PipelineError
 from dspy_icl_opt.pipeline.evaluate import EvalResult, evaluate_program
 from dspy_icl_opt.pipeline.registry import REGISTRY, OptimizerEntry, lookup
 from dspy_icl_opt.pipeline.render import render_report
@@ -19,6 +19,7 @@ __all__ = [
     "BenchResult",
     "ConfigError",
     "EvalResult",
+    "LMOutage",
     "LMProblem",
     "OptimizerEntry",
     "PipelineConfig",

@@ -27,7 +27,7 @@ from dspy_icl_opt.pipeline.config import PipelineConfig, StepConfig
 from dspy_icl_opt.pipeline.errors import ConfigError, LMProblem, at
 from dspy_icl_opt.pipeline.evaluate import evaluate_program
 from dspy_icl_opt.pipeline.registry import check_steps, lookup, run_step
-from dspy_icl_opt.pipeline.runner import Components, eval_examples, prepare, write_json
+from dspy_icl_opt.pipeline.runner import Components, check_storages, eval_examples, prepare, write_json
 from dspy_icl_opt.search.report import atomic_write_text
 
 COLUMNS = ["optimizer", "family", "accuracy", "n", "errors", "task_calls", "prompt_calls", "tokens", "cache_hits",
@@ -84,6 +84,7 @@ def run_bench(config: PipelineConfig, names: list[str] | None = None, *, task_lm
     steps = bench_steps(config, names)
     out = Path(output) if output is not None else Path(config.output) / BENCH_DIR
     out.mkdir(parents=True, exist_ok=True)
+    check_storages(config, "bench")  # before any LM call
     comps = prepare(config, task_lm, prompt_lm)
     rows = [_baseline_row(config, comps, progress)]
     _write(out, rows, config)

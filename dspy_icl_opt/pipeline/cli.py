@@ -9,14 +9,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 from loguru import logger
 
-from dspy_icl_opt.pipeline.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, ConfigError, LMProblem, PipelineError
+from dspy_icl_opt.pipeline.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ConfigError,
+    LMOutage,
+    LMProblem,
+    PipelineError,
+)
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
 #: The demo: small enough for the embedded 0.5B model on 2 CPU cores in under 10 minutes. A task-model
@@ -42,7 +54,10 @@ EPILOGS = {
 config (YAML/JSON): program {name, args}; data {task | path | hub, fields, input_keys, train_size,
 val_size, test_size, seed}; metric; lm {task, prompt: {model, temperature, max_tokens, cache}};
 optimize [{optimizer, params, budget, label}, ...]; bench [...]; budget; seed; num_threads; output;
-evaluate {before, after, split}. Optimizers: see `dspy-icl-opt list`.""",
+evaluate {before, after, split}. Optimizers: see `dspy-icl-opt list`.
+
+A config is as trusted as code: a pkg.module:factory program or pkg.module:function metric is
+imported (running the module) and called. Only run configs you would run as a Python script.""",
     "compile": """example:
   dspy-icl-opt compile --task hyperbaton --program qa --lm openai/gpt-4o-mini --optimizer opro \\
       --param steps=3 --budget light --output runs/hyperbaton-opro""",
@@ -245,7 +260,8 @@ def _common_flags(parser: argparse.ArgumentParser, *, optimizer: bool) -> None:
     parser.add_argument("--config", help="a YAML/JSON run description; the flags below override it")
     parser.add_argument("--task", help="a bundled task name (see `dspy-icl-opt list`)")
     parser.add_argument("--data", help="a local JSON/JSONL/CSV/Parquet file instead of --task")
-    parser.add_argument("--program", help="qa, cot, two_step, or pkg.module:factory")
+    parser.add_argument("--program", help="qa, cot, two_step, or pkg.module:factory (imported and run: as trusted "
+                                          "as code)")
     parser.add_argument("--lm", help="task model: 'embedded', a .gguf path or provider/model")
     parser.add_argument("--seed", type=int, help="run seed (data shuffle, optimizers)")
     for size in ("train", "val", "test"):
@@ -260,7 +276,9 @@ def _common_flags(parser: argparse.ArgumentParser, *, optimizer: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspy-icl-opt", description="Prompt optimizers for DSPy programs.",
-                                     epilog="example:\n  dspy-icl-opt demo\n  dspy-icl-opt run config.yaml",
+                                     epilog="example:\n  dspy-icl-opt demo\n  dspy-icl-opt run config.yaml\n\n"
+                                            "A config is as trusted as code: pkg.module:factory programs and metrics\n"
+                                            "are imported and run.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="default INFO")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
@@ -321,10 +339,37 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     # LiteLLM's price table ships with it; fetching a fresh copy would stall every start-up offline.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    with _sigterm_as_interrupt():
+        return _run(args)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a container stopping) ends a run as Ctrl-C does: summary written, status interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.handler(args)
     except ConfigError as exc:
         print(f"error: {exc.describe()}", file=sys.stderr)
+        return exc.exit_code
+    except LMOutage as exc:
+        print(f"error: language model problem: the model stopped answering, so the run stopped as interrupted with "
+              f"nothing failed recorded; run the same command again once it answers to resume.\n  {exc}",
+              file=sys.stderr)
         return exc.exit_code
     except LMProblem as exc:
         print(f"error: language model problem: {exc}", file=sys.stderr)

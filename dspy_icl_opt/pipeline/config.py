@@ -6,6 +6,10 @@ checks everything that can be checked without an LM call (the schema, the optimi
 their parameters by building each optimizer, the metric and program import paths, the data
 source), and reports every problem as ``path: expected ..., got ...``.
 
+A config is as trusted as code: a ``pkg.module:factory`` program or ``pkg.module:function`` metric
+is imported (running the module) and called. Nothing is imported until every other check passed,
+so a rejected config runs no code of its own; never run a config you would not run as a script.
+
 Relative ``data.path`` values are read relative to the config file; ``output`` relative to the
 working directory.
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -212,22 +217,48 @@ def parse_config(data: Any, *, base_dir: Path | None = None, check: bool = True)
     return config
 
 
-def dump_config(config: PipelineConfig, path: str | Path | None = None) -> str:
-    """The config as YAML text (written to ``path`` if given); loading it back gives an equal config."""
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def dump_config(config: PipelineConfig, path: str | Path | None = None, *, redact: bool = False) -> str:
+    """The config as YAML text (written to ``path`` if given); loading it back gives an equal config.
+
+    With ``redact`` (what a run writes into its output folder) secrets are replaced by ``***``: option
+    values whose name says key, token, secret or password, and passwords inside URLs (storage ...).
+    """
+    data = config.model_dump(mode="json")
+    text = yaml.safe_dump(redact_secrets(data) if redact else data, sort_keys=False, allow_unicode=True)
     if path is not None:
         Path(path).write_text(text, encoding="utf-8")
     return text
 
 
+_SECRET_NAME = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(//[^:/@\s]+):[^@/\s]*@")
+REDACTED = "***"
+
+
+def redact_secrets(value: Any, name: str = "") -> Any:
+    """A copy of ``value`` with secrets replaced by ``***`` (by key name, and passwords inside URLs)."""
+    if isinstance(value, dict):
+        return {k: redact_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(v, name) for v in value]
+    if value is not None and _SECRET_NAME.search(name):
+        return REDACTED
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", value)
+    return value
+
+
 def check_config(config: PipelineConfig) -> None:
     """Checks beyond the schema, none of which calls an LM: optimizers, parameters, metric, program, data."""
-    from dspy_icl_opt.pipeline.data import check_sources
+    from dspy_icl_opt.pipeline.data import check_imports, check_sources
     from dspy_icl_opt.pipeline.registry import check_steps
 
     problems = check_sources(config)
     problems += check_steps(config.optimize, "optimize", config)
     problems += check_steps(config.bench, "bench", config)
+    if problems:  # a rejected config imports nothing: its modules' code never runs
+        raise ConfigError(problems)
+    problems = check_imports(config)
     if problems:
         raise ConfigError(problems)
 

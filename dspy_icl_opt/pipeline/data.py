@@ -19,6 +19,7 @@ import importlib
 import inspect
 import os
 import random
+import re
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -36,6 +37,8 @@ DEFAULT_TRAIN, DEFAULT_VAL, DEFAULT_TEST_CAP = 30, 30, 100
 #: Seconds to wait when checking that the hub answers at all (datasets itself retries for ~25 s).
 HUB_PROBE_TIMEOUT = 3.0
 METRICS = ("exact_match", "choice_match")
+#: ``package.module:name`` (dotted identifiers on both sides), checked before anything is imported.
+IMPORT_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 ANSWER, CHOICES, OPTIONS, QUESTION = "answer", "choices", "options", "question"
 
 
@@ -56,12 +59,34 @@ def check_sources(config: PipelineConfig) -> list[str]:
             problems.append(at("data.path", f"must be an existing file, but {data.path!r} does not exist"))
         elif path.suffix.lower() not in DATA_SUFFIXES:
             problems.append(at("data.path", f"must end with one of {list(DATA_SUFFIXES)}, but got {path.name!r}"))
-    if config.metric and config.metric not in METRICS:
-        problems += _import_problem("metric", config.metric, f"one of {list(METRICS)} or pkg.module:function")
-    if config.program.name not in PROGRAM_NAMES:
-        problems += _import_problem("program.name", config.program.name,
-                                    f"one of {list(PROGRAM_NAMES)} or pkg.module:factory")
+    for path, spec, expected in _import_specs(config):
+        if not IMPORT_SPEC.match(spec):
+            problems.append(at(path, f"must be {expected}, but got {spec!r} (expected the form package.module:name)"))
     problems += _lm_problems(config)
+    return problems
+
+
+def _import_specs(config: PipelineConfig) -> list[tuple[str, str, str]]:
+    """The (field, spec, expected) of every ``pkg.module:name`` the config asks to import."""
+    from programs.programs import PROGRAM_NAMES
+
+    specs = []
+    if config.metric and config.metric not in METRICS:
+        specs.append(("metric", config.metric, f"one of {list(METRICS)} or pkg.module:function"))
+    if config.program.name not in PROGRAM_NAMES:
+        specs.append(("program.name", config.program.name, f"one of {list(PROGRAM_NAMES)} or pkg.module:factory"))
+    return specs
+
+
+def check_imports(config: PipelineConfig) -> list[str]:
+    """Import the config's ``pkg.module:name`` objects and check them; call it only once all else validated.
+
+    A config is as trusted as code: importing a module runs it. So nothing is imported for a config
+    that the schema, the ``pkg.module:name`` form or any other check rejects.
+    """
+    problems = []
+    for path, spec, expected in _import_specs(config):
+        problems += _import_problem(path, spec, expected)
     return problems
 
 
@@ -70,6 +95,8 @@ def _import_problem(path: str, spec: str, expected: str) -> list[str]:
         obj = import_object(spec)
     except (ImportError, AttributeError, ValueError) as exc:
         return [at(path, f"must be {expected}, but got {spec!r} ({exc})")]
+    if inspect.isbuiltin(obj):  # os:system and friends build no program and score nothing
+        return [at(path, f"must be {expected} written in Python, but {spec!r} is a builtin")]
     return [] if callable(obj) else [at(path, f"must name something callable, but {spec!r} is a "
                                               f"{type(obj).__name__}")]
 
@@ -92,9 +119,9 @@ def _lm_problems(config: PipelineConfig) -> list[str]:
 
 
 def import_object(spec: str) -> Any:
-    """The object a ``package.module:attribute`` string names."""
+    """The object a ``package.module:attribute`` string names (importing the module runs its code)."""
     module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
+    if not sep or not module_name or not attr or not IMPORT_SPEC.match(spec):
         raise ValueError("expected the form package.module:name")
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):

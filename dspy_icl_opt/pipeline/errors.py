@@ -56,6 +56,11 @@ class LMProblem(PipelineError):
     exit_code = EXIT_LM
 
 
+class LMOutage(LMProblem):
+    """A language model stopped answering mid-run: the run stopped as interrupted, with no failed call kept
+    as a result; running the same command again once the model answers resumes it."""
+
+
 def at(path: str, message: str) -> str:
     """One problem line: ``path: message``."""
     return f"{path}: {message}" if path else message

@@ -29,6 +29,7 @@ from loguru import logger
 
 from dspy_icl_opt.pipeline.errors import ConfigError, at
 from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM, unwrap_lm
+from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.placement import PlacementAdapter
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
 from dspy_icl_opt.search.surgery import read_state
@@ -305,7 +306,11 @@ def run_step(entry: OptimizerEntry, params: Mapping[str, Any], *, student: dspy.
     prompt = MeteredLM(unwrap_lm(prompt_lm), meter, "prompt")
     built = build_optimizer(entry, params, metric=metric, task_lm=task, prompt_lm=prompt, budget=budget, seed=seed,
                             num_threads=num_threads, log_dir=log_dir, progress=progress)
-    program = _compile_dspy(built, student, trainset, valset, task)
+    try:
+        program = _compile_dspy(built, student, trainset, valset, task)
+    except LMFault as fault:  # DSPy's optimizers do not know faults: one that escapes stops the step
+        raise RunInterrupted(fault.role, 1, str(fault.cause)) from fault
+    meter.faults.check()  # an outage DSPy's optimizer swallowed (its Evaluate scores errors 0): no result
     seconds = time.perf_counter() - started
     report = _dspy_report(entry, built, student, program, meter, budget, seed, seconds)
     log_dir.mkdir(parents=True, exist_ok=True)

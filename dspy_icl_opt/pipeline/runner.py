@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -34,15 +35,19 @@ from tqdm.auto import tqdm
 from dspy_icl_opt.demos.dynamic import with_dynamic_demos
 from dspy_icl_opt.pipeline.config import PipelineConfig, dump_config
 from dspy_icl_opt.pipeline.data import build_program, load_data, resolve_metric
-from dspy_icl_opt.pipeline.errors import ConfigError, LMProblem, at
-from dspy_icl_opt.pipeline.evaluate import EvalResult, evaluate_program
+from dspy_icl_opt.pipeline.errors import ConfigError, LMOutage, LMProblem, at
+from dspy_icl_opt.pipeline.evaluate import EvalResult, eval_identity, evaluate_program
 from dspy_icl_opt.pipeline.registry import lookup, run_step, step_error
+from dspy_icl_opt.search.faults import RunInterrupted
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, OptimizationReport, atomic_write_text
 
 SUMMARY_JSON, SUMMARY_MD, RUN_FILE, CONFIG_FILE = "summary.json", "summary.md", "run.json", "config.yaml"
 BEFORE_FILE, STEP_FILE, STEPS_DIR = "eval_before.json", "step.json", "steps"
+#: Finished evaluation examples (before and after), so an evaluation an LM outage stopped goes on where it stopped.
+EVAL_JOURNAL = "eval_journal.jsonl"
 #: What ``--fresh`` removes: only files and folders the runner itself writes.
-OWNED = (STEPS_DIR, BEFORE_FILE, PROGRAM_FILE, REPORT_FILE, SUMMARY_JSON, SUMMARY_MD, RUN_FILE, CONFIG_FILE)
+OWNED = (STEPS_DIR, BEFORE_FILE, EVAL_JOURNAL, PROGRAM_FILE, REPORT_FILE, SUMMARY_JSON, SUMMARY_MD, RUN_FILE,
+         CONFIG_FILE)
 
 
 @dataclass
@@ -107,8 +112,13 @@ def eval_examples(config: PipelineConfig, task: Any) -> list[dspy.Example]:
 
 # -------------------------------------------------------------------------------- output
 def check_output(out: Path, config: PipelineConfig, *, fresh: bool = False) -> None:
-    """Refuse an output dir that holds another config's run (with ``fresh``: clear what the runner wrote there)."""
+    """Refuse an output dir that holds another config's run (with ``fresh``: clear what the runner wrote there).
+
+    A folder that is not empty and holds no run of ours (no ``run.json``) is refused whatever ``fresh``
+    says: nothing the runner did not write is ever deleted or overwritten. The folder must be writable.
+    """
     run_file = out / RUN_FILE
+    check_output_folder(out)
     if fresh:
         for name in OWNED:
             target = out / name
@@ -124,11 +134,68 @@ def check_output(out: Path, config: PipelineConfig, *, fresh: bool = False) -> N
         logger.info("Resuming the run in {}", out)
 
 
-def claim_output(out: Path, config: PipelineConfig) -> None:
+def check_output_folder(out: Path) -> None:
+    """The output folder is new, empty (hidden files aside) or one of our runs, and writable; else ConfigError."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(at("output", f"must be a folder, but {str(out)!r} is a file; choose another output"))
+    if out.is_dir() and not (out / RUN_FILE).is_file():
+        try:
+            foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        except OSError as exc:
+            raise ConfigError(at("output", f"{str(out)!r} cannot be read ({exc.strerror or exc}); choose a folder "
+                                           "you can write to")) from None
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise ConfigError(at("output", f"must be a new or empty folder, or a run of dspy-icl-opt (with {RUN_FILE}), "
+                                           f"but {str(out)!r} holds other files ({shown}); nothing there was changed. "
+                                           "Choose another output folder"))
+    try:  # writable? (a probe file, removed at once)
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe-{os.getpid()}"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(at("output", f"must be a folder that can be written, but {str(out)!r} cannot "
+                                       f"({exc.strerror or exc}); choose another output folder or fix its "
+                                       "permissions")) from None
+
+
+def run_inputs(comps: Components) -> dict[str, str]:
+    """What the config's names stand for, as they are now: the metric's code, the LMs' settings, the program, the data."""
+    from dspy_icl_opt.search.base import run_fingerprint
+
+    task = comps.task
+    found = run_fingerprint(comps.program, list(task.train) + list(task.val), list(task.test), comps.task_lm,
+                            comps.prompt_lm, comps.metric)
+    return {"metric": found["metric"], "task_model": found["task_model"], "prompt_model": found["prompt_model"],
+            "program": found["program"], "data": f"{found['trainset']}/{found['valset']}"}
+
+
+def check_inputs(out: Path, comps: Components) -> None:
+    """Refuse to resume a run whose metric code, LM settings, program or data changed under the same config."""
+    from dspy_icl_opt.search.fingerprint import describe_differences
+
+    run_file = out / RUN_FILE
+    if not run_file.is_file():
+        return
+    old = read_json(run_file).get("inputs")
+    if old is None:
+        return
+    differ = describe_differences(old, run_inputs(comps))
+    if differ:
+        raise ConfigError(at("output", f"{str(out)!r} holds a run whose results depend on other inputs: "
+                                       f"{'; '.join(differ)}. Resuming would reuse its scores; choose another "
+                                       "output folder, or pass --fresh to start over there"))
+
+
+def claim_output(out: Path, config: PipelineConfig, comps: Components | None = None) -> None:
     """Mark the output dir as this config's run (once its data, program and LMs are known to be fine)."""
     out.mkdir(parents=True, exist_ok=True)
-    dump_config(config, out / CONFIG_FILE)
-    write_json(out / RUN_FILE, {"fingerprint": config.fingerprint()})
+    dump_config(config, out / CONFIG_FILE, redact=True)  # api keys and URL passwords never land in the output
+    record: dict[str, Any] = {"fingerprint": config.fingerprint()}
+    if comps is not None:
+        record["inputs"] = run_inputs(comps)
+    write_json(out / RUN_FILE, record)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -159,8 +226,10 @@ def run_pipeline(config: PipelineConfig, *, task_lm: dspy.BaseLM | None = None,
     """
     out = Path(output or config.output)
     check_output(out, config, fresh=fresh)
+    check_storages(config)  # before any LM call: a study that cannot be opened must not waste the "before" evaluation
     comps = prepare(config, task_lm, prompt_lm)
-    claim_output(out, config)
+    check_inputs(out, comps)
+    claim_output(out, config, comps)
     summary = _new_summary(config, comps, out)
     started = time.perf_counter()
     try:
@@ -169,12 +238,19 @@ def run_pipeline(config: PipelineConfig, *, task_lm: dspy.BaseLM | None = None,
         program, reports = _run_steps(config, comps, out, summary, progress)
         if config.evaluate.after:
             unchanged = not config.optimize and summary["before"] is not None
-            summary["after"] = summary["before"] if unchanged else _evaluate(config, comps, program, progress).to_dict()
+            summary["after"] = summary["before"] if unchanged else _evaluate(config, comps, program, progress,
+                                                                             out / EVAL_JOURNAL).to_dict()
         _save_final(out, program, reports)
         summary["status"] = "complete"
     except KeyboardInterrupt:
         summary["status"] = "interrupted"
         raise
+    except (RunInterrupted, LMOutage) as exc:  # the model stopped answering: resumable, never a result
+        summary["status"] = "interrupted"
+        summary["interrupted_by"] = str(exc)
+        if isinstance(exc, LMOutage):
+            raise
+        raise LMOutage(str(exc)) from None
     except Exception:
         summary["status"] = "failed"
         raise
@@ -194,20 +270,25 @@ def _new_summary(config: PipelineConfig, comps: Components, out: Path) -> dict[s
             "files": {"config": CONFIG_FILE}}
 
 
-def _evaluate(config: PipelineConfig, comps: Components, program: dspy.Module, progress: bool) -> EvalResult:
+def _evaluate(config: PipelineConfig, comps: Components, program: dspy.Module, progress: bool,
+              journal: Path | None = None) -> EvalResult:
     return evaluate_program(program, eval_examples(config, comps.task), comps.metric, lm=comps.task_lm,
-                            split=config.evaluate.split, num_threads=config.num_threads, progress=progress)
+                            split=config.evaluate.split, num_threads=config.num_threads, progress=progress,
+                            journal=journal)
 
 
 def _before(config: PipelineConfig, comps: Components, out: Path, progress: bool) -> EvalResult:
     cache = out / BEFORE_FILE
+    identity = eval_identity(comps.program, comps.task_lm, comps.metric, config.evaluate.split)
     if cache.exists():
-        cached = EvalResult.from_dict(read_json(cache))
-        if cached.split == config.evaluate.split:
+        data = read_json(cache)
+        cached = EvalResult.from_dict(data)
+        if cached.split == config.evaluate.split and data.get("identity") == identity:
             logger.info("Reusing the starting program's {} score {:.3f}", cached.split, cached.score)
             return cached
-    result = _evaluate(config, comps, comps.program, progress)
-    write_json(cache, result.to_dict())
+        logger.info("The saved 'before' score is of another program, LM or metric; evaluating again")
+    result = _evaluate(config, comps, comps.program, progress, out / EVAL_JOURNAL)
+    write_json(cache, {**result.to_dict(), "identity": identity})
     return result
 
 
@@ -247,9 +328,36 @@ def _one_step(config: PipelineConfig, comps: Components, index: int, step: Any, 
                           log_dir=step_dir, progress=progress)
     except (ValueError, TypeError) as exc:
         raise step_error(f"optimize[{index}]", entry, exc) from None
+    check_calls_answered(f"optimize[{index}] ({entry.name})", result.report)
     record = step_record(index, entry, result.report, result.seconds, step_dir.relative_to(step_dir.parents[1]))
     write_json(marker, record)
     return result.program, result.report, record
+
+
+def check_calls_answered(where: str, report: OptimizationReport) -> None:
+    """A step whose every LM call of a role failed is no result: LMProblem (exit 3), and the step is not marked done."""
+    for role, spent in report.spent.items():
+        if spent.failed_calls and spent.failed_calls >= spent.calls:
+            raise LMProblem(f"{where}: every {role}-model call failed ({spent.failed_calls} failed, "
+                            f"{spent.calls - spent.failed_calls} answered); check that the {role} model is reachable "
+                            "and its settings, then run the same command again")
+
+
+def check_storages(config: PipelineConfig, where: str = "optimize") -> None:
+    """Open every study storage URL named in the params of ``config.<where>`` steps (no LM call), or raise ConfigError."""
+    from dspy_icl_opt.demos.study import StorageError, check_storage
+
+    problems = []
+    for where, steps in ((where, getattr(config, where)),):
+        for i, step in enumerate(steps):
+            url = step.params.get("storage")
+            if isinstance(url, str):
+                try:
+                    check_storage(url)
+                except StorageError as exc:
+                    problems.append(at(f"{where}[{i}].params.storage", str(exc)))
+    if problems:
+        raise ConfigError(problems)
 
 
 def step_record(index: int, entry: Any, report: OptimizationReport, seconds: float, rel_dir: Path) -> dict[str, Any]:

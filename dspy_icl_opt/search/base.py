@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,8 +25,10 @@ from dspy.teleprompt import Teleprompter
 from dspy.utils.exceptions import AdapterParseError
 from loguru import logger
 
-from dspy_icl_opt._validation import check_int
+from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost
+from dspy_icl_opt.search.faults import LMFault, RunInterrupted
+from dspy_icl_opt.search.fingerprint import describe_differences, lm_identity, metric_identity
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
 from dspy_icl_opt.search.meta import MetaPromptAdapter
 from dspy_icl_opt.search.plan import SearchPlan, Shape
@@ -40,6 +44,7 @@ VAL_LABEL = "val"
 WHOLE_PROGRAM_DIR = "program"
 #: A finalist replaces the start only if its paired validation gain is at least this many standard errors.
 VALIDATION_Z = 1.5
+_FAILURE_SCORE_HINT = "Pass the score an example gets when its program or metric raises, e.g. 0.0."
 #: Below this many training examples, no validation split is held back (both roles use trainset).
 MIN_EXAMPLES_TO_SPLIT = 8
 
@@ -234,7 +239,7 @@ class SearchContext:
         for attempt in range(first, self.optimizer.max_retries + 1):
             try:
                 answer = self._ask_once(signature, key, attempt, temperature, max_tokens, inputs, spent)
-            except BudgetExhausted:
+            except (BudgetExhausted, RunInterrupted):  # a cap or an outage: the ask goes on when the run resumes
                 self.journal.put("ask", key, {"outputs": None, "incomplete": True, "attempts": attempt,
                                               "cost": {"calls": spent.calls, "tokens": spent.tokens}})
                 raise
@@ -256,6 +261,19 @@ class SearchContext:
 
     def _ask_once(self, signature: type[dspy.Signature], key: str, attempt: int, temperature: float | None,
                   max_tokens: int | None, inputs: dict[str, Any], spent: Cost) -> dspy.Prediction | None:
+        """One sample; a sample that met a fault (no answer) is asked again, never counted as a failed answer."""
+        faults = 0
+        while True:
+            try:
+                return self._ask_call(signature, key, attempt, temperature, max_tokens, inputs, spent)
+            except LMFault as fault:
+                self.report.counters.lm_faults += 1
+                logger.warning("No answer from the prompt model for {} ({}); asking again", key, fault.cause)
+                self.meter.faults.retry(faults, fault)
+                faults += 1
+
+    def _ask_call(self, signature: type[dspy.Signature], key: str, attempt: int, temperature: float | None,
+                  max_tokens: int | None, inputs: dict[str, Any], spent: Cost) -> dspy.Prediction | None:
         config: dict[str, Any] = {}
         if temperature is not None:
             config["temperature"] = temperature
@@ -267,13 +285,20 @@ class SearchContext:
         with collect_cost() as cost:
             try:
                 with dspy.context(lm=self.prompt_lm, adapter=MetaPromptAdapter()):
-                    return dspy.Predict(signature)(**inputs, config=config)
-            except BudgetExhausted:
+                    answer = dspy.Predict(signature)(**inputs, config=config)
+                if cost.fault is not None:  # a fault swallowed on the way: no answer is not an answer
+                    raise cost.fault
+                return answer
+            except (BudgetExhausted, LMFault, RunInterrupted):
                 raise
             except AdapterParseError as exc:
+                if cost.fault is not None:
+                    raise cost.fault from exc
                 self.report.counters.unparsable_answers += 1
                 logger.debug("Unparsable prompt-model answer for {}: {}", key, exc)
-            except Exception as exc:  # provider errors, timeouts: counted, never fatal
+            except Exception as exc:  # an answer the program could not use: counted, never fatal
+                if cost.fault is not None:
+                    raise cost.fault from exc
                 self.report.counters.prompt_model_errors += 1
                 logger.warning("Prompt model failed on {}: {}: {}", key, type(exc).__name__, exc)
             finally:
@@ -356,8 +381,13 @@ class ICLOptimizer(Teleprompter):
         self.budget = Budget.coerce(budget)
         self.seed = seed
         self.num_threads = num_threads
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(f"`log_dir` must be a folder path (str or pathlib.Path) or None, but got "
+                            f"{type(log_dir).__name__} {log_dir!r}. Pass e.g. log_dir='runs/opro'.")
         self.log_dir = Path(log_dir) if log_dir is not None else None
-        self.failure_score = float(failure_score)
+        self.failure_score = check_number("failure_score", failure_score, hint=_FAILURE_SCORE_HINT)
+        if not math.isfinite(self.failure_score):
+            raise ValueError(f"`failure_score` must be a finite number, but got {failure_score!r}. {_FAILURE_SCORE_HINT}")
         self.max_retries = max_retries
         self.progress = progress
         self.report_: OptimizationReport | None = None
@@ -433,6 +463,15 @@ class ICLOptimizer(Teleprompter):
         except BudgetExhausted as exc:
             ctx.report.stopped_by_budget = True
             logger.info("{} stopped: {}", type(self).__name__, exc)
+        except (RunInterrupted, LMFault) as exc:  # the model stopped answering: save, then say so (never a result)
+            ctx.report.interrupted = True
+            self.report_ = ctx.report
+            stop = exc if isinstance(exc, RunInterrupted) else RunInterrupted(exc.role, 1, str(exc.cause))
+            stop.report = ctx.report
+            logger.warning("{} interrupted: {}", type(self).__name__, stop)
+            if stop is exc:
+                raise
+            raise stop from exc
         finally:
             ctx.checkpoint()
         return self._finish(ctx)
@@ -459,7 +498,8 @@ class ICLOptimizer(Teleprompter):
         prompt = self.prompt_model or task  # an LM already metered elsewhere keeps counting there too
         report = OptimizationReport(optimizer=type(self).__name__, params=self._params(), seed=self.seed,
                                     budget=self.budget,
-                                    fingerprint=run_fingerprint(student, trainset, valset, task, prompt, self.metric))
+                                    fingerprint=run_fingerprint(student, trainset, valset, task, prompt, self.metric,
+                                                                failure_score=repr(self.failure_score)))
         journal = Journal(self._prepare_dir(run_dir, resume, report))
         meter = BudgetMeter(self.budget)
         return SearchContext(optimizer=self, student=student, trainset=trainset, valset=valset,
@@ -478,12 +518,15 @@ class ICLOptimizer(Teleprompter):
             for stale in (journal_path, report_path, run_dir / PROGRAM_FILE):
                 stale.unlink(missing_ok=True)
         elif journal_path.exists():
-            if report_path.exists():
-                _check_same_run(run_dir, OptimizationReport.load(report_path), report)
+            if not report_path.exists():  # written before the first journal record: without it nothing can be checked
+                raise ValueError(f"`log_dir` {run_dir} holds a journal but no {REPORT_FILE}, so it cannot be checked "
+                                 "that the journal belongs to this run. Restore the report, use another log_dir, or "
+                                 "pass resume=False (the CLI: --fresh) to start over there.")
+            _check_same_run(run_dir, OptimizationReport.load(report_path), report)
             logger.info("Resuming the run in {}", run_dir)
         elif resume:
             raise ValueError(f"`resume=True` but {run_dir} holds no earlier run. Drop resume or fix log_dir.")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable_dir("log_dir", run_dir)
         return journal_path
 
     def _finish(self, ctx: SearchContext) -> dspy.Module:
@@ -506,21 +549,37 @@ class ICLOptimizer(Teleprompter):
         return program
 
 
+def check_writable_dir(name: str, folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be written there, else a ValueError naming ``name``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"`{name}` must be a folder that can be written, but {str(folder)!r} cannot "
+                         f"({exc.strerror or type(exc).__name__}). Pass another folder or fix its permissions.") from None
+
+
 def _jsonish(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def run_fingerprint(student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example],
-                    task_lm: dspy.BaseLM, prompt_lm: dspy.BaseLM, metric: Metric) -> dict[str, str]:
-    """What a journal's answers depend on besides the settings: resuming with another of these is refused."""
+                    task_lm: dspy.BaseLM, prompt_lm: dspy.BaseLM, metric: Metric,
+                    **settings: str) -> dict[str, str]:
+    """What a journal's answers depend on (see :mod:`dspy_icl_opt.search.fingerprint`): a resume with another is refused.
+
+    The models are their names with their sampling settings; the metric is its ``version`` or a digest
+    of its source; ``settings`` are further strings that decide results (``failure_score`` ...).
+    """
 
     def digest(examples: list[dspy.Example]) -> str:
         return hashlib.sha256("".join(example_key(e) for e in examples).encode()).hexdigest()[:_DIGEST_CHARS]
 
     return {"trainset": digest(trainset), "valset": digest(valset), "program": read_state(student).key(),
-            "task_model": str(getattr(task_lm, "model", type(task_lm).__name__)),
-            "prompt_model": str(getattr(prompt_lm, "model", type(prompt_lm).__name__)),
-            "metric": getattr(metric, "__qualname__", type(metric).__name__)}
+            "task_model": lm_identity(task_lm), "prompt_model": lm_identity(prompt_lm),
+            "metric": metric_identity(metric), **settings}
 
 
 def _check_same_run(run_dir: Path, old: OptimizationReport, new: OptimizationReport) -> None:
@@ -528,6 +587,9 @@ def _check_same_run(run_dir: Path, old: OptimizationReport, new: OptimizationRep
     theirs = {"optimizer": old.optimizer, "seed": old.seed, "params": old.params, "fingerprint": old.fingerprint}
     differ = sorted(k for k in mine if _jsonish(mine[k]) != _jsonish(theirs[k]))
     if differ:
-        raise ValueError(f"`log_dir` {run_dir} holds a run that differs in {differ} (there: "
-                         f"{ {k: theirs[k] for k in differ} }); resuming needs the same optimizer, seed, parameters, "
-                         "data, program, models and metric. Use another log_dir, or resume=False to start over.")
+        details = [f"{k} (there: {theirs[k]!s}, here: {mine[k]!s})" for k in differ if k != "fingerprint"]
+        details += describe_differences(old.fingerprint, new.fingerprint) if "fingerprint" in differ else []
+        raise ValueError(f"`log_dir` {run_dir} holds a run that differs in {differ}: {'; '.join(details)}. Resuming "
+                         "would replay its results as this run's; it needs the same optimizer, seed, parameters, data, "
+                         "program, models (and their sampling settings) and metric (its code or `version`). Use "
+                         "another log_dir, or resume=False (the CLI: --fresh) to start over there.")

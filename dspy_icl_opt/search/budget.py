@@ -12,7 +12,8 @@ Token caps are checked before each call against the tokens already spent plus th
 flight; the tokens of a call are only known when it returns, so a token cap can be passed by at
 most the last admitted call of each worker thread. Call caps are exact; they count DSPy LM calls
 (``n`` samples count as ``n``), and a call that DSPy retried after a transient provider error is
-still one call.
+still one call. A call that got no answer at all (a fault: server down, timeout, rate limit, 5xx;
+see :mod:`dspy_icl_opt.search.faults`) is not charged against the cap; ``failed_calls`` counts it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from typing import Any, Literal
 import dspy
 from loguru import logger
 from dspy.utils.usage_tracker import UsageTracker
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dspy_icl_opt.search.faults import FaultMonitor, is_fault, mark_unit
 
 try:  # DSPy 3.4 marks the message-dict call an adapter owns, so that it alone skips a deprecation warning.
     from dspy.clients._deprecation import _adapter_call, adapter_message_call
@@ -83,7 +86,10 @@ class Budget(BaseModel):
                 )
             return cls(**BUDGET_PRESETS[value])
         if isinstance(value, dict):
-            return cls(**value)
+            try:
+                return cls(**value)
+            except ValidationError as exc:
+                raise ValueError(budget_problem(exc)) from None
         raise TypeError(
             f"`budget` must be a Budget, a dict of caps or a preset name, but got {type(value).__name__}. "
             "Pass e.g. budget={'max_task_calls': 500}."
@@ -94,6 +100,19 @@ class Budget(BaseModel):
 
     def token_cap(self, role: Role) -> int | None:
         return self.max_task_tokens if role == "task" else self.max_prompt_tokens
+
+
+def budget_problem(exc: ValidationError) -> str:
+    """A Budget's validation errors as one house-style message (no pydantic text or links)."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        name = ".".join(str(part) for part in err["loc"]) or "budget"
+        got = err.get("input")
+        if err["type"] == "extra_forbidden":
+            problems.append(f"`budget` has no cap `{name}` (the caps are {sorted(Budget.model_fields)})")
+        else:
+            problems.append(f"`budget.{name}` must be None or an integer >= 0, but got {got!r}")
+    return "; ".join(problems) + ". Pass e.g. budget={'max_task_calls': 500, 'max_prompt_calls': 50} or a preset name."
 
 
 class BudgetExhausted(RuntimeError):
@@ -120,12 +139,14 @@ class Cost:
     """Calls and tokens charged while one unit of work ran (one example, one meta-prompt answer).
 
     ``refused`` is set when a call inside the unit was refused for lack of budget, so the unit is
-    known to be incomplete even if the program caught the exception (``dspy.Refine``, ``BestOfN``).
+    known to be incomplete even if the program caught the exception (``dspy.Refine``, ``BestOfN``);
+    ``fault`` likewise when a call inside the unit got no answer (see :mod:`dspy_icl_opt.search.faults`).
     """
 
     calls: int = 0
     tokens: int = 0
     refused: BudgetExhausted | None = None
+    fault: BaseException | None = None
 
     def add(self, calls: int, tokens: int) -> None:
         self.calls += calls
@@ -155,6 +176,7 @@ class BudgetMeter:
     spent: dict[str, Spent] = field(default_factory=lambda: {role: Spent() for role in ROLES})
     _in_flight: dict[str, int] = field(default_factory=lambda: {role: 0 for role in ROLES})
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    faults: FaultMonitor = field(default_factory=FaultMonitor)
 
     def remaining_calls(self, role: Role) -> int | None:
         cap = self.budget.call_cap(role)
@@ -289,31 +311,56 @@ class MeteredLM(dspy.BaseLM):
         return MeteredLM(self._inner.copy(**kwargs), self._meter, self._role)
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        slots = _samples_requested(self._inner, kwargs)
-        self._meter.reserve(self._role, slots)
+        slots = self._admit(kwargs)
         counter = _CallCounter(dspy.settings.usage_tracker)
         try:
             with dspy.context(usage_tracker=counter), self._adapter_owned(messages):
                 result = self._inner(prompt, messages=messages, **kwargs)
-        except Exception:
-            # A failed call may still have reached the model: charge it, conservatively.
-            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, failed=True)
-            raise
+        except Exception as exc:
+            raised = self._failed(exc, slots)
+            if raised is exc:
+                raise
+            raise raised from exc
         self._settle(counter, slots)
         return result
 
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        slots = _samples_requested(self._inner, kwargs)
-        self._meter.reserve(self._role, slots)
+        slots = self._admit(kwargs)
         counter = _CallCounter(dspy.settings.usage_tracker)
         try:
             with dspy.context(usage_tracker=counter), self._adapter_owned(messages):
                 result = await self._inner.acall(prompt, messages=messages, **kwargs)
-        except Exception:
-            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, failed=True)
-            raise
+        except Exception as exc:
+            raised = self._failed(exc, slots)
+            if raised is exc:
+                raise
+            raise raised from exc
         self._settle(counter, slots)
         return result
+
+    def _admit(self, kwargs: dict[str, Any]) -> int:
+        """Refuse every call once the model is declared gone (see faults.py); else reserve the call's slots."""
+        try:
+            self._meter.faults.check()
+        except Exception as exc:
+            mark_unit(_COST_SINK.get(), exc)
+            raise
+        slots = _samples_requested(self._inner, kwargs)
+        self._meter.reserve(self._role, slots)
+        return slots
+
+    def _failed(self, exc: Exception, slots: int) -> Exception:
+        """Settle a failed call; the exception to raise: a fault (no answer) becomes LMFault or RunInterrupted."""
+        if isinstance(exc, BudgetExhausted) or not is_fault(exc):
+            # The model answered (an invalid request, say) or a nested meter refused: charge it, conservatively.
+            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, failed=True)
+            return exc
+        # No answer: not charged against the cap (counted in failed_calls), never an outcome.
+        self._meter.settle(self._role, reserved=slots, calls=0, tokens=0, failed=True)
+        raised = self._meter.faults.failed(self._role, exc)
+        mark_unit(_COST_SINK.get(), raised)
+        logger.debug("{} model fault: {}", self._role, raised)
+        return raised
 
     def _adapter_owned(self, messages: Any) -> AbstractContextManager[Any]:
         """Hand the adapter's ownership of ``messages`` on to the wrapped LM (no spurious deprecation warning)."""
@@ -325,6 +372,7 @@ class MeteredLM(dspy.BaseLM):
         return nullcontext()
 
     def _settle(self, counter: _CallCounter, slots: int) -> None:
+        self._meter.faults.succeeded(self._role)
         if counter.calls == 0:
             self._meter.settle(self._role, reserved=slots, calls=0, tokens=0, cache_hit=True)
             return

@@ -10,6 +10,7 @@ decides exactly what an uninterrupted run would have, with no repeated LM call.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,21 +30,31 @@ class Journal:
         self._lock = threading.Lock()
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
         self._uncharged: set[tuple[str, str]] = set()
+        self._torn_tail = False
         if path is not None and path.exists():
             self._load(path)
 
     def _load(self, path: Path) -> None:
         bad = 0
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                    key = (record["kind"], record["key"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    bad += 1  # a line cut short by a crash: that work is simply redone
-                    continue
-                self._records[key] = record
-                self._uncharged.add(key)
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        # A crash can cut the last line short: the next record must start on a line of its own.
+        self._torn_tail = bool(text) and not text.endswith("\n")
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            problem = None
+            try:
+                record = json.loads(line)
+                problem = _problem(record)
+            except json.JSONDecodeError:
+                problem = "not valid JSON (cut short by a crash?)"
+            if problem is not None:
+                bad += 1  # that work is simply redone
+                logger.warning("Journal {} line {}: {}; skipped (its work is redone)", path, number, problem)
+                continue
+            key = (record["kind"], record["key"])
+            self._records[key] = record
+            self._uncharged.add(key)
         logger.info("Journal {}: {} records to replay ({} unreadable lines skipped)", path, len(self._records), bad)
 
     def __len__(self) -> int:
@@ -69,4 +80,24 @@ class Journal:
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with self.path.open("a", encoding="utf-8") as handle:
-                    handle.write(line + "\n")
+                    handle.write(("\n" if self._torn_tail else "") + line + "\n")
+                self._torn_tail = False
+
+
+def _problem(record: Any) -> str | None:
+    """Why a journal line cannot be replayed, or None when it can."""
+    if not isinstance(record, dict):
+        return f"a record must be a JSON object, but got {type(record).__name__}"
+    if not isinstance(record.get("kind"), str) or not isinstance(record.get("key"), str):
+        return "a record needs string `kind` and `key` fields"
+    if record["kind"] == "score":
+        score = record.get("score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            return f"a score record needs a finite numeric `score`, but got {score!r}"
+    if record["kind"] == "ask" and not isinstance(record.get("outputs"), (dict, type(None))):
+        return f"an ask record needs `outputs` as a mapping or null, but got {type(record.get('outputs')).__name__}"
+    cost = record.get("cost")
+    if cost is not None and (not isinstance(cost, dict) or not all(
+            isinstance(cost.get(k, 0), int) and not isinstance(cost.get(k, 0), bool) for k in ("calls", "tokens"))):
+        return f"`cost` must be a mapping of integer calls and tokens, but got {cost!r}"
+    return None

@@ -45,6 +45,7 @@ class Counters(BaseModel):
     unparsable_answers: int = 0
     prompt_model_errors: int = 0
     task_parse_failures: int = 0
+    lm_faults: int = Field(0, description="units of work run again because an LM did not answer (never scored)")
 
 
 class OptimizationReport(BaseModel):
@@ -74,6 +75,7 @@ class OptimizationReport(BaseModel):
     spent: dict[str, Spent] = Field(default_factory=lambda: {"task": Spent(), "prompt": Spent()})
     stopped_by_budget: bool = False
     finished: bool = False
+    interrupted: bool = Field(False, description="stopped because an LM stopped answering; resume to go on")
     timings: dict[str, float] = Field(default_factory=dict)
     counters: Counters = Field(default_factory=Counters)
     extra: dict[str, Any] = Field(default_factory=dict, description="strategy-specific records")

@@ -3,8 +3,12 @@
 Each (ProgramState.key(), example key) pair is run once per run and then served from the cache
 (the :class:`~dspy_icl_opt.search.journal.Journal`, which also survives a crash). A program that
 raises, or a metric that raises, gives ``failure_score`` for that example; the error is logged and
-counted in the report, never raised. :class:`~dspy_icl_opt.search.budget.BudgetExhausted` is the
-one exception that passes through, after every finished example has been cached.
+counted in the report, never raised. :class:`~dspy_icl_opt.search.budget.BudgetExhausted` passes
+through, after every finished example has been cached.
+
+An LM that did not answer is not an outcome (see :mod:`dspy_icl_opt.search.faults`): an example whose
+run met a fault is neither scored nor cached; it is run again, and when the model stays silent,
+:class:`~dspy_icl_opt.search.faults.RunInterrupted` passes through like ``BudgetExhausted``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from loguru import logger
 from tqdm.auto import tqdm
 
 from dspy_icl_opt.search.budget import BudgetExhausted, BudgetMeter, MeteredLM, collect_cost
+from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.journal import Journal
 from dspy_icl_opt.search.placement import PlacementAdapter
 from dspy_icl_opt.search.report import Counters
@@ -71,8 +76,8 @@ def metric_value(result: Any) -> float:
     if hasattr(result, "score"):
         result = result.score
     value = float(result)
-    if math.isnan(value):
-        raise ValueError("the metric returned NaN")
+    if not math.isfinite(value):
+        raise ValueError(f"the metric returned {value}; it must return a finite number")
     return value
 
 
@@ -167,7 +172,7 @@ class Scorer:
 
     def _run_missing(self, program: dspy.Module, names: dict[int, str], examples: Sequence[dspy.Example],
                      keys: list[str], todo: list[int], results: list[Outcome | None], desc: str) -> None:
-        exhausted: list[BudgetExhausted] = []
+        exhausted: list[BudgetExhausted | RunInterrupted] = []
         bar = tqdm(total=len(todo), desc=desc, disable=not self.progress or len(todo) < _MIN_ITEMS_FOR_A_BAR,
                    leave=False)
 
@@ -175,8 +180,8 @@ class Scorer:
             if exhausted:
                 return
             try:
-                outcome, cost = self._run_one(program, names, examples[i])
-            except BudgetExhausted as exc:
+                outcome, cost = self._run_unit(program, names, examples[i])
+            except (BudgetExhausted, RunInterrupted) as exc:
                 exhausted.append(exc)
                 return
             self.journal.put("score", keys[i], {
@@ -196,12 +201,27 @@ class Scorer:
                         future.result()
         finally:
             bar.close()
-        if exhausted:
-            raise exhausted[0]
+        if exhausted:  # an outage outranks a spent budget: the run must stop as interrupted, not as finished
+            raise next((e for e in exhausted if isinstance(e, RunInterrupted)), exhausted[0])
+
+    def _run_unit(self, program: dspy.Module, names: dict[int, str], example: dspy.Example) -> tuple[Outcome, Any]:
+        """Run one example until it gets answers; a faulted run is discarded (never scored) and run again."""
+        attempt = 0
+        while True:
+            try:
+                return self._run_one(program, names, example)
+            except LMFault as fault:
+                self._count("lm_faults")
+                logger.warning("No answer from the {} model on an example ({}); running it again", fault.role,
+                               fault.cause)
+                self.meter.faults.retry(attempt, fault)
+                attempt += 1
 
     def _run_one(self, program: dspy.Module, names: dict[int, str], example: dspy.Example) -> tuple[Outcome, Any]:
         with collect_cost() as cost:
             prediction, trace, error = self._call_program(program, names, example)
+            if cost.fault is not None:  # the program swallowed a fault: no answer is not an outcome
+                raise cost.fault
             if cost.refused is not None:  # the program swallowed a refusal: its answer is incomplete
                 raise cost.refused
             if isinstance(error, AdapterParseError):
@@ -213,12 +233,16 @@ class Scorer:
             try:
                 with dspy.context(lm=self.task_lm):
                     score = metric_value(self.metric(example, prediction, None))
-            except BudgetExhausted:
+            except (BudgetExhausted, LMFault, RunInterrupted):
                 raise
             except Exception as exc:  # the metric is user code: count it, never crash the search
+                if cost.fault is not None:  # an LM judge that got no answer: not an outcome
+                    raise cost.fault from exc
                 self._count("metric_errors")
                 logger.warning("Metric raised {}: {}; scored {}", type(exc).__name__, exc, self.failure_score)
                 return Outcome(self.failure_score, _pred_dict(prediction), trace, f"metric: {exc!r}"), cost
+            if cost.fault is not None:
+                raise cost.fault
         return Outcome(score, _pred_dict(prediction), trace), cost
 
     def _count(self, counter: str) -> None:
@@ -237,12 +261,12 @@ class Scorer:
                      "outputs": _pred_dict(outputs)}
                     for pred, inputs, outputs in dspy.settings.trace
                 )
-        except BudgetExhausted:
+        except (BudgetExhausted, LMFault, RunInterrupted):
             raise
         except AdapterParseError as exc:  # the model answered in a format the adapter cannot read: an outcome
             logger.debug("Unparsable task-model answer: {}", exc.lm_response)
             return None, (), exc
-        except Exception as exc:  # an LM failure or a bug in the program: count, log, score as failure
+        except Exception as exc:  # a bad answer or a bug in the program: count, log, score as failure
             self._count("program_errors")
             logger.warning("Program raised {} on an example: {}", type(exc).__name__, exc)
             return None, (), f"program: {exc!r}"

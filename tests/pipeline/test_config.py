@@ -69,10 +69,13 @@ def test_reserved_params_metric_and_program_paths_are_checked(config_dict):
     config_dict["optimize"] = [{"optimizer": "labeled", "params": {"budget": 3}}]
     config_dict.update(metric="no_such_module:fn", program="no_such_module:factory")
     problems = problems_of(config_dict)
+    assert any(p.startswith("optimize[0].params.budget: is set by the pipeline") for p in problems)
+    assert not any(p.startswith(("metric", "program")) for p in problems)  # a rejected config imports nothing
+    config_dict["optimize"] = [{"optimizer": "labeled"}]
+    problems = problems_of(config_dict)
     assert any(p.startswith("metric: must be one of ['exact_match', 'choice_match'] or pkg.module:function")
                for p in problems)
     assert any(p.startswith("program.name: must be one of ['qa', 'cot', 'two_step']") for p in problems)
-    assert any(p.startswith("optimize[0].params.budget: is set by the pipeline") for p in problems)
 
 
 def test_bad_lm_spec_and_data_path(config_dict, tmp_path):

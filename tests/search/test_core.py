@@ -21,6 +21,7 @@ from dspy_icl_opt.search import (
     apply_state,
     read_state,
 )
+from dspy_icl_opt.search.faults import FaultMonitor, RunInterrupted
 from dspy_icl_opt.search.placement import compose_instructions, split_instructions
 from dspy_icl_opt.search.racing import paired_better, race, student_t_sf
 from dspy_icl_opt.search.report import Counters
@@ -120,11 +121,18 @@ def test_scorer_turns_failures_into_counted_scores(task):
     assert [o.score for o in outcomes] == [0.0] * 3 and all("metric bug" in o.error for o in outcomes)
     assert scorer.counters.metric_errors == 3
 
-    broken = scripted_lm(lambda r: (_ for _ in ()).throw(ConnectionError("LM down")))
+    broken = scripted_lm(lambda r: (_ for _ in ()).throw(ValueError("engine bug")))
     scorer = make_scorer(task, broken)
     outcomes = scorer.evaluate(read_state(task.program()), task.train[:2])
     assert all(o.failed and "program" in o.error for o in outcomes)
     assert scorer.counters.program_errors == 2
+
+    # A model that does not answer is no outcome: nothing is scored or cached (tests/faults/ has the rest).
+    down = scripted_lm(lambda r: (_ for _ in ()).throw(ConnectionError("LM down")))
+    scorer = make_scorer(task, down, meter=BudgetMeter(Budget(), faults=FaultMonitor(backoff_s=0)))
+    with pytest.raises(RunInterrupted):
+        scorer.evaluate(read_state(task.program()), task.train[:2])
+    assert len(scorer.journal) == 0 and scorer.counters.program_errors == 0
 
 
 def test_scorer_keeps_finished_work_when_the_budget_ends(task, tmp_path):

@@ -43,6 +43,10 @@ class MetaPromptAdapter(ChatAdapter):
             if name in outputs and name not in found:
                 found[name] = text.strip()
         missing = [name for name in outputs if name not in found]
+        if len(missing) > 1 and leading.strip():  # "Reason: ...\nFailing step: 2" instead of markers
+            found.update(_labelled(leading, missing))
+            missing = [name for name in outputs if name not in found]
+            leading = "" if not missing else leading
         if len(missing) == 1 and leading.strip():
             found[missing[0]] = leading.strip()
         elif len(missing) == 1 and len(outputs) == 1:
@@ -53,6 +57,22 @@ class MetaPromptAdapter(ChatAdapter):
             raise AdapterParseError(adapter_name="MetaPromptAdapter", signature=signature,
                                     lm_response=completion, parsed_result=found)
         return {name: found[name] for name in outputs}
+
+
+def _labelled(text: str, names: list[str]) -> dict[str, str]:
+    """Values of ``names`` written as labelled lines ("Failing step: 2", "**reason**: ..."), in order."""
+    label = {name: re.compile(rf"^\W*{'[ _]'.join(map(re.escape, name.split('_')))}\W*[:=\-]\s*(.*)$", re.IGNORECASE)
+             for name in names}
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        matched = next(((name, m) for name, pattern in label.items() if (m := pattern.match(line.strip()))), None)
+        if matched is not None:
+            current = matched[0]
+            found[current] = [matched[1].group(1).strip().lstrip("*").strip()]
+        elif current is not None:
+            found[current].append(line)
+    return {name: "\n".join(lines).strip() for name, lines in found.items() if "\n".join(lines).strip()}
 
 
 def clean(value: Any) -> str:

@@ -34,9 +34,6 @@ from programs import load_task, make_program
 #: DSPy optimizers cannot be capped from outside without corrupting their scores, so they are sized:
 COPRO_BREADTH = 4
 BFSRS_DEMOS = 4
-#: Small-budget settings of ours: minibatch scoring so that several steps fit a ~100-call budget.
-OPRO_SETTINGS = {"steps": 20, "candidates_per_step": 3, "scoring": "minibatch", "minibatch_size": 5,
-                 "final_candidates": 2}
 DEMOS_SETTINGS = {"max_demos": 4, "n_trials": 12, "minibatch_size": 5, "minibatches_per_trial": 2,
                   "top_k_full_eval": 2}
 
@@ -53,14 +50,11 @@ def method_registry() -> dict[str, Callable[..., dspy.Module]]:
         "uncompiled": lambda ctx: ctx["program"],
         "zeroshot_cot": _zeroshot_cot,
         "copro": _copro,
-        "opro": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.opro", "OPRO", **OPRO_SETTINGS),
-        "apo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.apo", "APO", rounds=3, beam_size=2,
-                                 minibatch_size=8, n_gradients=2, errors_per_gradient=3, mc_samples_per_step=1,
-                                 max_expansion_factor=4, evaluator="successive_halving"),
-        "abo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO", num_candidates=3, rounds=2,
-                                 minibatch_size=8),
-        "abo_nodemo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO", num_candidates=3, rounds=2,
-                                        minibatch_size=8, demonstration=False),
+        # ours run with their defaults: each plans its steps from the budget it is given
+        "opro": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.opro", "OPRO"),
+        "apo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.apo", "APO"),
+        "abo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO"),
+        "abo_nodemo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO", demonstration=False),
         "demos": lambda ctx: _ours(ctx, "dspy_icl_opt.demos", "DemoSelector", **DEMOS_SETTINGS),
         "opro+demos": _opro_then_demos,
         "gepa": _gepa,
@@ -92,7 +86,7 @@ def _ours(ctx: dict[str, Any], module: str, name: str, **params: Any) -> dspy.Mo
 def _opro_then_demos(ctx: dict[str, Any]) -> dspy.Module:
     half = dict(ctx, budget=ctx["budget"] // 2, prompt_budget=ctx["prompt_budget"])
     # On half the budget OPRO validates one finalist (and the seed), so that its steps keep room.
-    half["program"] = _ours(half, "dspy_icl_opt.optimizers.opro", "OPRO", **{**OPRO_SETTINGS, "final_candidates": 1})
+    half["program"] = _ours(half, "dspy_icl_opt.optimizers.opro", "OPRO")
     program = _ours(half, "dspy_icl_opt.demos", "DemoSelector", **DEMOS_SETTINGS)
     ctx["report"] = half["report"]  # DemoSelector's, with its k curve
     return program
@@ -167,11 +161,26 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
            "task_calls": spent["task"].calls, "prompt_calls": spent["prompt"].calls,
            "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1)}
     if "report" in ctx:
-        row["stopped_by_budget"] = ctx["report"].stopped_by_budget
+        report = ctx["report"]
+        row["stopped_by_budget"] = report.stopped_by_budget
+        row.update(_search_figures(report))
         if "k_curve" in ctx["report"].extra:  # DemoSelector: accuracy against the number of demos
             row["k_curve"] = ctx["report"].extra["k_curve"]
     logger.info("{}", row)
     return row
+
+
+def _search_figures(report: Any) -> dict[str, Any]:
+    """What tells whether the search worked: steps run against the plan, the start kept or not, how
+    well each meta-prompt was answered, and how often the task model's answer could not be read."""
+    plan = report.extra.get("plan") or {}
+    choice = report.extra.get("final_choice") or {}
+    return {"steps": report.steps_completed, "planned_steps": plan.get("steps"),
+            "kept_start": choice.get("chosen") == choice.get("start") if choice else None,
+            "val_examples": choice.get("examples"),
+            "meta_prompts": report.extra.get("meta_prompts", {}),
+            "task_parse_failures": getattr(report.counters, "task_parse_failures", 0),
+            "candidates": len(report.candidates)}
 
 
 def main(argv: list[str] | None = None) -> int:

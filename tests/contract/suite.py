@@ -19,6 +19,7 @@ import pytest
 
 from dspy_icl_opt.search.base import ICLOptimizer
 from dspy_icl_opt.testing import format_chat_reply, planted_rule_task, scripted_lm, system_text
+from dspy_icl_opt.testing.scripted import make_fake_lm
 
 FIELD_LINE = re.compile(r"^\d+\. `(\w+)` \(([^)]*)\)", re.MULTILINE)
 
@@ -49,6 +50,25 @@ def rule_stating_responder(rule: str) -> Callable[[Any], str]:
     return respond
 
 
+class KilledAfter:
+    """An engine that answers ``n`` requests, then stops the process as Ctrl-C (or kill -9) would."""
+
+    def __init__(self, engine: Any, n: int) -> None:
+        self.engine, self.n, self.call_count = engine, n, 0
+
+    def complete(self, request: Any) -> Any:
+        if self.call_count >= self.n:
+            raise KeyboardInterrupt
+        self.call_count += 1
+        return self.engine.complete(request)
+
+    def stream(self, request: Any) -> Any:
+        return self.engine.stream(request)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
 def state_of(program: dspy.Module) -> str:
     return json.dumps(program.dump_state(), sort_keys=True, default=str)
 
@@ -69,9 +89,11 @@ class ContractSuite:
     def _task(self):
         return planted_rule_task("vowels", train_size=8, val_size=6, seed=0)
 
-    def _run(self, tmp_path=None, *, budget=None, seed=0, resume=None):
+    def _run(self, tmp_path=None, *, budget=None, seed=0, resume=None, kill_task_after=None):
         task = self._task()
         task_lm = task.lm()
+        if kill_task_after is not None:
+            task_lm = make_fake_lm(KilledAfter(task_lm.engine, kill_task_after), name=task_lm.model)
         prompt_lm = scripted_lm(self.prompt_responder(task))
         common: dict[str, Any] = {"seed": seed, "budget": budget, "progress": False}
         if tmp_path is not None:
@@ -118,6 +140,20 @@ class ContractSuite:
         # Together, the interrupted and the resumed run call the LMs exactly as often as one run.
         assert cut_task.engine.call_count + task_lm.engine.call_count == full_task.engine.call_count
         assert cut_prompt.engine.call_count + prompt_lm.engine.call_count == full_prompt.engine.call_count
+        assert resumed.report_.best_state == full.report_.best_state
+        assert state_of(program) == state_of(full_program)
+
+    @pytest.mark.parametrize("where", [0.5, "validation"])
+    def test_killed_mid_search_or_in_validation_resumes_identically(self, tmp_path, where):
+        full, full_program, _, _, full_task, full_prompt = self._run()
+        total = full_task.engine.call_count
+        validation = full.report_.extra.get("final_choice", {}).get("examples", 0) * len(full.report_.best_state or {})
+        cut_at = max(1, total - max(1, validation // 2)) if where == "validation" else max(1, int(total * where))
+        with pytest.raises(KeyboardInterrupt):
+            self._run(tmp_path, kill_task_after=cut_at)
+        resumed, program, _, _, task_lm, prompt_lm = self._run(tmp_path)
+        # the killed run made cut_at task calls; together with the resumed run, exactly one run's worth
+        assert cut_at + task_lm.engine.call_count == total
         assert resumed.report_.best_state == full.report_.best_state
         assert state_of(program) == state_of(full_program)
 

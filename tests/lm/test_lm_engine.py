@@ -178,6 +178,20 @@ def test_request_seed_overrides_the_engine_seed(engine_with):
     assert fake.calls[0]["seed"] == derive_seed(99, call_index=0)
 
 
+def test_a_request_seed_samples_the_same_whatever_came_before(engine_with):
+    # A resumed run asks only the questions the journal lacks, each with its own seed: its samples must be
+    # the ones an uninterrupted run drew, however many other calls that run made first.
+    uninterrupted, fake = engine_with()
+    for seed in (11, 12, 13, 12):
+        uninterrupted.complete(_request(temperature=1.0, seed=seed))
+    resumed, fake_resumed = engine_with()
+    for seed in (13, 12):
+        resumed.complete(_request(temperature=1.0, seed=seed))
+    drawn = [c["seed"] for c in fake.calls]
+    assert [c["seed"] for c in fake_resumed.calls] == [drawn[2], drawn[1]]
+    assert drawn[3] == derive_seed(12, call_index=1) != drawn[1], "a repeated seed still gets a fresh sample"
+
+
 def test_calls_on_one_model_are_serialized_across_engines(fake_gguf, fake_llama_factory):
     fake = fake_llama_factory(delay=FAKE_DELAY_S)
     engines = [LlamaCppEngine(fake_gguf, llama=fake), LlamaCppEngine(fake_gguf, llama=fake)]

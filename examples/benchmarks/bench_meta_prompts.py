@@ -1,0 +1,141 @@
+"""How often a prompt model's answer to each meta-prompt of OPRO, APO and ABO is usable.
+
+Each meta-prompt is asked ``--tries`` times (temperature 1.0, a different seed each time) with inputs
+built from a bundled task, through the same adapter and the same checks the strategies use: an answer
+counts when the strategy can use it (an instruction between or without tags, a numbered reason, a
+procedure of at least two steps, a step number in range ...). No retries: this is the first-answer rate.
+
+Run (the README's figures come from this command):
+    python examples/benchmarks/bench_meta_prompts.py --task date_understanding --tries 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import dspy
+
+from dspy_icl_opt.optimizers.abo_prompts import (
+    LocateFailingStep,
+    Procedure,
+    SplitStep,
+    WriteProcedure,
+    demonstration_signature,
+    follows_every_step,
+    format_fields,
+    parse_sub_steps,
+    step_number,
+)
+from dspy_icl_opt.optimizers.apo_prompts import DiagnoseErrors, FixInstruction, Paraphrase, clean_text, edited_instructions
+from dspy_icl_opt.optimizers.opro_prompts import ProposeInstruction, extract_instruction, render_exemplars
+from dspy_icl_opt.search.grounding import data_summary
+from dspy_icl_opt.search.meta import MetaPromptAdapter, numbered_items
+from dspy_icl_opt.search.surgery import describe_signature
+
+PROCEDURE = ("1. Read the question and find the reference date it gives.\n2. Work out the date it asks for from that "
+             "reference.\n3. Write that date as MM/DD/YYYY and pick the option that matches it.")
+MAX_INSTRUCTION_CHARS = 500
+
+
+def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signature], dict[str, Any], Callable]]:
+    """Each meta-prompt: its signature, realistic inputs, and the check its strategy applies."""
+    program = program.named_predictors()[0][1]  # the bundled QA program has one predictor
+    train = task.train
+    example, wrong = train[0], dict(train[1].inputs())
+    signature = describe_signature(program)
+    summary = data_summary(program, train)
+    failure = (f"## Example 1\nInputs:\n  question: {wrong['question']}\nOutput of this step:\n  answer: "
+               f"(A) 01/01/2019\nExpected output:\n  answer: {train[1].answer}")
+    procedure = Procedure.parse(PROCEDURE)
+    final = {"answer": program.signature.output_fields["answer"]}
+    return {
+        "OPRO ProposeInstruction": (ProposeInstruction, {
+            "task": signature, "data_summary": summary,
+            "previous_instructions": "text:\nAnswer the question.\nscore:\n42\n\ntext:\nThink about the dates, then "
+                                     "answer with the option letter.\nscore:\n47",
+            "example_problems": render_exemplars(train[:3], "system")},
+            lambda a: 0 < len(extract_instruction(a.new_instruction)) <= MAX_INSTRUCTION_CHARS),
+        "APO DiagnoseErrors": (DiagnoseErrors, {
+            "task": signature, "data_summary": summary, "instruction": "Answer the question.", "failures": failure,
+            "n_reasons": 1}, lambda a: bool(numbered_items(a.reasons))),
+        "APO FixInstruction": (FixInstruction, {
+            "task": signature, "data_summary": summary, "instruction": "Answer the question.", "failures": failure,
+            "problem": "The instruction does not say to compute the date from the reference date.",
+            "n_instructions": 1}, lambda a: bool(edited_instructions(a.new_instructions, 1))),
+        "APO Paraphrase": (Paraphrase, {"instruction": "Work out the date step by step, then answer with the option "
+                                                       "letter."}, lambda a: bool(clean_text(a.paraphrase))),
+        "ABO WriteProcedure": (WriteProcedure, {
+            "task": f"{signature}\nCurrent instruction: Answer the question.",
+            "examples": "\n\n".join(f"Example {i}:\n{format_fields(dict(e.inputs()))}\n{format_fields(dict(e.labels()))}"
+                                    for i, e in enumerate(train[:3], 1))},
+            lambda a: Procedure.parse(a.procedure) is not None),
+        "ABO WriteDemonstration": (demonstration_signature(final), {
+            "task": signature, "procedure": procedure.render(),
+            "example_inputs": format_fields(dict(example.inputs())),
+            "correct_outputs": format_fields(dict(example.labels()))},
+            lambda a: follows_every_step(a.execution, procedure)),
+        "ABO LocateFailingStep": (LocateFailingStep, {
+            "procedure": procedure.render(), "demonstration": "(none)", "task_input": f"question: {wrong['question']}",
+            "model_output": "reasoning: The date is 01/01/2019.\nanswer: (A) 01/01/2019",
+            "correct_output": f"answer: {train[1].answer}"},
+            lambda a: step_number(a.failing_step, len(procedure)) is not None),
+        "ABO SplitStep": (SplitStep, {
+            "task": signature, "procedure": procedure.render(), "step_number": 2, "step": procedure.render_step(2),
+            "failures": "- it added days to the wrong date\n- it forgot that the month changes"},
+            lambda a: parse_sub_steps(a.sub_steps) is not None),
+    }
+
+
+def usable_rate(lm: dspy.BaseLM, signature: type[dspy.Signature], inputs: dict[str, Any], check: Callable,
+                tries: int) -> tuple[int, int]:
+    """(usable answers, tries): one call per try, no retry, no JSON fallback."""
+    usable = 0
+    for seed in range(tries):
+        try:
+            with dspy.context(lm=lm, adapter=MetaPromptAdapter()):
+                answer = dspy.Predict(signature)(**inputs, config={"temperature": 1.0, "seed": 1000 + seed,
+                                                                   "rollout_id": 1000 + seed})
+            usable += bool(check(answer))
+        except Exception:  # an unreadable answer
+            pass
+    return usable, tries
+
+
+def measure(lm: dspy.BaseLM, task_name: str = "date_understanding", tries: int = 20) -> dict[str, float]:
+    from programs import load_task, make_program
+
+    task = load_task(task_name, seed=0, train_size=8, val_size=2, test_size=2)
+    program = make_program("qa", task)
+    rates = {}
+    for name, (signature, inputs, check) in probes(task, program).items():
+        usable, total = usable_rate(lm, signature, inputs, check, tries)
+        rates[name] = usable / total
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="date_understanding")
+    parser.add_argument("--tries", type=int, default=20)
+    parser.add_argument("--lm", default="embedded")
+    parser.add_argument("--max-tokens", type=int, default=400)
+    args = parser.parse_args(argv)
+    from loguru import logger
+
+    from dspy_icl_opt.lm import resolve_lm
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    lm = resolve_lm(args.lm, temperature=1.0, max_tokens=args.max_tokens, cache=False)
+    rates = measure(lm, args.task, args.tries)
+    print(f"| meta-prompt | usable first answers ({args.tries} tries, {args.lm}) |\n|---|---|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:.0%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""Every meta-prompt of OPRO, APO and ABO gets a usable first answer from the embedded 0.5B model at least
+80% of the time (20 tries each, no retries): what a small proposer can write, it is asked for."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+TRIES = 20
+MIN_USABLE = 0.8
+
+
+def _bench():
+    path = Path(__file__).resolve().parents[2] / "examples" / "benchmarks" / "bench_meta_prompts.py"
+    spec = importlib.util.spec_from_file_location("bench_meta_prompts", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.embedded
+def test_each_meta_prompt_is_usable_on_the_embedded_model():
+    from dspy_icl_opt.lm import resolve_lm
+
+    lm = resolve_lm("embedded", temperature=1.0, max_tokens=400, cache=False)
+    rates = _bench().measure(lm, "date_understanding", TRIES)
+    assert len(rates) == 8
+    low = {name: rate for name, rate in rates.items() if rate < MIN_USABLE}
+    assert not low, f"meta-prompts answered usably less than {MIN_USABLE:.0%} of {TRIES} tries: {low} (all: {rates})"
+
+
+def test_the_probe_counts_usable_answers_with_the_strategies_checks():
+    from dspy_icl_opt.testing import format_chat_reply, scripted_lm
+
+    bench = _bench()
+    from programs import load_task, make_program
+
+    task = load_task("date_understanding", seed=0, train_size=8, val_size=2, test_size=2)
+    signature, inputs, check = bench.probes(task, make_program("qa", task))["ABO LocateFailingStep"]
+    replies = [format_chat_reply({"reason": "wrong date", "failing_step": "Step 2"}), "Failing step: 9",
+               "reason: it skipped a day\nfailing step: 3", "no idea"]
+    lm = scripted_lm(replies)
+    assert bench.usable_rate(lm, signature, inputs, check, len(replies)) == (2, 4)

@@ -62,7 +62,7 @@ from dspy_icl_opt.search import (
 )
 from dspy_icl_opt.search.budget import collect_cost
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
-from dspy_icl_opt.search.grounding import format_sentence, output_spaces
+from dspy_icl_opt.search.grounding import data_summary, format_sentence, output_spaces
 from dspy_icl_opt.search.plan import (
     Phase,
     SearchPlan,
@@ -286,7 +286,8 @@ class _PredictorRun:
         self.base = base
         self.final_fields = {n: f for n, f in signature.output_fields.items() if n != self.reasoning}
         self.input_fields = list(signature.input_fields)
-        self.task = f"{describe_signature(predictor)}\nCurrent instruction: {ctx.initial_state[name].instruction}"
+        self.task = (f"{describe_signature(predictor)}\nCurrent instruction: {ctx.initial_state[name].instruction}\n"
+                     f"The data: {data_summary(predictor, ctx.trainset)}")
         spaces = output_spaces(predictor, ctx.trainset) if opt.format_candidate else {}
         self.format = format_sentence(spaces) if spaces else ""
         self.demo_signature = demonstration_signature(self.final_fields)

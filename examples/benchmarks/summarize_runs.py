@@ -38,12 +38,19 @@ def read_cells(paths: Sequence[str]) -> dict[tuple[str, str, str], dict]:
 
 def method_table(cells: dict[tuple[str, str, str], dict]) -> str:
     methods = list(dict.fromkeys(m for m, _, _ in cells))
-    lines = ["| method | cells | mean test acc | mean task calls |", "|---|---|---|---|"]
+    lines = ["| method | cells | mean test acc | mean task calls | mean prompt calls | steps run (planned) | start kept |",
+             "|---|---|---|---|---|---|---|"]
     for method in methods:
         rows = [r for (m, _, _), r in cells.items() if m == method]
         acc = sum(r["test_accuracy"] for r in rows) / len(rows)
         calls = sum(r["task_calls"] for r in rows) / len(rows)
-        lines.append(f"| {method} | {len(rows)} | {acc:.3f} | {calls:.1f} |")
+        prompt = sum(r.get("prompt_calls", 0) for r in rows) / len(rows)
+        searched = [r for r in rows if r.get("steps") is not None]
+        steps = (f"{sum(r['steps'] for r in searched) / len(searched):.1f} "
+                 f"({sum(r.get('planned_steps') or 0 for r in searched) / len(searched):.1f})" if searched else "-")
+        kept = [r["kept_start"] for r in rows if r.get("kept_start") is not None]
+        kept_cell = f"{sum(kept)}/{len(kept)}" if kept else "-"
+        lines.append(f"| {method} | {len(rows)} | {acc:.3f} | {calls:.1f} | {prompt:.1f} | {steps} | {kept_cell} |")
     return "\n".join(lines)
 
 

@@ -46,6 +46,8 @@ Scoring = Literal["full", "minibatch", "racing"]
 
 #: The paper drops generated instructions longer than this many characters.
 MAX_INSTRUCTION_CHARS = 500
+#: Steps in a row without one new instruction before the search stops (only the caps bound it otherwise).
+MAX_IDLE_STEPS = 3
 #: The plan keeps the shared search set at least this large before it lowers the candidates per step.
 PREFERRED_SEARCH_EXAMPLES = 16
 #: COPRO's arguments that have an OPRO meaning, and the OPRO name each maps to.
@@ -69,6 +71,7 @@ class _Run:
     per_step: int = 1
     search: list[int] = field(default_factory=list)
     summaries: dict[str, str] = field(default_factory=dict)
+    idle: int = 0
 
 
 class OPRO(ICLOptimizer):
@@ -294,6 +297,10 @@ class OPRO(ICLOptimizer):
                 return
             name = run.names[(step - 1) % len(run.names)]
             proposals, prompt_budget_spent = self._propose(ctx, run, step, name, count)
+            run.idle = 0 if proposals else run.idle + 1
+            if run.idle > MAX_IDLE_STEPS:  # the proposer only repeats itself (e.g. at temperature 0): stop
+                logger.info("OPRO: {} steps in a row brought no new instruction; stopping the search", run.idle)
+                return
             records = [self._candidate(ctx, run, step, name, text, position) for text, position in proposals]
             if records:
                 self._score_step(ctx, run, records, step=step)

@@ -316,3 +316,13 @@ def test_positions_refuse_an_adapter_that_ignores_them(task):
     with dspy.context(adapter=dspy.ChatAdapter()):
         with pytest.raises(ValueError, match="need dspy_icl_opt.PlacementAdapter"):
             opro.compile(task.program(), trainset=task.train, valset=task.val)
+
+
+def test_a_proposer_that_only_repeats_itself_ends_the_search(task):
+    # Without a prompt cap, only the task cap would bound the loop, and duplicates cost no task call.
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(lambda r: "<INS>Same idea.</INS>"),
+                format_candidate=False, budget={"max_task_calls": 400}, progress=False)
+    opro.compile(task.program(), trainset=task.train, valset=task.val)
+    report = opro.report_
+    assert report.extra["dropped_proposals"]["duplicate"] > 0
+    assert report.steps_completed <= 1 + 1 + 3, "one new instruction, then three idle steps at most"

@@ -507,13 +507,26 @@ class _PredictorRun:
         """(failing step, reason) for a sample of the arm's errors, and the number of errors."""
         errors = [(ex, o) for ex, o in zip(self.examples, outcomes) if o.score < CORRECT_SCORE
                   and ((not o.failed and self._trace_entry(o) is not None) or o.unparsable)]
-        sample = self.ctx.rng.sample(errors, min(self.ctx.plan.settings["errors_per_round"], len(errors)))
+        sample = self.ctx.rng.sample(errors, min(self._errors_this_round(), len(errors)))
         findings = []
         for i, (example, outcome) in enumerate(sample):
             found = self._locate(arm, example, outcome, f"{prefix}/error{i}")
             if found is not None:
                 findings.append(found)
         return findings, len(errors)
+
+    def _errors_this_round(self) -> int:
+        """Errors to localise now: the plan's number, or fewer when the prompt calls left must also pay for
+        the rounds the task calls left can buy (calls saved earlier, e.g. by duplicate procedures, buy rounds)."""
+        planned = self.ctx.plan.settings["errors_per_round"]
+        prompt_left = self.ctx.meter.remaining_calls("prompt")
+        task_left = self.ctx.meter.remaining_calls("task")
+        if prompt_left is None or task_left is None:
+            return planned
+        runs = 2 if self.opt.demonstration else 1
+        rounds = max(1, task_left // max(1, runs * len(self.examples) * len(self.ctx.predictors)))
+        per_round = prompt_left // rounds - 1 - (1 if self.opt.demonstration else 0)  # the split and a demo
+        return max(1, min(planned, per_round))
 
     def _locate(self, arm: _Arm, example: dspy.Example, outcome: Outcome, key: str) -> tuple[int, str] | None:
         entry = self._trace_entry(outcome) or {}

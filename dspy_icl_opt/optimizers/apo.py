@@ -89,6 +89,7 @@ class _Run:
     mc_samples: int
     bandit: BestArmIdentifier
     gradients: list[dict[str, Any]] = field(default_factory=list)
+    ranked: list[CandidateRecord] = field(default_factory=list)  # the last selection's pool, best first
     prompt_budget_spent: BudgetExhausted | None = None
 
 
@@ -295,14 +296,13 @@ class APO(ICLOptimizer):
                     break
                 if run.prompt_budget_spent is not None:
                     raise run.prompt_budget_spent  # ends the search; this round's beam is still validated
-        self._choose_final(ctx, beam)
+        self._choose_final(ctx, run, beam)
 
     def _room_for_a_round(self, ctx: SearchContext, run: _Run, plan: SearchPlan, round_index: int) -> bool:
         remaining = ctx.meter.remaining_calls("task")
         if remaining is None:
             return self.rounds is not None or round_index <= UNCAPPED_ROUNDS
-        per_round = plan.settings["evaluations_per_round"] or 0
-        if remaining < per_round // 2:  # a round the budget would cut early selects nothing
+        if remaining < len(run.search) * len(ctx.predictors):  # not even one child could be scored: stop
             ctx.report.stopped_by_budget = True
             logger.info("APO: {} task calls left cannot pay for round {}; validating the beam", remaining, round_index)
             return False
@@ -465,15 +465,35 @@ class APO(ICLOptimizer):
             outcomes = ctx.scorer.evaluate(ctx.state_of(record), examples, desc=f"round {r} #{record.id}")
             return [o.score for o in outcomes]
 
-        result = run.bandit.select(pool, run.beam_size, pull, len(run.search), ctx.rng)
+        result = self._round_bandit(ctx, run, pool, r).select(pool, run.beam_size, pull, len(run.search), ctx.rng)
+        run.ranked = [pool[i] for i in result.ranking]
         for record, mean, seen in zip(pool, result.means, result.items_seen):
             if mean is not None:
                 record.scores[f"bandit_round{r}"] = mean
                 record.n_scored[f"bandit_round{r}"] = seen
         return result
 
-    def _choose_final(self, ctx: SearchContext, beam: list[CandidateRecord]) -> None:
-        best = ctx.choose_by_validation(beam)  # the starting prompt competes too
+    def _round_bandit(self, ctx: SearchContext, run: _Run, pool: list[CandidateRecord],
+                      round_: int) -> BestArmIdentifier:
+        """The round's bandit; a last, partial round gets a budget the task calls left can pay (the parents'
+        pairs are cached, so the nominal budget counts them on top of the children's)."""
+        remaining = ctx.meter.remaining_calls("task")
+        per_round = ctx.plan.settings["evaluations_per_round"]
+        if remaining is None or per_round is None or remaining >= per_round:
+            return run.bandit
+        children = max(1, sum(1 for r in pool if r.step == round_))
+        nominal = max(1, int(0.9 * remaining * len(pool) / children) // len(ctx.predictors))
+        logger.info("APO: a partial round on the {} task calls left", remaining)
+        return make_bandit(self.evaluator, eval_rounds=1, eval_prompts_per_round=1, samples_per_eval=nominal,
+                           c=self.c) if self.evaluator not in ("ucb", "ucb-e") else run.bandit
+
+    def _choose_final(self, ctx: SearchContext, run: _Run, beam: list[CandidateRecord]) -> None:
+        """The final beam (and, when it holds the start, the next best of the last round) against the start."""
+        wanted = ctx.plan.settings["finalists"]
+        seen: set[int] = set()
+        finalists = [r for r in [*beam, *run.ranked]
+                     if r.origin != "seed" and not (r.id in seen or seen.add(r.id))][:wanted]
+        best = ctx.choose_by_validation(finalists)  # the starting prompt competes too
         logger.info("APO chose candidate {} (val {:.3f}) from the final beam {} and the starting prompt", best.id,
                     best.scores["val"], [record.id for record in beam])
 

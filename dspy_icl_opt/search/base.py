@@ -333,6 +333,18 @@ class SearchContext:
                 self.meter.release("task", held)
 
     # ----------------------------------------------------------------------------- progress
+    def plan_against_spending(self) -> None:
+        """Put the plan's projection beside what the run did in ``report.extra["plan_vs_actual"]``."""
+        if self.plan is None:
+            return
+        spent = self.meter.snapshot()
+        self.report.extra["plan_vs_actual"] = {
+            "steps": {"planned": self.plan.steps, "run": self.report.steps_completed},
+            "task_calls": {"projected": self.plan.task_calls, "spent": spent["task"].calls,
+                           "cap": self.plan.shape.task_cap},
+            "prompt_calls": {"projected": self.plan.prompt_calls, "spent": spent["prompt"].calls,
+                             "cap": self.plan.shape.prompt_cap}}
+
     def checkpoint(self, step: int | None = None) -> None:
         """Record progress and spending, and rewrite the report (atomically) if there is a log dir."""
         if step is not None:
@@ -473,6 +485,7 @@ class ICLOptimizer(Teleprompter):
                 raise
             raise stop from exc
         finally:
+            ctx.plan_against_spending()
             ctx.checkpoint()
         return self._finish(ctx)
 

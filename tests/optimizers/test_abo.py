@@ -389,3 +389,28 @@ def test_procedures_paid_for_before_the_prompt_budget_ends_are_compared(task):
     program = abo.compile(cot(), trainset=task.train, valset=task.val)
     assert abo.report_.stopped_by_budget and abo.report_.spent["prompt"].calls == 1
     assert "Look at its letters" in program.predict.signature.instructions
+
+
+class _FreshSubSteps(ABOScript):
+    """Every split answers with new sub-steps, so every refinement is a new candidate."""
+
+    def __call__(self, request: Any) -> str:
+        if meta_prompt(request) == "split":
+            self.log.append(("split", {}))
+            n = len(self.log)
+            return format_chat_reply({"sub_steps": f"1. Look again ({n}).\n2. Check once more ({n})."})
+        return super().__call__(request)
+
+
+def test_at_a_users_budget_abo_refines_at_least_twice_and_spends_the_task_cap():
+    # One Predict, 40 train / 40 val, 400 task + 40 prompt calls: ABO used to refine once.
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    abo = ABO(big.metric, task_model=big.lm(knows=never()), prompt_model=scripted_lm(_FreshSubSteps()),
+              budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
+    plan = abo.plan(big.program(), trainset=big.train, valset=big.val)
+    assert plan.steps >= 2 and plan.task_calls <= 400 and plan.prompt_calls <= 40
+    abo.compile(big.program(), trainset=big.train, valset=big.val)
+    report = abo.report_
+    refinements = {e["round"] for e in report.extra["rounds"] if e["round"] > 0 and e["candidate"] is not None}
+    assert len(refinements) >= 2
+    assert 0.9 * 400 <= report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40

@@ -297,3 +297,28 @@ def test_edits_paid_for_before_the_prompt_budget_ends_are_kept():
     apo, program = run_apo(task, rounds=1, budget={"max_prompt_calls": 2})
     assert apo.report_.stopped_by_budget and apo.report_.spent["prompt"].calls == 2
     assert task.rule in program.signature.instructions, "the paid edit naming the rule was scored and won"
+
+
+def test_at_a_users_budget_apo_runs_three_rounds_and_spends_the_task_cap():
+    # One Predict, 40 train / 40 val, 400 task + 40 prompt calls: APO used to run one round.
+    task = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    counter = iter(range(10_000))
+
+    def respond(request):  # every reason, edit and paraphrase is new, and none states the rule
+        system = system_text(request)
+        n = next(counter)
+        if "`reasons`" in system:
+            return format_chat_reply({"reasons": f"1. It is vague ({n})."})
+        if "`new_instructions`" in system:
+            return format_chat_reply({"new_instructions": f"Answer the question with care, version {n}."})
+        return format_chat_reply({"paraphrase": f"Please answer the question, variant {n}."})
+
+    apo = APO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(respond),
+              budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
+    plan = apo.plan(task.program(), trainset=task.train, valset=task.val)
+    assert plan.steps >= 3 and plan.task_calls <= 400 and plan.prompt_calls <= 40
+    apo.compile(task.program(), trainset=task.train, valset=task.val)
+    report = apo.report_
+    assert report.extra["plan_vs_actual"]["steps"]["run"] >= 3
+    assert 0.9 * 400 <= report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40
+    assert report.extra["final_choice"]["examples"] == 40

@@ -326,3 +326,24 @@ def test_a_proposer_that_only_repeats_itself_ends_the_search(task):
     report = opro.report_
     assert report.extra["dropped_proposals"]["duplicate"] > 0
     assert report.steps_completed <= 1 + 1 + 3, "one new instruction, then three idle steps at most"
+
+
+def test_at_a_users_budget_opro_runs_five_steps_and_spends_the_task_cap(task):
+    # The user's case: one Predict, 40 train / 40 val, 400 task + 40 prompt calls. It used to run 0 steps.
+    from dspy_icl_opt.testing import planted_rule_task
+    from tests.contract.suite import rule_stating_responder
+
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    distinct = iter(range(10_000))
+    respond = rule_stating_responder("guess")  # never states the rule: every proposal is new, none is right
+    opro = OPRO(big.metric, task_model=big.lm(), prompt_model=scripted_lm(lambda r: respond(r).replace(
+                "guess", f"guess {next(distinct)}")), budget={"max_task_calls": 400, "max_prompt_calls": 40},
+                progress=False)
+    plan = opro.plan(big.program(), trainset=big.train, valset=big.val)
+    assert plan.steps >= 5 and plan.task_calls <= 400 and plan.prompt_calls <= 40
+    opro.compile(big.program(), trainset=big.train, valset=big.val)
+    report = opro.report_
+    actual = report.extra["plan_vs_actual"]
+    assert actual["steps"]["run"] >= 5
+    assert 0.9 * 400 <= report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40
+    assert report.extra["final_choice"]["examples"] == 40, "the start and the finalists saw the whole valset"

@@ -548,13 +548,14 @@ class _PredictorRun:
 
     def _split(self, arm: _Arm, step: int, reasons: list[str], prefix: str, round_: int) -> list[_Arm]:
         """The arm's procedure with ``step`` broken into sub-steps, run as it is and with a renewed demonstration."""
+        others = [s.text for s in arm.procedure.steps]  # an answer that repeats the procedure is no split
         answer = self._ask(SplitStep, f"{prefix}/split", temperature=self.opt.temperature,
-                           validate=lambda a: parse_sub_steps(a.sub_steps) is not None, task=self.task,
-                           procedure=arm.procedure.render(), step_number=step, step=arm.procedure.render_step(step),
+                           validate=lambda a: parse_sub_steps(a.sub_steps, other_steps=others) is not None,
+                           task=self.task, step=arm.procedure.render_step(step),
                            failures="\n".join(f"- {reason}" for reason in reasons))
         if answer is None:
             return []
-        procedure = arm.procedure.refine(step, parse_sub_steps(answer.sub_steps) or [])
+        procedure = arm.procedure.refine(step, parse_sub_steps(answer.sub_steps, other_steps=others) or [])
         preferred = arm.demo.example_index if arm.demo else None
         return self._arms_for(procedure, prefix, round_=round_, origin="refinement", parent=arm.record.id,
                               preferred=preferred, refined_step=step)

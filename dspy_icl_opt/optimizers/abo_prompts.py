@@ -21,6 +21,9 @@ from dspy_icl_opt.search.meta import first_number_in
 MIN_STEPS = 2
 #: A refinement must split the failing step into at least this many sub-steps.
 MIN_SUB_STEPS = 2
+#: A sentence counts as a sub-step of a one-paragraph answer when it has at least this many words.
+MIN_SUB_STEP_WORDS = 3
+_SENTENCE_END = re.compile(r"(?<=[.;!?])\s+")
 #: Output fields that hold a model's working (ChainOfThought's ``reasoning`` and its usual synonyms).
 REASONING_FIELDS = ("reasoning", "rationale", "thought", "thinking", "explanation")
 
@@ -67,15 +70,13 @@ class LocateFailingStep(dspy.Signature):
 
 
 class SplitStep(dspy.Signature):
-    """A model keeps going wrong at one step of this procedure. Break that step into smaller, explicit
-    sub-steps that would prevent the failures described. Write only the sub-steps of that one step."""
+    """A model keeps going wrong at this one step. Rewrite just this step as 2 to 4 smaller actions done in
+    order, each short and concrete, that would avoid the failures described. Do not repeat other steps."""
 
     task: str = dspy.InputField(desc="the task's input and output fields")
-    procedure: str = dspy.InputField(desc="the whole procedure, for context")
-    step_number: int = dspy.InputField()
-    step: str = dspy.InputField(desc="the step to break down, with any sub-steps it has now")
+    step: str = dspy.InputField(desc="the one step to break down (with any sub-steps it has now)")
     failures: str = dspy.InputField(desc="why the model failed at this step, one reason per line")
-    sub_steps: str = dspy.OutputField(desc="numbered sub-steps, one per line, at least two")
+    sub_steps: str = dspy.OutputField(desc="2 to 4 numbered smaller actions, one per line: '1. ...', '2. ...'")
 
 
 def demonstration_signature(final_fields: Mapping[str, Any]) -> type[dspy.Signature]:
@@ -159,8 +160,25 @@ class Procedure:
         return Procedure(tuple(steps))
 
 
-def parse_sub_steps(text: str) -> list[str] | None:
-    """Items of a list answer (numbered, lettered or bulleted); ``None`` with fewer than two."""
+def parse_sub_steps(text: str, *, other_steps: Sequence[str] = ()) -> list[str] | None:
+    """Items of a list answer (numbered, lettered or bulleted), or the sentences of a one-paragraph answer;
+    ``None`` with fewer than two, or when the items only repeat ``other_steps`` (an echo of the procedure)."""
+    items = _list_items(text)
+    if len(items) < MIN_SUB_STEPS and len(items) == 1:
+        items = [s.strip() for s in _SENTENCE_END.split(items[0]) if len(s.split()) >= MIN_SUB_STEP_WORDS]
+    if len(items) < MIN_SUB_STEPS:
+        return None
+    others = {_plain(step) for step in other_steps}
+    if others and sum(_plain(item) in others for item in items) >= MIN_SUB_STEPS:
+        return None
+    return items
+
+
+def _plain(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _list_items(text: str) -> list[str]:
     items: list[str] = []
     for raw in str(text or "").splitlines():
         line = _MARKDOWN.sub("", raw.strip()).strip()
@@ -171,7 +189,9 @@ def parse_sub_steps(text: str) -> list[str] | None:
             items.append((match.group(1) or match.group(2)).strip())
         elif items:
             items[-1] += " " + line
-    return items if len(items) >= MIN_SUB_STEPS else None
+        else:
+            items.append(line)
+    return items
 
 
 def follows_every_step(execution: str, procedure: Procedure) -> bool:

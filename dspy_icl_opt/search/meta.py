@@ -44,9 +44,10 @@ class MetaPromptAdapter(ChatAdapter):
                 found[name] = text.strip()
         missing = [name for name in outputs if name not in found]
         if len(missing) > 1 and leading.strip():  # "Reason: ...\nFailing step: 2" instead of markers
-            found.update(_labelled(leading, missing))
+            labelled, before = _labelled(leading, missing)
+            found.update(labelled)
             missing = [name for name in outputs if name not in found]
-            leading = "" if not missing else leading
+            leading = before if labelled else leading  # only unlabelled text before the labels is left over
         if len(missing) == 1 and leading.strip():
             found[missing[0]] = leading.strip()
         elif len(missing) == 1 and len(outputs) == 1:
@@ -59,12 +60,14 @@ class MetaPromptAdapter(ChatAdapter):
         return {name: found[name] for name in outputs}
 
 
-def _labelled(text: str, names: list[str]) -> dict[str, str]:
-    """Values of ``names`` written as labelled lines ("Failing step: 2", "**reason**: ..."), in order."""
+def _labelled(text: str, names: list[str]) -> tuple[dict[str, str], str]:
+    """Values of ``names`` written as labelled lines ("Failing step: 2", "**reason**: ..."), and the text
+    before the first label."""
     label = {name: re.compile(rf"^\W*{'[ _]'.join(map(re.escape, name.split('_')))}\W*[:=\-]\s*(.*)$", re.IGNORECASE)
              for name in names}
     found: dict[str, list[str]] = {}
     current = None
+    before: list[str] = []
     for line in text.splitlines():
         matched = next(((name, m) for name, pattern in label.items() if (m := pattern.match(line.strip()))), None)
         if matched is not None:
@@ -72,7 +75,10 @@ def _labelled(text: str, names: list[str]) -> dict[str, str]:
             found[current] = [matched[1].group(1).strip().lstrip("*").strip()]
         elif current is not None:
             found[current].append(line)
-    return {name: "\n".join(lines).strip() for name, lines in found.items() if "\n".join(lines).strip()}
+        else:
+            before.append(line)
+    values = {name: "\n".join(lines).strip() for name, lines in found.items() if "\n".join(lines).strip()}
+    return values, "\n".join(before).strip()
 
 
 def clean(value: Any) -> str:

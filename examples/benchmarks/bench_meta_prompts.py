@@ -2,8 +2,10 @@
 
 Each meta-prompt is asked ``--tries`` times (temperature 1.0, a different seed each time) with inputs
 built from a bundled task, through the same adapter and the same checks the strategies use: an answer
-counts when the strategy can use it (an instruction between or without tags, a numbered reason, a
-procedure of at least two steps, a step number in range ...). No retries: this is the first-answer rate.
+is parsed when the adapter reads every output field, and usable when the strategy's own check accepts it
+too (an instruction between or without tags, a numbered reason, a procedure of at least two steps, a step
+number in range, a demonstration that labels every step ...). No retries: first answers only (a strategy
+retries an unusable answer up to ``max_retries`` times).
 
 Run (the README's figures come from this command):
     python examples/benchmarks/bench_meta_prompts.py --task date_understanding --tries 20
@@ -83,36 +85,39 @@ def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signatu
             "correct_output": f"answer: {train[1].answer}"},
             lambda a: step_number(a.failing_step, len(procedure)) is not None),
         "ABO SplitStep": (SplitStep, {
-            "task": signature, "procedure": procedure.render(), "step_number": 2, "step": procedure.render_step(2),
+            "task": signature, "step": procedure.render_step(2),
             "failures": "- it added days to the wrong date\n- it forgot that the month changes"},
-            lambda a: parse_sub_steps(a.sub_steps) is not None),
+            lambda a: parse_sub_steps(a.sub_steps, other_steps=[s.text for s in procedure.steps]) is not None),
     }
 
 
-def usable_rate(lm: dspy.BaseLM, signature: type[dspy.Signature], inputs: dict[str, Any], check: Callable,
-                tries: int) -> tuple[int, int]:
-    """(usable answers, tries): one call per try, no retry, no JSON fallback."""
-    usable = 0
+def answer_rates(lm: dspy.BaseLM, signature: type[dspy.Signature], inputs: dict[str, Any], check: Callable,
+                 tries: int) -> tuple[int, int, int]:
+    """(parsed, usable, tries): one call per try, no retry, no JSON fallback. Parsed: the adapter read every
+    output field; usable: the strategy's own check accepts the answer too."""
+    parsed = usable = 0
     for seed in range(tries):
         try:
             with dspy.context(lm=lm, adapter=MetaPromptAdapter()):
                 answer = dspy.Predict(signature)(**inputs, config={"temperature": 1.0, "seed": 1000 + seed,
                                                                    "rollout_id": 1000 + seed})
-            usable += bool(check(answer))
         except Exception:  # an unreadable answer
-            pass
-    return usable, tries
+            continue
+        parsed += 1
+        usable += bool(check(answer))
+    return parsed, usable, tries
 
 
-def measure(lm: dspy.BaseLM, task_name: str = "date_understanding", tries: int = 20) -> dict[str, float]:
+def measure(lm: dspy.BaseLM, task_name: str = "date_understanding", tries: int = 20) -> dict[str, tuple[float, float]]:
+    """Per meta-prompt: (share parsed, share usable)."""
     from programs import load_task, make_program
 
     task = load_task(task_name, seed=0, train_size=8, val_size=2, test_size=2)
     program = make_program("qa", task)
     rates = {}
     for name, (signature, inputs, check) in probes(task, program).items():
-        usable, total = usable_rate(lm, signature, inputs, check, tries)
-        rates[name] = usable / total
+        parsed, usable, total = answer_rates(lm, signature, inputs, check, tries)
+        rates[name] = (parsed / total, usable / total)
     return rates
 
 
@@ -131,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     logger.add(sys.stderr, level="WARNING")
     lm = resolve_lm(args.lm, temperature=1.0, max_tokens=args.max_tokens, cache=False)
     rates = measure(lm, args.task, args.tries)
-    print(f"| meta-prompt | usable first answers ({args.tries} tries, {args.lm}) |\n|---|---|")
-    for name, rate in rates.items():
-        print(f"| {name} | {rate:.0%} |")
+    print(f"| meta-prompt | parsed | usable by the strategy ({args.tries} first answers, {args.lm}) |\n|---|---|---|")
+    for name, (parsed, usable) in rates.items():
+        print(f"| {name} | {parsed:.0%} | {usable:.0%} |")
     return 0
 
 

@@ -118,7 +118,7 @@ def test_histogram_comes_from_localisation_and_only_that_step_is_split(task):
     assert refinement["histogram"] == {"1": 2, "3": 4}
     assert refinement["failing_step"] == 3
     assert sorted(refinement["reasons"]) == sorted(f"misjudged {w}" for w in hard)
-    assert script.asked("split")[0]["step_number"] == "3"
+    assert script.asked("split")[0]["step"] == "3. Decide the answer.", "only the failing step is shown to split"
     parent, child = Procedure.parse(PROCEDURE), Procedure.parse(refinement["procedure"])
     assert [s.text for s in child.steps] == [s.text for s in parent.steps]
     assert [s.sub_steps for s in child.steps] == [(), (), tuple(SUB_STEPS), ()]
@@ -414,3 +414,10 @@ def test_at_a_users_budget_abo_refines_at_least_twice_and_spends_the_task_cap():
     refinements = {e["round"] for e in report.extra["rounds"] if e["round"] > 0 and e["candidate"] is not None}
     assert len(refinements) >= 2
     assert 0.9 * 400 <= report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40
+
+
+def test_sub_steps_from_a_paragraph_and_echoes_of_the_procedure():
+    assert parse_sub_steps("Find the date. Then add one day to it.") == ["Find the date.", "Then add one day to it."]
+    assert parse_sub_steps("3") is None
+    echo = "1. Read the word.\n2. Look at its letters.\n3. Decide the answer."
+    assert parse_sub_steps(echo, other_steps=["Read the word.", "Look at its letters.", "Decide the answer."]) is None

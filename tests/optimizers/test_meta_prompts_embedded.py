@@ -1,5 +1,5 @@
-"""Every meta-prompt of OPRO, APO and ABO gets a usable first answer from the embedded 0.5B model at least
-80% of the time (20 tries each, no retries): what a small proposer can write, it is asked for."""
+"""Every meta-prompt of OPRO, APO and ABO gets a first answer that parses from the embedded 0.5B model at
+least 80% of the time (20 tries each, no retries, no JSON fallback): plain-text fields a small model can write."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 TRIES = 20
-MIN_USABLE = 0.8
+MIN_PARSED = 0.8
 
 
 def _bench():
@@ -29,8 +29,8 @@ def test_each_meta_prompt_is_usable_on_the_embedded_model():
     lm = resolve_lm("embedded", temperature=1.0, max_tokens=400, cache=False)
     rates = _bench().measure(lm, "date_understanding", TRIES)
     assert len(rates) == 8
-    low = {name: rate for name, rate in rates.items() if rate < MIN_USABLE}
-    assert not low, f"meta-prompts answered usably less than {MIN_USABLE:.0%} of {TRIES} tries: {low} (all: {rates})"
+    low = {name: parsed for name, (parsed, _) in rates.items() if parsed < MIN_PARSED}
+    assert not low, f"meta-prompts parsed in less than {MIN_PARSED:.0%} of {TRIES} tries: {low} (all: {rates})"
 
 
 def test_the_probe_counts_usable_answers_with_the_strategies_checks():
@@ -44,4 +44,5 @@ def test_the_probe_counts_usable_answers_with_the_strategies_checks():
     replies = [format_chat_reply({"reason": "wrong date", "failing_step": "Step 2"}), "Failing step: 9",
                "reason: it skipped a day\nfailing step: 3", "no idea"]
     lm = scripted_lm(replies)
-    assert bench.usable_rate(lm, signature, inputs, check, len(replies)) == (2, 4)
+    # parsed: markers, and the labelled-lines form; "Failing step: 9" lacks the reason; "no idea" lacks both
+    assert bench.answer_rates(lm, signature, inputs, check, len(replies)) == (2, 2, 4)

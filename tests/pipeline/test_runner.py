@@ -129,3 +129,23 @@ def test_a_run_that_fails_to_start_does_not_claim_the_output_dir(config_dict, ta
         run_pipeline(bad, task_lm=task_lm, progress=False)
     assert not (tmp_path / "run" / "run.json").exists()
     assert run_pipeline(parse_config(config_dict), task_lm=task_lm, progress=False).summary["status"] == "complete"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_results_get_the_users_umask_like_program_json(config_dict, task_lm, tmp_path, umask):
+    import os
+    import stat
+
+    from dspy_icl_opt.pipeline.render import render_report
+
+    old = os.umask(umask)
+    try:
+        run_pipeline(parse_config(config_dict), task_lm=task_lm, progress=False)
+        html = render_report(tmp_path / "run", fmt="html")
+    finally:
+        os.umask(old)
+    out = tmp_path / "run"
+    expected = 0o666 & ~umask
+    for path in (out / "report.json", out / "summary.json", out / "summary.md", out / "program.json", html,
+                 out / "steps/00-labeled/report.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, (path.name, oct(path.stat().st_mode))

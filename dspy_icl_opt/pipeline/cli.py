@@ -152,8 +152,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from programs import task_names
-    from programs.programs import PROGRAM_NAMES
+    from dspy_icl_opt.programs import task_names
+    from dspy_icl_opt.programs.programs import PROGRAM_NAMES
 
     from dspy_icl_opt.pipeline.registry import REGISTRY, available
 

@@ -1,6 +1,6 @@
 """What a run works on: the data splits, the program, the metric, resolved from a config.
 
-Data comes from a bundled task (:func:`programs.load_task`), a local JSON/JSONL/CSV/Parquet file,
+Data comes from a bundled task (:func:`dspy_icl_opt.programs.load_task`), a local JSON/JSONL/CSV/Parquet file,
 or a `datasets` hub name (only where the hub is reachable; otherwise the error says so). Rows are
 mapped to example fields with ``data.fields`` (example field -> column); a ``choices`` list makes
 a multiple-choice example with an ``options`` input, as for the bundled tasks.
@@ -45,8 +45,8 @@ ANSWER, CHOICES, OPTIONS, QUESTION = "answer", "choices", "options", "question"
 # ------------------------------------------------------------------------------- checks
 def check_sources(config: PipelineConfig) -> list[str]:
     """Problems with the data source, metric, program and LM specs (no download, no LM call)."""
-    from programs import task_names
-    from programs.programs import PROGRAM_NAMES
+    from dspy_icl_opt.programs import task_names
+    from dspy_icl_opt.programs.programs import PROGRAM_NAMES
 
     problems = []
     data = config.data
@@ -68,7 +68,7 @@ def check_sources(config: PipelineConfig) -> list[str]:
 
 def _import_specs(config: PipelineConfig) -> list[tuple[str, str, str]]:
     """The (field, spec, expected) of every ``pkg.module:name`` the config asks to import."""
-    from programs.programs import PROGRAM_NAMES
+    from dspy_icl_opt.programs.programs import PROGRAM_NAMES
 
     specs = []
     if config.metric and config.metric not in METRICS:
@@ -131,8 +131,8 @@ def import_object(spec: str) -> Any:
 
 # ---------------------------------------------------------------------------------- data
 def load_data(config: PipelineConfig) -> Any:
-    """The run's :class:`programs.Task` (train/val/test, metric, input keys)."""
-    from programs import load_task
+    """The run's :class:`dspy_icl_opt.programs.Task` (train/val/test, metric, input keys)."""
+    from dspy_icl_opt.programs import load_task
 
     data = config.data
     seed = config.seed if data.seed is None else data.seed
@@ -190,8 +190,8 @@ def _read_hub(data: DataConfig) -> list[dict[str, Any]]:
 
 
 def rows_to_task(rows: list[Mapping[str, Any]], data: DataConfig, *, seed: int, name: str) -> Any:
-    """Map, check, shuffle and split rows into a :class:`programs.Task`."""
-    from programs import Task, choice_match, exact_match
+    """Map, check, shuffle and split rows into a :class:`dspy_icl_opt.programs.Task`."""
+    from dspy_icl_opt.programs import Task, choice_match, exact_match
 
     if not rows:
         raise ConfigError(at("data", "the data source has no rows"))
@@ -238,7 +238,7 @@ def _input_keys(row: Mapping[str, Any], data: DataConfig, multiple_choice: bool)
 
 
 def _example(row: Mapping[str, Any], input_keys: tuple[str, ...], multiple_choice: bool, index: int) -> dspy.Example:
-    from programs import format_options
+    from dspy_icl_opt.programs import format_options
 
     fields = {k: ("" if v is None else v if k == CHOICES else str(v)) for k, v in row.items()}
     if multiple_choice:
@@ -264,8 +264,8 @@ def _split(examples: list[dspy.Example], data: DataConfig) -> tuple[list, list, 
 # ------------------------------------------------------------------------ program/metric
 def build_program(config: PipelineConfig, task: Any) -> dspy.Module:
     """The program to optimize: a bundled one for ``task``, or a user factory called with its args."""
-    from programs import make_program
-    from programs.programs import PROGRAM_NAMES
+    from dspy_icl_opt.programs import make_program
+    from dspy_icl_opt.programs.programs import PROGRAM_NAMES
 
     spec = config.program
     try:
@@ -297,7 +297,7 @@ def _factory_kwargs(factory: Callable[..., Any], args: Mapping[str, Any], task: 
 
 def resolve_metric(config: PipelineConfig, task: Any) -> Callable[..., Any]:
     """The metric named in the config, else the task's own."""
-    import programs
+    from dspy_icl_opt import programs
 
     if config.metric is None:
         return task.metric

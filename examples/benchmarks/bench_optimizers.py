@@ -29,7 +29,7 @@ from loguru import logger
 
 from dspy_icl_opt.lm import resolve_lm
 from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM
-from programs import load_task, make_program
+from dspy_icl_opt.programs import load_task, make_program
 
 #: DSPy optimizers cannot be capped from outside without corrupting their scores, so they are sized:
 COPRO_BREADTH = 4

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import dspy
-from loguru import logger
+from dspy_icl_opt._log import logger
 
 from dspy_icl_opt.search import ProgramState, SearchContext
 from dspy_icl_opt.search.base import stable_int

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import dspy
 import optuna
-from loguru import logger
+from dspy_icl_opt._log import logger
 from optuna.trial import FrozenTrial
 
 from dspy_icl_opt._validation import check_int, check_number

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import optuna
 import sqlalchemy.exc
-from loguru import logger
+from dspy_icl_opt._log import logger
 from optuna.trial import FrozenTrial, TrialState
 
 from dspy_icl_opt.demos.strategies import Space

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from loguru import logger
+from dspy_icl_opt._log import logger
 
 from dspy_icl_opt.lm.llama_engine import DEFAULT_N_CTX, AsyncLlamaCppEngine, LlamaCppEngine
 from dspy_icl_opt.lm.llama_models import load_llama_cpp

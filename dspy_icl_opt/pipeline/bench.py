@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from loguru import logger
+from dspy_icl_opt._log import logger
 
 from dspy_icl_opt.pipeline import plots
 from dspy_icl_opt.pipeline.config import PipelineConfig, StepConfig

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from loguru import logger
+from dspy_icl_opt._log import logger
 from tqdm.auto import tqdm
 
 from dspy_icl_opt.pipeline.errors import LMOutage, LMProblem

@@ -23,7 +23,7 @@ from typing import Any
 import dspy
 from dspy.teleprompt import Teleprompter
 from dspy.utils.exceptions import AdapterParseError
-from loguru import logger
+from dspy_icl_opt._log import logger
 
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost
@@ -121,7 +121,8 @@ class SearchContext:
         self.initial_state = read_state(student)
         self.scorer = Scorer(student, optimizer.metric, task_lm=task_lm, meter=meter, journal=journal,
                              counters=report.counters, num_threads=optimizer.num_threads,
-                             failure_score=optimizer.failure_score, progress=optimizer.progress)
+                             failure_score=optimizer.failure_score, progress=optimizer.progress,
+                             name=type(optimizer).__name__, steps=lambda: self.plan.steps if self.plan else None)
         self._by_key: dict[str, CandidateRecord] = {}
         self._t0 = time.perf_counter()
         #: how many of the valset's examples the final choice uses (the plan may cut them to fit the cap)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dspy
-from loguru import logger
+from dspy_icl_opt._log import logger
 from dspy.utils.usage_tracker import UsageTracker
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dspy
 import optuna
 import pytest
@@ -356,3 +358,21 @@ def test_the_labeled_teacher_leaves_a_taught_predictor_its_own_demos(two_teacher
     selector.compile(program, trainset=two_teachers.train, valset=two_teachers.val)
     views = bootstrap_views(lm, two_teachers.train)
     assert views and all([d.inputs["question"] for d in v.demos] == ["xyz"] for v in views)
+
+
+def test_bfsrs_argument_names_are_accepted_where_the_meaning_is_the_same():
+    """Drop-in for BootstrapFewShotWithRandomSearch (issue 16, item 9): its names work, the rest name our equivalent."""
+    metric = lambda example, prediction, trace=None: 1.0  # noqa: E731
+    selector = DemoSelector(metric, max_bootstrapped_demos=4, max_labeled_demos=16, num_candidate_programs=8,
+                            metric_threshold=0.5, num_threads=2)
+    assert (selector.max_demos, selector.n_trials, selector.bootstrap_threshold) == (16, 11, 0.5)
+    assert DemoSelector(metric, max_bootstrapped_demos=2, max_labeled_demos=0).max_demos == 2
+    assert DemoSelector(metric, max_labeled_demos=3).max_demos == 3
+    for key, value, equivalent in (("teacher_settings", {}, "compile(..., teacher=program)"),
+                                   ("max_rounds", 2, "bootstrap_max_calls"), ("max_errors", 5, "failure_score"),
+                                   ("stop_at_score", 0.9, "max_task_calls")):
+        with pytest.raises(TypeError, match=rf"^`{key}` \(a BootstrapFewShotWithRandomSearch argument\) has no "
+                                            rf"DemoSelector equivalent, but got {key}=.*{re.escape(equivalent)}"):
+            DemoSelector(metric, **{key: value})
+    with pytest.raises(ValueError, match="num_candidate_programs"):
+        DemoSelector(metric, num_candidate_programs=-1)

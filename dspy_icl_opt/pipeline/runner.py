@@ -37,7 +37,7 @@ from dspy_icl_opt.pipeline.config import PipelineConfig, dump_config
 from dspy_icl_opt.pipeline.data import build_program, load_data, resolve_metric
 from dspy_icl_opt.pipeline.errors import ConfigError, LMOutage, LMProblem, at
 from dspy_icl_opt.pipeline.evaluate import EvalResult, eval_identity, evaluate_program
-from dspy_icl_opt.pipeline.registry import lookup, run_step, step_error
+from dspy_icl_opt.pipeline.registry import lookup, run_step, step_error, step_params
 from dspy_icl_opt.search.faults import RunInterrupted
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, OptimizationReport, atomic_write_text
 
@@ -227,6 +227,8 @@ def run_pipeline(config: PipelineConfig, *, task_lm: dspy.BaseLM | None = None,
     out = Path(output or config.output)
     check_output(out, config, fresh=fresh)
     check_storages(config)  # before any LM call: a study that cannot be opened must not waste the "before" evaluation
+    for index, step in enumerate(config.optimize):  # a temperature set twice is refused before any LM call
+        params_of(config, index, step)
     comps = prepare(config, task_lm, prompt_lm)
     check_inputs(out, comps)
     claim_output(out, config, comps)
@@ -322,7 +324,7 @@ def _one_step(config: PipelineConfig, comps: Components, index: int, step: Any, 
         return loaded, OptimizationReport.load(step_dir / REPORT_FILE), read_json(marker)
     logger.info("Step {}: {} ({})", index, entry.name, entry.class_name)
     try:
-        result = run_step(entry, step.params, student=program, trainset=list(comps.task.train), valset=valset,
+        result = run_step(entry, params_of(config, index, step), student=program, trainset=list(comps.task.train), valset=valset,
                           metric=comps.metric, task_lm=comps.task_lm, prompt_lm=comps.prompt_lm,
                           budget=config.step_budget(step), seed=config.seed, num_threads=config.num_threads,
                           log_dir=step_dir, progress=progress)
@@ -332,6 +334,12 @@ def _one_step(config: PipelineConfig, comps: Components, index: int, step: Any, 
     record = step_record(index, entry, result.report, result.seconds, step_dir.relative_to(step_dir.parents[1]))
     write_json(marker, record)
     return result.program, result.report, record
+
+
+def params_of(config: PipelineConfig, index: int, step: Any, where: str = "optimize") -> dict[str, Any]:
+    """The step's params as the optimizer gets them: ``lm.prompt.temperature``, when set, wins (see ``step_params``)."""
+    temperature = config.lm.prompt.temperature if config.lm.prompt is not None else None
+    return step_params(lookup(step.optimizer), step.params, temperature, f"{where}[{index}]")
 
 
 def check_calls_answered(where: str, report: OptimizationReport) -> None:

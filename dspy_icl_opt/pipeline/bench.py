@@ -27,7 +27,7 @@ from dspy_icl_opt.pipeline.config import PipelineConfig, StepConfig
 from dspy_icl_opt.pipeline.errors import ConfigError, LMProblem, at
 from dspy_icl_opt.pipeline.evaluate import evaluate_program
 from dspy_icl_opt.pipeline.registry import check_steps, lookup, run_step
-from dspy_icl_opt.pipeline.runner import Components, check_storages, eval_examples, prepare, write_json
+from dspy_icl_opt.pipeline.runner import Components, check_storages, eval_examples, params_of, prepare, write_json
 from dspy_icl_opt.search.report import atomic_write_text
 
 COLUMNS = ["optimizer", "family", "accuracy", "n", "errors", "task_calls", "prompt_calls", "tokens", "cache_hits",

@@ -204,6 +204,8 @@ def config_from_flags(args: argparse.Namespace, *, evaluate: bool) -> Any:
         data["data"] = {**({"task": args.task} if args.task else {"path": str(Path(args.data).resolve())})}
     if "data" not in data:
         raise ConfigError("--task: give --task NAME, --data FILE or --config FILE")
+    if getattr(args, "field", None):
+        data["data"]["fields"] = {k: str(v) for k, v in _key_values(args.field, "--field").items()}
     for size in ("train_size", "val_size", "test_size"):
         if getattr(args, size, None) is not None:
             data["data"][size] = getattr(args, size)
@@ -263,6 +265,9 @@ def _common_flags(parser: argparse.ArgumentParser, *, optimizer: bool) -> None:
     parser.add_argument("--config", help="a YAML/JSON run description; the flags below override it")
     parser.add_argument("--task", help="a bundled task name (see `dspy-icl-opt list`)")
     parser.add_argument("--data", help="a local JSON/JSONL/CSV/Parquet file instead of --task")
+    parser.add_argument("--field", action="append", metavar="FIELD=COLUMN",
+                        help="map a data column onto a program field, e.g. --field question=text --field "
+                             "answer=label; repeatable")
     parser.add_argument("--program", help="qa, cot, two_step, or pkg.module:factory (imported and run: as trusted "
                                           "as code)")
     parser.add_argument("--lm", help="task model: 'embedded', a .gguf path or provider/model")

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from dspy_icl_opt.demos.dynamic import with_dynamic_demos
 from dspy_icl_opt.pipeline.config import PipelineConfig, dump_config
-from dspy_icl_opt.pipeline.data import build_program, load_data, resolve_metric
+from dspy_icl_opt.pipeline.data import build_program, check_program_fields, load_data, resolve_metric
 from dspy_icl_opt.pipeline.errors import ConfigError, LMOutage, LMProblem, at
 from dspy_icl_opt.pipeline.evaluate import EvalResult, eval_identity, evaluate_program
 from dspy_icl_opt.pipeline.registry import lookup, run_step, step_error, step_params
@@ -100,6 +100,7 @@ def prepare(config: PipelineConfig, task_lm: dspy.BaseLM | None = None,
     task = load_data(config)
     program = build_program(config, task)
     metric = resolve_metric(config, task)
+    check_program_fields(program, task, metric)  # a field the program does not output would score 0 everywhere
     task_model, prompt_model = resolve_lms(config, task_lm, prompt_lm)
     logger.info("Task {}: {} train / {} val / {} test; program {}; task LM {}", task.name, len(task.train),
                 len(task.val), len(task.test), config.program.name, getattr(task_model, "model", task_model))

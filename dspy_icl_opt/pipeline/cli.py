@@ -84,8 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dspy_icl_opt.pipeline.runner import run_pipeline
 
     config = load_config(args.config)
+    if args.dry_run:
+        return _dry_run(config)
     result = run_pipeline(config, output=args.output, progress=args.progress, fresh=args.fresh)
     _print_summary(result.summary, result.output)
+    return EXIT_OK
+
+
+def _dry_run(config: Any) -> int:
+    from dspy_icl_opt.pipeline.runner import plan_pipeline
+
+    print(plan_pipeline(config))
     return EXIT_OK
 
 
@@ -95,6 +104,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     config = config_from_flags(args, evaluate=args.evaluate)
     if not config.optimize:
         raise ConfigError("--optimizer: name at least one optimizer (e.g. --optimizer opro)")
+    if args.dry_run:
+        return _dry_run(config)
     result = run_pipeline(config, output=args.output, progress=args.progress, fresh=args.fresh)
     _print_summary(result.summary, result.output)
     return EXIT_OK
@@ -322,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--task", default=DEMO_TASK, help=f"bundled task (default {DEMO_TASK})")
     demo.add_argument("--seed", type=int, default=0)
     add("list", cmd_list, "list optimizers, bundled programs and tasks")
+    for cmd in (run, compile_):
+        cmd.add_argument("--dry-run", action="store_true",
+                         help="print each optimizer step's plan (steps, candidates, projected calls) and exit; "
+                              "no LM is built or called")
     for cmd in (run, compile_, bench, demo):
         cmd.add_argument("--output", help="output directory (default: the config's `output`)")
         cmd.add_argument("--fresh", action="store_true", help="discard an earlier run there instead of resuming")

@@ -97,14 +97,57 @@ def _resolve(spec: Any, path: str) -> dspy.BaseLM:
 def prepare(config: PipelineConfig, task_lm: dspy.BaseLM | None = None,
             prompt_lm: dspy.BaseLM | None = None) -> Components:
     """Load data, build the program and metric, resolve the LMs (no LM call)."""
-    task = load_data(config)
-    program = build_program(config, task)
-    metric = resolve_metric(config, task)
-    check_program_fields(program, task, metric)  # a field the program does not output would score 0 everywhere
+    task, program, metric = prepare_data(config)
     task_model, prompt_model = resolve_lms(config, task_lm, prompt_lm)
     logger.info("Task {}: {} train / {} val / {} test; program {}; task LM {}", task.name, len(task.train),
                 len(task.val), len(task.test), config.program.name, getattr(task_model, "model", task_model))
     return Components(task, program, metric, task_model, prompt_model)
+
+
+def prepare_data(config: PipelineConfig) -> tuple[Any, dspy.Module, Any]:
+    """The data, the program and the metric, checked against each other (no LM built, no LM call)."""
+    task = load_data(config)
+    program = build_program(config, task)
+    metric = resolve_metric(config, task)
+    check_program_fields(program, task, metric)  # a field the program does not output would score 0 everywhere
+    return task, program, metric
+
+
+def plan_pipeline(config: PipelineConfig) -> str:
+    """What each optimizer step of ``config`` plans to spend, as text, without building an LM or calling one.
+
+    Every step is planned for the starting program (a chain's later steps get the earlier steps' output,
+    which has the same predictors). A strategy that does not plan ahead (DemoSelector, DSPy's
+    optimizers) prints ``no plan``.
+    """
+    from dspy_icl_opt.pipeline.registry import build_optimizer
+
+    task, program, metric = prepare_data(config)
+    lines = [f"Dry run: {task.name}, {len(task.train)} train / {len(task.val)} val / {len(task.test)} test "
+             f"examples, program {config.program.name}; no LM is built or called."]
+    if config.evaluate.before or config.evaluate.after:
+        runs = int(config.evaluate.before) + int(config.evaluate.after)
+        lines.append(f"Held-out evaluation: {runs} x {len(eval_examples(config, task))} task-model calls at most "
+                     "(cached calls cost nothing).")
+    for index, step in enumerate(config.optimize):
+        entry = lookup(step.optimizer)
+        caps = {k: v for k, v in config.step_budget(step).model_dump().items() if v is not None}
+        head = f"[{index}] {entry.name} ({entry.class_name}), budget {caps or 'unlimited'}:"
+        if entry.family != "ours":
+            lines += [head, "  no plan (DSPy's optimizers are counted, not planned)"]
+            continue
+        try:
+            built = build_optimizer(entry, params_of(config, index, step), metric=metric, task_lm=None,
+                                    prompt_lm=None, budget=config.step_budget(step), seed=config.seed,
+                                    num_threads=config.num_threads, log_dir=None, progress=False)
+            plan = built.optimizer.plan(program, trainset=list(task.train), valset=list(task.val) or None)
+        except NotImplementedError:
+            lines += [head, f"  no plan ({entry.class_name} does not plan its search ahead)"]
+            continue
+        except (ValueError, TypeError) as exc:
+            raise step_error(f"optimize[{index}]", entry, exc) from None
+        lines += [head, *("  " + line for line in plan.render().splitlines())]
+    return "\n".join(lines)
 
 
 def eval_examples(config: PipelineConfig, task: Any) -> list[dspy.Example]:

@@ -157,6 +157,33 @@ def test_knn_is_chosen_at_inference_time_and_survives_save_and_load(neighbour_ta
     assert all(len(call.view.demos) <= 2 for call in lm.engine.calls)
 
 
+def test_a_saved_knn_program_refuses_a_plain_load_instead_of_showing_the_whole_pool(neighbour_task, tmp_path):
+    """Issue 16, item 6: the same file behaves the same wherever it loads, or does not load."""
+    from dspy_icl_opt.demos import with_dynamic_demos
+    from dspy_icl_opt.demos.dynamic import PLAIN_LOAD_REFUSAL
+
+    _, program = select(neighbour_task, max_demos=2, n_trials=6, strategies=("knn",), seed=0)
+    assert isinstance(program, DynamicPredict)
+    path = tmp_path / "program.json"
+    program.save(str(path))
+    plain = neighbour_task.program()
+    before = plain.dump_state()
+    with pytest.raises(ValueError, match=re.escape(PLAIN_LOAD_REFUSAL)):
+        plain.load(str(path))
+    assert plain.dump_state() == before  # refused before anything changed
+    loaded = with_dynamic_demos(neighbour_task.program())
+    loaded.load(str(path))
+    assert [dict(d) for d in loaded.demos] == [dict(d) for d in program.demos] and not loaded.fields
+    loaded.save(str(tmp_path / "again.json"))  # and it saves the same way again
+    with pytest.raises(ValueError, match="with_dynamic_demos"):
+        neighbour_task.program().load(str(tmp_path / "again.json"))
+    lm = neighbour_task.lm()
+    with dspy.context(lm=lm):
+        assert [loaded(question=ex.question).answer for ex in neighbour_task.val] == [
+            program(question=ex.question).answer for ex in neighbour_task.val]
+    assert all(len(call.view.demos) <= 2 for call in lm.engine.calls)
+
+
 def test_static_winner_returns_plain_predictors(two_teachers):
     _, program = select(two_teachers, strategies=("random",), orders=("as_selected",), n_trials=4)
     assert type(program) is dspy.Predict

@@ -35,6 +35,7 @@ from dspy_icl_opt.search.plan import SearchPlan, Shape
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
 from dspy_icl_opt.search.scorer import Metric, Outcome, Scorer, example_key
 from dspy_icl_opt.search.surgery import ProgramState, named_predictors, read_state
+from dspy_icl_opt.search.tracking import log_compile
 
 #: Hex characters kept of a SHA-256 digest: plenty to tell runs apart, short enough to read.
 _DIGEST_CHARS = 16
@@ -475,7 +476,9 @@ class ICLOptimizer(Teleprompter):
             raise stop from exc
         finally:
             ctx.checkpoint()
-        return self._finish(ctx)
+        program = self._finish(ctx)
+        log_compile(self, ctx.report, program)  # MLflow, when mlflow.dspy.autolog(log_compiles=True) is on
+        return program
 
     def _split(self, trainset: list[dspy.Example], valset: list[dspy.Example] | None,
                student: dspy.Module) -> tuple[list[dspy.Example], list[dspy.Example]]:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from dspy_icl_opt._log import logger
 
 LEXICAL = "lexical"

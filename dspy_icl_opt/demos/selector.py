@@ -17,9 +17,9 @@ from typing import Any, NoReturn
 
 import dspy
 import optuna
-from dspy_icl_opt._log import logger
 from optuna.trial import FrozenTrial
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.demos.dynamic import ORDERS, Order, enable_dynamic_demos, restore_classes, select_indices, split_demos
 from dspy_icl_opt.demos.embeddings import embedder_name

@@ -16,7 +16,6 @@ from types import ModuleType
 from typing import Any
 
 from dspy_icl_opt._log import logger
-
 from dspy_icl_opt.lm.errors import LOCAL_EXTRA_INSTALL_HINT, LlamaModelLoadError, MissingLocalExtraError
 
 LLAMA_CPP_MODULE = "llama_cpp"

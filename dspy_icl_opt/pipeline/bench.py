@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from dspy_icl_opt._log import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.pipeline import plots
 from dspy_icl_opt.pipeline.config import PipelineConfig, StepConfig
 from dspy_icl_opt.pipeline.errors import ConfigError, LMProblem, at

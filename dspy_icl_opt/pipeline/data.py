@@ -31,8 +31,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import dspy
-from dspy_icl_opt._log import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.pipeline.config import DATA_SUFFIXES, DataConfig, PipelineConfig
 from dspy_icl_opt.pipeline.errors import ConfigError, at
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from dspy_icl_opt._log import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.pipeline.errors import LMOutage, LMProblem
 from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM, collect_cost, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import dspy
-from dspy_icl_opt._log import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.pipeline.errors import ConfigError, at
 from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted

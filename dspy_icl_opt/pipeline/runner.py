@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from dspy_icl_opt._log import logger
 from tqdm.auto import tqdm
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.demos.dynamic import with_dynamic_demos
 from dspy_icl_opt.pipeline.config import PipelineConfig, dump_config
 from dspy_icl_opt.pipeline.data import build_program, check_program_fields, load_data, resolve_metric

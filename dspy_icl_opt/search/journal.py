@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from dspy_icl_opt._log import logger
-
 from dspy_icl_opt.search.budget import Cost
 
 JOURNAL_FILE = "journal.jsonl"

@@ -26,9 +26,9 @@ from typing import Any
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError
-from dspy_icl_opt._log import logger
 from tqdm.auto import tqdm
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.search.budget import BudgetExhausted, BudgetMeter, MeteredLM, collect_cost
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.journal import Journal

@@ -24,6 +24,7 @@ _EXPORTS = {
     "OptimizationReport": "dspy_icl_opt.search.report",
     "PlacementAdapter": "dspy_icl_opt.search.placement",
     "resolve_lm": "dspy_icl_opt.lm",
+    "with_dynamic_demos": "dspy_icl_opt.demos",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,7 @@ Run: ``python examples/quickstart.py``; the same run from the command line is
 
 from __future__ import annotations
 
-from programs import load_task, make_program
+from dspy_icl_opt.programs import load_task, make_program
 
 from dspy_icl_opt.lm import resolve_lm
 from dspy_icl_opt.optimizers import OPRO

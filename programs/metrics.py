@@ -6,7 +6,7 @@ Every metric takes DSPy's ``(example, prediction, trace=None)`` signature, reads
 
 Example:
     >>> import dspy
-    >>> from programs.metrics import choice_match
+    >>> from dspy_icl_opt.programs.metrics import choice_match
     >>> gold = dspy.Example(question="2+1?", choices=["two", "three"], answer="three")
     >>> choice_match(gold, dspy.Prediction(answer="(B)"))
     1.0
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from programs.tasks import Task
+    from dspy_icl_opt.programs.tasks import Task
 
 Metric = Callable[..., float]
 
@@ -253,13 +253,13 @@ def metric_for(task: Task) -> Metric:
     """Return the metric suited to a task: `choice_match` for multiple choice, else `exact_match`.
 
     Args:
-        task: A loaded `programs.tasks.Task` (or anything with a ``multiple_choice`` attribute).
+        task: A loaded `dspy_icl_opt.programs.tasks.Task` (or anything with a ``multiple_choice`` attribute).
 
     Returns:
         The metric function.
 
     Example:
-        >>> from programs.tasks import load_task
+        >>> from dspy_icl_opt.programs.tasks import load_task
         >>> metric_for(load_task("word_sorting")) is exact_match
         True
     """

@@ -11,7 +11,7 @@ Each program takes the task's input fields as keyword arguments (``question`` an
 multiple-choice tasks, ``options``) and returns a ``dspy.Prediction`` with ``answer``.
 
 Example:
-    >>> from programs import load_task, make_program
+    >>> from dspy_icl_opt.programs import load_task, make_program
     >>> task = load_task("date_understanding")
     >>> program = make_program("cot", task)
     >>> [name for name, _ in program.named_predictors()]
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import dspy
 
 if TYPE_CHECKING:
-    from programs.tasks import Task
+    from dspy_icl_opt.programs.tasks import Task
 
 ProgramKind = Literal["predict", "cot"]
 PROGRAM_KINDS: tuple[str, ...] = ("predict", "cot")
@@ -197,14 +197,14 @@ def make_program(name: str, task: Task, *, instructions: str | None = None) -> d
 
     Args:
         name: ``"qa"`` (Predict), ``"cot"`` (ChainOfThought) or ``"two_step"`` (analysis, then answer).
-        task: A loaded `programs.tasks.Task`; its ``input_keys`` become the program's inputs.
+        task: A loaded `dspy_icl_opt.programs.tasks.Task`; its ``input_keys`` become the program's inputs.
         instructions: Optional instruction of the (answering) predictor.
 
     Returns:
         The program, a fresh ``dspy.Module``.
 
     Example:
-        >>> from programs.tasks import load_task
+        >>> from dspy_icl_opt.programs.tasks import load_task
         >>> program = make_program("two_step", load_task("word_sorting"))
         >>> type(program).__name__
         'TwoStepProgram'

@@ -6,7 +6,7 @@ string). `load_task` shuffles the examples with a seed and splits them; `load_js
 the same for a user's own file in that format.
 
 Example:
-    >>> from programs.tasks import load_task
+    >>> from dspy_icl_opt.programs.tasks import load_task
     >>> task = load_task("date_understanding", seed=0, train_size=20, val_size=20, test_size=50)
     >>> len(task.train), len(task.val), len(task.test)
     (20, 20, 50)
@@ -24,7 +24,7 @@ from typing import Any
 
 import dspy
 
-from programs.metrics import Metric, choice_match, exact_match, format_options
+from dspy_icl_opt.programs.metrics import Metric, choice_match, exact_match, format_options
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 """Where the bundled JSONL files live (shipped as package data)."""

@@ -10,9 +10,13 @@ Only predictors of class :class:`DynamicPredict` (or a ``Dynamic...`` subclass m
 :func:`with_dynamic_demos`) act on it. What is saved and how to load it:
 
 * ``program.save("p.json")`` writes, per predictor, the selection settings (k, order, embedder name)
-  and the whole pool as demos. Load with ``with_dynamic_demos(MyProgram()).load("p.json")``.
-  A plain ``MyProgram().load("p.json")`` still runs, but DSPy's adapters skip the selection demo
-  and show the *whole pool* as static demos.
+  and the whole pool as demos. Load with ``with_dynamic_demos(MyProgram()).load("p.json")``: it
+  shows the same k demos per call as the program that was saved. A plain
+  ``MyProgram().load("p.json")`` would show the *whole pool* as static demos (DSPy's adapters skip
+  the selection demo), so it is refused instead: the saved predictor carries a decision-field
+  entry (:data:`PLAIN_LOAD_REFUSAL`) that plain ``dspy.Predict.load_state`` rejects with a
+  ``ValueError`` naming this remedy, before the program is touched; a dynamic predictor removes
+  it when loading.
 * ``program.save("dir", save_program=True)`` pickles the program with its classes;
   ``dspy.load("dir", allow_pickle=True)`` restores it as it was.
 * A user embedder is stored by name only; call :func:`~dspy_icl_opt.demos.embeddings.register_embedder`
@@ -89,8 +93,33 @@ def demos_for_call(predictor: dspy.Predict, inputs: Mapping[str, Any]) -> list[A
     return [pool[i] for i in select_indices(settings, pool, inputs, fields)]
 
 
+#: Saved into a dynamic predictor's ``fields`` (DSPy's per-output decision settings) when its demos are a pool:
+#: plain ``dspy.Predict.load_state`` rejects an unknown output there, so a plain program refuses the file with
+#: this sentence in its error instead of loading the whole pool as static demos.
+PLAIN_LOAD_REFUSAL = ("[dspy-icl-opt: this predictor picks its demos per call from a saved pool; loaded into a plain "
+                      "program it would show the whole pool. Load it with "
+                      "dspy_icl_opt.demos.with_dynamic_demos(program).load(path)]")
+
+
 class DynamicDemosMixin:
     """Chooses the demos of each call from the pool (see the module docstring); static demos are untouched."""
+
+    def dump_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().dump_state(*args, **kwargs)  # type: ignore[misc]
+        if split_demos(self.demos)[0] is not None:  # type: ignore[attr-defined]
+            state["fields"] = {**(state.get("fields") or {}), PLAIN_LOAD_REFUSAL: {}}
+        return state
+
+    def load_state(self, state: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        fields = state.get("fields")
+        if isinstance(fields, dict) and PLAIN_LOAD_REFUSAL in fields:
+            state = dict(state)
+            rest = {k: v for k, v in fields.items() if k != PLAIN_LOAD_REFUSAL}
+            if rest:
+                state["fields"] = rest
+            else:
+                del state["fields"]
+        return super().load_state(state, *args, **kwargs)  # type: ignore[misc]
 
     def forward(self, **kwargs: Any) -> Any:
         if "demos" not in kwargs:

@@ -21,7 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from loguru import logger
+
+from dspy_icl_opt._log import logger
 
 LEXICAL = "lexical"
 #: Hash buckets of the lexical embedder: 2**12 keeps collisions rare for pools of a few hundred demos.

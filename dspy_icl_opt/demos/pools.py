@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import dspy
-from loguru import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.search import ProgramState, SearchContext
 from dspy_icl_opt.search.base import stable_int
 from dspy_icl_opt.search.surgery import demo_to_dict, named_predictors, read_state

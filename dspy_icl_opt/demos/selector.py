@@ -17,9 +17,9 @@ from typing import Any, NoReturn
 
 import dspy
 import optuna
-from loguru import logger
 from optuna.trial import FrozenTrial
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.demos.dynamic import ORDERS, Order, enable_dynamic_demos, restore_classes, select_indices, split_demos
 from dspy_icl_opt.demos.embeddings import embedder_name
@@ -144,6 +144,13 @@ class DemoSelector(ICLOptimizer):
         top_k_full_eval: the best trials scored on the whole valset at the end (default 3).
         **kwargs: :class:`~dspy_icl_opt.search.ICLOptimizer` arguments (task_model, budget, seed, ...).
 
+    Drop-in for ``BootstrapFewShotWithRandomSearch``: its ``max_bootstrapped_demos`` and
+    ``max_labeled_demos`` bound how many demos a prompt holds, so they set ``max_demos`` (the larger
+    of the two; DemoSelector then searches k up to it, from both pools); ``num_candidate_programs``
+    sets ``n_trials`` to it plus the three baselines BFSRS also tries first (zero-shot, labeled,
+    bootstrapped); ``metric_threshold`` is ``bootstrap_threshold``. ``teacher_settings``,
+    ``max_rounds``, ``max_errors`` and ``stop_at_score`` are refused with our equivalent named.
+
     A kNN or reordered-per-call winner makes the returned program's predictors ``DynamicPredict``;
     see :mod:`dspy_icl_opt.demos.dynamic` for what ``save`` writes and how to load it.
 
@@ -175,6 +182,10 @@ class DemoSelector(ICLOptimizer):
                  storage: str | optuna.storages.BaseStorage | None = None, study_name: str | None = None,
                  embedder: Any = None, influence: Mapping[str, Any] | OptimizationReport | None = None,
                  top_k_full_eval: int = 3, **kwargs: Any) -> None:
+        peer = map_bfsrs_arguments(kwargs)
+        max_demos = peer.pop("max_demos", max_demos)
+        n_trials = peer.pop("n_trials", n_trials)
+        bootstrap_threshold = peer.pop("bootstrap_threshold", bootstrap_threshold)
         super().__init__(metric, **kwargs)
         for name, value, low in (("max_demos", max_demos, 1), ("n_trials", n_trials, 1),
                                  ("bootstrap_max_calls", bootstrap_max_calls, 0), ("minibatch_size", minibatch_size, 1),
@@ -489,3 +500,43 @@ def _exhausted(ctx: SearchContext) -> BudgetExhausted:
     if ctx.meter.remaining_calls("task") == 0:
         return BudgetExhausted("task", "call", budget.max_task_calls or 0)
     return BudgetExhausted("task", "token", budget.max_task_tokens or 0)
+
+
+#: BootstrapFewShotWithRandomSearch's arguments with a DemoSelector meaning (see :func:`map_bfsrs_arguments`).
+BFSRS_ARGUMENTS = ("max_bootstrapped_demos", "max_labeled_demos", "num_candidate_programs", "metric_threshold")
+#: Its arguments without one, and what to do instead.
+BFSRS_REFUSED = {
+    "teacher_settings": "pass a teacher program to compile(..., teacher=program) (it runs on the task model)",
+    "max_rounds": "DemoSelector bootstraps in one round; spend more with bootstrap_max_calls=N",
+    "max_errors": "failures are scored failure_score and counted in report.counters, never raised; drop it",
+    "stop_at_score": "the search ends at n_trials or the budget; cap it with budget={'max_task_calls': N}",
+}
+#: The baselines BFSRS tries before its random candidates, as DemoSelector's first trials do.
+BFSRS_BASELINES = 3
+
+
+def map_bfsrs_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take BootstrapFewShotWithRandomSearch's names out of ``kwargs`` and return DemoSelector's settings for them.
+
+    Example:
+        >>> map_bfsrs_arguments({"max_bootstrapped_demos": 4, "max_labeled_demos": 16, "num_candidate_programs": 8})
+        {'max_demos': 16, 'n_trials': 11}
+    """
+    for key, instead in BFSRS_REFUSED.items():
+        if key in kwargs:
+            raise TypeError(f"`{key}` (a BootstrapFewShotWithRandomSearch argument) has no DemoSelector equivalent, "
+                            f"but got {key}={kwargs[key]!r}. {instead[0].upper()}{instead[1:]}.")
+    mapped: dict[str, Any] = {}
+    sizes = [check_int(k, kwargs.pop(k), minimum=0) for k in ("max_bootstrapped_demos", "max_labeled_demos")
+             if k in kwargs]
+    if sizes:
+        mapped["max_demos"] = max(1, *sizes)
+    if "num_candidate_programs" in kwargs:
+        count = kwargs.pop("num_candidate_programs")
+        check_int("num_candidate_programs", count, minimum=0)
+        mapped["n_trials"] = count + BFSRS_BASELINES
+    if "metric_threshold" in kwargs:
+        threshold = kwargs.pop("metric_threshold")
+        if threshold is not None:
+            mapped["bootstrap_threshold"] = threshold
+    return mapped

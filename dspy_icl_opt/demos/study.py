@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 import optuna
 import sqlalchemy.exc
-from loguru import logger
 from optuna.trial import FrozenTrial, TrialState
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.demos.strategies import Space
 from dspy_icl_opt.search import SearchContext, stable_int
 from dspy_icl_opt.search.scorer import example_key

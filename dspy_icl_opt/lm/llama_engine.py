@@ -41,8 +41,8 @@ from dspy.lm15 import (
     TextPart,
     response_to_events,
 )
-from loguru import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int
 from dspy_icl_opt.lm.errors import LlamaContextOverflowError
 from dspy_icl_opt.lm.llama_messages import (

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from loguru import logger
-
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.lm.errors import LOCAL_EXTRA_INSTALL_HINT, LlamaModelLoadError, MissingLocalExtraError
 
 LLAMA_CPP_MODULE = "llama_cpp"

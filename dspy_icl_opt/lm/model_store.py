@@ -30,8 +30,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from loguru import logger
-
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.lm.errors import LOCAL_EXTRA_INSTALL_HINT, CorruptModelError, MissingLocalExtraError
 
 EMBEDDED_MODEL_DISPLAY_NAME = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M)"

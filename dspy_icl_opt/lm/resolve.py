@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from loguru import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.lm.llama_engine import DEFAULT_N_CTX, AsyncLlamaCppEngine, LlamaCppEngine
 from dspy_icl_opt.lm.llama_models import load_llama_cpp
 from dspy_icl_opt.lm.model_store import EMBEDDED_MODEL_ID, ensure_embedded_model

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import dspy
-from loguru import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.optimizers.abo_prompts import (
     Demonstration,

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import dspy
-from loguru import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.optimizers.apo_prompts import (
     DiagnoseErrors,

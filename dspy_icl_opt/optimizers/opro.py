@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import dspy
-from loguru import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.optimizers.opro_prompts import (
     ProposeInstruction,

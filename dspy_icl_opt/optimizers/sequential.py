@@ -15,8 +15,8 @@ from typing import Any
 
 import dspy
 from dspy.teleprompt import Teleprompter
-from loguru import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.search.report import OptimizationReport
 
 

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from loguru import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.pipeline import plots
 from dspy_icl_opt.pipeline.config import PipelineConfig, StepConfig
 from dspy_icl_opt.pipeline.errors import ConfigError, LMProblem, at
 from dspy_icl_opt.pipeline.evaluate import evaluate_program
 from dspy_icl_opt.pipeline.registry import check_steps, lookup, run_step
-from dspy_icl_opt.pipeline.runner import Components, check_storages, eval_examples, prepare, write_json
+from dspy_icl_opt.pipeline.runner import Components, check_storages, eval_examples, params_of, prepare, write_json
 from dspy_icl_opt.search.report import atomic_write_text
 
 COLUMNS = ["optimizer", "family", "accuracy", "n", "errors", "task_calls", "prompt_calls", "tokens", "cache_hits",
@@ -85,6 +85,8 @@ def run_bench(config: PipelineConfig, names: list[str] | None = None, *, task_lm
     out = Path(output) if output is not None else Path(config.output) / BENCH_DIR
     out.mkdir(parents=True, exist_ok=True)
     check_storages(config, "bench")  # before any LM call
+    for index, step in enumerate(steps):  # as is a temperature set twice
+        params_of(config, index, step, "bench")
     comps = prepare(config, task_lm, prompt_lm)
     rows = [_baseline_row(config, comps, progress)]
     _write(out, rows, config)
@@ -110,7 +112,7 @@ def _bench_one(config: PipelineConfig, comps: Components, position: tuple[int, i
     started = time.perf_counter()
     logger.info("Benchmark {}/{}: {}", index + 1, total, entry.class_name)
     try:
-        result = run_step(entry, step.params, student=comps.program, trainset=list(comps.task.train),
+        result = run_step(entry, params_of(config, index, step, "bench"), student=comps.program, trainset=list(comps.task.train),
                           valset=list(comps.task.val) or None, metric=comps.metric, task_lm=comps.task_lm,
                           prompt_lm=comps.prompt_lm, budget=config.step_budget(step), seed=config.seed,
                           num_threads=config.num_threads, log_dir=out / step.slug(index), progress=progress,

@@ -1,13 +1,15 @@
 """``dspy-icl-opt``: run, compile, evaluate, benchmark and report prompt optimizations.
 
 Exit codes: 0 ok, 1 unexpected failure, 2 bad config or usage, 3 LM/model problem, 130 interrupted.
-This is the only module that prints; everything else logs through loguru.
+This is the only module that prints; everything else logs through ``logging`` (``dspy_icl_opt._log``), which
+is quiet below WARNING in a library and shown from ``--log-level`` (default INFO) here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -18,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from loguru import logger
+from dspy_icl_opt._log import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.pipeline.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -81,8 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dspy_icl_opt.pipeline.runner import run_pipeline
 
     config = load_config(args.config)
+    if args.dry_run:
+        return _dry_run(config)
     result = run_pipeline(config, output=args.output, progress=args.progress, fresh=args.fresh)
     _print_summary(result.summary, result.output)
+    return EXIT_OK
+
+
+def _dry_run(config: Any) -> int:
+    from dspy_icl_opt.pipeline.runner import plan_pipeline
+
+    print(plan_pipeline(config))
     return EXIT_OK
 
 
@@ -92,6 +104,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     config = config_from_flags(args, evaluate=args.evaluate)
     if not config.optimize:
         raise ConfigError("--optimizer: name at least one optimizer (e.g. --optimizer opro)")
+    if args.dry_run:
+        return _dry_run(config)
     result = run_pipeline(config, output=args.output, progress=args.progress, fresh=args.fresh)
     _print_summary(result.summary, result.output)
     return EXIT_OK
@@ -152,8 +166,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from programs import task_names
-    from programs.programs import PROGRAM_NAMES
+    from dspy_icl_opt.programs import task_names
+    from dspy_icl_opt.programs.programs import PROGRAM_NAMES
 
     from dspy_icl_opt.pipeline.registry import REGISTRY, available
 
@@ -201,6 +215,8 @@ def config_from_flags(args: argparse.Namespace, *, evaluate: bool) -> Any:
         data["data"] = {**({"task": args.task} if args.task else {"path": str(Path(args.data).resolve())})}
     if "data" not in data:
         raise ConfigError("--task: give --task NAME, --data FILE or --config FILE")
+    if getattr(args, "field", None):
+        data["data"]["fields"] = {k: str(v) for k, v in _key_values(args.field, "--field").items()}
     for size in ("train_size", "val_size", "test_size"):
         if getattr(args, size, None) is not None:
             data["data"][size] = getattr(args, size)
@@ -260,6 +276,9 @@ def _common_flags(parser: argparse.ArgumentParser, *, optimizer: bool) -> None:
     parser.add_argument("--config", help="a YAML/JSON run description; the flags below override it")
     parser.add_argument("--task", help="a bundled task name (see `dspy-icl-opt list`)")
     parser.add_argument("--data", help="a local JSON/JSONL/CSV/Parquet file instead of --task")
+    parser.add_argument("--field", action="append", metavar="FIELD=COLUMN",
+                        help="map a data column onto a program field, e.g. --field question=text --field "
+                             "answer=label; repeatable")
     parser.add_argument("--program", help="qa, cot, two_step, or pkg.module:factory (imported and run: as trusted "
                                           "as code)")
     parser.add_argument("--lm", help="task model: 'embedded', a .gguf path or provider/model")
@@ -280,14 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
                                             "A config is as trusted as code: pkg.module:factory programs and metrics\n"
                                             "are imported and run.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="default INFO")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    from dspy_icl_opt import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _output_flags(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOGS[name],
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         cmd.set_defaults(handler=handler)
+        _output_flags(cmd, defaults=False)  # `dspy-icl-opt run x.yaml --log-level DEBUG` works too
         return cmd
 
     run = add("run", cmd_run, "run a YAML/JSON config: evaluate, optimize, evaluate, save (resumable)")
@@ -311,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--task", default=DEMO_TASK, help=f"bundled task (default {DEMO_TASK})")
     demo.add_argument("--seed", type=int, default=0)
     add("list", cmd_list, "list optimizers, bundled programs and tasks")
+    for cmd in (run, compile_):
+        cmd.add_argument("--dry-run", action="store_true",
+                         help="print each optimizer step's plan (steps, candidates, projected calls) and exit; "
+                              "no LM is built or called")
     for cmd in (run, compile_, bench, demo):
         cmd.add_argument("--output", help="output directory (default: the config's `output`)")
         cmd.add_argument("--fresh", action="store_true", help="discard an earlier run there instead of resuming")
@@ -319,15 +345,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    """loguru to stderr through tqdm (so bars and log lines do not collide); quiet third-party loggers."""
-    import logging
+def _output_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--log-level and --no-progress, before or after the command (after it, they override the ones before)."""
+    extra = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="what to log (default INFO)",
+                        **({"default": "INFO"} if defaults else extra))
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars",
+                        **extra)
 
-    from tqdm.auto import tqdm
 
-    logger.remove()
-    logger.add(lambda message: tqdm.write(message, end="", file=sys.stderr), level=level, colorize=sys.stderr.isatty(),
-               format="<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}")
+_COLORS = {"TRACE": "36", "DEBUG": "34", "INFO": "1", "SUCCESS": "32", "WARNING": "33", "ERROR": "31",
+           "CRITICAL": "31;1"}
+
+
+def use_color(stream: Any) -> bool:
+    """Colors only on a terminal, and never when ``NO_COLOR`` is set (https://no-color.org)."""
+    return not os.environ.get("NO_COLOR") and bool(getattr(stream, "isatty", lambda: False)())
+
+
+class _LineFormatter(logging.Formatter):
+    """``12:03:41 INFO    OPRO step 2: ...``: the time, the level in words, the message; no module paths."""
+
+    def __init__(self, color: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+        self.color = color
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = f"{record.levelname: <7}"
+        if self.color:
+            level = f"\x1b[{_COLORS.get(record.levelname, '0')}m{level}\x1b[0m"
+        line = f"{self.formatTime(record, self.datefmt)} {level} {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines written through tqdm, so they do not tear a progress bar (to ``sys.stderr`` as it is then)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__()
+        self.target = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.target or sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never break the run
+            self.handleError(record)
+
+
+def setup_logging(level: str, stream: Any = None) -> None:
+    """The CLI's log lines: ``dspy_icl_opt`` at ``level`` to stderr through tqdm; third-party loggers quiet."""
+    ours = logging.getLogger("dspy_icl_opt")
+    for handler in [h for h in ours.handlers if isinstance(h, _TqdmHandler)]:
+        ours.removeHandler(handler)
+    handler = _TqdmHandler(stream)
+    handler.setFormatter(_LineFormatter(use_color(stream or sys.stderr)))
+    ours.addHandler(handler)
+    ours.setLevel(logging.getLevelName(level))
     quiet = logging.DEBUG if level in ("TRACE", "DEBUG") else logging.WARNING
     for name in ("dspy", "LiteLLM", "httpx", "datasets", "optuna"):
         logging.getLogger(name).setLevel(quiet)
@@ -387,7 +464,7 @@ def _run(args: argparse.Namespace) -> int:
 def _unexpected(exc: Exception) -> int:
     from dspy_icl_opt.pipeline.evaluate import lm_failure
 
-    logger.opt(exception=exc).debug("Traceback")
+    logging.getLogger("dspy_icl_opt.cli").debug("Traceback", exc_info=exc)
     if lm_failure(exc):
         print(f"error: language model problem: {type(exc).__name__}: {exc}", file=sys.stderr)
         return LMProblem.exit_code

@@ -1,9 +1,13 @@
 """What a run works on: the data splits, the program, the metric, resolved from a config.
 
-Data comes from a bundled task (:func:`programs.load_task`), a local JSON/JSONL/CSV/Parquet file,
+Data comes from a bundled task (:func:`dspy_icl_opt.programs.load_task`), a local JSON/JSONL/CSV/Parquet file,
 or a `datasets` hub name (only where the hub is reachable; otherwise the error says so). Rows are
-mapped to example fields with ``data.fields`` (example field -> column); a ``choices`` list makes
-a multiple-choice example with an ``options`` input, as for the bundled tasks.
+mapped to example fields with ``data.fields`` (example field -> column), the program's signature
+field names; a ``choices`` list makes a multiple-choice example with an ``options`` input, as for
+the bundled tasks. Without ``fields``, a column named ``answer`` (else ``label``, ``target``,
+``output`` or ``gold``) is the gold answer and the other columns are inputs. Once the program is
+built, :func:`check_program_fields` checks the examples against it (before any LM call): its inputs
+are there, and the gold field is one it outputs, so nothing scores 0 for a naming mistake.
 
 Example:
     >>> from dspy_icl_opt.pipeline.config import parse_config
@@ -27,8 +31,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import dspy
-from loguru import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.pipeline.config import DATA_SUFFIXES, DataConfig, PipelineConfig
 from dspy_icl_opt.pipeline.errors import ConfigError, at
 
@@ -40,13 +44,15 @@ METRICS = ("exact_match", "choice_match")
 #: ``package.module:name`` (dotted identifiers on both sides), checked before anything is imported.
 IMPORT_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 ANSWER, CHOICES, OPTIONS, QUESTION = "answer", "choices", "options", "question"
+#: Columns read as the gold answer when there is no ``answer`` column and no ``data.fields`` (first found wins).
+LABEL_COLUMNS = ("label", "target", "output", "gold")
 
 
 # ------------------------------------------------------------------------------- checks
 def check_sources(config: PipelineConfig) -> list[str]:
     """Problems with the data source, metric, program and LM specs (no download, no LM call)."""
-    from programs import task_names
-    from programs.programs import PROGRAM_NAMES
+    from dspy_icl_opt.programs import task_names
+    from dspy_icl_opt.programs.programs import PROGRAM_NAMES
 
     problems = []
     data = config.data
@@ -68,7 +74,7 @@ def check_sources(config: PipelineConfig) -> list[str]:
 
 def _import_specs(config: PipelineConfig) -> list[tuple[str, str, str]]:
     """The (field, spec, expected) of every ``pkg.module:name`` the config asks to import."""
-    from programs.programs import PROGRAM_NAMES
+    from dspy_icl_opt.programs.programs import PROGRAM_NAMES
 
     specs = []
     if config.metric and config.metric not in METRICS:
@@ -131,8 +137,8 @@ def import_object(spec: str) -> Any:
 
 # ---------------------------------------------------------------------------------- data
 def load_data(config: PipelineConfig) -> Any:
-    """The run's :class:`programs.Task` (train/val/test, metric, input keys)."""
-    from programs import load_task
+    """The run's :class:`dspy_icl_opt.programs.Task` (train/val/test, metric, input keys)."""
+    from dspy_icl_opt.programs import load_task
 
     data = config.data
     seed = config.seed if data.seed is None else data.seed
@@ -190,20 +196,33 @@ def _read_hub(data: DataConfig) -> list[dict[str, Any]]:
 
 
 def rows_to_task(rows: list[Mapping[str, Any]], data: DataConfig, *, seed: int, name: str) -> Any:
-    """Map, check, shuffle and split rows into a :class:`programs.Task`."""
-    from programs import Task, choice_match, exact_match
+    """Map, check, shuffle and split rows into a :class:`dspy_icl_opt.programs.Task`."""
+    from dspy_icl_opt.programs import Task, choice_match, exact_match
 
     if not rows:
         raise ConfigError(at("data", "the data source has no rows"))
-    mapped = [_map_row(row, data.fields, i) for i, row in enumerate(rows)]
+    fields = dict(data.fields) or _default_fields(rows[0])
+    mapped = [_map_row(row, fields, i) for i, row in enumerate(rows)]
     multiple_choice = all(isinstance(r.get(CHOICES), (list, tuple)) and r.get(CHOICES) for r in mapped)
     input_keys = _input_keys(mapped[0], data, multiple_choice)
-    examples = [_example(r, input_keys, multiple_choice, i) for i, r in enumerate(mapped)]
+    labels = _label_keys(mapped[0], input_keys)
+    examples = [_example(r, input_keys, labels, multiple_choice, i) for i, r in enumerate(mapped)]
     random.Random(seed).shuffle(examples)
     train, val, test = _split(examples, data)
     return Task(name=name, description=f"loaded from {data.path or data.hub}", train=train, val=val, test=test,
                 metric=choice_match if multiple_choice else exact_match, input_keys=input_keys,
                 multiple_choice=multiple_choice)
+
+
+def _default_fields(row: Mapping[str, Any]) -> dict[str, str]:
+    """No ``data.fields``: every column as it is, except a ``label``-like column that stands for ``answer``."""
+    if ANSWER in row:
+        return {}
+    label = next((c for c in LABEL_COLUMNS if c in row), None)
+    if label is None:
+        return {}
+    logger.info("Column {!r} is the gold answer (field `answer`); map it otherwise with data.fields", label)
+    return {**{c: c for c in row if c != label}, ANSWER: label}
 
 
 def _map_row(row: Mapping[str, Any], fields: Mapping[str, str], index: int) -> dict[str, Any]:
@@ -219,15 +238,12 @@ def _map_row(row: Mapping[str, Any], fields: Mapping[str, str], index: int) -> d
 
 
 def _input_keys(row: Mapping[str, Any], data: DataConfig, multiple_choice: bool) -> tuple[str, ...]:
-    if ANSWER not in row:
-        raise ConfigError(at("data.fields", f"the examples need an `{ANSWER}` field, but have {sorted(row)}; "
-                                            f"map the label column with fields: {{answer: <column>}}"))
     if data.input_keys:
         keys = tuple(data.input_keys)
     elif QUESTION in row:
         keys = (QUESTION,)
     else:
-        keys = tuple(k for k in row if k not in (ANSWER, CHOICES))
+        keys = tuple(k for k in row if k not in (ANSWER, CHOICES, *LABEL_COLUMNS))
     if multiple_choice and OPTIONS not in keys:
         keys = (*keys, OPTIONS)
     missing = [k for k in keys if k not in row and not (k == OPTIONS and multiple_choice)]
@@ -237,16 +253,72 @@ def _input_keys(row: Mapping[str, Any], data: DataConfig, multiple_choice: bool)
     return keys
 
 
-def _example(row: Mapping[str, Any], input_keys: tuple[str, ...], multiple_choice: bool, index: int) -> dspy.Example:
-    from programs import format_options
+def _label_keys(row: Mapping[str, Any], input_keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The examples' gold fields: what is neither an input nor the choices."""
+    labels = tuple(k for k in row if k not in input_keys and k not in (CHOICES, OPTIONS))
+    if not labels:
+        raise ConfigError(at("data.fields", f"the examples need a gold-answer field besides their inputs "
+                                            f"{list(input_keys)}, but have {sorted(row)}; name the label column "
+                                            f"`answer` (or one of {list(LABEL_COLUMNS)}), or map it onto the "
+                                            "program's output field with fields: {answer: <column>}"))
+    return labels
+
+
+def _example(row: Mapping[str, Any], input_keys: tuple[str, ...], labels: tuple[str, ...], multiple_choice: bool,
+             index: int) -> dspy.Example:
+    from dspy_icl_opt.programs import format_options
 
     fields = {k: ("" if v is None else v if k == CHOICES else str(v)) for k, v in row.items()}
     if multiple_choice:
         fields[CHOICES] = [str(c) for c in row[CHOICES]]
         fields[OPTIONS] = format_options(fields[CHOICES])
-    if row.get(ANSWER) is None:
-        raise ConfigError(at("data", f"row {index} has no `{ANSWER}` value"))
+    for label in labels:
+        if row.get(label) is None:
+            raise ConfigError(at("data", f"row {index} has no `{label}` value"))
     return dspy.Example(**fields).with_inputs(*input_keys)
+
+
+def program_fields(program: dspy.Module) -> tuple[list[str], list[str]]:
+    """``(inputs the program cannot do without, fields its predictors output)`` (no LM call)."""
+    from dspy_icl_opt.search.base import _required_inputs
+
+    outputs: list[str] = []
+    for _, predictor in program.named_predictors():
+        outputs += [f for f in predictor.signature.output_fields if f not in outputs]
+    return _required_inputs(program), outputs
+
+
+def check_program_fields(program: dspy.Module, task: Any, metric: Callable[..., Any]) -> None:
+    """The examples fit the program: its inputs are there, and their gold field is one it outputs (no LM call).
+
+    Raises:
+        ConfigError: naming the field and how to map it; otherwise every example would fail, or score 0.
+    """
+    from dspy_icl_opt.programs import choice_match, exact_match
+
+    examples = [*task.train, *task.val, *task.test]
+    if not examples:
+        return
+    first = examples[0]
+    inputs = sorted(first.inputs().keys())
+    labels = [k for k in first.labels().keys() if k not in (CHOICES, OPTIONS)]
+    required, outputs = program_fields(program)
+    missing = [k for k in required if k not in inputs]
+    if missing:
+        raise ConfigError(at("data.fields", f"the program's input field(s) {missing} must be inputs of the "
+                                            f"examples, but their inputs are {inputs}; map a column onto each: "
+                                            f"fields: {{{missing[0]}: <column>, ...}} (or set data.input_keys)"))
+    if outputs and not set(labels) & set(outputs):
+        raise ConfigError(at("data.fields", f"the examples' gold field(s) {labels} must be output(s) of the "
+                                            f"program {outputs}, but none is: the metric would compare a field "
+                                            "the program never writes and score 0 on every example. Map the "
+                                            f"label column onto an output: fields: {{{outputs[-1]}: <column>}}"))
+    if metric in (exact_match, choice_match) and not (ANSWER in outputs and ANSWER in labels):
+        raise ConfigError(at("metric", f"{metric.__name__} compares the `{ANSWER}` fields of the example and the "
+                                       f"prediction, but the program outputs {outputs} and the examples hold "
+                                       f"{labels}. Map the label column onto `{ANSWER}` (fields: {{{ANSWER}: "
+                                       "<column>}) with a program that outputs it, or name your own metric "
+                                       "(pkg.module:function)"))
 
 
 def _split(examples: list[dspy.Example], data: DataConfig) -> tuple[list, list, list]:
@@ -264,8 +336,8 @@ def _split(examples: list[dspy.Example], data: DataConfig) -> tuple[list, list, 
 # ------------------------------------------------------------------------ program/metric
 def build_program(config: PipelineConfig, task: Any) -> dspy.Module:
     """The program to optimize: a bundled one for ``task``, or a user factory called with its args."""
-    from programs import make_program
-    from programs.programs import PROGRAM_NAMES
+    from dspy_icl_opt.programs import make_program
+    from dspy_icl_opt.programs.programs import PROGRAM_NAMES
 
     spec = config.program
     try:
@@ -297,7 +369,7 @@ def _factory_kwargs(factory: Callable[..., Any], args: Mapping[str, Any], task: 
 
 def resolve_metric(config: PipelineConfig, task: Any) -> Callable[..., Any]:
     """The metric named in the config, else the task's own."""
-    import programs
+    from dspy_icl_opt import programs
 
     if config.metric is None:
         return task.metric

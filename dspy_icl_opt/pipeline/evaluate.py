@@ -1,4 +1,7 @@
-"""Held-out evaluation: a program's mean metric on examples, with the task model's calls counted.
+"""Held-out evaluation through ``dspy.Evaluate``: a program's mean metric on examples, task-model calls counted.
+
+DSPy's evaluation runs it, so its callbacks (MLflow's ``log_evals``) see every held-out score; the
+search itself keeps its cached scorer (:mod:`dspy_icl_opt.search.scorer`).
 
 An LM that does not answer (a fault, see :mod:`dspy_icl_opt.search.faults`) never scores 0: the
 example is run again, and when the model stays silent :class:`LMOutage` is raised (nothing is kept).
@@ -9,25 +12,24 @@ the CLI can exit with its LM code instead of reporting a meaningless 0.
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
+import json
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import dspy
-from loguru import logger
-from tqdm.auto import tqdm
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.pipeline.errors import LMOutage, LMProblem
 from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM, collect_cost, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.fingerprint import lm_identity, metric_identity
 from dspy_icl_opt.search.journal import Journal
-from dspy_icl_opt.search.scorer import example_key, metric_value
+from dspy_icl_opt.search.scorer import metric_value
 from dspy_icl_opt.search.surgery import read_state
 from dspy_icl_opt.search.placement import PlacementAdapter
 
@@ -78,11 +80,16 @@ def eval_identity(program: dspy.Module, lm: dspy.BaseLM, metric: Callable[..., A
 def evaluate_program(program: dspy.Module, examples: Sequence[dspy.Example], metric: Callable[..., Any], *,
                      lm: dspy.BaseLM, split: str = "test", num_threads: int = 1, progress: bool = True,
                      journal: Path | None = None) -> EvalResult:
-    """Mean ``metric`` of ``program`` on ``examples`` with ``lm`` as the task model.
+    """Mean ``metric`` of ``program`` on ``examples`` with ``lm`` as the task model, through ``dspy.Evaluate``.
+
+    The evaluation is DSPy's own, so DSPy's evaluation callbacks fire (MLflow's ``log_evals`` among
+    them) with the program as given. What this adds around it: the task model's calls are counted;
+    each finished example is journaled, so an evaluation stopped by an LM outage goes on where it
+    stopped without repeating a call (a journaled example replays its prediction); an LM that does
+    not answer is run again and never scored (:class:`LMOutage` when it stays silent).
 
     Args:
-        journal: a JSONL file keeping each finished example (by program state and example), so an
-            evaluation stopped by an LM outage goes on where it stopped, without repeating a call.
+        journal: a JSONL file keeping each finished example (by program state and inputs).
 
     Raises:
         LMProblem: when every example failed in the LM layer.
@@ -93,76 +100,121 @@ def evaluate_program(program: dspy.Module, examples: Sequence[dspy.Example], met
         return EvalResult(split=split, score=0.0, n=0)
     meter = BudgetMeter(Budget())
     metered = MeteredLM(unwrap_lm(lm), meter, "task")
-    scores: list[float] = [0.0] * len(examples)
-    errors: list[tuple[str, bool]] = []  # (message, failed in the LM layer)
     started = time.perf_counter()
-    bar = tqdm(total=len(examples), desc=f"evaluate {split}", disable=not progress, leave=False)
-    done = Journal(journal)
-    prefix = eval_identity(program, lm, metric, split) if journal is not None else split
-    keys = [f"{prefix}:{example_key(example)}" for example in examples]
+    state = _HeldOutState(Journal(journal), eval_identity(program, lm, metric, split) if journal is not None
+                          else split, meter)
+    runner = _replaying_copy(program, state)
+    scorer = _held_out_metric(metric, state)
+    evaluate = dspy.Evaluate(devset=list(examples), metric=scorer, num_threads=max(1, num_threads),
+                             display_progress=progress, max_errors=len(examples) + 1, failure_score=0.0,
+                             provide_traceback=False)
+    with dspy.context(lm=metered, adapter=PlacementAdapter()):
+        outcome = evaluate(runner, callback_metadata={"metric_key": f"held_out_{split}"})
+    if state.outage:  # no score for a half-done evaluation; its finished examples stay in the journal
+        raise LMOutage(f"the task model stopped answering during the {split} evaluation: {state.outage[0]}")
+    scores = [metric_value(score) if score is not None else 0.0 for _, _, score in outcome.results]
+    return _result(split, scores, list(state.errors), meter, time.perf_counter() - started)
 
-    outage: list[RunInterrupted] = []
 
-    def once(i: int) -> None:
-        record, replay = done.get("eval", keys[i])
+class _HeldOutState:
+    """What the replaying program and the metric share during one evaluation."""
+
+    def __init__(self, journal: Journal, prefix: str, meter: BudgetMeter) -> None:
+        self.journal, self.prefix, self.meter = journal, prefix, meter
+        self.errors: list[tuple[str, bool]] = []  # (message, failed in the LM layer)
+        self.outage: list[RunInterrupted] = []
+        self.lock = threading.Lock()
+
+    def key(self, inputs: dict[str, Any]) -> str:
+        blob = json.dumps(inputs, sort_keys=True, ensure_ascii=False, default=str)
+        return f"{self.prefix}:{hashlib.sha256(blob.encode('utf-8')).hexdigest()[:24]}"
+
+    def error(self, message: str, lm_error: bool) -> None:
+        with self.lock:
+            self.errors.append((message, lm_error))
+
+
+class HeldOutError(RuntimeError):
+    """An example whose program run failed (replayed from the journal, or just now): DSPy's Evaluate scores it 0."""
+
+
+class _ReplayMixin:
+    """Runs the program once per example and journals the prediction; a journaled example replays it."""
+
+    _held_out: _HeldOutState
+
+    def forward(self, **inputs: Any) -> Any:
+        state = self._held_out
+        key = state.key(inputs)
+        record, replay = state.journal.get("heldout", key)
         if record is not None:
             if replay is not None and replay.calls:
-                meter.charge("task", replay)
-            scores[i] = float(record["score"])
+                state.meter.charge("task", replay)
             if record.get("error"):
-                errors.append((record["error"], bool(record.get("lm_error"))))
-            return
-        error: tuple[str, bool] | None = None
+                state.error(record["error"], bool(record.get("lm_error")))
+                raise HeldOutError(record["error"])
+            return dspy.Prediction(**record["prediction"])
+        attempt = 0
+        while True:
+            if state.outage:
+                raise HeldOutError("stopped: the task model is not answering")
+            try:
+                return self._run_once(key, inputs)
+            except LMFault as fault:  # no answer: run the example again, or stop once the model is gone
+                try:
+                    state.meter.faults.retry(attempt, fault)
+                except RunInterrupted as exc:
+                    state.outage.append(exc)
+                attempt += 1
+            except RunInterrupted as exc:
+                state.outage.append(exc)
+
+    def _run_once(self, key: str, inputs: dict[str, Any]) -> Any:
+        state = self._held_out
         with collect_cost() as cost:
             try:
-                with dspy.context(lm=metered, adapter=PlacementAdapter()):
-                    prediction = program(**examples[i].inputs())
-                    if cost.fault is not None:  # a fault the program caught: no answer is not a score
-                        raise cost.fault
-                    scores[i] = metric_value(metric(examples[i], prediction, None))
-                if cost.fault is not None:
+                prediction = super().forward(**inputs)  # type: ignore[misc]
+                if cost.fault is not None:  # a fault the program caught: no answer is not a prediction
                     raise cost.fault
             except (LMFault, RunInterrupted):
                 raise
-            except Exception as exc:  # noqa: BLE001 - one failed example scores 0; counted below
+            except Exception as exc:  # noqa: BLE001 - one failed example scores 0; counted
                 if cost.fault is not None:
                     raise cost.fault from exc
-                error = (f"{type(exc).__name__}: {exc}", lm_failure(exc))
-                errors.append(error)
-                logger.debug("Evaluation of {} example {} failed: {}: {}", split, i, type(exc).__name__, exc)
-        done.put("eval", keys[i], {"score": scores[i], "error": error[0] if error else None,
-                                   "lm_error": bool(error and error[1]),
-                                   "cost": {"calls": cost.calls, "tokens": cost.tokens}})
+                message = f"{type(exc).__name__}: {exc}"
+                state.error(message, lm_failure(exc))
+                logger.debug("Held-out example failed: {}", message)
+                state.journal.put("heldout", key, {"prediction": None, "error": message, "lm_error": lm_failure(exc),
+                                                   "cost": {"calls": cost.calls, "tokens": cost.tokens}})
+                raise HeldOutError(message) from exc
+        fields = {k: v for k, v in prediction.items()} if hasattr(prediction, "items") else {"answer": prediction}
+        state.journal.put("heldout", key, {"prediction": json.loads(json.dumps(fields, default=str)), "error": None,
+                                           "cost": {"calls": cost.calls, "tokens": cost.tokens}})
+        return prediction
 
-    def one(i: int) -> None:
-        attempt = 0
-        while not outage:
-            try:
-                once(i)
-                break
-            except LMFault as fault:  # no answer: run the example again, or stop once the model is gone
-                try:
-                    meter.faults.retry(attempt, fault)
-                except RunInterrupted as exc:
-                    outage.append(exc)
-                attempt += 1
-            except RunInterrupted as exc:
-                outage.append(exc)
-        bar.update(1)
 
-    try:
-        if num_threads <= 1:
-            for i in range(len(examples)):
-                one(i)
-        else:
-            with ThreadPoolExecutor(max_workers=num_threads) as pool:
-                for future in [pool.submit(contextvars.copy_context().run, one, i) for i in range(len(examples))]:
-                    future.result()
-    finally:
-        bar.close()
-    if outage:  # no score for a half-done evaluation; its finished examples stay in the journal
-        raise LMOutage(f"the task model stopped answering during the {split} evaluation: {outage[0]}")
-    return _result(split, scores, errors, meter, time.perf_counter() - started)
+def _replaying_copy(program: dspy.Module, state: _HeldOutState) -> dspy.Module:
+    """A copy of ``program`` of a subclass of its own class (same name, same state) that journals and replays."""
+    copy = program.deepcopy()
+    cls = type(copy)
+    copy.__class__ = type(cls.__name__, (_ReplayMixin, cls), {"__module__": cls.__module__,
+                                                             "__qualname__": cls.__qualname__})
+    copy._held_out = state
+    return copy
+
+
+def _held_out_metric(metric: Callable[..., Any], state: _HeldOutState) -> Callable[..., float]:
+    """The metric as DSPy's Evaluate calls it; one that raises scores 0 and is counted, never stops the run."""
+
+    def held_out_metric(example: Any, prediction: Any, trace: Any = None) -> float:
+        try:
+            return metric_value(metric(example, prediction, trace))
+        except Exception as exc:  # noqa: BLE001 - a metric error is one example's failure
+            state.error(f"{type(exc).__name__}: {exc}", False)
+            return 0.0
+
+    held_out_metric.__name__ = getattr(metric, "__name__", "metric")
+    return held_out_metric
 
 
 def _result(split: str, scores: list[float], errors: list[tuple[str, bool]], meter: BudgetMeter,

@@ -37,14 +37,17 @@ def _integer_ticks() -> Any:
 
 
 def main_label(report: OptimizationReport) -> str | None:
-    """The score label most candidates carry (``val`` preferred on ties): the one to plot."""
+    """The search's score label: the one most candidates carry other than ``val`` (the final choice's), else ``val``."""
     counts: dict[str, int] = {}
     for record in report.candidates:
         for label in record.scores:
             counts[label] = counts.get(label, 0) + 1
     if not counts:
         return None
-    return max(counts, key=lambda label: (counts[label], label.startswith("val"), label == "train"))
+    search = {label: n for label, n in counts.items() if label != "val"}
+    if not search:
+        return "val"
+    return max(search, key=lambda label: (search[label], label == "train"))
 
 
 def trajectory_points(report: OptimizationReport, label: str) -> list[tuple[int, float, float]]:
@@ -60,8 +63,11 @@ def trajectory_points(report: OptimizationReport, label: str) -> list[tuple[int,
     return points
 
 
-def trajectory_png(report: OptimizationReport) -> bytes | None:
-    """Every scored candidate by step, with the best score so far; ``None`` when nothing was scored."""
+def trajectory_png(report: OptimizationReport, chosen: int | None = None) -> bytes | None:
+    """Search scores by step with the best so far, validation scores beside them, the chosen candidate starred.
+
+    ``None`` when nothing was scored.
+    """
     label = main_label(report)
     if label is None:
         return None
@@ -69,13 +75,25 @@ def trajectory_png(report: OptimizationReport) -> bytes | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE)
     scored = [(r.step, r.scores[label]) for r in report.candidates if label in r.scores]
-    ax.scatter([s for s, _ in scored], [v for _, v in scored], alpha=0.35, s=18, label="candidates")
-    ax.step([p[0] for p in points], [p[2] for p in points], where="post", color="C1", label="best so far")
+    ax.scatter([s for s, _ in scored], [v for _, v in scored], alpha=0.35, s=18, label=f"candidates ({label})")
+    ax.step([p[0] for p in points], [p[2] for p in points], where="post", color="C1",
+            label=f"best {label} so far")
+    if label != "val":
+        validated = [(r.step, r.scores["val"]) for r in report.candidates if "val" in r.scores]
+        if validated:
+            ax.scatter([s for s, _ in validated], [v for _, v in validated], marker="s", s=30, facecolors="none",
+                       edgecolors="C2", label="validation (val)")
+    record = next((r for r in report.candidates if r.id == chosen), None)
+    if record is not None:
+        y = record.scores.get("val", record.scores.get(label))
+        if y is not None:
+            ax.scatter([record.step], [y], marker="*", s=220, color="C3", zorder=5,
+                       label=f"chosen: candidate {record.id}")
     ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_xlabel("step")
-    ax.set_ylabel(f"score ({label})")
-    ax.set_title(f"{report.optimizer}: score by step")
-    ax.legend(loc="lower right")
+    ax.set_ylabel("score")
+    ax.set_title(f"{report.optimizer}: search ({label}) and validation scores")
+    ax.legend(loc="best", fontsize="small")
     return _png(fig)
 
 

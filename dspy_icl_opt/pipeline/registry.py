@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import dspy
-from loguru import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.pipeline.errors import ConfigError, at
 from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
@@ -181,6 +181,45 @@ def _named_params(func: Callable[..., Any]) -> tuple[set[str], bool]:
     params = inspect.signature(func).parameters
     named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
     return named, any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+#: Constructor keywords that set the prompt model's sampling temperature (ours: ``temperature``; COPRO, MIPROv2:
+#: ``init_temperature``; OPRO takes COPRO's name too).
+TEMPERATURE_PARAMS = ("temperature", "init_temperature")
+
+
+def temperature_param(entry: OptimizerEntry) -> str | None:
+    """The keyword through which ``entry``'s optimizer sets the prompt model's temperature, if it has one."""
+    names, _ = _named_params(entry.load().__init__)
+    return next((name for name in TEMPERATURE_PARAMS if name in names), None)
+
+
+def step_params(entry: OptimizerEntry, params: Mapping[str, Any], prompt_temperature: float | None,
+                where: str) -> dict[str, Any]:
+    """A step's params with the configured prompt-model temperature applied (no LM call).
+
+    An optimizer that samples its prompt model at a temperature of its own (OPRO 1.0, APO 0.7, COPRO
+    1.4 ...) would silently override ``lm.prompt.temperature``; the temperature the user wrote wins,
+    and a step that sets another one is refused.
+
+    Raises:
+        ConfigError: the step's params set a temperature other than ``lm.prompt.temperature``.
+    """
+    params = dict(params)
+    if prompt_temperature is None:
+        return params
+    name = temperature_param(entry)
+    if name is None:
+        return params
+    for key in TEMPERATURE_PARAMS:
+        given = params.get(key)
+        if given is not None and (not isinstance(given, (int, float)) or float(given) != prompt_temperature):
+            raise ConfigError(at(f"{where}.params.{key}", f"must equal lm.prompt.temperature ({prompt_temperature}) "
+                                                          f"when both are set, but got {given!r}. The prompt model "
+                                                          "samples at one temperature: set it in one place"))
+    if not any(key in params for key in TEMPERATURE_PARAMS):
+        params[name] = prompt_temperature
+    return params
 
 
 def build_optimizer(entry: OptimizerEntry, params: Mapping[str, Any], *, metric: Callable[..., Any],

@@ -1,10 +1,13 @@
 """Render a run directory as Markdown or self-contained HTML (images inlined as base64).
 
-What is shown is what the reports hold: per step, the best instruction(s) and demos of every
-predictor, the score trajectory (PNG), the top candidates, the budget spent, and for DemoSelector
-the accuracy-against-k curve (``report.extra["k_curve"]``) and the demo influence ranking
-(``report.extra["influence"]``); for a pipeline run also the before/after accuracy, and for a
-benchmark its table and chart.
+What is shown is what the reports hold, in the order a reader needs it: for a pipeline run the
+held-out accuracy before and after first; then per step which program was returned and why (the
+final choice: the start and the finalists on the validation examples, ``report.extra["final_choice"]``,
+the chosen one marked), its prompt per predictor, every candidate with its search score beside its
+validation score (search scores are minibatch scores: they rank proposals, they are not the result),
+the plan made before any LM call beside what was spent (``report.extra["plan"]``), the budget, and
+for DemoSelector the accuracy-against-k curve and the demo influence ranking; for a benchmark its
+table and chart. ``examples/tools/check_report_in_browser.py`` checks a page in headless Chromium.
 
 Example:
     >>> render_report("runs/demo", fmt="html")  # doctest: +SKIP
@@ -16,13 +19,15 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from dspy_icl_opt.pipeline import plots
 from dspy_icl_opt.pipeline.errors import ConfigError, at
-from dspy_icl_opt.search.report import REPORT_FILE, OptimizationReport, atomic_write_text
+from dspy_icl_opt.search.base import VAL_LABEL
+from dspy_icl_opt.search.report import REPORT_FILE, CandidateRecord, OptimizationReport, atomic_write_text
 
 #: Longest cell text in tables (demo fields, instructions in candidate lists).
 CELL_CHARS = 160
@@ -52,6 +57,7 @@ class Code:
 class Table:
     headers: list[str]
     rows: list[list[Any]]
+    highlight: set[int] = field(default_factory=set)  # row indices drawn as the chosen one
 
 
 @dataclass
@@ -113,12 +119,27 @@ def _pct(result: dict[str, Any] | None) -> str:
     return "-" if not result else f"{100 * result['score']:.1f}% (n={result['n']}, errors {result.get('errors', 0)})"
 
 
+def _sizes(sizes: Any) -> str:
+    if not isinstance(sizes, dict):
+        return str(sizes)
+    return " / ".join(f"{n} {name}" for name, n in sizes.items()) + " examples"
+
+
 def summary_blocks(summary: dict[str, Any]) -> list[Block]:
-    blocks: list[Block] = [
+    """Held-out accuracy before and after first: the result the rest of the page explains."""
+    split = summary["split"]
+    before, after = summary.get("before"), summary.get("after")
+    blocks: list[Block] = [Heading(2, f"Result: {split} accuracy before and after")]
+    if before and after:
+        gain = 100 * (after["score"] - before["score"])
+        blocks.append(Para(f"Held-out {split} accuracy: {100 * before['score']:.1f}% before, "
+                           f"{100 * after['score']:.1f}% after ({gain:+.1f} points) on {after['n']} examples "
+                           f"the optimization never saw."))
+    blocks += [
+        Table([f"{split} accuracy", "value"], [["before", _pct(before)], ["after", _pct(after)]]),
         Para(f"Status: {summary['status']}. Task {summary['task']}, program {summary['program']}, "
-             f"task LM {summary['task_lm']}, prompt LM {summary['prompt_lm']}. Splits: {summary.get('sizes')}."),
-        Table([f"{summary['split']} accuracy", "value"],
-              [["before", _pct(summary.get("before"))], ["after", _pct(summary.get("after"))]])]
+             f"task LM {summary['task_lm']}, prompt LM {summary['prompt_lm']}. "
+             f"Splits: {_sizes(summary.get('sizes'))}.")]
     steps = summary.get("steps") or []
     if steps:
         rows = [[s["index"], s["class"], s["spent"]["task"]["calls"], s["spent"]["prompt"]["calls"],
@@ -146,16 +167,135 @@ def report_blocks(report: OptimizationReport, title: str, index: int = 0) -> lis
         Para(f"{report.optimizer}, seed {report.seed}: {len(report.candidates)} candidate(s) over "
              f"{report.steps_completed} step(s), {status}, {report.timings.get('elapsed_s', 0):.1f} s."),
     ]
-    if report.params:
-        blocks.append(Table(["parameter", "value"], [[k, _short(json.dumps(v, default=str))]
-                                                     for k, v in sorted(report.params.items())]))
-    if report.best_scores:
-        scores = [[k, f"{v:.3f}"] for k, v in report.best_scores.items()]
-        blocks.append(Table(["best candidate score", "value"], scores))
+    blocks += final_choice_blocks(report)
     blocks += best_prompt_blocks(report)
     blocks += trajectory_blocks(report, index)
+    blocks += plan_blocks(report)
     blocks += budget_blocks(report)
     blocks += demo_selector_blocks(report, index)
+    if report.params:
+        blocks += [Heading(3, "Parameters"),
+                   Table(["parameter", "value"], [[k, _param_text(k, v)] for k, v in sorted(report.params.items())])]
+    return blocks
+
+
+def _param_text(key: str, value: Any) -> str:
+    """A parameter as a reader wants it: lists joined, None as '-', fingerprints said to be fingerprints."""
+    if key == "influence" and isinstance(value, int):
+        return "none" if value == _no_influence() else f"a ranking from an earlier run (fingerprint {value})"
+    if isinstance(value, str) and value.startswith("program:"):
+        return f"a program of yours (fingerprint {value.partition(':')[2][:12]})"
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return _short(value)
+
+
+def _no_influence() -> int:
+    from dspy_icl_opt.search.base import stable_int
+
+    return stable_int([])
+
+
+def _chosen(report: OptimizationReport) -> int | None:
+    choice = report.extra.get("final_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("chosen"), int):
+        return choice["chosen"]
+    return report.best_candidate
+
+
+def _what(record: CandidateRecord) -> str:
+    """What a candidate is: DemoSelector's k / pool / strategy / order, else the instruction it changed."""
+    choice = record.meta.get("choice")
+    if isinstance(choice, dict) and choice:
+        if len(choice) == 1:
+            return _demo_choice(str(next(iter(choice.values()))))
+        return "; ".join(f"{name}: {_demo_choice(str(text))}" for name, text in choice.items())
+    return _changed_text(record.state, record.predictor)
+
+
+def _demo_choice(text: str) -> str:
+    """DemoSelector's ``k=3 labeled/random(seed=0) as_selected`` in words: k, pool, strategy, order."""
+    match = re.fullmatch(r"k=(\d+) (\w+)/(.+) (\S+)", text.strip())
+    if not match:
+        return "no demos (k=0)" if text.strip() == "k=0" else text
+    k, pool, strategy, order = match.groups()
+    return f"k={k}, pool {pool}, strategy {strategy}, order {order}"
+
+
+def _labels(report: OptimizationReport) -> list[str]:
+    """Every score label in the report, validation last (the one the final choice used)."""
+    seen: list[str] = []
+    for record in report.candidates:
+        seen += [label for label in record.scores if label not in seen]
+    return sorted(seen, key=lambda label: (label == VAL_LABEL, seen.index(label)))
+
+
+def final_choice_blocks(report: OptimizationReport) -> list[Block]:
+    """Which program was returned and why: the start and the finalists on the validation examples."""
+    choice = report.extra.get("final_choice")
+    chosen = _chosen(report)
+    if not isinstance(choice, dict) or not choice.get("contenders"):
+        if chosen is None:
+            return []
+        return [Heading(3, "Program returned"), Para(f"Candidate {chosen} (no validation record).")]
+    by_id = {r.id: r for r in report.candidates}
+    start = choice.get("start")
+    record = by_id.get(chosen)
+    what = "the starting program, unchanged" if chosen == start else \
+        f"candidate {chosen} ({record.origin if record else '?'}, step {record.step if record else '?'})"
+    val = {c["candidate"]: c.get("val") for c in choice["contenders"]}
+    text = (f"Returned: {what}. The final choice validated the start and {len(choice['contenders']) - 1} "
+            f"finalist(s) on {choice.get('examples')} validation examples")
+    if chosen in val and start in val and val[chosen] is not None and val[start] is not None:
+        text += f": val {val[chosen]:.3f} for the returned program, {val[start]:.3f} for the start"
+    text += f". Rule: {choice.get('rule', 'best validation score')}."
+    if chosen == start:
+        text += " No finalist passed it, so search scores above the start's did not carry over to validation."
+    label = plots.main_label(report)
+    rows, highlight = [], set()
+    for i, c in enumerate(choice["contenders"]):
+        rec = by_id.get(c["candidate"])
+        search = rec.scores.get(label) if rec is not None and label and label != VAL_LABEL else None
+        marks = [m for m, on in (("\u2605 chosen", c["candidate"] == chosen), ("start", c["candidate"] == start))
+                 if on]
+        if c["candidate"] == chosen:
+            highlight.add(i)
+        rows.append([c["candidate"], rec.origin if rec else "-", _short(_what(rec)) if rec else "-",
+                     "-" if search is None else f"{search:.3f}", _num(c.get("val")), _num(c.get("gain")),
+                     _num(c.get("se")), "yes" if c.get("passed") else "no", ", ".join(marks)])
+    headers = ["candidate", "origin", "what", f"search ({label})" if label and label != VAL_LABEL else "search",
+               "val", "gain over start", "std. error", "passed", "chosen"]
+    return [Heading(3, "Program returned (final choice on validation)"), Para(text),
+            Table(headers, rows, highlight)]
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, (int, float)) else str(value)
+
+
+def plan_blocks(report: OptimizationReport) -> list[Block]:
+    """The plan made before any LM call, beside what the run spent."""
+    plan = report.extra.get("plan")
+    if not isinstance(plan, dict) or not plan.get("phases"):
+        return []
+    rows = [[p.get("name", ""), p.get("task_calls", 0), p.get("prompt_calls", 0), p.get("note", "")]
+            for p in plan["phases"]]
+    projected = plan.get("projected") or {}
+    rows.append(["projected in total", projected.get("task_calls", "-"), projected.get("prompt_calls", "-"), ""])
+    spent = {role: report.spent[role].calls if role in report.spent else "-" for role in ("task", "prompt")}
+    rows.append(["spent", spent["task"], spent["prompt"],
+                 "the search runs at least the planned steps while the budget pays for more"])
+    settings = plan.get("settings") or {}
+    blocks: list[Block] = [
+        Heading(3, "Plan and spending"),
+        Para(f"Planned before any LM call: {plan.get('steps')} step(s); "
+             + ", ".join(f"{k} {v}" for k, v in settings.items()) + "."),
+        Table(["phase", "task calls", "prompt calls", "note"], rows)]
+    blocks += [Para(f"Note: {n}") for n in plan.get("notes") or []]
     return blocks
 
 
@@ -163,7 +303,7 @@ def best_prompt_blocks(report: OptimizationReport) -> list[Block]:
     state = report.best_state or (report.candidates[-1].state if report.candidates else None)
     if not state:
         return [Para("No candidate was recorded.")]
-    blocks: list[Block] = [Heading(3, "Best prompt per predictor")]
+    blocks: list[Block] = [Heading(3, "Prompt of the returned program, per predictor")]
     for name, pstate in sorted(state.items()):
         blocks += [Heading(4, name), Para(f"Instruction (position: {pstate.get('position', 'system')}):"),
                    Code(pstate.get("instruction", ""))]
@@ -181,17 +321,34 @@ def trajectory_blocks(report: OptimizationReport, index: int = 0) -> list[Block]
     label = plots.main_label(report)
     if label is None:
         return []
-    png = plots.trajectory_png(report)
+    chosen = _chosen(report)
+    png = plots.trajectory_png(report, chosen=chosen)
     points = plots.trajectory_points(report, label)
-    blocks: list[Block] = [Heading(3, f"Score trajectory ({label})")]
+    val_at = plots.trajectory_points(report, VAL_LABEL) if label != VAL_LABEL else []
+    val_by_step = {s: v for s, v, _ in val_at}
+    blocks: list[Block] = [Heading(3, f"Candidates and their scores (search on {label}, choice on {VAL_LABEL})")]
+    if label != VAL_LABEL:
+        blocks.append(Para(f"Search scores ({label}) are on the examples the search used, often small minibatches: "
+                           f"they rank proposals but are not the result. The returned program was chosen on "
+                           f"{VAL_LABEL}, shown beside them; the chosen candidate is marked."))
     if png:
-        blocks.append(Image(f"{index:02d}_{_slug(report.optimizer)}_trajectory.png", "score by step", png))
-    blocks.append(Table(["step", "best at step", "best so far"], [[s, f"{v:.3f}", f"{b:.3f}"] for s, v, b in points]))
-    top = sorted((r for r in report.candidates if label in r.scores), key=lambda r: (-r.scores[label], r.id))
-    rows = [[r.id, r.step, r.origin, r.predictor or "-", f"{r.scores[label]:.3f}",
-             _short(_changed_text(r.state, r.predictor))] for r in top[:TOP_ROWS]]
-    blocks += [Para(f"Top {len(rows)} candidate(s) by {label} score:"),
-               Table(["id", "step", "origin", "predictor", label, "instruction"], rows)]
+        blocks.append(Image(f"{index:02d}_{_slug(report.optimizer)}_trajectory.png",
+                            "search and validation scores by step, chosen candidate marked", png))
+    blocks.append(Table(["step", f"best {label} at step", f"best {label} so far", f"best {VAL_LABEL} at step"],
+                        [[s, f"{v:.3f}", f"{b:.3f}", _num(val_by_step.get(s))] for s, v, b in points]))
+    labels = _labels(report)
+
+    def order(r: CandidateRecord) -> tuple:
+        return (r.id != chosen, -r.scores.get(VAL_LABEL, -1.0), -r.scores.get(label, -1.0), r.id)
+
+    ranked = sorted((r for r in report.candidates if r.scores), key=order)
+    shown = ranked[:TOP_ROWS]
+    rows = [[r.id, r.step, r.origin, r.predictor or "-", *(_num(r.scores.get(lb)) for lb in labels),
+             "\u2605 chosen" if r.id == chosen else "", _short(_what(r))] for r in shown]
+    highlight = {i for i, r in enumerate(shown) if r.id == chosen}
+    blocks += [Para(f"{len(shown)} of {len(ranked)} scored candidate(s), the chosen one first, then by "
+                    f"{VAL_LABEL} and {label}:"),
+               Table(["id", "step", "origin", "predictor", *labels, "chosen", "what"], rows, highlight)]
     return blocks
 
 
@@ -288,7 +445,7 @@ def _md_table(table: Table) -> str:
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
         "table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;"
         "text-align:left;vertical-align:top}th{background:#f3f3f3}pre{background:#f6f8fa;padding:.75rem;"
-        "white-space:pre-wrap}img{max-width:100%}")
+        "white-space:pre-wrap}img{max-width:100%}tr.chosen td{background:#fff3c4;font-weight:600}")
 
 
 def to_html(blocks: list[Block], title: str) -> str:
@@ -304,8 +461,9 @@ def to_html(blocks: list[Block], title: str) -> str:
             body.append(f"<pre><code>{esc(block.text)}</code></pre>")
         elif isinstance(block, Table):
             head = "".join(f"<th>{esc(str(h))}</th>" for h in block.headers)
-            rows = "".join("<tr>" + "".join(f"<td>{esc(_short('' if v is None else v))}</td>" for v in row) + "</tr>"
-                           for row in block.rows)
+            rows = "".join(("<tr class=\"chosen\">" if i in block.highlight else "<tr>")
+                           + "".join(f"<td>{esc(_short('' if v is None else v))}</td>" for v in row) + "</tr>"
+                           for i, row in enumerate(block.rows))
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(block, Image):
             data = base64.b64encode(block.png).decode("ascii")

@@ -29,15 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from loguru import logger
 from tqdm.auto import tqdm
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.demos.dynamic import with_dynamic_demos
 from dspy_icl_opt.pipeline.config import PipelineConfig, dump_config
-from dspy_icl_opt.pipeline.data import build_program, load_data, resolve_metric
+from dspy_icl_opt.pipeline.data import build_program, check_program_fields, load_data, resolve_metric
 from dspy_icl_opt.pipeline.errors import ConfigError, LMOutage, LMProblem, at
 from dspy_icl_opt.pipeline.evaluate import EvalResult, eval_identity, evaluate_program
-from dspy_icl_opt.pipeline.registry import lookup, run_step, step_error
+from dspy_icl_opt.pipeline.registry import lookup, run_step, step_error, step_params
 from dspy_icl_opt.search.faults import RunInterrupted
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, OptimizationReport, atomic_write_text
 
@@ -97,13 +97,57 @@ def _resolve(spec: Any, path: str) -> dspy.BaseLM:
 def prepare(config: PipelineConfig, task_lm: dspy.BaseLM | None = None,
             prompt_lm: dspy.BaseLM | None = None) -> Components:
     """Load data, build the program and metric, resolve the LMs (no LM call)."""
-    task = load_data(config)
-    program = build_program(config, task)
-    metric = resolve_metric(config, task)
+    task, program, metric = prepare_data(config)
     task_model, prompt_model = resolve_lms(config, task_lm, prompt_lm)
     logger.info("Task {}: {} train / {} val / {} test; program {}; task LM {}", task.name, len(task.train),
                 len(task.val), len(task.test), config.program.name, getattr(task_model, "model", task_model))
     return Components(task, program, metric, task_model, prompt_model)
+
+
+def prepare_data(config: PipelineConfig) -> tuple[Any, dspy.Module, Any]:
+    """The data, the program and the metric, checked against each other (no LM built, no LM call)."""
+    task = load_data(config)
+    program = build_program(config, task)
+    metric = resolve_metric(config, task)
+    check_program_fields(program, task, metric)  # a field the program does not output would score 0 everywhere
+    return task, program, metric
+
+
+def plan_pipeline(config: PipelineConfig) -> str:
+    """What each optimizer step of ``config`` plans to spend, as text, without building an LM or calling one.
+
+    Every step is planned for the starting program (a chain's later steps get the earlier steps' output,
+    which has the same predictors). A strategy that does not plan ahead (DemoSelector, DSPy's
+    optimizers) prints ``no plan``.
+    """
+    from dspy_icl_opt.pipeline.registry import build_optimizer
+
+    task, program, metric = prepare_data(config)
+    lines = [f"Dry run: {task.name}, {len(task.train)} train / {len(task.val)} val / {len(task.test)} test "
+             f"examples, program {config.program.name}; no LM is built or called."]
+    if config.evaluate.before or config.evaluate.after:
+        runs = int(config.evaluate.before) + int(config.evaluate.after)
+        lines.append(f"Held-out evaluation: {runs} x {len(eval_examples(config, task))} task-model calls at most "
+                     "(cached calls cost nothing).")
+    for index, step in enumerate(config.optimize):
+        entry = lookup(step.optimizer)
+        caps = {k: v for k, v in config.step_budget(step).model_dump().items() if v is not None}
+        head = f"[{index}] {entry.name} ({entry.class_name}), budget {caps or 'unlimited'}:"
+        if entry.family != "ours":
+            lines += [head, "  no plan (DSPy's optimizers are counted, not planned)"]
+            continue
+        try:
+            built = build_optimizer(entry, params_of(config, index, step), metric=metric, task_lm=None,
+                                    prompt_lm=None, budget=config.step_budget(step), seed=config.seed,
+                                    num_threads=config.num_threads, log_dir=None, progress=False)
+            plan = built.optimizer.plan(program, trainset=list(task.train), valset=list(task.val) or None)
+        except NotImplementedError:
+            lines += [head, f"  no plan ({entry.class_name} does not plan its search ahead)"]
+            continue
+        except (ValueError, TypeError) as exc:
+            raise step_error(f"optimize[{index}]", entry, exc) from None
+        lines += [head, *("  " + line for line in plan.render().splitlines())]
+    return "\n".join(lines)
 
 
 def eval_examples(config: PipelineConfig, task: Any) -> list[dspy.Example]:
@@ -227,6 +271,8 @@ def run_pipeline(config: PipelineConfig, *, task_lm: dspy.BaseLM | None = None,
     out = Path(output or config.output)
     check_output(out, config, fresh=fresh)
     check_storages(config)  # before any LM call: a study that cannot be opened must not waste the "before" evaluation
+    for index, step in enumerate(config.optimize):  # a temperature set twice is refused before any LM call
+        params_of(config, index, step)
     comps = prepare(config, task_lm, prompt_lm)
     check_inputs(out, comps)
     claim_output(out, config, comps)
@@ -322,7 +368,7 @@ def _one_step(config: PipelineConfig, comps: Components, index: int, step: Any, 
         return loaded, OptimizationReport.load(step_dir / REPORT_FILE), read_json(marker)
     logger.info("Step {}: {} ({})", index, entry.name, entry.class_name)
     try:
-        result = run_step(entry, step.params, student=program, trainset=list(comps.task.train), valset=valset,
+        result = run_step(entry, params_of(config, index, step), student=program, trainset=list(comps.task.train), valset=valset,
                           metric=comps.metric, task_lm=comps.task_lm, prompt_lm=comps.prompt_lm,
                           budget=config.step_budget(step), seed=config.seed, num_threads=config.num_threads,
                           log_dir=step_dir, progress=progress)
@@ -332,6 +378,12 @@ def _one_step(config: PipelineConfig, comps: Components, index: int, step: Any, 
     record = step_record(index, entry, result.report, result.seconds, step_dir.relative_to(step_dir.parents[1]))
     write_json(marker, record)
     return result.program, result.report, record
+
+
+def params_of(config: PipelineConfig, index: int, step: Any, where: str = "optimize") -> dict[str, Any]:
+    """The step's params as the optimizer gets them: ``lm.prompt.temperature``, when set, wins (see ``step_params``)."""
+    temperature = config.lm.prompt.temperature if config.lm.prompt is not None else None
+    return step_params(lookup(step.optimizer), step.params, temperature, f"{where}[{index}]")
 
 
 def check_calls_answered(where: str, report: OptimizationReport) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 import dspy
 from dspy.teleprompt import Teleprompter
 from dspy.utils.exceptions import AdapterParseError
-from loguru import logger
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
@@ -35,6 +35,7 @@ from dspy_icl_opt.search.plan import SearchPlan, Shape
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
 from dspy_icl_opt.search.scorer import Metric, Outcome, Scorer, example_key
 from dspy_icl_opt.search.surgery import ProgramState, named_predictors, read_state
+from dspy_icl_opt.search.tracking import log_compile
 
 #: Hex characters kept of a SHA-256 digest: plenty to tell runs apart, short enough to read.
 _DIGEST_CHARS = 16
@@ -121,7 +122,8 @@ class SearchContext:
         self.initial_state = read_state(student)
         self.scorer = Scorer(student, optimizer.metric, task_lm=task_lm, meter=meter, journal=journal,
                              counters=report.counters, num_threads=optimizer.num_threads,
-                             failure_score=optimizer.failure_score, progress=optimizer.progress)
+                             failure_score=optimizer.failure_score, progress=optimizer.progress,
+                             name=type(optimizer).__name__, steps=lambda: self.plan.steps if self.plan else None)
         self._by_key: dict[str, CandidateRecord] = {}
         self._t0 = time.perf_counter()
         #: how many of the valset's examples the final choice uses (the plan may cut them to fit the cap)
@@ -487,7 +489,9 @@ class ICLOptimizer(Teleprompter):
         finally:
             ctx.plan_against_spending()
             ctx.checkpoint()
-        return self._finish(ctx)
+        program = self._finish(ctx)
+        log_compile(self, ctx.report, program)  # MLflow, when mlflow.dspy.autolog(log_compiles=True) is on
+        return program
 
     def _split(self, trainset: list[dspy.Example], valset: list[dspy.Example] | None,
                student: dspy.Module) -> tuple[list[dspy.Example], list[dspy.Example]]:

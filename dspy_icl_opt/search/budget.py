@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dspy
-from loguru import logger
 from dspy.utils.usage_tracker import UsageTracker
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.search.faults import FaultMonitor, is_fault, mark_unit
 
 try:  # DSPy 3.4 marks the message-dict call an adapter owns, so that it alone skips a deprecation warning.

@@ -15,8 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
-
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.search.budget import Cost
 
 JOURNAL_FILE = "journal.jsonl"

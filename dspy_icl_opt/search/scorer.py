@@ -17,6 +17,7 @@ import contextvars
 import hashlib
 import json
 import math
+import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +26,9 @@ from typing import Any
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError
-from loguru import logger
 from tqdm.auto import tqdm
 
+from dspy_icl_opt._log import logger
 from dspy_icl_opt.search.budget import BudgetExhausted, BudgetMeter, MeteredLM, collect_cost
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.journal import Journal
@@ -81,6 +82,33 @@ def metric_value(result: Any) -> float:
     return value
 
 
+_LABEL_WORDS = {"search": "search set", "train": "training set", "val": "validation", "eval": "evaluation",
+                "bootstrap": "bootstrapping demos", "procedure": "the procedure"}
+
+
+def progress_label(desc: str, n: int, *, name: str = "", steps: int | None = None) -> str:
+    """A scoring bar's label in words: ``"step3 #5"`` -> ``"OPRO step 3/6: scoring candidate 5 on 8 examples"``.
+
+    Example:
+        >>> progress_label("step3 #5", 8, name="OPRO", steps=6)
+        'OPRO step 3/6: scoring candidate 5 on 8 examples'
+        >>> progress_label("bandit_round2 #4", 1)
+        'bandit round 2: scoring candidate 4 on 1 example'
+        >>> progress_label("val #0", 10, name="APO")
+        'APO validation: scoring candidate 0 on 10 examples'
+    """
+    what, _, candidate = desc.partition(" #")
+    words = []
+    for token in what.replace("_", " ").split():
+        match = re.fullmatch(r"([a-z]+)(\d+)", token)
+        words += [match.group(1), match.group(2)] if match and match.group(1) not in _LABEL_WORDS else [token]
+    phrase = _LABEL_WORDS.get(" ".join(words), " ".join(words))
+    if steps and len(words) >= 2 and words[-2] in ("step", "round") and words[-1].isdigit():
+        phrase = f"{phrase}/{steps}"
+    scoring = f"scoring candidate {candidate}" if candidate.isdigit() else "scoring"
+    return f"{name + ' ' if name else ''}{phrase}: {scoring} on {n} example{'s' if n != 1 else ''}"
+
+
 class Scorer:
     """Evaluates program states of one student with one metric, through the metered task LM.
 
@@ -94,11 +122,15 @@ class Scorer:
         num_threads: examples evaluated in parallel.
         failure_score: the score of an example whose program or metric raised.
         progress: show a progress bar for evaluations of more than a few examples.
+        name: the strategy's name, first in the progress labels ("OPRO step 2/6: scoring candidate 5 ...").
+        steps: the planned number of steps, when known (read when a bar starts).
     """
 
     def __init__(self, student: dspy.Module, metric: Metric, *, task_lm: MeteredLM, meter: BudgetMeter,
                  journal: Journal, counters: Counters, num_threads: int = 1, failure_score: float = 0.0,
-                 progress: bool = True) -> None:
+                 progress: bool = True, name: str = "", steps: Callable[[], int | None] | None = None) -> None:
+        self.name = name
+        self.steps = steps
         self.student = student
         self.metric = metric
         self.task_lm = task_lm
@@ -173,7 +205,8 @@ class Scorer:
     def _run_missing(self, program: dspy.Module, names: dict[int, str], examples: Sequence[dspy.Example],
                      keys: list[str], todo: list[int], results: list[Outcome | None], desc: str) -> None:
         exhausted: list[BudgetExhausted | RunInterrupted] = []
-        bar = tqdm(total=len(todo), desc=desc, disable=not self.progress or len(todo) < _MIN_ITEMS_FOR_A_BAR,
+        label = progress_label(desc, len(todo), name=self.name, steps=self.steps() if self.steps else None)
+        bar = tqdm(total=len(todo), desc=label, disable=not self.progress or len(todo) < _MIN_ITEMS_FOR_A_BAR,
                    leave=False)
 
         def one(i: int) -> None:

@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level="INFO")
+    from dspy_icl_opt.pipeline.cli import setup_logging  # the library logs through `logging`, quiet by default
+
+    setup_logging("INFO")
     engine = LlamaCppEngine(args.model or ensure_embedded_model(), n_ctx=args.n_ctx, n_threads=args.n_threads)
     llama = engine.llama  # Loads the model once; all three arms use this instance.
     prompts = build_prompts(args.prompts)

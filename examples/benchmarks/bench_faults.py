@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -206,7 +207,8 @@ def _quiet_main(argv: list[str]) -> tuple[int, str]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = main(argv)
-    logger.remove()  # main() installed its own handler
+    logger.remove()
+    logging.getLogger("dspy_icl_opt").handlers.clear()  # main() installed its own handler
     return code, err.getvalue()
 
 

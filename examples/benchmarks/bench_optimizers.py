@@ -29,7 +29,7 @@ from loguru import logger
 
 from dspy_icl_opt.lm import resolve_lm
 from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM
-from programs import load_task, make_program
+from dspy_icl_opt.programs import load_task, make_program
 
 #: DSPy optimizers cannot be capped from outside without corrupting their scores, so they are sized:
 COPRO_BREADTH = 4
@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level="INFO")
+    from dspy_icl_opt.pipeline.cli import setup_logging  # the library logs through `logging`, quiet by default
+
+    setup_logging("INFO")
     task_lm = resolve_lm(args.lm, temperature=0.0, max_tokens=256, cache=False)
     prompt_lm = resolve_lm(args.lm, temperature=1.0, max_tokens=400, cache=False)
     done, commit = _read_rows(args.out), _commit()  # the code this process imported

@@ -7,7 +7,6 @@ from typing import Any
 
 import dspy
 import pytest
-from loguru import logger
 
 from dspy_icl_opt.testing import planted_rule_task, simulated_task_lm, toy_metric
 
@@ -80,9 +79,27 @@ def neighbour_task() -> NeighbourTask:
 
 
 @pytest.fixture
-def warnings_logged():
-    """Messages loguru logs at WARNING or above during the test."""
-    messages: list[str] = []
-    handler = logger.add(lambda message: messages.append(message.record["message"]), level="WARNING")
-    yield messages
-    logger.remove(handler)
+def warnings_logged(caplog):
+    """Messages dspy_icl_opt logs at WARNING or above during the test (read when used)."""
+    caplog.set_level("WARNING", logger="dspy_icl_opt")
+
+    class Messages:
+        def _all(self):
+            return [r.getMessage() for r in caplog.records if r.levelno >= 30]
+
+        def __iter__(self):
+            return iter(self._all())
+
+        def __len__(self):
+            return len(self._all())
+
+        def __getitem__(self, i):
+            return self._all()[i]
+
+        def __eq__(self, other):
+            return self._all() == other
+
+        def __repr__(self):
+            return repr(self._all())
+
+    return Messages()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dspy
 import optuna
 import pytest
@@ -152,6 +154,33 @@ def test_knn_is_chosen_at_inference_time_and_survives_save_and_load(neighbour_ta
         for copy in (loaded, pickled):
             assert [copy(question=ex.question).answer for ex in neighbour_task.val] == [
                 ex.answer for ex in neighbour_task.val]
+    assert all(len(call.view.demos) <= 2 for call in lm.engine.calls)
+
+
+def test_a_saved_knn_program_refuses_a_plain_load_instead_of_showing_the_whole_pool(neighbour_task, tmp_path):
+    """Issue 16, item 6: the same file behaves the same wherever it loads, or does not load."""
+    from dspy_icl_opt.demos import with_dynamic_demos
+    from dspy_icl_opt.demos.dynamic import PLAIN_LOAD_REFUSAL
+
+    _, program = select(neighbour_task, max_demos=2, n_trials=6, strategies=("knn",), seed=0)
+    assert isinstance(program, DynamicPredict)
+    path = tmp_path / "program.json"
+    program.save(str(path))
+    plain = neighbour_task.program()
+    before = plain.dump_state()
+    with pytest.raises(ValueError, match=re.escape(PLAIN_LOAD_REFUSAL)):
+        plain.load(str(path))
+    assert plain.dump_state() == before  # refused before anything changed
+    loaded = with_dynamic_demos(neighbour_task.program())
+    loaded.load(str(path))
+    assert [dict(d) for d in loaded.demos] == [dict(d) for d in program.demos] and not loaded.fields
+    loaded.save(str(tmp_path / "again.json"))  # and it saves the same way again
+    with pytest.raises(ValueError, match="with_dynamic_demos"):
+        neighbour_task.program().load(str(tmp_path / "again.json"))
+    lm = neighbour_task.lm()
+    with dspy.context(lm=lm):
+        assert [loaded(question=ex.question).answer for ex in neighbour_task.val] == [
+            program(question=ex.question).answer for ex in neighbour_task.val]
     assert all(len(call.view.demos) <= 2 for call in lm.engine.calls)
 
 
@@ -356,3 +385,21 @@ def test_the_labeled_teacher_leaves_a_taught_predictor_its_own_demos(two_teacher
     selector.compile(program, trainset=two_teachers.train, valset=two_teachers.val)
     views = bootstrap_views(lm, two_teachers.train)
     assert views and all([d.inputs["question"] for d in v.demos] == ["xyz"] for v in views)
+
+
+def test_bfsrs_argument_names_are_accepted_where_the_meaning_is_the_same():
+    """Drop-in for BootstrapFewShotWithRandomSearch (issue 16, item 9): its names work, the rest name our equivalent."""
+    metric = lambda example, prediction, trace=None: 1.0  # noqa: E731
+    selector = DemoSelector(metric, max_bootstrapped_demos=4, max_labeled_demos=16, num_candidate_programs=8,
+                            metric_threshold=0.5, num_threads=2)
+    assert (selector.max_demos, selector.n_trials, selector.bootstrap_threshold) == (16, 11, 0.5)
+    assert DemoSelector(metric, max_bootstrapped_demos=2, max_labeled_demos=0).max_demos == 2
+    assert DemoSelector(metric, max_labeled_demos=3).max_demos == 3
+    for key, value, equivalent in (("teacher_settings", {}, "compile(..., teacher=program)"),
+                                   ("max_rounds", 2, "bootstrap_max_calls"), ("max_errors", 5, "failure_score"),
+                                   ("stop_at_score", 0.9, "max_task_calls")):
+        with pytest.raises(TypeError, match=rf"^`{key}` \(a BootstrapFewShotWithRandomSearch argument\) has no "
+                                            rf"DemoSelector equivalent, but got {key}=.*{re.escape(equivalent)}"):
+            DemoSelector(metric, **{key: value})
+    with pytest.raises(ValueError, match="num_candidate_programs"):
+        DemoSelector(metric, num_candidate_programs=-1)

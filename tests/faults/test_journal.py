@@ -5,17 +5,24 @@ from __future__ import annotations
 import json
 
 import pytest
-from loguru import logger
-
 from dspy_icl_opt.search.journal import Journal
 
 
 @pytest.fixture
-def warnings():
-    messages: list[str] = []
-    handler = logger.add(lambda m: messages.append(str(m)), level="WARNING")
-    yield messages
-    logger.remove(handler)
+def warnings(caplog):
+    caplog.set_level("WARNING", logger="dspy_icl_opt")
+
+    class Messages:
+        def __iter__(self):
+            return iter([r.getMessage() for r in caplog.records if r.levelno >= 30])
+
+        def __len__(self):
+            return len(list(iter(self)))
+
+        def __getitem__(self, i):
+            return list(iter(self))[i]
+
+    return Messages()
 
 
 def test_a_record_after_a_torn_line_starts_a_new_line(tmp_path):

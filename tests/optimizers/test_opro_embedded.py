@@ -11,7 +11,7 @@ pytest.importorskip("llama_cpp")
 def test_opro_runs_on_the_embedded_model(tmp_path):
     from dspy_icl_opt.lm import resolve_lm
     from dspy_icl_opt.optimizers.opro import OPRO
-    from programs import load_task, make_program
+    from dspy_icl_opt.programs import load_task, make_program
 
     task = load_task("hyperbaton", seed=0, train_size=3, val_size=3, test_size=1)
     task_lm = resolve_lm("embedded", temperature=0.0, max_tokens=64, cache=False)

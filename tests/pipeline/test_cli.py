@@ -102,3 +102,21 @@ def test_an_lm_that_cannot_answer_exits_3(config_dict, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "language model problem" in err and "Traceback" not in err
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_dry_run_prints_each_steps_plan_without_building_an_lm(config_dict, tmp_path, capsys):
+    pytest.importorskip("dspy_icl_opt.optimizers.opro")
+    config_dict["lm"] = {"task": "embedded"}  # never built: a dry run loads no model
+    config_dict["optimize"] = [{"optimizer": "opro", "params": {"steps": 2}}, {"optimizer": "demos"},
+                               {"optimizer": "labeled"}]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config_dict), encoding="utf-8")
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "[0] opro (OPRO), budget {'max_task_calls': 200, 'max_prompt_calls': 20}:" in out
+    assert "OPRO plan: " in out and "projected" in out
+    assert "[1] demos (DemoSelector)" in out and "no plan (DemoSelector does not plan its search ahead)" in out
+    assert "[2] labeled (LabeledFewShot)" in out and "no plan (DSPy's optimizers" in out
+    assert not (tmp_path / "run").exists()
+    assert main(["compile", "--config", str(path), "--optimizer", "opro", "--param", "steps=1", "--dry-run"]) == 0
+    assert "OPRO plan: " in capsys.readouterr().out

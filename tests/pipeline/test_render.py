@@ -61,7 +61,8 @@ def test_html_report_shows_best_instruction_trajectory_and_budget(opro_run):
     page = parse(render_report(opro_run, fmt="html"))
     text = " ".join(page.text)
     assert PROPOSAL in page.pre  # the best instruction, verbatim
-    for expected in ("Best prompt per predictor", "Score trajectory", "Budget spent", "before", "after", "OPRO"):
+    for expected in ("Prompt of the returned program", "Candidates and their scores", "Program returned",
+                     "Plan and spending", "Budget spent", "before", "after", "OPRO"):
         assert expected in text
     assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
     assert base64.b64decode(page.images[0].split(",", 1)[1]).startswith(b"\x89PNG")
@@ -71,7 +72,8 @@ def test_markdown_report_writes_images_beside_it(opro_run, tmp_path):
     path = render_report(opro_run, fmt="md", out=tmp_path / "out" / "r.md")
     text = path.read_text()
     assert f"```text\n{PROPOSAL}\n```" in text
-    assert "![score by step](r_files/00_opro_trajectory.png)" in text
+    assert ("![search and validation scores by step, chosen candidate marked](r_files/00_opro_trajectory.png)"
+            in text)
     assert (tmp_path / "out" / "r_files" / "00_opro_trajectory.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -105,3 +107,77 @@ def test_report_of_a_dspy_step_says_it_was_counted_not_capped(config_dict, task_
 def test_report_of_a_directory_without_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="holds no summary.json, report.json"):
         render_report(tmp_path)
+
+
+# ------------------------------------------------- a report that tells the truth (issue 16, item 2)
+def _seed_wins_report():
+    """The issue's case: a proposal led on the train minibatch (0.6 vs 0.5) but the seed won on val (0.5 vs 0.3)."""
+    from dspy_icl_opt.search.report import CandidateRecord, OptimizationReport
+
+    seed = {"predictor": {"instruction": "Answer the question.", "demos": []}}
+    other = {"predictor": {"instruction": "Think hard, then answer.", "demos": []}}
+    report = OptimizationReport(optimizer="OPRO", params={"steps": 2, "positions": ["system"], "influence": None},
+                                seed=0, best_candidate=0, best_state=seed, steps_completed=2, finished=True)
+    report.candidates = [
+        CandidateRecord(id=0, step=0, origin="seed", state=seed, scores={"search": 0.5, "val": 0.5}),
+        CandidateRecord(id=1, step=1, origin="proposal", predictor="predictor", state=other,
+                        scores={"search": 0.6, "val": 0.3}),
+        CandidateRecord(id=2, step=2, origin="proposal", predictor="predictor", state=other | {},
+                        scores={"search": 0.4})]
+    report.extra["final_choice"] = {
+        "rule": "paired: mean gain > 0 and >= 1.5 standard errors over the start", "examples": 10, "start": 0,
+        "contenders": [{"candidate": 0, "val": 0.5, "gain": 0.0, "se": 0.0, "passed": False},
+                       {"candidate": 1, "val": 0.3, "gain": -0.2, "se": 0.13, "passed": False}], "chosen": 0}
+    report.extra["plan"] = {"steps": 2, "settings": {"candidates_per_step": 2},
+                            "phases": [{"name": "steps 1-2", "task_calls": 24, "prompt_calls": 2, "note": ""},
+                                       {"name": "final validation", "task_calls": 30, "prompt_calls": 0,
+                                        "note": ""}],
+                            "projected": {"task_calls": 54, "prompt_calls": 2}, "notes": ["finalists cut to 1"]}
+    return report
+
+
+def test_a_seed_that_wins_on_val_is_reported_as_returned_with_val_beside_the_search_scores(tmp_path):
+    report = _seed_wins_report()
+    report.save(tmp_path / "report.json")
+    text = render_report(tmp_path, fmt="md").read_text()
+    assert "Returned: the starting program, unchanged." in text
+    assert "val 0.500 for the returned program, 0.500 for the start" in text
+    assert ("| candidate | origin | what | search (search) | val | gain over start | std. error | passed | chosen |"
+            in text)
+    assert "| 0 | seed | Answer the question. | 0.500 | 0.500 | 0.000 | 0.000 | no | ★ chosen, start |" in text
+    assert "| 1 | proposal | Think hard, then answer. | 0.600 | 0.300 | -0.200 | 0.130 | no |  |" in text
+    assert "| id | step | origin | predictor | search | val | chosen | what |" in text
+    assert text.index("| 0 | 0 | seed |") < text.index("| 1 | 1 | proposal |")  # the chosen row first
+    assert "| projected in total | 54 | 2 |  |" in text and "Note: finalists cut to 1" in text
+    assert "| positions | system |" in text and "| influence | - |" in text  # no Python reprs
+
+
+def test_demo_selector_rows_say_k_pool_strategy_and_order(tmp_path):
+    from dspy_icl_opt.pipeline.render import _what
+    from dspy_icl_opt.search.report import CandidateRecord
+
+    record = CandidateRecord(id=3, step=3, origin="trial", state={"p": {"instruction": "same"}},
+                             meta={"choice": {"p": "k=2 bootstrapped/slots[2, 1] most_similar_last"}})
+    assert _what(record) == "k=2, pool bootstrapped, strategy slots[2, 1], order most_similar_last"
+
+
+def test_the_report_in_a_real_browser_shows_the_val_column_and_the_chosen_row(opro_run, tmp_path):
+    """Chromium renders the page; the rendered DOM and the screenshot are checked (skipped without Chromium)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "tools" / "check_report_in_browser.py"
+    spec = importlib.util.spec_from_file_location("check_report_in_browser", script)
+    checker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checker)
+    browser = checker.find_browser()
+    if browser is None:
+        pytest.skip("Chromium is not installed (.ci/run installs it)")
+    html = render_report(opro_run, fmt="html")
+    shot = tmp_path / "report.png"
+    assert checker.check_report(html, shot, browser=browser) == []
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    bare = tmp_path / "bare.html"  # the same page without the chosen row's highlight must fail
+    bare.write_text(html.read_text().replace('class="chosen"', ""), encoding="utf-8")
+    problems = checker.check_report(bare, tmp_path / "bare.png", browser=browser)
+    assert any("not drawn as chosen" in p for p in problems) and any("pixels" in p for p in problems)

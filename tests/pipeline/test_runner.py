@@ -129,3 +129,45 @@ def test_a_run_that_fails_to_start_does_not_claim_the_output_dir(config_dict, ta
         run_pipeline(bad, task_lm=task_lm, progress=False)
     assert not (tmp_path / "run" / "run.json").exists()
     assert run_pipeline(parse_config(config_dict), task_lm=task_lm, progress=False).summary["status"] == "complete"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_results_get_the_users_umask_like_program_json(config_dict, task_lm, tmp_path, umask):
+    import os
+    import stat
+
+    from dspy_icl_opt.pipeline.render import render_report
+
+    old = os.umask(umask)
+    try:
+        run_pipeline(parse_config(config_dict), task_lm=task_lm, progress=False)
+        html = render_report(tmp_path / "run", fmt="html")
+    finally:
+        os.umask(old)
+    out = tmp_path / "run"
+    expected = 0o666 & ~umask
+    for path in (out / "report.json", out / "summary.json", out / "summary.md", out / "program.json", html,
+                 out / "steps/00-labeled/report.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, (path.name, oct(path.stat().st_mode))
+
+
+def test_the_configured_prompt_temperature_wins_over_the_strategys_default(config_dict, task_lm, prompt_lm):
+    """Issue 16, item 5: lm.prompt.temperature 0.8 is what the prompt model samples at, not OPRO's 1.0."""
+    config_dict["lm"] = {"prompt": {"model": "embedded", "temperature": 0.8}}
+    config_dict["optimize"] = [{"optimizer": "opro", "params": {"steps": 1, "candidates_per_step": 2}}]
+    result = run_pipeline(parse_config(config_dict), task_lm=task_lm, prompt_lm=prompt_lm, progress=False)
+    assert result.reports[-1].params["temperature"] == 0.8
+    sampled = {r.config.temperature for r in prompt_lm.engine.requests}
+    assert sampled == {0.8}, sampled
+
+
+def test_a_step_temperature_that_contradicts_the_configured_one_is_refused(config_dict, task_lm, prompt_lm, tmp_path):
+    config_dict["lm"] = {"prompt": {"model": "embedded", "temperature": 0.8}}
+    config_dict["optimize"] = [{"optimizer": "opro", "params": {"temperature": 1.0}}]
+    with pytest.raises(ConfigError, match=r"optimize\[0\]\.params\.temperature: must equal lm\.prompt\.temperature "
+                                          r"\(0\.8\) when both are set, but got 1\.0"):
+        run_pipeline(parse_config(config_dict), task_lm=task_lm, prompt_lm=prompt_lm, progress=False)
+    assert task_lm.engine.call_count == 0 and prompt_lm.engine.call_count == 0
+    config_dict["optimize"] = [{"optimizer": "opro", "params": {"temperature": 0.8, "steps": 1}}]
+    assert run_pipeline(parse_config(config_dict), task_lm=task_lm, prompt_lm=prompt_lm, progress=False,
+                        fresh=True).reports[-1].params["temperature"] == 0.8

@@ -3,7 +3,7 @@
 import dspy
 import pytest
 
-from programs.tasks import load_task
+from dspy_icl_opt.programs.tasks import load_task
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["programs", "programs.metrics", "programs.programs", "programs.tasks"]
+MODULES = ["dspy_icl_opt.programs", "dspy_icl_opt.programs.metrics", "dspy_icl_opt.programs.programs",
+           "dspy_icl_opt.programs.tasks"]
 
 
 @pytest.mark.parametrize("name", MODULES)

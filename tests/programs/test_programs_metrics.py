@@ -3,7 +3,7 @@
 import dspy
 import pytest
 
-from programs.metrics import (
+from dspy_icl_opt.programs.metrics import (
     choice_match,
     exact_match,
     format_options,

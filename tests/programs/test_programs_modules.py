@@ -10,8 +10,8 @@ from dspy_icl_opt.testing import (
     rule_in_instruction,
     simulated_task_lm,
 )
-from programs import QAProgram, TwoStepProgram, make_program, qa_program, two_step_program
-from programs.programs import CHOICE_INSTRUCTIONS, QA_INSTRUCTIONS
+from dspy_icl_opt.programs import QAProgram, TwoStepProgram, make_program, qa_program, two_step_program
+from dspy_icl_opt.programs.programs import CHOICE_INSTRUCTIONS, QA_INSTRUCTIONS
 
 CHOICE_RULE = "exact text of the correct option"
 """A phrase of the default multiple-choice instruction: the fake solves only when it is there."""

@@ -7,9 +7,9 @@ import socket
 import dspy
 import pytest
 
-from programs import TASKS, choice_match, exact_match, load_jsonl_task, load_task, metric_for, task_names
-from programs.metrics import parse_options
-from programs.tasks import DATA_DIR, DEFAULT_TEST_CAP, DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE
+from dspy_icl_opt.programs import TASKS, choice_match, exact_match, load_jsonl_task, load_task, metric_for, task_names
+from dspy_icl_opt.programs.metrics import parse_options
+from dspy_icl_opt.programs.tasks import DATA_DIR, DEFAULT_TEST_CAP, DEFAULT_TRAIN_SIZE, DEFAULT_VAL_SIZE
 
 EXPECTED_TASKS = {
     "date_understanding",

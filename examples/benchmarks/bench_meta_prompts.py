@@ -110,7 +110,7 @@ def answer_rates(lm: dspy.BaseLM, signature: type[dspy.Signature], inputs: dict[
 
 def measure(lm: dspy.BaseLM, task_name: str = "date_understanding", tries: int = 20) -> dict[str, tuple[float, float]]:
     """Per meta-prompt: (share parsed, share usable)."""
-    from programs import load_task, make_program
+    from dspy_icl_opt.programs import load_task, make_program
 
     task = load_task(task_name, seed=0, train_size=8, val_size=2, test_size=2)
     program = make_program("qa", task)

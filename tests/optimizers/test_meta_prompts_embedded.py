@@ -37,7 +37,7 @@ def test_the_probe_counts_usable_answers_with_the_strategies_checks():
     from dspy_icl_opt.testing import format_chat_reply, scripted_lm
 
     bench = _bench()
-    from programs import load_task, make_program
+    from dspy_icl_opt.programs import load_task, make_program
 
     task = load_task("date_understanding", seed=0, train_size=8, val_size=2, test_size=2)
     signature, inputs, check = bench.probes(task, make_program("qa", task))["ABO LocateFailingStep"]

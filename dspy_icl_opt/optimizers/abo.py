@@ -280,6 +280,7 @@ class _PredictorRun:
         self.opt, self.ctx, self.name, self.examples, self.first_step = opt, ctx, name, examples, first_step
         signature = predictor.signature
         self.reasoning = reasoning_field(signature)
+        self.start = base  # this predictor as the run found it (before any field is added)
         if self.reasoning is None and opt.add_reasoning and ADDED_REASONING not in signature.fields:
             self.reasoning = ADDED_REASONING  # room to follow the steps; kept in the compiled state
             base = base.replace(name, base[name].with_reasoning_field(ADDED_REASONING))
@@ -303,8 +304,7 @@ class _PredictorRun:
     def run(self) -> ProgramState:
         """The best state for this predictor on the search set: a procedure (and demonstration), or the start."""
         ctx = self.ctx
-        self.seed = ctx.add_candidate(ctx.initial_state if self._unchanged() else self.base, step=self.first_step,
-                                      origin="seed", predictor=self.name)
+        self.seed = ctx.add_candidate(self.start, step=self.first_step, origin="seed", predictor=self.name)
         contenders = [self.seed]
         if self.format:
             pstate = self.base[self.name]
@@ -332,10 +332,6 @@ class _PredictorRun:
         best = ctx.best_by([*contenders, *(arm.record for arm in self.arms)], SEARCH)
         ctx.set_best(best)
         return ctx.state_of(best)
-
-    def _unchanged(self) -> bool:
-        return self.base.key() == self.ctx.initial_state.key() or self.base[self.name] == \
-            self.ctx.initial_state[self.name].with_reasoning_field(ADDED_REASONING)
 
     # ------------------------------------------------------------------------------------ Step 0
     def _initial_beam(self) -> list[_Arm]:

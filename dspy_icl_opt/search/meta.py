@@ -21,6 +21,7 @@ _NUMBERED = re.compile(r"^\s*(?:[-*\u2022]\s*)?(?:\*\*)?(?:step|reason|instructi
                        r"(?:\*\*)?\s*(.*)$", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*[-*\u2022]\s+(.+)$")
 _INT = re.compile(r"(?<![\d.])(\d{1,3})(?![\d])")
+_LABEL = re.compile(r"^[\W_]*[\w ]{1,30}?:\s*")
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
 
 
@@ -48,7 +49,12 @@ class MetaPromptAdapter(ChatAdapter):
             found.update(labelled)
             missing = [name for name in outputs if name not in found]
             leading = before if labelled else leading  # only unlabelled text before the labels is left over
-        if len(missing) == 1 and leading.strip():
+        if len(missing) == 1 and missing[0] == outputs[-1] and len(outputs) > 1 and found.get(outputs[-2]):
+            # the last marker forgotten (or cut off by max_tokens): the field before it usually ends with
+            # the value, as its last line ("Final answer: 04/12/1986")
+            last = [line.strip() for line in found[outputs[-2]].splitlines() if line.strip()][-1]
+            found[missing[0]] = _LABEL.sub("", last, count=1).strip() or last
+        elif len(missing) == 1 and leading.strip():
             found[missing[0]] = leading.strip()
         elif len(missing) == 1 and len(outputs) == 1:
             found[missing[0]] = (completion or "").strip()

@@ -15,6 +15,8 @@ from dspy_icl_opt.search.meta import MetaPromptAdapter, first_number_in, numbere
     ("**Reason:** it miscounted\nand more\nFailing step: Step 3",
      {"reason": "it miscounted\nand more", "failing_step": "Step 3"}),
     ("It skipped a day.\nFailing step: 2", {"reason": "It skipped a day.", "failing_step": "2"}),
+    ("[[ ## reason ## ]]\nit skipped a day\nFailing step: 2", {"reason": "it skipped a day\nFailing step: 2",
+                                                               "failing_step": "2"}),  # the last marker forgotten
     ("[[ ## failing_step ## ]]\n2", None),  # the reason is nowhere
     ("Failing step: 9", None),
     ("no idea", None),

@@ -251,9 +251,8 @@ class ABO(ICLOptimizer):
         plan = ctx.plan
         examples = [ctx.trainset[i] for i in search_subset(len(ctx.trainset), plan.settings["search_examples"],
                                                             self.seed)]
-        held = validation_calls(plan.shape, plan.settings["finalists"], plan.settings["validation_examples"])
         state = ctx.initial_state
-        with ctx.search_phase(validation_calls=held):
+        with ctx.search_phase(validation_calls=plan.held_back):
             for index, (name, predictor) in enumerate(ctx.predictors):
                 run = _PredictorRun(self, ctx, name, predictor, state, examples,
                                     first_step=index * (max(plan.steps, self.rounds or 0) + 1))

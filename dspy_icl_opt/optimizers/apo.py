@@ -279,9 +279,8 @@ class APO(ICLOptimizer):
         ctx.set_best(seed)
         ctx.report.extra["beams"] = [{"round": 0, "beam": [seed.id]}]
         ctx.report.extra["gradients"] = run.gradients
-        held = validation_calls(plan.shape, plan.settings["finalists"], plan.settings["validation_examples"])
         beam = [seed]
-        with ctx.search_phase(validation_calls=held):
+        with ctx.search_phase(validation_calls=plan.held_back):
             beam = self._first_beam(ctx, run, seed)
             ctx.checkpoint(0)
             round_index = 0

@@ -276,8 +276,7 @@ class OPRO(ICLOptimizer):
         run.per_step = plan.settings["candidates_per_step"]
         run.search = search_subset(len(ctx.trainset), plan.settings["search_examples"], self.seed)
         run.summaries = {name: data_summary(p, ctx.trainset) for name, p in ctx.predictors}
-        held = validation_calls(plan.shape, plan.settings["finalists"], plan.settings["validation_examples"])
-        with ctx.search_phase(validation_calls=held):
+        with ctx.search_phase(validation_calls=plan.held_back):
             self._steps(ctx, run)
         self._choose_final(ctx, run, plan.settings["finalists"])
 

@@ -88,6 +88,11 @@ class SearchPlan:
     def prompt_calls(self) -> int:
         return sum(p.prompt_calls for p in self.phases)
 
+    @property
+    def held_back(self) -> int:
+        """Task calls held back for the final validation of the start and the finalists."""
+        return validation_calls(self.shape, self.settings["finalists"], self.settings["validation_examples"])
+
     def to_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer, "shape": asdict(self.shape), "steps": self.steps,
                 "settings": dict(self.settings), "phases": [asdict(p) for p in self.phases],

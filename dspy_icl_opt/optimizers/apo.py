@@ -475,16 +475,17 @@ class APO(ICLOptimizer):
     def _round_bandit(self, ctx: SearchContext, run: _Run, pool: list[CandidateRecord],
                       round_: int) -> BestArmIdentifier:
         """The round's bandit; a last, partial round gets a budget the task calls left can pay (the parents'
-        pairs are cached, so the nominal budget counts them on top of the children's)."""
+        pairs are cached, so the nominal budget counts them on top of the children's). The UCB family keeps
+        its schedule: a budget that ends inside it ends the search."""
         remaining = ctx.meter.remaining_calls("task")
         per_round = ctx.plan.settings["evaluations_per_round"]
-        if remaining is None or per_round is None or remaining >= per_round:
+        if (remaining is None or per_round is None or remaining >= per_round
+                or self.evaluator in ("ucb", "ucb-e")):
             return run.bandit
         children = max(1, sum(1 for r in pool if r.step == round_))
         nominal = max(1, int(0.9 * remaining * len(pool) / children) // len(ctx.predictors))
         logger.info("APO: a partial round on the {} task calls left", remaining)
-        return make_bandit(self.evaluator, eval_rounds=1, eval_prompts_per_round=1, samples_per_eval=nominal,
-                           c=self.c) if self.evaluator not in ("ucb", "ucb-e") else run.bandit
+        return make_bandit(self.evaluator, eval_rounds=1, eval_prompts_per_round=1, samples_per_eval=nominal, c=self.c)
 
     def _choose_final(self, ctx: SearchContext, run: _Run, beam: list[CandidateRecord]) -> None:
         """The final beam (and, when it holds the start, the next best of the last round) against the start."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import dspy
 
@@ -84,13 +83,3 @@ def format_instruction(instruction: str, spaces: dict[str, str]) -> str | None:
     sentence = format_sentence(spaces)
     return f"{instruction.rstrip()}\n\n{sentence}" if instruction.strip() else sentence
 
-
-def describe_failure_format(outcome_error: str | None, raw: Any, fields: Sequence[str]) -> str | None:
-    """For an answer the adapter could not parse: what the model wrote and what was expected."""
-    if not outcome_error or not outcome_error.startswith("parse"):
-        return None
-    text = " ".join(str(raw or "").split())
-    if len(text) > 300:
-        text = text[:300] + " ..."
-    expected = ", ".join(f"`{f}`" for f in fields)
-    return f"the model wrote {text!r}, which could not be read as the output field(s) {expected}"

@@ -368,7 +368,8 @@ class OPRO(ICLOptimizer):
         ctx.report.extra["trajectory"] = {n: [e.to_dict() for e in t] for n, t in run.trajectories.items()}
         ctx.report.extra["dropped_proposals"] = dict(run.dropped)
         ctx.report.extra["positions"] = self._position_summary(run)
-        logger.info("OPRO step {}/{}: {} new candidate(s); best train score {:.3f}", step, self.steps,
+        planned = self.steps or (ctx.plan.steps if ctx.plan is not None else "?")  # a budget-driven run may go past
+        logger.info("OPRO step {} (planned {}): {} new candidate(s); best train score {:.3f}", step, planned,
                     len(records), run.best.scores.get("train", 0.0) if run.best else 0.0)
         ctx.checkpoint(step)
 

@@ -37,13 +37,14 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
 #: The demo: a clear held-out gain for the embedded 0.5B model in a few minutes on 2 CPU cores. The project's
 #: figures (BENCHMARKS.md, five splits of date_understanding, 10 train / 10 val / 50 test) show demonstrations
 #: lifting date_understanding by about 35 points (DemoSelector 0.68-0.82 and BFSRS 0.70-0.82 against 0.34-0.46
-#: zero-shot, about 61 task calls each), while instruction search moved it by 8-20 points at best and hyperbaton,
-#: the earlier demo task, by nothing. So: DemoSelector on date_understanding, with the labeled pool only (for a
-#: one-step QA program a bootstrapped demo is a labeled example the model already answers, bought with calls)
-#: and three trials: zero-shot (the start), the largest labeled set (k=4), one set sampled by the search. Each
-#: trial is scored on the whole valset, so the final choice costs no further call: at most 3 x 20 = 60 task
-#: calls of search, then 2 x 50 test calls. 20 validation examples let a real gain pass the paired final
-#: choice (1.5 standard errors); 50 test examples put the gain's standard error near 9 points.
+#: zero-shot, about 61 task calls each), while instruction search moved it by 8-22 points, and no method
+#: lifted hyperbaton, the earlier demo task, on average. So: DemoSelector on date_understanding, with the
+#: labeled pool only (for a one-step QA program a bootstrapped demo is a labeled example the model already
+#: answers, bought with calls) and three trials: zero-shot (the start), the largest labeled set (k=4), one
+#: set sampled by the search. Each trial is scored on the whole valset, so the final choice costs no further
+#: call: at most 3 x 20 = 60 task calls of search, then 2 x 50 test calls. Those figures predate the paired
+#: final choice (a finalist must beat the start by 1.5 standard errors); 20 validation examples, not 10, let
+#: a gain of that size pass it. 50 test examples put the gain's standard error near 9 points.
 DEMO_TASK = "date_understanding"
 DEMO_OPTIMIZER = "demos"
 DEMO_SIZES = {"train_size": 10, "val_size": 20, "test_size": 50}

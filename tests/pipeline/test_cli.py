@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from dspy_icl_opt.pipeline import parse_config, run_pipeline
-from dspy_icl_opt.pipeline.errors import ConfigError
 from dspy_icl_opt.pipeline.cli import (
     DEMO_LM,
     DEMO_SIZES,
@@ -22,6 +21,7 @@ from dspy_icl_opt.pipeline.cli import (
     demo_config,
     main,
 )
+from dspy_icl_opt.pipeline.errors import ConfigError
 from dspy_icl_opt.programs import load_task
 from dspy_icl_opt.programs.metrics import parse_options
 from dspy_icl_opt.testing import correct_demos, format_chat_reply, scripted_lm, simulated_task_lm
@@ -194,7 +194,7 @@ def test_the_demo_gains_on_held_out_data_and_says_what_changed_and_why(tmp_path,
 
 
 def test_the_demo_with_labeled_says_it_did_not_validate(tmp_path, capsys):
-    task_lm, _, summary = _demo(tmp_path, "--optimizer", "labeled")
+    _, _, summary = _demo(tmp_path, "--optimizer", "labeled")
     out = capsys.readouterr().out
     assert summary["spent"]["task"]["calls"] == 0 and summary["after"]["score"] > summary["before"]["score"]
     assert "what changed: the program now shows 4 worked examples; the instruction is unchanged" in out

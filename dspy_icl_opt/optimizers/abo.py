@@ -94,6 +94,8 @@ MIN_ROUNDS = 3
 UNCAPPED_ROUNDS = 2
 #: The plan keeps the search set at least this large before it writes fewer procedures.
 PREFERRED_SEARCH_EXAMPLES = 16
+#: Procedures are sampled at this temperature when neither ABO nor the prompt LM sets one (varied drafts).
+DEFAULT_TEMPERATURE = 1.0
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,9 @@ class ABO(ICLOptimizer):
         demonstration: use instruction-following demonstrations; ``False`` is the paper's ablation
             (the procedure plus "Follow the steps strictly.", no demo). Default True.
         beam_size: procedures kept after Step 0 and refined side by side. Default 1.
-        temperature: prompt-model temperature when writing procedures and sub-steps. Default 1.0.
+        temperature: prompt-model temperature when writing procedures and sub-steps; ``None``
+            (default): the prompt LM's own temperature when it was built with one, else 1.0. The
+            report's ``params`` say which was used.
         add_reasoning: give a predictor without a reasoning output one (default True).
         format_candidate: let the data-grounded format candidate compete and end procedures with the
             answer format the labels use (default True).
@@ -157,10 +161,12 @@ class ABO(ICLOptimizer):
         >>> [(r["round"], r["histogram"], r["kept"]) for r in abo.report_.extra["rounds"]]  # doctest: +SKIP
     """
 
+    default_temperature = DEFAULT_TEMPERATURE
+
     def __init__(self, metric: Metric, *, prompt_model: dspy.BaseLM | None = None,
                  task_model: dspy.BaseLM | None = None, num_candidates: int = 4, rounds: int | None = None,
                  minibatch_size: int = 32, errors_per_round: int = 8, demonstration: bool = True,
-                 beam_size: int = 1, temperature: float = 1.0, add_reasoning: bool = True,
+                 beam_size: int = 1, temperature: float | None = None, add_reasoning: bool = True,
                  format_candidate: bool = True, final_candidates: int = 2, **common: Any) -> None:
         super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **common)
         check_int("num_candidates", num_candidates, minimum=1, hint="Ask for at least one initial procedure.")
@@ -181,14 +187,15 @@ class ABO(ICLOptimizer):
                 raise TypeError(f"`{name}` must be True or False, but got {value!r}."
                                 + (" Pass demonstration=False for the paper's no-demonstration ablation."
                                    if name == "demonstration" else ""))
-        check_number("temperature", temperature, minimum=0, hint="Try 1.0.")
+        if temperature is not None:
+            check_number("temperature", temperature, minimum=0, hint="Try 1.0, or None for the prompt LM's own.")
         self.num_candidates = num_candidates
         self.rounds = rounds
         self.minibatch_size = minibatch_size
         self.errors_per_round = errors_per_round
         self.demonstration = demonstration
         self.beam_size = beam_size
-        self.temperature = float(temperature)
+        self.temperature = None if temperature is None else float(temperature)
         self.add_reasoning = add_reasoning
         self.format_candidate = format_candidate
         self.final_candidates = final_candidates
@@ -380,7 +387,7 @@ class _PredictorRun:
         shown = "\n\n".join(f"Example {i}:\n{format_fields(demo_to_dict(ex.inputs()))}\n"
                              f"{format_fields(demo_to_dict(ex.labels()))}" for i, ex in enumerate(examples, start=1))
         answer = self._ask(WriteProcedure, f"{self.key}/round0/candidate{k}/procedure",
-                           temperature=self.opt.temperature, task=self.task, examples=shown,
+                           temperature=self.ctx.temperature, task=self.task, examples=shown,
                            validate=lambda a: Procedure.parse(a.procedure) is not None)
         return None if answer is None else Procedure.parse(answer.procedure)
 
@@ -544,7 +551,7 @@ class _PredictorRun:
     def _split(self, arm: _Arm, step: int, reasons: list[str], prefix: str, round_: int) -> list[_Arm]:
         """The arm's procedure with ``step`` broken into sub-steps, run as it is and with a renewed demonstration."""
         others = [s.text for s in arm.procedure.steps]  # an answer that repeats the procedure is no split
-        answer = self._ask(SplitStep, f"{prefix}/split", temperature=self.opt.temperature,
+        answer = self._ask(SplitStep, f"{prefix}/split", temperature=self.ctx.temperature,
                            validate=lambda a: parse_sub_steps(a.sub_steps, other_steps=others) is not None,
                            task=self.task, step=arm.procedure.render_step(step),
                            failures="\n".join(f"- {reason}" for reason in reasons))

@@ -49,7 +49,7 @@ from dspy_icl_opt.search.surgery import ProgramState, describe_signature
 Evaluator = Literal["ucb", "ucb-e", "successive_rejects", "successive_halving", "brute_force"]
 Blame = Literal["trace", "each"]
 
-#: The reference samples the optimizer LM at this temperature.
+#: The reference samples the optimizer LM at this temperature (used when neither APO nor the prompt LM sets one).
 DEFAULT_TEMPERATURE = 0.7
 #: The fewest rounds a capped plan aims for before it accepts fewer (fewer is a random sample, not a search).
 MIN_ROUNDS = 3
@@ -82,6 +82,7 @@ class _Run:
     names: list[str]
     tasks: dict[str, str]
     paraphrase_lm: dspy.BaseLM
+    paraphrase_temperature: float | None
     summaries: dict[str, str]
     search: list[int]
     beam_size: int
@@ -144,7 +145,9 @@ class APO(ICLOptimizer):
         samples_per_eval: examples per pull (32); the elimination methods and brute force spend
             at most ``eval_rounds * eval_prompts_per_round * samples_per_eval`` evaluations.
         c: exploration of UCB and UCB-E (1.0).
-        temperature: sampling temperature of the prompt and paraphrase models (0.7).
+        temperature: sampling temperature of the prompt and paraphrase models; ``None`` (default): each
+            model's own temperature when it was built with one, else the reference's 0.7. The report's
+            ``params`` say which was used.
         blame: "trace" or "each" (see above).
         **kwargs: ``budget``, ``seed``, ``num_threads``, ``log_dir``, ``failure_score``, ``max_retries``,
             ``progress`` (see :class:`~dspy_icl_opt.search.ICLOptimizer`).
@@ -167,13 +170,15 @@ class APO(ICLOptimizer):
         'Count the vowels in the word.'
     """
 
+    default_temperature = DEFAULT_TEMPERATURE
+
     def __init__(self, metric: Metric, *, prompt_model: dspy.BaseLM | None = None,
                  task_model: dspy.BaseLM | None = None, paraphrase_model: dspy.BaseLM | None = None,
                  rounds: int | None = None, beam_size: int = 4, minibatch_size: int = 64, n_gradients: int = 4,
                  errors_per_gradient: int = 4, gradients_per_error: int = 1, steps_per_gradient: int = 1,
                  mc_samples_per_step: int = 2, max_expansion_factor: int = 8, reject_on_errors: bool = False,
                  evaluator: Evaluator = "successive_halving", eval_rounds: int = 8, eval_prompts_per_round: int = 8,
-                 samples_per_eval: int = 32, c: float = 1.0, temperature: float = DEFAULT_TEMPERATURE,
+                 samples_per_eval: int = 32, c: float = 1.0, temperature: float | None = None,
                  blame: Blame = "trace", format_candidate: bool = True, **kwargs: Any) -> None:
         super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **kwargs)
         settings = {"rounds": rounds, "beam_size": beam_size, "minibatch_size": minibatch_size,
@@ -196,7 +201,8 @@ class APO(ICLOptimizer):
                        temperature, blame)
         self.paraphrase_model = paraphrase_model
         self.reject_on_errors = reject_on_errors
-        self.evaluator, self.c, self.temperature, self.blame = evaluator, float(c), float(temperature), blame
+        self.evaluator, self.c, self.blame = evaluator, float(c), blame
+        self.temperature = None if temperature is None else float(temperature)
         self.bandit: BestArmIdentifier = make_bandit(evaluator, eval_rounds=eval_rounds,
                                                      eval_prompts_per_round=eval_prompts_per_round,
                                                      samples_per_eval=samples_per_eval, c=c)
@@ -206,6 +212,8 @@ class APO(ICLOptimizer):
         params = {key: getattr(self, key) for key in keys}
         # resuming with another paraphrase model would replay the old one's paraphrases
         params["paraphrase_model"] = getattr(self.paraphrase_model, "model", None)
+        if self.paraphrase_model is not None:  # its own temperature may differ from the prompt model's
+            params["paraphrase_temperature"] = self.prompt_temperature(self.paraphrase_model)
         return params
 
     # -------------------------------------------------------------------------------- the plan
@@ -271,6 +279,7 @@ class APO(ICLOptimizer):
         plan = ctx.plan
         run = _Run(names=names, tasks={name: describe_signature(p) for name, p in ctx.predictors},
                    paraphrase_lm=self._paraphrase_lm(ctx),
+                   paraphrase_temperature=self._paraphrase_temperature(ctx),
                    summaries={name: data_summary(p, ctx.trainset) for name, p in ctx.predictors},
                    search=search_subset(len(ctx.trainset), plan.settings["search_examples"], self.seed),
                    beam_size=plan.settings["beam_size"], n_gradients=plan.settings["n_gradients"],
@@ -397,7 +406,7 @@ class APO(ICLOptimizer):
             inputs = {"task": run.tasks[name], "data_summary": run.summaries[name],
                       "instruction": state[name].instruction, "failures": render_failures(shown, name)}
             key = f"apo/round{r}/beam{j}/gradient{g}"
-            answer = ctx.ask(DiagnoseErrors, key=f"{key}/reasons", temperature=self.temperature,
+            answer = ctx.ask(DiagnoseErrors, key=f"{key}/reasons", temperature=ctx.temperature,
                              validate=lambda a: bool(numbered_items(a.reasons)), n_reasons=self.gradients_per_error,
                              **inputs)
             reasons = numbered_items(answer.reasons, self.gradients_per_error) if answer is not None else []
@@ -409,7 +418,7 @@ class APO(ICLOptimizer):
 
     def _apply_gradient(self, ctx: SearchContext, key: str, name: str, inputs: dict[str, str], reason: str,
                         meta: dict[str, Any]) -> list[_Child]:
-        answer = ctx.ask(FixInstruction, key=f"{key}/edit", temperature=self.temperature,
+        answer = ctx.ask(FixInstruction, key=f"{key}/edit", temperature=ctx.temperature,
                          validate=lambda a: bool(edited_instructions(a.new_instructions, 1)), problem=reason,
                          n_instructions=self.steps_per_gradient, **inputs)
         if answer is None:
@@ -426,7 +435,7 @@ class APO(ICLOptimizer):
                      {"round": r, "beam": j, "of": "parent"}) for name in targets]
         for name, text, key, meta in sources:
             for m in range(run.mc_samples):
-                answer = ctx.ask(Paraphrase, key=f"{key}/mc{m}", temperature=self.temperature,
+                answer = ctx.ask(Paraphrase, key=f"{key}/mc{m}", temperature=run.paraphrase_temperature,
                                  validate=lambda a: bool(clean_text(a.paraphrase)), instruction=text,
                                  lm=run.paraphrase_lm)
                 if answer is not None:
@@ -497,6 +506,10 @@ class APO(ICLOptimizer):
         logger.info("APO chose candidate {} (val {:.3f}) from the final beam {} and the starting prompt", best.id,
                     best.scores["val"], [record.id for record in beam])
 
+    def _paraphrase_temperature(self, ctx: SearchContext) -> float | None:
+        """The prompt model's temperature, or a separate paraphrase model's own (see ``prompt_temperature``)."""
+        return ctx.temperature if self.paraphrase_model is None else self.prompt_temperature(self.paraphrase_model)
+
     def _paraphrase_lm(self, ctx: SearchContext) -> dspy.BaseLM:
         if self.paraphrase_model is None:
             return ctx.prompt_lm
@@ -540,7 +553,8 @@ def _check_options(paraphrase_model: Any, n_gradients: int, mc_samples_per_step:
         raise ValueError(f"`evaluator` must be one of {get_args(Evaluator)}, but got {evaluator!r}. "
                          "Use 'ucb' (the paper's choice) when unsure.")
     check_number("c", c, minimum=0, hint="Use 1.0 (the reference default).")
-    check_number("temperature", temperature, minimum=0)
+    if temperature is not None:
+        check_number("temperature", temperature, minimum=0, hint="Or pass None to use the prompt model's own.")
     if blame not in get_args(Blame):
         raise ValueError(f"`blame` must be one of {get_args(Blame)}, but got {blame!r}. Use 'trace' (the default) "
                          "to edit the predictor that produced the wrong answer.")

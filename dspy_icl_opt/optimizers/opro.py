@@ -50,6 +50,9 @@ MAX_INSTRUCTION_CHARS = 500
 MAX_IDLE_STEPS = 3
 #: The plan keeps the shared search set at least this large before it lowers the candidates per step.
 PREFERRED_SEARCH_EXAMPLES = 16
+#: The paper samples its optimizer LM at temperature 1.0: diverse proposals (used when neither OPRO nor the prompt LM
+#: sets a temperature).
+DEFAULT_TEMPERATURE = 1.0
 #: COPRO's arguments that have an OPRO meaning, and the OPRO name each maps to.
 COPRO_ARGUMENTS = {"breadth": "candidates_per_step", "depth": "steps", "init_temperature": "temperature"}
 #: eval_kwargs of COPRO.compile that OPRO understands (the rest are rejected).
@@ -82,7 +85,7 @@ class OPRO(ICLOptimizer):
     ascending, scores as integer percentages), ``num_exemplars`` training problems with the
     instruction slot marked and their gold outputs, and a request for a new, different,
     higher-scoring instruction between ``<INS>`` tags. It samples ``candidates_per_step``
-    answers at ``temperature``, extracts the tagged text, drops duplicates of anything seen
+    answers at the prompt temperature, extracts the tagged text, drops duplicates of anything seen
     (normalised text) and overlong ones, scores the survivors on the training set, and appends
     them to the trajectory. The final program is the best of the top ``final_candidates`` (by
     training score) on ``valset`` — examples never shown in a meta-prompt.
@@ -117,7 +120,9 @@ class OPRO(ICLOptimizer):
         task_model: the LM that runs the program (default: ``dspy.settings.lm``).
         steps: optimization steps (the paper's code runs 200; a handful already helps).
         candidates_per_step: instructions sampled per step (8).
-        temperature: sampling temperature of the prompt model (1.0).
+        temperature: sampling temperature of the prompt model; ``None`` (default): the prompt LM's own
+            temperature when it was built with one, else the paper's 1.0. The report's ``params`` say
+            which was used.
         max_trajectory: most trajectory entries shown (20).
         score_threshold: entries scoring below this (0..1) are not shown (0.0).
         num_exemplars: training problems shown in the meta-prompt (3).
@@ -144,9 +149,11 @@ class OPRO(ICLOptimizer):
         >>> # program = opro.compile(dspy.Predict("question -> answer"), trainset=trainset)
     """
 
+    default_temperature = DEFAULT_TEMPERATURE
+
     def __init__(self, metric: Metric | None = None, *, prompt_model: dspy.BaseLM | None = None,
                  task_model: dspy.BaseLM | None = None, steps: int | None = None, candidates_per_step: int = 8,
-                 temperature: float = 1.0, max_trajectory: int = 20, score_threshold: float = 0.0,
+                 temperature: float | None = None, max_trajectory: int = 20, score_threshold: float = 0.0,
                  num_exemplars: int = 3, exemplar_selection: ExemplarSelection = "random",
                  positions: tuple[Position, ...] | list[Position] = ("system",), scoring: Scoring = "full",
                  minibatch_size: int = 16, racing_block: int = 8, racing_alpha: float = 0.2,
@@ -176,7 +183,8 @@ class OPRO(ICLOptimizer):
         check_int("max_instruction_chars", max_instruction_chars, minimum=1)
         _choice("exemplar_selection", exemplar_selection, get_args(ExemplarSelection))
         _choice("scoring", scoring, get_args(Scoring))
-        check_number("temperature", temperature, minimum=0)
+        if temperature is not None:
+            check_number("temperature", temperature, minimum=0, hint="Or pass None to use the prompt LM's own.")
         check_number("score_threshold", score_threshold, minimum=0, maximum=1)
         check_number("racing_alpha", racing_alpha, minimum=0, maximum=1)
         if isinstance(positions, str):
@@ -188,7 +196,8 @@ class OPRO(ICLOptimizer):
                              "Pass e.g. positions=('system', 'q_end').")
         if racing_alpha in (0.0, 1.0):
             raise ValueError(f"`racing_alpha` must be strictly between 0 and 1, but got {racing_alpha}.")
-        self.steps, self.candidates_per_step, self.temperature = steps, candidates_per_step, float(temperature)
+        self.steps, self.candidates_per_step = steps, candidates_per_step
+        self.temperature = None if temperature is None else float(temperature)
         self.max_trajectory, self.score_threshold = max_trajectory, float(score_threshold)
         self.num_exemplars, self.exemplar_selection, self.positions = num_exemplars, exemplar_selection, positions
         self.scoring, self.minibatch_size = scoring, minibatch_size
@@ -390,7 +399,7 @@ class OPRO(ICLOptimizer):
             logger.debug("OPRO meta-prompt for {} at step {}, sample {}:\n{}", name, step, k, inputs)
             try:
                 answer = ctx.ask(ProposeInstruction, key=f"opro/step{step}/{name}/sample{k}",
-                                 temperature=self.temperature,
+                                 temperature=ctx.temperature,
                                  validate=lambda a: bool(extract_instruction(a.new_instruction)), **inputs)
             except BudgetExhausted as exc:
                 if exc.role != "prompt":

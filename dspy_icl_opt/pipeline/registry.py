@@ -198,9 +198,11 @@ def step_params(entry: OptimizerEntry, params: Mapping[str, Any], prompt_tempera
                 where: str) -> dict[str, Any]:
     """A step's params with the configured prompt-model temperature applied (no LM call).
 
-    An optimizer that samples its prompt model at a temperature of its own (OPRO 1.0, APO 0.7, COPRO
-    1.4 ...) would silently override ``lm.prompt.temperature``; the temperature the user wrote wins,
-    and a step that sets another one is refused.
+    DSPy's optimizers sample their prompt model at a temperature of their own (COPRO 1.4 ...), which
+    would silently override ``lm.prompt.temperature``; ours use the prompt LM's own temperature, but a
+    prompt LM passed in ready-made (``run_pipeline(prompt_lm=...)``) need not carry the configured one.
+    So the temperature the user wrote is passed to every step that has one, and a step that sets
+    another one is refused.
 
     Raises:
         ConfigError: the step's params set a temperature other than ``lm.prompt.temperature``.

@@ -26,7 +26,7 @@ from dspy.utils.exceptions import AdapterParseError
 
 from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
-from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost
+from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.fingerprint import describe_differences, lm_identity, metric_identity
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
@@ -69,6 +69,15 @@ def paired_gain(scores: Sequence[float], baseline: Sequence[float]) -> tuple[flo
     return mean, (variance / n) ** 0.5
 
 
+def lm_temperature(lm: dspy.BaseLM | None) -> float | None:
+    """The sampling temperature ``lm`` was built with (``dspy.LM(..., temperature=0.3)``, behind any meter), or
+    ``None`` when it sets none."""
+    value = (getattr(unwrap_lm(lm), "kwargs", None) or {}).get("temperature")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
 def check_examples(name: str, examples: Any, student: dspy.Module) -> list[dspy.Example]:
     """Validate a trainset/valset: a non-empty list of dspy.Example with inputs the program needs."""
     if not isinstance(examples, Sequence) or isinstance(examples, (str, bytes)):
@@ -106,8 +115,11 @@ class SearchContext:
 
     def __init__(self, *, optimizer: ICLOptimizer, student: dspy.Module, trainset: list[dspy.Example],
                  valset: list[dspy.Example], task_lm: MeteredLM, prompt_lm: MeteredLM, meter: BudgetMeter,
-                 journal: Journal, report: OptimizationReport, log_dir: Path | None) -> None:
+                 journal: Journal, report: OptimizationReport, log_dir: Path | None,
+                 temperature: float | None = None) -> None:
         self.optimizer = optimizer
+        #: the temperature meta-prompts are sampled at (see :meth:`ICLOptimizer.prompt_temperature`)
+        self.temperature = temperature
         self.student = student
         self.trainset = trainset
         self.valset = valset
@@ -374,6 +386,10 @@ class ICLOptimizer(Teleprompter):
         progress: show progress bars.
     """
 
+    #: The temperature a strategy with a ``temperature`` setting samples its prompt model at when neither that
+    #: setting nor the prompt LM sets one (``None``: the strategy has no such setting).
+    default_temperature: float | None = None
+
     def __init__(self, metric: Metric, *, task_model: dspy.BaseLM | None = None,
                  prompt_model: dspy.BaseLM | None = None, budget: Budget | dict[str, Any] | str | None = None,
                  seed: int = 0, num_threads: int = 1, log_dir: str | Path | None = None,
@@ -417,6 +433,16 @@ class ICLOptimizer(Teleprompter):
     def _plan(self, shape: Shape) -> SearchPlan | None:
         """The strategy's schedule for ``shape`` (no LM call); ``None`` if it does not plan."""
         return None
+
+    def prompt_temperature(self, prompt_lm: dspy.BaseLM | None) -> float | None:
+        """The temperature the meta-prompts go out at: the strategy's ``temperature`` when it is given, else the
+        prompt LM's own when it was built with one, else :attr:`default_temperature`. A temperature the user
+        wrote, on the optimizer or on the LM, is never replaced by a default."""
+        given = getattr(self, "temperature", None)
+        if given is not None:
+            return float(given)
+        own = lm_temperature(prompt_lm)
+        return own if own is not None else self.default_temperature
 
     # ------------------------------------------------------------------------------- plan
     def plan(self, student: dspy.Module, *, trainset: list[dspy.Example],
@@ -513,7 +539,10 @@ class ICLOptimizer(Teleprompter):
             raise ValueError("No task model: pass `task_model=` or call dspy.configure(lm=...) first. "
                              "For the embedded model: dspy_icl_opt.lm.resolve_lm('embedded').")
         prompt = self.prompt_model or task  # an LM already metered elsewhere keeps counting there too
-        report = OptimizationReport(optimizer=type(self).__name__, params=self._params(), seed=self.seed,
+        params, temperature = self._params(), self.prompt_temperature(prompt)
+        if "temperature" in params:  # the report says the temperature used, not the setting (None: see above)
+            params["temperature"] = temperature
+        report = OptimizationReport(optimizer=type(self).__name__, params=params, seed=self.seed,
                                     budget=self.budget,
                                     fingerprint=run_fingerprint(student, trainset, valset, task, prompt, self.metric,
                                                                 failure_score=repr(self.failure_score)))
@@ -521,7 +550,7 @@ class ICLOptimizer(Teleprompter):
         meter = BudgetMeter(self.budget)
         return SearchContext(optimizer=self, student=student, trainset=trainset, valset=valset,
                              task_lm=MeteredLM(task, meter, "task"), prompt_lm=MeteredLM(prompt, meter, "prompt"),
-                             meter=meter, journal=journal, report=report, log_dir=run_dir)
+                             meter=meter, journal=journal, report=report, log_dir=run_dir, temperature=temperature)
 
     def _prepare_dir(self, run_dir: Path | None, resume: bool | None, report: OptimizationReport) -> Path | None:
         if run_dir is None:

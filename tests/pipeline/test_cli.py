@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import json
+import zlib
 
+import dspy
 import pytest
 import yaml
 
 from dspy_icl_opt.pipeline import parse_config, run_pipeline
-from dspy_icl_opt.pipeline.cli import build_parser, config_from_flags, demo_config, main
+from dspy_icl_opt.pipeline.cli import (
+    DEMO_LM,
+    DEMO_SIZES,
+    DEMO_STEPS,
+    DEMO_TASK,
+    build_parser,
+    cmd_demo,
+    config_from_flags,
+    demo_config,
+    main,
+)
+from dspy_icl_opt.pipeline.errors import ConfigError
+from dspy_icl_opt.programs import load_task
+from dspy_icl_opt.programs.metrics import parse_options
+from dspy_icl_opt.testing import correct_demos, format_chat_reply, scripted_lm, simulated_task_lm
 
 COMMANDS = ("run", "compile", "eval", "bench", "report", "demo", "list")
 
@@ -85,13 +101,17 @@ def test_compile_without_data_is_a_usage_error(capsys):
 
 
 def test_demo_config_is_small_and_valid():
-    for optimizer, step_class in (("opro", "opro"), ("labeled", "labeled")):
-        if optimizer == "opro":
-            pytest.importorskip("dspy_icl_opt.optimizers.opro")
+    assert build_parser().parse_args(["demo"]).optimizer == "demos"
+    for optimizer in DEMO_STEPS:
         config = parse_config(demo_config(optimizer))
         assert config.lm.task.model == config.lm.prompt.model == "embedded"
-        assert config.optimize[0].optimizer == step_class
+        assert config.optimize[0].optimizer == optimizer and config.data.task == "date_understanding"
         assert config.data.train_size + config.data.val_size + config.data.test_size <= 100
+        assert config.data.test_size >= 50  # a 35-point gain stands well clear of a ~9-point standard error
+        budget = config.optimize[0].budget
+        assert budget is None or budget.max_task_calls <= 70  # "a few minutes": the search stays small
+    with pytest.raises(ConfigError, match="the demo offers"):
+        demo_config("mipro")
 
 
 def test_an_lm_that_cannot_answer_exits_3(config_dict, tmp_path, capsys):
@@ -120,3 +140,73 @@ def test_dry_run_prints_each_steps_plan_without_building_an_lm(config_dict, tmp_
     assert not (tmp_path / "run").exists()
     assert main(["compile", "--config", str(path), "--optimizer", "opro", "--param", "steps=1", "--dry-run"]) == 0
     assert "OPRO plan: " in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ the demo (issue 16)
+def _date_task_lm() -> dspy.LM:
+    """A task model for date_understanding that answers right when the prompt shows >= 2 correct worked
+    examples, and otherwise only on about a third of the questions (a fixed wrong option on the rest)."""
+    task = load_task(DEMO_TASK, seed=0, **DEMO_SIZES)
+    gold = {ex.question.strip(): ex.answer for ex in [*task.train, *task.val, *task.test]}
+
+    def solve(inputs):
+        return gold[str(inputs["question"]).strip()]
+
+    def wrong(inputs):
+        answer = solve(inputs)
+        if zlib.crc32(answer.encode()) % 3 == 0:
+            return answer
+        return next(option for option in parse_options(str(inputs["options"])) if option != answer)
+
+    return simulated_task_lm(solve=solve, knows=correct_demos(solve, at_least=2), wrong=wrong)
+
+
+def _demo(tmp_path, *flags):
+    task_lm = _date_task_lm()
+    prompt_lm = scripted_lm(lambda request: format_chat_reply({"new_instruction": "<INS>Give the date.</INS>"}))
+    args = build_parser().parse_args(["--no-progress", "demo", "--output", str(tmp_path / "demo"), *flags])
+    assert cmd_demo(args, task_lm=task_lm, prompt_lm=prompt_lm) == 0
+    return task_lm, prompt_lm, json.loads((tmp_path / "demo" / "summary.json").read_text())
+
+
+def test_the_demo_gains_on_held_out_data_and_says_what_changed_and_why(tmp_path, capsys):
+    pytest.importorskip("dspy_icl_opt.demos")
+    task_lm, prompt_lm, summary = _demo(tmp_path)
+    out = capsys.readouterr().out
+    assert summary["task"] == "date_understanding" and summary["steps"][0]["class"] == "DemoSelector"
+    assert summary["before"]["n"] == summary["after"]["n"] == DEMO_SIZES["test_size"] >= 50
+    assert summary["after"]["score"] - summary["before"]["score"] >= 0.5  # worked examples carry the answers
+    search = summary["spent"]["task"]["calls"]
+    assert search <= DEMO_STEPS["demos"]["budget"]["max_task_calls"]
+    assert task_lm.engine.call_count <= search + 2 * DEMO_SIZES["test_size"]  # a few minutes' worth of calls
+    assert prompt_lm.engine.call_count == 0
+    gain = 100 * (summary["after"]["score"] - summary["before"]["score"])
+    assert f"gain: {gain:+.1f} points on 50 held-out examples (standard error about" in out
+    assert ("what changed: the program now shows 4 worked examples (k=4 from the labeled pool, picked at "
+            "random (seed 0), order as_selected); the instruction is unchanged") in out
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    choice = report["extra"]["final_choice"]
+    val = {row["candidate"]: row["val"] for row in choice["contenders"]}
+    assert choice["chosen"] != choice["start"] and choice["examples"] == DEMO_SIZES["val_size"]
+    assert (f"why it was kept: it scored {val[choice['chosen']]:.2f} on the 20 validation examples against the "
+            f"start's {val[choice['start']]:.2f}, a paired gain of +") in out
+    assert (tmp_path / "demo" / "report.html").exists()
+
+
+def test_the_demo_with_labeled_says_it_did_not_validate(tmp_path, capsys):
+    _, _, summary = _demo(tmp_path, "--optimizer", "labeled")
+    out = capsys.readouterr().out
+    assert summary["spent"]["task"]["calls"] == 0 and summary["after"]["score"] > summary["before"]["score"]
+    assert "what changed: the program now shows 4 worked examples; the instruction is unchanged" in out
+    assert "why it was kept: LabeledFewShot returns its result without validating it against the start" in out
+
+
+def test_the_demo_with_opro_runs_within_its_caps(tmp_path, capsys):
+    pytest.importorskip("dspy_icl_opt.optimizers.opro")
+    _, prompt_lm, summary = _demo(tmp_path, "--optimizer", "opro")
+    out = capsys.readouterr().out
+    caps = DEMO_STEPS["opro"]["budget"]
+    assert summary["spent"]["task"]["calls"] <= caps["max_task_calls"]
+    assert 0 < prompt_lm.engine.call_count <= caps["max_prompt_calls"]
+    assert {r.config.temperature for r in prompt_lm.engine.requests} == {DEMO_LM["prompt"]["temperature"]}
+    assert "what changed: " in out and "why it was kept: " in out

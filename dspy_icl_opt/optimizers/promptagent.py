@@ -60,6 +60,8 @@ UNCAPPED_ITERATIONS = 12
 PREFERRED_EVAL_EXAMPLES = 16
 #: The plan lowers the depth limit to this before it lowers ``expand_width`` (depth is what MCTS plans over).
 PREFERRED_DEPTH = 3
+#: The shallowest depth limit the plan sets (a tree one level deep is a random sample, not a plan).
+MIN_PLANNED_DEPTH = 2
 #: Prompt-model calls per child: the error analysis and the rewrite.
 PROMPT_CALLS_PER_CHILD = 2
 #: Iterations in a row that add no node before the search stops (a fully explored or silent tree).
@@ -243,7 +245,8 @@ class PromptAgent(ICLOptimizer):
 
     def _shapes(self, n_train: int) -> list[tuple[int, int, int]]:
         """``(eval_size, width, depth)`` in the order the plan tries them: the depth limit shrinks first (to
-        ``PREFERRED_DEPTH``), then the width (to 2), then the evaluation split, then depth and width further."""
+        ``PREFERRED_DEPTH``), then the width (to 2), then the evaluation split, then depth (to
+        ``MIN_PLANNED_DEPTH``) and width further."""
         top = min(self.eval_size, n_train)
         sizes = list(range(top, min(top, MIN_SEARCH_EXAMPLES) - 1, -1))
         big = [s for s in sizes if s >= min(top, PREFERRED_EVAL_EXAMPLES)]
@@ -253,7 +256,7 @@ class PromptAgent(ICLOptimizer):
         widths = list(range(self.expand_width, min(self.expand_width, 2) - 1, -1))
         preferred = [(s, w, d) for s in big + small for w in widths for d in depths]
         last = [(s, w, d) for s in sizes for w in range(self.expand_width, 0, -1)
-                for d in range(self.depth_limit, 0, -1)]
+                for d in range(self.depth_limit, min(self.depth_limit, MIN_PLANNED_DEPTH) - 1, -1)]
         return list(dict.fromkeys(preferred + last))
 
     def _project(self, shape: Shape, search: int | None, size: int, width: int, depth: int,
@@ -314,7 +317,7 @@ class PromptAgent(ICLOptimizer):
     def _another_iteration(self, ctx: SearchContext, run: _Run) -> bool:
         if self.iterations is not None:
             return run.iteration < self.iterations
-        if ctx.meter.remaining_calls("task") is None:
+        if ctx.meter.remaining_calls("task") is None and ctx.meter.remaining_calls("prompt") is None:
             return run.iteration < ctx.plan.steps
         return True  # as long as the budget pays for children (checked before each one)
 

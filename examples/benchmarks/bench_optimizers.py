@@ -10,8 +10,8 @@ Run (the README's figures come from the three commands it shows, of this form):
     python examples/benchmarks/bench_optimizers.py --tasks date_understanding,disambiguation_qa,hyperbaton \
         --methods uncompiled,copro,opro --budget 80 --test 50 --pivot --out results.jsonl
 
-Methods: uncompiled, zeroshot_cot, copro, opro, apo, gepa, abo, abo_nodemo, bfsrs, mipro, demos,
-opro+demos. A method whose module is missing is reported as skipped.
+Methods: uncompiled, zeroshot_cot, copro, opro, apo, gepa, abo, abo_nodemo, promptagent, bfsrs, mipro,
+demos, opro+demos. A method whose module is missing is reported as skipped.
 """
 
 from __future__ import annotations

@@ -62,10 +62,13 @@ PREFERRED_EVAL_EXAMPLES = 16
 PREFERRED_DEPTH = 3
 #: The shallowest depth limit the plan sets (a tree one level deep is a random sample, not a plan).
 MIN_PLANNED_DEPTH = 2
+#: A rewrite shorter than this many words is no instruction (a small model sometimes answers an example instead).
+MIN_INSTRUCTION_WORDS = 3
 #: Prompt-model calls per child: the error analysis and the rewrite.
 PROMPT_CALLS_PER_CHILD = 2
-#: Iterations in a row that add no node before the search stops (a fully explored or silent tree).
-MAX_IDLE_ITERATIONS = 3
+#: Iterations in a row that add no node before the search stops (a fully explored or silent tree). They
+#: make no LM call, and each backup lowers the exploration bonus of the path it took, so a few are cheap.
+MAX_IDLE_ITERATIONS = 10
 #: Integer settings: (minimum, the paper's default quoted in error messages).
 _INT_SETTINGS = {"expand_width": (1, 3), "depth_limit": (1, 5), "min_depth": (0, 2), "batch_size": (1, 5),
                  "eval_size": (1, 50), "n_reasons": (1, 3), "final_candidates": (1, 1),
@@ -358,7 +361,7 @@ class PromptAgent(ICLOptimizer):
             run.threshold = max(run.threshold, node.reward)
             if node.terminal or node.depth >= run.depth_limit or run.out_of_budget:
                 return
-            if not node.children:
+            if not node.children and not node.expansions:  # one that came back empty waits for a later selection
                 self._expand(ctx, run, node)
             if not node.children:
                 return
@@ -477,7 +480,7 @@ class PromptAgent(ICLOptimizer):
 
         def usable(answer: dspy.Prediction) -> bool:
             text = parse_instruction(answer.new_instruction)
-            return bool(text) and len(text) <= self.max_instruction_chars
+            return len(text.split()) >= MIN_INSTRUCTION_WORDS and len(text) <= self.max_instruction_chars
 
         answer = ctx.ask(RewriteInstruction, key=f"{key}/rewrite", temperature=self.temperature, validate=usable,
                          earlier_versions=render_versions(ancestors),

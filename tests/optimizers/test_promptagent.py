@@ -261,3 +261,18 @@ def test_the_public_name_is_exported():
 
     assert dspy_icl_opt.PromptAgent is PromptAgent
     assert isinstance(PromptAgent(lambda *a: 1.0), dspy.teleprompt.Teleprompter)
+
+
+def test_a_rewrite_that_is_no_instruction_is_retried_and_counted_unusable():
+    task = planted_rule_task("vowels", train_size=8, val_size=4, seed=0)
+
+    def respond(request):  # the small model answers an example instead of writing an instruction
+        if is_rewrite(request):
+            return format_chat_reply({"new_instruction": "3"})
+        return format_chat_reply({"reasons": "1. It does not say what to count."})
+
+    agent, _ = run_agent(task, prompt_lm=scripted_lm(respond), iterations=1, expand_width=1, depth_limit=2,
+                         format_candidate=False)
+    stats = agent.report_.extra["meta_prompts"]["RewriteInstruction"]
+    assert stats["usable"] == 0 and stats["unusable"] == stats["answers"] == 1 + agent.max_retries
+    assert [node["id"] for node in agent.report_.extra["tree"]["nodes"]] == [0]

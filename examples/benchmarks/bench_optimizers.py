@@ -55,6 +55,7 @@ def method_registry() -> dict[str, Callable[..., dspy.Module]]:
         "apo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.apo", "APO"),
         "abo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO"),
         "abo_nodemo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO", demonstration=False),
+        "promptagent": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.promptagent", "PromptAgent"),
         "demos": lambda ctx: _ours(ctx, "dspy_icl_opt.demos", "DemoSelector", **DEMOS_SETTINGS),
         "opro+demos": _opro_then_demos,
         "gepa": _gepa,

@@ -28,10 +28,10 @@ from dspy_icl_opt.optimizers.promptagent_prompts import (
     RewriteInstruction,
     WrongAnswer,
     is_wrong,
-    parse_instruction,
     parse_reasons,
     render_versions,
     render_wrong_answers,
+    usable_instruction,
 )
 from dspy_icl_opt.search.base import ICLOptimizer, SearchContext, stable_int
 from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces
@@ -62,8 +62,6 @@ PREFERRED_EVAL_EXAMPLES = 16
 PREFERRED_DEPTH = 3
 #: The shallowest depth limit the plan sets (a tree one level deep is a random sample, not a plan).
 MIN_PLANNED_DEPTH = 2
-#: A rewrite shorter than this many words is no instruction (a small model sometimes answers an example instead).
-MIN_INSTRUCTION_WORDS = 3
 #: Prompt-model calls per child: the error analysis and the rewrite.
 PROMPT_CALLS_PER_CHILD = 2
 #: Iterations in a row that add no node before the search stops (a fully explored or silent tree). They
@@ -477,15 +475,12 @@ class PromptAgent(ICLOptimizer):
         while cursor is not None:
             ancestors.insert(0, ctx.state_of(cursor.record)[name].instruction)
             cursor = cursor.parent
-
-        def usable(answer: dspy.Prediction) -> bool:
-            text = parse_instruction(answer.new_instruction)
-            return len(text.split()) >= MIN_INSTRUCTION_WORDS and len(text) <= self.max_instruction_chars
-
-        answer = ctx.ask(RewriteInstruction, key=f"{key}/rewrite", temperature=self.temperature, validate=usable,
+        limit = self.max_instruction_chars
+        answer = ctx.ask(RewriteInstruction, key=f"{key}/rewrite", temperature=self.temperature,
+                         validate=lambda a: usable_instruction(a.new_instruction, limit) is not None,
                          earlier_versions=render_versions(ancestors),
                          reasons="\n".join(f"{i}. {r}" for i, r in enumerate(reasons, 1)), **inputs)
-        return parse_instruction(answer.new_instruction) if answer is not None else None
+        return usable_instruction(answer.new_instruction, limit) if answer is not None else None
 
     # ------------------------------------------------------------------------------- choosing
     def _paper_choice(self, run: _Run) -> tuple[list[int], _Node]:

@@ -18,6 +18,8 @@ from dspy_icl_opt.search.scorer import Outcome
 
 #: Field values longer than this are cut in meta-prompts (a long reasoning adds little for the analyst).
 MAX_FIELD_CHARS = 600
+#: A rewrite shorter than this many words is no instruction (a small model sometimes answers an example instead).
+MIN_INSTRUCTION_WORDS = 3
 
 
 class AnalyzeErrors(dspy.Signature):
@@ -121,3 +123,10 @@ def parse_instruction(value: Any) -> str:
         if text.lower().startswith(label):
             text = clean(text[len(label):])
     return text
+
+
+def usable_instruction(value: Any, max_chars: int) -> str | None:
+    """The rewritten instruction when it can be one (at least ``MIN_INSTRUCTION_WORDS`` words, at most
+    ``max_chars`` characters), else ``None``."""
+    text = parse_instruction(value)
+    return text if len(text.split()) >= MIN_INSTRUCTION_WORDS and len(text) <= max_chars else None

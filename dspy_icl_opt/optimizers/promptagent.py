@@ -229,13 +229,15 @@ class PromptAgent(ICLOptimizer):
                 best = (projection, size, width, depth)
                 break
         (iterations, children, fixed, per_child), size, width, depth = best
-        if self.iterations is not None:
-            iterations = min(iterations, self.iterations)
+        if self.iterations is not None and iterations > self.iterations:
+            iterations = self.iterations
+            children = depth * width + (iterations - 1) * max(1, (depth - 1) * width)
         if iterations < wanted:
             notes.append(f"only {iterations} iteration(s) fit the caps; {wanted} wanted")
         if (width, depth) != (self.expand_width, self.depth_limit):
             notes.append(f"expand_width {self.expand_width} -> {width}, depth_limit {self.depth_limit} -> {depth}")
-        phases = [Phase("the start and the format candidate: rewards", fixed),
+        first = "the start and the format candidate" if self.format_candidate else "the start"
+        phases = [Phase(f"{first}: rewards", fixed),
                   Phase(f"iterations 1-{iterations}: about {children} children ({width} per expansion)",
                         children * per_child, children * PROMPT_CALLS_PER_CHILD),
                   Phase(f"final validation: start + {finalists} node(s)", held)]

@@ -33,7 +33,7 @@ class AnalyzeErrors(dspy.Signature):
     task: str = dspy.InputField(desc="the step's input and output fields")
     data_summary: str = dspy.InputField(desc="what the training data looks like, and the answers its labels use")
     instruction: str = dspy.InputField(desc="the instruction the model followed")
-    wrong_answers: str = dspy.InputField(desc="examples answered wrongly: the input, the model's output, the correct output")
+    wrong_answers: str = dspy.InputField(desc="examples answered wrongly: input, the model's output, correct output")
     n_reasons: int = dspy.InputField(desc="how many reasons to write")
     reasons: str = dspy.OutputField(desc="a numbered list ('1. ...'), one sentence per reason")
 
@@ -50,7 +50,7 @@ class RewriteInstruction(dspy.Signature):
     data_summary: str = dspy.InputField(desc="what the training data looks like, and the answers its labels use")
     earlier_versions: str = dspy.InputField(desc="the instructions the current one came from, oldest first")
     instruction: str = dspy.InputField(desc="the current instruction")
-    wrong_answers: str = dspy.InputField(desc="examples answered wrongly: the input, the model's output, the correct output")
+    wrong_answers: str = dspy.InputField(desc="examples answered wrongly: input, the model's output, correct output")
     reasons: str = dspy.InputField(desc="why the current instruction failed on them")
     new_instruction: str = dspy.OutputField(desc="the new instruction, complete and on its own")
 

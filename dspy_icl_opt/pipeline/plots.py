@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -128,7 +129,7 @@ def tree_png(tree: Mapping[str, Any], chosen: int | None = None) -> bytes | None
         return None
     place = _tree_layout(nodes)
     path = list(tree.get("best_path") or [])
-    on_path = set(zip(path, path[1:]))
+    on_path = set(itertools.pairwise(path))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(FIGSIZE[0], max(FIGSIZE[1], 0.35 * len(nodes))))
     for node in nodes:

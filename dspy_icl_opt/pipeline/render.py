@@ -381,10 +381,11 @@ def tree_blocks(report: OptimizationReport, index: int = 0) -> list[Block]:
     nodes = []
     for node in tree["nodes"]:
         marks = [m for m, on in (("path", node["id"] in path), ("chosen", node["id"] == chosen)) if on]
-        words = [w for w, on in (("\u2605 returned", node["id"] == chosen), ("best node of the best path",
-                                                                          node["id"] == pick)) if on]
+        words = [w for w, on in (("\u2605 returned", node["id"] == chosen),
+                                 ("best node of the best path", node["id"] == pick)) if on]
         label = (f"#{node['id']} depth {node['depth']}: reward {_num(node.get('reward'))}, "
-                 f"visits {node.get('visits', 0)}, Q {_num(node.get('q'))}" + (f" ({'; '.join(words)})" if words else ""))
+                 f"visits {node.get('visits', 0)}, Q {_num(node.get('q'))}")
+        label += f" ({'; '.join(words)})" if words else ""
         nodes.append(TreeNode(node["id"], node.get("parent"), label, _short(node.get("prompt", "")), marks))
     blocks: list[Block] = [
         Heading(3, "Search tree"),
@@ -515,8 +516,8 @@ def _html_tree(tree: Tree) -> str:
         classes = " ".join(["node", *node.marks])
         below = children.get(node.id, [])
         nested = f"<ul>{''.join(item(child) for child in below)}</ul>" if below else ""
-        return (f'<li><div class="{classes}" id="node-{node.id}"><b>{esc(node.label)}</b><br>{esc(node.detail)}</div>'
-                f"{nested}</li>")
+        box = f'<div class="{classes}" id="node-{node.id}"><b>{esc(node.label)}</b><br>{esc(node.detail)}</div>'
+        return f"<li>{box}{nested}</li>"
 
     return f'<ul class="tree">{"".join(item(root) for root in roots)}</ul>'
 

@@ -15,7 +15,6 @@ from dspy_icl_opt.testing import (
     last_user_text,
     parse_field_blocks,
     planted_rule_task,
-    rule_in_instruction,
     scripted_lm,
     system_text,
 )

@@ -5,7 +5,8 @@ held-out accuracy before and after first; then per step which program was return
 final choice: the start and the finalists on the validation examples, ``report.extra["final_choice"]``,
 the chosen one marked), its prompt per predictor, every candidate with its search score beside its
 validation score (search scores are minibatch scores: they rank proposals, they are not the result),
-the plan made before any LM call beside what was spent (``report.extra["plan"]``), the budget, and
+the plan made before any LM call beside what was spent (``report.extra["plan"]``), the budget, for a
+tree search (PromptAgent) its tree with the chosen path marked (``report.extra["tree"]``), and
 for DemoSelector the accuracy-against-k curve and the demo influence ranking; for a benchmark its
 table and chart. ``examples/tools/check_report_in_browser.py`` checks a page in headless Chromium.
 

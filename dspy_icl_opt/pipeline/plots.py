@@ -1,8 +1,9 @@
-"""PNG charts (matplotlib, Agg backend): score trajectory, accuracy against k, benchmark bars."""
+"""PNG charts (matplotlib, Agg backend): score trajectory, search tree, accuracy against k, benchmark bars."""
 
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -94,6 +95,61 @@ def trajectory_png(report: OptimizationReport, chosen: int | None = None) -> byt
     ax.set_ylabel("score")
     ax.set_title(f"{report.optimizer}: search ({label}) and validation scores")
     ax.legend(loc="best", fontsize="small")
+    return _png(fig)
+
+
+def _tree_layout(nodes: Sequence[Mapping[str, Any]]) -> dict[int, tuple[float, float]]:
+    """``id -> (depth, row)``: leaves take rows in depth-first order, a parent sits at its children's mean."""
+    children: dict[Any, list[int]] = {}
+    for node in nodes:
+        children.setdefault(node.get("parent"), []).append(node["id"])
+    depth = {node["id"]: node.get("depth", 0) for node in nodes}
+    place: dict[int, tuple[float, float]] = {}
+    rows = [0]
+
+    def visit(i: int) -> float:
+        below = [visit(c) for c in children.get(i, [])]
+        row = sum(below) / len(below) if below else float(rows[0])
+        rows[0] += 0 if below else 1
+        place[i] = (depth[i], row)
+        return row
+
+    known = {node["id"] for node in nodes}
+    for node in nodes:
+        if node.get("parent") not in known:
+            visit(node["id"])
+    return place
+
+
+def tree_png(tree: Mapping[str, Any], chosen: int | None = None) -> bytes | None:
+    """A search tree (``report.extra["tree"]``) by depth, nodes coloured by reward, the best path drawn thick
+    and the returned node starred; ``None`` without nodes."""
+    nodes = list(tree.get("nodes") or [])
+    if not nodes:
+        return None
+    place = _tree_layout(nodes)
+    path = list(tree.get("best_path") or [])
+    on_path = set(itertools.pairwise(path))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(FIGSIZE[0], max(FIGSIZE[1], 0.35 * len(nodes))))
+    for node in nodes:
+        if node.get("parent") in place:
+            (x0, y0), (x1, y1) = place[node["parent"]], place[node["id"]]
+            thick = (node["parent"], node["id"]) in on_path
+            ax.plot([x0, x1], [y0, y1], color="C3" if thick else "0.6", linewidth=2.5 if thick else 0.8, zorder=1)
+    xs, ys = zip(*(place[n["id"]] for n in nodes))
+    dots = ax.scatter(xs, ys, c=[n.get("reward", 0.0) for n in nodes], cmap="viridis", s=60, zorder=2)
+    for node in nodes:
+        ax.annotate(f"{node['id']}", place[node["id"]], textcoords="offset points", xytext=(5, 4), fontsize=7)
+    if chosen in place:
+        ax.scatter(*place[chosen], marker="*", s=260, color="C3", zorder=3, label=f"returned: node {chosen}")
+        ax.legend(loc="best", fontsize="small")
+    fig.colorbar(dots, ax=ax, label="reward")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    ax.set_yticks([])
+    ax.invert_yaxis()
+    ax.set_xlabel("depth")
+    ax.set_title("Search tree (best mean-reward path in red)")
     return _png(fig)
 
 

@@ -91,6 +91,8 @@ REGISTRY: dict[str, OptimizerEntry] = {e.name: e for e in (
                    "APO/ProTeGi: textual gradients from errors, beam search over edited instructions"),
     OptimizerEntry("abo", "dspy_icl_opt.optimizers.abo:ABO", "ours",
                    "ABO: Bayesian-style optimization over instruction candidates"),
+    OptimizerEntry("promptagent", "dspy_icl_opt.optimizers.promptagent:PromptAgent", "ours",
+                   "PromptAgent: Monte Carlo tree search over prompts rewritten from error analyses"),
     OptimizerEntry("demos", "dspy_icl_opt.demos:DemoSelector", "ours",
                    "DemoSelector: Optuna search over few-shot demonstrations (k curve, influence)"),
     OptimizerEntry("labeled", "dspy.teleprompt:LabeledFewShot", "dspy",

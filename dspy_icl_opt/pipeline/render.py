@@ -5,7 +5,8 @@ held-out accuracy before and after first; then per step which program was return
 final choice: the start and the finalists on the validation examples, ``report.extra["final_choice"]``,
 the chosen one marked), its prompt per predictor, every candidate with its search score beside its
 validation score (search scores are minibatch scores: they rank proposals, they are not the result),
-the plan made before any LM call beside what was spent (``report.extra["plan"]``), the budget, and
+the plan made before any LM call beside what was spent (``report.extra["plan"]``), the budget, for a
+tree search (PromptAgent) its tree with the chosen path marked (``report.extra["tree"]``), and
 for DemoSelector the accuracy-against-k curve and the demo influence ranking; for a benchmark its
 table and chart. ``examples/tools/check_report_in_browser.py`` checks a page in headless Chromium.
 
@@ -67,7 +68,23 @@ class Image:
     png: bytes
 
 
-Block = Heading | Para | Code | Table | Image
+@dataclass
+class TreeNode:
+    """One node of a search tree as drawn: nested under its parent, marked when on the chosen path."""
+
+    id: int
+    parent: int | None
+    label: str
+    detail: str
+    marks: list[str] = field(default_factory=list)  # "path" (the chosen path), "chosen" (the returned program)
+
+
+@dataclass
+class Tree:
+    nodes: list[TreeNode]
+
+
+Block = Heading | Para | Code | Table | Image | Tree
 
 
 @dataclass
@@ -170,6 +187,7 @@ def report_blocks(report: OptimizationReport, title: str, index: int = 0) -> lis
     blocks += final_choice_blocks(report)
     blocks += best_prompt_blocks(report)
     blocks += trajectory_blocks(report, index)
+    blocks += tree_blocks(report, index)
     blocks += plan_blocks(report)
     blocks += budget_blocks(report)
     blocks += demo_selector_blocks(report, index)
@@ -352,6 +370,37 @@ def trajectory_blocks(report: OptimizationReport, index: int = 0) -> list[Block]
     return blocks
 
 
+def tree_blocks(report: OptimizationReport, index: int = 0) -> list[Block]:
+    """A search tree (``report.extra["tree"]``, e.g. PromptAgent's) drawn as nested boxes and a chart, with
+    the chosen path and the returned program marked."""
+    tree = report.extra.get("tree")
+    if not isinstance(tree, dict) or not tree.get("nodes"):
+        return []
+    path = set(tree.get("best_path") or [])
+    chosen = _chosen(report)
+    pick = tree.get("paper_choice")
+    nodes = []
+    for node in tree["nodes"]:
+        marks = [m for m, on in (("path", node["id"] in path), ("chosen", node["id"] == chosen)) if on]
+        words = [w for w, on in (("\u2605 returned", node["id"] == chosen),
+                                 ("best node of the best path", node["id"] == pick)) if on]
+        label = (f"#{node['id']} depth {node['depth']}: reward {_num(node.get('reward'))}, "
+                 f"visits {node.get('visits', 0)}, Q {_num(node.get('q'))}")
+        label += f" ({'; '.join(words)})" if words else ""
+        nodes.append(TreeNode(node["id"], node.get("parent"), label, _short(node.get("prompt", "")), marks))
+    blocks: list[Block] = [
+        Heading(3, "Search tree"),
+        Para(f"{len(nodes)} node(s); rewards are mean scores on the fixed evaluation split. Marked: the path with "
+             f"the highest mean reward ({' -> '.join(map(str, tree.get('best_path') or [])) or '-'}) and the "
+             f"returned program (\u2605)."),
+        Tree(nodes)]
+    png = plots.tree_png(tree, chosen=chosen)
+    if png:
+        blocks.append(Image(f"{index:02d}_{_slug(report.optimizer)}_tree.png", "the search tree, chosen path marked",
+                            png))
+    return blocks
+
+
 def _changed_text(state: dict[str, Any], predictor: str | None) -> str:
     if predictor and predictor in state:
         return state[predictor].get("instruction", "")
@@ -425,12 +474,53 @@ def to_markdown(blocks: list[Block], image_dir: Path, rel: str) -> str:
             out.append(f"{fence}text\n{block.text}\n{fence}")
         elif isinstance(block, Table):
             out.append(_md_table(block))
+        elif isinstance(block, Tree):
+            out.append(_md_tree(block))
         elif isinstance(block, Image):
             image_dir.mkdir(parents=True, exist_ok=True)
             (image_dir / block.name).write_bytes(block.png)
             out.append(f"![{block.alt}]({rel}/{block.name})")
         out.append("")
     return "\n".join(out)
+
+
+def _tree_children(tree: Tree) -> tuple[list[TreeNode], dict[int, list[TreeNode]]]:
+    ids = {node.id for node in tree.nodes}
+    children: dict[int, list[TreeNode]] = {}
+    for node in tree.nodes:
+        if node.parent in ids:
+            children.setdefault(node.parent, []).append(node)
+    return [node for node in tree.nodes if node.parent not in ids], children
+
+
+def _md_tree(tree: Tree) -> str:
+    roots, children = _tree_children(tree)
+    lines: list[str] = []
+
+    def walk(node: TreeNode, depth: int) -> None:
+        label = f"**{node.label}**" if "path" in node.marks else node.label
+        lines.append(f"{'  ' * depth}- {label}: {node.detail.replace('|', '/')}")
+        for child in children.get(node.id, []):
+            walk(child, depth + 1)
+
+    for root in roots:
+        walk(root, 0)
+    return "\n".join(lines)
+
+
+def _html_tree(tree: Tree) -> str:
+    """Nested lists of boxes: a node's children are drawn inside its item, under its box."""
+    esc = html.escape
+    roots, children = _tree_children(tree)
+
+    def item(node: TreeNode) -> str:
+        classes = " ".join(["node", *node.marks])
+        below = children.get(node.id, [])
+        nested = f"<ul>{''.join(item(child) for child in below)}</ul>" if below else ""
+        box = f'<div class="{classes}" id="node-{node.id}"><b>{esc(node.label)}</b><br>{esc(node.detail)}</div>'
+        return f"<li>{box}{nested}</li>"
+
+    return f'<ul class="tree">{"".join(item(root) for root in roots)}</ul>'
 
 
 def _md_table(table: Table) -> str:
@@ -445,7 +535,10 @@ def _md_table(table: Table) -> str:
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
         "table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;"
         "text-align:left;vertical-align:top}th{background:#f3f3f3}pre{background:#f6f8fa;padding:.75rem;"
-        "white-space:pre-wrap}img{max-width:100%}tr.chosen td{background:#fff3c4;font-weight:600}")
+        "white-space:pre-wrap}img{max-width:100%}tr.chosen td{background:#fff3c4;font-weight:600}"
+        "ul.tree,ul.tree ul{list-style:none;padding-left:1.25rem;border-left:1px dashed #bbb}"
+        "ul.tree{border-left:none;padding-left:0}.node{border:1px solid #ccc;border-radius:4px;padding:.25rem .5rem;"
+        "margin:.25rem 0;font-size:.9rem}.node.path{border:2px solid #c0392b}.node.chosen{background:#fff3c4}")
 
 
 def to_html(blocks: list[Block], title: str) -> str:
@@ -465,6 +558,8 @@ def to_html(blocks: list[Block], title: str) -> str:
                            + "".join(f"<td>{esc(_short('' if v is None else v))}</td>" for v in row) + "</tr>"
                            for i, row in enumerate(block.rows))
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(block, Tree):
+            body.append(_html_tree(block))
         elif isinstance(block, Image):
             data = base64.b64encode(block.png).decode("ascii")
             body.append(f'<p><img alt="{esc(block.alt)}" src="data:image/png;base64,{data}"></p>')

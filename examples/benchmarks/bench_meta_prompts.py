@@ -1,4 +1,4 @@
-"""How often a prompt model's answer to each meta-prompt of OPRO, APO and ABO is usable.
+"""How often a prompt model's answer to each meta-prompt of OPRO, APO, ABO and PromptAgent is usable.
 
 Each meta-prompt is asked ``--tries`` times (temperature 1.0, a different seed each time) with inputs
 built from a bundled task, through the same adapter and the same checks the strategies use: an answer
@@ -33,6 +33,7 @@ from dspy_icl_opt.optimizers.abo_prompts import (
 )
 from dspy_icl_opt.optimizers.apo_prompts import DiagnoseErrors, FixInstruction, Paraphrase, clean_text, edited_instructions
 from dspy_icl_opt.optimizers.opro_prompts import ProposeInstruction, extract_instruction, render_exemplars
+from dspy_icl_opt.optimizers.promptagent_prompts import AnalyzeErrors, RewriteInstruction, usable_instruction
 from dspy_icl_opt.search.grounding import data_summary
 from dspy_icl_opt.search.meta import MetaPromptAdapter, numbered_items
 from dspy_icl_opt.search.surgery import describe_signature
@@ -51,6 +52,8 @@ def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signatu
     summary = data_summary(program, train)
     failure = (f"## Example 1\nInputs:\n  question: {wrong['question']}\nOutput of this step:\n  answer: "
                f"(A) 01/01/2019\nExpected output:\n  answer: {train[1].answer}")
+    wrong_answer = (f"Example 1\nInput:\n  question: {wrong['question']}\nModel output:\n  answer: (A) 01/01/2019\n"
+                    f"Correct output:\n  answer: {train[1].answer}")
     procedure = Procedure.parse(PROCEDURE)
     final = {"answer": program.signature.output_fields["answer"]}
     return {
@@ -69,6 +72,14 @@ def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signatu
             "n_instructions": 1}, lambda a: bool(edited_instructions(a.new_instructions, 1))),
         "APO Paraphrase": (Paraphrase, {"instruction": "Work out the date step by step, then answer with the option "
                                                        "letter."}, lambda a: bool(clean_text(a.paraphrase))),
+        "PromptAgent AnalyzeErrors": (AnalyzeErrors, {
+            "task": signature, "data_summary": summary, "instruction": "Answer the question.",
+            "wrong_answers": wrong_answer, "n_reasons": 3}, lambda a: bool(numbered_items(a.reasons))),
+        "PromptAgent RewriteInstruction": (RewriteInstruction, {
+            "task": signature, "data_summary": summary, "earlier_versions": "1. Answer the question.",
+            "instruction": "Answer the question with the option letter.", "wrong_answers": wrong_answer,
+            "reasons": "1. It does not say to compute the date from the reference date."},
+            lambda a: usable_instruction(a.new_instruction, MAX_INSTRUCTION_CHARS) is not None),
         "ABO WriteProcedure": (WriteProcedure, {
             "task": f"{signature}\nCurrent instruction: Answer the question.",
             "examples": "\n\n".join(f"Example {i}:\n{format_fields(dict(e.inputs()))}\n{format_fields(dict(e.labels()))}"

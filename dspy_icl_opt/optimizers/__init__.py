@@ -7,6 +7,8 @@ _EXPORTS = {
     "OPRO": "dspy_icl_opt.optimizers.opro",
     "APO": "dspy_icl_opt.optimizers.apo",
     "ABO": "dspy_icl_opt.optimizers.abo",
+    "APE": "dspy_icl_opt.optimizers.ape",
+    "IterativeAPE": "dspy_icl_opt.optimizers.ape",
     "Sequential": "dspy_icl_opt.optimizers.sequential",
 }
 

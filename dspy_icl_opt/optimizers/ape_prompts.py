@@ -66,12 +66,16 @@ _TO = re.compile(r"^to\s+(?=[a-z])")
 def read_instruction(text: Any) -> str:
     """The instruction in a prompt-model answer, or ``""`` when there is none worth scoring.
 
-    A list counts by its first item (a small model asked for one instruction often numbers
-    several); an echoed lead-in ("The instruction was to", "Instruction:") is dropped, as are
+    Only the first paragraph counts (a small model often adds an explanation after a blank line),
+    with the next one when it is a lead-in ending in a colon; a list counts by its first item (a
+    small model asked for one instruction often numbers several); an echoed lead-in ("The instruction was to", "Instruction:") is dropped, as are
     quotes; the first letter is capitalised and a final full stop added. Answers over
     ``MAX_INSTRUCTION_CHARS`` characters or under ``MIN_INSTRUCTION_WORDS`` words give ``""``.
     """
-    items = numbered_items(text)
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", str(text or "")) if p.strip()]
+    if len(paragraphs) > 1 and paragraphs[0].endswith(":"):
+        paragraphs[:2] = [f"{paragraphs[0]} {paragraphs[1]}"]
+    items = numbered_items(paragraphs[0] if paragraphs else "")
     if not items:
         return ""
     found = clean(items[0])

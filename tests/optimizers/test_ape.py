@@ -15,6 +15,7 @@ from dspy_icl_opt.testing import (
     last_user_text,
     parse_field_blocks,
     planted_rule_task,
+    rule_in_instruction,
     scripted_lm,
     system_text,
 )
@@ -135,6 +136,31 @@ def test_iterative_ape_varies_the_kept_candidates():
     assert task.rule in program.signature.instructions.lower()
 
 
+class TwoStep(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.draft = dspy.Predict(dspy.Signature("question -> notes", "Take notes on the question."))
+        self.answer = dspy.Predict(dspy.Signature("question, notes -> answer", "Answer the question."))
+
+    def forward(self, question: str) -> dspy.Prediction:
+        notes = self.draft(question=question).notes
+        return self.answer(question=question, notes=notes)
+
+
+def test_each_predictor_gets_instructions_in_turn_and_the_other_keeps_its_own():
+    task = planted_rule_task("vowels", train_size=12, val_size=8, seed=0)
+    ape = APE(task.metric, task_model=task.lm(knows=rule_in_instruction(task.rule)),
+              prompt_model=scripted_lm(responder(task.rule, every=1)), **{**SMALL, "num_subsamples": 2})
+    program = ape.compile(TwoStep(), trainset=task.train, valset=task.val)
+    generated = [c for c in ape.report_.candidates if c.origin == "generation"]
+    assert {c.predictor for c in generated} == {"draft", "answer"}
+    for c in generated:
+        other = "answer" if c.predictor == "draft" else "draft"
+        assert c.state[other]["instruction"] == ape.report_.candidates[0].state[other]["instruction"]
+    with dspy.context(lm=task.lm(knows=rule_in_instruction(task.rule))):
+        assert task.score(program) == 1.0
+
+
 # ----------------------------------------------------------------------------- the budget
 @pytest.mark.parametrize("cap", [3, 17, 40])
 def test_task_cap_is_never_exceeded(cap):
@@ -228,6 +254,8 @@ def test_another_seed_draws_other_demonstrations():
     ("Instruction: to find the date one week later", "Find the date one week later."),
     ("**Sort the words alphabetically**", "Sort the words alphabetically."),
     ("the teacher's instruction was: decide which option is right", "Decide which option is right."),
+    ("Count the vowels.\n\nThis works because every output is a count.", "Count the vowels."),
+    ("The instruction was:\n\nReverse the word.", "Reverse the word."),
     ("Ok", ""),
     ("", ""),
     ("x " * 400, ""),

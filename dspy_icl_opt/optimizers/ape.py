@@ -46,6 +46,9 @@ PULLED_SHARE = 0.5
 MIN_SAMPLES_PER_PULL = 2
 #: Label of a candidate's mean over every search example it was scored on.
 SEARCH_LABEL = "search"
+#: Ranking counts each candidate as if it had also seen this many examples at the pool's mean: two lucky
+#: examples (the fewest a pull gives) do not outrank a long good record.
+PRIOR_EXAMPLES = 4
 #: Integer settings: (minimum, the reference's default, quoted in error messages).
 _INT_SETTINGS = {"iterations": (1, 1), "num_subsamples": (1, 5), "num_demos": (1, 5),
                  "variations_per_candidate": (1, 3), "eval_rounds": (1, 5), "eval_prompts_per_round": (1, 50),
@@ -366,8 +369,8 @@ class APE(ICLOptimizer):
             parent = kept[i % len(kept)]
             name = parent.predictor or run.names[i % len(run.names)]
             state = ctx.state_of(parent)
-            answer = self._ask(ctx, run, VaryInstruction, f"ape/iteration{t}/parent{parent.id}/variation{i // len(kept)}",
-                               instruction=state[name].instruction)
+            key = f"ape/iteration{t}/parent{parent.id}/variation{i // len(kept)}"
+            answer = self._ask(ctx, run, VaryInstruction, key, instruction=state[name].instruction)
             if answer is None:
                 if run.prompt_budget_spent:
                     break
@@ -469,15 +472,23 @@ class APE(ICLOptimizer):
         return [o.score for o in outcomes]
 
     def _rank(self, ctx: SearchContext, run: _Run, pool: list[CandidateRecord]) -> None:
-        """Rank the pool by mean accuracy over every search example each has seen (more examples, then the
-        earlier candidate, win ties); never-scored candidates come last."""
+        """Rank the pool by mean accuracy over every search example each has seen, shrunk toward the pool's
+        mean by ``PRIOR_EXAMPLES`` (then more examples, then the earlier candidate); never-scored ones last.
+        ``scores["search"]`` keeps the plain mean."""
+        seen = {r.id: run.item_scores.get(r.id, {}) for r in pool}
+        total = sum(len(s) for s in seen.values())
+        pooled = sum(sum(s.values()) for s in seen.values()) / total if total else 0.0
         for record in pool:
-            seen = run.item_scores.get(record.id)
-            if seen:
-                record.scores[SEARCH_LABEL] = sum(seen.values()) / len(seen)
-                record.n_scored[SEARCH_LABEL] = len(seen)
-        run.ranked = sorted(pool, key=lambda r: (SEARCH_LABEL not in r.scores, -r.scores.get(SEARCH_LABEL, 0.0),
-                                                 -r.n_scored.get(SEARCH_LABEL, 0), r.id))
+            if seen[record.id]:
+                record.scores[SEARCH_LABEL] = sum(seen[record.id].values()) / len(seen[record.id])
+                record.n_scored[SEARCH_LABEL] = len(seen[record.id])
+
+        def key(record: CandidateRecord) -> tuple:
+            values = seen[record.id]
+            shrunk = (sum(values.values()) + PRIOR_EXAMPLES * pooled) / (len(values) + PRIOR_EXAMPLES)
+            return not values, -shrunk, -len(values), record.id
+
+        run.ranked = sorted(pool, key=key)
         ctx.set_best(run.ranked[0])
 
     def _kept(self, run: _Run, pool: list[CandidateRecord]) -> list[CandidateRecord]:

@@ -68,8 +68,9 @@ def read_instruction(text: Any) -> str:
 
     Only the first paragraph counts (a small model often adds an explanation after a blank line),
     with the next one when it is a lead-in ending in a colon; a list counts by its first item (a
-    small model asked for one instruction often numbers several); an echoed lead-in ("The instruction was to", "Instruction:") is dropped, as are
-    quotes; the first letter is capitalised and a final full stop added. Answers over
+    small model asked for one instruction often numbers several); an echoed lead-in ("The
+    instruction was to", "Instruction:") is dropped, as are quotes; the first letter is
+    capitalised and a final full stop added. Answers over
     ``MAX_INSTRUCTION_CHARS`` characters or under ``MIN_INSTRUCTION_WORDS`` words give ``""``.
     """
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", str(text or "")) if p.strip()]

@@ -1,4 +1,4 @@
-"""How often a prompt model's answer to each meta-prompt of OPRO, APO and ABO is usable.
+"""How often a prompt model's answer to each meta-prompt of OPRO, APO, APE and ABO is usable.
 
 Each meta-prompt is asked ``--tries`` times (temperature 1.0, a different seed each time) with inputs
 built from a bundled task, through the same adapter and the same checks the strategies use: an answer
@@ -30,6 +30,12 @@ from dspy_icl_opt.optimizers.abo_prompts import (
     format_fields,
     parse_sub_steps,
     step_number,
+)
+from dspy_icl_opt.optimizers.ape_prompts import (
+    InduceInstruction,
+    VaryInstruction,
+    read_instruction,
+    render_demonstrations,
 )
 from dspy_icl_opt.optimizers.apo_prompts import DiagnoseErrors, FixInstruction, Paraphrase, clean_text, edited_instructions
 from dspy_icl_opt.optimizers.opro_prompts import ProposeInstruction, extract_instruction, render_exemplars
@@ -69,6 +75,12 @@ def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signatu
             "n_instructions": 1}, lambda a: bool(edited_instructions(a.new_instructions, 1))),
         "APO Paraphrase": (Paraphrase, {"instruction": "Work out the date step by step, then answer with the option "
                                                        "letter."}, lambda a: bool(clean_text(a.paraphrase))),
+        "APE InduceInstruction": (InduceInstruction, {
+            "task": signature, "demonstrations": render_demonstrations(train[:5])},
+            lambda a: bool(read_instruction(a.instruction))),
+        "APE VaryInstruction": (VaryInstruction, {"instruction": "Work out the date the question asks for, then answer "
+                                                                 "with the option letter."},
+                                lambda a: bool(read_instruction(a.variation))),
         "ABO WriteProcedure": (WriteProcedure, {
             "task": f"{signature}\nCurrent instruction: Answer the question.",
             "examples": "\n\n".join(f"Example {i}:\n{format_fields(dict(e.inputs()))}\n{format_fields(dict(e.labels()))}"

@@ -104,16 +104,16 @@ class APE(ICLOptimizer):
     text). The pool (with the starting instruction and the data-grounded format candidate) is
     scored by execution accuracy with the ``evaluator`` bandit (UCB by default, exploration ``c``)
     on the training set, which every candidate shares. Iterative-APE: for each further iteration,
-    the top ``keep_fraction`` of the pool (by mean accuracy over the examples each has seen) is
-    kept and ``variations_per_candidate`` variations "saying the same in other words" are asked
-    per kept candidate; kept and new candidates go to the bandit again. The best
-    ``final_candidates`` then compete with the starting program on ``valset``
-    (:meth:`~dspy_icl_opt.search.base.SearchContext.choose_by_validation`).
+    the top ``keep_fraction`` of the pool (by mean accuracy over the examples each has seen, shrunk
+    toward the pool's mean for those that saw few) is kept and ``variations_per_candidate``
+    variations "saying the same in other words" are asked per kept candidate; kept and new
+    candidates go to the bandit again. The best ``final_candidates`` then compete with the
+    starting program on ``valset`` (:meth:`~dspy_icl_opt.search.base.SearchContext.choose_by_validation`).
 
     Budget: with caps, the plan (``plan()``) sizes the samples per subsample and the variations
     from the prompt cap, and the bandit rounds, prompts per round and examples per pull from the
-    task cap less the held-back validation; calls the cache saves go to later iterations, and the
-    last iteration spends what is left in extra bandit passes. Without caps the reference's
+    task cap less the held-back validation; calls the cache saves go to later iterations, and what
+    the last iteration's bandit leaves scores the leaders on examples they have not seen. Without caps the reference's
     sizes apply (50 samples per subsample; 5 rounds of 50 prompts on 50 examples).
 
     Several predictors: each demonstration subset and each variation works on one predictor's
@@ -308,6 +308,7 @@ class APE(ICLOptimizer):
                    tasks={name: describe_signature(p) for name, p in ctx.predictors},
                    search=list(range(len(ctx.trainset))))
         seed = ctx.add_candidate(ctx.initial_state, step=0, origin="seed")
+        run.seen.update(_norm(name, ctx.initial_state[name].instruction) for name in run.names)
         ctx.set_best(seed)
         ctx.report.extra["iterations"] = []
         with ctx.search_phase(validation_calls=plan.held_back):

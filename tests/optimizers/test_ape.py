@@ -15,12 +15,14 @@ from dspy_icl_opt.search.report import CandidateRecord
 from dspy_icl_opt.testing import (
     format_chat_reply,
     last_user_text,
+    make_fake_lm,
     parse_field_blocks,
     planted_rule_task,
     rule_in_instruction,
     scripted_lm,
     system_text,
 )
+from tests.contract.suite import KilledAfter
 
 SMALL = {"num_subsamples": 3, "num_demos": 3, "prompts_per_subsample": 2, "eval_rounds": 3,
          "eval_prompts_per_round": 4, "samples_per_eval": 4, "progress": False}
@@ -252,6 +254,28 @@ def test_killed_while_asking_for_variations_resumes_identically(tmp_path):
     program = resumed.compile(task.program(), trainset=task.train, valset=task.val)
     asked = sum(full.report_.extra["meta_prompts"][name]["answers"] for name in full.report_.extra["meta_prompts"])
     assert calls[0] + prompt_lm.engine.call_count == asked
+    assert resumed.report_.best_state == full.report_.best_state
+    assert program.signature.instructions == full_program.signature.instructions
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.75, 0.9])
+def test_a_capped_run_killed_in_its_bandit_or_top_up_resumes_identically(tmp_path, fraction):
+    task = planted_rule_task("vowels", train_size=12, val_size=8, seed=0)
+    settings = {"iterations": 2, "budget": {"max_task_calls": 70}}
+    full, full_program, _ = run(IterativeAPE, task=task, **settings)
+    total = full.report_.spent["task"].calls
+    assert full.report_.extra["iterations"][-1]["top_up"] > 0, "the setting reaches the top-up"
+    cut_at = int(total * fraction)
+    killed_lm = make_fake_lm(KilledAfter(task.lm().engine, cut_at), name=task.lm().model)
+    optimizer = IterativeAPE(task.metric, task_model=killed_lm, prompt_model=scripted_lm(responder(task.rule)),
+                             log_dir=tmp_path, **{**SMALL, **settings})
+    with pytest.raises(KeyboardInterrupt):
+        optimizer.compile(task.program(), trainset=task.train, valset=task.val)
+    task_lm = task.lm()
+    resumed = IterativeAPE(task.metric, task_model=task_lm, prompt_model=scripted_lm(responder(task.rule)),
+                           log_dir=tmp_path, **{**SMALL, **settings})
+    program = resumed.compile(task.program(), trainset=task.train, valset=task.val)
+    assert cut_at + task_lm.engine.call_count == total
     assert resumed.report_.best_state == full.report_.best_state
     assert program.signature.instructions == full_program.signature.instructions
 

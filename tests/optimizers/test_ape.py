@@ -106,6 +106,19 @@ def test_duplicate_instructions_are_dropped():
     assert program.signature.instructions == "Count the vowels."
 
 
+def test_a_generation_that_repeats_the_start_is_a_duplicate():
+    def echo(request):
+        return format_chat_reply({"instruction": "The instruction was to answer the question"})
+
+    ape, _, task = run(respond=echo)
+    assert task.program().signature.instructions == "Answer the question."
+    assert not [c for c in ape.report_.candidates if c.origin == "generation"]
+    assert ape.report_.extra["dropped_proposals"]["duplicate"] == SMALL["num_subsamples"] * SMALL[
+        "prompts_per_subsample"]
+    pool = ape.report_.extra["iterations"][0]["pool"]
+    assert len(pool) == len(set(pool))
+
+
 def test_the_start_is_kept_when_no_generated_instruction_is_better():
     task = planted_rule_task("vowels", train_size=12, val_size=8, seed=0)
     ape, program, _ = run(task=task, respond=distinct_responder("say a number"), format_candidate=False)

@@ -1,8 +1,9 @@
 """dspy-icl-opt: in-context-learning prompt optimizers for DSPy.
 
-Strategies are DSPy teleprompters: ``OPRO``, ``APO`` (ProTeGi), ``ABO``, ``APE`` and ``IterativeAPE``, and the Optuna-searched
-``DemoSelector``; ``Sequential`` chains them. Each ``compile(student, *, trainset, valset=None)``
-returns an optimized copy of the program and leaves an ``OptimizationReport`` in ``.report_``.
+Strategies are DSPy teleprompters: ``OPRO``, ``APO`` (ProTeGi), ``ABO``, ``APE`` and ``IterativeAPE``,
+and the Optuna-searched ``DemoSelector``; ``Sequential`` chains them. Each
+``compile(student, *, trainset, valset=None)`` returns an optimized copy of the program and leaves an
+``OptimizationReport`` in ``.report_``.
 
 Example:
     >>> import dspy_icl_opt

@@ -212,18 +212,20 @@ class APE(ICLOptimizer):
     def _first_pool(self, generated: int, n_predictors: int) -> int:
         return generated + 1 + (n_predictors if self.format_candidate else 0)
 
-    def _schedule(self, prompt_cap: int | None, iterations: int, n_predictors: int) -> _Schedule | None:
+    def _schedule(self, prompt_cap: int | None, iterations: int, n_predictors: int,
+                  generation: int | None = None) -> _Schedule | None:
         """Prompt calls per iteration; ``None`` when the cap cannot pay one variation per later iteration.
 
         Without a cap: ``num_subsamples * prompts_per_subsample`` generations (50 per subset unless set),
         then ``variations_per_candidate`` per kept candidate. With one, forward generation gets the whole
-        cap for APE, half of it for Iterative-APE; the later iterations share the rest.
+        cap for APE, half of it for Iterative-APE; the later iterations share the rest, and what their
+        ``variations_per_candidate`` leaves over goes back to forward generation.
         """
         per = self.prompts_per_subsample or (50 if prompt_cap is None else None)  # 50: the reference
         if prompt_cap is None:
             generation = self.num_subsamples * per
         else:
-            generation = prompt_cap if iterations == 1 else max(1, prompt_cap // 2)
+            generation = generation or (prompt_cap if iterations == 1 else max(1, prompt_cap // 2))
             if per is not None:
                 generation = min(generation, self.num_subsamples * per)
         subsamples = max(1, min(self.num_subsamples, generation))
@@ -239,6 +241,9 @@ class APE(ICLOptimizer):
                 return None
             variations.append(calls)
             pool = self._keep(pool) + calls
+        spare = subsamples * per + (left or 0)
+        if left and spare // subsamples > per and generation < spare and self.prompts_per_subsample is None:
+            return self._schedule(prompt_cap, iterations, n_predictors, generation=spare)
         return _Schedule(subsamples, per, tuple(variations))
 
     def _bandit_shape(self, pool: int, allotment: int | None, n_items: int, n_predictors: int) -> _BanditShape | None:

@@ -244,6 +244,16 @@ def test_at_a_users_budget_the_search_is_more_than_a_token(cls):
         assert any(c.origin == "variation" for c in proposed)
 
 
+@pytest.mark.parametrize("prompt_cap", [6, 20, 40])
+def test_iterative_ape_plans_every_prompt_call_and_at_least_two_iterations(prompt_cap):
+    task = planted_rule_task("vowels", train_size=20, val_size=20, seed=0)
+    optimizer = IterativeAPE(task.metric, iterations=2, num_subsamples=4,
+                             budget={"max_task_calls": 200, "max_prompt_calls": prompt_cap})
+    plan = optimizer.plan(task.program(), trainset=task.train, valset=task.val)
+    assert plan.steps == 2 and plan.prompt_calls == prompt_cap
+    assert plan.settings["variations"][0] >= 1 and plan.task_calls <= 200
+
+
 # ------------------------------------------------------------------------ resume and seed
 def test_killed_while_asking_for_variations_resumes_identically(tmp_path):
     task = planted_rule_task("vowels", train_size=12, val_size=8, seed=0)

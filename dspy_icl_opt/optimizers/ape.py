@@ -42,7 +42,7 @@ Scoring = Literal["accuracy", "likelihood"]
 DEFAULT_TEMPERATURE = 0.9
 #: With a task cap, a bandit round pulls at most this share of the pool: the rest waits for its upper bound.
 PULLED_SHARE = 0.5
-#: Fewer examples per pull than this tell a candidate's accuracy from noise no better than a coin.
+#: The fewest examples per pull: one says almost nothing, and more would leave a large pool half unseen.
 MIN_SAMPLES_PER_PULL = 2
 #: Label of a candidate's mean over every search example it was scored on.
 SEARCH_LABEL = "search"
@@ -66,10 +66,6 @@ class _Schedule:
     @property
     def iterations(self) -> int:
         return 1 + len(self.variations)
-
-    @property
-    def prompt_calls(self) -> int:
-        return self.subsamples * self.per_subsample + sum(self.variations)
 
 
 @dataclass(frozen=True)
@@ -316,6 +312,7 @@ class APE(ICLOptimizer):
         run.seen.update(_norm(name, ctx.initial_state[name].instruction) for name in run.names)
         ctx.set_best(seed)
         ctx.report.extra["iterations"] = []
+        ctx.report.extra["dropped_proposals"] = run.dropped  # the same dict: every checkpoint saves its counts
         with ctx.search_phase(validation_calls=plan.held_back):
             pool = [seed, *self._format_candidates(ctx, run)]
             pool += self._generate(ctx, run, plan)
@@ -506,7 +503,6 @@ class APE(ICLOptimizer):
     def _choose_final(self, ctx: SearchContext, run: _Run, finalists: int) -> None:
         """The best-ranked candidates (of the last completed ranking) against the start, on ``valset``."""
         ranked = [r for r in run.ranked if r.origin != "seed" and SEARCH_LABEL in r.scores][:finalists]
-        ctx.report.extra["dropped_proposals"] = dict(run.dropped)
         best = ctx.choose_by_validation(ranked, tiebreak=lambda r: (r.scores.get(SEARCH_LABEL, 0.0),))
         logger.info("{} chose candidate {} (val {:.3f}) from finalists {} and the start", type(self).__name__,
                     best.id, best.scores["val"], [r.id for r in ranked])

@@ -1,13 +1,14 @@
 """dspy-icl-opt: in-context-learning prompt optimizers for DSPy.
 
-Strategies are DSPy teleprompters: ``OPRO``, ``APO`` (ProTeGi), ``ABO``, and the Optuna-searched
-``DemoSelector``; ``Sequential`` chains them. Each ``compile(student, *, trainset, valset=None)``
-returns an optimized copy of the program and leaves an ``OptimizationReport`` in ``.report_``.
+Strategies are DSPy teleprompters: ``OPRO``, ``APO`` (ProTeGi), ``ABO``, ``APE`` and ``IterativeAPE``,
+and the Optuna-searched ``DemoSelector``; ``Sequential`` chains them. Each
+``compile(student, *, trainset, valset=None)`` returns an optimized copy of the program and leaves an
+``OptimizationReport`` in ``.report_``.
 
 Example:
     >>> import dspy_icl_opt
     >>> sorted(dspy_icl_opt.__all__)[:3]
-    ['ABO', 'APO', 'Budget']
+    ['ABO', 'APE', 'APO']
 """
 
 from importlib import import_module

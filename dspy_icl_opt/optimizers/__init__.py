@@ -8,6 +8,8 @@ _EXPORTS = {
     "APO": "dspy_icl_opt.optimizers.apo",
     "ABO": "dspy_icl_opt.optimizers.abo",
     "PromptAgent": "dspy_icl_opt.optimizers.promptagent",
+    "APE": "dspy_icl_opt.optimizers.ape",
+    "IterativeAPE": "dspy_icl_opt.optimizers.ape",
     "Sequential": "dspy_icl_opt.optimizers.sequential",
 }
 

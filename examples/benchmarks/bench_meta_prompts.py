@@ -1,4 +1,4 @@
-"""How often a prompt model's answer to each meta-prompt of OPRO, APO, ABO and PromptAgent is usable.
+"""How often a prompt model's answer to each meta-prompt of OPRO, APO, APE, ABO and PromptAgent is usable.
 
 Each meta-prompt is asked ``--tries`` times (temperature 1.0, a different seed each time) with inputs
 built from a bundled task, through the same adapter and the same checks the strategies use: an answer
@@ -30,6 +30,12 @@ from dspy_icl_opt.optimizers.abo_prompts import (
     format_fields,
     parse_sub_steps,
     step_number,
+)
+from dspy_icl_opt.optimizers.ape_prompts import (
+    InduceInstruction,
+    VaryInstruction,
+    read_instruction,
+    render_demonstrations,
 )
 from dspy_icl_opt.optimizers.apo_prompts import DiagnoseErrors, FixInstruction, Paraphrase, clean_text, edited_instructions
 from dspy_icl_opt.optimizers.opro_prompts import ProposeInstruction, extract_instruction, render_exemplars
@@ -80,6 +86,12 @@ def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signatu
             "instruction": "Answer the question with the option letter.", "wrong_answers": wrong_answer,
             "reasons": "1. It does not say to compute the date from the reference date."},
             lambda a: usable_instruction(a.new_instruction, MAX_INSTRUCTION_CHARS) is not None),
+        "APE InduceInstruction": (InduceInstruction, {
+            "task": signature, "demonstrations": render_demonstrations(train[:5])},
+            lambda a: bool(read_instruction(a.instruction))),
+        "APE VaryInstruction": (VaryInstruction, {"instruction": "Work out the date the question asks for, then answer "
+                                                                 "with the option letter."},
+                                lambda a: bool(read_instruction(a.variation))),
         "ABO WriteProcedure": (WriteProcedure, {
             "task": f"{signature}\nCurrent instruction: Answer the question.",
             "examples": "\n\n".join(f"Example {i}:\n{format_fields(dict(e.inputs()))}\n{format_fields(dict(e.labels()))}"

@@ -10,8 +10,8 @@ Run (the README's figures come from the three commands it shows, of this form):
     python examples/benchmarks/bench_optimizers.py --tasks date_understanding,disambiguation_qa,hyperbaton \
         --methods uncompiled,copro,opro --budget 80 --test 50 --pivot --out results.jsonl
 
-Methods: uncompiled, zeroshot_cot, copro, opro, apo, gepa, abo, abo_nodemo, promptagent, bfsrs, mipro,
-demos, opro+demos. A method whose module is missing is reported as skipped.
+Methods: uncompiled, zeroshot_cot, copro, opro, apo, ape, iterative_ape, gepa, abo, abo_nodemo, promptagent,
+bfsrs, mipro, demos, opro+demos. A method whose module is missing is reported as skipped.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def method_registry() -> dict[str, Callable[..., dspy.Module]]:
         # ours run with their defaults: each plans its steps from the budget it is given
         "opro": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.opro", "OPRO"),
         "apo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.apo", "APO"),
+        "ape": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.ape", "APE"),
+        "iterative_ape": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.ape", "IterativeAPE"),
         "abo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO"),
         "abo_nodemo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO", demonstration=False),
         "promptagent": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.promptagent", "PromptAgent"),

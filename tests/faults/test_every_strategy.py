@@ -10,6 +10,7 @@ from dspy_icl_opt.search.faults import RunInterrupted
 from dspy_icl_opt.testing import planted_rule_task, scripted_lm
 from dspy_icl_opt.testing.faulty import faulty_lm
 from tests.contract import test_abo_contract as abo
+from tests.contract import test_ape_contract as ape
 from tests.contract import test_apo_contract as apo
 from tests.contract import test_demoselector_contract as demos
 from tests.contract import test_opro_contract as opro
@@ -18,6 +19,7 @@ from tests.contract.suite import state_of
 SUITES = {"opro": opro.TestOPROContract, "opro-racing": opro.TestOPRORacingContract, "apo": apo.TestAPOContract,
           "abo": abo.TestABOContract, "demoselector": demos.TestDemoSelectorContract,
           "demoselector-knn": demos.TestDemoSelectorKnnContract}
+SUITES.update({"ape": ape.TestAPEContract, "iterative-ape": ape.TestIterativeAPEContract})
 
 
 def _task():

@@ -28,7 +28,7 @@ def test_each_meta_prompt_is_usable_on_the_embedded_model():
 
     lm = resolve_lm("embedded", temperature=1.0, max_tokens=400, cache=False)
     rates = _bench().measure(lm, "date_understanding", TRIES)
-    assert len(rates) == 10
+    assert len(rates) == 12
     low = {name: parsed for name, (parsed, _) in rates.items() if parsed < MIN_PARSED}
     assert not low, f"meta-prompts parsed in less than {MIN_PARSED:.0%} of {TRIES} tries: {low} (all: {rates})"
 

@@ -7,6 +7,7 @@ _EXPORTS = {
     "OPRO": "dspy_icl_opt.optimizers.opro",
     "APO": "dspy_icl_opt.optimizers.apo",
     "ABO": "dspy_icl_opt.optimizers.abo",
+    "InstructionDemoSearch": "dspy_icl_opt.optimizers.joint",
     "Sequential": "dspy_icl_opt.optimizers.sequential",
 }
 

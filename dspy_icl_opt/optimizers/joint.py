@@ -125,6 +125,7 @@ class _Run:
     studies: list[optuna.Study] = field(default_factory=list)
     storage: Any = None
     study_name: str = ""
+    scored: set[tuple[str, int]] = field(default_factory=set)
     done: int = 0
     idle: int = 0
     phase: int = 1
@@ -434,7 +435,9 @@ class InstructionDemoSearch(ICLOptimizer):
 
     def _trial(self, ctx: SearchContext, run: _Run) -> bool:
         """Ask, score and tell one trial; False when the budget cannot pay for it (the trial is marked cut)."""
-        trial = run.study.ask(distributions(run.space, run.ks))
+        with warnings.catch_warnings():  # an RDB storage's heartbeat is for study.optimize; ask/tell trials are short
+            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+            trial = run.study.ask(distributions(run.space, run.ks))
         choices = decode(trial.params, run.space)
         state = build_state(ctx.initial_state, run.space, choices, self.max_demos > 0)
         batch = run.batches[(run.done // self.minibatch_full_eval_steps) % len(run.batches)]
@@ -455,9 +458,11 @@ class InstructionDemoSearch(ICLOptimizer):
         self._tell(run, trial, choices, described, batch, outcomes, ctx, value)
         run.params[record.id] = dict(trial.params)
         run.done += 1
-        run.idle = run.idle + 1 if new == 0 else 0
+        fresh = {(state.key(), i) for i in batch} - run.scored  # new to this run (a resumed run replays them)
+        run.scored |= fresh
+        run.idle = 0 if fresh else run.idle + 1
         run.rows.append({"trial": trial.number, "phase": run.phase, "candidate": record.id, "value": round(value, 6),
-                         "examples": len(outcomes), "new_calls": new, "choice": described})
+                         "examples": len(outcomes), "new_examples": len(fresh), "choice": described})
         logger.info("Trial {} (phase {}): {} -> {:.3f} on {} examples", trial.number, run.phase, described, value,
                     len(outcomes))
         return True
@@ -495,6 +500,8 @@ class InstructionDemoSearch(ICLOptimizer):
         if len(run.batches[0]) >= len(run.search):
             for rid, scores in run.scores.items():  # every trial already saw the whole search set
                 run.full[rid] = sum(scores.values()) / len(scores)
+            for row in run.rows:
+                row["full"] = round(run.full[row["candidate"]], 6)
             return
         records = [ctx.report.candidates[rid] for rid in run.scores if rid not in run.full]
         best = ctx.best_by(records, "search")
@@ -509,6 +516,7 @@ class InstructionDemoSearch(ICLOptimizer):
             logger.info("Full evaluation of candidate {} skipped: needs {} task calls, {} left", best.id, new, remaining)
             return
         outcomes = ctx.scorer.evaluate(state, examples, desc=f"full #{best.id}")
+        run.scored |= {(state.key(), i) for i in run.search}
         self._store(ctx, run, best, run.search, outcomes)
         run.full[best.id] = ctx.record_outcomes(best, outcomes, "full")
         for row in run.rows:
@@ -577,9 +585,9 @@ class InstructionDemoSearch(ICLOptimizer):
 
     def _leader(self, ctx: SearchContext, run: _Run) -> CandidateRecord | None:
         """The best configuration so far: by full evaluation when there is one, else by its search mean."""
-        records = [ctx.report.candidates[rid] for rid in run.scores]
-        fully = [r for r in records if r.id in run.full]
-        return ctx.best_by(fully, "full") if fully else ctx.best_by(records, "search")
+        if run.full:
+            return ctx.report.candidates[max(run.full, key=lambda rid: (run.full[rid], -rid))]
+        return ctx.best_by([ctx.report.candidates[rid] for rid in run.scores], "search")
 
     # -------------------------------------------------------------------------- the choice
     def _choose_final(self, ctx: SearchContext, run: _Run) -> None:

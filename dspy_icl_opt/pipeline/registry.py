@@ -93,6 +93,9 @@ REGISTRY: dict[str, OptimizerEntry] = {e.name: e for e in (
                    "ABO: Bayesian-style optimization over instruction candidates"),
     OptimizerEntry("demos", "dspy_icl_opt.demos:DemoSelector", "ours",
                    "DemoSelector: Optuna search over few-shot demonstrations (k curve, influence)"),
+    OptimizerEntry("joint", "dspy_icl_opt.optimizers.joint:InstructionDemoSearch", "ours",
+                   "InstructionDemoSearch: instructions and demo sets searched together with Optuna (MIPROv2's "
+                   "vocabulary, planned from the budget, influence phase)"),
     OptimizerEntry("labeled", "dspy.teleprompt:LabeledFewShot", "dspy",
                    "DSPy LabeledFewShot: k labeled training examples as demos", defaults={"k": 4},
                    takes_metric=False),
@@ -125,7 +128,8 @@ def _norm(name: str) -> str:
 
 _ALIASES: dict[str, str] = {**{_norm(e.name): e.name for e in REGISTRY.values()},
                             **{_norm(e.class_name): e.name for e in REGISTRY.values()},
-                            "demoselection": "demos", "protegi": "apo", "bootstrapfewshotrs": "random_search"}
+                            "demoselection": "demos", "protegi": "apo",
+                            "instructiondemos": "joint", "jointsearch": "joint", "bootstrapfewshotrs": "random_search"}
 
 
 def lookup(name: str) -> OptimizerEntry:

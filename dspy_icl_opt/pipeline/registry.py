@@ -94,8 +94,7 @@ REGISTRY: dict[str, OptimizerEntry] = {e.name: e for e in (
     OptimizerEntry("demos", "dspy_icl_opt.demos:DemoSelector", "ours",
                    "DemoSelector: Optuna search over few-shot demonstrations (k curve, influence)"),
     OptimizerEntry("joint", "dspy_icl_opt.optimizers.joint:InstructionDemoSearch", "ours",
-                   "InstructionDemoSearch: instructions and demo sets searched together with Optuna (MIPROv2's "
-                   "vocabulary, planned from the budget, influence phase)"),
+                   "InstructionDemoSearch: instruction x demo set searched with Optuna (MIPROv2 drop-in, budgeted)"),
     OptimizerEntry("labeled", "dspy.teleprompt:LabeledFewShot", "dspy",
                    "DSPy LabeledFewShot: k labeled training examples as demos", defaults={"k": 4},
                    takes_metric=False),

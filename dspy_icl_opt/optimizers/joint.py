@@ -364,7 +364,7 @@ class InstructionDemoSearch(ICLOptimizer):
         run.batches = [[order[(j * size + i) % len(order)] for i in range(size)] for j in range(blocks)]
         run.ks = k_choices(self.max_demos) if self.max_demos else (0,)
         sources = [ctx.trainset[i] for i in run.sources]
-        boot = bootstrap(ctx, sources, max_demos=self.max_bootstrapped_demos, teacher_demos=self.max_demos,
+        boot = bootstrap(ctx, sources, max_demos=self.max_bootstrapped_demos, teacher_demos=self.max_labeled_demos or self.max_bootstrapped_demos,
                          threshold=self.bootstrap_threshold, seed=self.seed)
         reserved = 1 if self.influence and self.max_demos else 0
         for name, predictor in ctx.predictors:

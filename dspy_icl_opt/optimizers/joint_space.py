@@ -26,7 +26,7 @@ from typing import Any
 import dspy
 from optuna.distributions import CategoricalDistribution
 
-from dspy_icl_opt.demos.pools import as_demo, demo_id, labeled_pool, labeled_teacher
+from dspy_icl_opt.demos.pools import demo_id, labeled_pool, labeled_teacher
 from dspy_icl_opt.demos.strategies import mmr
 from dspy_icl_opt.search.base import SearchContext, stable_int
 from dspy_icl_opt.search.surgery import ProgramState
@@ -152,8 +152,7 @@ def bootstrap(ctx: SearchContext, sources: Sequence[dspy.Example], *, max_demos:
     for start in range(0, len(order), batch):
         if all(len(found[n]) >= wanted for n in names):
             break
-        for example in order[start:start + batch]:
-            outcome = ctx.scorer.evaluate(teacher(example), [example], desc="bootstrap")[0]
+        for outcome in _run_taught(ctx, teacher, order[start:start + batch]):
             if outcome.failed or outcome.score < threshold:
                 continue
             for call in outcome.trace:
@@ -161,6 +160,19 @@ def bootstrap(ctx: SearchContext, sources: Sequence[dspy.Example], *, max_demos:
                 if call.get("predictor") in found and len(found[call["predictor"]]) < wanted:
                     found[call["predictor"]].setdefault(demo_id(demo), demo)
     return {name: list(demos.values()) for name, demos in found.items()}
+
+
+def _run_taught(ctx: SearchContext, teacher: Any, chunk: Sequence[dspy.Example]) -> list[Any]:
+    """Outcomes of the teacher on ``chunk``, in order; examples taught by the same state run together (in parallel)."""
+    groups: dict[str, tuple[ProgramState, list[int]]] = {}
+    for i, example in enumerate(chunk):
+        state = teacher(example)
+        groups.setdefault(state.key(), (state, []))[1].append(i)
+    outcomes: list[Any] = [None] * len(chunk)
+    for state, positions in groups.values():
+        for i, outcome in zip(positions, ctx.scorer.evaluate(state, [chunk[i] for i in positions], desc="bootstrap")):
+            outcomes[i] = outcome
+    return outcomes
 
 
 def demo_sets(predictor: dspy.Predict, name: str, sources: Sequence[dspy.Example], boot: list[dict[str, Any]], *,
@@ -191,11 +203,6 @@ def influence_set(ranking: Sequence[Mapping[str, Any]], demos: Mapping[str, dict
     """The ``size`` demos with the highest positive influence, most influential first; None if none helped."""
     chosen = [demos[e["id"]] for e in ranking if e.get("weight", 0.0) > 0 and e["id"] in demos][:size]
     return DemoSet("influence", tuple(chosen)) if chosen else None
-
-
-def labeled_sources(predictor: dspy.Predict, examples: Sequence[dspy.Example]) -> int:
-    """How many of ``examples`` can be a labeled demo of ``predictor``."""
-    return sum(as_demo(predictor, ex) is not None for ex in examples)
 
 
 def _unique(demos: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

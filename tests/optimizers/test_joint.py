@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import dspy
 import optuna
 import pytest
 
+from dspy_icl_opt.demos.study import make_storage
 from dspy_icl_opt.optimizers.joint import InstructionDemoSearch
 from dspy_icl_opt.optimizers.joint_prompts import STYLE_HINTS, read_instruction
 from dspy_icl_opt.optimizers.joint_space import k_choices
@@ -176,19 +180,28 @@ def test_same_seed_same_trials_other_seed_other_trials(task):
     assert rows(4) != rows(5)
 
 
-def test_study_is_stored_in_sqlite_with_a_named_objective(task, tmp_path):
-    url = f"sqlite:///{tmp_path / 'joint.db'}"
-    opt = make(task, storage=url, study_name="joint-test", budget={"max_task_calls": 200, "max_prompt_calls": 6},
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_study_is_stored_with_a_named_objective(task, tmp_path, backend):
+    if backend == "postgresql":
+        url = os.environ.get("DSPY_ICL_OPT_TEST_PG_URL")
+        if not url:
+            pytest.skip("DSPY_ICL_OPT_TEST_PG_URL is not set: no PostgreSQL server to test against.")
+    else:
+        url = f"sqlite:///{tmp_path / 'joint.db'}"
+    name = f"joint-test-{uuid.uuid4().hex[:8]}"
+    opt = make(task, storage=url, study_name=name, budget={"max_task_calls": 200, "max_prompt_calls": 6},
                influence=False)
     opt.compile(task.program(), trainset=task.train, valset=task.val)
-    study = optuna.load_study(study_name="joint-test", storage=url)
+    study = optuna.load_study(study_name=name, storage=make_storage(url))
     assert study.metric_names == ["mean score on the trial's minibatch"]
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(trials) == len(opt.report_.extra["joint"]["trials"])
     assert {"self/instruction", "self/demos", "self/k"} <= set(trials[0].params)
     assert "self/instruction_text" in trials[0].user_attrs and "self/demo_set" in trials[0].user_attrs
     assert study.user_attrs["icl_instructions"]["self"][0] == "Answer the question."
-    assert opt.report_.extra["study"]["storage"].startswith("sqlite:///")
+    assert opt.report_.extra["study"]["storage"].startswith(backend)
+    if backend == "postgresql":
+        optuna.delete_study(study_name=name, storage=make_storage(url))
 
 
 def test_resume_from_the_journal_rebuilds_the_stored_study_without_calls(task, tmp_path):

@@ -34,7 +34,12 @@ from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.demos.influence import fit_influence
 from dspy_icl_opt.demos.pools import demo_id
 from dspy_icl_opt.demos.study import make_storage, redact
-from dspy_icl_opt.optimizers.joint_prompts import STYLE_HINTS, ProposeTaskInstruction, read_instruction, render_problems
+from dspy_icl_opt.optimizers.joint_prompts import (
+    STYLE_HINTS,
+    ProposeTaskInstruction,
+    read_instruction,
+    render_problems,
+)
 from dspy_icl_opt.optimizers.joint_space import (
     SHOWN_INSTRUCTION_CHARS,
     Choice,
@@ -49,9 +54,18 @@ from dspy_icl_opt.optimizers.joint_space import (
     k_choices,
     shown_ids,
 )
-from dspy_icl_opt.search.base import MIN_EXAMPLES_TO_SPLIT, ICLOptimizer, SearchContext, stable_int
+from dspy_icl_opt.search.base import (
+    MIN_EXAMPLES_TO_SPLIT,
+    ICLOptimizer,
+    SearchContext,
+    stable_int,
+)
 from dspy_icl_opt.search.budget import BudgetExhausted
-from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces
+from dspy_icl_opt.search.grounding import (
+    data_summary,
+    format_instruction,
+    output_spaces,
+)
 from dspy_icl_opt.search.plan import (
     MIN_SEARCH_EXAMPLES,
     Phase,
@@ -357,14 +371,16 @@ class InstructionDemoSearch(ICLOptimizer):
         settings = ctx.plan.settings
         n = len(ctx.trainset)
         run.search = search_subset(n, settings["search_examples"], self.seed)
-        run.sources = [i for i in range(n) if i not in set(run.search)] or list(range(n))
+        searched = set(run.search)
+        run.sources = [i for i in range(n) if i not in searched] or list(range(n))
         size, order = settings["minibatch_size"], list(run.search)
         random.Random(stable_int(self.seed, "minibatch-order")).shuffle(order)
         blocks = max(1, math.ceil(len(order) / size))
         run.batches = [[order[(j * size + i) % len(order)] for i in range(size)] for j in range(blocks)]
         run.ks = k_choices(self.max_demos) if self.max_demos else (0,)
         sources = [ctx.trainset[i] for i in run.sources]
-        boot = bootstrap(ctx, sources, max_demos=self.max_bootstrapped_demos, teacher_demos=self.max_labeled_demos or self.max_bootstrapped_demos,
+        boot = bootstrap(ctx, sources, max_demos=self.max_bootstrapped_demos,
+                         teacher_demos=self.max_labeled_demos or self.max_bootstrapped_demos,
                          threshold=self.bootstrap_threshold, seed=self.seed)
         reserved = 1 if self.influence and self.max_demos else 0
         for name, predictor in ctx.predictors:
@@ -385,7 +401,8 @@ class InstructionDemoSearch(ICLOptimizer):
         if formatted is not None:
             found.append(("format", formatted))
         sources = [ctx.trainset[i] for i in run.sources]
-        shown = random.Random(stable_int(self.seed, "problems", name)).sample(sources, min(SHOWN_PROBLEMS, len(sources)))
+        rng = random.Random(stable_int(self.seed, "problems", name))
+        shown = rng.sample(sources, min(SHOWN_PROBLEMS, len(sources)))
         problems = render_problems(predictor, shown)
         inputs = {"task": describe_signature(predictor), "data_summary": data_summary(predictor, ctx.trainset),
                   "solved_problems": problems}
@@ -513,7 +530,8 @@ class InstructionDemoSearch(ICLOptimizer):
         remaining = ctx.meter.remaining_calls("task")
         if remaining is not None and new > remaining:
             ctx.report.stopped_by_budget = True
-            logger.info("Full evaluation of candidate {} skipped: needs {} task calls, {} left", best.id, new, remaining)
+            logger.info("Full evaluation of candidate {} skipped: needs {} task calls, {} left", best.id, new,
+                        remaining)
             return
         outcomes = ctx.scorer.evaluate(state, examples, desc=f"full #{best.id}")
         run.scored |= {(state.key(), i) for i in run.search}
@@ -530,7 +548,8 @@ class InstructionDemoSearch(ICLOptimizer):
         """A fresh study for the phase (a stored one of the same name is replaced: the journal is what resumes)."""
         if not run.studies:
             run.storage = make_storage(self.storage) if self.storage is not None else None
-            run.study_name = self.study_name or f"joint-{stable_int(ctx.report.fingerprint, self.seed, self._params()):08x}"
+            digest = stable_int(ctx.report.fingerprint, self.seed, self._params())
+            run.study_name = self.study_name or f"joint-{digest:08x}"
         name = run.study_name if phase == 1 else f"{run.study_name}-influence"
         if run.storage is not None:
             try:

@@ -199,7 +199,8 @@ def demo_sets(predictor: dspy.Predict, name: str, sources: Sequence[dspy.Example
     return sets[:count]
 
 
-def influence_set(ranking: Sequence[Mapping[str, Any]], demos: Mapping[str, dict[str, Any]], size: int) -> DemoSet | None:
+def influence_set(ranking: Sequence[Mapping[str, Any]], demos: Mapping[str, dict[str, Any]],
+                  size: int) -> DemoSet | None:
     """The ``size`` demos with the highest positive influence, most influential first; None if none helped."""
     chosen = [demos[e["id"]] for e in ranking if e.get("weight", 0.0) > 0 and e["id"] in demos][:size]
     return DemoSet("influence", tuple(chosen)) if chosen else None

@@ -24,6 +24,8 @@ STYLE_HINTS = (
     "Describe the task as an expert would brief a new colleague.",
     "Warn about the most common mistake on this task and how to avoid it.",
 )
+#: A first paragraph at least this long is the instruction; what follows a blank line is usually commentary.
+MIN_PARAGRAPH_CHARS = 20
 #: Characters of one solved problem's field value shown in the meta-prompt (long inputs are cut).
 MAX_SHOWN_CHARS = 400
 
@@ -54,11 +56,15 @@ def render_problems(predictor: dspy.Predict, examples: Sequence[dspy.Example]) -
 
 
 def read_instruction(text: object, max_chars: int) -> str:
-    """The instruction in an answer: unquoted, a leading "Instruction:" label dropped; "" if too long or empty."""
+    """The instruction in an answer: unquoted, a leading "Instruction:" label dropped, commentary after the first
+    paragraph dropped (when that paragraph is long enough to be one); "" if too long or empty."""
     value = clean(text)
     head, sep, rest = value.partition(":")
     if sep and head.strip().lower() in ("instruction", "new instruction", "the instruction"):
         value = clean(rest)
+    first = value.split("\n\n", 1)[0].strip()
+    if len(first) >= MIN_PARAGRAPH_CHARS:
+        value = clean(first)
     return value if 0 < len(value) <= max_chars else ""
 
 

@@ -265,3 +265,5 @@ def test_num_trials_is_run_exactly(task):
 def test_proposals_are_read_from_plain_text():
     assert read_instruction('Instruction: "Count the vowels."', 100) == "Count the vowels."
     assert read_instruction("x" * 101, 100) == ""
+    assert read_instruction("Count the vowels of the word.\n\nThis instruction is clear and helpful.", 100) == \
+        "Count the vowels of the word."

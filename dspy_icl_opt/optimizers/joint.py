@@ -575,7 +575,8 @@ class InstructionDemoSearch(ICLOptimizer):
         previous = run.study
         done = [t for t in previous.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
         ranking = fit_influence([t.user_attrs for t in done])
-        run.influence = ranking
+        top = {name: entries[: self.max_demos] for name, entries in ranking.items()}
+        run.influence = {"after_trials": len(done), "top": top}
         added = {}
         for name, pspace in run.space.items():
             known = {demo_id(d): d for s in pspace.demo_sets for d in s.demos}
@@ -625,7 +626,11 @@ class InstructionDemoSearch(ICLOptimizer):
                               for i, d in enumerate(s.demo_sets)] for n, s in run.space.items()},
             "k_choices": list(run.ks), "search_examples": len(run.search), "demo_source_examples": len(run.sources),
             "trials": run.rows}
-        ctx.report.extra["influence"] = run.influence
+        if run.studies and self.max_demos:  # every trial of the run, demos' content beside their weights
+            done = [t.user_attrs for t in run.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+            demos = {(n, demo_id(d)): d for n, s in run.space.items() for ds in s.demo_sets for d in ds.demos}
+            ctx.report.extra["influence"] = fit_influence(done, demos=demos)
+        ctx.report.extra["joint"]["influence_phase"] = run.influence
         if run.studies:
             ctx.report.extra["study"] = {"names": [s.study_name for s in run.studies],
                                          "storage": redact(self.storage) or "in-memory",

@@ -152,6 +152,9 @@ def test_the_influence_phase_adds_a_set_of_the_demos_that_helped(task):
     assert opt.study_.study_name.endswith("-influence")
     copied = [t for t in opt.study_.trials if t.number < len(joint["trials"]) - len(phase_two)]
     assert all(t.user_attrs.get("icl_scores") for t in copied), "phase one's trials were copied in"
+    assert joint["influence_phase"]["top"]["self"][0]["id"] == key
+    final = opt.report_.extra["influence"]["self"][0]  # refitted on every trial, with the demo's content
+    assert final["id"] == key and final["demo"]["answer"]
 
 
 def test_report_lists_candidates_once_and_choices_per_trial():

@@ -130,6 +130,22 @@ def test_two_predictor_program_gets_instruction_and_demos_each(task):
     assert any(s["name"].startswith("bootstrapped") for s in sets["extract"])
 
 
+def test_chain_of_thought_in_threads_gets_bootstrapped_reasoning_demos(task):
+    from dspy_icl_opt.testing import any_of, rule_in_instruction
+
+    lm = task.lm(knows=any_of(rule_in_instruction(task.rule), correct_demos(task.solve, at_least=2)))
+    program = dspy.ChainOfThought(dspy.Signature("question -> answer", "Answer the question."))
+    opt = make(task, task_model=lm, num_threads=2, budget={"max_task_calls": 200})
+    compiled = opt.compile(program, trainset=task.train, valset=task.val)
+    with dspy.context(lm=lm):
+        assert task.score(compiled) == 1.0
+    assert opt.report_.spent["task"].calls <= 200
+    boot = [s for s in opt.report_.extra["joint"]["demo_sets"]["predict"] if s["name"].startswith("bootstrapped")]
+    assert boot, "the taught program passed on demo-source examples, so its traces became demo sets"
+    demos = [d for c in opt.report_.candidates for d in c.state["predict"]["demos"]]
+    assert any("reasoning" in d for d in demos), "a bootstrapped demo carries the model's reasoning"
+
+
 def test_the_influence_phase_adds_a_set_of_the_demos_that_helped(task):
     from dspy_icl_opt.demos import demo_id
 

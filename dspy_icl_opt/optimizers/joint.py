@@ -289,6 +289,12 @@ class InstructionDemoSearch(ICLOptimizer):
     def max_demos(self) -> int:
         return self.max_bootstrapped_demos + self.max_labeled_demos
 
+    def trials_dataframe(self, **kwargs: Any) -> Any:
+        """The last study's trials as a pandas DataFrame (``optuna.Study.trials_dataframe``)."""
+        if self.study_ is None:
+            raise RuntimeError("No study yet: call compile(...) first.")
+        return self.study_.trials_dataframe(**kwargs)
+
     def _params(self) -> dict[str, Any]:
         keys = ("auto", "num_candidates", "num_trials", "max_bootstrapped_demos", "max_labeled_demos", "minibatch",
                 "minibatch_size", "minibatch_full_eval_steps", "temperature", "bootstrap_threshold", "influence",

@@ -279,6 +279,8 @@ def test_num_trials_is_run_exactly(task):
     opt = make(task, num_trials=7, budget={"max_task_calls": 2000})
     opt.compile(task.program(), trainset=task.train, valset=task.val)
     assert len(opt.report_.extra["joint"]["trials"]) == 7
+    frame = opt.trials_dataframe()
+    assert len(frame) >= 7 and "params_self/instruction" in frame.columns
 
 
 def test_proposals_are_read_from_plain_text():

@@ -1,7 +1,8 @@
 """dspy-icl-opt: in-context-learning prompt optimizers for DSPy.
 
 Strategies are DSPy teleprompters: ``OPRO``, ``APO`` (ProTeGi), ``ABO``, ``APE`` and ``IterativeAPE``,
-and the Optuna-searched ``DemoSelector``; ``Sequential`` chains them. Each
+``PromptAgent``, the Optuna-searched ``DemoSelector`` and ``InstructionDemoSearch`` (instructions and
+demos together, after MIPROv2); ``Sequential`` chains them. Each
 ``compile(student, *, trainset, valset=None)`` returns an optimized copy of the program and leaves an
 ``OptimizationReport`` in ``.report_``.
 

@@ -10,6 +10,7 @@ _EXPORTS = {
     "PromptAgent": "dspy_icl_opt.optimizers.promptagent",
     "APE": "dspy_icl_opt.optimizers.ape",
     "IterativeAPE": "dspy_icl_opt.optimizers.ape",
+    "InstructionDemoSearch": "dspy_icl_opt.optimizers.joint",
     "Sequential": "dspy_icl_opt.optimizers.sequential",
 }
 

@@ -99,6 +99,8 @@ REGISTRY: dict[str, OptimizerEntry] = {e.name: e for e in (
                    "Iterative-APE: APE, then variations of the best instructions for further rounds"),
     OptimizerEntry("demos", "dspy_icl_opt.demos:DemoSelector", "ours",
                    "DemoSelector: Optuna search over few-shot demonstrations (k curve, influence)"),
+    OptimizerEntry("joint", "dspy_icl_opt.optimizers.joint:InstructionDemoSearch", "ours",
+                   "InstructionDemoSearch: instruction x demo set searched with Optuna (MIPROv2 drop-in, budgeted)"),
     OptimizerEntry("labeled", "dspy.teleprompt:LabeledFewShot", "dspy",
                    "DSPy LabeledFewShot: k labeled training examples as demos", defaults={"k": 4},
                    takes_metric=False),
@@ -131,7 +133,8 @@ def _norm(name: str) -> str:
 
 _ALIASES: dict[str, str] = {**{_norm(e.name): e.name for e in REGISTRY.values()},
                             **{_norm(e.class_name): e.name for e in REGISTRY.values()},
-                            "demoselection": "demos", "protegi": "apo", "bootstrapfewshotrs": "random_search"}
+                            "demoselection": "demos", "protegi": "apo",
+                            "instructiondemos": "joint", "jointsearch": "joint", "bootstrapfewshotrs": "random_search"}
 
 
 def lookup(name: str) -> OptimizerEntry:

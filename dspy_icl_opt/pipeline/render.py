@@ -190,6 +190,7 @@ def report_blocks(report: OptimizationReport, title: str, index: int = 0) -> lis
     blocks += tree_blocks(report, index)
     blocks += plan_blocks(report)
     blocks += budget_blocks(report)
+    blocks += joint_blocks(report)
     blocks += demo_selector_blocks(report, index)
     if report.params:
         blocks += [Heading(3, "Parameters"),
@@ -228,6 +229,8 @@ def _chosen(report: OptimizationReport) -> int | None:
 def _what(record: CandidateRecord) -> str:
     """What a candidate is: DemoSelector's k / pool / strategy / order, else the instruction it changed."""
     choice = record.meta.get("choice")
+    if isinstance(choice, dict) and choice and all(isinstance(c, dict) for c in choice.values()):
+        return _joint_choice(choice)
     if isinstance(choice, dict) and choice:
         if len(choice) == 1:
             return _demo_choice(str(next(iter(choice.values()))))
@@ -242,6 +245,42 @@ def _demo_choice(text: str) -> str:
         return "no demos (k=0)" if text.strip() == "k=0" else text
     k, pool, strategy, order = match.groups()
     return f"k={k}, pool {pool}, strategy {strategy}, order {order}"
+
+
+def _joint_choice(choice: dict[str, dict[str, Any]]) -> str:
+    """InstructionDemoSearch's per-predictor choice: instruction index (origin), demo set, k."""
+
+    def one(c: dict[str, Any]) -> str:
+        text = f"instruction #{c.get('instruction')} ({c.get('instruction_origin', '?')})"
+        return text + (f", demo set {c['demo_set']}, k={c.get('k')}" if "demo_set" in c else "")
+
+    if len(choice) == 1:
+        return one(next(iter(choice.values())))
+    return "; ".join(f"{name}: {one(c)}" for name, c in choice.items())
+
+
+def joint_blocks(report: OptimizationReport) -> list[Block]:
+    """InstructionDemoSearch: the candidate lists once (texts, sets), then one row per trial with indices, set and k."""
+    joint = report.extra.get("joint")
+    if not isinstance(joint, dict) or not joint.get("instructions"):
+        return []
+    blocks: list[Block] = [Heading(3, "Instruction and demo-set candidates")]
+    for name, items in sorted(joint["instructions"].items()):
+        blocks += [Para(f"Predictor {name}: instructions"),
+                   Table(["#", "origin", "text"], [[i["index"], i["origin"], _short(i["text"])] for i in items])]
+        sets = (joint.get("demo_sets") or {}).get(name) or []
+        if sets:
+            blocks += [Para(f"Predictor {name}: demo sets (a trial shows the first k; k in {joint.get('k_choices')})"),
+                       Table(["#", "set", "demos"], [[d["index"], d["name"], d["size"]] for d in sets])]
+    trials = joint.get("trials") or []
+    if trials:
+        rows = [[t["trial"], t["phase"], t["candidate"], _joint_choice(t["choice"]), _num(t.get("value")),
+                 t.get("examples"), _num(t.get("full"))] for t in trials]
+        blocks += [Heading(3, "Trials: instruction x demo set x k"),
+                   Para(f"{len(trials)} trial(s) on minibatches of the {joint.get('search_examples')} search examples "
+                        "(phase 2 starts when the influence demo set is added); 'full' is the score on all of them."),
+                   Table(["trial", "phase", "candidate", "choice", "minibatch", "examples", "full"], rows)]
+    return blocks
 
 
 def _labels(report: OptimizationReport) -> list[str]:

@@ -69,7 +69,7 @@ def test_report_command_renders_a_run(config_dict, task_lm, tmp_path, capsys):
 def test_list_shows_ours_and_dspys_optimizers(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("opro", "labeled", "mipro", "gepa", "hyperbaton"):
+    for name in ("opro", "labeled", "mipro", "gepa", "hyperbaton", "joint", "InstructionDemoSearch"):
         assert name in out
 
 

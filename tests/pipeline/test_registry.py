@@ -10,7 +10,8 @@ from dspy_icl_opt.search.budget import Budget
 
 
 @pytest.mark.parametrize("name,expected", [("MIPROv2", "mipro"), ("LabeledFewShot", "labeled"), ("OPRO", "opro"),
-                                           ("demo-selector", "demos"), ("Bootstrap_Few_Shot", "bootstrap")])
+                                           ("demo-selector", "demos"), ("Bootstrap_Few_Shot", "bootstrap"),
+                                           ("InstructionDemoSearch", "joint"), ("joint", "joint")])
 def test_lookup_accepts_names_class_names_and_aliases(name, expected):
     assert lookup(name).name == expected
 

@@ -95,6 +95,25 @@ def test_demo_selector_report_shows_k_curve_and_influence(config_dict, task_lm):
         assert str(first["id"]) in text
 
 
+def test_joint_report_lists_candidates_once_and_one_row_per_trial(config_dict, task_lm, prompt_lm):
+    config_dict["optimize"] = [{"optimizer": "joint", "params": {
+        "auto": None, "num_candidates": 3, "max_bootstrapped_demos": 1, "max_labeled_demos": 2}}]
+    config_dict["budget"] = {"max_task_calls": 120, "max_prompt_calls": 3}
+    result = run_pipeline(parse_config(config_dict), task_lm=task_lm, prompt_lm=prompt_lm, progress=False)
+    joint = result.reports[0].extra["joint"]
+    page = parse(render_report(result.output, fmt="html"))
+    text = " ".join(page.text)
+    assert "Instruction and demo-set candidates" in text and "Trials: instruction x demo set x k" in text
+    name = next(iter(joint["instructions"]))
+    given = joint["instructions"][name][0]["text"]
+    assert text.count(given) >= 1
+    first = joint["trials"][0]["choice"][name]
+    assert f"instruction #{first['instruction']} ({first['instruction_origin']}), demo set {first['demo_set']}, " \
+           f"k={first['k']}" in text
+    # the text of an instruction appears in the candidate list, not once per trial row
+    assert text.count(given) < len(joint["trials"])
+
+
 def test_report_of_a_dspy_step_says_it_was_counted_not_capped(config_dict, task_lm):
     result = run_pipeline(parse_config(config_dict), task_lm=task_lm, progress=False)
     page = parse(render_report(result.output, fmt="html"))

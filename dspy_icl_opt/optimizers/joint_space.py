@@ -1,0 +1,213 @@
+"""The search space of :class:`~dspy_icl_opt.optimizers.joint.InstructionDemoSearch`: candidate lists and trials.
+
+Per predictor, two lists are built before the first trial: instruction candidates and demo-set
+candidates (each an ordered list of demos). A trial picks, per predictor, an index into each list
+and ``k``, how many of the chosen set's demos are shown (the first ``k``). Everything Optuna sees is
+a categorical index, so the trial's program follows from its parameters alone.
+
+Demo sets (their names are what the report shows):
+
+* ``labeled``: a seeded sample of ``max_labeled_demos`` training examples (LabeledFewShot);
+* ``bootstrapped#i``: ``max_bootstrapped_demos`` of the task model's own passing runs, then
+  ``max_labeled_demos`` labeled ones (MIPROv2's demo sets, seeded sample ``i``);
+* ``mmr``: representative yet diverse demos of both pools (maximal marginal relevance,
+  :func:`dspy_icl_opt.demos.strategies.mmr`);
+* ``influence``: added after the exploration phase, the demos with the highest estimated
+  influence on the score in the trials so far (:func:`dspy_icl_opt.demos.influence.fit_influence`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+from optuna.distributions import CategoricalDistribution
+
+from dspy_icl_opt.demos.pools import demo_id, labeled_pool, labeled_teacher
+from dspy_icl_opt.demos.strategies import mmr
+from dspy_icl_opt.search.base import SearchContext, stable_int
+from dspy_icl_opt.search.surgery import ProgramState
+
+#: MMR's trade-off between typical (1.0) and spread-out (0.0) demos: the middle, as a neutral default.
+MMR_LAMBDA = 0.5
+#: Bootstrapping stops once every predictor has this many passing traces per ``max_bootstrapped_demos``.
+BOOTSTRAP_POOL_FACTOR = 3
+#: Characters of an instruction stored in a trial's user attributes (the dashboard shows them).
+SHOWN_INSTRUCTION_CHARS = 120
+
+
+@dataclass(frozen=True)
+class DemoSet:
+    """One demo-set candidate of one predictor."""
+
+    name: str
+    demos: tuple[dict[str, Any], ...]
+
+    def ids(self, k: int) -> list[str]:
+        return [demo_id(d) for d in self.demos[:k]]
+
+
+@dataclass
+class PredictorSpace:
+    """The candidate lists of one predictor: ``(origin, text)`` instructions and demo sets."""
+
+    instructions: list[tuple[str, str]]
+    demo_sets: list[DemoSet] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a trial chose for one predictor: indices into its lists, and ``k``."""
+
+    instruction: int
+    demo_set: int
+    k: int
+
+
+def k_choices(max_demos: int) -> tuple[int, ...]:
+    """0 (zero-shot), the powers of two below ``max_demos``, and ``max_demos``: few values, each a real change."""
+    values = {0, max_demos}
+    power = 1
+    while power < max_demos:
+        values.add(power)
+        power *= 2
+    return tuple(sorted(values))
+
+
+def distributions(space: Mapping[str, PredictorSpace], ks: Sequence[int]) -> dict[str, CategoricalDistribution]:
+    """Optuna's view of the space: per predictor an instruction index, and with demos a set index and ``k``."""
+    dists: dict[str, CategoricalDistribution] = {}
+    for name, pspace in space.items():
+        dists[f"{name}/instruction"] = CategoricalDistribution(list(range(len(pspace.instructions))))
+        if pspace.demo_sets and len(ks) > 1:
+            dists[f"{name}/demos"] = CategoricalDistribution(list(range(len(pspace.demo_sets))))
+            dists[f"{name}/k"] = CategoricalDistribution(list(ks))
+    return dists
+
+
+def decode(params: Mapping[str, Any], space: Mapping[str, PredictorSpace]) -> dict[str, Choice]:
+    """A trial's parameters as one :class:`Choice` per predictor (no demos when none are searched)."""
+    return {name: Choice(int(params[f"{name}/instruction"]), int(params.get(f"{name}/demos", 0)),
+                         int(params.get(f"{name}/k", 0)))
+            for name in space}
+
+
+def build_state(initial: ProgramState, space: Mapping[str, PredictorSpace], choices: Mapping[str, Choice],
+                search_demos: bool) -> ProgramState:
+    """The program state of a trial: each predictor's chosen instruction and the first ``k`` demos of its set.
+
+    Without a demo search, a predictor keeps the demos it was given.
+    """
+    state = initial
+    for name, choice in choices.items():
+        pstate = state[name].with_instruction(space[name].instructions[choice.instruction][1])
+        if search_demos:
+            sets = space[name].demo_sets
+            demos = sets[choice.demo_set].demos[: choice.k] if sets else ()
+            pstate = pstate.with_demos(list(demos))
+        state = state.replace(name, pstate)
+    return state
+
+
+def describe(space: Mapping[str, PredictorSpace], choices: Mapping[str, Choice],
+             search_demos: bool) -> dict[str, dict[str, Any]]:
+    """A trial's choice per predictor, for the report: instruction index and origin, demo set name, k shown."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, choice in choices.items():
+        origin = space[name].instructions[choice.instruction][0]
+        row: dict[str, Any] = {"instruction": choice.instruction, "instruction_origin": origin}
+        if search_demos and space[name].demo_sets:
+            chosen = space[name].demo_sets[choice.demo_set]
+            row.update({"demo_set": chosen.name, "k": min(choice.k, len(chosen.demos))})
+        out[name] = row
+    return out
+
+
+def shown_ids(space: Mapping[str, PredictorSpace], choices: Mapping[str, Choice]) -> dict[str, list[str]]:
+    """Ids of the demos each predictor shows in a trial (the influence fit's features)."""
+    return {name: space[name].demo_sets[c.demo_set].ids(c.k) for name, c in choices.items() if space[name].demo_sets}
+
+
+# ------------------------------------------------------------------------------ demo sets
+def bootstrap(ctx: SearchContext, sources: Sequence[dspy.Example], *, max_demos: int, teacher_demos: int,
+              threshold: float, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Passing traces of the program (taught by labeled demos, BootstrapFewShot's teacher) on ``sources``.
+
+    The examples run in a seeded order that does not depend on the budget, so a run cut short
+    bootstraps a prefix of what the full run does. It stops once every predictor has
+    ``BOOTSTRAP_POOL_FACTOR * max_demos`` traces or every source example ran.
+    """
+    names = [name for name, _ in ctx.predictors]
+    found: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
+    if max_demos <= 0 or not sources:
+        return {name: [] for name in names}
+    teacher = labeled_teacher(ctx, teacher_demos, seed)
+    order = list(sources)
+    random.Random(stable_int(seed, "bootstrap-order")).shuffle(order)
+    batch = max(1, ctx.optimizer.num_threads)
+    wanted = BOOTSTRAP_POOL_FACTOR * max_demos
+    for start in range(0, len(order), batch):
+        if all(len(found[n]) >= wanted for n in names):
+            break
+        for outcome in _run_taught(ctx, teacher, order[start:start + batch]):
+            if outcome.failed or outcome.score < threshold:
+                continue
+            for call in outcome.trace:
+                demo = {**call.get("inputs", {}), **call.get("outputs", {})}
+                if call.get("predictor") in found and len(found[call["predictor"]]) < wanted:
+                    found[call["predictor"]].setdefault(demo_id(demo), demo)
+    return {name: list(demos.values()) for name, demos in found.items()}
+
+
+def _run_taught(ctx: SearchContext, teacher: Any, chunk: Sequence[dspy.Example]) -> list[Any]:
+    """Outcomes of the teacher on ``chunk``, in order; examples taught by the same state run together (in parallel)."""
+    groups: dict[str, tuple[ProgramState, list[int]]] = {}
+    for i, example in enumerate(chunk):
+        state = teacher(example)
+        groups.setdefault(state.key(), (state, []))[1].append(i)
+    outcomes: list[Any] = [None] * len(chunk)
+    for state, positions in groups.values():
+        for i, outcome in zip(positions, ctx.scorer.evaluate(state, [chunk[i] for i in positions], desc="bootstrap")):
+            outcomes[i] = outcome
+    return outcomes
+
+
+def demo_sets(predictor: dspy.Predict, name: str, sources: Sequence[dspy.Example], boot: list[dict[str, Any]], *,
+              max_labeled: int, max_bootstrapped: int, count: int, seed: int) -> list[DemoSet]:
+    """Up to ``count`` distinct demo sets of one predictor: labeled, mmr, then bootstrapped samples."""
+    labeled = labeled_pool(predictor, sources)
+    sets: list[DemoSet] = []
+    if labeled and max_labeled:
+        rng = random.Random(stable_int(seed, "labeled-set", name))
+        sets.append(DemoSet("labeled", tuple(rng.sample(labeled, min(max_labeled, len(labeled))))))
+    both = _unique([*boot, *labeled])
+    if both:
+        size = min(len(both), max_labeled + max_bootstrapped)
+        sets.append(DemoSet("mmr", tuple(both[i] for i in mmr(both, size, MMR_LAMBDA))))
+    draw = 0
+    while boot and len(sets) < count and draw < 3 * count:  # a few more draws than sets: duplicates are dropped
+        draw += 1
+        rng = random.Random(stable_int(seed, "bootstrapped-set", name, draw))
+        chosen = rng.sample(boot, min(max_bootstrapped, len(boot)))
+        filler = rng.sample(labeled, min(max_labeled, len(labeled))) if labeled else []
+        candidate = DemoSet(f"bootstrapped#{draw}", tuple(_unique([*chosen, *filler])))
+        if all(s.ids(len(s.demos)) != candidate.ids(len(candidate.demos)) for s in sets):
+            sets.append(candidate)
+    return sets[:count]
+
+
+def influence_set(ranking: Sequence[Mapping[str, Any]], demos: Mapping[str, dict[str, Any]],
+                  size: int) -> DemoSet | None:
+    """The ``size`` demos with the highest positive influence, most influential first; None if none helped."""
+    chosen = [demos[e["id"]] for e in ranking if e.get("weight", 0.0) > 0 and e["id"] in demos][:size]
+    return DemoSet("influence", tuple(chosen)) if chosen else None
+
+
+def _unique(demos: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for demo in demos:
+        seen.setdefault(demo_id(demo), demo)
+    return list(seen.values())

@@ -1,0 +1,290 @@
+"""InstructionDemoSearch's own behaviour: both lists are searched, the budget is spent exactly, influence joins in."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import dspy
+import optuna
+import pytest
+
+from dspy_icl_opt.demos.study import make_storage
+from dspy_icl_opt.optimizers.joint import InstructionDemoSearch
+from dspy_icl_opt.optimizers.joint_prompts import STYLE_HINTS, read_instruction
+from dspy_icl_opt.optimizers.joint_space import k_choices
+from dspy_icl_opt.testing import (
+    all_of,
+    correct_demos,
+    format_chat_reply,
+    planted_rule_task,
+    rule_in_instruction,
+    scripted_lm,
+    simulated_task_lm,
+)
+
+#: The style hint whose proposal states the rule (the others do not).
+PLANTED_HINT = STYLE_HINTS[2]
+
+
+def planted_proposer(task, *, hint: str = PLANTED_HINT):
+    """Proposes the rule only under one style hint; every other proposal is distinct and useless."""
+
+    def respond(request):
+        text = request.messages[-1].text
+        if hint in text:
+            return format_chat_reply({"instruction": f"For each word, {task.rule} and answer with the number."})
+        number = sum(map(ord, text)) % 1000
+        return format_chat_reply({"instruction": f"Think about the word carefully ({number})."})
+
+    return scripted_lm(respond)
+
+
+def joint_task_lm(task, *, at_least: int = 3):
+    """Right only with the rule in the instruction AND at least ``at_least`` demos showing correct answers."""
+    return task.lm(knows=all_of(rule_in_instruction(task.rule), correct_demos(task.solve, at_least=at_least)))
+
+
+@pytest.fixture
+def task():
+    return planted_rule_task("vowels", train_size=16, val_size=8, seed=2)
+
+
+def make(task, **kwargs):
+    settings = {"task_model": joint_task_lm(task), "prompt_model": planted_proposer(task), "auto": None,
+                "num_candidates": 6, "max_bootstrapped_demos": 2, "max_labeled_demos": 2, "progress": False}
+    settings.update(kwargs)
+    return InstructionDemoSearch(task.metric, **settings)
+
+
+def test_finds_the_one_instruction_and_demo_count_that_work_together(task):
+    opt = make(task, budget={"max_task_calls": 600, "max_prompt_calls": 12})
+    program = opt.compile(task.program(), trainset=task.train, valset=task.val)
+    assert task.rule in program.signature.instructions
+    assert len(program.demos) >= 3
+    rows = opt.report_.extra["joint"]["trials"]
+    assert any(r["choice"]["self"]["k"] < 3 for r in rows), "k was searched, not fixed"
+    assert len({r["choice"]["self"]["instruction"] for r in rows}) > 1, "instructions were searched"
+    with dspy.context(lm=joint_task_lm(task)):
+        assert task.score(program) == 1.0
+    assert opt.report_.extra["final_choice"]["chosen"] != opt.report_.extra["final_choice"]["start"]
+
+
+def test_at_a_users_budget_trials_are_planned_and_the_task_cap_is_spent_exactly():
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    opt = InstructionDemoSearch(big.metric, task_model=joint_task_lm(big), prompt_model=planted_proposer(big),
+                                budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
+    plan = opt.plan(big.program(), trainset=big.train, valset=big.val)
+    assert plan.steps >= 10 and plan.task_calls <= 400 and plan.prompt_calls <= 40
+    assert plan.settings["validation_examples"] == 40
+    opt.compile(big.program(), trainset=big.train, valset=big.val)
+    report = opt.report_
+    actual = report.extra["plan_vs_actual"]
+    assert actual["steps"]["run"] >= plan.steps, "every planned trial ran"
+    assert 0.9 * 400 <= report.spent["task"].calls <= 400
+    assert report.spent["prompt"].calls <= 40
+    assert report.extra["final_choice"]["examples"] == 40, "the finalists were validated on the whole valset"
+    assert report.finished
+
+
+def test_the_task_engine_never_sees_more_calls_than_the_cap(task):
+    lm = joint_task_lm(task)
+    opt = make(task, task_model=lm, budget={"max_task_calls": 57, "max_prompt_calls": 3})
+    opt.compile(task.program(), trainset=task.train, valset=task.val)
+    assert lm.engine.call_count == opt.report_.spent["task"].calls <= 57
+    assert opt.report_.extra["final_choice"]["contenders"], "the final validation still ran"
+
+
+def test_two_predictor_program_gets_instruction_and_demos_each(task):
+    class TwoStep(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.extract = dspy.Predict(dspy.Signature("question -> letters", "List the letters."))
+            self.answer = dspy.Predict(dspy.Signature("question, letters -> answer", "Answer the question."))
+
+        def forward(self, question):
+            letters = self.extract(question=question).letters
+            return self.answer(question=question, letters=letters)
+
+    def spaced(word):
+        return " ".join(word)
+
+    def solve(inputs):
+        return task.solve(inputs) if "letters" in inputs else spaced(inputs["question"])
+
+    def knows(view):
+        if "letters" in view.output_fields:
+            return True  # the extractor always works
+        taught = task.rule in view.instruction or len(view.demos) >= 2  # the answerer learns from either
+        return taught and view.inputs.get("letters") == spaced(view.inputs["question"])
+
+    lm = simulated_task_lm(solve=solve, knows=knows)
+    opt = make(task, task_model=lm, budget={"max_task_calls": 900})
+    program = opt.compile(TwoStep(), trainset=task.train, valset=task.val)
+    with dspy.context(lm=lm):
+        assert task.score(program) == 1.0
+    rows = opt.report_.extra["joint"]["trials"]
+    assert set(rows[0]["choice"]) == {"extract", "answer"}, "every trial chooses for both predictors"
+    sets = opt.report_.extra["joint"]["demo_sets"]
+    assert sets["extract"] and sets["answer"], "both predictors have demo sets (bootstrapped traces for extract)"
+    assert any(s["name"].startswith("bootstrapped") for s in sets["extract"])
+
+
+def test_chain_of_thought_in_threads_gets_bootstrapped_reasoning_demos(task):
+    from dspy_icl_opt.testing import any_of, rule_in_instruction
+
+    lm = task.lm(knows=any_of(rule_in_instruction(task.rule), correct_demos(task.solve, at_least=2)))
+    program = dspy.ChainOfThought(dspy.Signature("question -> answer", "Answer the question."))
+    opt = make(task, task_model=lm, num_threads=2, budget={"max_task_calls": 200})
+    compiled = opt.compile(program, trainset=task.train, valset=task.val)
+    with dspy.context(lm=lm):
+        assert task.score(compiled) == 1.0
+    assert opt.report_.spent["task"].calls <= 200
+    boot = [s for s in opt.report_.extra["joint"]["demo_sets"]["predict"] if s["name"].startswith("bootstrapped")]
+    assert boot, "the taught program passed on demo-source examples, so its traces became demo sets"
+    demos = [d for c in opt.report_.candidates for d in c.state["predict"]["demos"]]
+    assert any("reasoning" in d for d in demos), "a bootstrapped demo carries the model's reasoning"
+
+
+def test_the_influence_phase_adds_a_set_of_the_demos_that_helped(task):
+    from dspy_icl_opt.demos import demo_id
+
+    def run(knows):
+        opt = make(task, task_model=task.lm(knows=knows), max_bootstrapped_demos=0, max_labeled_demos=4,
+                   prompt_model=scripted_lm(lambda r: format_chat_reply({"instruction": "Answer."})),
+                   budget={"max_task_calls": 700})
+        opt.compile(task.program(), trainset=task.train, valset=task.val)
+        return opt, opt.report_.extra["joint"]
+
+    _, blind = run(lambda view: False)  # no bootstrapping: the demo sets do not depend on the task model
+    mmr = next(s for s in blind["demo_sets"]["self"] if s["name"] == "mmr")
+    key = mmr["ids"][-1]  # shown only when a trial takes all four demos of that set
+    assert not any(s["name"] == "influence" for s in blind["demo_sets"]["self"]), "nothing helped: no set"
+    opt, joint = run(lambda view: any(demo_id({**d.inputs, **d.outputs}) == key for d in view.demos))
+    influence = next(s for s in joint["demo_sets"]["self"] if s["name"] == "influence")
+    assert influence["ids"][0] == key, "the demo that helped comes first"
+    phase_two = [r for r in joint["trials"] if r["phase"] == 2]
+    assert phase_two and phase_two[0]["choice"]["self"]["demo_set"] == "influence", "its first trial is queued"
+    assert opt.study_.study_name.endswith("-influence")
+    copied = [t for t in opt.study_.trials if t.number < len(joint["trials"]) - len(phase_two)]
+    assert all(t.user_attrs.get("icl_scores") for t in copied), "phase one's trials were copied in"
+    assert joint["influence_phase"]["top"]["self"][0]["id"] == key
+    final = opt.report_.extra["influence"]["self"][0]  # refitted on every trial, with the demo's content
+    assert final["id"] == key and final["demo"]["answer"]
+
+
+def test_report_lists_candidates_once_and_choices_per_trial():
+    task = planted_rule_task("vowels", train_size=32, val_size=8, seed=2)  # 16 search examples: minibatches of 8
+    opt = make(task, budget={"max_task_calls": 400, "max_prompt_calls": 12})
+    opt.compile(task.program(), trainset=task.train, valset=task.val)
+    joint = opt.report_.extra["joint"]
+    instructions = joint["instructions"]["self"]
+    assert [i["origin"] for i in instructions[:2]] == ["given", "format"]
+    assert all("text" in i for i in instructions)
+    for row in joint["trials"]:
+        choice = row["choice"]["self"]
+        assert set(choice) == {"instruction", "instruction_origin", "demo_set", "k"}
+        assert 0 <= choice["instruction"] < len(instructions) and choice["k"] in k_choices(4)
+        assert "text" not in choice, "the text is listed once, not repeated per trial"
+    assert any("full" in row for row in joint["trials"]), "the best configuration was fully evaluated"
+
+
+def test_same_seed_same_trials_other_seed_other_trials(task):
+    def rows(seed):
+        opt = make(task, seed=seed, budget={"max_task_calls": 250, "max_prompt_calls": 6})
+        opt.compile(task.program(), trainset=task.train, valset=task.val)
+        return [(r["choice"], r["value"]) for r in opt.report_.extra["joint"]["trials"]]
+
+    assert rows(4) == rows(4)
+    assert rows(4) != rows(5)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_study_is_stored_with_a_named_objective(task, tmp_path, backend):
+    if backend == "postgresql":
+        url = os.environ.get("DSPY_ICL_OPT_TEST_PG_URL")
+        if not url:
+            pytest.skip("DSPY_ICL_OPT_TEST_PG_URL is not set: no PostgreSQL server to test against.")
+    else:
+        url = f"sqlite:///{tmp_path / 'joint.db'}"
+    name = f"joint-test-{uuid.uuid4().hex[:8]}"
+    opt = make(task, storage=url, study_name=name, budget={"max_task_calls": 200, "max_prompt_calls": 6},
+               influence=False)
+    opt.compile(task.program(), trainset=task.train, valset=task.val)
+    study = optuna.load_study(study_name=name, storage=make_storage(url))
+    assert study.metric_names == ["mean score on the trial's minibatch"]
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == len(opt.report_.extra["joint"]["trials"])
+    assert {"self/instruction", "self/demos", "self/k"} <= set(trials[0].params)
+    assert "self/instruction_text" in trials[0].user_attrs and "self/demo_set" in trials[0].user_attrs
+    assert study.user_attrs["icl_instructions"]["self"][0] == "Answer the question."
+    assert opt.report_.extra["study"]["storage"].startswith(backend)
+    if backend == "postgresql":
+        optuna.delete_study(study_name=name, storage=make_storage(url))
+
+
+def test_resume_from_the_journal_rebuilds_the_stored_study_without_calls(task, tmp_path):
+    url = f"sqlite:///{tmp_path / 'joint.db'}"
+    first = make(task, storage=url, log_dir=tmp_path / "run", budget={"max_task_calls": 200, "max_prompt_calls": 6})
+    first.compile(task.program(), trainset=task.train, valset=task.val)
+    lm, proposer = joint_task_lm(task), planted_proposer(task)
+    again = make(task, storage=url, log_dir=tmp_path / "run", task_model=lm, prompt_model=proposer,
+                 budget={"max_task_calls": 200, "max_prompt_calls": 6})
+    again.compile(task.program(), trainset=task.train, valset=task.val)
+    assert lm.engine.call_count == 0 and proposer.engine.call_count == 0
+    assert again.report_.best_state == first.report_.best_state
+    names = optuna.get_all_study_names(storage=url)
+    stored = optuna.load_study(study_name=again.study_.study_name, storage=url)
+    assert len(names) == len(set(names)) and len(stored.trials) == len(first.study_.trials)
+
+
+def test_zero_demos_searches_instructions_only(task):
+    opt = make(task, task_model=task.lm(), max_bootstrapped_demos=0, max_labeled_demos=0,
+               budget={"max_task_calls": 200, "max_prompt_calls": 6})
+    program = opt.compile(task.program(), trainset=task.train, valset=task.val)
+    assert task.rule in program.signature.instructions and not program.demos
+    assert set(opt.study_.trials[0].params) == {"self/instruction"}
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"teacher_settings": {}}, TypeError, "teacher_settings"),
+    ({"max_errors": 3}, TypeError, "failure_score"),
+    ({"auto": "huge"}, ValueError, "`auto`"),
+    ({"auto": None}, ValueError, "`num_candidates` must be set"),
+    ({"auto": "light", "num_candidates": 4}, ValueError, "`num_candidates` must be None"),
+    ({"minibatch": "yes"}, TypeError, "`minibatch`"),
+    ({"storage": 3}, ValueError, "`storage`"),
+])
+def test_mipro_names_it_cannot_honour_are_refused_by_name(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        InstructionDemoSearch(lambda e, p, t=None: 1.0, **kwargs)
+
+
+def test_mipro_code_runs_with_the_class_name_swapped(task):
+    opt = InstructionDemoSearch(metric=task.metric, prompt_model=planted_proposer(task),
+                                task_model=joint_task_lm(task), auto="light", max_bootstrapped_demos=2,
+                                max_labeled_demos=2, num_threads=1, seed=9, verbose=False, init_temperature=1.0,
+                                track_stats=True, budget={"max_task_calls": 300}, progress=False)
+    program = opt.compile(task.program(), trainset=task.train, valset=task.val, minibatch_size=4,
+                          minibatch_full_eval_steps=3, requires_permission_to_run=False)
+    assert opt.report_.extra["plan"]["settings"]["minibatch_size"] == 4
+    assert opt.report_.extra["plan"]["settings"]["full_eval_every"] == 3
+    assert opt.minibatch_size == 35, "compile settings apply to that call only"
+    assert program is not None
+    with pytest.raises(TypeError, match="program_aware_proposer"):
+        opt.compile(task.program(), trainset=task.train, program_aware_proposer=False)
+
+
+def test_num_trials_is_run_exactly(task):
+    opt = make(task, num_trials=7, budget={"max_task_calls": 2000})
+    opt.compile(task.program(), trainset=task.train, valset=task.val)
+    assert len(opt.report_.extra["joint"]["trials"]) == 7
+    frame = opt.trials_dataframe()
+    assert len(frame) >= 7 and "params_self/instruction" in frame.columns
+
+
+def test_proposals_are_read_from_plain_text():
+    assert read_instruction('Instruction: "Count the vowels."', 100) == "Count the vowels."
+    assert read_instruction("x" * 101, 100) == ""
+    assert read_instruction("Count the vowels of the word.\n\nThis instruction is clear and helpful.", 100) == \
+        "Count the vowels of the word."

@@ -1,4 +1,4 @@
-"""Every meta-prompt of OPRO, APO, ABO and PromptAgent gets a first answer that parses from the embedded 0.5B model at
+"""Every meta-prompt of OPRO, APO, APE, ABO and PromptAgent gets a first answer that parses from the embedded 0.5B model at
 least 80% of the time (20 tries each, no retries, no JSON fallback): plain-text fields a small model can write."""
 
 from __future__ import annotations

@@ -131,14 +131,17 @@ def answer_rates(lm: dspy.BaseLM, signature: type[dspy.Signature], inputs: dict[
     return parsed, usable, tries
 
 
-def measure(lm: dspy.BaseLM, task_name: str = "date_understanding", tries: int = 20) -> dict[str, tuple[float, float]]:
-    """Per meta-prompt: (share parsed, share usable)."""
+def measure(lm: dspy.BaseLM, task_name: str = "date_understanding", tries: int = 20,
+            only: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
+    """Per meta-prompt whose name starts with one of ``only`` (all when empty): (share parsed, share usable)."""
     from dspy_icl_opt.programs import load_task, make_program
 
     task = load_task(task_name, seed=0, train_size=8, val_size=2, test_size=2)
     program = make_program("qa", task)
     rates = {}
     for name, (signature, inputs, check) in probes(task, program).items():
+        if only and not name.startswith(only):
+            continue
         parsed, usable, total = answer_rates(lm, signature, inputs, check, tries)
         rates[name] = (parsed / total, usable / total)
     return rates
@@ -150,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tries", type=int, default=20)
     parser.add_argument("--lm", default="embedded")
     parser.add_argument("--max-tokens", type=int, default=400)
+    parser.add_argument("--only", default="", help="comma-separated name prefixes, e.g. APE,PromptAgent (default: all)")
     args = parser.parse_args(argv)
     from loguru import logger
 
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     lm = resolve_lm(args.lm, temperature=1.0, max_tokens=args.max_tokens, cache=False)
-    rates = measure(lm, args.task, args.tries)
+    rates = measure(lm, args.task, args.tries, tuple(p for p in args.only.split(",") if p))
     print(f"| meta-prompt | parsed | usable by the strategy ({args.tries} first answers, {args.lm}) |\n|---|---|---|")
     for name, (parsed, usable) in rates.items():
         print(f"| {name} | {parsed:.0%} | {usable:.0%} |")

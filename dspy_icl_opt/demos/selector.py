@@ -103,6 +103,9 @@ MIN_VAL_TO_HOLD_OUT = 24
 HOLD_OUT_SHARE = 0.5
 #: Trials run when ``n_trials`` is None and no task-call cap bounds them.
 UNCAPPED_TRIALS = 30
+#: Two processes sharing a SQLite study can pop the same queued trial (SQLite has no row locks); the one that
+#: finishes second cannot record it and goes on with another trial, at most this many times.
+SHARED_QUEUE_RACES = 3
 #: With ``n_trials=None``, the search stops after this many trials in a row that cost no call (all cached:
 #: the sampler keeps proposing programs already scored, so the space is exhausted).
 MAX_FREE_TRIALS_IN_A_ROW = 10
@@ -444,8 +447,19 @@ class DemoSelector(ICLOptimizer):
         limit = self.n_trials if self.n_trials is not None else (
             UNCAPPED_TRIALS if run.ctx.meter.remaining_calls("task") is None else None)
         run.calls_before = self._task_calls(run)
-        run.study.optimize(lambda trial: self._stoppable(run, trial), n_trials=limit,
-                           catch=(BudgetExhausted,), callbacks=[lambda s, t: self._after_trial(run, t)])
+        for _ in range(SHARED_QUEUE_RACES + 1):
+            left = None if limit is None else limit - run.ran
+            if left is not None and left <= 0:
+                return
+            try:
+                run.study.optimize(lambda trial: self._stoppable(run, trial), n_trials=left,
+                                   catch=(BudgetExhausted,), callbacks=[lambda s, t: self._after_trial(run, t)])
+                return
+            except ValueError as exc:
+                if not str(exc).startswith("Cannot tell a "):
+                    raise
+                logger.warning("Another process ran and finished the same queued trial ({}): SQLite cannot lock it "
+                               "for one process. Going on with another trial.", exc)
 
     def _can_pay_a_trial(self, run: _Run) -> bool:
         remaining = run.ctx.meter.remaining_calls("task")
@@ -620,6 +634,9 @@ class DemoSelector(ICLOptimizer):
         nothing could be, the trials are compared by their trial score.
         """
         ctx = run.ctx
+        described = {name: f"as given ({len(state.demos)} demo(s))" if state.demos else "k=0"
+                     for name, state in ctx.initial_state.predictors}
+        ctx.add_candidate(ctx.initial_state, step=0, origin="seed", meta={"choice": described})
         records: list[Any] = []
         ranked = ranked_trials(run.study)
         for trial in ranked:  # the best few *distinct* programs (several trials can build one)

@@ -194,3 +194,29 @@ def test_static_sets_carry_no_selection_demo(order):
     choice = Choice("self", 2, "labeled", "random", order=order, picks=(4, 0), perm_seed=1)
     demos = choice_demos(choice, POOL)
     assert sorted(d["question"] for d in demos) == sorted([POOL[4]["question"], POOL[0]["question"]])
+
+
+def test_mmr_relevance_is_to_the_query_when_there_is_one_and_to_the_average_input_when_static():
+    pool = [{"question": "red apple pie", "answer": "x"}, {"question": "red apple tart", "answer": "x"},
+            {"question": "fast blue car", "answer": "y"}, {"question": "slow blue car", "answer": "y"},
+            {"question": "red apple jam", "answer": "x"}]
+    # per call: the first pick is the demo nearest the input, whichever input it is
+    assert mmr(pool, 1, 0.9, query={"question": "a blue car"}, input_fields=["question"])[0] in (2, 3)
+    assert mmr(pool, 1, 0.9, query={"question": "an apple tart"}, input_fields=["question"]) == [1]
+    # static: relevant to the pool's average input (three of five are apples), then spread out
+    static = mmr(pool, 2, 0.5, input_fields=["question"])
+    assert static[0] in (0, 1, 4) and static[1] in (2, 3)
+    # and per-call selection in a predictor does the same
+    settings = selection_demo(mode="mmr", k=2, order="as_selected", mmr_lambda=0.2)["icl_dynamic_demos"]
+    picked = select_indices(settings, pool, {"question": "blue car"}, ["question"])
+    assert picked[0] in (2, 3) and picked[1] in (0, 1, 4)  # nearest first, then not a near-duplicate of it
+
+
+def test_influence_fits_from_demo_set_and_score_pairs():
+    from dspy_icl_opt.demos.influence import fit_demo_sets, trial_record
+
+    pairs = [({"p": ["good", f"x{i % 3}"]}, 1.0) if i % 2 == 0 else ({"p": [f"x{i % 3}"]}, 0.0) for i in range(12)]
+    ranking = fit_demo_sets(pairs)["p"]
+    assert ranking[0]["id"] == "good" and ranking[0]["weight"] > 0.3
+    per_example = trial_record({"p": ["a"]}, {"e1": 1.0, "e2": 0.0}, shown={"e1": {"q": ["b"]}})
+    assert fit_influence([per_example, trial_record({"p": []}, {"e1": 0.0, "e2": 0.0})])["p"][0]["id"] == "a"

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from dspy_icl_opt.demos import DemoSelector, DynamicPredict, register_embedder
 from dspy_icl_opt.demos.dynamic import SELECTION_KEY
 from dspy_icl_opt.search.placement import compose_instructions
+from dspy_icl_opt.search.scorer import example_key
 from dspy_icl_opt.testing import always, simulated_task_lm
 from dspy_icl_opt.testing.chat import estimate_tokens, prompt_text
 from tests.demos.conftest import GROUPS
@@ -458,3 +459,57 @@ def test_bfsrs_argument_names_are_accepted_where_the_meaning_is_the_same():
             DemoSelector(metric, **{key: value})
     with pytest.raises(ValueError, match="num_candidate_programs"):
         DemoSelector(metric, num_candidate_programs=-1)
+
+
+def test_a_large_valset_is_split_and_the_final_choice_uses_examples_no_trial_saw(two_teachers):
+    task = large(two_teachers, val_size=40)
+    lm = task.lm()
+    selector = DemoSelector(task.metric, task_model=lm, max_demos=4, n_trials=8, pools=("labeled",), progress=False)
+    selector.compile(task.program(), trainset=task.train, valset=task.val)
+    report = selector.report_
+    trial_keys = {k for t in selector.study_.trials for k in t.user_attrs.get("icl_scores", {})}
+    choice = report.extra["final_choice"]
+    assert choice["held_out"] is True and choice["z"] == 1.5
+    assert report.extra["plan"]["settings"]["held_out"] == 20 and choice["examples"] == 20
+    val_keys = {example_key(ex)[:12] for ex in task.val}
+    assert len(trial_keys) == 20 and trial_keys < val_keys
+    # every final-choice call was on an example the trials never scored
+    asked_by_trials = {ex.question for ex in task.val if example_key(ex)[:12] in trial_keys}
+    start_calls = [c for c in lm.engine.calls if not c.view.demos and c.view.inputs["question"] in
+                   {ex.question for ex in task.val} - asked_by_trials]
+    assert len(start_calls) == 20  # the start (zero-shot) was validated on the 20 held-out examples
+
+
+def test_candidate_sets_are_indices_drawn_from_the_seed_without_repeats(two_teachers):
+    selector, _ = select(two_teachers, strategies=("random", "slots"), orders=("permutation",), n_trials=12)
+    names = {name for t in selector.study_.trials for name in t.params}
+    assert "self/set" in names and not any("seed" in n or "slot" in n for n in names)
+    for trial in selector.study_.trials:
+        if trial.params.get("self/k", 0) > 1:
+            assert trial.distributions["self/set"].choices == tuple(range(6))
+            assert trial.distributions["self/perm"].choices == (0, 1, 2)
+    for candidate in selector.report_.candidates:
+        questions_shown = [d["question"] for d in candidate.state["self"]["demos"]]
+        assert len(questions_shown) == len(set(questions_shown))
+    again, _ = select(two_teachers, strategies=("random", "slots"), orders=("permutation",), n_trials=12)
+    other, _ = select(two_teachers, strategies=("random", "slots"), orders=("permutation",), n_trials=12, seed=5)
+    state = lambda s: [c.state for c in s.report_.candidates]  # noqa: E731
+    assert state(again) == state(selector) and state(other) != state(selector)
+
+
+def test_mmr_picks_per_call_relevant_to_the_input(neighbour_task):
+    # Only a demo of the input's own group teaches; MMR relevant to the input (lambda near 1) covers every group
+    # with one demo, as kNN does, where a set relevant to the pool's centre could not.
+    selector, program = select(neighbour_task, max_demos=1, n_trials=6, strategies=("mmr",), seed=0)
+    assert selector.report_.best_scores["val"] == 1.0
+    assert isinstance(program, DynamicPredict) and program.demos[0][SELECTION_KEY]["mode"] == "mmr"
+
+
+def test_bfsrs_compile_arguments():
+    lm, train, metric = two_step_setup()
+    selector = DemoSelector(metric, task_model=lm, max_rounds=1, teacher_settings={}, max_labeled_demos=2,
+                            n_trials=2, progress=False)
+    selector.compile(TwoSteps(), trainset=train, valset=train[:4], labeled_sample=False)
+    assert selector.report_.finished
+    with pytest.raises(TypeError, match=r"`restrict` .* n_trials=N"):
+        selector.compile(TwoSteps(), trainset=train, valset=train[:4], restrict=[1, 2])

@@ -113,7 +113,7 @@ MAX_FREE_TRIALS_IN_A_ROW = 10
 
 def held_out_size(n_val: int) -> int:
     """Validation examples held back from the trials for the final choice (0: the valset is used whole)."""
-    return int(round(n_val * HOLD_OUT_SHARE)) if n_val >= MIN_VAL_TO_HOLD_OUT else 0
+    return round(n_val * HOLD_OUT_SHARE) if n_val >= MIN_VAL_TO_HOLD_OUT else 0
 
 
 def reuse_z(n_trials: int, z: float = VALIDATION_Z) -> float:
@@ -123,7 +123,7 @@ def reuse_z(n_trials: int, z: float = VALIDATION_Z) -> float:
 
     Example:
         >>> round(reuse_z(1), 2), round(reuse_z(30), 2)
-        (1.5, 2.85)
+        (1.5, 2.84)
     """
     alpha = 1.0 - NormalDist().cdf(z)
     return NormalDist().inv_cdf(1.0 - alpha / max(1, n_trials))

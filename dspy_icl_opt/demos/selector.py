@@ -359,7 +359,7 @@ class DemoSelector(ICLOptimizer):
         if search is None:
             trials = self.n_trials or UNCAPPED_TRIALS
         else:
-            affordable = (search - boot) // max(1, per_trial)
+            affordable = max(0, search - boot) // max(1, per_trial)
             trials = affordable if self.n_trials is None else min(self.n_trials, affordable)
             if self.n_trials is not None and affordable < self.n_trials:
                 notes.append(f"only {affordable} whole trial(s) of {trial_items} examples fit the cap; "
@@ -615,8 +615,8 @@ class DemoSelector(ICLOptimizer):
         calls = self._task_calls(run)
         run.free_in_a_row = run.free_in_a_row + 1 if calls == run.calls_before else 0
         run.calls_before = calls
-        if run.exhausted is None and run.ctx.meter.exhausted("task"):
-            run.exhausted = _exhausted(run.ctx)
+        if run.ctx.meter.exhausted("task"):  # the search's share is spent (the final validation's is set aside)
+            run.ctx.report.stopped_by_budget = True
             run.study.stop()
         elif not self._can_pay_a_trial(run):
             run.study.stop()
@@ -704,13 +704,6 @@ def _mean(outcomes: Sequence[Outcome]) -> float:
     return sum(o.score for o in outcomes) / len(outcomes) if outcomes else 0.0
 
 
-def _exhausted(ctx: SearchContext) -> BudgetExhausted:
-    budget = ctx.optimizer.budget
-    if ctx.meter.remaining_calls("task") == 0:
-        return BudgetExhausted("task", "call", budget.max_task_calls or 0)
-    return BudgetExhausted("task", "token", budget.max_task_tokens or 0)
-
-
 #: BootstrapFewShotWithRandomSearch's arguments with a DemoSelector meaning (see :func:`map_bfsrs_arguments`).
 BFSRS_ARGUMENTS = ("max_bootstrapped_demos", "max_labeled_demos", "num_candidate_programs", "metric_threshold",
                    "max_rounds", "teacher_settings")
@@ -764,7 +757,8 @@ def _bfsrs_compile_arguments(kwargs: dict[str, Any]) -> None:
     labeled sets are always seeded samples), ``restrict`` is refused with our equivalent."""
     if "labeled_sample" in kwargs:
         kwargs.pop("labeled_sample")
-        logger.info("compile(labeled_sample=...) is ignored: DemoSelector's labeled demo sets are always seeded samples")
+        logger.info("compile(labeled_sample=...) is ignored: DemoSelector's labeled demo sets are always "
+                    "seeded samples")
     if "restrict" in kwargs:
         raise TypeError(f"`restrict` (a BootstrapFewShotWithRandomSearch.compile argument) has no DemoSelector "
                         f"equivalent, but got restrict={kwargs['restrict']!r}. Candidate sets are searched by index; "

@@ -218,7 +218,8 @@ def _picks(name: str, space: Space, pool: str, demos: list[dict[str, Any]], k: i
     if strategy in INDEXED:
         return space.candidate(name, pool, strategy, k, index or 0), f"#{index}"
     if strategy == "mmr_static":
-        picked = mmr(demos, k, lam or 0.0, space.embedder, _all_fields(demos), input_fields=space.input_fields.get(name))
+        picked = mmr(demos, k, lam or 0.0, space.embedder, _all_fields(demos),
+                     input_fields=space.input_fields.get(name))
         return tuple(picked), f"(lambda={lam:.2f})"
     if strategy == "mmr":
         return (), f"(lambda={lam:.2f})"  # chosen per call

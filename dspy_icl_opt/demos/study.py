@@ -256,7 +256,8 @@ K_CURVE_NOTE = ("Per k: 'mean' and 'best' are trial scores on the trial examples
                 "'n_pruned' trials were stopped by the pruner, 'n_cut' by the budget (neither has a score here).")
 
 
-def k_curve(trials: Iterable[FrozenTrial], validated: Mapping[int, float] | None = None) -> dict[str, list[dict[str, Any]]]:
+def k_curve(trials: Iterable[FrozenTrial],
+            validated: Mapping[int, float] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Trial scores per ``k``, per predictor (see :data:`K_CURVE_NOTE`); ``validated`` maps trial numbers
     to their final-choice score."""
     points: dict[str, dict[int, dict[str, Any]]] = {}
@@ -299,8 +300,11 @@ def summary(study: optuna.Study, storage: Any, ran: int) -> dict[str, Any]:
 def finished(trials: Iterable[FrozenTrial]) -> list[Mapping[str, Any]]:
     """The user attributes of trials that scored something: complete, pruned, or cut by the budget after
     some examples (each scored example is a valid row for the influence fit)."""
-    return [t.user_attrs for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and t.user_attrs.get("icl_stopped_by_budget") and t.user_attrs.get("icl_scores"))]
+    def scored(t: FrozenTrial) -> bool:
+        cut = t.state == TrialState.FAIL and t.user_attrs.get("icl_stopped_by_budget")
+        return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or bool(cut and t.user_attrs.get("icl_scores"))
+
+    return [t.user_attrs for t in trials if scored(t)]
 
 
 def check_optuna_object(name: str, value: Any, base: type, allowed: tuple[Any, ...]) -> None:

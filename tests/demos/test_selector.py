@@ -158,7 +158,8 @@ def test_a_call_cap_ends_between_trials_and_the_finalists_are_always_validated(t
     trials = selector.study_.trials
     assert trials and all(t.state == TrialState.COMPLETE for t in trials)
     assert not any(t.user_attrs.get("icl_stopped_by_budget") for t in trials)
-    assert report.stopped_by_budget  # the budget, not n_trials, ended the trials
+    assert report.stopped_by_budget  # the budget, not n_trials, ended the trials ...
+    assert report.finished  # ... as planned: the run itself was not cut
     choice = report.extra["final_choice"]
     assert len(choice["contenders"]) == 1 + plan["settings"]["finalists"] >= 2
     assert choice["examples"] >= plan["settings"]["validation_examples"]

@@ -163,7 +163,7 @@ def test_a_call_cap_ends_between_trials_and_the_finalists_are_always_validated(t
     choice = report.extra["final_choice"]
     assert len(choice["contenders"]) == 1 + plan["settings"]["finalists"] >= 2
     assert choice["examples"] >= plan["settings"]["validation_examples"]
-    assert plan["steps"] == len(trials) or len(trials) > plan["steps"]  # at least the planned trials ran
+    assert len(trials) >= plan["steps"]  # at least the planned trials ran
 
 
 def test_a_trial_cut_by_the_budget_is_failed_not_pruned_and_keeps_its_scores(two_teachers):

@@ -2,7 +2,7 @@
 
 from dspy_icl_opt.demos.dynamic import DynamicPredict, selection_demo, with_dynamic_demos
 from dspy_icl_opt.demos.embeddings import LEXICAL, PoolIndex, register_embedder
-from dspy_icl_opt.demos.influence import fit_influence
+from dspy_icl_opt.demos.influence import fit_demo_sets, fit_influence
 from dspy_icl_opt.demos.pools import demo_id
 from dspy_icl_opt.demos.selector import DemoSelector
 
@@ -12,6 +12,7 @@ __all__ = [
     "DynamicPredict",
     "PoolIndex",
     "demo_id",
+    "fit_demo_sets",
     "fit_influence",
     "register_embedder",
     "selection_demo",

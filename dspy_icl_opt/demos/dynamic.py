@@ -1,4 +1,5 @@
-"""Demos chosen per call: the k nearest neighbours of the input, or a fixed set reordered per input.
+"""Demos chosen per call: the k nearest neighbours of the input, an MMR set for the input, or a fixed set
+reordered per input.
 
 A predictor whose demos start with a *selection demo* (a dict with the single key
 :data:`SELECTION_KEY` holding the settings) treats the demos after it as a pool and, on every call,
@@ -30,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import dspy
+import numpy as np
 
 from dspy_icl_opt.demos.embeddings import LEXICAL, demo_text, pool_index
 
@@ -39,21 +41,40 @@ Order = Literal["as_selected", "most_similar_last", "permutation"]
 ORDERS: tuple[Order, ...] = ("as_selected", "most_similar_last", "permutation")
 
 
-def selection_demo(*, mode: Literal["knn", "fixed"], k: int, order: Order, embedder: str = LEXICAL,
-                   perm_seed: int | None = None) -> dict[str, Any]:
+def selection_demo(*, mode: Literal["knn", "mmr", "fixed"], k: int, order: Order, embedder: str = LEXICAL,
+                   perm_seed: int | None = None, mmr_lambda: float | None = None) -> dict[str, Any]:
     """The selection demo that goes first in a predictor's demos.
 
     Args:
-        mode: ``knn``: the ``k`` demos of the pool nearest to the input; ``fixed``: the whole pool,
-            reordered per input (then ``k`` is the pool size).
+        mode: ``knn``: the ``k`` demos of the pool nearest to the input; ``mmr``: ``k`` demos of the
+            pool by maximal marginal relevance to the input (:func:`mmr_order`); ``fixed``: the whole
+            pool, reordered per input (then ``k`` is the pool size).
         k: demos shown per call.
         order: ``as_selected`` (nearest first for kNN, pool order for ``fixed``), ``most_similar_last``
             (the nearest demo right before the input), or ``permutation`` (kNN picks shuffled by ``perm_seed``).
         embedder: ``lexical`` or a name given to ``register_embedder``.
         perm_seed: seed of the permutation.
+        mmr_lambda: for ``mmr``, the weight of relevance against redundancy (1: kNN, 0: most spread out).
     """
-    return {SELECTION_KEY: {"mode": mode, "k": int(k), "order": order, "embedder": embedder,
-                            "perm_seed": perm_seed}}
+    settings = {"mode": mode, "k": int(k), "order": order, "embedder": embedder, "perm_seed": perm_seed}
+    if mode == "mmr":
+        settings["mmr_lambda"] = float(0.5 if mmr_lambda is None else mmr_lambda)
+    return {SELECTION_KEY: settings}
+
+
+def mmr_order(relevance: np.ndarray, similarity: np.ndarray, k: int, lam: float) -> list[int]:
+    """Maximal marginal relevance (Carbonell and Goldstein, 1998): ``k`` positions picked one by one, each
+    maximising ``lam * relevance - (1 - lam) * redundancy``, where redundancy is the highest ``similarity``
+    to a position already picked. Ties go to the earlier position."""
+    chosen: list[int] = []
+    left = list(range(len(relevance)))
+    while left and len(chosen) < k:
+        redundancy = np.max(similarity[np.ix_(left, chosen)], axis=1) if chosen else np.zeros(len(left))
+        gains = lam * np.asarray(relevance)[left] - (1.0 - lam) * redundancy
+        best = left[int(np.argmax(gains))]
+        chosen.append(best)
+        left.remove(best)
+    return chosen
 
 
 def split_demos(demos: Sequence[Any]) -> tuple[dict[str, Any] | None, list[Any]]:
@@ -69,10 +90,14 @@ def select_indices(settings: Mapping[str, Any], pool: Sequence[Any], inputs: Map
     if not pool:
         return []
     texts = [demo_text(_as_mapping(d), input_fields) for d in pool]
-    sims = pool_index(texts, settings.get("embedder", LEXICAL)).similarities(demo_text(inputs, input_fields))
+    index = pool_index(texts, settings.get("embedder", LEXICAL))
+    sims = index.similarities(demo_text(inputs, input_fields))
     nearest_first = sorted(range(len(pool)), key=lambda i: (-float(sims[i]), i))
+    k = max(0, int(settings.get("k", 0)))
     if settings.get("mode") == "knn":
-        chosen = nearest_first[: max(0, int(settings.get("k", 0)))]
+        chosen = nearest_first[:k]
+    elif settings.get("mode") == "mmr":  # relevance to this call's input, redundancy among the demos' inputs
+        chosen = mmr_order(sims, index.pairwise(), k, float(settings.get("mmr_lambda", 0.5)))
     else:
         chosen = list(range(len(pool)))
     order = settings.get("order", "as_selected")

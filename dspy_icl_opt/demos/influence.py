@@ -8,12 +8,15 @@ regression on what is left gives each demo's effect on the score. Pruned trials 
 examples they got through; failed trials are skipped.
 
 Each trial stores what this needs in its user attributes (``icl_scores``, ``icl_demos``,
-``icl_dynamic``), so the fit runs on any study, including one shared by several processes.
+``icl_dynamic``), so the fit runs on any study, including one shared by several processes. A search
+that keeps its own list of (demo set, score) pairs instead (e.g. a joint instruction x demo search
+within one run) turns each pair into the same record with :func:`trial_record` and fits them with
+:func:`fit_demo_sets`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,41 @@ RIDGE_ALPHA = 1.0
 MIN_ROWS = 2
 
 Feature = tuple[str, str]  # (predictor, demo id)
+#: The example key of a score given for a whole trial (no per-example scores): all such rows share one intercept.
+WHOLE_TRIAL = "*"
+
+
+def trial_record(demos: Mapping[str, Sequence[str]], scores: Mapping[str, float] | float,
+                 shown: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> dict[str, Any]:
+    """One trial as :func:`fit_influence` reads it.
+
+    Args:
+        demos: the demo ids each predictor showed on every call (``{predictor: [id, ...]}``; ids from
+            :func:`~dspy_icl_opt.demos.pools.demo_id`).
+        scores: the score per example key (better: it removes how hard each example is), or one mean score.
+        shown: for per-call predictors, the ids shown per example key (``{example: {predictor: [id, ...]}}``).
+
+    Example:
+        >>> trial_record({"p": ["a"]}, 0.5)
+        {'icl_scores': {'*': 0.5}, 'icl_demos': {'p': ['a']}, 'icl_dynamic': {}}
+    """
+    per_example = {WHOLE_TRIAL: float(scores)} if isinstance(scores, (int, float)) else \
+        {str(k): float(v) for k, v in scores.items()}
+    return {"icl_scores": per_example, "icl_demos": {p: list(ids) for p, ids in demos.items()},
+            "icl_dynamic": {str(e): {p: list(ids) for p, ids in by_p.items()} for e, by_p in (shown or {}).items()}}
+
+
+def fit_demo_sets(trials: Iterable[tuple[Mapping[str, Sequence[str]], Mapping[str, float] | float]], *,
+                  alpha: float = RIDGE_ALPHA, demos: Mapping[Feature, Mapping[str, Any]] | None = None,
+                  ) -> dict[str, list[dict[str, Any]]]:
+    """:func:`fit_influence` on ``(demo set, score)`` pairs (see :func:`trial_record` for their form).
+
+    Example:
+        >>> ranking = fit_demo_sets([({"p": ["a", "b"]}, 1.0), ({"p": ["b"]}, 0.0), ({"p": ["a"]}, 1.0)])
+        >>> [entry["id"] for entry in ranking["p"]]
+        ['a', 'b']
+    """
+    return fit_influence([trial_record(ids, score) for ids, score in trials], alpha=alpha, demos=demos)
 
 
 def trial_rows(user_attrs: Mapping[str, Any]) -> list[tuple[str, set[Feature], float]]:

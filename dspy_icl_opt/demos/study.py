@@ -207,15 +207,14 @@ def _largest_set(space: Space, pool: str) -> dict[str, Any]:
         if k == 0:
             continue
         params[f"{n}/pool"] = pool
-        if "random" in space.strategies:
-            params.update({f"{n}/strategy": "random", f"{n}/random_seed": 0})
-        elif "slots" in space.strategies:
-            params.update({f"{n}/strategy": "slots", **{f"{n}/{pool}/slot{i}": i for i in range(k)}})
+        indexed = [s for s in ("random", "slots") if s in space.strategies]
+        if indexed:
+            params.update({f"{n}/strategy": indexed[0], f"{n}/set": 0})
         else:
             params[f"{n}/strategy"] = space.strategies[0]
         if k > 1:
             order = "as_selected" if "as_selected" in space.orders else space.orders[0]
-            params.update({f"{n}/order": order, **({f"{n}/perm_seed": 0} if order == "permutation" else {})})
+            params.update({f"{n}/order": order, **({f"{n}/perm": 0} if order == "permutation" else {})})
     return params
 
 
@@ -249,28 +248,40 @@ def check_settings(study: optuna.Study, settings: dict[str, Any]) -> None:
                          f"{settings}. Use the same settings to extend it, or another study_name.")
 
 
-def k_curve(trials: Iterable[FrozenTrial]) -> dict[str, list[dict[str, Any]]]:
-    """Best and mean finished-trial score per ``k``, per predictor (pruned trials counted apart)."""
-    values: dict[str, dict[int, list[float]]] = {}
-    pruned: dict[str, dict[int, int]] = {}
+#: What a point of ``k_curve`` measures (the report prints it beside the curve).
+K_CURVE_NOTE = ("Per k: 'mean' and 'best' are trial scores on the trial examples (the search's minibatches), over "
+                "the 'n' trials that completed; 'best' is the best of n on the examples that ranked them, so it is "
+                "optimistic, more so for larger n. 'val' is the best score, on the final-choice examples, of the "
+                "finalists with that k (when those examples were held back from the trials, an honest estimate). "
+                "'n_pruned' trials were stopped by the pruner, 'n_cut' by the budget (neither has a score here).")
+
+
+def k_curve(trials: Iterable[FrozenTrial],
+            validated: Mapping[int, float] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Trial scores per ``k``, per predictor (see :data:`K_CURVE_NOTE`); ``validated`` maps trial numbers
+    to their final-choice score."""
+    points: dict[str, dict[int, dict[str, Any]]] = {}
     for trial in trials:
         for name, k in (trial.user_attrs.get("icl_k") or {}).items():
-            if trial.state == TrialState.COMPLETE and trial.value is not None:
-                values.setdefault(name, {}).setdefault(int(k), []).append(float(trial.value))
+            point = points.setdefault(name, {}).setdefault(int(k), {"scores": [], "n_pruned": 0, "n_cut": 0,
+                                                                     "val": []})
+            if trial.user_attrs.get("icl_stopped_by_budget"):
+                point["n_cut"] += 1
+            elif trial.state == TrialState.COMPLETE and trial.value is not None:
+                point["scores"].append(float(trial.value))
             elif trial.state == TrialState.PRUNED:
-                pruned.setdefault(name, {}).setdefault(int(k), 0)
-                pruned[name][int(k)] += 1
-    curve: dict[str, list[dict[str, Any]]] = {}
-    for name in sorted(set(values) | set(pruned)):
-        ks = sorted(set(values.get(name, {})) | set(pruned.get(name, {})))
-        curve[name] = [_k_point(k, values.get(name, {}).get(k, []), pruned.get(name, {}).get(k, 0)) for k in ks]
-    return curve
+                point["n_pruned"] += 1
+            if validated and trial.number in validated:
+                point["val"].append(float(validated[trial.number]))
+    return {name: [_k_point(k, by_k[k]) for k in sorted(by_k)] for name, by_k in sorted(points.items())}
 
 
-def _k_point(k: int, scores: list[float], n_pruned: int) -> dict[str, Any]:
-    return {"k": k, "n": len(scores), "n_pruned": n_pruned,
+def _k_point(k: int, point: dict[str, Any]) -> dict[str, Any]:
+    scores, val = point["scores"], point["val"]
+    return {"k": k, "n": len(scores), "n_pruned": point["n_pruned"], "n_cut": point["n_cut"],
             "best": round(max(scores), 6) if scores else None,
-            "mean": round(sum(scores) / len(scores), 6) if scores else None}
+            "mean": round(sum(scores) / len(scores), 6) if scores else None,
+            "val": round(max(val), 6) if val else None}
 
 
 def summary(study: optuna.Study, storage: Any, ran: int) -> dict[str, Any]:
@@ -287,8 +298,13 @@ def summary(study: optuna.Study, storage: Any, ran: int) -> dict[str, Any]:
 
 
 def finished(trials: Iterable[FrozenTrial]) -> list[Mapping[str, Any]]:
-    """The user attributes of trials that scored something (complete or pruned)."""
-    return [t.user_attrs for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    """The user attributes of trials that scored something: complete, pruned, or cut by the budget after
+    some examples (each scored example is a valid row for the influence fit)."""
+    def scored(t: FrozenTrial) -> bool:
+        cut = t.state == TrialState.FAIL and t.user_attrs.get("icl_stopped_by_budget")
+        return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or bool(cut and t.user_attrs.get("icl_scores"))
+
+    return [t.user_attrs for t in trials if scored(t)]
 
 
 def check_optuna_object(name: str, value: Any, base: type, allowed: tuple[Any, ...]) -> None:

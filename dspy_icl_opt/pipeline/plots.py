@@ -154,7 +154,7 @@ def tree_png(tree: Mapping[str, Any], chosen: int | None = None) -> bytes | None
 
 
 def k_curve_png(curve: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes | None:
-    """Best and mean trial score against the number of demos k, per predictor."""
+    """Best and mean trial score against the number of demos k, per predictor, and the finalists' val score."""
     if not curve:
         return None
     plt = _pyplot()
@@ -163,9 +163,12 @@ def k_curve_png(curve: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes | Non
         best = [(p["k"], p["best"]) for p in points if p.get("best") is not None]
         mean = [(p["k"], p["mean"]) for p in points if p.get("mean") is not None]
         if best:
-            ax.plot(*zip(*best), marker="o", color=f"C{i}", label=f"{name} best")
+            ax.plot(*zip(*best), marker="o", color=f"C{i}", label=f"{name} best of trials (optimistic)")
         if mean:
             ax.plot(*zip(*mean), marker=".", linestyle="--", color=f"C{i}", label=f"{name} mean")
+        val = [(p["k"], p["val"]) for p in points if p.get("val") is not None]
+        if val:
+            ax.scatter(*zip(*val), marker="*", s=90, color=f"C{i}", label=f"{name} finalists' val", zorder=3)
     ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_xlabel("k (demos)")
     ax.set_ylabel("score")

@@ -239,11 +239,15 @@ def _what(record: CandidateRecord) -> str:
 
 
 def _demo_choice(text: str) -> str:
-    """DemoSelector's ``k=3 labeled/random(seed=0) as_selected`` in words: k, pool, strategy, order."""
+    """DemoSelector's ``k=3 labeled/random#2 permutation#1`` in words: k, pool, strategy, candidate set, order."""
     match = re.fullmatch(r"k=(\d+) (\w+)/(.+) (\S+)", text.strip())
     if not match:
         return "no demos (k=0)" if text.strip() == "k=0" else text
     k, pool, strategy, order = match.groups()
+    name, _, index = strategy.partition("#")
+    strategy = f"{name}, candidate set {index}" if index.isdigit() else strategy
+    name, _, index = order.partition("#")
+    order = f"{name} {index}" if index.isdigit() else order
     return f"k={k}, pool {pool}, strategy {strategy}, order {order}"
 
 
@@ -472,9 +476,13 @@ def demo_selector_blocks(report: OptimizationReport, index: int = 0) -> list[Blo
         png = plots.k_curve_png(curve)
         if png:
             blocks.append(Image(f"{index:02d}_k_curve.png", "accuracy against k", png))
-        rows = [[name, p.get("k"), p.get("n"), p.get("best"), p.get("mean"), p.get("n_pruned")]
-                for name, points in sorted(curve.items()) for p in points]
-        blocks.append(Table(["predictor", "k", "trials", "best", "mean", "pruned"], rows))
+        note = report.extra.get("k_curve_note")
+        if note:
+            blocks.append(Para(str(note)))
+        rows = [[name, p.get("k"), p.get("n"), p.get("mean"), p.get("best"), _num(p.get("val")), p.get("n_pruned"),
+                 p.get("n_cut", 0)] for name, points in sorted(curve.items()) for p in points]
+        blocks.append(Table(["predictor", "k", "trials", "mean (trials)", "best (trials)", "val (finalists)",
+                             "pruned", "cut by budget"], rows))
     influence = report.extra.get("influence")
     if isinstance(influence, dict) and influence:
         blocks.append(Heading(3, "Demo influence (most helpful first)"))

@@ -117,8 +117,7 @@ def plan_pipeline(config: PipelineConfig) -> str:
     """What each optimizer step of ``config`` plans to spend, as text, without building an LM or calling one.
 
     Every step is planned for the starting program (a chain's later steps get the earlier steps' output,
-    which has the same predictors). A strategy that does not plan ahead (DemoSelector, DSPy's
-    optimizers) prints ``no plan``.
+    which has the same predictors). DSPy's optimizers, which do not plan ahead, print ``no plan``.
     """
     from dspy_icl_opt.pipeline.registry import build_optimizer
 

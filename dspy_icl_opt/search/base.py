@@ -180,7 +180,9 @@ class SearchContext:
         return max(scored, key=lambda r: (r.scores[label], -r.id)) if scored else None
 
     def choose_by_validation(self, finalists: Sequence[CandidateRecord], *,
-                             tiebreak: Callable[[CandidateRecord], tuple] = lambda record: ()) -> CandidateRecord:
+                             tiebreak: Callable[[CandidateRecord], tuple] = lambda record: (),
+                             examples: Sequence[dspy.Example] | None = None, z: float = VALIDATION_Z,
+                             ) -> CandidateRecord:
         """Validate the program as it was given and ``finalists``, and keep a finalist only if it is surely better.
 
         The start is validated first (its pairs are often cached) and is the result unless a finalist
@@ -188,16 +190,19 @@ class SearchContext:
         least ``VALIDATION_Z`` paired standard errors (:func:`paired_gain`). Among the finalists that
         pass, the best mean wins (then ``tiebreak``, then the earliest). The validation examples are
         the first ``validation_examples`` of the valset (all of it unless the plan cut them), or more
-        when the budget left pays for them (:meth:`_validation_size`). The best
+        when the budget left pays for them (:meth:`_validation_size`). A strategy may pass its own
+        ``examples`` (in the order to use them; e.g. examples its search never ranked on) and a larger
+        ``z`` (e.g. when the finalists were selected on these same examples). The best
         so far is set after every validation, so a budget that ends here keeps what was validated;
         `BudgetExhausted` propagates. What the choice was based on goes to ``report.extra["final_choice"]``.
         """
         start = self.add_candidate(self.initial_state, step=0, origin="seed")
         contenders = [start, *(record for record in finalists if record.id != start.id)]
-        examples = self.valset[: self._validation_size(len(contenders))]
+        pool = list(self.valset if examples is None else examples)
+        examples = pool[: self._validation_size(len(contenders), len(pool))]
         scores: dict[int, list[float]] = {}
         table: list[dict[str, Any]] = []
-        choice = {"rule": f"paired: mean gain > 0 and >= {VALIDATION_Z} standard errors over the start",
+        choice = {"rule": f"paired: mean gain > 0 and >= {z:g} standard errors over the start",
                   "examples": len(examples), "start": start.id, "contenders": table, "chosen": start.id}
         self.report.extra["final_choice"] = choice
         self.set_best(start)
@@ -207,7 +212,7 @@ class SearchContext:
             self.record_outcomes(record, outcomes, VAL_LABEL)
             scores[record.id] = [o.score for o in outcomes]
             gain, se = paired_gain(scores[record.id], scores[start.id])
-            passed = record.id != start.id and gain > 0 and gain >= VALIDATION_Z * se
+            passed = record.id != start.id and gain > 0 and gain >= z * se
             table.append({"candidate": record.id, "val": record.scores[VAL_LABEL], "gain": round(gain, 6),
                           "se": round(se, 6), "passed": passed})
             if passed and (best.id == start.id or (record.scores[VAL_LABEL], *tiebreak(record), -record.id)
@@ -220,15 +225,17 @@ class SearchContext:
                     len(examples), best.id, best.scores[VAL_LABEL], start.scores[VAL_LABEL])
         return best
 
-    def _validation_size(self, contenders: int) -> int:
+    def _validation_size(self, contenders: int, available: int | None = None) -> int:
         """The planned validation examples, or more when the budget left pays for them (fewer finalists
-        than planned, or a search that spent less): every saved call makes the final choice surer."""
-        size = min(self.validation_examples, len(self.valset))
+        than planned, or a search that spent less): every saved call makes the final choice surer.
+        ``available``: how many examples there are to choose from (default: the valset's)."""
+        available = len(self.valset) if available is None else available
+        size = min(self.validation_examples, available)
         remaining = self.meter.remaining_calls("task")
         if remaining is None:
-            return len(self.valset)
+            return available
         affordable = remaining // max(1, contenders * len(self.predictors))
-        return max(size, min(len(self.valset), affordable))
+        return max(size, min(available, affordable))
 
     # ------------------------------------------------------------------------- prompt model
     def ask(self, signature: type[dspy.Signature], *, key: str, temperature: float | None = None,

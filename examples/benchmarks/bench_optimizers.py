@@ -34,8 +34,9 @@ from dspy_icl_opt.programs import load_task, make_program
 #: DSPy optimizers cannot be capped from outside without corrupting their scores, so they are sized:
 COPRO_BREADTH = 4
 BFSRS_DEMOS = 4
-DEMOS_SETTINGS = {"max_demos": 4, "n_trials": 12, "minibatch_size": 5, "minibatches_per_trial": 2,
-                  "top_k_full_eval": 2}
+#: DemoSelector plans its trials, minibatches and final validation from --budget like OPRO and APO do;
+#: only the prompt size is fixed, as BFSRS's (BFSRS_DEMOS).
+DEMOS_SETTINGS = {"max_demos": BFSRS_DEMOS}
 
 
 def evaluate(program: dspy.Module, examples: list[dspy.Example], metric: Callable, lm: dspy.BaseLM) -> float:

@@ -119,7 +119,7 @@ def test_influence_strategy_ranks_a_pool_by_an_earlier_ranking():
 
 def space(**overrides):
     settings = {"pools": {"self": {"labeled": list(POOL), "bootstrapped": []}}, "k_max": {"self": 3},
-                "strategies": ("random", "knn", "mmr", "slots")}
+                "strategies": ("random", "knn", "mmr", "mmr_static", "slots")}
     return Space(**{**settings, **overrides})
 
 
@@ -132,7 +132,8 @@ def test_suggested_choices_rebuild_from_params_and_give_valid_demos():
         assert suggest(ParamsSource(trial.params), "self", the_space) == choice
         demos = choice_demos(choice, POOL)
         shown = [d for d in demos if "icl_dynamic_demos" not in d]
-        assert choice.k <= 3 and (choice.strategy == "knn" or len(shown) == choice.shown <= 3)
+        assert choice.k <= 3 and (choice.strategy in ("knn", "mmr") or len(shown) == choice.shown <= 3)
+        assert len({d["question"] for d in shown}) == len(shown)  # a demo set never repeats a demo
         assert "self/pool" not in trial.params or trial.params["self/pool"] == "labeled"  # empty pools not offered
         study.tell(trial, 0.0)
 
@@ -140,13 +141,13 @@ def test_suggested_choices_rebuild_from_params_and_give_valid_demos():
 def test_baselines_are_zero_shot_then_the_largest_labeled_and_bootstrapped_sets():
     zero, labeled = baseline_params(space())  # the bootstrapped pool is empty: no third baseline
     assert zero == {"self/k": 0}
-    assert labeled == {"self/k": 3, "self/pool": "labeled", "self/strategy": "random", "self/random_seed": 0,
+    assert labeled == {"self/k": 3, "self/pool": "labeled", "self/strategy": "random", "self/set": 0,
                        "self/order": "as_selected"}
     _, slots = baseline_params(space(strategies=("slots",), orders=("permutation",)))
-    assert slots["self/labeled/slot2"] == 2 and slots["self/perm_seed"] == 0
+    assert slots["self/strategy"] == "slots" and slots["self/set"] == 0 and slots["self/perm"] == 0
     only_boot = baseline_params(space(pools={"self": {"labeled": [], "bootstrapped": POOL[:2]}}))
     assert only_boot == [{"self/k": 0}, {"self/k": 2, "self/pool": "bootstrapped", "self/strategy": "random",
-                                         "self/random_seed": 0, "self/order": "as_selected"}]
+                                         "self/set": 0, "self/order": "as_selected"}]
     both = baseline_params(space(pools={"self": {"labeled": POOL, "bootstrapped": POOL[:1]}}))
     assert [b.get("self/pool") for b in both] == [None, "labeled", "bootstrapped"]
     assert both[2]["self/k"] == 1 and "self/order" not in both[2]  # one demo: no order to choose
@@ -161,8 +162,8 @@ def test_k_curve_best_and_mean_per_k():
 
     trials = [trial(0, 0.1), trial(2, 0.5), trial(2, 0.7), trial(2, None, optuna.trial.TrialState.PRUNED)]
     curve = k_curve(trials)["self"]
-    assert curve == [{"k": 0, "n": 1, "n_pruned": 0, "best": 0.1, "mean": 0.1},
-                     {"k": 2, "n": 2, "n_pruned": 1, "best": 0.7, "mean": 0.6}]
+    assert curve == [{"k": 0, "n": 1, "n_pruned": 0, "n_cut": 0, "best": 0.1, "mean": 0.1, "val": None},
+                     {"k": 2, "n": 2, "n_pruned": 1, "n_cut": 0, "best": 0.7, "mean": 0.6, "val": None}]
 
 
 def test_labeled_pool_keeps_the_predictor_fields_only():
@@ -180,8 +181,12 @@ def test_postgres_url_gets_an_installed_driver():
 
 def test_choice_description_and_shown_count():
     assert Choice("self", 0).describe() == "k=0"
-    slots = Choice("self", 3, "labeled", "slots", picks=(1, 2))  # a repeated slot pick collapsed
+    slots = Choice("self", 2, "labeled", "slots", picks=(1, 2), detail="#4", index=4)
     assert slots.shown == 2 and not slots.dynamic
+    assert slots.describe() == "k=2 labeled/slots#4 as_selected"
+    permuted = Choice("self", 2, "labeled", "random", "permutation", (0, 1), 7, "#0", 0, order_index=2)
+    assert permuted.describe() == "k=2 labeled/random#0 permutation#2"
+    assert Choice("self", 3, "labeled", "mmr", mmr_lambda=0.5).dynamic
 
 
 @pytest.mark.parametrize("order", ["as_selected", "permutation"])
@@ -189,3 +194,29 @@ def test_static_sets_carry_no_selection_demo(order):
     choice = Choice("self", 2, "labeled", "random", order=order, picks=(4, 0), perm_seed=1)
     demos = choice_demos(choice, POOL)
     assert sorted(d["question"] for d in demos) == sorted([POOL[4]["question"], POOL[0]["question"]])
+
+
+def test_mmr_relevance_is_to_the_query_when_there_is_one_and_to_the_average_input_when_static():
+    pool = [{"question": "red apple pie", "answer": "x"}, {"question": "red apple tart", "answer": "x"},
+            {"question": "fast blue car", "answer": "y"}, {"question": "slow blue car", "answer": "y"},
+            {"question": "red apple jam", "answer": "x"}]
+    # per call: the first pick is the demo nearest the input, whichever input it is
+    assert mmr(pool, 1, 0.9, query={"question": "a blue car"}, input_fields=["question"])[0] in (2, 3)
+    assert mmr(pool, 1, 0.9, query={"question": "an apple tart"}, input_fields=["question"]) == [1]
+    # static: relevant to the pool's average input (three of five are apples), then spread out
+    static = mmr(pool, 2, 0.5, input_fields=["question"])
+    assert static[0] in (0, 1, 4) and static[1] in (2, 3)
+    # and per-call selection in a predictor does the same
+    settings = selection_demo(mode="mmr", k=2, order="as_selected", mmr_lambda=0.2)["icl_dynamic_demos"]
+    picked = select_indices(settings, pool, {"question": "blue car"}, ["question"])
+    assert picked[0] in (2, 3) and picked[1] in (0, 1, 4)  # nearest first, then not a near-duplicate of it
+
+
+def test_influence_fits_from_demo_set_and_score_pairs():
+    from dspy_icl_opt.demos.influence import fit_demo_sets, trial_record
+
+    pairs = [({"p": ["good", f"x{i % 3}"]}, 1.0) if i % 2 == 0 else ({"p": [f"x{i % 3}"]}, 0.0) for i in range(12)]
+    ranking = fit_demo_sets(pairs)["p"]
+    assert ranking[0]["id"] == "good" and ranking[0]["weight"] > 0.3
+    per_example = trial_record({"p": ["a"]}, {"e1": 1.0, "e2": 0.0}, shown={"e1": {"q": ["b"]}})
+    assert fit_influence([per_example, trial_record({"p": []}, {"e1": 0.0, "e2": 0.0})])["p"][0]["id"] == "a"

@@ -12,7 +12,9 @@ from optuna.trial import TrialState
 from dspy_icl_opt.demos import DemoSelector, DynamicPredict, register_embedder
 from dspy_icl_opt.demos.dynamic import SELECTION_KEY
 from dspy_icl_opt.search.placement import compose_instructions
+from dspy_icl_opt.search.scorer import example_key
 from dspy_icl_opt.testing import always, simulated_task_lm
+from dspy_icl_opt.testing.chat import estimate_tokens, prompt_text
 from tests.demos.conftest import GROUPS
 
 
@@ -40,7 +42,9 @@ def test_influence_ranks_the_two_teaching_demos_first_and_a_second_study_uses_th
 
 
 def test_search_finds_a_set_holding_both_teaching_demos(two_teachers):
-    selector, program = select(two_teachers, strategies=("random", "slots"), n_trials=40, seed=1)
+    # The space holds only the candidate sets drawn up front (not every subset of the pool): with 12 per
+    # strategy, some hold both teaching demos, and the search must find one.
+    selector, program = select(two_teachers, strategies=("random", "slots"), n_trials=40, seed=1, candidate_sets=12)
     assert {two_teachers.even, two_teachers.odd} <= set(questions(program))
     assert selector.report_.best_scores["val"] == 1.0
     curve = selector.report_.extra["k_curve"]["self"]
@@ -49,24 +53,47 @@ def test_search_finds_a_set_holding_both_teaching_demos(two_teachers):
     assert max(p["best"] or 0.0 for p in curve) == 1.0 and min(by_k) == 0
 
 
+def large(task, val_size=48):
+    """The two-teachers task with a valset large enough to hold half of it back from the trials."""
+    from dspy_icl_opt.testing import planted_rule_task
+
+    bigger = planted_rule_task("reverse", train_size=len(task.train), val_size=val_size, seed=0)
+    return type(task)(bigger.train, bigger.val, bigger.train[5].question, bigger.train[9].question)
+
+
 def test_pruning_stops_bad_trials_and_saves_task_calls(two_teachers):
     # Half the training demos teach the rule: most trials score 1.0, those without a teacher 0.0,
-    # so the median pruner can stop the latter after their first minibatch.
-    teachers = {ex.question for ex in two_teachers.train[::2]}
-    settings = {"strategies": ("random", "slots"), "n_trials": 20, "minibatch_size": 4, "seed": 0}
+    # so the median pruner can stop the latter, but only once they have scored MIN_EXAMPLES_BEFORE_PRUNING.
+    from dspy_icl_opt.demos.selector import MIN_EXAMPLES_BEFORE_PRUNING
+
+    task = large(two_teachers)
+    teachers = {ex.question for ex in task.train[::2]}
+    settings = {"strategies": ("random", "slots"), "n_trials": 20, "minibatch_size": 4, "minibatches_per_trial": 6,
+                "seed": 0}
     calls, selectors = {}, {}
     for pruner in ("median", None):
-        lm = two_teachers.lm()
+        lm = task.lm()
         lm.engine.knows = lambda view: any(demo.inputs.get("question") in teachers for demo in view.demos)
-        selectors[pruner], _ = select(two_teachers, lm, pruner=pruner, **settings)
+        selectors[pruner], _ = select(task, lm, pruner=pruner, **settings)
         calls[pruner] = lm.engine.call_count
         assert selectors[pruner].report_.spent["task"].calls == calls[pruner]
     pruned_trials = [t for t in selectors["median"].study_.trials if t.state == TrialState.PRUNED]
     assert len(pruned_trials) >= 2
     assert all(t.state == TrialState.COMPLETE for t in selectors[None].study_.trials)
     assert calls["median"] < calls[None]
-    assert all(len(t.intermediate_values) < 4 and t.user_attrs["icl_scores"] for t in pruned_trials)
+    assert all(MIN_EXAMPLES_BEFORE_PRUNING <= len(t.user_attrs["icl_scores"]) < 24 for t in pruned_trials)
     assert selectors["median"].report_.best_scores["val"] == 1.0
+
+
+def test_no_trial_is_pruned_on_a_first_small_minibatch(two_teachers):
+    # Minibatches of 4 on 16 validation examples: the pruner could stop a trial after 4, 8 or 12 examples,
+    # which is noise at this size; with the minimum of 16 examples, none is pruned (and every trial completes).
+    teachers = {ex.question for ex in two_teachers.train[::2]}
+    lm = two_teachers.lm()
+    lm.engine.knows = lambda view: any(demo.inputs.get("question") in teachers for demo in view.demos)
+    selector, _ = select(two_teachers, lm, strategies=("random", "slots"), n_trials=20, minibatch_size=4, seed=0)
+    assert all(t.state == TrialState.COMPLETE for t in selector.study_.trials)
+    assert all(len(t.user_attrs["icl_scores"]) == 16 for t in selector.study_.trials)
 
 
 def test_successive_halving_pruner_and_custom_sampler_are_accepted(two_teachers):
@@ -118,20 +145,49 @@ def test_instructions_are_preserved_even_when_placed(two_teachers):
     assert all(c.state["self"]["instruction"] == "Reverse the letters." for c in selector.report_.candidates)
 
 
-def test_budget_stop_keeps_the_study_consistent(two_teachers):
-    lm = two_teachers.lm()
-    selector = DemoSelector(two_teachers.metric, task_model=lm, max_demos=4, n_trials=30, pools=("labeled",),
-                            minibatch_size=4, pruner=None, budget={"max_task_calls": 50}, progress=False)
-    selector.compile(two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)
-    report = selector.report_
-    assert report.stopped_by_budget and not report.finished
-    assert lm.engine.call_count == report.spent["task"].calls == 50
+def test_a_call_cap_ends_between_trials_and_the_finalists_are_always_validated(two_teachers):
+    # The real run of the issue: 40/40 examples and a cap near 400; the cap used to end inside a trial
+    # (marked PRUNED) before any finalist was validated, and the program as given came back unvalidated.
+    task = large(two_teachers, val_size=40)
+    lm = task.lm()
+    selector = DemoSelector(task.metric, task_model=lm, max_demos=4, pools=("labeled",), pruner=None,
+                            budget={"max_task_calls": 150}, progress=False)
+    selector.compile(task.program(), trainset=task.train, valset=task.val)
+    report, plan = selector.report_, selector.report_.extra["plan"]
+    assert lm.engine.call_count == report.spent["task"].calls <= 150
     trials = selector.study_.trials
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials)
-    interrupted = [t for t in trials if t.user_attrs.get("icl_stopped_by_budget")]
-    assert len(interrupted) == 1 and interrupted[0].number == trials[-1].number
-    assert interrupted[0].state == TrialState.PRUNED  # it had scored some examples: kept, not lost
-    assert report.best_state is not None and report.extra["study"]["trials"] == len(trials)
+    assert trials and all(t.state == TrialState.COMPLETE for t in trials)
+    assert not any(t.user_attrs.get("icl_stopped_by_budget") for t in trials)
+    assert report.stopped_by_budget  # the budget, not n_trials, ended the trials ...
+    assert report.finished  # ... as planned: the run itself was not cut
+    choice = report.extra["final_choice"]
+    assert len(choice["contenders"]) == 1 + plan["settings"]["finalists"] >= 2
+    assert choice["examples"] >= plan["settings"]["validation_examples"]
+    assert len(trials) >= plan["steps"]  # at least the planned trials ran
+
+
+def test_a_trial_cut_by_the_budget_is_failed_not_pruned_and_keeps_its_scores(two_teachers):
+    # A token cap can still end a trial half-way: it is not a pruned trial (the sampler would read it as bad).
+    def run(cap=None):
+        lm = two_teachers.lm()
+        selector = DemoSelector(two_teachers.metric, task_model=lm, max_demos=4, n_trials=6, pools=("labeled",),
+                                minibatch_size=4, pruner=None, progress=False,
+                                budget=None if cap is None else {"max_task_tokens": cap})
+        selector.compile(two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)
+        return selector, lm
+
+    free, lm = run()
+    assert [t.state for t in free.study_.trials[:3]] == [TrialState.COMPLETE] * 3
+    # a cap of the tokens the first two trials (16 calls each) and 6 calls of the third spent
+    cap = sum(estimate_tokens(prompt_text(call.request)) + estimate_tokens(call.reply) for call in lm.engine.calls[:38])
+    cut, lm = run(cap=cap)
+    states = [t.state for t in cut.study_.trials]
+    assert states[:2] == [TrialState.COMPLETE, TrialState.COMPLETE] and states[2] == TrialState.FAIL
+    stopped = cut.study_.trials[2]
+    assert stopped.user_attrs["icl_stopped_by_budget"] and 0 < len(stopped.user_attrs["icl_scores"]) < 16
+    assert TrialState.PRUNED not in states
+    assert cut.report_.extra["k_curve"]["self"] and sum(p["n_cut"] for p in cut.report_.extra["k_curve"]["self"]) == 1
+    assert cut.report_.stopped_by_budget and cut.report_.best_state is not None
 
 
 def test_knn_is_chosen_at_inference_time_and_survives_save_and_load(neighbour_task, tmp_path):
@@ -220,16 +276,16 @@ def test_bootstrapped_pool_holds_traces_of_every_predictor_within_the_cap():
     assert all(d["draft"] == "d:" + d["question"] for d in pools["answer"]["bootstrapped"])
 
 
-def test_a_trial_stopped_before_any_example_is_marked_failed():
+def test_a_trial_the_budget_cannot_pay_for_is_not_started():
     lm, train, metric = two_step_setup()
-    # The zero-shot trial costs 4 examples x 2 calls; the next trial gets one call: half an example.
+    # A trial costs 4 examples x 2 calls; after the zero-shot trial one call is left: half an example, so the
+    # next trial is not started (it used to be started, cut and marked FAIL).
     selector = DemoSelector(metric, task_model=lm, max_demos=2, n_trials=5, pools=("labeled",), minibatch_size=2,
                             budget={"max_task_calls": 9}, progress=False)
     selector.compile(TwoSteps(), trainset=train, valset=train[:4])
-    first, second = selector.study_.trials
-    assert first.state == TrialState.COMPLETE
-    assert second.state == TrialState.FAIL and second.user_attrs["icl_stopped_by_budget"]
-    assert lm.engine.call_count == selector.report_.spent["task"].calls == 9
+    ran = [t.state for t in selector.study_.trials if t.state != TrialState.WAITING]  # a baseline stays queued
+    assert ran == [TrialState.COMPLETE]
+    assert lm.engine.call_count == selector.report_.spent["task"].calls == 8
     assert selector.report_.stopped_by_budget and selector.report_.best_candidate is not None
 
 
@@ -304,14 +360,15 @@ def test_the_program_as_given_competes_in_the_final_choice(two_teachers):
 
 def test_trials_that_score_the_whole_valset_hold_nothing_back_for_validation(two_teachers):
     # 4 minibatches of 4 cover the 16 validation examples: validating the finalists and the start (the
-    # zero-shot trial) afterwards is free, so the whole budget goes to trials.
+    # zero-shot trial) afterwards is free, so the whole budget goes to trials (whole ones only).
     selector, _ = select(two_teachers, minibatch_size=4, minibatches_per_trial=4, n_trials=40, pruner=None,
                          top_k_full_eval=2, budget={"max_task_calls": 60})
     report = selector.report_
-    complete = [t for t in selector.study_.trials if t.state == TrialState.COMPLETE]
-    assert report.stopped_by_budget and report.spent["task"].calls == 60
-    assert len(complete) == 3, "60 calls pay for three whole trials of 16 (and a part of a fourth)"
+    assert [t.state for t in selector.study_.trials] == [TrialState.COMPLETE] * 3, \
+        "60 calls pay for three whole trials of 16; a fourth is not started"
+    assert report.stopped_by_budget and report.spent["task"].calls == 48
     assert "val" in report.best_scores, "the choice was still made on the whole valset"
+    assert report.extra["final_choice"]["held_out"] is False and report.extra["final_choice"]["z"] > 1.5
 
 
 def test_capped_search_still_validates_distinct_finalists(two_teachers):
@@ -395,7 +452,7 @@ def test_bfsrs_argument_names_are_accepted_where_the_meaning_is_the_same():
     assert (selector.max_demos, selector.n_trials, selector.bootstrap_threshold) == (16, 11, 0.5)
     assert DemoSelector(metric, max_bootstrapped_demos=2, max_labeled_demos=0).max_demos == 2
     assert DemoSelector(metric, max_labeled_demos=3).max_demos == 3
-    for key, value, equivalent in (("teacher_settings", {}, "compile(..., teacher=program)"),
+    for key, value, equivalent in (("teacher_settings", {"lm": "gpt-4o"}, "compile(..., teacher=program)"),
                                    ("max_rounds", 2, "bootstrap_max_calls"), ("max_errors", 5, "failure_score"),
                                    ("stop_at_score", 0.9, "max_task_calls")):
         with pytest.raises(TypeError, match=rf"^`{key}` \(a BootstrapFewShotWithRandomSearch argument\) has no "
@@ -403,3 +460,57 @@ def test_bfsrs_argument_names_are_accepted_where_the_meaning_is_the_same():
             DemoSelector(metric, **{key: value})
     with pytest.raises(ValueError, match="num_candidate_programs"):
         DemoSelector(metric, num_candidate_programs=-1)
+
+
+def test_a_large_valset_is_split_and_the_final_choice_uses_examples_no_trial_saw(two_teachers):
+    task = large(two_teachers, val_size=40)
+    lm = task.lm()
+    selector = DemoSelector(task.metric, task_model=lm, max_demos=4, n_trials=8, pools=("labeled",), progress=False)
+    selector.compile(task.program(), trainset=task.train, valset=task.val)
+    report = selector.report_
+    trial_keys = {k for t in selector.study_.trials for k in t.user_attrs.get("icl_scores", {})}
+    choice = report.extra["final_choice"]
+    assert choice["held_out"] is True and choice["z"] == 1.5
+    assert report.extra["plan"]["settings"]["held_out"] == 20 and choice["examples"] == 20
+    val_keys = {example_key(ex)[:12] for ex in task.val}
+    assert len(trial_keys) == 20 and trial_keys < val_keys
+    # every final-choice call was on an example the trials never scored
+    asked_by_trials = {ex.question for ex in task.val if example_key(ex)[:12] in trial_keys}
+    start_calls = [c for c in lm.engine.calls if not c.view.demos and c.view.inputs["question"] in
+                   {ex.question for ex in task.val} - asked_by_trials]
+    assert len(start_calls) == 20  # the start (zero-shot) was validated on the 20 held-out examples
+
+
+def test_candidate_sets_are_indices_drawn_from_the_seed_without_repeats(two_teachers):
+    selector, _ = select(two_teachers, strategies=("random", "slots"), orders=("permutation",), n_trials=12)
+    names = {name for t in selector.study_.trials for name in t.params}
+    assert "self/set" in names and not any("seed" in n or "slot" in n for n in names)
+    for trial in selector.study_.trials:
+        if trial.params.get("self/k", 0) > 1:
+            assert trial.distributions["self/set"].choices == tuple(range(6))
+            assert trial.distributions["self/perm"].choices == (0, 1, 2)
+    for candidate in selector.report_.candidates:
+        questions_shown = [d["question"] for d in candidate.state["self"]["demos"]]
+        assert len(questions_shown) == len(set(questions_shown))
+    again, _ = select(two_teachers, strategies=("random", "slots"), orders=("permutation",), n_trials=12)
+    other, _ = select(two_teachers, strategies=("random", "slots"), orders=("permutation",), n_trials=12, seed=5)
+    state = lambda s: [c.state for c in s.report_.candidates]  # noqa: E731
+    assert state(again) == state(selector) and state(other) != state(selector)
+
+
+def test_mmr_picks_per_call_relevant_to_the_input(neighbour_task):
+    # Only a demo of the input's own group teaches; MMR relevant to the input (lambda near 1) covers every group
+    # with one demo, as kNN does, where a set relevant to the pool's centre could not.
+    selector, program = select(neighbour_task, max_demos=1, n_trials=6, strategies=("mmr",), seed=0)
+    assert selector.report_.best_scores["val"] == 1.0
+    assert isinstance(program, DynamicPredict) and program.demos[0][SELECTION_KEY]["mode"] == "mmr"
+
+
+def test_bfsrs_compile_arguments():
+    lm, train, metric = two_step_setup()
+    selector = DemoSelector(metric, task_model=lm, max_rounds=1, teacher_settings={}, max_labeled_demos=2,
+                            n_trials=2, progress=False)
+    selector.compile(TwoSteps(), trainset=train, valset=train[:4], labeled_sample=False)
+    assert selector.report_.finished
+    with pytest.raises(TypeError, match=r"`restrict` .* n_trials=N"):
+        selector.compile(TwoSteps(), trainset=train, valset=train[:4], restrict=[1, 2])

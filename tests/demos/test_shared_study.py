@@ -115,3 +115,27 @@ def test_a_study_searched_with_other_settings_is_refused(tmp_path, two_teachers)
     with pytest.raises(ValueError, match="was searched with"):
         DemoSelector(two_teachers.metric, strategies=("random", "knn"), **common).compile(
             two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)
+
+
+class RacedStorage(optuna.storages.InMemoryStorage):
+    """Another process finishes the first trial while this one runs it (the SQLite queue race)."""
+
+    def __init__(self):
+        super().__init__()
+        self.raced = False
+
+    def set_trial_intermediate_value(self, trial_id, step, intermediate_value):
+        super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+        if not self.raced:
+            self.raced = True
+            super().set_trial_state_values(trial_id, TrialState.COMPLETE, [intermediate_value])
+
+
+def test_a_trial_another_process_finished_first_is_left_to_it(two_teachers):
+    storage = RacedStorage()
+    selector = DemoSelector(two_teachers.metric, task_model=two_teachers.lm(), max_demos=3, n_trials=4,
+                            storage=storage, study_name="raced", pools=("labeled",), progress=False)
+    selector.compile(two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)
+    assert storage.raced and selector.report_.finished
+    assert selector.report_.extra["study"]["trials_this_run"] == 4  # the raced trial was replaced by another
+    assert len(selector.study_.trials) == 5

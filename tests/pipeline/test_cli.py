@@ -135,7 +135,8 @@ def test_dry_run_prints_each_steps_plan_without_building_an_lm(config_dict, tmp_
     out = capsys.readouterr().out
     assert "[0] opro (OPRO), budget {'max_task_calls': 200, 'max_prompt_calls': 20}:" in out
     assert "OPRO plan: " in out and "projected" in out
-    assert "[1] demos (DemoSelector)" in out and "no plan (DemoSelector does not plan its search ahead)" in out
+    assert "[1] demos (DemoSelector)" in out and "DemoSelector plan: " in out  # it plans its trials from the cap
+    assert "final validation: start + " in out.split("DemoSelector plan: ")[1]
     assert "[2] labeled (LabeledFewShot)" in out and "no plan (DSPy's optimizers" in out
     assert not (tmp_path / "run").exists()
     assert main(["compile", "--config", str(path), "--optimizer", "opro", "--param", "steps=1", "--dry-run"]) == 0

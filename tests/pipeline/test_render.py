@@ -87,7 +87,7 @@ def test_demo_selector_report_shows_k_curve_and_influence(config_dict, task_lm):
     page = parse(render_report(result.output, fmt="html"))
     text = " ".join(page.text)
     if report.extra.get("k_curve"):
-        assert "Accuracy against k" in text
+        assert "Accuracy against k" in text and "optimistic" in text and "val (finalists)" in text
         assert len(page.images) >= 2
     if report.extra.get("influence"):
         assert "Demo influence" in text
@@ -178,6 +178,29 @@ def test_demo_selector_rows_say_k_pool_strategy_and_order(tmp_path):
     record = CandidateRecord(id=3, step=3, origin="trial", state={"p": {"instruction": "same"}},
                              meta={"choice": {"p": "k=2 bootstrapped/slots[2, 1] most_similar_last"}})
     assert _what(record) == "k=2, pool bootstrapped, strategy slots[2, 1], order most_similar_last"
+    indexed = CandidateRecord(id=4, step=4, origin="trial", state={"p": {"instruction": "same"}},
+                              meta={"choice": {"p": "k=3 labeled/random#2 permutation#1"}})
+    assert _what(indexed) == "k=3, pool labeled, strategy random, candidate set 2, order permutation 1"
+
+
+def test_demo_selector_rows_of_a_run_name_each_trial_and_the_start_not_the_instruction(tmp_path):
+    import dspy
+
+    from dspy_icl_opt.demos import DemoSelector
+    from dspy_icl_opt.testing import planted_rule_task
+
+    task = planted_rule_task("reverse", train_size=10, val_size=8, seed=0)
+    student = task.program()
+    student.demos = [dspy.Example(question="abc", answer="cba")]  # the start is its own candidate
+    selector = DemoSelector(task.metric, task_model=task.lm(), max_demos=3, n_trials=6, pools=("labeled",),
+                            strategies=("random", "slots"), orders=("as_selected", "permutation"), progress=False,
+                            log_dir=tmp_path)
+    selector.compile(student, trainset=task.train, valset=task.val)
+    text = render_report(tmp_path, fmt="md").read_text()
+    instruction = student.signature.instructions
+    rows = [line for line in text.splitlines() if line.startswith("| ") and ("| trial |" in line or "| seed |" in line)]
+    assert rows and not any(instruction in row for row in rows)
+    assert any("candidate set" in row for row in rows) and any("as given (1 demo(s))" in row for row in rows)
 
 
 def test_the_report_in_a_real_browser_shows_the_val_column_and_the_chosen_row(opro_run, tmp_path):

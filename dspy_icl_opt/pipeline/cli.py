@@ -40,17 +40,19 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
 #: zero-shot, about 61 task calls each), while instruction search moved it by 8-22 points, and no method
 #: lifted hyperbaton, the earlier demo task, on average. So: DemoSelector on date_understanding, with the
 #: labeled pool only (for a one-step QA program a bootstrapped demo is a labeled example the model already
-#: answers, bought with calls) and three trials: zero-shot (the start), the largest labeled set (k=4), one
-#: set sampled by the search. Each trial is scored on the whole valset, so the final choice costs no further
-#: call: at most 3 x 20 = 60 task calls of search, then 2 x 50 test calls. Those figures predate the paired
-#: final choice (a finalist must beat the start by 1.5 standard errors); 20 validation examples, not 10, let
-#: a gain of that size pass it. 50 test examples put the gain's standard error near 9 points.
+#: answers, bought with calls) and as many trials as 60 task calls pay for: zero-shot (the start), the
+#: largest labeled set (k=4), then sets sampled by the search. Each trial is scored on the whole valset, so
+#: the final choice finds its scores in the cache and its reserved calls buy a further trial: at most 60
+#: task calls of search, then 2 x 50 test calls. Those figures predate the paired final choice (a finalist
+#: must beat the start by 1.5 standard errors, more when the trials ranked on the same examples); 20
+#: validation examples, not 10, let a gain of that size pass it. 50 test examples put the gain's standard
+#: error near 9 points.
 DEMO_TASK = "date_understanding"
 DEMO_OPTIMIZER = "demos"
 DEMO_SIZES = {"train_size": 10, "val_size": 20, "test_size": 50}
 #: Each optimizer the demo offers: its parameters and its budget (the default first).
 DEMO_STEPS: dict[str, dict[str, Any]] = {
-    "demos": {"params": {"max_demos": 4, "n_trials": 3, "pools": ["labeled"], "strategies": ["random"],
+    "demos": {"params": {"max_demos": 4, "n_trials": None, "pools": ["labeled"], "strategies": ["random"],
                          "orders": ["as_selected"], "minibatch_size": 10, "minibatches_per_trial": 2,
                          "top_k_full_eval": 2},
               "budget": {"max_task_calls": 60, "max_prompt_calls": 0}},

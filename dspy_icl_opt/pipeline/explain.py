@@ -74,13 +74,23 @@ def _chosen_choice(report: OptimizationReport | None) -> dict[str, str]:
 
 
 def _choice_words(text: str) -> str:
+    """``k=4 labeled/random#2 as_selected`` (DemoSelector's ``Choice.describe``) in words."""
     match = re.fullmatch(r"k=(\d+) (\w+)/(.+) (\S+)", text.strip())
     if not match:
         return text
     k, pool, strategy, order = match.groups()
-    seeded = re.fullmatch(r"random\(seed=(\d+)\)", strategy)
-    how = f"picked at random (seed {seeded.group(1)})" if seeded else f"picked by {strategy}"
+    indexed = re.fullmatch(r"(\w+)#(\d+)", strategy)
+    if indexed:
+        how = f"candidate set {indexed.group(2)} drawn {_STRATEGY_WORDS.get(indexed.group(1), 'by ' + indexed.group(1))}"
+    else:
+        how = f"picked by {strategy}"
+    permuted = re.fullmatch(r"permutation#(\d+)", order)
+    order = f"permutation {permuted.group(1)}" if permuted else order
     return f"k={k} from the {pool} pool, {how}, order {order}"
+
+
+#: How DemoSelector's indexed strategies draw their candidate sets, in words.
+_STRATEGY_WORDS = {"random": "at random", "slots": "to cover the pool"}
 
 
 # --------------------------------------------------------------------------------- why kept
@@ -96,7 +106,8 @@ def why_kept(report: OptimizationReport | None) -> str:
     start, chosen, n = rows.get(choice.get("start")), rows.get(choice.get("chosen")), choice.get("examples")
     if start is None or chosen is None:
         return "the final choice's record is incomplete (see report.json)"
-    rule = f"a candidate must beat the start by more than 0 and by at least {VALIDATION_Z} standard errors"
+    z = float(choice.get("z", VALIDATION_Z))  # DemoSelector raises it when the trials ranked on the same examples
+    rule = f"a candidate must beat the start by more than 0 and by at least {z:.1f} standard errors"
     if chosen is start:
         others = [row["val"] for row in choice["contenders"] if row is not start and row.get("val") is not None]
         best = f"the best other scored {max(others):.2f}, " if others else ""

@@ -183,8 +183,8 @@ def test_the_demo_gains_on_held_out_data_and_says_what_changed_and_why(tmp_path,
     assert prompt_lm.engine.call_count == 0
     gain = 100 * (summary["after"]["score"] - summary["before"]["score"])
     assert f"gain: {gain:+.1f} points on 50 held-out examples (standard error about" in out
-    assert ("what changed: the program now shows 4 worked examples (k=4 from the labeled pool, picked at "
-            "random (seed 0), order as_selected); the instruction is unchanged") in out
+    assert ("what changed: the program now shows 4 worked examples (k=4 from the labeled pool, candidate set 0 "
+            "drawn at random, order as_selected); the instruction is unchanged") in out
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     choice = report["extra"]["final_choice"]
     val = {row["candidate"]: row["val"] for row in choice["contenders"]}

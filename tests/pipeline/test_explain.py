@@ -62,6 +62,23 @@ def test_demoselectors_choice_is_named_from_the_returned_candidate():
                                                   "unchanged")
 
 
+def test_an_indexed_candidate_set_and_permutation_are_named_in_words():
+    final = START.replace("self", START["self"].with_demos([DEMO] * 2))
+    report = report_with(None, "DemoSelector")
+    report.candidates = [CandidateRecord(id=0, step=0, origin="trial", state=final.to_dict(),
+                                         meta={"choice": {"self": "k=2 labeled/random#3 permutation#1"}})]
+    report.best_candidate = 0
+    assert what_changed(START, final, report).startswith(
+        "the program now shows 2 worked examples (k=2 from the labeled pool, candidate set 3 drawn at random, "
+        "order permutation 1)")
+
+
+def test_the_rule_quoted_is_the_one_the_choice_applied():
+    choice = contenders(0.4, [(1, 0.8, 0.4, 0.1)], chosen=1)
+    assert "by at least 1.5 standard errors" in why_kept(report_with(choice))
+    assert "by at least 2.0 standard errors" in why_kept(report_with(dict(choice, z=2.009)))
+
+
 def test_why_a_finalist_won_and_why_the_start_was_kept():
     won = why_kept(report_with(contenders(0.4, [(1, 0.8, 0.4, 0.1)], chosen=1)))
     assert won.startswith("it scored 0.80 on the 20 validation examples against the start's 0.40, a paired gain of "

@@ -102,17 +102,23 @@ def base_identity(source: str | os.PathLike[str]) -> dict[str, str]:
     path = resolve_source(source)
     digest = hashlib.sha256()
     if kind == "gguf":
-        digest.update(str(path.stat().st_size).encode())
-        with open(path, "rb") as handle:
-            digest.update(handle.read(IDENTITY_PROBE_BYTES))
-            handle.seek(max(0, path.stat().st_size - IDENTITY_PROBE_BYTES))
-            digest.update(handle.read())
+        _probe(path, digest)
         return {"kind": "gguf", "name": path.stem, "digest": digest.hexdigest()[:_DIGEST_CHARS]}
-    digest.update((path / HF_CONFIG_FILE).read_bytes())
     for child in sorted(path.iterdir()):
         if child.is_file():
-            digest.update(f"{child.name}:{child.stat().st_size}".encode())
+            digest.update(child.name.encode())
+            _probe(child, digest)
     return {"kind": "hf", "name": path.name, "digest": digest.hexdigest()[:_DIGEST_CHARS]}
+
+
+def _probe(path: Path, digest: Any) -> None:
+    """Feed a file's size and its first and last MiB to ``digest``."""
+    size = path.stat().st_size
+    digest.update(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(IDENTITY_PROBE_BYTES))
+        handle.seek(max(0, size - IDENTITY_PROBE_BYTES))
+        digest.update(handle.read())
 
 
 def identity_text(identity: dict[str, str]) -> str:

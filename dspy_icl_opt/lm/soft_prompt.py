@@ -126,15 +126,19 @@ class SoftPrompt:
                              "(one of the two files was replaced). Save the soft prompt again.")
         return prompt
 
+    def check_base(self, identity: dict[str, str]) -> None:
+        """Raise a ValueError unless ``identity`` is the base model this soft prompt was trained on."""
+        if identity_text(identity) != identity_text(self.base):
+            raise ValueError(f"This soft prompt was trained on {identity_text(self.base)}, but the model it is "
+                             f"attached to is {identity_text(identity)}. Use the base model it was trained on.")
+
     def attach(self, model: Any, identity: dict[str, str]) -> Any:
         """A PEFT model that runs ``model`` with this soft prompt (inference mode; ``model`` is not changed).
 
         Raises:
             ValueError: when ``identity`` is not the base model the soft prompt was trained on.
         """
-        if identity_text(identity) != identity_text(self.base):
-            raise ValueError(f"This soft prompt was trained on {identity_text(self.base)}, but the model it is "
-                             f"attached to is {identity_text(identity)}. Use the base model it was trained on.")
+        self.check_base(identity)
         from peft import get_peft_model, set_peft_model_state_dict
 
         wrapped = get_peft_model(model, peft_config(self.method, self.num_virtual_tokens, inference_mode=True))

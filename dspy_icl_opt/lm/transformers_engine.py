@@ -33,7 +33,7 @@ from dspy.clients.engines.base import validate_request
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
 from dspy_icl_opt._log import logger
-from dspy_icl_opt.lm.hf_models import LoadedModel, load_model, source_kind
+from dspy_icl_opt.lm.hf_models import LoadedModel, base_identity, load_model, source_kind
 from dspy_icl_opt.lm.llama_messages import derive_seed, request_to_messages
 from dspy_icl_opt.lm.soft_prompt import SoftPrompt
 
@@ -89,6 +89,8 @@ class TransformersEngine:
         self.base_model = str(base_model)
         self.soft_prompt = soft_prompt if isinstance(soft_prompt, SoftPrompt) or soft_prompt is None \
             else SoftPrompt.load(soft_prompt)
+        if self.soft_prompt is not None:
+            self.soft_prompt.check_base(base_identity(base_model))
         self.seed = int(seed)
         self.n_threads = n_threads
         self._peft: Any = None

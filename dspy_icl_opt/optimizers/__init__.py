@@ -8,6 +8,7 @@ _EXPORTS = {
     "APO": "dspy_icl_opt.optimizers.apo",
     "ABO": "dspy_icl_opt.optimizers.abo",
     "Sequential": "dspy_icl_opt.optimizers.sequential",
+    "SoftPromptTuner": "dspy_icl_opt.optimizers.soft_prompt",
 }
 
 __all__ = sorted(_EXPORTS)

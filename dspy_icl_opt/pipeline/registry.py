@@ -93,6 +93,9 @@ REGISTRY: dict[str, OptimizerEntry] = {e.name: e for e in (
                    "ABO: Bayesian-style optimization over instruction candidates"),
     OptimizerEntry("demos", "dspy_icl_opt.demos:DemoSelector", "ours",
                    "DemoSelector: Optuna search over few-shot demonstrations (k curve, influence)"),
+    OptimizerEntry("soft_prompt", "dspy_icl_opt.optimizers.soft_prompt:SoftPromptTuner", "ours",
+                   "SoftPromptTuner: a PEFT soft prompt (prompt/prefix/p-tuning) for a local task model, "
+                   "beside the hard prompt (needs the soft extra)"),
     OptimizerEntry("labeled", "dspy.teleprompt:LabeledFewShot", "dspy",
                    "DSPy LabeledFewShot: k labeled training examples as demos", defaults={"k": 4},
                    takes_metric=False),
@@ -125,7 +128,8 @@ def _norm(name: str) -> str:
 
 _ALIASES: dict[str, str] = {**{_norm(e.name): e.name for e in REGISTRY.values()},
                             **{_norm(e.class_name): e.name for e in REGISTRY.values()},
-                            "demoselection": "demos", "protegi": "apo", "bootstrapfewshotrs": "random_search"}
+                            "demoselection": "demos", "protegi": "apo", "bootstrapfewshotrs": "random_search",
+                            "prompttuning": "soft_prompt"}
 
 
 def lookup(name: str) -> OptimizerEntry:

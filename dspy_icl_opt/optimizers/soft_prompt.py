@@ -34,7 +34,7 @@ import dspy
 from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.lm.hf_models import require_soft_extra, source_kind
-from dspy_icl_opt.lm.model_store import EMBEDDED_MODEL_ID
+from dspy_icl_opt.lm.soft_programs import attach_soft_prompt, load_soft_program, save_program
 from dspy_icl_opt.lm.soft_prompt import METHODS, SOFT_PROMPT_FILE, SOFT_PROMPT_JSON, Method, SoftPrompt
 from dspy_icl_opt.optimizers.soft_training import (
     CHECKPOINT_DIR,
@@ -47,9 +47,11 @@ from dspy_icl_opt.search.base import VAL_LABEL, VALIDATION_Z, ICLOptimizer, Sear
 from dspy_icl_opt.search.budget import Budget, unwrap_lm
 from dspy_icl_opt.search.placement import PlacementAdapter
 from dspy_icl_opt.search.plan import Phase, SearchPlan, Shape
-from dspy_icl_opt.search.report import PROGRAM_FILE, CandidateRecord
+from dspy_icl_opt.search.report import CandidateRecord
 from dspy_icl_opt.search.scorer import Metric, Scorer
 from dspy_icl_opt.search.surgery import named_predictors
+
+__all__ = ["SoftPromptTuner", "attach_soft_prompt", "load_soft_program", "save_program"]
 
 #: Soft prompts this short already move a 0.5B model; longer ones cost more per token on a CPU.
 DEFAULT_VIRTUAL_TOKENS = 8
@@ -59,8 +61,6 @@ DEFAULT_EPOCHS = 3
 DEFAULT_BATCH_SIZE = 4
 #: Longer examples (prompt and answer) are left out of training: their backward pass would not fit a small machine.
 DEFAULT_MAX_EXAMPLE_TOKENS = 2048
-#: The sampling settings of the task model that the soft-prompted model keeps.
-KEPT_LM_SETTINGS = ("temperature", "max_tokens", "top_p", "stop")
 SOFT_LABEL = "soft_prompt"
 
 
@@ -258,58 +258,6 @@ def _training_totals(info: dict[str, Any], records: list[EpochRecord]) -> None:
     """What training spent, beside the task and prompt calls: passes and tokens over every epoch trained."""
     info["training"] = {key: sum(getattr(r, key) for r in records)
                         for key in ("forward_passes", "backward_passes", "tokens", "optimizer_steps")}
-
-
-def soft_lm_settings(like: dspy.BaseLM | None) -> dict[str, Any]:
-    """The sampling settings and cache switch the soft-prompted LM takes over from the task model."""
-    inner = unwrap_lm(like) if like is not None else None
-    kwargs = dict(getattr(inner, "kwargs", None) or {})
-    settings = {k: kwargs[k] for k in KEPT_LM_SETTINGS if kwargs.get(k) is not None}
-    settings["cache"] = bool(getattr(inner, "cache", True))
-    return settings
-
-
-def attach_soft_prompt(program: dspy.Module, soft: SoftPrompt | str | os.PathLike[str], *,
-                       base_model: str | os.PathLike[str] | None = None, like: dspy.BaseLM | None = None,
-                       **lm_kwargs: Any) -> dspy.Module:
-    """Give ``program``'s one predictor an LM that runs the soft prompt's base model with it; returns ``program``.
-
-    Args:
-        soft: a :class:`SoftPrompt` or the folder it was saved in.
-        base_model: the base model's file or folder (default: the one recorded when it was trained).
-        like: an LM whose sampling settings (temperature, max_tokens ...) and cache switch to keep.
-    """
-    from dspy_icl_opt.lm.transformers_engine import transformers_lm
-
-    prompt = soft if isinstance(soft, SoftPrompt) else SoftPrompt.load(soft)
-    named = named_predictors(program)
-    if len(named) != 1:
-        raise ValueError(f"`program` must have exactly one predictor to carry a soft prompt, but it has {len(named)}.")
-    source = base_model or prompt.settings.get("base_model_path")
-    if source is not None and not Path(source).exists() and prompt.base.get("name") == EMBEDDED_MODEL_ID:
-        source = "embedded"  # trained on the embedded model on another machine: assemble it here
-    if source is None:
-        raise ValueError("`base_model` must be given: the soft prompt does not record where its base model is.")
-    named[0][1].lm = transformers_lm(source, soft_prompt=prompt, **{**soft_lm_settings(like), **lm_kwargs})
-    return program
-
-
-def load_soft_program(program: dspy.Module, folder: str | os.PathLike[str], *,
-                      base_model: str | os.PathLike[str] | None = None, **lm_kwargs: Any) -> dspy.Module:
-    """Load a SoftPromptTuner result into ``program``: ``program.json`` (the hard prompt) and, when the run
-    kept one, the soft prompt saved beside it. Returns ``program``.
-
-    Example:
-        >>> program = load_soft_program(make_program("qa", task), "runs/soft")  # doctest: +SKIP
-    """
-    target = Path(folder)
-    if not (target / PROGRAM_FILE).is_file():
-        raise ValueError(f"`folder` must hold a compiled {PROGRAM_FILE}, but {str(target)!r} does not. "
-                         "Pass the log_dir of a SoftPromptTuner run.")
-    program.load(str(target / PROGRAM_FILE))
-    if (target / SOFT_PROMPT_FILE).is_file():
-        attach_soft_prompt(program, target, base_model=base_model, **lm_kwargs)
-    return program
 
 
 def soft_scorer(ctx: SearchContext, soft: SoftPrompt, source: str) -> Scorer:

@@ -13,6 +13,7 @@ from dspy.teleprompt import LabeledFewShot
 from dspy_icl_opt.lm.hf_models import MissingSoftExtraError, soft_extra_available
 from dspy_icl_opt.lm.soft_prompt import SOFT_PROMPT_FILE, SOFT_PROMPT_JSON, SoftPrompt
 from dspy_icl_opt.optimizers.sequential import Sequential
+from dspy_icl_opt.pipeline.render import render_report
 from dspy_icl_opt.optimizers.soft_prompt import SoftPromptTuner, load_soft_program
 from dspy_icl_opt.search.report import PROGRAM_FILE, OptimizationReport
 from dspy_icl_opt.testing import format_chat_reply, make_fake_lm, planted_rule_task, scripted_lm
@@ -134,6 +135,10 @@ def test_a_better_soft_prompt_is_kept_saved_and_loaded_back(tiny, task, tmp_path
     assert loaded.lm.model == program.lm.model
     question = [{"role": "user", "content": "Question: abc"}]
     assert loaded.lm(messages=question) == program.lm(messages=question)
+
+    page = render_report(tmp_path, fmt="md").read_text()
+    assert "Soft prompt training" in page and "Kept: the soft prompt of epoch" in page
+    assert list(tmp_path.glob("**/*soft_prompt.png"))
 
 
 @needs_soft

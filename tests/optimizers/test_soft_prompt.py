@@ -43,7 +43,7 @@ def task():
 def tiny_lm(folder, **kwargs):
     from dspy_icl_opt.lm.transformers_engine import transformers_lm
 
-    return transformers_lm(folder, max_tokens=12, cache=False, **kwargs)
+    return transformers_lm(folder, **{"max_tokens": 12, "cache": False, **kwargs})
 
 
 def tuner(task, lm, **settings):
@@ -262,3 +262,29 @@ def test_modules_import_and_refuse_clearly_without_torch():
     assert result.returncode == 0, result.stderr
     assert "REFUSED MissingSoftExtraError" in result.stdout and "dspy-icl-opt[soft]" in result.stdout
     assert issubclass(MissingSoftExtraError, ImportError)
+
+
+# ---------------------------------------------------------------------------------- engine
+@needs_soft
+def test_the_engine_keeps_dspys_cache_history_usage_and_saved_state(tiny, task, tmp_path):
+    from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM
+
+    meter = BudgetMeter(Budget())
+    lm = MeteredLM(tiny_lm(tiny, cache=True), meter, "task")
+    question = [{"role": "user", "content": f"a question asked once, from {tmp_path}"}]
+    first, second = lm(messages=question), lm(messages=question)
+    assert first == second
+    assert meter.spent["task"].calls == 1 and meter.spent["task"].cache_hits == 1
+    assert meter.spent["task"].tokens > 0 and lm.history[-1]["messages"] == question
+
+    optimizer = tuner(task, tiny_lm(tiny), epochs=1)
+    optimizer.compile(task.program(), trainset=task.train, valset=task.val)
+    soft = optimizer.soft_prompts_[1]
+    soft.save(tmp_path / "soft")
+    program = task.program()
+    program.lm = tiny_lm(tiny, soft_prompt=soft)
+    program.save(str(tmp_path / "with_lm.json"))  # DSPy's own save: the engine's dump_state names the folder
+    loaded = task.program()
+    loaded.load(str(tmp_path / "with_lm.json"), allow_unsafe_lm_state=True)
+    assert loaded.lm.model == program.lm.model
+    assert loaded.lm.engine.soft_prompt.digest == soft.digest

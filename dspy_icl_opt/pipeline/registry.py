@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import dspy
 
 from dspy_icl_opt._log import logger
+from dspy_icl_opt.lm.soft_programs import save_program
 from dspy_icl_opt.pipeline.errors import ConfigError, at
 from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.placement import PlacementAdapter
-from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
+from dspy_icl_opt.search.report import REPORT_FILE, CandidateRecord, OptimizationReport
 from dspy_icl_opt.search.surgery import read_state
 
 if TYPE_CHECKING:
@@ -358,7 +359,7 @@ def run_step(entry: OptimizerEntry, params: Mapping[str, Any], *, student: dspy.
     report = _dspy_report(entry, built, student, program, meter, budget, seed, seconds)
     log_dir.mkdir(parents=True, exist_ok=True)
     report.save(log_dir / REPORT_FILE)
-    program.save(str(log_dir / PROGRAM_FILE))
+    save_program(program, log_dir)  # a soft prompt the student carried stays beside program.json
     return StepResult(program, report, seconds)
 
 

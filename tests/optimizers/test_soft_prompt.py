@@ -258,7 +258,7 @@ def test_modules_import_and_refuse_clearly_without_torch():
         "except ImportError as exc:\n"
         "    print('REFUSED', type(exc).__name__, exc)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "REFUSED MissingSoftExtraError" in result.stdout and "dspy-icl-opt[soft]" in result.stdout
     assert issubclass(MissingSoftExtraError, ImportError)

@@ -33,12 +33,12 @@ from tqdm.auto import tqdm
 
 from dspy_icl_opt._log import logger
 from dspy_icl_opt.demos.dynamic import with_dynamic_demos
+from dspy_icl_opt.lm.soft_programs import attach_soft_prompt, has_soft_prompt, save_program
+from dspy_icl_opt.lm.soft_prompt import SOFT_PROMPT_FILE, SOFT_PROMPT_JSON
 from dspy_icl_opt.pipeline.config import PipelineConfig, dump_config
 from dspy_icl_opt.pipeline.data import build_program, check_program_fields, load_data, resolve_metric
 from dspy_icl_opt.pipeline.errors import ConfigError, LMOutage, LMProblem, at
 from dspy_icl_opt.pipeline.evaluate import EvalResult, eval_identity, evaluate_program
-from dspy_icl_opt.lm.soft_programs import attach_soft_prompt, has_soft_prompt, save_program
-from dspy_icl_opt.lm.soft_prompt import SOFT_PROMPT_FILE, SOFT_PROMPT_JSON
 from dspy_icl_opt.pipeline.registry import lookup, run_step, step_error, step_params
 from dspy_icl_opt.search.faults import RunInterrupted
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, OptimizationReport, atomic_write_text

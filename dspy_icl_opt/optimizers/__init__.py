@@ -12,6 +12,7 @@ _EXPORTS = {
     "IterativeAPE": "dspy_icl_opt.optimizers.ape",
     "InstructionDemoSearch": "dspy_icl_opt.optimizers.joint",
     "Sequential": "dspy_icl_opt.optimizers.sequential",
+    "SoftPromptTuner": "dspy_icl_opt.optimizers.soft_prompt",
 }
 
 __all__ = sorted(_EXPORTS)

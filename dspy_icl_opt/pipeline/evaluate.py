@@ -72,8 +72,10 @@ def lm_failure(exc: BaseException) -> bool:
 
 
 def eval_identity(program: dspy.Module, lm: dspy.BaseLM, metric: Callable[..., Any], split: str) -> str:
-    """What decides an evaluation's scores: the program state, the LM and its sampling settings, the metric's code."""
-    blob = "\x1f".join([split, read_state(program).key(), lm_identity(lm), metric_identity(metric)])
+    """What decides an evaluation's scores: the program state, the LM and its sampling settings, the metric's code,
+    and the LMs predictors carry themselves (a soft prompt lives there, its digest in the LM's name)."""
+    own = [lm_identity(predictor.lm) for _, predictor in program.named_predictors() if predictor.lm is not None]
+    blob = "\x1f".join([split, read_state(program).key(), lm_identity(lm), metric_identity(metric), *own])
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 

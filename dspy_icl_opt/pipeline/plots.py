@@ -1,4 +1,5 @@
-"""PNG charts (matplotlib, Agg backend): score trajectory, search tree, accuracy against k, benchmark bars."""
+"""PNG charts (matplotlib, Agg backend): score trajectory, search tree, accuracy against k, soft-prompt training,
+benchmark bars."""
 
 from __future__ import annotations
 
@@ -174,6 +175,32 @@ def k_curve_png(curve: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes | Non
     ax.set_ylabel("score")
     ax.set_title("Accuracy against k")
     ax.legend(loc="best", fontsize="small")
+    return _png(fig)
+
+
+def soft_prompt_png(info: Mapping[str, Any]) -> bytes | None:
+    """A soft prompt's training curve: answer loss per epoch, and validation accuracy per epoch beside the start's."""
+    epochs = [e for e in info.get("epochs", []) if e.get("loss") is not None]
+    if not epochs:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    ax.plot([e["epoch"] for e in epochs], [e["loss"] for e in epochs], marker="o", color="C0", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean answer loss (nats/token)")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    val_ax = ax.twinx()
+    validated = [(e["epoch"], e["val"]) for e in epochs if e.get("val") is not None]
+    if validated:
+        val_ax.plot(*zip(*validated), marker="s", color="C2", label="validation accuracy")
+    if info.get("start_val") is not None:
+        val_ax.axhline(info["start_val"], color="C7", linestyle="--", label="program as given (validation)")
+    val_ax.set_ylim(-0.05, 1.05)
+    val_ax.set_ylabel("validation accuracy")
+    lines = ax.get_legend_handles_labels()
+    more = val_ax.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="best", fontsize="small")
+    ax.set_title(f"Soft prompt ({info.get('method', '?')}): loss and validation by epoch")
     return _png(fig)
 
 

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import dspy
 
 from dspy_icl_opt._log import logger
+from dspy_icl_opt.lm.soft_programs import save_program
 from dspy_icl_opt.pipeline.errors import ConfigError, at
 from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.placement import PlacementAdapter
-from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
+from dspy_icl_opt.search.report import REPORT_FILE, CandidateRecord, OptimizationReport
 from dspy_icl_opt.search.surgery import read_state
 
 if TYPE_CHECKING:
@@ -101,6 +102,9 @@ REGISTRY: dict[str, OptimizerEntry] = {e.name: e for e in (
                    "DemoSelector: Optuna search over few-shot demonstrations (k curve, influence)"),
     OptimizerEntry("joint", "dspy_icl_opt.optimizers.joint:InstructionDemoSearch", "ours",
                    "InstructionDemoSearch: instruction x demo set searched with Optuna (MIPROv2 drop-in, budgeted)"),
+    OptimizerEntry("soft_prompt", "dspy_icl_opt.optimizers.soft_prompt:SoftPromptTuner", "ours",
+                   "SoftPromptTuner: a PEFT soft prompt (prompt/prefix/p-tuning) for a local task model, "
+                   "beside the hard prompt (needs the soft extra)"),
     OptimizerEntry("labeled", "dspy.teleprompt:LabeledFewShot", "dspy",
                    "DSPy LabeledFewShot: k labeled training examples as demos", defaults={"k": 4},
                    takes_metric=False),
@@ -134,7 +138,8 @@ def _norm(name: str) -> str:
 _ALIASES: dict[str, str] = {**{_norm(e.name): e.name for e in REGISTRY.values()},
                             **{_norm(e.class_name): e.name for e in REGISTRY.values()},
                             "demoselection": "demos", "protegi": "apo",
-                            "instructiondemos": "joint", "jointsearch": "joint", "bootstrapfewshotrs": "random_search"}
+                            "instructiondemos": "joint", "jointsearch": "joint", "bootstrapfewshotrs": "random_search",
+                            "prompttuning": "soft_prompt"}
 
 
 def lookup(name: str) -> OptimizerEntry:
@@ -365,7 +370,7 @@ def run_step(entry: OptimizerEntry, params: Mapping[str, Any], *, student: dspy.
     report = _dspy_report(entry, built, student, program, meter, budget, seed, seconds)
     log_dir.mkdir(parents=True, exist_ok=True)
     report.save(log_dir / REPORT_FILE)
-    program.save(str(log_dir / PROGRAM_FILE))
+    save_program(program, log_dir)  # a soft prompt the student carried stays beside program.json
     return StepResult(program, report, seconds)
 
 

@@ -6,8 +6,9 @@ final choice: the start and the finalists on the validation examples, ``report.e
 the chosen one marked), its prompt per predictor, every candidate with its search score beside its
 validation score (search scores are minibatch scores: they rank proposals, they are not the result),
 the plan made before any LM call beside what was spent (``report.extra["plan"]``), the budget, for a
-tree search (PromptAgent) its tree with the chosen path marked (``report.extra["tree"]``), and
-for DemoSelector the accuracy-against-k curve and the demo influence ranking; for a benchmark its
+tree search (PromptAgent) its tree with the chosen path marked (``report.extra["tree"]``), for
+DemoSelector the accuracy-against-k curve and the demo influence ranking, for SoftPromptTuner its
+training curve (loss and validation accuracy per epoch); for a benchmark its
 table and chart. ``examples/tools/check_report_in_browser.py`` checks a page in headless Chromium.
 
 Example:
@@ -192,6 +193,7 @@ def report_blocks(report: OptimizationReport, title: str, index: int = 0) -> lis
     blocks += budget_blocks(report)
     blocks += joint_blocks(report)
     blocks += demo_selector_blocks(report, index)
+    blocks += soft_prompt_blocks(report, index)
     if report.params:
         blocks += [Heading(3, "Parameters"),
                    Table(["parameter", "value"], [[k, _param_text(k, v)] for k, v in sorted(report.params.items())])]
@@ -491,6 +493,32 @@ def demo_selector_blocks(report: OptimizationReport, index: int = 0) -> list[Blo
                                                                                           default=str))]
                     for i, e in enumerate(entries[:TOP_ROWS])]
             blocks += [Para(f"Predictor {name}:"), Table(["rank", "demo", "weight", "rows", "content"], rows)]
+    return blocks
+
+
+def soft_prompt_blocks(report: OptimizationReport, index: int = 0) -> list[Block]:
+    """SoftPromptTuner's training curve: loss and validation accuracy per epoch, and what training spent."""
+    info = report.extra.get("soft_prompt")
+    if not isinstance(info, dict) or not info.get("epochs"):
+        return []
+    blocks: list[Block] = [Heading(3, "Soft prompt training")]
+    png = plots.soft_prompt_png(info)
+    if png:
+        blocks.append(Image(f"{index:02d}_soft_prompt.png", "soft prompt loss and validation by epoch", png))
+    rows = [[e.get("epoch"), _num(e.get("loss")), _num(e.get("val")), e.get("forward_passes"),
+             e.get("backward_passes"), e.get("tokens"), e.get("seconds")] for e in info["epochs"]]
+    blocks.append(Table(["epoch", "loss", "validation", "forward passes", "backward passes", "tokens", "seconds"],
+                        rows, highlight={i for i, e in enumerate(info["epochs"])
+                                         if e.get("epoch") == info.get("chosen_epoch")}))
+    base = info.get("base_model") or {}
+    totals = info.get("training") or {}
+    chosen = info.get("chosen_epoch")
+    blocks.append(Para(f"{info.get('method')} on {base.get('name', '?')} ({info.get('examples', 0)} training examples"
+                       f", {info.get('skipped_examples', 0)} too long to train on); training spent "
+                       f"{totals.get('forward_passes', 0)} forward and {totals.get('backward_passes', 0)} backward "
+                       f"passes over {totals.get('tokens', 0)} tokens, beside the task calls of its validations. "
+                       + (f"Kept: the soft prompt of epoch {chosen}." if chosen is not None
+                          else "Kept: the program as given (no epoch beat it on validation).")))
     return blocks
 
 

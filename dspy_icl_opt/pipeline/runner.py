@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 
 from dspy_icl_opt._log import logger
 from dspy_icl_opt.demos.dynamic import with_dynamic_demos
+from dspy_icl_opt.lm.soft_programs import attach_soft_prompt, has_soft_prompt, save_program
+from dspy_icl_opt.lm.soft_prompt import SOFT_PROMPT_FILE, SOFT_PROMPT_JSON
 from dspy_icl_opt.pipeline.config import PipelineConfig, dump_config
 from dspy_icl_opt.pipeline.data import build_program, check_program_fields, load_data, resolve_metric
 from dspy_icl_opt.pipeline.errors import ConfigError, LMOutage, LMProblem, at
@@ -47,7 +49,7 @@ BEFORE_FILE, STEP_FILE, STEPS_DIR = "eval_before.json", "step.json", "steps"
 EVAL_JOURNAL = "eval_journal.jsonl"
 #: What ``--fresh`` removes: only files and folders the runner itself writes.
 OWNED = (STEPS_DIR, BEFORE_FILE, EVAL_JOURNAL, PROGRAM_FILE, REPORT_FILE, SUMMARY_JSON, SUMMARY_MD, RUN_FILE,
-         CONFIG_FILE)
+         CONFIG_FILE, SOFT_PROMPT_FILE, SOFT_PROMPT_JSON)
 
 
 @dataclass
@@ -364,6 +366,8 @@ def _one_step(config: PipelineConfig, comps: Components, index: int, step: Any, 
         logger.info("Step {} ({}) already done; loading its program", index, entry.name)
         loaded = with_dynamic_demos(program)  # a kNN winner needs its per-call demo selection back
         loaded.load(str(step_dir / PROGRAM_FILE))
+        if has_soft_prompt(step_dir):  # a SoftPromptTuner step: its soft prompt is saved beside program.json
+            attach_soft_prompt(loaded, step_dir, like=comps.task_lm)
         return loaded, OptimizationReport.load(step_dir / REPORT_FILE), read_json(marker)
     logger.info("Step {}: {} ({})", index, entry.name, entry.class_name)
     try:
@@ -421,7 +425,7 @@ def step_record(index: int, entry: Any, report: OptimizationReport, seconds: flo
 
 
 def _save_final(out: Path, program: dspy.Module, reports: list[OptimizationReport]) -> None:
-    program.save(str(out / PROGRAM_FILE))
+    save_program(program, out)  # program.json, and a soft prompt the program carries beside it
     if reports:
         reports[-1].save(out / REPORT_FILE)
 

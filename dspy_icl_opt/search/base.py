@@ -588,7 +588,9 @@ class ICLOptimizer(Teleprompter):
         program = ctx.scorer.build(state)
         self.report_ = report
         if ctx.log_dir is not None:
-            program.save(str(ctx.log_dir / PROGRAM_FILE))
+            from dspy_icl_opt.lm.soft_programs import save_program  # here: lm/ imports search/ at its top
+
+            save_program(program, ctx.log_dir)  # a soft prompt the program carries goes beside program.json
             added = [name for name, pstate in state.predictors if pstate.reasoning_field]
             if added:  # program.json loads only into a program with that field: save the whole program too
                 program.save(str(ctx.log_dir / WHOLE_PROGRAM_DIR), save_program=True)

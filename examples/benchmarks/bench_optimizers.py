@@ -11,7 +11,9 @@ Run (the README's figures come from the three commands it shows, of this form):
         --methods uncompiled,copro,opro --budget 80 --test 50 --pivot --out results.jsonl
 
 Methods: uncompiled, zeroshot_cot, copro, opro, apo, ape, iterative_ape, gepa, abo, abo_nodemo, promptagent,
-bfsrs, mipro, mipro_light, joint, demos, opro+demos. A method whose module is missing is reported as skipped.
+bfsrs, mipro, mipro_light, joint, demos, opro+demos, soft, opro+soft (the last two need the ``soft`` extra and
+a local task model; the soft prompt's validation generations count as task calls, its training passes are
+in the report only). A method whose module is missing is reported as skipped.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ BFSRS_DEMOS = 4
 #: DemoSelector plans its trials, minibatches and final validation from --budget like OPRO and APO do;
 #: only the prompt size is fixed, as BFSRS's (BFSRS_DEMOS).
 DEMOS_SETTINGS = {"max_demos": BFSRS_DEMOS}
+#: SoftPromptTuner's defaults, named here so a benchmark row says what ran.
+SOFT_SETTINGS = {"method": "prompt_tuning", "num_virtual_tokens": 8, "learning_rate": 1e-3, "epochs": 3}
 
 
 def evaluate(program: dspy.Module, examples: list[dspy.Example], metric: Callable, lm: dspy.BaseLM) -> float:
@@ -61,6 +65,8 @@ def method_registry() -> dict[str, Callable[..., dspy.Module]]:
         "promptagent": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.promptagent", "PromptAgent"),
         "demos": lambda ctx: _ours(ctx, "dspy_icl_opt.demos", "DemoSelector", **DEMOS_SETTINGS),
         "opro+demos": _opro_then_demos,
+        "soft": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.soft_prompt", "SoftPromptTuner", **SOFT_SETTINGS),
+        "opro+soft": _opro_then_soft,
         "gepa": _gepa,
         "bfsrs": _bfsrs,
         "mipro": _mipro,
@@ -96,6 +102,15 @@ def _opro_then_demos(ctx: dict[str, Any]) -> dspy.Module:
     half["program"] = _ours(half, "dspy_icl_opt.optimizers.opro", "OPRO")
     program = _ours(half, "dspy_icl_opt.demos", "DemoSelector", **DEMOS_SETTINGS)
     ctx["report"] = half["report"]  # DemoSelector's, with its k curve
+    return program
+
+
+def _opro_then_soft(ctx: dict[str, Any]) -> dspy.Module:
+    """OPRO writes the instruction on half the task calls; a soft prompt is trained under it on the other half."""
+    half = dict(ctx, budget=ctx["budget"] // 2, prompt_budget=ctx["prompt_budget"])
+    half["program"] = _ours(half, "dspy_icl_opt.optimizers.opro", "OPRO")
+    program = _ours(half, "dspy_icl_opt.optimizers.soft_prompt", "SoftPromptTuner", **SOFT_SETTINGS)
+    ctx["report"] = half["report"]  # SoftPromptTuner's, with its training curve
     return program
 
 
@@ -184,6 +199,9 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
         row.update(_search_figures(report))
         if "k_curve" in ctx["report"].extra:  # DemoSelector: accuracy against the number of demos
             row["k_curve"] = ctx["report"].extra["k_curve"]
+        if "soft_prompt" in ctx["report"].extra:  # SoftPromptTuner: loss and validation per epoch, training spent
+            soft = ctx["report"].extra["soft_prompt"]
+            row["soft_prompt"] = {key: soft.get(key) for key in ("epochs", "training", "start_val", "chosen_epoch")}
     logger.info("{}", row)
     return row
 

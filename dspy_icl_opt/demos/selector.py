@@ -455,8 +455,8 @@ class DemoSelector(ICLOptimizer):
                 run.study.optimize(lambda trial: self._stoppable(run, trial), n_trials=left,
                                    catch=(BudgetExhausted,), callbacks=[lambda s, t: self._after_trial(run, t)])
                 return
-            except ValueError as exc:
-                if not str(exc).startswith("Cannot tell a "):
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+                if isinstance(exc, ValueError) and not str(exc).startswith("Cannot tell a "):
                     raise
                 logger.warning("Another process ran and finished the same queued trial ({}): SQLite cannot lock it "
                                "for one process. Going on with another trial.", exc)

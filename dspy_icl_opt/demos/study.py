@@ -8,13 +8,14 @@ heartbeats so that a trial whose process died is marked failed and run again onc
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
 import socket
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import optuna
@@ -67,6 +68,52 @@ def make_pruner(pruner: PrunerName | optuna.pruners.BasePruner | None) -> optuna
     return pruner  # type: ignore[return-value]
 
 
+#: Suffix of the lock file beside a SQLite study database (see `LockedSQLiteStorage`).
+SQLITE_LOCK_SUFFIX = ".dspy-icl-opt.lock"
+
+
+class LockedSQLiteStorage(optuna.storages.RDBStorage):
+    """An RDB storage on SQLite whose trial-state changes hold a lock file beside the database.
+
+    SQLite has no row locks, so two processes sharing a study can both read a queued trial as WAITING
+    and both take it, or both finish the same trial: a trial is then run twice and one is lost. Optuna
+    changes a trial's state by reading it and writing it in one session; holding an exclusive lock
+    around that makes the read and the write one step across the processes of this machine (the only
+    way SQLite can be shared). PostgreSQL locks the row itself and needs none of this.
+    """
+
+    def __init__(self, url: str, *args: Any, lock_path: str, **kwargs: Any) -> None:
+        super().__init__(url, *args, **kwargs)
+        self.lock_path = lock_path
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Iterable[float] | None = None) -> bool:
+        with _exclusive(self.lock_path):
+            return super().set_trial_state_values(trial_id, state, values)
+
+
+@contextlib.contextmanager
+def _exclusive(path: str) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (the race stays possible there)
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The database file of a ``sqlite:///path`` URL (None for an in-memory database)."""
+    path = url.split("///", 1)[1] if "///" in url else ""
+    path = path.split("?", 1)[0]
+    return path if path and path != ":memory:" else None
+
+
 def make_storage(storage: str | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage | None:
     """An RDB storage with heartbeats for a URL; other values as given.
 
@@ -82,10 +129,13 @@ def make_storage(storage: str | optuna.storages.BaseStorage | None) -> optuna.st
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    storage, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                        max_retry=STALE_TRIAL_RETRIES))
+                settings = {"engine_kwargs": engine_kwargs, "heartbeat_interval": HEARTBEAT_INTERVAL_S,
+                            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
+                                max_retry=STALE_TRIAL_RETRIES)}
+                path = _sqlite_path(storage) if storage.startswith("sqlite") else None
+                if path is not None:
+                    return LockedSQLiteStorage(storage, lock_path=path + SQLITE_LOCK_SUFFIX, **settings)
+                return optuna.storages.RDBStorage(storage, **settings)
         except sqlalchemy.exc.ArgumentError as exc:
             raise StorageError(storage, f"not a database URL ({_first_line(exc)})", _URL_HINT) from None
         except ImportError as exc:

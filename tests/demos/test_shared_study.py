@@ -139,3 +139,21 @@ def test_a_trial_another_process_finished_first_is_left_to_it(two_teachers):
     assert storage.raced and selector.report_.finished
     assert selector.report_.extra["study"]["trials_this_run"] == 4  # the raced trial was replaced by another
     assert len(selector.study_.trials) == 5
+
+
+def test_a_sqlite_study_changes_trial_states_under_a_lock_beside_the_database(tmp_path):
+    from dspy_icl_opt.demos.study import SQLITE_LOCK_SUFFIX, LockedSQLiteStorage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = make_storage(url)
+    assert isinstance(storage, LockedSQLiteStorage)
+    study = optuna.create_study(storage=storage, study_name="locked")
+    study.enqueue_trial({"x": 1.0})
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 2)})  # pops the queued trial
+    assert trial.params == {"x": 1.0}
+    study.tell(trial, 0.5)
+    assert (tmp_path / ("study.db" + SQLITE_LOCK_SUFFIX)).is_file()
+    # the state check and the write are one step: a second tell of the finished trial is refused
+    with pytest.raises((ValueError, optuna.exceptions.UpdateFinishedTrialError)):
+        storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.7])
+    assert study.trials[0].value == 0.5

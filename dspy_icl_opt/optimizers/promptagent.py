@@ -114,6 +114,7 @@ class _Run:
     iteration: int = 0
     out_of_budget: bool = False
     duplicates: int = 0
+    deepened: int = 0  # levels added to the plan's depth limit (see PromptAgent._deepen)
 
 
 class PromptAgent(ICLOptimizer):
@@ -314,8 +315,28 @@ class PromptAgent(ICLOptimizer):
                 logger.info("PromptAgent: the budget left cannot pay for another child; validating")
                 return
             if idle >= MAX_IDLE_ITERATIONS:
+                if self._deepen(run):
+                    idle = 0
+                    continue
                 logger.info("PromptAgent: {} iterations in a row added no node; the search is done", idle)
                 return
+
+    def _deepen(self, run: _Run) -> bool:
+        """One level deeper, when the tree is full to the plan's depth limit and the budget still pays.
+
+        The plan lowers the depth limit so that several iterations fit the caps; calls the search then
+        leaves (cached rewards, early stops) buy depth back, up to the ``depth_limit`` the user set.
+        """
+        if run.depth_limit >= self.depth_limit:
+            return False
+        run.depth_limit += 1
+        for node in run.nodes.values():
+            if node.terminal and node.depth == run.depth_limit - 1:
+                node.terminal = self._is_terminal(run, node)
+        run.deepened += 1
+        logger.info("PromptAgent: the tree is full to depth {}; the budget left buys depth {}", run.depth_limit - 1,
+                    run.depth_limit)
+        return True
 
     def _another_iteration(self, ctx: SearchContext, run: _Run) -> bool:
         if self.iterations is not None:
@@ -516,4 +537,5 @@ class PromptAgent(ICLOptimizer):
                           "children": [child.id for child in node.children]})
         tree = ctx.report.extra.setdefault("tree", {})
         tree.update({"root": run.root.id if run.root else None, "nodes": nodes, "paths": run.paths,
-                     "eval_examples": run.eval_indices, "duplicates": run.duplicates})
+                     "eval_examples": run.eval_indices, "duplicates": run.duplicates,
+                     "depth_limit": run.depth_limit, "deepened": run.deepened})

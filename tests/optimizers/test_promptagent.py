@@ -240,6 +240,21 @@ def test_at_a_users_budget_promptagent_searches_a_tree_and_spends_the_task_cap()
     assert report.extra["final_choice"]["examples"] == 40
 
 
+def test_a_tree_full_to_the_planned_depth_goes_deeper_while_the_budget_pays():
+    # The plan lowers depth_limit (5) so several iterations fit; a tree full to that depth with calls left
+    # buys depth back instead of stopping with the budget unspent.
+    task = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    agent = PromptAgent(task.metric, task_model=task.lm(), prompt_model=scripted_lm(endless_responder()),
+                        budget={"max_task_calls": 250, "max_prompt_calls": 40}, expand_width=1, progress=False)
+    planned = agent.plan(task.program(), trainset=task.train, valset=task.val).settings["depth_limit"]
+    assert planned < agent.depth_limit
+    agent.compile(task.program(), trainset=task.train, valset=task.val)
+    tree = agent.report_.extra["tree"]
+    assert tree["deepened"] >= 1 and tree["depth_limit"] == planned + tree["deepened"] <= agent.depth_limit
+    assert max(node["depth"] for node in tree["nodes"]) > planned
+    assert 0.9 * 250 <= agent.report_.spent["task"].calls <= 250
+
+
 # ----------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("settings, message", [
     ({"expand_width": 0}, "`expand_width` must be"), ({"depth_limit": 0}, "`depth_limit` must be"),

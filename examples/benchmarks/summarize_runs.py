@@ -63,10 +63,10 @@ def pair_line(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> str:
     above, level = sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs)
     mean = sum(diffs) / len(diffs)
     var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) if len(diffs) > 1 else 0.0
-    se = math.sqrt(var / len(diffs))
+    se = f"{math.sqrt(var / len(diffs)):.3f}" if len(diffs) > 1 else "n/a, one cell"
     per_cell = ", ".join(f"seed {s} {t} {d:+.2f}" for (s, t), d in zip(both, diffs))
     return (f"{a} vs {b} on {len(both)} cells: above {above}, level {level}, below {len(both) - above - level}; "
-            f"mean difference {mean:+.3f} (paired s.e. {se:.3f}); {a} spent {sum(calls) / len(calls):+.1f} task "
+            f"mean difference {mean:+.3f} (paired s.e. {se}); {a} spent {sum(calls) / len(calls):+.1f} task "
             f"calls per cell against {b}\n  {per_cell}")
 
 

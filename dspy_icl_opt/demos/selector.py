@@ -409,13 +409,15 @@ class DemoSelector(ICLOptimizer):
 
     def _reserve(self, ctx: SearchContext) -> int:
         """The final validation's calls, held back from the search: the plan's, with the start's cached
-        pairs taken off when it is the zero-shot trial (a student without demos, trials on the final examples)."""
+        pairs taken off when it is the zero-shot trial (a student without demos, trials on the final examples)
+        run by this compile. A stored study may already hold that trial from an earlier compile or another
+        process, which then is not run (nor cached) here: with a storage the start's pairs stay reserved."""
         plan = ctx.plan
         settings = plan.settings
         seen = 0 if settings["held_out"] else settings["trial_examples"]
         no_demos = not any(state.demos for _, state in ctx.initial_state.predictors)
         return self._final_cost(len(ctx.predictors), settings["finalists"], settings["validation_examples"], seen,
-                                start_cached=no_demos and seen > 0)
+                                start_cached=no_demos and seen > 0 and self.storage is None)
 
     # ------------------------------------------------------------------------------ the search
     def _search(self, ctx: SearchContext) -> None:

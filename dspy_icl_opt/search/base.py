@@ -444,7 +444,8 @@ class ICLOptimizer(Teleprompter):
     def prompt_temperature(self, prompt_lm: dspy.BaseLM | None) -> float | None:
         """The temperature the meta-prompts go out at: the strategy's ``temperature`` when it is given, else the
         prompt LM's own when it was built with one, else :attr:`default_temperature`. A temperature the user
-        wrote, on the optimizer or on the LM, is never replaced by a default."""
+        wrote, on the optimizer or on the prompt LM, is never replaced by a default. With no prompt model the
+        task model writes the proposals too, at the default: its own temperature is for its answers."""
         given = getattr(self, "temperature", None)
         if given is not None:
             return float(given)
@@ -546,7 +547,9 @@ class ICLOptimizer(Teleprompter):
             raise ValueError("No task model: pass `task_model=` or call dspy.configure(lm=...) first. "
                              "For the embedded model: dspy_icl_opt.lm.resolve_lm('embedded').")
         prompt = self.prompt_model or task  # an LM already metered elsewhere keeps counting there too
-        params, temperature = self._params(), self.prompt_temperature(prompt)
+        # the task LM's temperature (usually 0) is for answers, not for sampling proposals: only a prompt model
+        # the user passed lends its own temperature
+        params, temperature = self._params(), self.prompt_temperature(self.prompt_model)
         if "temperature" in params:  # the report says the temperature used, not the setting (None: see above)
             params["temperature"] = temperature
         report = OptimizationReport(optimizer=type(self).__name__, params=params, seed=self.seed,

@@ -166,6 +166,25 @@ def test_a_call_cap_ends_between_trials_and_the_finalists_are_always_validated(t
     assert len(trials) >= plan["steps"]  # at least the planned trials ran
 
 
+def test_a_second_compile_on_a_stored_study_still_validates_the_start_and_its_finalists(tmp_path):
+    # The zero-shot baseline already in the stored study is not run again, so the start's validation
+    # pairs are not in the second compile's cache: they must stay reserved, not be spent on trials.
+    from dspy_icl_opt.testing import planted_rule_task
+
+    task = planted_rule_task("reverse", train_size=10, val_size=20, seed=0)
+    for _ in range(2):
+        lm = task.lm()
+        selector = DemoSelector(task.metric, task_model=lm, max_demos=4, n_trials=None, pools=["labeled"],
+                                strategies=["random"], orders=["as_selected"], minibatch_size=10,
+                                minibatches_per_trial=2, top_k_full_eval=2, storage=f"sqlite:///{tmp_path}/s.db",
+                                study_name="x", budget={"max_task_calls": 60}, progress=False)
+        selector.compile(task.program(), trainset=task.train, valset=task.val)
+        report = selector.report_
+        assert lm.engine.call_count == report.spent["task"].calls <= 60
+        choice = report.extra["final_choice"]
+        assert choice["start"] in {row["candidate"] for row in choice["contenders"]}  # the start was validated
+
+
 def test_a_trial_cut_by_the_budget_is_failed_not_pruned_and_keeps_its_scores(two_teachers):
     # A token cap can still end a trial half-way: it is not a pruned trial (the sampler would read it as bad).
     def run(cap=None):

@@ -83,6 +83,19 @@ def test_the_strategys_default_applies_when_nobody_set_a_temperature(name):
     assert optimizer.report_.params["temperature"] == STRATEGIES[name].default
 
 
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_without_a_prompt_model_the_task_models_temperature_is_not_borrowed(name):
+    # One LM for both jobs, built at temperature 0 for its answers: proposals are still sampled at the
+    # strategy's default, or they would all come out the same.
+    strategy = STRATEGIES[name]
+    task = planted_rule_task("vowels", train_size=8, val_size=6, seed=0)
+    lm = scripted_lm(strategy.responder(task)).copy(temperature=0.0)
+    optimizer = strategy.make(task, task_model=lm, progress=False)
+    assert optimizer.prompt_model is None
+    optimizer.compile(task.program(), trainset=task.train, valset=task.val)
+    assert optimizer.report_.params["temperature"] == strategy.default
+
+
 def test_copros_init_temperature_still_maps_and_wins_over_the_prompt_lms():
     optimizer, sent = run("opro", lm_temperature_=0.3, init_temperature=1.2)
     assert optimizer.temperature == 1.2

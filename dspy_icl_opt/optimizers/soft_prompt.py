@@ -138,6 +138,10 @@ class SoftPromptTuner(ICLOptimizer):
             raise ValueError(f"`student` must have exactly one predictor for SoftPromptTuner (one soft prompt is "
                              f"learned per program for now), but it has {len(named)}: {[n for n, _ in named]}. "
                              "Use a one-predictor program (e.g. the 'qa' program).")
+        if valset is trainset or (len(valset) == len(trainset) and all(v is t for v, t in zip(valset, trainset))):
+            raise ValueError(f"`valset` is needed for SoftPromptTuner with only {len(trainset)} training examples: "
+                             "the split left none aside, and a soft prompt validated on the examples it was trained "
+                             "on would always look better than the start. Pass valset=[...] (a few labeled examples).")
         signature = named[0][1].signature
         for i, example in enumerate(trainset):
             missing = [name for name in signature.output_fields if name not in example]

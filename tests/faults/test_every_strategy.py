@@ -13,13 +13,17 @@ from tests.contract import test_abo_contract as abo
 from tests.contract import test_ape_contract as ape
 from tests.contract import test_apo_contract as apo
 from tests.contract import test_demoselector_contract as demos
+from tests.contract import test_instruction_demo_search_contract as joint
 from tests.contract import test_opro_contract as opro
+from tests.contract import test_promptagent_contract as promptagent
 from tests.contract.suite import state_of
 
 SUITES = {"opro": opro.TestOPROContract, "opro-racing": opro.TestOPRORacingContract, "apo": apo.TestAPOContract,
           "abo": abo.TestABOContract, "demoselector": demos.TestDemoSelectorContract,
           "demoselector-knn": demos.TestDemoSelectorKnnContract}
-SUITES.update({"ape": ape.TestAPEContract, "iterative-ape": ape.TestIterativeAPEContract})
+SUITES.update({"ape": ape.TestAPEContract, "iterative-ape": ape.TestIterativeAPEContract,
+               "promptagent": promptagent.TestPromptAgentContract, "joint": joint.TestInstructionDemoSearchContract,
+               "joint-zero-shot": joint.TestInstructionDemoSearchZeroShotContract})
 
 
 def _task():

@@ -233,6 +233,12 @@ def test_outputs_without_gold_labels_are_refused(task):
         optimizer.compile(dspy.ChainOfThought("question -> answer"), trainset=task.train, valset=task.val)
 
 
+def test_a_small_trainset_without_a_valset_is_refused_not_validated_on_itself(task):
+    optimizer = SoftPromptTuner(task.metric, task_model=wrong_but_readable(task), progress=False)
+    with pytest.raises(ValueError, match="`valset` is needed"):
+        optimizer.compile(dspy.Predict("question -> answer"), trainset=task.train[:4])
+
+
 @pytest.mark.parametrize("setting, error", [({"method": "lora"}, ValueError), ({"epochs": 0}, ValueError),
                                             ({"learning_rate": 0}, ValueError), ({"num_virtual_tokens": "8"}, TypeError),
                                             ({"base_model": 3}, TypeError)])
@@ -254,7 +260,8 @@ def test_modules_import_and_refuse_clearly_without_torch():
         "task = planted_rule_task('vowels', train_size=4, val_size=2, seed=0)\n"
         "lm = scripted_lm(lambda r: format_chat_reply({'answer': 'x'}))\n"
         "try:\n"
-        "    SoftPromptTuner(task.metric, task_model=lm, progress=False).compile(task.program(), trainset=task.train)\n"
+        "    SoftPromptTuner(task.metric, task_model=lm, progress=False).compile(task.program(), trainset=task.train,\n"
+        "                                                                       valset=task.val)\n"
         "except ImportError as exc:\n"
         "    print('REFUSED', type(exc).__name__, exc)\n"
     )

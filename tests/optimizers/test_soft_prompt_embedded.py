@@ -13,15 +13,27 @@ pytestmark = pytest.mark.skipif(not soft_extra_available(),
                                 reason="needs the soft extra: pip install 'dspy-icl-opt[soft]'")
 
 
-@pytest.mark.embedded
-def test_soft_prompt_trains_on_the_embedded_model(tmp_path):
+@pytest.fixture
+def one_torch_thread():
+    """One thread for this test, the model unloaded after it: later tests get their threads and memory back."""
     import torch
+
+    from dspy_icl_opt.lm.hf_models import unload_all
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    unload_all()
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.embedded
+def test_soft_prompt_trains_on_the_embedded_model(tmp_path, one_torch_thread):
 
     from dspy_icl_opt.lm import resolve_lm
     from dspy_icl_opt.optimizers.soft_prompt import SoftPromptTuner, load_soft_program
     from dspy_icl_opt.programs import load_task, make_program
 
-    torch.set_num_threads(1)
     task = load_task("hyperbaton", seed=0, train_size=4, val_size=2, test_size=1)
     task_lm = resolve_lm("embedded", temperature=0.0, max_tokens=48, cache=False)
     tuner = SoftPromptTuner(task.metric, task_model=task_lm, epochs=2, num_virtual_tokens=4, batch_size=2,

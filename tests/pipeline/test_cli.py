@@ -106,10 +106,10 @@ def test_demo_config_is_small_and_valid():
         config = parse_config(demo_config(optimizer))
         assert config.lm.task.model == config.lm.prompt.model == "embedded"
         assert config.optimize[0].optimizer == optimizer and config.data.task == "date_understanding"
-        assert config.data.train_size + config.data.val_size + config.data.test_size <= 100
+        assert config.data.train_size + config.data.val_size + config.data.test_size <= 110
         assert config.data.test_size >= 50  # a 35-point gain stands well clear of a ~9-point standard error
         budget = config.optimize[0].budget
-        assert budget is None or budget.max_task_calls <= 90  # "a few minutes": the search stays small
+        assert budget is None or budget.max_task_calls <= 150  # "a few minutes": the search stays small
     with pytest.raises(ConfigError, match="the demo offers"):
         demo_config("mipro")
 
@@ -190,7 +190,7 @@ def test_the_demo_gains_on_held_out_data_and_says_what_changed_and_why(tmp_path,
     val = {row["candidate"]: row["val"] for row in choice["contenders"]}
     assert choice["chosen"] != choice["start"] and choice["held_out"]  # half the valset, unseen by the trials
     assert choice["examples"] == DEMO_SIZES["val_size"] // 2
-    assert (f"why it was kept: it scored {val[choice['chosen']]:.2f} on the 15 validation examples against the "
+    assert (f"why it was kept: it scored {val[choice['chosen']]:.2f} on the 25 validation examples against the "
             f"start's {val[choice['start']]:.2f}, a paired gain of +") in out
     assert (tmp_path / "demo" / "report.html").exists()
 

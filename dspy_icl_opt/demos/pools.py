@@ -122,7 +122,7 @@ def bootstrap_pools(ctx: SearchContext, *, max_calls: int, threshold: float, max
     for i in range(0, len(order) if max_calls > 0 else 0, batch):
         if _task_calls(ctx) - start >= max_calls or all(len(found[n]) >= max_per_predictor for n in names):
             break
-        for outcome in _run_teacher(ctx, teacher, order[i:i + batch]):
+        for outcome in run_teacher(ctx, teacher, order[i:i + batch]):
             if outcome.failed or outcome.score < threshold:
                 continue
             for call in outcome.trace:
@@ -134,7 +134,7 @@ def bootstrap_pools(ctx: SearchContext, *, max_calls: int, threshold: float, max
     return {name: list(demos.values()) for name, demos in found.items()}
 
 
-def _run_teacher(ctx: SearchContext, teacher: Callable[[dspy.Example], ProgramState],
+def run_teacher(ctx: SearchContext, teacher: Callable[[dspy.Example], ProgramState],
                  chunk: Sequence[dspy.Example]) -> list[Any]:
     """The teacher's outcomes on ``chunk``, in order (examples that share a teacher state run together)."""
     groups: dict[str, tuple[ProgramState, list[int]]] = {}

@@ -26,7 +26,7 @@ from typing import Any
 import dspy
 from optuna.distributions import CategoricalDistribution
 
-from dspy_icl_opt.demos.pools import demo_id, labeled_pool, labeled_teacher
+from dspy_icl_opt.demos.pools import demo_id, labeled_pool, labeled_teacher, run_teacher
 from dspy_icl_opt.demos.strategies import mmr
 from dspy_icl_opt.search.base import SearchContext, stable_int
 from dspy_icl_opt.search.surgery import ProgramState
@@ -152,7 +152,7 @@ def bootstrap(ctx: SearchContext, sources: Sequence[dspy.Example], *, max_demos:
     for start in range(0, len(order), batch):
         if all(len(found[n]) >= wanted for n in names):
             break
-        for outcome in _run_taught(ctx, teacher, order[start:start + batch]):
+        for outcome in run_teacher(ctx, teacher, order[start:start + batch]):
             if outcome.failed or outcome.score < threshold:
                 continue
             for call in outcome.trace:
@@ -160,19 +160,6 @@ def bootstrap(ctx: SearchContext, sources: Sequence[dspy.Example], *, max_demos:
                 if call.get("predictor") in found and len(found[call["predictor"]]) < wanted:
                     found[call["predictor"]].setdefault(demo_id(demo), demo)
     return {name: list(demos.values()) for name, demos in found.items()}
-
-
-def _run_taught(ctx: SearchContext, teacher: Any, chunk: Sequence[dspy.Example]) -> list[Any]:
-    """Outcomes of the teacher on ``chunk``, in order; examples taught by the same state run together (in parallel)."""
-    groups: dict[str, tuple[ProgramState, list[int]]] = {}
-    for i, example in enumerate(chunk):
-        state = teacher(example)
-        groups.setdefault(state.key(), (state, []))[1].append(i)
-    outcomes: list[Any] = [None] * len(chunk)
-    for state, positions in groups.values():
-        for i, outcome in zip(positions, ctx.scorer.evaluate(state, [chunk[i] for i in positions], desc="bootstrap")):
-            outcomes[i] = outcome
-    return outcomes
 
 
 def demo_sets(predictor: dspy.Predict, name: str, sources: Sequence[dspy.Example], boot: list[dict[str, Any]], *,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dspy.lm15 import ConfigurationError, ContextLengthError
 
 LOCAL_EXTRA_INSTALL_HINT = "pip install 'dspy-icl-opt[local]'"
+PROPOSER_EXTRA_INSTALL_HINT = "pip install 'dspy-icl-opt[local,proposer]'"
 
 
 class MissingLocalExtraError(ImportError):

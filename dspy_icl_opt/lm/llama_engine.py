@@ -60,7 +60,7 @@ from dspy_icl_opt.lm.llama_models import (
     load_shared,
     shared_for_injected,
 )
-from dspy_icl_opt.lm.model_store import EMBEDDED_MODEL_FILE_NAME, ensure_embedded_model
+from dspy_icl_opt.lm.model_store import EMBEDDED_MODELS, ensure_embedded_model
 
 DEFAULT_N_CTX = 4096
 MIN_N_CTX = 256  # llama.cpp rounds smaller contexts up to this, which llama-cpp-python mishandles.
@@ -338,13 +338,18 @@ class LlamaCppEngine:
         return {
             "version": STATE_VERSION,
             "model_path": self.model_path,
-            "embedded": Path(self.model_path).name == EMBEDDED_MODEL_FILE_NAME,
+            "embedded": self._embedded_name(),
             "n_ctx": self.n_ctx,
             "n_threads": self.requested_n_threads,
             "seed": self.seed,
             "chat_format": self.chat_format,
             "verbose": self.verbose,
         }
+
+    def _embedded_name(self) -> str | None:
+        """The name of the embedded model this engine runs (re-assembled on load elsewhere), else None."""
+        file_name = Path(self.model_path).name
+        return next((model.name for model in EMBEDDED_MODELS.values() if model.file_name == file_name), None)
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> LlamaCppEngine:
@@ -371,8 +376,9 @@ class LlamaCppEngine:
                 "Save the program again with this version of dspy-icl-opt."
             )
         path = state["model_path"]
-        if state.get("embedded") and not Path(path).is_file():
-            path = str(ensure_embedded_model())
+        embedded = state.get("embedded")
+        if embedded and not Path(path).is_file():  # True: a state saved before there were two embedded models
+            path = str(ensure_embedded_model(model=embedded if isinstance(embedded, str) else "embedded"))
         return cls(
             path,
             n_ctx=state.get("n_ctx", DEFAULT_N_CTX),

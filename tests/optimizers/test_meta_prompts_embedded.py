@@ -46,3 +46,35 @@ def test_the_probe_counts_usable_answers_with_the_strategies_checks():
     lm = scripted_lm(replies)
     # parsed: markers, and the labelled-lines form; "Failing step: 9" lacks the reason; "no idea" lacks both
     assert bench.answer_rates(lm, signature, inputs, check, len(replies)) == (2, 2, 4)
+
+
+def _proposer_installed() -> bool:
+    from importlib import metadata
+
+    from dspy_icl_opt.lm import PROPOSER_EMBEDDED
+
+    try:
+        return all(metadata.distribution(name) for name in PROPOSER_EMBEDDED.distributions)
+    except metadata.PackageNotFoundError:
+        return False
+
+
+PROPOSER_TRIES = 5
+#: The two meta-prompts the 0.5B model answers worst (usable 95% and 80% of 20 in BENCHMARKS.md).
+PROPOSER_PROBES = ("OPRO ProposeInstruction", "ABO SplitStep")
+
+
+@pytest.mark.embedded
+@pytest.mark.skipif(not _proposer_installed(), reason="the proposer extra (the 1.5B model's chunks) is not installed")
+def test_the_opt_in_proposer_model_assembles_loads_and_answers_meta_prompts():
+    from dspy_icl_opt.lm import PROPOSER_EMBEDDED, resolve_lm, unload_models
+
+    lm = resolve_lm("embedded-1.5b", temperature=1.0, max_tokens=400, cache=False)
+    assert lm.model == PROPOSER_EMBEDDED.lm_name
+    try:
+        rates = _bench().measure(lm, "date_understanding", PROPOSER_TRIES, PROPOSER_PROBES)
+    finally:
+        unload_models()
+    assert sorted(rates) == sorted(PROPOSER_PROBES)
+    low = {name: rate for name, rate in rates.items() if rate[0] < MIN_PARSED}
+    assert not low, f"the 1.5B proposer parsed in less than {MIN_PARSED:.0%} of {PROPOSER_TRIES} tries: {low}"

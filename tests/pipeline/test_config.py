@@ -83,7 +83,16 @@ def test_bad_lm_spec_and_data_path(config_dict, tmp_path):
     config_dict["data"]["path"] = str(tmp_path / "missing.jsonl")
     problems = problems_of(config_dict)
     assert any(p.startswith("data.path: must be an existing file") for p in problems)
-    assert any(p.startswith("lm.task.model: must be 'embedded', a .gguf path or provider/model") for p in problems)
+    assert any(p.startswith("lm.task.model: must be 'embedded' (or 'embedded-1.5b'), a .gguf path or provider/model")
+               for p in problems)
+
+
+def test_the_opt_in_proposer_model_is_a_valid_lm_name(config_dict):
+    config_dict["lm"] = {"task": "embedded", "prompt": "Embedded-1.5B"}
+    config = parse_config(config_dict)
+    assert config.lm.prompt.model == "Embedded-1.5B"
+    config_dict["lm"] = {"task": "embedded", "prompt": "embedded-1.6b"}
+    assert any(p.startswith("lm.prompt.model: must be 'embedded' (or 'embedded-1.5b')") for p in problems_of(config_dict))
 
 
 def test_yaml_file_errors_carry_the_file_and_position(tmp_path):

@@ -130,7 +130,8 @@ class APE(ICLOptimizer):
         eval_prompts_per_round: most candidates pulled per round (50).
         samples_per_eval: most examples per pull (50).
         c: UCB's exploration (1.0).
-        temperature: the prompt model's sampling temperature (0.9).
+        temperature: the prompt model's sampling temperature; ``None`` (default): the prompt LM's own
+            temperature when it was built with one, else the reference's 0.9.
         final_candidates: finalists validated against the start (2).
         format_candidate: also score the start with a sentence naming the answer format.
         scoring: "accuracy" (execution accuracy) or "likelihood" (log-probability of the gold
@@ -150,12 +151,14 @@ class APE(ICLOptimizer):
         'Count the vowels.'
     """
 
+    default_temperature = DEFAULT_TEMPERATURE
+
     def __init__(self, metric: Metric, *, prompt_model: dspy.BaseLM | None = None,
                  task_model: dspy.BaseLM | None = None, iterations: int = 1, num_subsamples: int = 5,
                  num_demos: int = 5, prompts_per_subsample: int | None = None, keep_fraction: float = 0.2,
                  variations_per_candidate: int = 3, evaluator: str = "ucb", eval_rounds: int = 5,
                  eval_prompts_per_round: int = 50, samples_per_eval: int = 50, c: float = 1.0,
-                 temperature: float = DEFAULT_TEMPERATURE, final_candidates: int = 2, format_candidate: bool = True,
+                 temperature: float | None = None, final_candidates: int = 2, format_candidate: bool = True,
                  scoring: Scoring = "accuracy", **kwargs: Any) -> None:
         super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **kwargs)
         settings = {"iterations": iterations, "num_subsamples": num_subsamples, "num_demos": num_demos,
@@ -176,7 +179,8 @@ class APE(ICLOptimizer):
             raise ValueError(f"`evaluator` must be one of {list(BANDITS)}, but got {evaluator!r}. "
                              "Use 'ucb' (the APE paper's choice).")
         check_number("c", c, minimum=0, hint="Use 1.0 (the reference default).")
-        check_number("temperature", temperature, minimum=0)
+        if temperature is not None:
+            check_number("temperature", temperature, minimum=0, hint="Try 0.9, or None for the prompt LM's own.")
         if not isinstance(format_candidate, bool):
             raise TypeError(f"`format_candidate` must be True or False, but got {format_candidate!r}.")
         if scoring not in get_args(Scoring):
@@ -184,7 +188,8 @@ class APE(ICLOptimizer):
                              "Use 'accuracy' (execution accuracy).")
         self.prompts_per_subsample = prompts_per_subsample
         self.keep_fraction, self.evaluator, self.c = float(keep_fraction), evaluator, float(c)
-        self.temperature, self.format_candidate, self.scoring = float(temperature), format_candidate, scoring
+        self.temperature = None if temperature is None else float(temperature)
+        self.format_candidate, self.scoring = format_candidate, scoring
 
     def _params(self) -> dict[str, Any]:
         keys = [*_INT_SETTINGS, "prompts_per_subsample", "keep_fraction", "evaluator", "c", "temperature",
@@ -388,7 +393,7 @@ class APE(ICLOptimizer):
         """One answer, or ``None`` (unusable, or the prompt budget ended: ``run.prompt_budget_spent``)."""
         output = next(iter(signature.output_fields))
         try:
-            answer = ctx.ask(signature, key=key, temperature=self.temperature,
+            answer = ctx.ask(signature, key=key, temperature=ctx.temperature,
                              validate=lambda a: bool(read_instruction(a[output])), **inputs)
         except BudgetExhausted as exc:
             if exc.role != "prompt":

@@ -88,6 +88,8 @@ AUTO_SETTINGS: dict[str, dict[str, int]] = {"light": {"n": 6, "val_size": 100}, 
 DEFAULT_MINIBATCH_SIZE = 35
 #: MIPROv2's default rhythm: the best configuration is scored on the whole search set every this many trials.
 DEFAULT_FULL_EVAL_STEPS = 5
+#: Proposals are sampled at this temperature when neither the optimizer nor the prompt LM sets one (MIPROv2's 1.0).
+DEFAULT_PROPOSAL_TEMPERATURE = 1.0
 #: Share of the planned trials run before the influence of each demo is fitted (the exploration phase).
 EXPLORATION_SHARE = 1 / 3
 #: Trials in a row that cost nothing (programs scored before) before a search the budget still pays for stops.
@@ -207,7 +209,8 @@ class InstructionDemoSearch(ICLOptimizer):
         minibatch: score trials on minibatches (True) or on the whole search set.
         minibatch_size: the largest minibatch (35, cut to half the search set).
         minibatch_full_eval_steps: trials between full evaluations of the best configuration (5).
-        temperature: the prompt model's sampling temperature (1.0).
+        temperature: the prompt model's sampling temperature; ``None`` (default): the prompt LM's own
+            temperature when it was built with one, else 1.0.
         bootstrap_threshold: a run scoring at least this gives bootstrapped demos (1.0).
         influence: add an influence demo set after the exploration phase (True).
         format_candidate: the answer-format instruction competes, and proposals get its sentence (True).
@@ -231,11 +234,13 @@ class InstructionDemoSearch(ICLOptimizer):
         True
     """
 
+    default_temperature = DEFAULT_PROPOSAL_TEMPERATURE
+
     def __init__(self, metric: Metric, *, prompt_model: dspy.BaseLM | None = None,
                  task_model: dspy.BaseLM | None = None, auto: Auto | None = "light", num_candidates: int | None = None,
                  num_trials: int | None = None, max_bootstrapped_demos: int = 4, max_labeled_demos: int = 4,
                  minibatch: bool = True, minibatch_size: int = DEFAULT_MINIBATCH_SIZE,
-                 minibatch_full_eval_steps: int = DEFAULT_FULL_EVAL_STEPS, temperature: float = 1.0,
+                 minibatch_full_eval_steps: int = DEFAULT_FULL_EVAL_STEPS, temperature: float | None = None,
                  bootstrap_threshold: float = 1.0, influence: bool = True, format_candidate: bool = True,
                  finalists: int = 2, storage: str | optuna.storages.BaseStorage | None = None,
                  study_name: str | None = None, **kwargs: Any) -> None:
@@ -272,7 +277,9 @@ class InstructionDemoSearch(ICLOptimizer):
         self.max_bootstrapped_demos, self.max_labeled_demos = max_bootstrapped_demos, max_labeled_demos
         self.minibatch, self.minibatch_size = minibatch, minibatch_size
         self.minibatch_full_eval_steps = minibatch_full_eval_steps
-        self.temperature = check_number("temperature", temperature, minimum=0.0)
+        if temperature is not None:
+            check_number("temperature", temperature, minimum=0.0, hint="Try 1.0, or None for the prompt LM's own.")
+        self.temperature = None if temperature is None else float(temperature)
         self.bootstrap_threshold = check_number("bootstrap_threshold", bootstrap_threshold,
                                                 hint="A run scoring at least this gives demos; 1.0 keeps exact passes.")
         self.influence, self.format_candidate, self.finalists = influence, format_candidate, finalists
@@ -414,7 +421,7 @@ class InstructionDemoSearch(ICLOptimizer):
                   "solved_problems": problems}
         for i in range(ctx.plan.settings["proposals"]):
             try:
-                answer = ctx.ask(ProposeTaskInstruction, key=f"joint/{name}/proposal{i}", temperature=self.temperature,
+                answer = ctx.ask(ProposeTaskInstruction, key=f"joint/{name}/proposal{i}", temperature=ctx.temperature,
                                  validate=lambda a: bool(read_instruction(a.instruction, MAX_INSTRUCTION_CHARS)),
                                  style_hint=STYLE_HINTS[i % len(STYLE_HINTS)], **inputs)
             except BudgetExhausted as exc:

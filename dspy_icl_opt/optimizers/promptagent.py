@@ -161,7 +161,8 @@ class PromptAgent(ICLOptimizer):
         eval_size: examples of the evaluation split that gives the rewards (50, at most the trainset).
         n_reasons: reasons asked of the error analysis (3).
         final_candidates: nodes validated against the start (1: the paper's choice only).
-        temperature: the prompt model's sampling temperature (0.7).
+        temperature: the prompt model's sampling temperature; ``None`` (default): the prompt LM's own
+            temperature when it was built with one, else 0.7.
         format_candidate: add the data-grounded format candidate to the root's first expansion.
         max_instruction_chars: longer rewrites are dropped (1000).
         **kwargs: ``budget``, ``seed``, ``num_threads``, ``log_dir``, ``failure_score``, ``max_retries``,
@@ -182,11 +183,13 @@ class PromptAgent(ICLOptimizer):
         'Count the vowels in the word.'
     """
 
+    default_temperature = DEFAULT_TEMPERATURE
+
     def __init__(self, metric: Metric, *, prompt_model: dspy.BaseLM | None = None,
                  task_model: dspy.BaseLM | None = None, iterations: int | None = None, expand_width: int = 3,
                  depth_limit: int = 5, min_depth: int = 2, w_exp: float = 2.5, batch_size: int = 5,
                  eval_size: int = 50, n_reasons: int = 3, final_candidates: int = 1,
-                 temperature: float = DEFAULT_TEMPERATURE, format_candidate: bool = True,
+                 temperature: float | None = None, format_candidate: bool = True,
                  max_instruction_chars: int = 1000, **kwargs: Any) -> None:
         super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **kwargs)
         settings = {"expand_width": expand_width, "depth_limit": depth_limit, "min_depth": min_depth,
@@ -202,7 +205,9 @@ class PromptAgent(ICLOptimizer):
             raise TypeError(f"`format_candidate` must be True or False, but got {format_candidate!r}.")
         self.iterations = iterations
         self.w_exp = float(check_number("w_exp", w_exp, minimum=0, hint="The paper's default is 2.5."))
-        self.temperature = float(check_number("temperature", temperature, minimum=0))
+        if temperature is not None:
+            check_number("temperature", temperature, minimum=0, hint="Try 0.7, or None for the prompt LM's own.")
+        self.temperature = None if temperature is None else float(temperature)
         self.format_candidate = format_candidate
 
     def _params(self) -> dict[str, Any]:
@@ -486,7 +491,7 @@ class PromptAgent(ICLOptimizer):
         return sorted(rng.sample(wrong, min(self.batch_size, len(wrong))), key=lambda w: w.index)
 
     def _analysis(self, ctx: SearchContext, key: str, inputs: dict[str, str]) -> list[str]:
-        answer = ctx.ask(AnalyzeErrors, key=f"{key}/reasons", temperature=self.temperature,
+        answer = ctx.ask(AnalyzeErrors, key=f"{key}/reasons", temperature=ctx.temperature,
                          validate=lambda a: bool(parse_reasons(a.reasons, self.n_reasons)),
                          n_reasons=self.n_reasons, **inputs)
         return parse_reasons(answer.reasons, self.n_reasons) if answer is not None else []
@@ -499,7 +504,7 @@ class PromptAgent(ICLOptimizer):
             ancestors.insert(0, ctx.state_of(cursor.record)[name].instruction)
             cursor = cursor.parent
         limit = self.max_instruction_chars
-        answer = ctx.ask(RewriteInstruction, key=f"{key}/rewrite", temperature=self.temperature,
+        answer = ctx.ask(RewriteInstruction, key=f"{key}/rewrite", temperature=ctx.temperature,
                          validate=lambda a: usable_instruction(a.new_instruction, limit) is not None,
                          earlier_versions=render_versions(ancestors),
                          reasons="\n".join(f"{i}. {r}" for i, r in enumerate(reasons, 1)), **inputs)

@@ -1,6 +1,7 @@
 """Issue 16: a temperature the user wrote wins, on the optimizer or on the prompt LM, never a strategy's default.
 
-OPRO, APO and ABO sample some meta-prompts at a temperature of their own. Left unset (``None``), it is
+OPRO, APO, ABO, APE, Iterative-APE, PromptAgent and InstructionDemoSearch sample some meta-prompts at a
+temperature of their own. Left unset (``None``), it is
 the prompt LM's own temperature when that LM was built with one, else the strategy's default; set, it
 is used as given. The report's ``params["temperature"]`` is the temperature used.
 """
@@ -15,12 +16,19 @@ import dspy
 import pytest
 
 from dspy_icl_opt.optimizers.abo import ABO
+from dspy_icl_opt.optimizers.ape import APE, IterativeAPE
 from dspy_icl_opt.optimizers.apo import APO
+from dspy_icl_opt.optimizers.joint import InstructionDemoSearch
 from dspy_icl_opt.optimizers.opro import OPRO
+from dspy_icl_opt.optimizers.promptagent import PromptAgent
 from dspy_icl_opt.search.base import lm_temperature
 from dspy_icl_opt.testing import planted_rule_task, scripted_lm
 from tests.contract.suite import rule_stating_responder
 from tests.optimizers.test_abo import ABOScript, meta_prompt
+
+
+APE_SMALL = {"num_subsamples": 2, "num_demos": 3, "prompts_per_subsample": 2, "eval_rounds": 2,
+             "eval_prompts_per_round": 3, "samples_per_eval": 4}
 
 
 @dataclass
@@ -43,6 +51,16 @@ STRATEGIES = {
     "abo": Strategy(lambda task, **kw: ABO(task.metric, num_candidates=2, rounds=1, minibatch_size=4,
                                            errors_per_round=2, **kw), 1.0, lambda task: ABOScript(),
                     lambda request: meta_prompt(request) in ("procedure", "split")),
+    "ape": Strategy(lambda task, **kw: APE(task.metric, **APE_SMALL, **kw), 0.9,
+                    lambda task: rule_stating_responder(task.rule)),
+    "iterative_ape": Strategy(lambda task, **kw: IterativeAPE(task.metric, **APE_SMALL, **kw), 0.9,
+                              lambda task: rule_stating_responder(task.rule)),
+    "promptagent": Strategy(lambda task, **kw: PromptAgent(task.metric, iterations=2, expand_width=2, depth_limit=2,
+                                                           min_depth=1, batch_size=4, eval_size=6, **kw), 0.7,
+                            lambda task: rule_stating_responder(task.rule)),
+    "joint": Strategy(lambda task, **kw: InstructionDemoSearch(task.metric, auto=None, num_candidates=3, num_trials=4,
+                                                               max_bootstrapped_demos=1, max_labeled_demos=1, **kw),
+                      1.0, lambda task: rule_stating_responder(task.rule)),
 }
 
 

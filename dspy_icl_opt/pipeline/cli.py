@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dspy_icl_opt._log import logger
 
 from dspy_icl_opt._log import logger
 from dspy_icl_opt.pipeline.errors import (

@@ -52,7 +52,6 @@ LABEL_COLUMNS = ("label", "target", "output", "gold")
 def check_sources(config: PipelineConfig) -> list[str]:
     """Problems with the data source, metric, program and LM specs (no download, no LM call)."""
     from dspy_icl_opt.programs import task_names
-    from dspy_icl_opt.programs.programs import PROGRAM_NAMES
 
     problems = []
     data = config.data

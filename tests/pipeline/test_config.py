@@ -92,7 +92,8 @@ def test_the_opt_in_proposer_model_is_a_valid_lm_name(config_dict):
     config = parse_config(config_dict)
     assert config.lm.prompt.model == "Embedded-1.5B"
     config_dict["lm"] = {"task": "embedded", "prompt": "embedded-1.6b"}
-    assert any(p.startswith("lm.prompt.model: must be 'embedded' (or 'embedded-1.5b')") for p in problems_of(config_dict))
+    problems = problems_of(config_dict)
+    assert any(p.startswith("lm.prompt.model: must be 'embedded' (or 'embedded-1.5b')") for p in problems)
 
 
 def test_yaml_file_errors_carry_the_file_and_position(tmp_path):

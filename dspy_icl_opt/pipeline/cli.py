@@ -328,7 +328,8 @@ def _common_flags(parser: argparse.ArgumentParser, *, optimizer: bool) -> None:
     for size in ("train", "val", "test"):
         parser.add_argument(f"--{size}-size", dest=f"{size}_size", type=int, help=f"{size} examples")
     if optimizer:
-        parser.add_argument("--prompt-lm", help="prompt model (default: the task model)")
+        parser.add_argument("--prompt-lm", help="prompt model (default: the task model); 'embedded-1.5b' is the "
+                                                "stronger local one of the proposer extra")
         parser.add_argument("--optimizer", help="registry name(s), comma-separated to chain, e.g. abo,demos")
         parser.add_argument("--param", action="append", metavar="KEY=VALUE",
                             help="a parameter of the (last) optimizer; repeatable")

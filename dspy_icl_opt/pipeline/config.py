@@ -48,7 +48,8 @@ class _Strict(BaseModel):
 class LMSpec(_Strict):
     """One LM for :func:`dspy_icl_opt.lm.resolve_lm`; a bare string is shorthand for ``model``."""
 
-    model: str = Field("embedded", description="'embedded', a .gguf path, or provider/model")
+    model: str = Field("embedded", description="'embedded' (or 'embedded-1.5b', the proposer extra), a .gguf path, "
+                                               "or provider/model")
     temperature: float | None = Field(None, ge=0.0)
     max_tokens: int | None = Field(None, ge=1)
     cache: bool = True

@@ -7,6 +7,11 @@ difference with its paired standard error. A row's seed is its ``seed`` field, e
 in its file's name, else the file's name itself (so rows of different files never mix unless they
 name the same seed).
 
+``--curve FILE.png`` draws test accuracy against the calls spent (task + prompt model) for every method,
+one point per budget a method was run at (each budget's rows in their own ``--out`` file, since a file
+keeps one row per task and method): the point at N calls is the program a run capped at N returned,
+so "as good at half the calls" is read off one picture. The same points are printed as a table.
+
 Run (the README's figures come from this command):
     python examples/benchmarks/summarize_runs.py examples/benchmarks/results/run_e_seed*.jsonl \
         --pair demos,bfsrs --pair demos,uncompiled --pair bfsrs,uncompiled
@@ -84,10 +89,68 @@ def pair_grid(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> str:
     return "\n".join(lines)
 
 
+def curve_points(paths: Sequence[str]) -> dict[str, list[dict]]:
+    """Per method, one point per budget: mean calls (task + prompt), mean test accuracy and its standard
+    error over the cells (seed x task) run at that budget. Every row counts, a method's rows at several
+    budgets included (``read_cells`` keeps one per cell)."""
+    groups: dict[tuple[str, object], list[dict]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if "skipped" not in row:
+                    groups.setdefault((row["method"], row.get("budget")), []).append(row)
+    points: dict[str, list[dict]] = {}
+    for (method, budget), rows in groups.items():
+        accs = [r["test_accuracy"] for r in rows]
+        mean = sum(accs) / len(accs)
+        se = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1) / len(accs)) if len(accs) > 1 else None
+        calls = sum(r["task_calls"] + r.get("prompt_calls", 0) for r in rows) / len(rows)
+        points.setdefault(method, []).append({"budget": budget, "cells": len(rows), "calls": calls,
+                                              "accuracy": mean, "se": se})
+    for method_points in points.values():
+        method_points.sort(key=lambda p: p["calls"])
+    return points
+
+
+def curve_table(points: dict[str, list[dict]]) -> str:
+    lines = ["| method | budget | cells | mean calls (task + prompt) | mean test acc (s.e.) |", "|---|---|---|---|---|"]
+    for method, method_points in points.items():
+        for p in method_points:
+            se = f" ({p['se']:.3f})" if p["se"] is not None else ""
+            lines.append(f"| {method} | {p['budget'] if p['budget'] is not None else '-'} | {p['cells']} | "
+                         f"{p['calls']:.0f} | {p['accuracy']:.3f}{se} |")
+    return "\n".join(lines)
+
+
+def plot_curve(points: dict[str, list[dict]], path: str) -> None:
+    """Test accuracy against calls, a line and markers per method (error bars where there are several cells)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, method_points in points.items():
+        xs, ys = [p["calls"] for p in method_points], [p["accuracy"] for p in method_points]
+        errs = [p["se"] or 0.0 for p in method_points]
+        ax.errorbar(xs, ys, yerr=errs if any(errs) else None, marker="o", capsize=3, label=method)
+    ax.set_xlabel("LM calls spent (task + prompt model)")
+    ax.set_ylabel("mean test accuracy")
+    ax.set_title("Accuracy against calls (one point per budget run)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", help="JSONL files written by bench_optimizers.py --out")
     parser.add_argument("--pair", action="append", default=[], metavar="A,B", help="compare method A with B")
+    parser.add_argument("--curve", default=None, metavar="FILE.png",
+                        help="draw test accuracy against calls spent, one point per budget, and print its table")
     args = parser.parse_args(argv)
     cells = read_cells(args.files)
     print(method_table(cells))
@@ -97,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         print(pair_grid(cells, a, b))
         print()
         print(pair_line(cells, a, b))
+    if args.curve:
+        points = curve_points(args.files)
+        plot_curve(points, args.curve)
+        print()
+        print(curve_table(points))
+        print(f"curve written to {args.curve}")
     return 0
 
 

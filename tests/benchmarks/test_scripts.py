@@ -54,3 +54,20 @@ def test_the_reference_budget_is_what_the_reference_row_spent(tmp_path):
     assert bench._reference_budget(None, "t1", 80) == 80
     with pytest.raises(SystemExit, match="no 'bfsrs' row for task 't2'"):
         bench._reference_budget(f"{ref}:bfsrs", "t2", 80)
+
+
+def test_the_curve_has_one_point_per_budget_with_calls_of_both_models(tmp_path, capsys):
+    summarize = load("summarize_runs")
+    low = write(tmp_path / "low_seed0.jsonl", [row("t1", "joint", 0.5, 190, prompt_calls=4, budget=200),
+                                               row("t2", "joint", 0.7, 196, prompt_calls=4, budget=200)])
+    high = write(tmp_path / "high_seed0.jsonl", [row("t1", "joint", 0.6, 390, prompt_calls=4, budget=400),
+                                                 row("t1", "mipro_light", 0.55, 600, prompt_calls=14, budget=400)])
+    points = summarize.curve_points([low, high])
+    assert [(p["budget"], p["cells"], p["calls"]) for p in points["joint"]] == [(200, 2, 197.0), (400, 1, 394.0)]
+    assert points["joint"][0]["accuracy"] == pytest.approx(0.6) and points["joint"][0]["se"] == pytest.approx(0.1)
+    assert points["joint"][1]["se"] is None  # one cell: no standard error claimed
+    png = tmp_path / "curve.png"
+    assert summarize.main([low, high, "--curve", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    out = capsys.readouterr().out
+    assert "| joint | 200 | 2 | 197 | 0.600 (0.100) |" in out and "| mipro_light | 400 | 1 | 614 | 0.550 |" in out

@@ -7,8 +7,8 @@ response cache, history, usage tracking, callbacks and the ``n > 1`` fan-out.
 
 The chat messages of a request are rendered with the model's own chat template by
 :func:`prompt_text`; the soft-prompt trainer renders its training prompts with the same function,
-so what is trained is what runs. A soft prompt's virtual tokens are prepended by PEFT, exactly as
-in training. The LM's name carries the soft prompt's digest, so DSPy's cache never serves one soft
+so what is trained is what runs. A soft prompt's virtual tokens are prepended by PEFT's forward,
+exactly as in training, and :func:`soft_decode` decodes from there. The LM's name carries the soft prompt's digest, so DSPy's cache never serves one soft
 prompt's answer for another's.
 
 Example:
@@ -41,7 +41,8 @@ DEFAULT_MAX_TOKENS = 512
 DEFAULT_SEED = 0
 STATE_VERSION = 1
 LM_PREFIX = "hf"
-SOFT_LM_PREFIX = "soft"
+#: "soft2": answers decoded by `soft_decode`; DSPy's cache never serves one written by PEFT's generate before it.
+SOFT_LM_PREFIX = "soft2"
 
 
 def prompt_text(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
@@ -129,11 +130,14 @@ class TransformersEngine:
         with loaded.lock, torch.no_grad():
             if self.n_threads:
                 torch.set_num_threads(self.n_threads)
-            if options.get("do_sample"):
-                torch.manual_seed(options.pop("seed"))
-            options.pop("seed", None)
-            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
-        new = output[0, ids.shape[1]:].tolist()
+            if self.soft_prompt is not None:  # PEFT's generate garbles prompt-learning models (see soft_decode)
+                new = soft_decode(model, loaded.model, ids, options, stop_ids=_stop_ids(loaded))
+            else:
+                if options.get("do_sample"):
+                    torch.manual_seed(options.pop("seed"))
+                options.pop("seed", None)
+                output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
+                new = output[0, ids.shape[1]:].tolist()
         text = loaded.tokenizer.decode(new, skip_special_tokens=True)
         text, stopped = _cut_at_stop(text, request.config.stop)
         finish = "length" if len(new) >= options["max_new_tokens"] and not stopped else "stop"
@@ -184,6 +188,58 @@ class TransformersEngine:
                    n_threads=state.get("n_threads"))
 
 
+def _stop_ids(loaded: LoadedModel) -> set[int]:
+    """The tokens that end an answer: the model's end-of-turn / end-of-sequence ids."""
+    ids = loaded.model.generation_config.eos_token_id
+    if ids is None:
+        ids = loaded.tokenizer.eos_token_id
+    return set(ids) if isinstance(ids, (list, tuple)) else {ids} if ids is not None else set()
+
+
+def soft_decode(peft_model: Any, base: Any, ids: Any, options: dict[str, Any], *, stop_ids: set[int]) -> list[int]:
+    """Decode after ``ids`` with a soft prompt, token by token, with a KV cache: the new token ids.
+
+    The prompt goes through the PEFT model's own ``forward`` (the path training takes: virtual tokens
+    prepended, or the prefix as past keys and values), which returns the cache; each new token then goes
+    through the base model with that cache. PEFT's ``generate`` is not used: with the transformers and
+    PEFT versions this extra allows it writes garbage for prompt-tuned models (measured on the embedded
+    model: "[[ ## answer. Answer the correctAnswer theAnswerAnswer..." where this loop and an uncached
+    full forward per token both write "[[ ## answer ## ]] (D) 06/18/2017").
+    Greedy at temperature 0; otherwise sampled at ``temperature`` with nucleus ``top_p`` from ``seed``.
+    """
+    import torch
+
+    limit = int(options["max_new_tokens"])
+    generator = None
+    if options.get("do_sample"):
+        generator = torch.Generator().manual_seed(int(options["seed"]))
+    out = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    cache, logits = out.past_key_values, out.logits[0, -1]
+    new: list[int] = []
+    while len(new) < limit:
+        token = _next_token(logits, options, generator)
+        new.append(token)
+        if token in stop_ids or len(new) >= limit:
+            break
+        step = base(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+        cache, logits = step.past_key_values, step.logits[0, -1]
+    return new
+
+
+def _next_token(logits: Any, options: dict[str, Any], generator: Any) -> int:
+    import torch
+
+    if not options.get("do_sample"):
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / float(options["temperature"]), dim=-1)
+    top_p = float(options.get("top_p", 1.0))
+    if top_p < 1.0:
+        ordered, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(ordered, dim=-1) - ordered < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
 def _prompt_ids(loaded: LoadedModel, request: Request) -> list[int]:
     return encode(loaded.tokenizer, prompt_text(loaded.tokenizer, request_to_messages(request)))
 
@@ -221,7 +277,7 @@ class AsyncTransformersEngine:
 
 
 def lm_name(base_model: str | os.PathLike[str], soft_prompt: SoftPrompt | None) -> str:
-    """``hf/<model>``, or ``soft/<model>+<method>@<digest>`` so DSPy's cache tells soft prompts apart."""
+    """``hf/<model>``, or ``soft2/<model>+<method>@<digest>`` so DSPy's cache tells soft prompts apart."""
     stem = "embedded" if source_kind(base_model) == "embedded" else Path(base_model).stem or Path(base_model).name
     if soft_prompt is None:
         return f"{LM_PREFIX}/{stem}"

@@ -50,7 +50,17 @@ def test_soft_prompt_trains_on_the_embedded_model(tmp_path, one_torch_thread):
     soft = tuner.soft_prompts_[2]
     from dspy_icl_opt.lm.transformers_engine import transformers_lm
 
-    answer = transformers_lm("embedded", soft_prompt=soft, max_tokens=16, cache=False)("Say yes.")[0]
-    assert isinstance(answer, str)
+    # With the soft prompt, the model still answers in the adapter's format (PEFT's own generate wrote
+    # "[[ ## answer. Answer the correctAnswer theAnswerAnswer..." here, so no soft prompt ever won).
+    from dspy.adapters import ChatAdapter
+
+    from dspy_icl_opt.optimizers.soft_training import example_messages
+
+    lm = transformers_lm("embedded", soft_prompt=soft, max_tokens=48, cache=False)
+    for example in task.val:
+        messages = example_messages(program.predictor, example, ChatAdapter())[:-1]
+        answer = lm(messages=messages)[0]
+        assert answer.lstrip().startswith("[[ ## answer ## ]]"), answer
+        assert lm.history[-1]["usage"]["completion_tokens"] < 48, answer  # it stopped by itself
     reloaded = load_soft_program(make_program("qa", task), tmp_path)  # with or without the soft prompt it kept
     assert reloaded.predictor.signature.instructions == program.predictor.signature.instructions

@@ -32,7 +32,7 @@ def test_soft_prompt_step_runs_from_a_config_and_is_loaded_back(config_dict, mak
     out = tmp_path / "run"
     [step] = list((out / "steps").iterdir())
     assert (step / SOFT_PROMPT_FILE).is_file() and (out / SOFT_PROMPT_FILE).is_file()
-    assert result.program.predictor.lm.model.startswith("soft/")
+    assert result.program.predictor.lm.model.startswith("soft2/")
     assert result.reports[0].extra["soft_prompt"]["chosen_epoch"] == 1
 
     again = run_pipeline(parse_config(config_dict), task_lm=make_task_lm(), progress=False)

@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     from dspy_icl_opt.pipeline.cli import setup_logging  # the library logs through `logging`, quiet by default
 
     setup_logging("INFO")
+    if any("soft" in m for m in args.methods.split(",")):
+        import torch
+
+        torch.set_num_threads(1)  # one thread per model process, as llama.cpp's n_threads=1 (two share the 2 cores)
     task_lm = resolve_lm(args.lm, temperature=0.0, max_tokens=256, cache=False)
     prompt_lm = resolve_lm(args.prompt_lm or args.lm, temperature=1.0, max_tokens=400, cache=False)
     suffix = f"@{args.prompt_lm}" if args.prompt_lm and args.prompt_lm != args.lm else ""

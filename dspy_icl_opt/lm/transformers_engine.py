@@ -8,8 +8,8 @@ response cache, history, usage tracking, callbacks and the ``n > 1`` fan-out.
 The chat messages of a request are rendered with the model's own chat template by
 :func:`prompt_text`; the soft-prompt trainer renders its training prompts with the same function,
 so what is trained is what runs. A soft prompt's virtual tokens are prepended by PEFT's forward,
-exactly as in training, and :func:`soft_decode` decodes from there. The LM's name carries the soft prompt's digest, so DSPy's cache never serves one soft
-prompt's answer for another's.
+exactly as in training, and :func:`soft_decode` decodes from there. The LM's name carries the soft
+prompt's digest, so DSPy's cache never serves one soft prompt's answer for another's.
 
 Example:
     >>> import dspy

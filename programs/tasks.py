@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ def load_task(
         train_size=train_size,
         val_size=val_size,
         test_size=test_size,
+        shuffle_choices=True,
     )
 
 
@@ -181,11 +183,17 @@ def load_jsonl_task(
     train_size: int | None = None,
     val_size: int | None = None,
     test_size: int | None = None,
+    shuffle_choices: bool = False,
 ) -> Task:
     """Load a task from a JSONL file with ``question``, optional ``choices`` and ``answer`` per line.
 
     A task is multiple choice when every line has ``choices``; then the ``options`` input is the
-    lettered list of choices and the gold ``answer`` must be one of them.
+    lettered list of choices and the gold ``answer`` must be one of them. With ``shuffle_choices`` the
+    choices of each example are put in an order drawn from the example's own text (the same in every
+    split and run), so the gold answer's position carries no signal: in the BIG-bench files bundled
+    here the gold answer is listed first in 364 of 369 date_understanding and 400 of 400
+    temporal_sequences examples, which a program answering "(A)" (or a soft prompt, or demos that
+    all answer "(A)") would exploit. `load_task` always shuffles.
 
     Args:
         path: The JSONL file.
@@ -195,6 +203,7 @@ def load_jsonl_task(
         train_size: Training examples (default as in `load_task`).
         val_size: Validation examples (default as in `load_task`).
         test_size: Test examples (default: the rest, capped at 100).
+        shuffle_choices: Reorder each example's choices by a draw seeded from its text (see above).
 
     Returns:
         The loaded `Task`.
@@ -215,7 +224,8 @@ def load_jsonl_task(
     rows = _read_rows(path)
     multiple_choice = _is_multiple_choice(rows, path)
     examples = [
-        _to_example(row, multiple_choice=multiple_choice, where=f"{path}:{line}") for line, row in enumerate(rows, 1)
+        _to_example(row, multiple_choice=multiple_choice, where=f"{path}:{line}", shuffle_choices=shuffle_choices)
+        for line, row in enumerate(rows, 1)
     ]
     random.Random(seed).shuffle(examples)
     train, val, test = _split(examples, train_size=train_size, val_size=val_size, test_size=test_size)
@@ -262,7 +272,16 @@ def _is_multiple_choice(rows: Sequence[Mapping[str, Any]], path: Path) -> bool:
     return with_choices > 0
 
 
-def _to_example(row: Mapping[str, Any], *, multiple_choice: bool, where: str) -> dspy.Example:
+def _choice_order(question: str, choices: list[str]) -> list[str]:
+    """``choices`` in an order drawn from the example's own text: stable across runs, splits and machines."""
+    digest = hashlib.sha256("\x1f".join([question, *choices]).encode("utf-8")).digest()
+    shuffled = list(choices)
+    random.Random(int.from_bytes(digest[:8], "big")).shuffle(shuffled)
+    return shuffled
+
+
+def _to_example(row: Mapping[str, Any], *, multiple_choice: bool, where: str,
+                shuffle_choices: bool = False) -> dspy.Example:
     """One JSON row as a ``dspy.Example`` with its inputs set."""
     question, answer = row.get(QUESTION_KEY), row.get(ANSWER_KEY)
     if not isinstance(question, str) or not question.strip() or answer is None:
@@ -279,6 +298,8 @@ def _to_example(row: Mapping[str, Any], *, multiple_choice: bool, where: str) ->
             f"The `answer` must be one of the `choices`, but line {where} has answer {answer!r} and choices "
             f"{choices}. Make the answer the exact text of the gold choice."
         )
+    if shuffle_choices:
+        choices = _choice_order(question, choices)
     example = dspy.Example(question=question, options=format_options(choices), choices=choices, answer=answer)
     return example.with_inputs(QUESTION_KEY, OPTIONS_KEY)
 

@@ -200,3 +200,28 @@ def test_examples_are_dspy_examples_with_inputs(choice_task):
     for example in choice_task.train + choice_task.val + choice_task.test:
         assert isinstance(example, dspy.Example)
         assert example._input_keys == {"question", "options"}
+
+
+def test_bundled_multiple_choice_tasks_do_not_give_the_answer_away_by_its_position():
+    # The BIG-bench files list the gold choice first in 364 of 369 date_understanding and 400 of 400
+    # temporal_sequences examples; load_task reorders each example's choices from its own text.
+    for name in ("date_understanding", "temporal_sequences"):
+        examples = [*load_task(name, seed=0).train, *load_task(name, seed=0).val, *load_task(name, seed=0).test]
+        first = sum(ex.choices.index(ex.answer) == 0 for ex in examples)
+        assert first < 0.4 * len(examples), (name, first, len(examples))
+        assert all(ex.answer in ex.choices and ex.options.startswith("(A) ") for ex in examples)
+    again = load_task("date_understanding", seed=3, train_size=369 - 2, val_size=1, test_size=1)
+    by_question = {ex.question: ex.choices for ex in again.train + again.val + again.test}
+    for ex in load_task("date_understanding", seed=0).train:  # the same order in every split and run
+        assert by_question[ex.question] == ex.choices
+
+
+def test_a_users_file_keeps_its_choice_order_unless_asked(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "choices": ["right", "wrong", "other"],
+                                        "answer": "right"}) + "\n" for i in range(12)))
+    kept = load_jsonl_task(path, train_size=4, val_size=4)
+    assert all(ex.choices == ["right", "wrong", "other"] for ex in kept.train + kept.val + kept.test)
+    shuffled = load_jsonl_task(path, train_size=4, val_size=4, shuffle_choices=True)
+    orders = {tuple(ex.choices) for ex in shuffled.train + shuffled.val + shuffled.test}
+    assert len(orders) > 1 and all(sorted(o) == ["other", "right", "wrong"] for o in orders)

@@ -53,6 +53,8 @@ def evaluate(program: dspy.Module, examples: list[dspy.Example], metric: Callabl
 def method_registry() -> dict[str, Callable[..., dspy.Module]]:
     return {
         "uncompiled": lambda ctx: ctx["program"],
+        # the program as given, answered in PyTorch on float32 weights as a soft prompt's answers are
+        "uncompiled_fp32": _uncompiled_fp32,
         "zeroshot_cot": _zeroshot_cot,
         "copro": _copro,
         # ours run with their defaults: each plans its steps from the budget it is given
@@ -74,6 +76,20 @@ def method_registry() -> dict[str, Callable[..., dspy.Module]]:
         # MIPROv2's drop-in, held to --budget / --prompt-budget (its own plan)
         "joint": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.joint", "InstructionDemoSearch"),
     }
+
+
+def _uncompiled_fp32(ctx: dict[str, Any]) -> dspy.Module:
+    """The control for a soft prompt's row: SoftPromptTuner's program answers through PyTorch on the task
+    model's dequantized float32 weights, the program as given through llama.cpp on its Q4 weights; this
+    runs the program as given the first way, so the two rows differ by the soft prompt alone."""
+    from dspy_icl_opt.lm.soft_programs import soft_lm_settings
+    from dspy_icl_opt.lm.transformers_engine import transformers_lm
+
+    program = ctx["program"].deepcopy()
+    lm = transformers_lm("embedded", **soft_lm_settings(ctx["task_lm"]))
+    for _, predictor in program.named_predictors():
+        predictor.lm = lm
+    return program
 
 
 def _zeroshot_cot(ctx: dict[str, Any]) -> dspy.Module:
@@ -247,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from dspy_icl_opt.pipeline.cli import setup_logging  # the library logs through `logging`, quiet by default
 
     setup_logging("INFO")
-    if any("soft" in m for m in args.methods.split(",")):
+    if any("soft" in m or "fp32" in m for m in args.methods.split(",")):
         import torch
 
         torch.set_num_threads(1)  # one thread per model process, as llama.cpp's n_threads=1 (two share the 2 cores)

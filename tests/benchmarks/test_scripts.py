@@ -71,3 +71,24 @@ def test_the_curve_has_one_point_per_budget_with_calls_of_both_models(tmp_path, 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     out = capsys.readouterr().out
     assert "| joint | 200 | 2 | 197 | 0.600 (0.100) |" in out and "| mipro_light | 400 | 1 | 614 | 0.550 |" in out
+
+
+def test_the_fp32_control_runs_the_given_program_on_a_pytorch_lm_with_the_task_models_settings(monkeypatch):
+    import dspy
+
+    from dspy_icl_opt.lm import transformers_engine
+
+    bench = load("bench_optimizers")
+    built = []
+
+    def fake_transformers_lm(base_model, **kwargs):
+        built.append((base_model, kwargs))
+        return dspy.utils.DummyLM([{"answer": "x"}])
+
+    monkeypatch.setattr(transformers_engine, "transformers_lm", fake_transformers_lm)
+    given = dspy.Predict("question -> answer")
+    task_lm = dspy.LM("openai/unused", temperature=0.0, max_tokens=256, cache=False)
+    program = bench.method_registry()["uncompiled_fp32"]({"program": given, "task_lm": task_lm})
+    assert built == [("embedded", {"temperature": 0.0, "max_tokens": 256, "cache": False})]
+    assert [p.lm for _, p in program.named_predictors()] == [program.lm] and isinstance(program.lm, dspy.utils.DummyLM)
+    assert given.lm is None and program is not given  # the caller's program is left as it was

@@ -117,12 +117,19 @@ def bootstrap_pools(ctx: SearchContext, *, max_calls: int, threshold: float, max
     found: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
     order = list(ctx.trainset)
     ctx.rng.shuffle(order)
-    batch = max(1, ctx.optimizer.num_threads)
-    start = _task_calls(ctx)
-    for i in range(0, len(order) if max_calls > 0 else 0, batch):
-        if _task_calls(ctx) - start >= max_calls or all(len(found[n]) >= max_per_predictor for n in names):
+    start, i = _task_calls(ctx), 0
+    while i < len(order) and max_calls > 0:
+        spent = _task_calls(ctx) - start
+        if spent >= max_calls or all(len(found[n]) >= max_per_predictor for n in names):
             break
-        for outcome in run_teacher(ctx, teacher, order[i:i + batch]):
+        # As many examples as demos are still missing, and no more than the calls left pay for (at the
+        # calls per example seen so far; one per predictor before), run in parallel up to num_threads:
+        # what runs does not depend on the thread count.
+        per_example = spent / i if i else len(names)
+        affordable = int((max_calls - spent) // max(1.0, per_example))
+        batch = max(1, min(max(max_per_predictor - len(found[n]) for n in names), affordable))
+        chunk, i = order[i:i + batch], i + batch
+        for outcome in run_teacher(ctx, teacher, chunk):
             if outcome.failed or outcome.score < threshold:
                 continue
             for call in outcome.trace:

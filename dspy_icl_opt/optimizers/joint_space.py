@@ -147,12 +147,14 @@ def bootstrap(ctx: SearchContext, sources: Sequence[dspy.Example], *, max_demos:
     teacher = labeled_teacher(ctx, teacher_demos, seed)
     order = list(sources)
     random.Random(stable_int(seed, "bootstrap-order")).shuffle(order)
-    batch = max(1, ctx.optimizer.num_threads)
     wanted = BOOTSTRAP_POOL_FACTOR * max_demos
-    for start in range(0, len(order), batch):
-        if all(len(found[n]) >= wanted for n in names):
-            break
-        for outcome in run_teacher(ctx, teacher, order[start:start + batch]):
+    start = 0
+    while start < len(order) and not all(len(found[n]) >= wanted for n in names):
+        # As many examples as traces are still missing (a passing run gives each predictor at most one
+        # new trace), run in parallel up to num_threads: what runs does not depend on the thread count.
+        batch = max(wanted - len(found[n]) for n in names)
+        chunk, start = order[start:start + batch], start + batch
+        for outcome in run_teacher(ctx, teacher, chunk):
             if outcome.failed or outcome.score < threshold:
                 continue
             for call in outcome.trace:

@@ -533,3 +533,18 @@ def test_bfsrs_compile_arguments():
     assert selector.report_.finished
     with pytest.raises(TypeError, match=r"`restrict` .* n_trials=N"):
         selector.compile(TwoSteps(), trainset=train, valset=train[:4], restrict=[1, 2])
+
+
+def test_the_thread_count_changes_neither_the_bootstrap_nor_the_result(two_teachers):
+    # The bootstrap used to run batches of num_threads examples, so more threads paid for examples past
+    # the point where the pool was full and left the trials less budget.
+    def run(threads):
+        lm = two_teachers.lm()
+        lm.engine.knows = lambda view: bool(view.demos) or len(view.question) % 2 == 0  # half pass zero-shot
+        selector, program = select(two_teachers, lm, n_trials=8, pools=("labeled", "bootstrapped"), num_threads=threads,
+                                   seed=5, max_demos=2, budget={"max_task_calls": 150})
+        trials = [(t.params, t.value) for t in selector.study_.trials]
+        return selector.report_.spent["task"].calls, trials, questions(program)
+
+    one = run(1)
+    assert one[0] > 0 and run(4) == one

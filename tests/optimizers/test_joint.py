@@ -288,3 +288,22 @@ def test_proposals_are_read_from_plain_text():
     assert read_instruction("x" * 101, 100) == ""
     assert read_instruction("Count the vowels of the word.\n\nThis instruction is clear and helpful.", 100) == \
         "Count the vowels of the word."
+
+
+def test_the_thread_count_changes_neither_the_calls_nor_the_result(task):
+    # Bootstrapping used to run examples in batches of num_threads, so more threads ran (and paid for)
+    # examples past the point where enough traces were found, and the trials had less budget left.
+    from dspy_icl_opt.testing import any_of
+
+    def run(threads):  # the teacher (two labeled demos) passes, so its runs become bootstrapped demos
+        lm = task.lm(knows=any_of(rule_in_instruction(task.rule), correct_demos(task.solve, at_least=2)))
+        opt = make(task, task_model=lm, num_threads=threads, seed=3,
+                   budget={"max_task_calls": 300, "max_prompt_calls": 12})
+        program = opt.compile(task.program(), trainset=task.train, valset=task.val)
+        joint = opt.report_.extra["joint"]
+        return (opt.report_.spent["task"].calls, joint["demo_sets"], [t["choice"] for t in joint["trials"]],
+                program.signature.instructions, [dict(d) for d in program.demos])
+
+    one = run(1)
+    assert any(s["name"].startswith("bootstrapped") for s in one[1]["self"]), "the bootstrap ran"
+    assert run(4) == one

@@ -92,3 +92,39 @@ def test_the_fp32_control_runs_the_given_program_on_a_pytorch_lm_with_the_task_m
     assert built == [("embedded", {"temperature": 0.0, "max_tokens": 256, "cache": False})]
     assert [p.lm for _, p in program.named_predictors()] == [program.lm] and isinstance(program.lm, dspy.utils.DummyLM)
     assert given.lm is None and program is not given  # the caller's program is left as it was
+
+
+def test_a_rows_calls_include_what_each_chained_optimizer_counted_beyond_the_meter(monkeypatch):
+    # A soft prompt validates on a PyTorch LM of its own, which the benchmark's meter does not wrap:
+    # the row must still show those calls (the optimizers' own counts, summed over a chain).
+    import argparse
+    import types
+
+    import dspy
+
+    from dspy_icl_opt.search.budget import Spent
+
+    bench = load("bench_optimizers")
+
+    class Counted:
+        def __init__(self, metric, **kwargs):
+            self.report_ = None
+
+        def compile(self, program, *, trainset, valset):
+            self.report_ = types.SimpleNamespace(spent={"task": Spent(calls=120), "prompt": Spent(calls=3)},
+                                                 stopped_by_budget=False, steps_completed=1, extra={},
+                                                 candidates=[], counters=None)
+            return program
+
+    monkeypatch.setitem(sys.modules, "fake_optimizers", types.SimpleNamespace(Counted=Counted))
+
+    def chain(ctx):
+        half = dict(ctx, budget=ctx["budget"] // 2)
+        half["program"] = bench._ours(half, "fake_optimizers", "Counted")
+        return bench._ours(half, "fake_optimizers", "Counted")
+
+    monkeypatch.setattr(bench, "method_registry", lambda: {"chain": chain})
+    args = argparse.Namespace(seed=0, train=4, val=4, test=3, program="qa", budget=400, prompt_budget=40)
+    lm = dspy.utils.DummyLM([{"answer": "x"}] * 10)
+    row = bench.run_method("chain", "disambiguation_qa", args, (lm, lm))
+    assert (row["task_calls"], row["prompt_calls"]) == (240, 6)

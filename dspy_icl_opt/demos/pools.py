@@ -113,31 +113,45 @@ def bootstrap_pools(ctx: SearchContext, *, max_calls: int, threshold: float, max
     ``max_per_predictor`` demos.
     """
     teacher = teacher or (lambda example: ctx.initial_state)
-    names = [name for name, _ in ctx.predictors]
-    found: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
     order = list(ctx.trainset)
     ctx.rng.shuffle(order)
+    start = _task_calls(ctx)
+    found = collect_traces(ctx, teacher, order, wanted=max_per_predictor, threshold=threshold, max_calls=max_calls)
+    logger.info("Bootstrapped {} with {} task-model calls", {n: len(d) for n, d in found.items()},
+                _task_calls(ctx) - start)
+    return found
+
+
+def collect_traces(ctx: SearchContext, teacher: Callable[[dspy.Example], ProgramState],
+                   order: Sequence[dspy.Example], *, wanted: int, threshold: float,
+                   max_calls: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The teacher's traces on ``order`` that score at least ``threshold``, up to ``wanted`` per predictor.
+
+    Stops once every predictor has ``wanted`` traces, every example ran, or (with ``max_calls``)
+    that many task-model calls were spent here. Each round runs as many examples as traces are
+    still missing (a passing run gives each predictor at most one new one), and no more than the
+    calls left pay for at the calls per example seen so far (one per predictor before); they run in
+    parallel up to ``num_threads``, so what runs does not depend on the thread count.
+    """
+    names = [name for name, _ in ctx.predictors]
+    found: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
     start, i = _task_calls(ctx), 0
-    while i < len(order) and max_calls > 0:
+    while i < len(order):
         spent = _task_calls(ctx) - start
-        if spent >= max_calls or all(len(found[n]) >= max_per_predictor for n in names):
+        if (max_calls is not None and spent >= max_calls) or all(len(found[n]) >= wanted for n in names):
             break
-        # As many examples as demos are still missing, and no more than the calls left pay for (at the
-        # calls per example seen so far; one per predictor before), run in parallel up to num_threads:
-        # what runs does not depend on the thread count.
+        missing = max(wanted - len(found[n]) for n in names)
         per_example = spent / i if i else len(names)
-        affordable = int((max_calls - spent) // max(1.0, per_example))
-        batch = max(1, min(max(max_per_predictor - len(found[n]) for n in names), affordable))
+        affordable = missing if max_calls is None else int((max_calls - spent) // max(1.0, per_example))
+        batch = max(1, min(missing, affordable))
         chunk, i = order[i:i + batch], i + batch
         for outcome in run_teacher(ctx, teacher, chunk):
             if outcome.failed or outcome.score < threshold:
                 continue
             for call in outcome.trace:
                 demo = {**call.get("inputs", {}), **call.get("outputs", {})}
-                if call.get("predictor") in found and len(found[call["predictor"]]) < max_per_predictor:
+                if call.get("predictor") in found and len(found[call["predictor"]]) < wanted:
                     found[call["predictor"]].setdefault(demo_id(demo), demo)
-    spent = _task_calls(ctx) - start
-    logger.info("Bootstrapped {} with {} task-model calls", {n: len(d) for n, d in found.items()}, spent)
     return {name: list(demos.values()) for name, demos in found.items()}
 
 

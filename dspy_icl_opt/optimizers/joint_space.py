@@ -26,7 +26,7 @@ from typing import Any
 import dspy
 from optuna.distributions import CategoricalDistribution
 
-from dspy_icl_opt.demos.pools import demo_id, labeled_pool, labeled_teacher, run_teacher
+from dspy_icl_opt.demos.pools import collect_traces, demo_id, labeled_pool, labeled_teacher
 from dspy_icl_opt.demos.strategies import mmr
 from dspy_icl_opt.search.base import SearchContext, stable_int
 from dspy_icl_opt.search.surgery import ProgramState
@@ -140,28 +140,12 @@ def bootstrap(ctx: SearchContext, sources: Sequence[dspy.Example], *, max_demos:
     bootstraps a prefix of what the full run does. It stops once every predictor has
     ``BOOTSTRAP_POOL_FACTOR * max_demos`` traces or every source example ran.
     """
-    names = [name for name, _ in ctx.predictors]
-    found: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
     if max_demos <= 0 or not sources:
-        return {name: [] for name in names}
+        return {name: [] for name, _ in ctx.predictors}
     teacher = labeled_teacher(ctx, teacher_demos, seed)
     order = list(sources)
     random.Random(stable_int(seed, "bootstrap-order")).shuffle(order)
-    wanted = BOOTSTRAP_POOL_FACTOR * max_demos
-    start = 0
-    while start < len(order) and not all(len(found[n]) >= wanted for n in names):
-        # As many examples as traces are still missing (a passing run gives each predictor at most one
-        # new trace), run in parallel up to num_threads: what runs does not depend on the thread count.
-        batch = max(wanted - len(found[n]) for n in names)
-        chunk, start = order[start:start + batch], start + batch
-        for outcome in run_teacher(ctx, teacher, chunk):
-            if outcome.failed or outcome.score < threshold:
-                continue
-            for call in outcome.trace:
-                demo = {**call.get("inputs", {}), **call.get("outputs", {})}
-                if call.get("predictor") in found and len(found[call["predictor"]]) < wanted:
-                    found[call["predictor"]].setdefault(demo_id(demo), demo)
-    return {name: list(demos.values()) for name, demos in found.items()}
+    return collect_traces(ctx, teacher, order, wanted=BOOTSTRAP_POOL_FACTOR * max_demos, threshold=threshold)
 
 
 def demo_sets(predictor: dspy.Predict, name: str, sources: Sequence[dspy.Example], boot: list[dict[str, Any]], *,

@@ -111,9 +111,8 @@ def _ours(ctx: dict[str, Any], module: str, name: str, **params: Any) -> dspy.Mo
     ctx["report"] = optimizer.report_
     # What the optimizer itself counted: a soft prompt's validation runs on an LM of its own (PyTorch),
     # which the benchmark's meter does not see. Chained steps add up (their dict(ctx) copies share it).
-    counted = ctx.setdefault("counted", {"task": 0, "prompt": 0})
-    for side in counted:
-        counted[side] += optimizer.report_.spent[side].calls
+    for side in ctx["counted"]:
+        ctx["counted"][side] += optimizer.report_.spent[side].calls
     return program
 
 
@@ -208,12 +207,12 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
     except ImportError as exc:
         return {"task": task_name, "method": name, "skipped": f"not available: {exc}"}
     compile_s = time.perf_counter() - started
-    spent, counted = meter.snapshot(), ctx.get("counted", {})
+    spent, counted = meter.snapshot(), ctx["counted"]
     accuracy = evaluate(program, task.test, task.metric, lms[0])
     row = {"task": task_name, "method": name, "seed": args.seed, "test_accuracy": round(accuracy, 4),
            "budget": ctx["budget"],
-           "task_calls": max(spent["task"].calls, counted.get("task", 0)),
-           "prompt_calls": max(spent["prompt"].calls, counted.get("prompt", 0)),
+           "task_calls": max(spent["task"].calls, counted["task"]),
+           "prompt_calls": max(spent["prompt"].calls, counted["prompt"]),
            "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1)}
     if "report" in ctx:
         report = ctx["report"]

@@ -13,13 +13,16 @@ Run (the README's figures come from the three commands it shows, of this form):
 Methods: uncompiled, zeroshot_cot, copro, opro, apo, ape, iterative_ape, gepa, abo, abo_nodemo, promptagent,
 bfsrs, mipro, mipro_light, joint, demos, opro+demos, soft, opro+soft (the last two need the ``soft`` extra and
 a local task model; the soft prompt's validation generations count as task calls, its training passes are
-in the report only). A method whose module is missing is reported as skipped.
+in the report only). A method whose module is missing is reported as skipped. A chain's row also scores on the
+test set the program each earlier step handed on ("stages"), so "hard then soft" sits beside the hard prompt it
+started from; every row carries the process's peak resident memory ("peak_rss_mb").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -113,6 +116,8 @@ def _ours(ctx: dict[str, Any], module: str, name: str, **params: Any) -> dspy.Mo
     # which the benchmark's meter does not see. Chained steps add up (their dict(ctx) copies share it).
     for side in ctx["counted"]:
         ctx["counted"][side] += optimizer.report_.spent[side].calls
+    # Each step of a chain, so a row can say what the steps before the last one gave on their own.
+    ctx["stages"].append({"optimizer": name, "program": program, "report": optimizer.report_})
     return program
 
 
@@ -200,7 +205,7 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
     ctx = {"task": task, "program": make_program(args.program, task), "metric": task.metric, "train": task.train,
            "val": task.val, "task_lm": task_lm, "prompt_lm": prompt_lm, "seed": args.seed,
            "budget": args.budget if budget is None else budget,
-           "prompt_budget": args.prompt_budget, "counted": {"task": 0, "prompt": 0}}
+           "prompt_budget": args.prompt_budget, "counted": {"task": 0, "prompt": 0}, "stages": []}
     started = time.perf_counter()
     try:
         program = method_registry()[name](ctx)
@@ -214,6 +219,10 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
            "task_calls": max(spent["task"].calls, counted["task"]),
            "prompt_calls": max(spent["prompt"].calls, counted["prompt"]),
            "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1)}
+    if len(ctx["stages"]) > 1:  # a chain: the program each earlier step handed on, scored on the same test set
+        row["stages"] = [_stage_row(stage, task, lms[0]) for stage in ctx["stages"][:-1]]
+    # The process's peak resident memory so far (Linux reports KiB): with one method per process, the run's.
+    row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if "report" in ctx:
         report = ctx["report"]
         row["stopped_by_budget"] = report.stopped_by_budget
@@ -225,6 +234,15 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
             row["soft_prompt"] = {key: soft.get(key) for key in ("epochs", "training", "start_val", "chosen_epoch")}
     logger.info("{}", row)
     return row
+
+
+def _stage_row(stage: dict, task: Any, lm: dspy.BaseLM) -> dict[str, Any]:
+    """One earlier step of a chain: its calls, its search figures and its program's test accuracy alone."""
+    report = stage["report"]
+    return {"optimizer": stage["optimizer"],
+            "test_accuracy": round(evaluate(stage["program"], task.test, task.metric, lm), 4),
+            "task_calls": report.spent["task"].calls, "prompt_calls": report.spent["prompt"].calls,
+            **_search_figures(report)}
 
 
 def _search_figures(report: Any) -> dict[str, Any]:

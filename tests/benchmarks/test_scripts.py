@@ -128,3 +128,48 @@ def test_a_rows_calls_include_what_each_chained_optimizer_counted_beyond_the_met
     lm = dspy.utils.DummyLM([{"answer": "x"}] * 10)
     row = bench.run_method("chain", "disambiguation_qa", args, (lm, lm))
     assert (row["task_calls"], row["prompt_calls"]) == (240, 6)
+
+
+def test_a_chains_row_scores_each_earlier_steps_program_on_its_own(monkeypatch):
+    # "hard then soft" must sit beside the hard prompt it started from: the row scores the program the
+    # first step handed on, not the chain's final program twice.
+    import argparse
+    import types
+
+    import dspy
+
+    from dspy_icl_opt.search.budget import Spent
+
+    bench = load("bench_optimizers")
+    scores = {}
+
+    class Step:
+        def __init__(self, metric, **kwargs):
+            self.score, self.report_ = kwargs.get("score"), None
+
+        def compile(self, program, *, trainset, valset):
+            self.report_ = types.SimpleNamespace(spent={"task": Spent(calls=50), "prompt": Spent(calls=2)},
+                                                 stopped_by_budget=False, steps_completed=4,
+                                                 extra={"plan": {"steps": 5}}, candidates=[], counters=None)
+            out = program.deepcopy()
+            scores[id(out)] = self.score
+            return out
+
+    monkeypatch.setitem(sys.modules, "fake_steps", types.SimpleNamespace(Step=Step))
+    monkeypatch.setattr(bench, "evaluate", lambda program, examples, metric, lm: scores[id(program)])
+
+    def chain(ctx):
+        ctx["program"] = bench._ours(ctx, "fake_steps", "Step", score=0.25)
+        return bench._ours(ctx, "fake_steps", "Step", score=0.5)
+
+    monkeypatch.setattr(bench, "method_registry", lambda: {"chain": chain, "single": lambda ctx: chain(ctx) and
+                                                           bench._ours(ctx, "fake_steps", "Step", score=0.75)})
+    args = argparse.Namespace(seed=0, train=4, val=4, test=3, program="qa", budget=400, prompt_budget=40)
+    lm = dspy.utils.DummyLM([{"answer": "x"}])
+    row = bench.run_method("chain", "disambiguation_qa", args, (lm, lm))
+    assert row["test_accuracy"] == 0.5
+    assert [(s["optimizer"], s["test_accuracy"], s["task_calls"], s["steps"], s["planned_steps"])
+            for s in row["stages"]] == [("Step", 0.25, 50, 4, 5)]
+    assert row["peak_rss_mb"] > 10
+    one = bench.run_method("single", "disambiguation_qa", args, (lm, lm))
+    assert [s["test_accuracy"] for s in one["stages"]] == [0.25, 0.5]  # every step but the last

@@ -12,6 +12,10 @@ one point per budget a method was run at (each budget's rows in their own ``--ou
 keeps one row per task and method): the point at N calls is the program a run capped at N returned,
 so "as good at half the calls" is read off one picture. The same points are printed as a table.
 
+A chain's row (e.g. ``opro+soft``) carries the test accuracy of each earlier step's program; those are read as
+rows of their own named ``CHAIN/OPTIMIZER`` (``opro+soft/OPRO``), so ``--pair opro+soft,opro+soft/OPRO`` is the
+soft part's gain over the hard prompt it was trained under, cell by cell.
+
 Run (the README's figures come from this command):
     python examples/benchmarks/summarize_runs.py examples/benchmarks/results/run_e_seed*.jsonl \
         --pair demos,bfsrs --pair demos,uncompiled --pair bfsrs,uncompiled
@@ -37,14 +41,25 @@ def read_cells(paths: Sequence[str]) -> dict[tuple[str, str, str], dict]:
             if line.strip():
                 row = json.loads(line)
                 if "skipped" not in row:
-                    cells[(row["method"], str(row.get("seed", default)), row["task"])] = row
+                    seed = str(row.get("seed", default))
+                    cells[(row["method"], seed, row["task"])] = row
+                    for stage in stage_rows(row):
+                        cells[(stage["method"], seed, row["task"])] = stage
     return cells
+
+
+def stage_rows(row: dict) -> list[dict]:
+    """A chain's earlier steps as rows of their own, named ``CHAIN/OPTIMIZER`` (e.g. ``opro+soft/OPRO``): the
+    program each handed on, scored on the same test set, so the chain pairs with its own first step."""
+    return [{**{k: v for k, v in stage.items() if k != "optimizer"}, "task": row["task"],
+             "method": f"{row['method']}/{stage['optimizer']}", "seed": row.get("seed")}
+            for stage in row.get("stages", [])]
 
 
 def method_table(cells: dict[tuple[str, str, str], dict]) -> str:
     methods = list(dict.fromkeys(m for m, _, _ in cells))
-    lines = ["| method | cells | mean test acc | mean task calls | mean prompt calls | steps run (planned) | start kept |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | cells | mean test acc | mean task calls | mean prompt calls | steps run (planned) | start kept "
+             "| mean compile s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
     for method in methods:
         rows = [r for (m, _, _), r in cells.items() if m == method]
         acc = sum(r["test_accuracy"] for r in rows) / len(rows)
@@ -55,7 +70,11 @@ def method_table(cells: dict[tuple[str, str, str], dict]) -> str:
                  f"({sum(r.get('planned_steps') or 0 for r in searched) / len(searched):.1f})" if searched else "-")
         kept = [r["kept_start"] for r in rows if r.get("kept_start") is not None]
         kept_cell = f"{sum(kept)}/{len(kept)}" if kept else "-"
-        lines.append(f"| {method} | {len(rows)} | {acc:.3f} | {calls:.1f} | {prompt:.1f} | {steps} | {kept_cell} |")
+        timed = [r["compile_s"] for r in rows if r.get("compile_s") is not None]
+        wall = f"{sum(timed) / len(timed):.0f}" if timed else "-"
+        rss = max((r["peak_rss_mb"] for r in rows if r.get("peak_rss_mb") is not None), default=None)
+        lines.append(f"| {method} | {len(rows)} | {acc:.3f} | {calls:.1f} | {prompt:.1f} | {steps} | {kept_cell} "
+                     f"| {wall} | {'-' if rss is None else rss} |")
     return "\n".join(lines)
 
 

@@ -173,3 +173,20 @@ def test_a_chains_row_scores_each_earlier_steps_program_on_its_own(monkeypatch):
     assert row["peak_rss_mb"] > 10
     one = bench.run_method("single", "disambiguation_qa", args, (lm, lm))
     assert [s["test_accuracy"] for s in one["stages"]] == [0.25, 0.5]  # every step but the last
+
+
+def test_a_chains_earlier_steps_are_read_as_rows_that_pair_with_the_chain(tmp_path, capsys):
+    summarize = load("summarize_runs")
+    stage = {"optimizer": "OPRO", "test_accuracy": 0.3, "task_calls": 196, "prompt_calls": 5, "steps": 5,
+             "planned_steps": 5, "kept_start": True}
+    a = write(tmp_path / "run_seed0.jsonl", [row("t1", "opro+soft", 0.45, 356, seed=0, stages=[stage],
+                                                 compile_s=2000.0, peak_rss_mb=3100),
+                                             row("t2", "opro+soft", 0.3, 356, seed=0, stages=[dict(stage, test_accuracy=0.3)],
+                                                 compile_s=1000.0, peak_rss_mb=2900)])
+    cells = summarize.read_cells([a])
+    assert cells[("opro+soft/OPRO", "0", "t1")]["test_accuracy"] == 0.3
+    assert summarize.main([a, "--pair", "opro+soft,opro+soft/OPRO"]) == 0
+    out = capsys.readouterr().out
+    assert "opro+soft vs opro+soft/OPRO on 2 cells: above 1, level 1, below 0; mean difference +0.075" in out
+    assert "| opro+soft | 2 | 0.375 | 356.0 | 0.0 | - | - | 1500 | 3100 |" in out
+    assert "| opro+soft/OPRO | 2 | 0.300 | 196.0 | 5.0 | 5.0 (5.0) | 2/2 | - | - |" in out

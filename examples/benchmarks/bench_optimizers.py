@@ -245,6 +245,20 @@ def _stage_row(stage: dict, task: Any, lm: dspy.BaseLM) -> dict[str, Any]:
             **_search_figures(report)}
 
 
+def _final_table(report: Any, choice: dict) -> list[dict[str, Any]]:
+    """The start and each finalist at the final choice: its search scores (what ranked it) beside its validation
+    score and paired gain over the start, so a row shows whether the search's ranking held on new examples."""
+    by_id = {record.id: record for record in report.candidates}
+    table = []
+    for entry in choice.get("contenders", []):
+        record = by_id.get(entry["candidate"])
+        search = {k: round(v, 4) for k, v in (record.scores if record else {}).items() if k != "val"}
+        table.append({"candidate": entry["candidate"], "origin": record.origin if record else None,
+                      "search": search, "val": round(entry["val"], 4), "gain": entry["gain"], "se": entry["se"],
+                      "passed": entry["passed"]})
+    return table
+
+
 def _search_figures(report: Any) -> dict[str, Any]:
     """What tells whether the search worked: steps run against the plan, the start kept or not, how
     well each meta-prompt was answered, and how often the task model's answer could not be read."""
@@ -252,7 +266,7 @@ def _search_figures(report: Any) -> dict[str, Any]:
     choice = report.extra.get("final_choice") or {}
     return {"steps": report.steps_completed, "planned_steps": plan.get("steps"),
             "kept_start": choice.get("chosen") == choice.get("start") if choice else None,
-            "val_examples": choice.get("examples"),
+            "val_examples": choice.get("examples"), "final_choice": _final_table(report, choice),
             "meta_prompts": report.extra.get("meta_prompts", {}),
             "task_parse_failures": getattr(report.counters, "task_parse_failures", 0),
             "candidates": len(report.candidates)}

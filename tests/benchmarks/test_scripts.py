@@ -190,3 +190,26 @@ def test_a_chains_earlier_steps_are_read_as_rows_that_pair_with_the_chain(tmp_pa
     assert "opro+soft vs opro+soft/OPRO on 2 cells: above 1, level 1, below 0; mean difference +0.075" in out
     assert "| opro+soft | 2 | 0.375 | 356.0 | 0.0 | - | - | 1500 | 3100 |" in out
     assert "| opro+soft/OPRO | 2 | 0.300 | 196.0 | 5.0 | 5.0 (5.0) | 2/2 | - | - |" in out
+
+
+def test_a_row_shows_each_finalists_search_score_beside_its_validation():
+    # "the search's ranking did not hold on new examples" must be readable from the row itself
+    import types
+
+    from dspy_icl_opt.search.report import CandidateRecord
+
+    bench = load("bench_optimizers")
+    start = CandidateRecord(id=0, step=0, origin="seed", state={}, scores={"train": 0.4375, "val": 0.3})
+    best = CandidateRecord(id=7, step=2, origin="proposal", state={}, scores={"train": 0.6875, "val": 0.275})
+    choice = {"start": 0, "chosen": 0, "examples": 40, "contenders": [
+        {"candidate": 0, "val": 0.3, "gain": 0.0, "se": 0.0, "passed": False},
+        {"candidate": 7, "val": 0.275, "gain": -0.025, "se": 0.04, "passed": False}]}
+    report = types.SimpleNamespace(steps_completed=6, extra={"plan": {"steps": 5}, "final_choice": choice},
+                                   candidates=[start, best], counters=None)
+    figures = bench._search_figures(report)
+    assert figures["kept_start"] is True
+    assert figures["final_choice"] == [
+        {"candidate": 0, "origin": "seed", "search": {"train": 0.4375}, "val": 0.3, "gain": 0.0, "se": 0.0,
+         "passed": False},
+        {"candidate": 7, "origin": "proposal", "search": {"train": 0.6875}, "val": 0.275, "gain": -0.025,
+         "se": 0.04, "passed": False}]

@@ -58,8 +58,9 @@ def stage_rows(row: dict) -> list[dict]:
 
 def method_table(cells: dict[tuple[str, str, str], dict]) -> str:
     methods = list(dict.fromkeys(m for m, _, _ in cells))
-    lines = ["| method | cells | mean test acc | mean task calls | mean prompt calls | steps run (planned) | start kept "
-             "| mean compile s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| method | cells | mean test acc | mean task calls | mean prompt calls | steps run (planned) | start kept "
+              "| mean compile s | peak RSS MB |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for method in methods:
         rows = [r for (m, _, _), r in cells.items() if m == method]
         acc = sum(r["test_accuracy"] for r in rows) / len(rows)

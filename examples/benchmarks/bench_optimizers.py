@@ -269,7 +269,11 @@ def _search_figures(report: Any) -> dict[str, Any]:
             "val_examples": choice.get("examples"), "final_choice": _final_table(report, choice),
             "meta_prompts": report.extra.get("meta_prompts", {}),
             "task_parse_failures": getattr(report.counters, "task_parse_failures", 0),
-            "candidates": len(report.candidates)}
+            "candidates": len(report.candidates),
+            # every program state the search scored, for instruction_ceiling.py to score on the test set
+            "candidate_states": [{"id": r.id, "step": r.step, "origin": r.origin, "state": r.state,
+                                  "scores": {k: round(v, 4) for k, v in r.scores.items()}}
+                                 for r in report.candidates]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -213,3 +213,57 @@ def test_a_row_shows_each_finalists_search_score_beside_its_validation():
          "passed": False},
         {"candidate": 7, "origin": "proposal", "search": {"train": 0.6875}, "val": 0.275, "gain": -0.025,
          "se": 0.04, "passed": False}]
+
+
+def test_the_ceiling_separates_a_lucky_half_from_a_real_gain():
+    ceiling = load("instruction_ceiling")
+    start = [1.0, 0.0] * 10
+    same = list(start)
+    lucky = [1.0] * 10 + start[10:]  # +5 examples, all in the first half
+    real = [1.0 if i % 4 == 1 else s for i, s in enumerate(start)]  # +5 examples, spread over both halves
+    figures = ceiling.analyse(start, {1: same, 2: lucky}, search_rank=[2, 1, 0])
+    assert figures["search_pick"]["candidate"] == 2 and figures["search_pick"]["gain"] == pytest.approx(0.25)
+    assert figures["best_on_all"]["candidate"] == 2
+    assert figures["split_half_best_gain"] == pytest.approx(0.0)  # chosen on one half, nothing on the other
+    assert (figures["above_start"], figures["below_start"]) == (1, 0)
+    spread = ceiling.analyse(start, {1: same, 3: real}, search_rank=[0, 1, 3])
+    assert spread["split_half_best_gain"] == pytest.approx(0.25)
+    assert spread["search_pick"]["candidate"] == 1 and spread["search_pick"]["gain"] == 0.0
+    assert spread["true_spread_sd"] > 0.1
+    assert ceiling.analyse(start, {1: same, 4: same}, [1])["true_spread_sd"] == 0.0  # no spread beyond noise
+
+
+def test_the_ceiling_scores_a_rows_candidates_once_and_resumes(tmp_path, monkeypatch, capsys):
+    import dspy
+
+    ceiling = load("instruction_ceiling")
+    states = [{"id": 0, "step": 0, "origin": "seed", "state": {"predict": {"instruction": "Answer."}},
+               "scores": {"train": 0.4, "val": 0.3}},
+              {"id": 5, "step": 1, "origin": "proposal", "state": {"predict": {"instruction": "Think, then answer."}},
+               "scores": {"train": 0.6}}]
+    rows = write(tmp_path / "run_seed0.jsonl", [
+        row("date_understanding", "opro+soft", 0.44, 356, seed=0,
+            stages=[{"optimizer": "OPRO", "test_accuracy": 0.31, "candidate_states": states}])])
+    calls = []
+
+    def fake_score(program, state, examples, metric, lm):
+        calls.append(state["predict"]["instruction"])
+        return [1.0 if "Think" in state["predict"]["instruction"] and i < 10 else float(i % 2)
+                for i in range(len(examples))]
+
+    monkeypatch.setattr(ceiling, "score_candidate", fake_score)
+    monkeypatch.setattr(ceiling, "resolve_lm", lambda *a, **k: dspy.utils.DummyLM([{"answer": "x"}]))
+    out = tmp_path / "ceiling.jsonl"
+    argv = ["--rows", rows, "--task", "date_understanding", "--method", "opro+soft/OPRO", "--seed", "0",
+            "--test", "20", "--out", str(out)]
+    assert ceiling.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| 5 | proposal | 1 | 0.600 | - | 0.750 | +0.250 (0.099) |" in printed
+    assert "the search's top-ranked candidate (5): +0.250" in printed
+    assert ceiling.main(argv) == 0 and len(calls) == 2  # the second run read both from --out
+    capsys.readouterr()
+    assert ceiling.main([*argv, "--max-candidates", "0"]) == 0 and len(calls) == 2
+    only_start = capsys.readouterr().out
+    assert "| 0 | seed | 0 |" in only_start and "| 5 |" not in only_start
+    with pytest.raises(SystemExit, match="no 'APO' step"):
+        ceiling.main([*argv[:5], "opro+soft/APO", *argv[6:]])

@@ -1,0 +1,212 @@
+"""Which step of an instruction search fails: the proposals, or the choice among them?
+
+A search that returns the program as given can fail in two ways: its proposals are no better than
+the start (the proposer's ceiling is low), or some are better and the search could not tell which
+(selection). This script takes the program states one benchmark row's search scored (its
+``candidate_states``, written by ``bench_optimizers.py``), scores each on the same held-out test
+examples as the row, and prints:
+
+- every candidate's test accuracy and its paired difference to the start (same examples) with the
+  standard error, beside the scores the search saw (search set, validation);
+- **the search's pick**: the test gain of the candidate the search ranked first;
+- **a selection-free estimate of the best proposal**: the candidate best on one half of the test
+  examples, scored on the other half (both ways round, averaged); the best-on-all-examples figure is
+  printed too, but it is biased upwards by the choice;
+- **the spread of true quality**: the variance of the candidates' paired differences to the start
+  minus their mean sampling variance, as a standard deviation in accuracy points (0 when the
+  observed spread is no larger than the noise).
+
+If the split-half best is level with the start, no selection rule could have gained on these
+proposals: the proposals are the failing step. If it is clearly above and the search's pick is not,
+selection is.
+
+Run (one task-model process; the row must come from the same ``--train/--val/--test`` sizes):
+    python examples/benchmarks/instruction_ceiling.py --rows examples/benchmarks/results/run_k_date_understanding_seed0.jsonl \
+        --task date_understanding --method opro+soft/OPRO --seed 0 --out ceiling.jsonl
+
+``--method`` names a row (``opro``) or a chain's earlier step (``opro+soft/OPRO``). Each candidate's
+scores are appended to ``--out`` as they finish; a re-run skips the candidates already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy_icl_opt.programs import load_task, make_program
+
+from dspy_icl_opt.lm import resolve_lm
+from dspy_icl_opt.search.placement import PlacementAdapter
+from dspy_icl_opt.search.surgery import ProgramState, apply_state
+
+
+def find_row(path: str, task: str, method: str, seed: int) -> dict[str, Any]:
+    """The row (or a chain's earlier step, ``CHAIN/OPTIMIZER``) whose candidates are to be scored."""
+    chain, _, step = method.partition("/")
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if row.get("task") != task or row.get("method") != chain or int(row.get("seed", -1)) != seed:
+            continue
+        if not step:
+            found = row
+        else:
+            found = next((s for s in row.get("stages", []) if s.get("optimizer") == step), None)
+            if found is None:
+                raise SystemExit(f"--method {method}: the {chain!r} row has no {step!r} step; it has "
+                                 f"{[s.get('optimizer') for s in row.get('stages', [])]}.")
+        if "candidate_states" not in found:
+            raise SystemExit(f"--method {method}: its row records no candidate_states (rows written before the "
+                             "benchmark kept them); run bench_optimizers.py again for this cell.")
+        return found
+    raise SystemExit(f"--rows {path}: no row for task {task!r}, method {chain!r}, seed {seed}.")
+
+
+def score_candidate(program: dspy.Module, state: dict, examples: list[dspy.Example], metric: Any,
+                    lm: dspy.BaseLM) -> list[float]:
+    """The per-example scores of ``program`` carrying ``state`` (its instruction positions applied)."""
+    candidate = apply_state(program, ProgramState.from_dict(state))
+    evaluator = dspy.Evaluate(devset=examples, metric=metric, num_threads=1, display_progress=False,
+                              failure_score=0.0, max_errors=len(examples) + 1)
+    with dspy.context(lm=lm, adapter=PlacementAdapter()):
+        result = evaluator(candidate)
+    return [float(score) for _, _, score in result.results]
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of ``a - b`` and its standard error."""
+    diffs = [x - y for x, y in zip(a, b)]
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) if len(diffs) > 1 else 0.0
+    return mean, math.sqrt(var / len(diffs))
+
+
+def analyse(start: list[float], others: dict[int, list[float]], search_rank: list[int]) -> dict[str, Any]:
+    """The figures the module docstring lists, from per-example scores (the start's and each other candidate's)."""
+    n = len(start)
+    gains = {cid: paired(scores, start) for cid, scores in others.items()}
+    out: dict[str, Any] = {"examples": n, "candidates": len(others)}
+    if not others:
+        return out
+    pick = next((cid for cid in search_rank if cid in others), None)
+    out["search_pick"] = None if pick is None else {"candidate": pick, "gain": gains[pick][0], "se": gains[pick][1]}
+    best_all = max(others, key=lambda cid: (gains[cid][0], -cid))
+    out["best_on_all"] = {"candidate": best_all, "gain": gains[best_all][0], "se": gains[best_all][1]}
+    halves = [list(range(n // 2)), list(range(n // 2, n))]
+    split = []
+    for choose, judge in (halves, halves[::-1]):
+        chosen = max(others, key=lambda cid: (sum(others[cid][i] - start[i] for i in choose), -cid))
+        split.append(sum(others[chosen][i] - start[i] for i in judge) / len(judge))
+    out["split_half_best_gain"] = sum(split) / 2
+    diffs = [g for g, _ in gains.values()]
+    if len(diffs) > 1:
+        mean = sum(diffs) / len(diffs)
+        observed = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+        noise = sum(se ** 2 for _, se in gains.values()) / len(gains)
+        out["true_spread_sd"] = math.sqrt(max(0.0, observed - noise))
+        out["observed_spread_sd"] = math.sqrt(observed)
+    out["above_start"] = sum(g > 0 for g in diffs)
+    out["below_start"] = sum(g < 0 for g in diffs)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", required=True, help="a bench_optimizers.py --out file")
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--method", required=True, help="the row's method, or CHAIN/OPTIMIZER for a chain's step")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--program", default="qa")
+    parser.add_argument("--train", type=int, default=40)
+    parser.add_argument("--val", type=int, default=40)
+    parser.add_argument("--test", type=int, default=100)
+    parser.add_argument("--lm", default="embedded")
+    parser.add_argument("--max-candidates", type=int, default=None,
+                        help="score only the start and this many others, the search's top-ranked first")
+    parser.add_argument("--out", default=None, help="append each candidate's scores here; a re-run skips those done")
+    args = parser.parse_args(argv)
+    row = find_row(args.rows, args.task, args.method, args.seed)
+    task = load_task(args.task, seed=args.seed, train_size=args.train, val_size=args.val, test_size=args.test)
+    program = make_program(args.program, task)
+    states = row["candidate_states"]
+    start = next((c for c in states if c["origin"] == "seed" and c["step"] == 0), states[0])
+    if args.max_candidates is not None:
+        ranked = sorted((c for c in states if c["id"] != start["id"]), key=_search_key)[: args.max_candidates]
+        states = [start, *sorted(ranked, key=lambda c: c["id"])]
+    done = _read_done(args.out, args)
+    lm = None
+    scores: dict[int, list[float]] = {}
+    for candidate in states:
+        if candidate["id"] in done:
+            scores[candidate["id"]] = done[candidate["id"]]
+            continue
+        if lm is None:
+            lm = resolve_lm(args.lm, temperature=0.0, max_tokens=256, cache=False)
+        scores[candidate["id"]] = score_candidate(program, candidate["state"], task.test, task.metric, lm)
+        _append(args.out, {"task": args.task, "method": args.method, "seed": args.seed, "candidate": candidate["id"],
+                           "origin": candidate["origin"], "scores": scores[candidate["id"]]})
+        print(f"candidate {candidate['id']} ({candidate['origin']}): test "
+              f"{sum(scores[candidate['id']]) / len(task.test):.3f}", file=sys.stderr)
+    others = {c["id"]: scores[c["id"]] for c in states if c["id"] != start["id"]}
+    rank = [c["id"] for c in sorted(states, key=_search_key)]
+    print(render(states, scores, start["id"], analyse(scores[start["id"]], others, rank)))
+    return 0
+
+
+def _search_key(candidate: dict) -> tuple[float, int]:
+    """The search's ranking: best search-set score first, then the earliest."""
+    return -candidate["scores"].get("train", -1.0), candidate["id"]
+
+
+def render(states: list[dict], scores: dict[int, list[float]], start: int, figures: dict[str, Any]) -> str:
+    lines = ["| candidate | origin | step | search | val | test | gain over start (s.e.) |", "|---|---|---|---|---|---|---|"]
+    for c in states:
+        mine = scores[c["id"]]
+        gain, se = paired(mine, scores[start])
+        search = c["scores"].get("train")
+        val = c["scores"].get("val")
+        lines.append(f"| {c['id']} | {c['origin']} | {c['step']} | {'-' if search is None else f'{search:.3f}'} | "
+                     f"{'-' if val is None else f'{val:.3f}'} | {sum(mine) / len(mine):.3f} | "
+                     + ("start |" if c["id"] == start else f"{gain:+.3f} ({se:.3f}) |"))
+    lines.append("")
+    lines.append(f"on {figures['examples']} test examples, {figures['candidates']} candidates beside the start:")
+    if figures.get("search_pick"):
+        p = figures["search_pick"]
+        lines.append(f"- the search's top-ranked candidate ({p['candidate']}): {p['gain']:+.3f} (s.e. {p['se']:.3f})")
+    if figures.get("best_on_all"):
+        b = figures["best_on_all"]
+        lines.append(f"- best on all test examples ({b['candidate']}, biased upwards by the choice): "
+                     f"{b['gain']:+.3f} (s.e. {b['se']:.3f})")
+        lines.append(f"- best on one half, scored on the other (both ways, averaged): "
+                     f"{figures['split_half_best_gain']:+.3f}")
+        lines.append(f"- above the start: {figures['above_start']}, below: {figures['below_start']}")
+    if "true_spread_sd" in figures:
+        lines.append(f"- spread of the gains: observed s.d. {figures['observed_spread_sd']:.3f}, beyond sampling noise "
+                     f"{figures['true_spread_sd']:.3f}")
+    return "\n".join(lines)
+
+
+def _read_done(path: str | None, args: argparse.Namespace) -> dict[int, list[float]]:
+    if not path or not Path(path).exists():
+        return {}
+    done = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            if (r["task"], r["method"], r["seed"]) == (args.task, args.method, args.seed):
+                done[int(r["candidate"])] = r["scores"]
+    return done
+
+
+def _append(path: str | None, record: dict) -> None:
+    if path:
+        with Path(path).open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -97,6 +97,7 @@ class TransformersEngine:
         self._peft: Any = None
         self._calls = itertools.count()
         self._lock = threading.Lock()
+        self._prompt_cache = PromptCache()  # used under the model's lock
 
     def __repr__(self) -> str:
         soft = f", soft_prompt={self.soft_prompt.digest}" if self.soft_prompt is not None else ""
@@ -131,7 +132,8 @@ class TransformersEngine:
             if self.n_threads:
                 torch.set_num_threads(self.n_threads)
             if self.soft_prompt is not None:  # PEFT's generate garbles prompt-learning models (see soft_decode)
-                new = soft_decode(model, loaded.model, ids, options, stop_ids=_stop_ids(loaded))
+                new = soft_decode(model, loaded.model, ids, options, stop_ids=_stop_ids(loaded),
+                                  prompt_cache=self._prompt_cache)
             else:
                 if options.get("do_sample"):
                     torch.manual_seed(options.pop("seed"))
@@ -196,7 +198,33 @@ def _stop_ids(loaded: LoadedModel) -> set[int]:
     return set(ids) if isinstance(ids, (list, tuple)) else {ids} if ids is not None else set()
 
 
-def soft_decode(peft_model: Any, base: Any, ids: Any, options: dict[str, Any], *, stop_ids: set[int]) -> list[int]:
+class PromptCache:
+    """The keys and values of the last prompt a soft-prompted model read (its virtual tokens first).
+
+    Consecutive DSPy calls of one program share their system message (field descriptions and
+    instructions), often half the prompt: :func:`soft_decode` then runs only the tokens after the
+    shared start. Holds one prompt; not thread-safe (the engine uses it under the model's lock).
+    """
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.cache: Any = None
+        self.virtual = 0  # cache positions before the first prompt token (the soft prompt's)
+
+    def shared(self, tokens: list[int]) -> int:
+        """How many leading tokens of ``tokens`` the cache holds (always leaving one to run)."""
+        if self.cache is None:
+            return 0
+        n = 0
+        for a, b in zip(self.tokens, tokens[:-1]):
+            if a != b:
+                break
+            n += 1
+        return n
+
+
+def soft_decode(peft_model: Any, base: Any, ids: Any, options: dict[str, Any], *, stop_ids: set[int],
+                prompt_cache: PromptCache | None = None) -> list[int]:
     """Decode after ``ids`` with a soft prompt, token by token, with a KV cache: the new token ids.
 
     The prompt goes through the PEFT model's own ``forward`` (the path training takes: virtual tokens
@@ -205,6 +233,9 @@ def soft_decode(peft_model: Any, base: Any, ids: Any, options: dict[str, Any], *
     PEFT versions this extra allows it writes garbage for prompt-tuned models (measured on the embedded
     model: "[[ ## answer. Answer the correctAnswer theAnswerAnswer..." where this loop and an uncached
     full forward per token both write "[[ ## answer ## ]] (D) 06/18/2017").
+    With a ``prompt_cache`` that holds the start of this prompt, the cache is cut back to that start and
+    only the rest of the prompt runs, through the base model as the new tokens do (the same computation
+    in other chunks, so equal up to floating-point rounding).
     Greedy at temperature 0; otherwise sampled at ``temperature`` with nucleus ``top_p`` from ``seed``.
     """
     import torch
@@ -213,8 +244,24 @@ def soft_decode(peft_model: Any, base: Any, ids: Any, options: dict[str, Any], *
     generator = None
     if options.get("do_sample"):
         generator = torch.Generator().manual_seed(int(options["seed"]))
-    out = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    tokens = ids[0].tolist()
+    shared = prompt_cache.shared(tokens) if prompt_cache is not None else 0
+    if shared:
+        cache = prompt_cache.cache
+        surplus = cache.get_seq_length() - (prompt_cache.virtual + shared)
+        if surplus > 0:  # a negative crop removes that many tokens in every transformers version the extra allows
+            cache.crop(-surplus)
+        out = base(input_ids=ids[:, shared:], past_key_values=cache, use_cache=True)
+    else:
+        out = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
     cache, logits = out.past_key_values, out.logits[0, -1]
+    if prompt_cache is not None:
+        if not hasattr(cache, "crop"):  # a legacy tuple cache cannot be cut back: nothing is kept
+            prompt_cache.cache = None
+        else:
+            if not shared:
+                prompt_cache.virtual = cache.get_seq_length() - len(tokens)
+            prompt_cache.tokens, prompt_cache.cache = tokens, cache
     new: list[int] = []
     while len(new) < limit:
         token = _next_token(logits, options, generator)

@@ -318,3 +318,41 @@ def test_the_engine_keeps_dspys_cache_history_usage_and_saved_state(tiny, task, 
     loaded.load(str(tmp_path / "with_lm.json"), allow_unsafe_lm_state=True)
     assert loaded.lm.model == program.lm.model
     assert loaded.lm.engine.soft_prompt.digest == soft.digest
+
+
+@needs_soft
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "p_tuning"])
+def test_prompts_that_start_alike_reuse_the_cached_start_and_decode_the_same(tiny, task, method):
+    """Consecutive calls share their system message: the second prompt runs only its new tokens, and every
+    answer is the one decoded from scratch (prompts that share nothing, or everything, included)."""
+    import torch
+
+    from dspy_icl_opt.lm.transformers_engine import PromptCache, TransformersEngine, soft_decode
+
+    optimizer = tuner(task, tiny_lm(tiny), method=method, learning_rate=0.03 if method == "p_tuning" else 0.3)
+    optimizer.compile(task.program(), trainset=task.train, valset=task.val)
+    loaded, model = TransformersEngine(tiny, soft_prompt=optimizer.soft_prompts_[3])._runner()
+    start = [5, 6, 7, 8, 9, 10, 11, 12]
+    prompts = [start + [13, 14], start + [20, 21, 22], [30, 31, 32], [30, 31, 32], start[:3] + [40]]
+    ran = []
+    hook = loaded.model.register_forward_pre_hook(
+        lambda module, args, kwargs: ran.append((kwargs.get("input_ids") if kwargs.get("input_ids") is not None
+                                                 else kwargs["inputs_embeds"]).shape[1]), with_kwargs=True)
+    cache = PromptCache()
+    try:
+        with torch.no_grad():
+            cached, fresh = [], []
+            for prompt in prompts:
+                ran.clear()
+                cached.append(soft_decode(model, loaded.model, torch.tensor([prompt]), {"max_new_tokens": 6},
+                                          stop_ids=set(), prompt_cache=cache))
+                first = ran[0]
+                fresh.append(soft_decode(model, loaded.model, torch.tensor([prompt]), {"max_new_tokens": 6},
+                                         stop_ids=set()))
+                if prompt is prompts[1]:
+                    assert first == 3  # only [20, 21, 22] ran: the 8 shared tokens came from the cache
+                if prompt is prompts[3]:
+                    assert first == 1  # the same prompt again: its last token runs to give the next logits
+    finally:
+        hook.remove()
+    assert cached == fresh

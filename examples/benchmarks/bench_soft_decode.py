@@ -30,12 +30,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import dspy
     import torch
+    from dspy_icl_opt.programs import load_task, make_program
     from peft import get_peft_model
 
     from dspy_icl_opt.lm.hf_models import load_model
     from dspy_icl_opt.lm.soft_prompt import peft_config
-    from dspy_icl_opt.lm.transformers_engine import PromptCache, _stop_ids, encode, prompt_text, soft_decode
-    from dspy_icl_opt.programs import load_task, make_program
+    from dspy_icl_opt.lm.transformers_engine import (
+        PromptCache,
+        _stop_ids,
+        encode,
+        prompt_text,
+        soft_decode,
+    )
 
     torch.set_num_threads(1)
     task = load_task(args.task, seed=0, train_size=10, val_size=10, test_size=args.n)

@@ -13,10 +13,15 @@ from dspy.teleprompt import LabeledFewShot
 from dspy_icl_opt.lm.hf_models import MissingSoftExtraError, soft_extra_available
 from dspy_icl_opt.lm.soft_prompt import SOFT_PROMPT_FILE, SOFT_PROMPT_JSON, SoftPrompt
 from dspy_icl_opt.optimizers.sequential import Sequential
-from dspy_icl_opt.pipeline.render import render_report
 from dspy_icl_opt.optimizers.soft_prompt import SoftPromptTuner, load_soft_program
+from dspy_icl_opt.pipeline.render import render_report
 from dspy_icl_opt.search.report import PROGRAM_FILE, OptimizationReport
-from dspy_icl_opt.testing import format_chat_reply, make_fake_lm, planted_rule_task, scripted_lm
+from dspy_icl_opt.testing import (
+    format_chat_reply,
+    make_fake_lm,
+    planted_rule_task,
+    scripted_lm,
+)
 
 needs_soft = pytest.mark.skipif(not soft_extra_available(),
                                 reason="needs the soft extra (torch, transformers, peft, safetensors): "
@@ -327,7 +332,11 @@ def test_prompts_that_start_alike_reuse_the_cached_start_and_decode_the_same(tin
     answer is the one decoded from scratch (prompts that share nothing, or everything, included)."""
     import torch
 
-    from dspy_icl_opt.lm.transformers_engine import PromptCache, TransformersEngine, soft_decode
+    from dspy_icl_opt.lm.transformers_engine import (
+        PromptCache,
+        TransformersEngine,
+        soft_decode,
+    )
 
     optimizer = tuner(task, tiny_lm(tiny), method=method, learning_rate=0.03 if method == "p_tuning" else 0.3)
     optimizer.compile(task.program(), trainset=task.train, valset=task.val)

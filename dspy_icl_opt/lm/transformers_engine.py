@@ -247,10 +247,14 @@ def soft_decode(peft_model: Any, base: Any, ids: Any, options: dict[str, Any], *
     tokens = ids[0].tolist()
     shared = prompt_cache.shared(tokens) if prompt_cache is not None else 0
     if shared:
-        cache = prompt_cache.cache
+        # taken out of the holder, so a call that fails below leaves no half-cut cache for the next one
+        cache, prompt_cache.cache = prompt_cache.cache, None
         surplus = cache.get_seq_length() - (prompt_cache.virtual + shared)
-        if surplus > 0:  # a negative crop removes that many tokens in every transformers version the extra allows
+        if surplus < 0:  # it holds less than its tokens say: run the whole prompt
+            shared = 0
+        elif surplus > 0:  # a negative crop removes that many tokens in every transformers version the extra allows
             cache.crop(-surplus)
+    if shared:
         out = base(input_ids=ids[:, shared:], past_key_values=cache, use_cache=True)
     else:
         out = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)

@@ -365,3 +365,35 @@ def test_prompts_that_start_alike_reuse_the_cached_start_and_decode_the_same(tin
     finally:
         hook.remove()
     assert cached == fresh
+
+
+@needs_soft
+def test_a_decode_that_fails_leaves_no_half_cut_cache_behind(tiny, task):
+    import torch
+
+    from dspy_icl_opt.lm.transformers_engine import PromptCache, TransformersEngine, soft_decode
+
+    optimizer = tuner(task, tiny_lm(tiny), epochs=1)
+    optimizer.compile(task.program(), trainset=task.train, valset=task.val)
+    loaded, model = TransformersEngine(tiny, soft_prompt=optimizer.soft_prompts_[1])._runner()
+    cache, options = PromptCache(), {"max_new_tokens": 4}
+    first, second = [5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 9, 10, 11, 12]
+    with torch.no_grad():
+        soft_decode(model, loaded.model, torch.tensor([first]), options, stop_ids=set(), prompt_cache=cache)
+
+        class Broken(Exception):
+            pass
+
+        def broken(*args, **kwargs):
+            raise Broken
+
+        hook = loaded.model.register_forward_pre_hook(broken)
+        try:
+            with pytest.raises(Broken):
+                soft_decode(model, loaded.model, torch.tensor([second]), options, stop_ids=set(), prompt_cache=cache)
+        finally:
+            hook.remove()
+        assert cache.shared(second) == 0  # nothing kept from the failed call
+        again = soft_decode(model, loaded.model, torch.tensor([second]), options, stop_ids=set(), prompt_cache=cache)
+        fresh = soft_decode(model, loaded.model, torch.tensor([second]), options, stop_ids=set())
+    assert again == fresh

@@ -389,7 +389,9 @@ class OPRO(ICLOptimizer):
         shown = shown_trajectory(run.trajectories[name], max_entries=self.max_trajectory,
                                  threshold=self.score_threshold)
         exemplars = [ctx.trainset[i] for i in self._exemplar_indices(ctx, run, step, name, shown)]
-        task = describe_signature(dict(ctx.predictors)[name])
+        predictor = dict(ctx.predictors)[name]
+        task = describe_signature(predictor)
+        fields = (*predictor.signature.input_fields, *predictor.signature.output_fields)
         proposals: list[tuple[str, Position]] = []
         for k in range(count):
             position = self._sample_position(run, name, k)
@@ -400,12 +402,12 @@ class OPRO(ICLOptimizer):
             try:
                 answer = ctx.ask(ProposeInstruction, key=f"opro/step{step}/{name}/sample{k}",
                                  temperature=ctx.temperature,
-                                 validate=lambda a: bool(extract_instruction(a.new_instruction)), **inputs)
+                                 validate=lambda a: bool(extract_instruction(a.new_instruction, fields)), **inputs)
             except BudgetExhausted as exc:
                 if exc.role != "prompt":
                     raise
                 return proposals, True
-            self._keep_proposal(run, name, answer, position, proposals)
+            self._keep_proposal(run, name, answer, position, proposals, fields)
         return proposals, False
 
     def _sample_position(self, run: _Run, name: str, k: int) -> Position:
@@ -415,11 +417,11 @@ class OPRO(ICLOptimizer):
         return self.positions[k % len(self.positions)]
 
     def _keep_proposal(self, run: _Run, name: str, answer: dspy.Prediction | None, position: Position,
-                       proposals: list[tuple[str, Position]]) -> None:
+                       proposals: list[tuple[str, Position]], fields: tuple[str, ...] = ()) -> None:
         if answer is None:
             run.dropped["unparsable"] += 1
             return
-        text = extract_instruction(answer.new_instruction)
+        text = extract_instruction(answer.new_instruction, fields)
         norm = normalize_instruction(text)
         if len(text) > self.max_instruction_chars:
             run.dropped["too_long"] += 1

@@ -347,3 +347,29 @@ def test_at_a_users_budget_opro_runs_five_steps_and_spends_the_task_cap(task):
     assert actual["steps"]["run"] >= 5
     assert 0.9 * 400 <= report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40
     assert report.extra["final_choice"]["examples"] == 40, "the start and the finalists saw the whole valset"
+
+
+@pytest.mark.parametrize("answer, expected", [
+    # what the 0.5B proposer wrote on disambiguation_qa (instruction_ceiling.py, split 0)
+    ("Answer the following multiple-choice question. Reply with the exact text of the correct option.  score: 17",
+     "Answer the following multiple-choice question. Reply with the exact text of the correct option."),
+    ("input: question: In the following sentences, explain the antecedent of the", ""),
+    ("answer: the carpenter made a desk for the clerk and gave him a discount.", ""),
+    ("<INS>text:\nBe concise.\nscore:\n40</INS>", "Be concise."),
+    ("<INS>Solve it step by step.\n\nProblem 1:\ninput:\nquestion: 2+2</INS>", "Solve it step by step."),
+    ("score: 40", ""),
+    ("Read the question: then answer in one word.", "Read the question: then answer in one word."),
+])
+def test_echoed_meta_prompt_scaffolding_is_cut_or_rejected(answer, expected):
+    assert extract_instruction(answer, ("question", "options", "answer")) == expected
+
+
+def test_an_echoed_problem_is_asked_again_not_scored(task):
+    echo = proposal("input:\nquestion: abc")  # the exemplar copied back: not an instruction
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm([echo, proposal("Count vowels.")]),
+                steps=1, candidates_per_step=1, format_candidate=False, progress=False)
+    opro.compile(task.program(), trainset=task.train, valset=task.val)
+    stats = opro.report_.extra["meta_prompts"]["ProposeInstruction"]
+    assert (stats["answers"], stats["usable"], stats["unusable"]) == (2, 1, 1)
+    texts = [c.state[n]["instruction"] for c in opro.report_.candidates for n in c.state]
+    assert "Count vowels." in texts and not any(t.startswith("input") for t in texts)

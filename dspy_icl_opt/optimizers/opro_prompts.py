@@ -143,11 +143,10 @@ def _strip_scaffold(text: str, fields: Sequence[str]) -> str:
         return ""  # an echoed problem or output, not an instruction
     kept = []
     for line in lines:
-        if _PROBLEM.match(line) or label_of(line) not in (None,):
+        if _PROBLEM.match(line) or label_of(line) is not None:
             break
         kept.append(line)
-    result = _TRAILING_SCORE.sub("", "\n".join(kept)).strip(_QUOTES).strip()
-    return result
+    return _TRAILING_SCORE.sub("", "\n".join(kept)).strip(_QUOTES).strip()
 
 
 def normalize_instruction(text: str) -> str:

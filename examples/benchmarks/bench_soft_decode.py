@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt_text,
         soft_decode,
     )
+    from dspy_icl_opt.optimizers.soft_training import example_messages
 
     torch.set_num_threads(1)
     task = load_task(args.task, seed=0, train_size=10, val_size=10, test_size=args.n)
@@ -56,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {"cached": [], "fresh": []}
     same, prompt_tokens, served = 0, 0, 0
     for example in task.test:
-        inputs = {name: example[name] for name in predictor.signature.input_fields}
-        messages = adapter.format(predictor.signature, demos=[], inputs=inputs)
+        messages = example_messages(predictor, example, adapter)[:-1]  # as the trainer renders it, less the answer
         ids = torch.tensor([encode(loaded.tokenizer, prompt_text(loaded.tokenizer, messages))])
         answers = {}
         with torch.no_grad():

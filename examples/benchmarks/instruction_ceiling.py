@@ -41,6 +41,7 @@ import dspy
 from dspy_icl_opt.programs import load_task, make_program
 
 from dspy_icl_opt.lm import resolve_lm
+from dspy_icl_opt.search.base import paired_gain
 from dspy_icl_opt.search.placement import PlacementAdapter
 from dspy_icl_opt.search.surgery import ProgramState, apply_state
 
@@ -77,18 +78,10 @@ def score_candidate(program: dspy.Module, state: dict, examples: list[dspy.Examp
     return [float(score) for _, _, score in result.results]
 
 
-def paired(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Mean of ``a - b`` and its standard error."""
-    diffs = [x - y for x, y in zip(a, b)]
-    mean = sum(diffs) / len(diffs)
-    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) if len(diffs) > 1 else 0.0
-    return mean, math.sqrt(var / len(diffs))
-
-
 def analyse(start: list[float], others: dict[int, list[float]], search_rank: list[int]) -> dict[str, Any]:
     """The figures the module docstring lists, from per-example scores (the start's and each other candidate's)."""
     n = len(start)
-    gains = {cid: paired(scores, start) for cid, scores in others.items()}
+    gains = {cid: paired_gain(scores, start) for cid, scores in others.items()}
     out: dict[str, Any] = {"examples": n, "candidates": len(others)}
     if not others:
         return out
@@ -166,7 +159,7 @@ def render(states: list[dict], scores: dict[int, list[float]], start: int, figur
     lines = ["| candidate | origin | step | search | val | test | gain over start (s.e.) |", "|---|---|---|---|---|---|---|"]
     for c in states:
         mine = scores[c["id"]]
-        gain, se = paired(mine, scores[start])
+        gain, se = paired_gain(mine, scores[start])
         search = c["scores"].get("train")
         val = c["scores"].get("val")
         lines.append(f"| {c['id']} | {c['origin']} | {c['step']} | {'-' if search is None else f'{search:.3f}'} | "

@@ -2,7 +2,8 @@
 
 MIPROv2 gives its proposer a summary of the data and the program. A small prompt model needs it more:
 left alone it writes instructions from its prior. :func:`data_summary` says, per output field, which
-answers the labels use (``one of: (A), (B), (C)``, ``an integer``, ``a short phrase``), and
+answers the labels use (``one of: (A), (B), (C)``, ``an integer``, ``an option's text copied from
+`options` ``, ``a short phrase``), and
 :func:`format_instruction` turns that into one candidate every instruction strategy scores in its
 first step: the instruction as given plus a sentence naming the answer space. It is deterministic
 (no LM call) and fixes the error a small task model makes most (the right idea in the wrong format).
@@ -21,6 +22,8 @@ MAX_LISTED_VALUES = 12
 LISTED_SHARE = 0.5
 #: Example values quoted for free-form answers.
 QUOTED_VALUES = 2
+#: Labels count as copied from an input field when at least this share of them appear in its text.
+COPIED_SHARE = 0.9
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
 
@@ -29,8 +32,29 @@ def _values(examples: Sequence[dspy.Example], name: str) -> list[str]:
     return [str(ex.labels()[name]).strip() for ex in examples if name in ex.labels()]
 
 
-def answer_space(examples: Sequence[dspy.Example], name: str) -> str | None:
-    """The answers field ``name`` takes in ``examples``, in words; ``None`` when no example labels it."""
+def copied_from(examples: Sequence[dspy.Example], name: str, inputs: Sequence[str]) -> str | None:
+    """The input field whose text holds the label of ``name`` in nearly every example (an options list), if any.
+
+    Multiple-choice data often labels an answer with the option's text rather than its letter; the answer
+    space is then "one of the options given", which neither a list of values nor a word count says.
+    """
+    labelled = [ex for ex in examples if name in ex.labels()]
+    if not labelled:
+        return None
+    for field in inputs:
+        found = sum(1 for ex in labelled
+                    if str(ex.labels()[name]).strip().lower() in str(ex.get(field, "") or "").lower())
+        if found >= COPIED_SHARE * len(labelled):
+            return field
+    return None
+
+
+def answer_space(examples: Sequence[dspy.Example], name: str, inputs: Sequence[str] = ()) -> str | None:
+    """The answers field ``name`` takes in ``examples``, in words; ``None`` when no example labels it.
+
+    ``inputs`` names the predictor's input fields; when the labels are copied from one of them (the text of
+    an option), the answer space says so instead of giving a word count.
+    """
     values = _values(examples, name)
     if not values:
         return None
@@ -41,9 +65,12 @@ def answer_space(examples: Sequence[dspy.Example], name: str) -> str | None:
         return "a number (digits only, e.g. " + ", ".join(distinct[:QUOTED_VALUES]) + ")"
     if len(distinct) <= MAX_LISTED_VALUES and len(distinct) <= max(2, LISTED_SHARE * len(values)):
         return "exactly one of: " + ", ".join(distinct)
+    quoted = "; ".join(repr(v) for v in distinct[:QUOTED_VALUES])
+    source = copied_from(examples, name, inputs)
+    if source is not None:
+        return f"the text of one of the options in `{source}`, copied exactly as written there (e.g. {quoted})"
     words = sorted(len(v.split()) for v in values)[len(values) // 2]
     size = "one word" if words <= 1 else f"about {words} words"
-    quoted = "; ".join(repr(v) for v in distinct[:QUOTED_VALUES])
     return f"a short answer ({size}, e.g. {quoted})"
 
 
@@ -51,7 +78,7 @@ def output_spaces(predictor: dspy.Predict, examples: Sequence[dspy.Example]) -> 
     """Answer spaces of the predictor's output fields that the examples label."""
     spaces = {}
     for name in predictor.signature.output_fields:
-        space = answer_space(examples, name)
+        space = answer_space(examples, name, list(predictor.signature.input_fields))
         if space is not None:
             spaces[name] = space
     return spaces

@@ -32,6 +32,7 @@ from dspy_icl_opt.search.base import ICLOptimizer, SearchContext, stable_int
 from dspy_icl_opt.search.budget import BudgetExhausted, unwrap_lm
 from dspy_icl_opt.search.grounding import format_instruction, output_spaces
 from dspy_icl_opt.search.plan import Phase, SearchPlan, Shape, plan_validation, validation_calls
+from dspy_icl_opt.search.proposals import clean_proposal
 from dspy_icl_opt.search.report import CandidateRecord
 from dspy_icl_opt.search.scorer import Metric
 from dspy_icl_opt.search.surgery import ProgramState, describe_signature
@@ -390,11 +391,20 @@ class APE(ICLOptimizer):
 
     def _ask(self, ctx: SearchContext, run: _Run, signature: type[dspy.Signature], key: str,
              **inputs: str) -> dspy.Prediction | None:
-        """One answer, or ``None`` (unusable, or the prompt budget ended: ``run.prompt_budget_spent``)."""
+        """One answer, or ``None`` (unusable, or the prompt budget ended: ``run.prompt_budget_spent``).
+
+        An answer is usable when it reads as an instruction (:func:`read_instruction`) that is one
+        (:meth:`SearchContext.proposal_problem`: not a demonstration copied back, not the meta-prompt); a
+        variation may repeat the instruction it varies."""
         output = next(iter(signature.output_fields))
+        allowed = inputs.get("instruction", "")
+
+        def usable(answer: dspy.Prediction) -> bool:
+            text = read_instruction(clean_proposal(str(answer[output] or "")))
+            return bool(text) and ctx.proposal_problem(text, allowed=allowed, signature=signature, record=True) is None
+
         try:
-            answer = ctx.ask(signature, key=key, temperature=ctx.temperature,
-                             validate=lambda a: bool(read_instruction(a[output])), **inputs)
+            answer = ctx.ask(signature, key=key, temperature=ctx.temperature, validate=usable, **inputs)
         except BudgetExhausted as exc:
             if exc.role != "prompt":
                 raise
@@ -407,7 +417,7 @@ class APE(ICLOptimizer):
     def _candidate(self, ctx: SearchContext, run: _Run, base: ProgramState, name: str, answer: str, *, step: int,
                    origin: str, parent: int | None, meta: dict[str, Any]) -> CandidateRecord | None:
         """A new candidate with ``name``'s instruction read from ``answer``; ``None`` for a duplicate."""
-        text = read_instruction(answer)
+        text = read_instruction(clean_proposal(answer))
         key = _norm(name, text)
         if key in run.seen:
             run.dropped["duplicate"] += 1

@@ -32,6 +32,7 @@ from dspy_icl_opt.search.bandits import BestArmIdentifier, SelectionResult, make
 from dspy_icl_opt.search.base import ICLOptimizer, SearchContext
 from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces
 from dspy_icl_opt.search.meta import numbered_items
+from dspy_icl_opt.search.proposals import clean_proposal
 from dspy_icl_opt.search.plan import (
     MIN_SEARCH_EXAMPLES,
     Phase,
@@ -418,12 +419,13 @@ class APO(ICLOptimizer):
 
     def _apply_gradient(self, ctx: SearchContext, key: str, name: str, inputs: dict[str, str], reason: str,
                         meta: dict[str, Any]) -> list[_Child]:
+        parent = inputs["instruction"]
         answer = ctx.ask(FixInstruction, key=f"{key}/edit", temperature=ctx.temperature,
-                         validate=lambda a: bool(edited_instructions(a.new_instructions, 1)), problem=reason,
-                         n_instructions=self.steps_per_gradient, **inputs)
+                         validate=lambda a: bool(self._edits(ctx, a.new_instructions, parent, record=True)),
+                         problem=reason, n_instructions=self.steps_per_gradient, **inputs)
         if answer is None:
             return []
-        edits = edited_instructions(answer.new_instructions, self.steps_per_gradient)
+        edits = self._edits(ctx, answer.new_instructions, parent)
         return [_Child(name, text, "edit", {**meta, "step": s, "key": f"{key}/step{s}"})
                 for s, text in enumerate(edits)]
 
@@ -436,11 +438,25 @@ class APO(ICLOptimizer):
         for name, text, key, meta in sources:
             for m in range(run.mc_samples):
                 answer = ctx.ask(Paraphrase, key=f"{key}/mc{m}", temperature=run.paraphrase_temperature,
-                                 validate=lambda a: bool(clean_text(a.paraphrase)), instruction=text,
-                                 lm=run.paraphrase_lm)
-                if answer is not None:
+                                 validate=lambda a: self._paraphrase(ctx, a, text, record=True) is not None,
+                                 instruction=text, lm=run.paraphrase_lm)
+                if answer is not None and (paraphrase := self._paraphrase(ctx, answer, text)) is not None:
                     child_meta = {**meta, "key": f"{key}/mc{m}", "sample": m}
-                    children.append(_Child(name, clean_text(answer.paraphrase), "paraphrase", child_meta))
+                    children.append(_Child(name, paraphrase, "paraphrase", child_meta))
+
+    def _edits(self, ctx: SearchContext, value: Any, parent: str, *, record: bool = False) -> list[str]:
+        """The edits of an answer that are instructions (see :meth:`SearchContext.proposal_problem`)."""
+        texts = [clean_proposal(text) for text in edited_instructions(value, self.steps_per_gradient)]
+        return [text for text in texts
+                if text and ctx.proposal_problem(text, allowed=parent, signature=FixInstruction, record=record) is None]
+
+    @staticmethod
+    def _paraphrase(ctx: SearchContext, answer: dspy.Prediction, source: str, *, record: bool = False) -> str | None:
+        """The paraphrase of an answer when it is an instruction, else ``None``."""
+        text = clean_proposal(clean_text(answer.paraphrase))
+        if not text or ctx.proposal_problem(text, allowed=source, signature=Paraphrase, record=record) is not None:
+            return None
+        return text
 
     def _target(self, run: _Run, shown: list[Failure], r: int, g: int) -> tuple[str, str]:
         """The predictor a gradient works on, and why ("trace" or "turn")."""

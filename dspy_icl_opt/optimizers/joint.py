@@ -76,6 +76,7 @@ from dspy_icl_opt.search.plan import (
     shrink_to_fit,
     validation_calls,
 )
+from dspy_icl_opt.search.proposals import clean_proposal
 from dspy_icl_opt.search.report import CandidateRecord
 from dspy_icl_opt.search.scorer import Metric, Outcome, example_key
 from dspy_icl_opt.search.surgery import describe_signature
@@ -422,19 +423,28 @@ class InstructionDemoSearch(ICLOptimizer):
         for i in range(ctx.plan.settings["proposals"]):
             try:
                 answer = ctx.ask(ProposeTaskInstruction, key=f"joint/{name}/proposal{i}", temperature=ctx.temperature,
-                                 validate=lambda a: bool(read_instruction(a.instruction, MAX_INSTRUCTION_CHARS)),
+                                 validate=lambda a: bool(self._proposal(ctx, a, given, record=True)),
                                  style_hint=STYLE_HINTS[i % len(STYLE_HINTS)], **inputs)
             except BudgetExhausted as exc:
                 if exc.role != "prompt":
                     raise
                 logger.info("InstructionDemoSearch: the prompt-model budget is spent after {} proposal(s)", i)
                 break
-            text = read_instruction(answer.instruction, MAX_INSTRUCTION_CHARS) if answer is not None else ""
+            text = self._proposal(ctx, answer, given) if answer is not None else ""
             if text and self.format_candidate and spaces:
                 text = format_instruction(text, spaces) or text
             if text and all(text.strip().lower() != t.strip().lower() for _, t in found):
                 found.append(("proposal", text))
         return found
+
+    @staticmethod
+    def _proposal(ctx: SearchContext, answer: dspy.Prediction, given: str, *, record: bool = False) -> str:
+        """The instruction an answer proposes, or ``""`` (none read, or not an instruction: see
+        :meth:`SearchContext.proposal_problem`; the solved problems shown are not to be copied back)."""
+        text = read_instruction(clean_proposal(str(answer.instruction or "")), MAX_INSTRUCTION_CHARS)
+        if not text or ctx.proposal_problem(text, allowed=given, signature=ProposeTaskInstruction, record=record):
+            return ""
+        return text
 
     # -------------------------------------------------------------------------- the trials
     def _trials(self, ctx: SearchContext, run: _Run) -> None:

@@ -36,6 +36,7 @@ from dspy_icl_opt.search.plan import (
 )
 from dspy_icl_opt.search.budget import BudgetExhausted
 from dspy_icl_opt.search.placement import POSITIONS, PlacementAdapter, Position
+from dspy_icl_opt.search.proposals import clean_proposal
 from dspy_icl_opt.search.racing import race
 from dspy_icl_opt.search.report import CandidateRecord
 from dspy_icl_opt.search.scorer import Metric
@@ -399,15 +400,18 @@ class OPRO(ICLOptimizer):
                       "previous_instructions": render_trajectory(shown),
                       "example_problems": render_exemplars(exemplars, position) or "(none)"}
             logger.debug("OPRO meta-prompt for {} at step {}, sample {}:\n{}", name, step, k, inputs)
+            shown_texts = "\n".join(entry.instruction for entry in shown)  # proposals may build on the trajectory
             try:
                 answer = ctx.ask(ProposeInstruction, key=f"opro/step{step}/{name}/sample{k}",
                                  temperature=ctx.temperature,
-                                 validate=lambda a: bool(extract_instruction(a.new_instruction, fields)), **inputs)
+                                 validate=lambda a: bool(self._proposal(ctx, a, fields, shown_texts, record=True)),
+                                 **inputs)
             except BudgetExhausted as exc:
                 if exc.role != "prompt":
                     raise
                 return proposals, True
-            self._keep_proposal(run, name, answer, position, proposals, fields)
+            text = self._proposal(ctx, answer, fields, shown_texts) if answer is not None else ""
+            self._keep_proposal(run, name, text, position, proposals)
         return proposals, False
 
     def _sample_position(self, run: _Run, name: str, k: int) -> Position:
@@ -416,12 +420,22 @@ class OPRO(ICLOptimizer):
             return self.positions[0]
         return self.positions[k % len(self.positions)]
 
-    def _keep_proposal(self, run: _Run, name: str, answer: dspy.Prediction | None, position: Position,
-                       proposals: list[tuple[str, Position]], fields: tuple[str, ...] = ()) -> None:
-        if answer is None:
+    @staticmethod
+    def _proposal(ctx: SearchContext, answer: dspy.Prediction, fields: tuple[str, ...], shown: str, *,
+                  record: bool = False) -> str:
+        """The instruction an answer proposes, or ``""`` when there is none (see ``extract_instruction`` and
+        :meth:`SearchContext.proposal_problem`)."""
+        text = clean_proposal(extract_instruction(answer.new_instruction, fields))
+        if not text or ctx.proposal_problem(text, allowed=shown, signature=ProposeInstruction, record=record):
+            return ""
+        return text
+
+    def _keep_proposal(self, run: _Run, name: str, text: str | None, position: Position,
+                       proposals: list[tuple[str, Position]]) -> None:
+        """Keep a proposal's text (``None``: no usable answer) unless it is too long or seen before."""
+        if not text:
             run.dropped["unparsable"] += 1
             return
-        text = extract_instruction(answer.new_instruction, fields)
         norm = normalize_instruction(text)
         if len(text) > self.max_instruction_chars:
             run.dropped["too_long"] += 1

@@ -44,6 +44,7 @@ from dspy_icl_opt.search.plan import (
     search_subset,
     validation_calls,
 )
+from dspy_icl_opt.search.proposals import clean_proposal
 from dspy_icl_opt.search.report import CandidateRecord
 from dspy_icl_opt.search.scorer import Metric
 from dspy_icl_opt.search.surgery import ProgramState, describe_signature
@@ -504,11 +505,20 @@ class PromptAgent(ICLOptimizer):
             ancestors.insert(0, ctx.state_of(cursor.record)[name].instruction)
             cursor = cursor.parent
         limit = self.max_instruction_chars
+        allowed = "\n".join([*ancestors, inputs.get("instruction", "")])
+
+        def rewrite(answer: dspy.Prediction, record: bool = False) -> str | None:
+            text = usable_instruction(clean_proposal(str(answer.new_instruction or "")), limit)
+            if text is None or ctx.proposal_problem(text, allowed=allowed, signature=RewriteInstruction,
+                                                    record=record) is not None:
+                return None
+            return text
+
         answer = ctx.ask(RewriteInstruction, key=f"{key}/rewrite", temperature=ctx.temperature,
-                         validate=lambda a: usable_instruction(a.new_instruction, limit) is not None,
+                         validate=lambda a: rewrite(a, record=True) is not None,
                          earlier_versions=render_versions(ancestors),
                          reasons="\n".join(f"{i}. {r}" for i, r in enumerate(reasons, 1)), **inputs)
-        return usable_instruction(answer.new_instruction, limit) if answer is not None else None
+        return rewrite(answer) if answer is not None else None
 
     # ------------------------------------------------------------------------------- choosing
     def _paper_choice(self, run: _Run) -> tuple[list[int], _Node]:

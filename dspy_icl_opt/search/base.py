@@ -32,6 +32,7 @@ from dspy_icl_opt.search.fingerprint import describe_differences, lm_identity, m
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
 from dspy_icl_opt.search.meta import MetaPromptAdapter
 from dspy_icl_opt.search.plan import SearchPlan, Shape
+from dspy_icl_opt.search.proposals import ProposalChecker
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
 from dspy_icl_opt.search.scorer import Metric, Outcome, Scorer, example_key
 from dspy_icl_opt.search.surgery import ProgramState, named_predictors, read_state
@@ -141,6 +142,7 @@ class SearchContext:
         #: how many of the valset's examples the final choice uses (the plan may cut them to fit the cap)
         self.validation_examples = len(valset)
         self.plan: SearchPlan | None = None
+        self._checker: ProposalChecker | None = None
 
     # ----------------------------------------------------------------------------- candidates
     def add_candidate(self, state: ProgramState, *, step: int, origin: str, predictor: str | None = None,
@@ -238,6 +240,24 @@ class SearchContext:
         return max(size, min(available, affordable))
 
     # ------------------------------------------------------------------------- prompt model
+    def proposal_problem(self, text: str, *, allowed: str = "", signature: type[dspy.Signature] | None = None,
+                         record: bool = False) -> str | None:
+        """Why a proposed instruction is not one (a copied example, the meta-prompt echoed, a question, a bare
+        answer), or ``None``; see :mod:`dspy_icl_opt.search.proposals`. Always ``None`` when the optimizer
+        was built with ``check_proposals=False``. ``record``: count the reason in the report
+        (``extra["rejected_proposals"]``); a strategy records once per answer, in its validator."""
+        if not self.optimizer.check_proposals:
+            return None
+        if self._checker is None:
+            self._checker = ProposalChecker(self.trainset)
+        metas = (signature.instructions,) if signature is not None else ()
+        reason = self._checker.problem(text, allowed=allowed, meta_texts=metas)
+        if reason is not None and record:
+            counts = self.report.extra.setdefault("rejected_proposals", {})
+            counts[reason] = counts.get(reason, 0) + 1
+            logger.debug("Proposal rejected ({}): {!r}", reason, text[:200])
+        return reason
+
     def ask(self, signature: type[dspy.Signature], *, key: str, temperature: float | None = None,
             max_tokens: int | None = None, validate: Callable[[dspy.Prediction], bool] | None = None,
             **inputs: Any) -> dspy.Prediction | None:
@@ -391,6 +411,9 @@ class ICLOptimizer(Teleprompter):
         failure_score: the score of an example whose program or metric raised.
         max_retries: extra tries for an unparsable or failed prompt-model answer.
         progress: show progress bars.
+        check_proposals: reject a proposed instruction that is not one before it costs task calls (an
+            example copied back, the meta-prompt echoed, a question about one example, a bare answer: see
+            :mod:`dspy_icl_opt.search.proposals`); rejected answers count as unusable and are asked again.
     """
 
     #: The temperature a strategy with a ``temperature`` setting samples its prompt model at when neither that
@@ -400,7 +423,8 @@ class ICLOptimizer(Teleprompter):
     def __init__(self, metric: Metric, *, task_model: dspy.BaseLM | None = None,
                  prompt_model: dspy.BaseLM | None = None, budget: Budget | dict[str, Any] | str | None = None,
                  seed: int = 0, num_threads: int = 1, log_dir: str | Path | None = None,
-                 failure_score: float = 0.0, max_retries: int = 2, progress: bool = True) -> None:
+                 failure_score: float = 0.0, max_retries: int = 2, progress: bool = True,
+                 check_proposals: bool = True) -> None:
         super().__init__()
         if not callable(metric):
             raise TypeError(f"`metric` must be callable as metric(example, prediction, trace=None), but got "
@@ -412,6 +436,10 @@ class ICLOptimizer(Teleprompter):
         check_int("seed", seed, minimum=0)
         check_int("num_threads", num_threads, minimum=1)
         check_int("max_retries", max_retries, minimum=0)
+        if not isinstance(check_proposals, bool):
+            raise TypeError(f"`check_proposals` must be True or False, but got {type(check_proposals).__name__} "
+                            f"{check_proposals!r}. Pass False to score every proposal the prompt model writes.")
+        self.check_proposals = check_proposals
         self.metric = metric
         self.task_model = task_model
         self.prompt_model = prompt_model
@@ -552,6 +580,8 @@ class ICLOptimizer(Teleprompter):
         params, temperature = self._params(), self.prompt_temperature(self.prompt_model)
         if "temperature" in params:  # the report says the temperature used, not the setting (None: see above)
             params["temperature"] = temperature
+        if not self.check_proposals:  # changes which proposals are scored: a resume must not mix the two
+            params["check_proposals"] = False
         report = OptimizationReport(optimizer=type(self).__name__, params=params, seed=self.seed,
                                     budget=self.budget,
                                     fingerprint=run_fingerprint(student, trainset, valset, task, prompt, self.metric,

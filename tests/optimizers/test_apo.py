@@ -322,3 +322,36 @@ def test_at_a_users_budget_apo_runs_three_rounds_and_spends_the_task_cap():
     assert report.extra["plan_vs_actual"]["steps"]["run"] >= 3
     assert 0.9 * 400 <= report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40
     assert report.extra["final_choice"]["examples"] == 40
+
+
+def echoing_responder(rule: str):
+    """The prompt model as the 0.5B model answers APO on date_understanding: the edit is right, but every
+    paraphrase is a question about one example instead of an instruction."""
+    base = responder(rule)
+
+    def respond(request: Any) -> str:
+        if "`paraphrase`" in system_text(request):
+            return format_chat_reply({"paraphrase": "What is the answer to this word?"})
+        return base(request)
+
+    return respond
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_a_paraphrase_that_is_not_an_instruction_is_asked_again_then_dropped(check):
+    task = planted_rule_task("vowels", train_size=16, val_size=6, seed=0)
+    apo, _ = run_apo(task, prompt_lm=scripted_lm(echoing_responder(task.rule)), check_proposals=check,
+                     max_retries=1)
+    report = apo.report_
+    scored = [instruction_of(c) for c in report.candidates]
+    stats = report.extra["meta_prompts"]["Paraphrase"]
+    if check:
+        assert "What is the answer to this word?" not in scored
+        assert stats["usable"] == 0 and stats["unusable"] == stats["answers"] > 0
+        assert report.extra["rejected_proposals"] == {"a question, not an instruction": stats["answers"]}
+        assert report.params.get("check_proposals", True) is True
+    else:
+        assert "What is the answer to this word?" in scored
+        assert "rejected_proposals" not in report.extra and report.params["check_proposals"] is False
+    # the edits are instructions either way, and the planted rule still wins
+    assert any(task.rule in text.lower() for text in scored)

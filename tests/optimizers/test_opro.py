@@ -103,7 +103,7 @@ def test_extract_instruction_between_tags():
 
 
 def test_duplicates_and_overlong_proposals_are_dropped(task):
-    replies = [proposal("Same idea."), proposal("same   IDEA!"), proposal("x" * 600), proposal(task.rule)]
+    replies = [proposal("Same idea."), proposal("same   IDEA!"), proposal("Answer with care. " * 40), proposal(task.rule)]
     opro = OPRO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(replies), steps=1,
                 candidates_per_step=4, format_candidate=False, progress=False)
     opro.compile(task.program(), trainset=task.train, valset=task.val)

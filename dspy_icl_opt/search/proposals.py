@@ -1,0 +1,111 @@
+"""Is a proposal an instruction? Checks a small prompt model's answers need before they cost task calls.
+
+Measured on APO's date_understanding run (split 0, the 0.5B model as proposer, 28 candidates): most
+"edits" and "paraphrases" the parsers accepted were not instructions at all. They were an example's
+question copied back ("In the US, Thanksgiving is on the fourth Thursday of November. Today is ..."), a
+question about one example ("If Jane's appointment will be 3 days later, what is the date today ...?"),
+a bare answer ("02/14/2026"), the meta-prompt's own instruction ("Rewrite an instruction: keep its
+meaning ..."), or DSPy's field markers left in the text ("[[ ## instruction ## ]]"). Each one then
+costs a share of the task-call budget, and one of them led the search set (0.706 against the start's
+0.471 on 17 examples) before it was level on validation.
+
+:func:`clean_proposal` removes what is never part of an instruction (field markers); then
+:func:`instruction_problem` names what makes the text something other than an instruction, or returns
+``None``. The checks are deterministic and cheap (no LM call), so a strategy can use them as the
+validator of its meta-prompt answers: a rejected answer is counted as unusable and asked again.
+
+"Copies an example" counts only text that belongs to a few examples: wording that most examples
+share (a task's own instruction repeated in every question, such as disambiguation_qa's "explain the
+antecedent of the pronoun ...") is the task's, and a proposal may use it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import dspy
+
+#: A proposal with fewer words (of letters) than this is not an instruction (a bare answer, a label).
+MIN_WORDS = 2
+#: Word n-grams of this length are compared with the examples and the meta-prompt.
+NGRAM = 5
+#: A proposal whose n-grams come from example-specific text at least this much is a copied example.
+COPIED_SHARE = 0.4
+#: n-grams found in at least this share of the examples are the task's wording, not one example's.
+SHARED_SHARE = 0.2
+#: A proposal whose content words are this much one example's (names, numbers) is about that example.
+SPECIFIC_WORDS_SHARE = 0.35
+#: ... and at least this many such words.
+SPECIFIC_WORDS_MIN = 3
+_STOPWORDS = frozenset(
+    "the a an and or of to in on for with is are was be it its this that these those as at by from if then "
+    "what which who when how not no do does your you each one any all their there".split())
+_MARKER = re.compile(r"\[\[\s*##\s*[^\]#]*?\s*##\s*\]\]")
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+
+
+def clean_proposal(text: str) -> str:
+    """``text`` without DSPy's field markers (``[[ ## instruction ## ]]``, ``[[ ## completed ## ]]``)."""
+    return _MARKER.sub(" ", text or "").strip()
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _ngrams(words: Sequence[str], n: int = NGRAM) -> set[tuple[str, ...]]:
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+class ProposalChecker:
+    """Checks proposals against one task's examples (inputs and labels) and the meta-prompts' own text."""
+
+    def __init__(self, examples: Iterable[dspy.Example] = (), meta_texts: Iterable[str] = ()) -> None:
+        grams_of, words_of = [], []
+        for example in examples:
+            words = _words(" ".join(str(v) for v in dict(example.items()).values()
+                                    if isinstance(v, (str, int, float))))
+            grams_of.append(_ngrams(words))
+            words_of.append(set(words))
+        shared = max(2, SHARED_SHARE * len(grams_of))
+        gram_counts = Counter(gram for grams in grams_of for gram in grams)
+        self._specific = {gram for gram, k in gram_counts.items() if k < shared}
+        word_counts = Counter(word for words in words_of for word in words)
+        self._specific_words = {word for word, k in word_counts.items() if k < shared}
+        self._meta: set[tuple[str, ...]] = set()
+        for text in meta_texts:
+            self._meta |= _ngrams(_words(text))
+
+    def problem(self, text: str, *, allowed: str = "", meta_texts: Iterable[str] = ()) -> str | None:
+        """Why ``text`` is not an instruction, or ``None`` when it may be one.
+
+        ``allowed``: text the proposal may repeat freely (the instruction it rewrites: a paraphrase of a
+        start that quotes an example is not the proposer's copy). ``meta_texts``: the asking meta-prompt's
+        own wording, beside the checker's.
+        """
+        text = clean_proposal(text)
+        words = _words(text)
+        if sum(1 for word in words if not word.isdigit()) < MIN_WORDS:
+            return "a bare answer, not an instruction"
+        stripped = text.rstrip()
+        if stripped.endswith("?") and len(_SENTENCE_END.findall(stripped[:-1])) == 0:
+            return "a question, not an instruction"
+        grams = _ngrams(words)
+        if not grams:
+            return None
+        grams -= _ngrams(_words(allowed))
+        if grams and len(grams & self._specific) >= COPIED_SHARE * len(_ngrams(words)):
+            return "copies a training example"
+        meta = set(self._meta)
+        for extra in meta_texts:
+            meta |= _ngrams(_words(extra))
+        if grams and len(grams & meta) >= COPIED_SHARE * len(_ngrams(words)):
+            return "copies the meta-prompt"
+        own = set(_words(allowed))
+        content = [w for w in words if w not in _STOPWORDS and w not in own and (len(w) > 2 or w.isdigit())]
+        specific = [w for w in content if w in self._specific_words or (w.isdigit() and len(w) >= 2)]
+        if len(specific) >= SPECIFIC_WORDS_MIN and len(specific) >= SPECIFIC_WORDS_SHARE * len(content):
+            return "about one example (its names or numbers), not the task"
+        return None

@@ -1,0 +1,75 @@
+"""Is a proposal an instruction? The checks run on answers the 0.5B proposer really wrote (APO and OPRO
+on date_understanding and disambiguation_qa), against examples shaped like those tasks."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+
+from dspy_icl_opt.search.proposals import ProposalChecker, clean_proposal
+
+# every question carries the task's own wording (as disambiguation_qa's do); the sentences differ
+TASK_WORDING = ("In the following sentences, explain the antecedent of the pronoun (which thing the pronoun "
+                "refers to), or state that it is ambiguous.")
+PEOPLE = ["librarian", "chef", "carpenter", "nurse", "reporter", "customer", "janitor", "assistant", "mechanic",
+          "writer"]
+OTHERS = ["CEO", "clerk", "manager", "patient", "editor", "driver", "child", "physician", "teacher", "baker"]
+
+
+def _examples() -> list[dspy.Example]:
+    out = []
+    for i, (a, b) in enumerate(zip(PEOPLE, OTHERS, strict=True)):
+        sentence = f"Sentence: The {a} helped the {b} {i + 2} times because they asked on day {10 + i}."
+        options = f"(A) The {a} asked\n(B) The {b} asked\n(C) Ambiguous"
+        out.append(dspy.Example(question=f"{TASK_WORDING}\n\n{sentence}", options=options,
+                                answer=f"The {b} asked").with_inputs("question", "options"))
+    return out
+
+
+META = "Reword an instruction: keep its meaning and every requirement it states, change the wording."
+
+
+@pytest.fixture(scope="module")
+def checker() -> ProposalChecker:
+    return ProposalChecker(_examples())
+
+
+@pytest.mark.parametrize("text", [
+    "Answer the multiple-choice question. Reply with the exact text of the correct option.",
+    "Read the sentence, decide which person the pronoun points to, and reply with that option's text.",
+    # the task's own wording, shared by every example, is the task's and may be used
+    "Explain the antecedent of the pronoun (which thing the pronoun refers to), or state that it is ambiguous.",
+    "Answer the question.",
+])
+def test_instructions_pass(checker, text):
+    assert checker.problem(text, meta_texts=[META]) is None
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("The librarian helped the CEO 2 times because they asked on day 10.", "copies a training example"),
+    ("What does the pronoun refer to in the librarian sentence?", "a question, not an instruction"),
+    ("02/14/2026", "a bare answer, not an instruction"),
+    ("Reword an instruction: keep its meaning and every requirement it states.", "copies the meta-prompt"),
+    ("The chef and the nurse met on day 13 and 17, 2023.", "about one example (its names or numbers), not the task"),
+])
+def test_what_is_not_an_instruction_is_named(checker, text, reason):
+    assert checker.problem(text, meta_texts=[META]) == reason
+
+
+def test_a_paraphrase_may_repeat_the_instruction_it_rewrites(checker):
+    start = "Answer as in: The librarian helped the CEO 2 times because they asked on day 10."
+    assert checker.problem(start) == "copies a training example"
+    assert checker.problem(start, allowed=start) is None
+
+
+def test_field_markers_are_removed_before_the_checks(checker):
+    text = "[[ ## instruction ## ]]\nAnswer the question with the option's text.[[ ## completed ## ]]"
+    assert clean_proposal(text) == "Answer the question with the option's text."
+    assert checker.problem(text) is None
+
+
+def test_a_checker_without_examples_still_rejects_non_instructions():
+    empty = ProposalChecker()
+    assert empty.problem("Answer the question.") is None
+    assert empty.problem("42") == "a bare answer, not an instruction"
+    assert empty.problem("Which option is right?") == "a question, not an instruction"

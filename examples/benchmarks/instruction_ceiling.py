@@ -20,6 +20,11 @@ If the split-half best is level with the start, no selection rule could have gai
 proposals: the proposals are the failing step. If it is clearly above and the search's pick is not,
 selection is.
 
+``--instructions FILE`` (a JSON list of strings) adds instructions written by hand, scored the same way
+and reported apart: if careful hand-written instructions do not beat the start either, the task model
+does not respond to instruction wording on this task, and no proposer or selection rule can gain there.
+With ``--format-candidate`` the grounding's format candidate as the current code builds it is added too.
+
 Run (one task-model process; the row must come from the same ``--train/--val/--test`` sizes):
     python examples/benchmarks/instruction_ceiling.py --rows examples/benchmarks/results/run_k_date_understanding_seed0.jsonl \
         --task date_understanding --method opro+soft/OPRO --seed 0 --out ceiling.jsonl
@@ -31,6 +36,7 @@ scores are appended to ``--out`` as they finish; a re-run skips the candidates a
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -42,6 +48,7 @@ from dspy_icl_opt.programs import load_task, make_program
 
 from dspy_icl_opt.lm import resolve_lm
 from dspy_icl_opt.search.base import paired_gain
+from dspy_icl_opt.search.grounding import format_instruction, output_spaces
 from dspy_icl_opt.search.placement import PlacementAdapter
 from dspy_icl_opt.search.surgery import ProgramState, apply_state
 
@@ -121,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-candidates", type=int, default=None,
                         help="score only the start and this many others, the search's top-ranked first")
     parser.add_argument("--out", default=None, help="append each candidate's scores here; a re-run skips those done")
+    parser.add_argument("--instructions", default=None,
+                        help="a JSON file holding a list of hand-written instructions to score beside the search's")
+    parser.add_argument("--format-candidate", action="store_true",
+                        help="also score the format candidate the current grounding code builds")
     args = parser.parse_args(argv)
     row = find_row(args.rows, args.task, args.method, args.seed)
     task = load_task(args.task, seed=args.seed, train_size=args.train, val_size=args.val, test_size=args.test)
@@ -130,24 +141,68 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_candidates is not None:
         ranked = sorted((c for c in states if c["id"] != start["id"]), key=_search_key)[: args.max_candidates]
         states = [start, *sorted(ranked, key=lambda c: c["id"])]
+    extra = _extra_candidates(args, start, program, task)
+    states = [*states, *extra]
     done = _read_done(args.out, args)
     lm = None
     scores: dict[int, list[float]] = {}
     for candidate in states:
-        if candidate["id"] in done:
-            scores[candidate["id"]] = done[candidate["id"]]
+        earlier = done.get(candidate["id"])
+        if earlier is not None and earlier.get("instruction") == candidate.get("instruction"):
+            scores[candidate["id"]] = earlier["scores"]
             continue
         if lm is None:
             lm = resolve_lm(args.lm, temperature=0.0, max_tokens=256, cache=False)
         scores[candidate["id"]] = score_candidate(program, candidate["state"], task.test, task.metric, lm)
-        _append(args.out, {"task": args.task, "method": args.method, "seed": args.seed, "candidate": candidate["id"],
-                           "origin": candidate["origin"], "scores": scores[candidate["id"]]})
+        record = {"task": args.task, "method": args.method, "seed": args.seed, "candidate": candidate["id"],
+                  "origin": candidate["origin"], "scores": scores[candidate["id"]]}
+        if "instruction" in candidate:  # written here: a changed text is scored again
+            record["instruction"] = candidate["instruction"]
+        _append(args.out, record)
         print(f"candidate {candidate['id']} ({candidate['origin']}): test "
               f"{sum(scores[candidate['id']]) / len(task.test):.3f}", file=sys.stderr)
-    others = {c["id"]: scores[c["id"]] for c in states if c["id"] != start["id"]}
-    rank = [c["id"] for c in sorted(states, key=_search_key)]
-    print(render(states, scores, start["id"], analyse(scores[start["id"]], others, rank)))
+    searched = [c for c in states if c not in extra]
+    others = {c["id"]: scores[c["id"]] for c in searched if c["id"] != start["id"]}
+    rank = [c["id"] for c in sorted(searched, key=_search_key)]
+    print(render(searched, scores, start["id"], analyse(scores[start["id"]], others, rank)))
+    if extra:
+        print("\nwritten by hand or by the current grounding code (not the search's):")
+        hand = {c["id"]: scores[c["id"]] for c in extra}
+        print(render([start, *extra], scores, start["id"], analyse(scores[start["id"]], hand, [])))
+        for c in extra:
+            print(f"- {c['id']} ({c['origin']}): {c['instruction']!r}")
     return 0
+
+
+#: Ids of candidates this script adds (kept apart from the search's, whose ids count from 0).
+HAND_IDS = 1000
+
+
+def _extra_candidates(args: argparse.Namespace, start: dict, program: dspy.Module, task: Any) -> list[dict]:
+    """Candidates written by hand (``--instructions``) and the current format candidate (``--format-candidate``),
+    each the start's state with its one predictor's instruction replaced."""
+    texts: list[tuple[str, str]] = []
+    if args.instructions:
+        loaded = json.loads(Path(args.instructions).read_text())
+        if not isinstance(loaded, list) or not all(isinstance(t, str) and t.strip() for t in loaded):
+            raise SystemExit(f"--instructions {args.instructions}: expected a JSON list of non-empty strings.")
+        texts += [("hand", t) for t in loaded]
+    if args.format_candidate:
+        predictor = program.predictors()[0]
+        given = start["state"][next(iter(start["state"]))]["instruction"]
+        text = format_instruction(given, output_spaces(predictor, task.train))
+        if text is not None:
+            texts.append(("format_now", text))
+    if texts and len(start["state"]) != 1:
+        raise SystemExit("--instructions / --format-candidate: the program must have one predictor; it has "
+                         f"{sorted(start['state'])}.")
+    out = []
+    for i, (origin, text) in enumerate(texts):
+        state = copy.deepcopy(start["state"])
+        state[next(iter(state))]["instruction"] = text
+        out.append({"id": HAND_IDS + i, "step": 0, "origin": origin, "scores": {}, "state": state,
+                    "instruction": text})
+    return out
 
 
 def _search_key(candidate: dict) -> tuple[float, int]:
@@ -183,7 +238,8 @@ def render(states: list[dict], scores: dict[int, list[float]], start: int, figur
     return "\n".join(lines)
 
 
-def _read_done(path: str | None, args: argparse.Namespace) -> dict[int, list[float]]:
+def _read_done(path: str | None, args: argparse.Namespace) -> dict[int, dict]:
+    """The records of candidates scored before, by id (the last one of an id wins)."""
     if not path or not Path(path).exists():
         return {}
     done = {}
@@ -191,7 +247,7 @@ def _read_done(path: str | None, args: argparse.Namespace) -> dict[int, list[flo
         if line.strip():
             r = json.loads(line)
             if (r["task"], r["method"], r["seed"]) == (args.task, args.method, args.seed):
-                done[int(r["candidate"])] = r["scores"]
+                done[int(r["candidate"])] = r
     return done
 
 

@@ -267,3 +267,41 @@ def test_the_ceiling_scores_a_rows_candidates_once_and_resumes(tmp_path, monkeyp
     assert "| 0 | seed | 0 |" in only_start and "| 5 |" not in only_start
     with pytest.raises(SystemExit, match="no 'APO' step"):
         ceiling.main([*argv[:5], "opro+soft/APO", *argv[6:]])
+
+
+def test_the_ceiling_scores_hand_written_instructions_apart(tmp_path, monkeypatch, capsys):
+    import dspy
+
+    ceiling = load("instruction_ceiling")
+    states = [{"id": 0, "step": 0, "origin": "seed", "state": {"predict": {"instruction": "Answer."}},
+               "scores": {"train": 0.4, "val": 0.3}},
+              {"id": 5, "step": 1, "origin": "proposal", "state": {"predict": {"instruction": "Answer now."}},
+               "scores": {"train": 0.6}}]
+    rows = write(tmp_path / "run_seed0.jsonl", [row("date_understanding", "opro", 0.31, 392, seed=0,
+                                                     candidate_states=states)])
+    calls = []
+
+    def fake_score(program, state, examples, metric, lm):
+        text = state["predict"]["instruction"]
+        calls.append(text)
+        return [1.0 if "Work out" in text and i < 10 else float(i % 2) for i in range(len(examples))]
+
+    monkeypatch.setattr(ceiling, "score_candidate", fake_score)
+    monkeypatch.setattr(ceiling, "resolve_lm", lambda *a, **k: dspy.utils.DummyLM([{"answer": "x"}]))
+    hand = tmp_path / "hand.json"
+    hand.write_text(json.dumps(["Work out the date, then answer.", "Reply with the option's text."]))
+    out = tmp_path / "ceiling.jsonl"
+    argv = ["--rows", rows, "--task", "date_understanding", "--method", "opro", "--seed", "0", "--test", "20",
+            "--out", str(out), "--instructions", str(hand)]
+    assert ceiling.main(argv) == 0
+    printed = capsys.readouterr().out
+    searched, _, written = printed.partition("written by hand")
+    assert "| 1000 |" not in searched and "the search's top-ranked candidate (5): +0.000" in searched
+    assert "| 1000 | hand | 0 | - | - | 0.750 | +0.250 (0.099) |" in written
+    assert "best on all test examples (1000" in written and repr("Reply with the option's text.") in written
+    # a changed hand-written text is scored again; the unchanged ones are read from --out
+    hand.write_text(json.dumps(["Work out the date, then answer.", "Reply with the letter."]))
+    assert ceiling.main(argv) == 0 and calls[-1] == "Reply with the letter." and len(calls) == 5
+    with pytest.raises(SystemExit, match="JSON list of non-empty strings"):
+        hand.write_text(json.dumps({"a": 1}))
+        ceiling.main(argv)

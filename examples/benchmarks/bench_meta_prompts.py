@@ -3,7 +3,8 @@
 Each meta-prompt is asked ``--tries`` times (temperature 1.0, a different seed each time) with inputs
 built from a bundled task, through the same adapter and the same checks the strategies use: an answer
 is parsed when the adapter reads every output field, and usable when the strategy's own check accepts it
-too (an instruction between or without tags, a numbered reason, a procedure of at least two steps, a step
+too (an instruction between or without tags that passes the shared check of
+:mod:`dspy_icl_opt.search.proposals`, a numbered reason, a procedure of at least two steps, a step
 number in range, a demonstration that labels every step ...). No retries: first answers only (a strategy
 retries an unusable answer up to ``max_retries`` times).
 
@@ -42,6 +43,7 @@ from dspy_icl_opt.optimizers.opro_prompts import ProposeInstruction, extract_ins
 from dspy_icl_opt.optimizers.promptagent_prompts import AnalyzeErrors, RewriteInstruction, usable_instruction
 from dspy_icl_opt.search.grounding import data_summary
 from dspy_icl_opt.search.meta import MetaPromptAdapter, numbered_items
+from dspy_icl_opt.search.proposals import ProposalChecker, clean_proposal
 from dspy_icl_opt.search.surgery import describe_signature
 
 PROCEDURE = ("1. Read the question and find the reference date it gives.\n2. Work out the date it asks for from that "
@@ -62,22 +64,35 @@ def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signatu
                     f"Correct output:\n  answer: {train[1].answer}")
     procedure = Procedure.parse(PROCEDURE)
     final = {"answer": program.signature.output_fields["answer"]}
+    checker = ProposalChecker(train)
+
+    def instruction(text: str, signature: type[dspy.Signature], allowed: str = "") -> bool:
+        """An instruction by the strategies' shared check (not a copied example, question or echo)."""
+        text = clean_proposal(text)
+        return bool(text) and checker.problem(text, allowed=allowed, meta_texts=[signature.instructions]) is None
+
     return {
         "OPRO ProposeInstruction": (ProposeInstruction, {
             "task": signature, "data_summary": summary,
             "previous_instructions": "text:\nAnswer the question.\nscore:\n42\n\ntext:\nThink about the dates, then "
                                      "answer with the option letter.\nscore:\n47",
             "example_problems": render_exemplars(train[:3], "system")},
-            lambda a: 0 < len(extract_instruction(a.new_instruction)) <= MAX_INSTRUCTION_CHARS),
+            lambda a: 0 < len(extract_instruction(a.new_instruction)) <= MAX_INSTRUCTION_CHARS
+            and instruction(extract_instruction(a.new_instruction), ProposeInstruction,
+                            "Answer the question.\nThink about the dates, then answer with the option letter.")),
         "APO DiagnoseErrors": (DiagnoseErrors, {
             "task": signature, "data_summary": summary, "instruction": "Answer the question.", "failures": failure,
             "n_reasons": 1}, lambda a: bool(numbered_items(a.reasons))),
         "APO FixInstruction": (FixInstruction, {
             "task": signature, "data_summary": summary, "instruction": "Answer the question.", "failures": failure,
             "problem": "The instruction does not say to compute the date from the reference date.",
-            "n_instructions": 1}, lambda a: bool(edited_instructions(a.new_instructions, 1))),
+            "n_instructions": 1},
+            lambda a: any(instruction(t, FixInstruction, "Answer the question.")
+                          for t in edited_instructions(a.new_instructions, 1))),
         "APO Paraphrase": (Paraphrase, {"instruction": "Work out the date step by step, then answer with the option "
-                                                       "letter."}, lambda a: bool(clean_text(a.paraphrase))),
+                                                       "letter."},
+                           lambda a: instruction(clean_text(a.paraphrase), Paraphrase, "Work out the date step by step, "
+                                                 "then answer with the option letter.")),
         "PromptAgent AnalyzeErrors": (AnalyzeErrors, {
             "task": signature, "data_summary": summary, "instruction": "Answer the question.",
             "wrong_answers": wrong_answer, "n_reasons": 3}, lambda a: bool(numbered_items(a.reasons))),
@@ -85,13 +100,19 @@ def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signatu
             "task": signature, "data_summary": summary, "earlier_versions": "1. Answer the question.",
             "instruction": "Answer the question with the option letter.", "wrong_answers": wrong_answer,
             "reasons": "1. It does not say to compute the date from the reference date."},
-            lambda a: usable_instruction(a.new_instruction, MAX_INSTRUCTION_CHARS) is not None),
+            lambda a: usable_instruction(a.new_instruction, MAX_INSTRUCTION_CHARS) is not None
+            and instruction(usable_instruction(a.new_instruction, MAX_INSTRUCTION_CHARS), RewriteInstruction,
+                            "Answer the question.\nAnswer the question with the option letter.")),
         "APE InduceInstruction": (InduceInstruction, {
             "task": signature, "demonstrations": render_demonstrations(train[:5])},
-            lambda a: bool(read_instruction(a.instruction))),
+            lambda a: bool(read_instruction(a.instruction))
+            and instruction(read_instruction(a.instruction), InduceInstruction)),
         "APE VaryInstruction": (VaryInstruction, {"instruction": "Work out the date the question asks for, then answer "
                                                                  "with the option letter."},
-                                lambda a: bool(read_instruction(a.variation))),
+                                lambda a: bool(read_instruction(a.variation))
+                                and instruction(read_instruction(a.variation), VaryInstruction,
+                                                "Work out the date the question asks for, then answer with the "
+                                                "option letter.")),
         "ABO WriteProcedure": (WriteProcedure, {
             "task": f"{signature}\nCurrent instruction: Answer the question.",
             "examples": "\n\n".join(f"Example {i}:\n{format_fields(dict(e.inputs()))}\n{format_fields(dict(e.labels()))}"

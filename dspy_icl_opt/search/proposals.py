@@ -92,16 +92,14 @@ class ProposalChecker:
         stripped = text.rstrip()
         if stripped.endswith("?") and len(_SENTENCE_END.findall(stripped[:-1])) == 0:
             return "a question, not an instruction"
-        grams = _ngrams(words)
-        if not grams:
-            return None
-        grams -= _ngrams(_words(allowed))
-        if grams and len(grams & self._specific) >= COPIED_SHARE * len(_ngrams(words)):
+        total = len(_ngrams(words))  # a text under NGRAM words has none: only the word check below applies
+        grams = _ngrams(words) - _ngrams(_words(allowed))
+        if grams and len(grams & self._specific) >= COPIED_SHARE * total:
             return "copies a training example"
         meta = set(self._meta)
         for extra in meta_texts:
             meta |= _ngrams(_words(extra))
-        if grams and len(grams & meta) >= COPIED_SHARE * len(_ngrams(words)):
+        if grams and len(grams & meta) >= COPIED_SHARE * total:
             return "copies the meta-prompt"
         own = set(_words(allowed))
         content = [w for w in words if w not in _STOPWORDS and w not in own and (len(w) > 2 or w.isdigit())]

@@ -268,6 +268,8 @@ def _search_figures(report: Any) -> dict[str, Any]:
             "kept_start": choice.get("chosen") == choice.get("start") if choice else None,
             "val_examples": choice.get("examples"), "final_choice": _final_table(report, choice),
             "meta_prompts": report.extra.get("meta_prompts", {}),
+            # answers that were not instructions (search/proposals.py), by reason
+            "rejected_proposals": report.extra.get("rejected_proposals", {}),
             "task_parse_failures": getattr(report.counters, "task_parse_failures", 0),
             "candidates": len(report.candidates),
             # every program state the search scored, for instruction_ceiling.py to score on the test set

@@ -82,6 +82,10 @@ CORRECT_SCORE = 1.0
 PROCEDURE_EXAMPLES = 3
 #: Training examples tried for one demonstration before going without (each costs one prompt call).
 DEMO_EXAMPLE_TRIES = 3
+#: After this many demonstrations in a row that the prompt model could not write (each up to
+#: ``DEMO_EXAMPLE_TRIES`` examples, with retries), it is asked for no more: measured on date_understanding
+#: (0.5B writer, split 0), all 6 attempts failed and took the prompt budget before round 2 could run.
+DEMO_GIVE_UP = 2
 #: The paper's ablation: this sentence instead of a demonstration (also used when no demo could be made).
 STRICT_SENTENCE = "Follow the steps strictly."
 #: The score label of the shared search set, on which every candidate is compared.
@@ -302,6 +306,7 @@ class _PredictorRun:
         self.seed: CandidateRecord | None = None
         self.prompt_budget_spent: BudgetExhausted | None = None
         self.arms: list[_Arm] = []
+        self.failed_demos = 0  # written demonstrations in a row that could not be used
         self.checkable = any(self._has_gold(example) for example in ctx.trainset)
         if opt.demonstration and not self.checkable:
             logger.info("ABO [{}]: its outputs {} are not among the examples' labels, so a demonstration cannot be "
@@ -325,10 +330,9 @@ class _PredictorRun:
         elif self.prompt_budget_spent is not None:
             raise self.prompt_budget_spent  # what was written and scored is compared in the final choice
         else:
-            runs = 2 if self.opt.demonstration else 1
-            per_round = len(beam) * runs * len(self.examples) * len(ctx.predictors)
             round_ = 1
-            while self.opt._rounds_left(ctx, round_, per_round):
+            while self.opt._rounds_left(ctx, round_, len(beam) * self._runs() * len(self.examples)
+                                        * len(ctx.predictors)):
                 tried = len(self.arms)
                 beam = [self._refine(arm, round_, lineage) for lineage, arm in enumerate(beam)]
                 ctx.checkpoint(self.first_step + round_)
@@ -392,6 +396,14 @@ class _PredictorRun:
         return None if answer is None else Procedure.parse(answer.procedure)
 
     # ------------------------------------------------------------------------- demonstrations
+    def _demos_wanted(self) -> bool:
+        """Whether procedures still get a demonstration: asked for, checkable, and the writer not given up on."""
+        return self.opt.demonstration and self.checkable and self.failed_demos < DEMO_GIVE_UP
+
+    def _runs(self) -> int:
+        """Scorings of the search set per procedure: as it is, and with its demonstration while there are any."""
+        return 2 if self._demos_wanted() else 1
+
     def _demonstration(self, procedure: Procedure, outcomes: list[Outcome], key: str,
                        preferred: int | None) -> Demonstration | None:
         """One of the task model's own correct runs that labels every step, else one the prompt model writes."""
@@ -416,13 +428,24 @@ class _PredictorRun:
         return None
 
     def _write_demo(self, procedure: Procedure, key: str, preferred: int | None) -> Demonstration | None:
-        """A demonstration the prompt model writes, whose final outputs pass the metric, or None (logged)."""
+        """A demonstration the prompt model writes, whose final outputs pass the metric, or None (logged).
+
+        After ``DEMO_GIVE_UP`` failures in a row the prompt model is not asked again in this run: its calls
+        go to localising and splitting steps instead (``report.extra["demonstrations_given_up"]``)."""
+        if self.failed_demos >= DEMO_GIVE_UP:
+            return None
         for j, index in enumerate(self._demo_pool(preferred)):
             demo = self._demo_attempt(procedure, index, f"{key}/demo{j}")
             if demo is not None:
+                self.failed_demos = 0
                 return demo
+        self.failed_demos += 1
         logger.info("ABO [{}]: no demonstration passed the metric after {} example(s); going without one ({})",
                     self.name, DEMO_EXAMPLE_TRIES, key)
+        if self.failed_demos >= DEMO_GIVE_UP:
+            self.ctx.report.extra.setdefault("demonstrations_given_up", []).append(self.name)
+            logger.info("ABO [{}]: {} demonstrations in a row could not be written; no more are asked for in this "
+                        "run", self.name, DEMO_GIVE_UP)
         return None
 
     def _demo_pool(self, preferred: int | None) -> list[int]:
@@ -525,9 +548,8 @@ class _PredictorRun:
         task_left = self.ctx.meter.remaining_calls("task")
         if prompt_left is None or task_left is None:
             return planned
-        runs = 2 if self.opt.demonstration else 1
-        rounds = max(1, task_left // max(1, runs * len(self.examples) * len(self.ctx.predictors)))
-        per_round = prompt_left // rounds - 1 - (1 if self.opt.demonstration else 0)  # the split and a demo
+        rounds = max(1, task_left // max(1, self._runs() * len(self.examples) * len(self.ctx.predictors)))
+        per_round = prompt_left // rounds - 1 - (1 if self._demos_wanted() else 0)  # the split and a demo
         return max(1, min(planned, per_round))
 
     def _locate(self, arm: _Arm, example: dspy.Example, outcome: Outcome, key: str) -> tuple[int, str] | None:

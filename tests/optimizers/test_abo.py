@@ -10,7 +10,7 @@ from typing import Any
 import dspy
 import pytest
 
-from dspy_icl_opt.optimizers.abo import ABO, STRICT_SENTENCE
+from dspy_icl_opt.optimizers.abo import ABO, DEMO_EXAMPLE_TRIES, DEMO_GIVE_UP, STRICT_SENTENCE
 from dspy_icl_opt.optimizers.abo_prompts import Procedure, follows_every_step, parse_sub_steps, step_number
 from dspy_icl_opt.testing import (
     format_chat_reply,
@@ -411,6 +411,22 @@ def test_at_a_users_budget_abo_refines_at_least_twice_and_spends_the_task_cap():
     assert plan.steps >= 2 and plan.task_calls <= 400 and plan.prompt_calls <= 40
     abo.compile(big.program(), trainset=big.train, valset=big.val)
     report = abo.report_
+    refinements = {e["round"] for e in report.extra["rounds"] if e["round"] > 0 and e["candidate"] is not None}
+    assert len(refinements) >= 2
+    assert 0.9 * 400 <= report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40
+
+
+def test_a_writer_that_cannot_demonstrate_is_not_asked_again_and_the_rounds_still_run():
+    # As the 0.5B writer on date_understanding: every demonstration ends in a wrong answer. It used to take
+    # the prompt budget (3 examples x 3 tries per demonstration) before the second refinement round.
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    script = _FreshSubSteps(demo=lambda fields, i: echo_demo(fields, answer="999"))
+    abo = ABO(big.metric, task_model=big.lm(knows=never()), prompt_model=scripted_lm(script),
+              budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
+    abo.compile(big.program(), trainset=big.train, valset=big.val)
+    report = abo.report_
+    assert report.extra["demonstrations_given_up"] == ["self"]
+    assert len(script.asked("demo")) == DEMO_GIVE_UP * DEMO_EXAMPLE_TRIES
     refinements = {e["round"] for e in report.extra["rounds"] if e["round"] > 0 and e["candidate"] is not None}
     assert len(refinements) >= 2
     assert 0.9 * 400 <= report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40

@@ -65,10 +65,12 @@ def answer_space(examples: Sequence[dspy.Example], name: str, inputs: Sequence[s
         return "a number (digits only, e.g. " + ", ".join(distinct[:QUOTED_VALUES]) + ")"
     if len(distinct) <= MAX_LISTED_VALUES and len(distinct) <= max(2, LISTED_SHARE * len(values)):
         return "exactly one of: " + ", ".join(distinct)
-    quoted = "; ".join(repr(v) for v in distinct[:QUOTED_VALUES])
     source = copied_from(examples, name, inputs)
     if source is not None:
-        return f"the text of one of the options in `{source}`, copied exactly as written there (e.g. {quoted})"
+        # no quoted values: an example's option text is not an answer to another question, and the 0.5B model
+        # copied it (format candidate 0.21 against the start's 0.34 on disambiguation_qa split 0 with them)
+        return f"the text of one of the options in `{source}`, copied exactly as written there"
+    quoted = "; ".join(repr(v) for v in distinct[:QUOTED_VALUES])
     words = sorted(len(v.split()) for v in values)[len(values) // 2]
     size = "one word" if words <= 1 else f"about {words} words"
     return f"a short answer ({size}, e.g. {quoted})"

@@ -67,8 +67,8 @@ def answer_space(examples: Sequence[dspy.Example], name: str, inputs: Sequence[s
         return "exactly one of: " + ", ".join(distinct)
     source = copied_from(examples, name, inputs)
     if source is not None:
-        # no quoted values: an example's option text is not an answer to another question, and the 0.5B model
-        # copied it (format candidate 0.21 against the start's 0.34 on disambiguation_qa split 0 with them)
+        # no quoted values: an example's option text is not an answer to another question (with them the format
+        # candidate scored 0.21 against the start's 0.34 on disambiguation_qa split 0, 100 test examples)
         return f"the text of one of the options in `{source}`, copied exactly as written there"
     quoted = "; ".join(repr(v) for v in distinct[:QUOTED_VALUES])
     words = sorted(len(v.split()) for v in values)[len(values) // 2]

@@ -25,6 +25,9 @@ and reported apart: if careful hand-written instructions do not beat the start e
 does not respond to instruction wording on this task, and no proposer or selection rule can gain there.
 With ``--format-candidate`` the grounding's format candidate as the current code builds it is added too.
 
+Without ``--rows``, the program as given is the start and only the hand-written and format candidates
+are scored (any bundled task, no benchmark row needed).
+
 Run (one task-model process; the row must come from the same ``--train/--val/--test`` sizes):
     python examples/benchmarks/instruction_ceiling.py --rows examples/benchmarks/results/run_k_date_understanding_seed0.jsonl \
         --task date_understanding --method opro+soft/OPRO --seed 0 --out ceiling.jsonl
@@ -50,7 +53,7 @@ from dspy_icl_opt.lm import resolve_lm
 from dspy_icl_opt.search.base import paired_gain
 from dspy_icl_opt.search.grounding import format_instruction, output_spaces
 from dspy_icl_opt.search.placement import PlacementAdapter
-from dspy_icl_opt.search.surgery import ProgramState, apply_state
+from dspy_icl_opt.search.surgery import ProgramState, apply_state, read_state
 
 
 def find_row(path: str, task: str, method: str, seed: int) -> dict[str, Any]:
@@ -116,9 +119,12 @@ def analyse(start: list[float], others: dict[int, list[float]], search_rank: lis
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", required=True, help="a bench_optimizers.py --out file")
+    parser.add_argument("--rows", default=None,
+                        help="a bench_optimizers.py --out file; without it only the program as given and the "
+                             "--instructions / --format-candidate candidates are scored")
     parser.add_argument("--task", required=True)
-    parser.add_argument("--method", required=True, help="the row's method, or CHAIN/OPTIMIZER for a chain's step")
+    parser.add_argument("--method", default="program",
+                        help="the row's method, or CHAIN/OPTIMIZER for a chain's step (needed with --rows)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--program", default="qa")
     parser.add_argument("--train", type=int, default=40)
@@ -133,10 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format-candidate", action="store_true",
                         help="also score the format candidate the current grounding code builds")
     args = parser.parse_args(argv)
-    row = find_row(args.rows, args.task, args.method, args.seed)
     task = load_task(args.task, seed=args.seed, train_size=args.train, val_size=args.val, test_size=args.test)
     program = make_program(args.program, task)
-    states = row["candidate_states"]
+    if args.rows is not None:
+        states = find_row(args.rows, args.task, args.method, args.seed)["candidate_states"]
+    elif args.instructions or args.format_candidate:
+        states = [{"id": 0, "step": 0, "origin": "seed", "scores": {}, "state": read_state(program).to_dict()}]
+    else:
+        raise SystemExit("Nothing to score: pass --rows (a row's candidates) or --instructions / --format-candidate.")
     start = next((c for c in states if c["origin"] == "seed" and c["step"] == 0), states[0])
     if args.max_candidates is not None:
         ranked = sorted((c for c in states if c["id"] != start["id"]), key=_search_key)[: args.max_candidates]

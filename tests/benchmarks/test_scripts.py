@@ -305,3 +305,28 @@ def test_the_ceiling_scores_hand_written_instructions_apart(tmp_path, monkeypatc
     with pytest.raises(SystemExit, match="JSON list of non-empty strings"):
         hand.write_text(json.dumps({"a": 1}))
         ceiling.main(argv)
+
+
+def test_the_ceiling_without_rows_scores_the_program_as_given_and_hand_written_instructions(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import dspy
+
+    ceiling = load("instruction_ceiling")
+    calls = []
+
+    def fake_score(program, state, examples, metric, lm):
+        text = next(iter(state.values()))["instruction"]
+        calls.append(text)
+        return [1.0 if "adjective order" in text and i < 4 else float(i % 2) for i in range(len(examples))]
+
+    monkeypatch.setattr(ceiling, "score_candidate", fake_score)
+    monkeypatch.setattr(ceiling, "resolve_lm", lambda *a, **k: dspy.utils.DummyLM([{"answer": "x"}]))
+    hand = tmp_path / "hand.json"
+    hand.write_text(json.dumps(["Use the usual adjective order, then answer."]))
+    argv = ["--task", "hyperbaton", "--seed", "0", "--test", "20", "--instructions", str(hand)]
+    assert ceiling.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert calls[0] == "Answer the multiple-choice question. Reply with the exact text of the correct option."
+    assert "| 1000 | hand | 0 | - | - | 0.600 | +0.100 (0.069) |" in printed
+    with pytest.raises(SystemExit, match="Nothing to score"):
+        ceiling.main(["--task", "hyperbaton", "--test", "20"])

@@ -330,3 +330,20 @@ def test_the_ceiling_without_rows_scores_the_program_as_given_and_hand_written_i
     assert "| 1000 | hand | 0 | - | - | 0.600 | +0.100 (0.069) |" in printed
     with pytest.raises(SystemExit, match="Nothing to score"):
         ceiling.main(["--task", "hyperbaton", "--test", "20"])
+
+
+def test_check_proposals_names_what_is_not_an_instruction(tmp_path, capsys):
+    check = load("check_proposals")
+    states = [{"id": 0, "step": 0, "origin": "seed", "state": {"p": {"instruction": "Answer."}}, "scores": {}},
+              {"id": 1, "step": 1, "origin": "edit", "state": {"p": {"instruction": "02/14/2026"}}, "scores": {}},
+              {"id": 2, "step": 1, "origin": "paraphrase",
+               "state": {"p": {"instruction": "Work out the date, then reply with the matching option."}},
+               "scores": {}}]
+    rows = write(tmp_path / "rows.jsonl", [row("date_understanding", "apo", 0.31, 392, seed=0,
+                                               candidate_states=states)])
+    assert check.main(["--rows", rows, "--task", "date_understanding", "--method", "apo", "--seed", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "| 1 | edit | a bare answer, not an instruction | 02/14/2026 |" in printed
+    assert "2 proposals: a bare answer, not an instruction 1, an instruction 1" in printed
+    assert any("Reword an instruction" in text for text in check.meta_texts("apo"))
+    assert check.meta_texts("opro+soft/OPRO") and check.meta_texts("uncompiled") == []

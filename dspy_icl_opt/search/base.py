@@ -249,7 +249,8 @@ class SearchContext:
         if not self.optimizer.check_proposals:
             return None
         if self._checker is None:
-            self._checker = ProposalChecker(self.trainset)
+            fields = {name for _, predictor in self.predictors for name in predictor.signature.fields}
+            self._checker = ProposalChecker(self.trainset, fields=fields)
         metas = (signature.instructions,) if signature is not None else ()
         reason = self._checker.problem(text, allowed=allowed, meta_texts=metas)
         if reason is not None and record:

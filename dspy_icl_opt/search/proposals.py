@@ -62,7 +62,10 @@ def _ngrams(words: Sequence[str], n: int = NGRAM) -> set[tuple[str, ...]]:
 class ProposalChecker:
     """Checks proposals against one task's examples (inputs and labels) and the meta-prompts' own text."""
 
-    def __init__(self, examples: Iterable[dspy.Example] = (), meta_texts: Iterable[str] = ()) -> None:
+    def __init__(self, examples: Iterable[dspy.Example] = (), meta_texts: Iterable[str] = (),
+                 fields: Iterable[str] = ()) -> None:
+        #: the program's field names: a proposal that opens with "answer:" is a field's value, not an instruction
+        self._fields = {name.lower() for name in fields}
         grams_of, words_of = [], []
         for example in examples:
             words = _words(" ".join(str(v) for v in dict(example.items()).values()
@@ -89,6 +92,9 @@ class ProposalChecker:
         words = _words(text)
         if sum(1 for word in words if not word.isdigit()) < MIN_WORDS:
             return "a bare answer, not an instruction"
+        head, colon, _ = text.partition(":")
+        if colon and head.strip().lower() in self._fields:
+            return "a field's value, not an instruction"
         stripped = text.rstrip()
         if stripped.endswith("?") and len(_SENTENCE_END.findall(stripped[:-1])) == 0:
             return "a question, not an instruction"

@@ -68,6 +68,18 @@ def test_field_markers_are_removed_before_the_checks(checker):
     assert checker.problem(text) is None
 
 
+def test_a_fields_value_is_not_an_instruction():
+    # what the 0.5B model wrote as APO edits on hyperbaton: the output field's value, labelled
+    checker = ProposalChecker(_examples(), fields=["question", "options", "answer"])
+    for text in ("answer: a", "answer: (B) b", "Answer: the janitor", "options: (A) x"):
+        assert checker.problem(text) == "a field's value, not an instruction"
+    # deliberately strict, as OPRO's own echo filter: a labelled text is read as that field's value
+    assert checker.problem("Answer: write only the letter of the right option.") == \
+        "a field's value, not an instruction"
+    assert checker.problem("Answer with the option's letter.") is None
+    assert ProposalChecker(_examples()).problem("answer: a") is None  # without field names: no such check
+
+
 def test_a_checker_without_examples_still_rejects_non_instructions():
     empty = ProposalChecker()
     assert empty.problem("Answer the question.") is None

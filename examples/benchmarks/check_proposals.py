@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import dspy
-from dspy_icl_opt.programs import load_task
+from dspy_icl_opt.programs import load_task, make_program
 
 from dspy_icl_opt.search.proposals import ProposalChecker
 
@@ -48,13 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", required=True)
     parser.add_argument("--method", required=True, help="the row's method, or CHAIN/OPTIMIZER for a chain's step")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--program", default="qa", help="the bundled program the row compiled (its field names)")
     parser.add_argument("--train", type=int, default=40)
     parser.add_argument("--val", type=int, default=40)
     parser.add_argument("--test", type=int, default=100)
     args = parser.parse_args(argv)
     row = find_row(args.rows, args.task, args.method, args.seed)
     task = load_task(args.task, seed=args.seed, train_size=args.train, val_size=args.val, test_size=args.test)
-    checker = ProposalChecker(task.train, meta_texts(args.method))
+    fields = {name for _, predictor in make_program(args.program, task).named_predictors()
+              for name in predictor.signature.fields}
+    checker = ProposalChecker(task.train, meta_texts(args.method), fields=fields)
     verdicts: Counter[str] = Counter()
     print("| candidate | origin | verdict | instruction |\n|---|---|---|---|")
     for candidate in row["candidate_states"]:

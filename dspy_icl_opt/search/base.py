@@ -249,8 +249,7 @@ class SearchContext:
         if not self.optimizer.check_proposals:
             return None
         if self._checker is None:
-            fields = {name for _, predictor in self.predictors for name in predictor.signature.fields}
-            self._checker = ProposalChecker(self.trainset, fields=fields)
+            self._checker = ProposalChecker.for_program(self.student, self.trainset)
         metas = (signature.instructions,) if signature is not None else ()
         reason = self._checker.problem(text, allowed=allowed, meta_texts=metas)
         if reason is not None and record:

@@ -81,6 +81,13 @@ class ProposalChecker:
         for text in meta_texts:
             self._meta |= _ngrams(_words(text))
 
+    @classmethod
+    def for_program(cls, program: dspy.Module, examples: Iterable[dspy.Example] = (),
+                    meta_texts: Iterable[str] = ()) -> ProposalChecker:
+        """A checker that knows the field names of every predictor of ``program`` (see the field rule)."""
+        fields = {name for _, predictor in program.named_predictors() for name in predictor.signature.fields}
+        return cls(examples, meta_texts, fields=fields)
+
     def problem(self, text: str, *, allowed: str = "", meta_texts: Iterable[str] = ()) -> str | None:
         """Why ``text`` is not an instruction, or ``None`` when it may be one.
 
@@ -98,8 +105,10 @@ class ProposalChecker:
         stripped = text.rstrip()
         if stripped.endswith("?") and len(_SENTENCE_END.findall(stripped[:-1])) == 0:
             return "a question, not an instruction"
-        total = len(_ngrams(words))  # a text under NGRAM words has none: only the word check below applies
-        grams = _ngrams(words) - _ngrams(_words(allowed))
+        all_grams = _ngrams(words)
+        total = len(all_grams)  # a text under NGRAM words has none: only the word check below applies
+        own = _words(allowed)
+        grams = all_grams - _ngrams(own)
         if grams and len(grams & self._specific) >= COPIED_SHARE * total:
             return "copies a training example"
         meta = set(self._meta)
@@ -107,8 +116,8 @@ class ProposalChecker:
             meta |= _ngrams(_words(extra))
         if grams and len(grams & meta) >= COPIED_SHARE * total:
             return "copies the meta-prompt"
-        own = set(_words(allowed))
-        content = [w for w in words if w not in _STOPWORDS and w not in own and (len(w) > 2 or w.isdigit())]
+        own_words = set(own)
+        content = [w for w in words if w not in _STOPWORDS and w not in own_words and (len(w) > 2 or w.isdigit())]
         specific = [w for w in content if w in self._specific_words or (w.isdigit() and len(w) >= 2)]
         if len(specific) >= SPECIFIC_WORDS_MIN and len(specific) >= SPECIFIC_WORDS_SHARE * len(content):
             return "about one example (its names or numbers), not the task"

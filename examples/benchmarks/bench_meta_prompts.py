@@ -53,6 +53,7 @@ MAX_INSTRUCTION_CHARS = 500
 
 def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signature], dict[str, Any], Callable]]:
     """Each meta-prompt: its signature, realistic inputs, and the check its strategy applies."""
+    checker = ProposalChecker.for_program(program, task.train)  # as the strategies check (field names too)
     program = program.named_predictors()[0][1]  # the bundled QA program has one predictor
     train = task.train
     example, wrong = train[0], dict(train[1].inputs())
@@ -64,7 +65,6 @@ def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signatu
                     f"Correct output:\n  answer: {train[1].answer}")
     procedure = Procedure.parse(PROCEDURE)
     final = {"answer": program.signature.output_fields["answer"]}
-    checker = ProposalChecker(train)
 
     def instruction(text: str, signature: type[dspy.Signature], allowed: str = "") -> bool:
         """An instruction by the strategies' shared check (not a copied example, question or echo)."""

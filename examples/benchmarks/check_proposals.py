@@ -55,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     row = find_row(args.rows, args.task, args.method, args.seed)
     task = load_task(args.task, seed=args.seed, train_size=args.train, val_size=args.val, test_size=args.test)
-    fields = {name for _, predictor in make_program(args.program, task).named_predictors()
-              for name in predictor.signature.fields}
-    checker = ProposalChecker(task.train, meta_texts(args.method), fields=fields)
+    checker = ProposalChecker.for_program(make_program(args.program, task), task.train, meta_texts(args.method))
     verdicts: Counter[str] = Counter()
     print("| candidate | origin | verdict | instruction |\n|---|---|---|---|")
     for candidate in row["candidate_states"]:

@@ -85,3 +85,11 @@ def test_a_checker_without_examples_still_rejects_non_instructions():
     assert empty.problem("Answer the question.") is None
     assert empty.problem("42") == "a bare answer, not an instruction"
     assert empty.problem("Which option is right?") == "a question, not an instruction"
+
+
+def test_a_checker_for_a_program_knows_its_field_names():
+    program = dspy.ChainOfThought("question, options -> answer")
+    checker = ProposalChecker.for_program(program, _examples())
+    assert checker.problem("answer: a") == "a field's value, not an instruction"
+    assert checker.problem("reasoning: it is a") == "a field's value, not an instruction"
+    assert checker.problem("Answer with the option's letter.") is None

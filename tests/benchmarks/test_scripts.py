@@ -233,10 +233,27 @@ def test_the_ceiling_separates_a_lucky_half_from_a_real_gain():
     assert ceiling.analyse(start, {1: same, 4: same}, [1])["true_spread_sd"] == 0.0  # no spread beyond noise
 
 
-def test_the_ceiling_scores_a_rows_candidates_once_and_resumes(tmp_path, monkeypatch, capsys):
+def fake_ceiling(monkeypatch, marker: str, better_on: int):
+    """instruction_ceiling with its LM and scoring faked: an instruction containing ``marker`` is right on the
+    first ``better_on`` examples and on every second one after; any other on every second one. Returns the
+    module and the instructions scored, in order."""
     import dspy
 
     ceiling = load("instruction_ceiling")
+    calls = []
+
+    def fake_score(program, state, examples, metric, lm):
+        text = next(iter(state.values()))["instruction"]
+        calls.append(text)
+        return [1.0 if marker in text and i < better_on else float(i % 2) for i in range(len(examples))]
+
+    monkeypatch.setattr(ceiling, "score_candidate", fake_score)
+    monkeypatch.setattr(ceiling, "resolve_lm", lambda *a, **k: dspy.utils.DummyLM([{"answer": "x"}]))
+    return ceiling, calls
+
+
+def test_the_ceiling_scores_a_rows_candidates_once_and_resumes(tmp_path, monkeypatch, capsys):
+    ceiling, calls = fake_ceiling(monkeypatch, "Think", 10)
     states = [{"id": 0, "step": 0, "origin": "seed", "state": {"predict": {"instruction": "Answer."}},
                "scores": {"train": 0.4, "val": 0.3}},
               {"id": 5, "step": 1, "origin": "proposal", "state": {"predict": {"instruction": "Think, then answer."}},
@@ -244,15 +261,6 @@ def test_the_ceiling_scores_a_rows_candidates_once_and_resumes(tmp_path, monkeyp
     rows = write(tmp_path / "run_seed0.jsonl", [
         row("date_understanding", "opro+soft", 0.44, 356, seed=0,
             stages=[{"optimizer": "OPRO", "test_accuracy": 0.31, "candidate_states": states}])])
-    calls = []
-
-    def fake_score(program, state, examples, metric, lm):
-        calls.append(state["predict"]["instruction"])
-        return [1.0 if "Think" in state["predict"]["instruction"] and i < 10 else float(i % 2)
-                for i in range(len(examples))]
-
-    monkeypatch.setattr(ceiling, "score_candidate", fake_score)
-    monkeypatch.setattr(ceiling, "resolve_lm", lambda *a, **k: dspy.utils.DummyLM([{"answer": "x"}]))
     out = tmp_path / "ceiling.jsonl"
     argv = ["--rows", rows, "--task", "date_understanding", "--method", "opro+soft/OPRO", "--seed", "0",
             "--test", "20", "--out", str(out)]
@@ -270,24 +278,13 @@ def test_the_ceiling_scores_a_rows_candidates_once_and_resumes(tmp_path, monkeyp
 
 
 def test_the_ceiling_scores_hand_written_instructions_apart(tmp_path, monkeypatch, capsys):
-    import dspy
-
-    ceiling = load("instruction_ceiling")
+    ceiling, calls = fake_ceiling(monkeypatch, "Work out", 10)
     states = [{"id": 0, "step": 0, "origin": "seed", "state": {"predict": {"instruction": "Answer."}},
                "scores": {"train": 0.4, "val": 0.3}},
               {"id": 5, "step": 1, "origin": "proposal", "state": {"predict": {"instruction": "Answer now."}},
                "scores": {"train": 0.6}}]
     rows = write(tmp_path / "run_seed0.jsonl", [row("date_understanding", "opro", 0.31, 392, seed=0,
                                                      candidate_states=states)])
-    calls = []
-
-    def fake_score(program, state, examples, metric, lm):
-        text = state["predict"]["instruction"]
-        calls.append(text)
-        return [1.0 if "Work out" in text and i < 10 else float(i % 2) for i in range(len(examples))]
-
-    monkeypatch.setattr(ceiling, "score_candidate", fake_score)
-    monkeypatch.setattr(ceiling, "resolve_lm", lambda *a, **k: dspy.utils.DummyLM([{"answer": "x"}]))
     hand = tmp_path / "hand.json"
     hand.write_text(json.dumps(["Work out the date, then answer.", "Reply with the option's text."]))
     out = tmp_path / "ceiling.jsonl"
@@ -309,18 +306,7 @@ def test_the_ceiling_scores_hand_written_instructions_apart(tmp_path, monkeypatc
 
 def test_the_ceiling_without_rows_scores_the_program_as_given_and_hand_written_instructions(tmp_path, monkeypatch,
                                                                                           capsys):
-    import dspy
-
-    ceiling = load("instruction_ceiling")
-    calls = []
-
-    def fake_score(program, state, examples, metric, lm):
-        text = next(iter(state.values()))["instruction"]
-        calls.append(text)
-        return [1.0 if "adjective order" in text and i < 4 else float(i % 2) for i in range(len(examples))]
-
-    monkeypatch.setattr(ceiling, "score_candidate", fake_score)
-    monkeypatch.setattr(ceiling, "resolve_lm", lambda *a, **k: dspy.utils.DummyLM([{"answer": "x"}]))
+    ceiling, calls = fake_ceiling(monkeypatch, "adjective order", 4)
     hand = tmp_path / "hand.json"
     hand.write_text(json.dumps(["Use the usual adjective order, then answer."]))
     argv = ["--task", "hyperbaton", "--seed", "0", "--test", "20", "--instructions", str(hand)]

@@ -143,6 +143,8 @@ class SearchContext:
         self.validation_examples = len(valset)
         self.plan: SearchPlan | None = None
         self._checker: ProposalChecker | None = None
+        #: the input texts of every meta-prompt asked in this run (a training example found in one was seen)
+        self._asked: list[str] = []
 
     # ----------------------------------------------------------------------------- candidates
     def add_candidate(self, state: ProgramState, *, step: int, origin: str, predictor: str | None = None,
@@ -192,7 +194,10 @@ class SearchContext:
         least ``VALIDATION_Z`` paired standard errors (:func:`paired_gain`). Among the finalists that
         pass, the best mean wins (then ``tiebreak``, then the earliest). The validation examples are
         the first ``validation_examples`` of the valset (all of it unless the plan cut them), or more
-        when the budget left pays for them (:meth:`_validation_size`). A strategy may pass its own
+        when the budget left pays for them (:meth:`_validation_size`): the rest of the valset, then the
+        training examples the search never used (:meth:`unseen_training_examples`), so task calls a
+        search could not spend (e.g. when the prompt-model cap ended it) make the choice surer (only
+        under a task-call cap: without one, the valset is the validation). A strategy may pass its own
         ``examples`` (in the order to use them; e.g. examples its search never ranked on) and a larger
         ``z`` (e.g. when the finalists were selected on these same examples). The best
         so far is set after every validation, so a budget that ends here keeps what was validated;
@@ -200,12 +205,16 @@ class SearchContext:
         """
         start = self.add_candidate(self.initial_state, step=0, origin="seed")
         contenders = [start, *(record for record in finalists if record.id != start.id)]
-        pool = list(self.valset if examples is None else examples)
+        given = list(self.valset if examples is None else examples)
+        capped = self.meter.remaining_calls("task") is not None  # without a cap there is nothing left to spend
+        fresh = self.unseen_training_examples(contenders) if examples is None and capped else []
+        pool = given + fresh
         examples = pool[: self._validation_size(len(contenders), len(pool))]
         scores: dict[int, list[float]] = {}
         table: list[dict[str, Any]] = []
         choice = {"rule": f"paired: mean gain > 0 and >= {z:g} standard errors over the start",
-                  "examples": len(examples), "start": start.id, "contenders": table, "chosen": start.id}
+                  "examples": len(examples), "unseen_training_examples": max(0, len(examples) - len(given)),
+                  "start": start.id, "contenders": table, "chosen": start.id}
         self.report.extra["final_choice"] = choice
         self.set_best(start)
         best = start
@@ -226,6 +235,25 @@ class SearchContext:
         logger.info("Final choice on {} validation examples: candidate {} (val {:.3f}; the start {:.3f})",
                     len(examples), best.id, best.scores[VAL_LABEL], start.scores[VAL_LABEL])
         return best
+
+    def unseen_training_examples(self, contenders: Sequence[CandidateRecord] = ()) -> list[dspy.Example]:
+        """Training examples the search never used: scored by no candidate, shown to the prompt model in no
+        meta-prompt, a demonstration in none of ``contenders``, and not in the valset. They are as fresh as
+        the valset for every contender, so a final choice the budget left can pay more for extends the
+        valset with them (in training order) instead of leaving task calls unspent."""
+        held = {example_key(ex) for ex in self.valset}
+        seen = " ".join(" ".join([*self._asked, *(text for r in contenders for text in _strings(r.state))]).split())
+        fresh = []
+        for example in self.trainset:
+            key = example_key(example)
+            if key in held or key in self.scorer.scored_examples:
+                continue
+            texts = [" ".join(str(value).split()) for value in example.inputs().values()]
+            if any(text and text in seen for text in texts):
+                continue
+            held.add(key)
+            fresh.append(example)
+        return fresh
 
     def _validation_size(self, contenders: int, available: int | None = None) -> int:
         """The planned validation examples, or more when the budget left pays for them (fewer finalists
@@ -266,6 +294,7 @@ class SearchContext:
         Unparsable, empty (``validate`` false) or failed answers are retried up to the optimizer's
         ``max_retries`` with a fresh sample, then counted and skipped (``None``).
         """
+        self._asked.append(" ".join(str(value) for value in inputs.values()))
         record, replay_cost = self.journal.get("ask", key)
         if replay_cost is not None and replay_cost.calls:
             self.meter.charge("prompt", replay_cost)
@@ -647,6 +676,18 @@ def check_writable_dir(name: str, folder: Path) -> None:
     except OSError as exc:
         raise ValueError(f"`{name}` must be a folder that can be written, but {str(folder)!r} cannot "
                          f"({exc.strerror or type(exc).__name__}). Pass another folder or fix its permissions.") from None
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a JSON-like value (a program state's instructions and demonstrations)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
 
 
 def _jsonish(value: Any) -> Any:

@@ -142,6 +142,8 @@ class Scorer:
         self.progress = progress
         self._programs: dict[str, tuple[dspy.Module, dict[int, str]]] = {}
         self._lock = threading.Lock()
+        #: the keys (:func:`example_key`) of every example some program state was scored on in this run
+        self.scored_examples: set[str] = set()
 
     # ----------------------------------------------------------------------------------- public
     def evaluate(self, state: ProgramState, examples: Sequence[dspy.Example], *, desc: str = "eval") -> list[Outcome]:
@@ -151,7 +153,9 @@ class Scorer:
             BudgetExhausted: when the task budget ran out; every example finished before is cached.
         """
         skey = state.key()
-        keys = [f"{skey}:{example_key(ex)}" for ex in examples]
+        example_keys = [example_key(ex) for ex in examples]
+        self.scored_examples.update(example_keys)
+        keys = [f"{skey}:{k}" for k in example_keys]
         results: list[Outcome | None] = [self._cached(k) for k in keys]
         first: dict[str, int] = {}
         todo = [first.setdefault(k, i) for i, (k, r) in enumerate(zip(keys, results)) if r is None and k not in first]

@@ -321,7 +321,8 @@ def test_at_a_users_budget_apo_runs_three_rounds_and_spends_the_task_cap():
     report = apo.report_
     assert report.extra["plan_vs_actual"]["steps"]["run"] >= 3
     assert 0.9 * 400 <= report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40
-    assert report.extra["final_choice"]["examples"] == 40
+    choice = report.extra["final_choice"]
+    assert choice["examples"] == 40 + choice["unseen_training_examples"], "the whole valset, then unused examples"
 
 
 def echoing_responder(rule: str):

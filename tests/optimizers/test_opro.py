@@ -346,7 +346,40 @@ def test_at_a_users_budget_opro_runs_five_steps_and_spends_the_task_cap(task):
     actual = report.extra["plan_vs_actual"]
     assert actual["steps"]["run"] >= 5
     assert 0.9 * 400 <= report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40
-    assert report.extra["final_choice"]["examples"] == 40, "the start and the finalists saw the whole valset"
+    choice = report.extra["final_choice"]
+    assert choice["examples"] == 40 + choice["unseen_training_examples"], "the start and the finalists saw the whole valset"
+
+
+def test_task_calls_a_prompt_cap_left_unspent_validate_on_unused_training_examples():
+    # When refusals spend the prompt cap early (seen on hyperbaton: 264 of 400 task calls), the calls left
+    # go to the final choice: the valset, then training examples no candidate was scored on and no
+    # meta-prompt showed.
+    from dspy_icl_opt.testing import planted_rule_task
+    from tests.contract.suite import rule_stating_responder
+
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    calls = iter(range(10_000))
+    respond = rule_stating_responder("guess")
+
+    def proposer(request):  # three answers in four are a question, which the proposal check turns down
+        n = next(calls)
+        reply = respond(request).replace("guess", f"guess {n}")
+        return reply if n % 4 == 0 else re.sub(r"<INS>.*?</INS>", f"<INS>Which word comes {n}th?</INS>", reply)
+
+    opro = OPRO(big.metric, task_model=big.lm(), prompt_model=scripted_lm(proposer),
+                budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
+    opro.compile(big.program(), trainset=big.train, valset=big.val)
+    report = opro.report_
+    choice = report.extra["final_choice"]
+    assert report.stopped_by_budget and report.spent["prompt"].calls == 40
+    assert sum(report.extra["rejected_proposals"].values()) >= 20
+    assert choice["unseen_training_examples"] > 0 and choice["examples"] == 40 + choice["unseen_training_examples"]
+    search_set = report.extra["plan"]["settings"]["search_examples"]
+    assert report.spent["task"].calls >= 0.9 * 400 or choice["unseen_training_examples"] == 40 - search_set, \
+        "the calls left were spent, or every unused example was"
+    assert report.spent["task"].calls <= 400
+    start = next(c for c in report.candidates if c.origin == "seed")
+    assert start.n_scored["val"] == choice["examples"]
 
 
 @pytest.mark.parametrize("answer, expected", [

@@ -237,7 +237,8 @@ def test_at_a_users_budget_promptagent_searches_a_tree_and_spends_the_task_cap()
     assert sum(1 for node in tree["nodes"] if node["depth"] >= 2) >= 3
     assert len({path[1] for path in tree["paths"] if len(path) > 1}) >= 2, "UCT explored more than one branch"
     assert 0.9 * 400 <= report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40
-    assert report.extra["final_choice"]["examples"] == 40
+    choice = report.extra["final_choice"]
+    assert choice["examples"] == 40 + choice["unseen_training_examples"], "the whole valset, then unused examples"
 
 
 def test_a_tree_full_to_the_planned_depth_goes_deeper_while_the_budget_pays():

@@ -303,3 +303,34 @@ def test_nested_meters_both_count(task):
     with pytest.raises(BudgetExhausted):
         scorer.evaluate(read_state(task.program()), task.train[:5])
     assert inner.spent["task"].calls == outer.spent["task"].calls == lm.engine.call_count == 3
+
+
+# ------------------------------------------------------------------------ final choice
+def test_training_examples_the_search_used_are_not_fresh_for_the_final_choice():
+    from dspy_icl_opt.optimizers.opro import OPRO
+
+    task = planted_rule_task("vowels", train_size=12, val_size=4, seed=0)
+
+    class Look(dspy.Signature):
+        """Say something about the text."""
+
+        text: str = dspy.InputField()
+        answer: str = dspy.OutputField()
+
+    prompt_lm = scripted_lm(lambda r: "[[ ## answer ## ]]\nok\n\n[[ ## completed ## ]]")
+    opro = OPRO(task.metric, task_model=task.lm(), prompt_model=prompt_lm, progress=False)
+    valset = [*task.val, task.train[11]]  # a training example that is also in the valset is the valset's
+    ctx = opro._context(task.program(), task.train, valset, None, None)
+    ctx.scorer.evaluate(ctx.initial_state, task.train[:3])  # scored by the search
+    ctx.ask(Look, key="look", text=f"Consider {task.train[3].question} here.")  # shown to the prompt model
+    name = ctx.predictors[0][0]
+    with_demo = ctx.initial_state.replace(name, ctx.initial_state[name].with_demos([task.train[4]]))
+    record = ctx.add_candidate(with_demo, step=1, origin="test")  # a demonstration of a contender
+
+    fresh = ctx.unseen_training_examples([record])
+    words = [ex.question for ex in fresh]
+    assert not set(words) & {ex.question for ex in [*task.train[:5], task.train[11]]}
+    assert len(words) >= 4 and len(set(words)) == len(words)
+    assert all(w in [ex.question for ex in task.train[5:11]] for w in words), "in training order, nothing else"
+    assert task.train[4].question in [ex.question for ex in ctx.unseen_training_examples()], \
+        "a demonstration of no contender does not make its example seen"

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -243,13 +244,19 @@ class SearchContext:
         valset with them (in training order) instead of leaving task calls unspent."""
         held = {example_key(ex) for ex in self.valset}
         seen = " ".join(" ".join([*self._asked, *(text for r in contenders for text in _strings(r.state))]).split())
+        def texts(example: dspy.Example) -> list[str]:
+            return [text for text in (" ".join(str(value).split()) for value in example.inputs().values()) if text]
+
+        # an input value many examples share (e.g. the same options "(A) a (B) b") tells none of them apart:
+        # an example was seen when one of its own values was
+        counts = Counter(text for example in [*self.trainset, *self.valset] for text in set(texts(example)))
         fresh = []
         for example in self.trainset:
             key = example_key(example)
             if key in held or key in self.scorer.scored_examples:
                 continue
-            texts = [" ".join(str(value).split()) for value in example.inputs().values()]
-            if any(text and text in seen for text in texts):
+            own = [text for text in texts(example) if counts[text] == 1] or texts(example)
+            if any(text in seen for text in own):
                 continue
             held.add(key)
             fresh.append(example)

@@ -334,3 +334,27 @@ def test_training_examples_the_search_used_are_not_fresh_for_the_final_choice():
     assert all(w in [ex.question for ex in task.train[5:11]] for w in words), "in training order, nothing else"
     assert task.train[4].question in [ex.question for ex in ctx.unseen_training_examples()], \
         "a demonstration of no contender does not make its example seen"
+
+
+def test_an_input_value_every_example_shares_does_not_make_them_all_seen():
+    # hyperbaton's options are "(A) a (B) b" in every example: showing one example shows that text
+    from dspy_icl_opt.optimizers.opro import OPRO
+
+    task = planted_rule_task("vowels", train_size=12, val_size=4, seed=0)
+    same = lambda examples: [ex.copy(options="(A) a (B) b").with_inputs("question", "options")  # noqa: E731
+                             for ex in examples]
+    train, val = same(task.train), same(task.val)
+
+    class Look(dspy.Signature):
+        """Say something about the text."""
+
+        text: str = dspy.InputField()
+        answer: str = dspy.OutputField()
+
+    prompt_lm = scripted_lm(lambda r: "[[ ## answer ## ]]\nok\n\n[[ ## completed ## ]]")
+    ctx = OPRO(task.metric, task_model=task.lm(), prompt_model=prompt_lm, progress=False)._context(
+        task.program(), train, val, None, None)
+    ctx.ask(Look, key="look", text=f"question: {train[0].question} options: (A) a (B) b")
+    fresh = [ex.question for ex in ctx.unseen_training_examples()]
+    assert train[0].question not in fresh
+    assert len(fresh) >= 8, "the shared options text marked the other examples as seen"

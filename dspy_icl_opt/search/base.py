@@ -531,9 +531,22 @@ class ICLOptimizer(Teleprompter):
         named = named_predictors(student)
         trainset = check_examples("trainset", trainset, student)
         trainset, valset = self._split(trainset, valset, student)
-        plan = self._plan(Shape.of(self.budget, len(trainset), len(valset), len(named)))
+        plan = self._planned(Shape.of(self.budget, len(trainset), len(valset), len(named)))
         if plan is None:
             raise NotImplementedError(f"{type(self).__name__} does not plan its search ahead.")
+        return plan
+
+    def _planned(self, shape: Shape) -> SearchPlan | None:
+        """:meth:`_plan`, with what the prompt-call projection leaves out: answers that are asked again."""
+        plan = self._plan(shape)
+        if plan is not None and plan.prompt_calls and self.max_retries:
+            most = plan.prompt_calls * (1 + self.max_retries)
+            if shape.prompt_cap is not None:
+                most = min(most, shape.prompt_cap)
+            if most > plan.prompt_calls:
+                plan.notes.append(f"an unusable prompt-model answer (unparsable, or not an instruction) is asked again "
+                                  f"up to {self.max_retries} time(s): up to {most} prompt calls; the search ends "
+                                  f"when the prompt cap does, and the task calls it leaves go to the final choice")
         return plan
 
     def _validate(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example]) -> None:
@@ -562,7 +575,7 @@ class ICLOptimizer(Teleprompter):
         ctx = self._context(student.deepcopy(), trainset, valset, run_dir, resume)
         logger.info("{}: {} predictor(s), {} train / {} val examples, budget {}", type(self).__name__,
                     len(ctx.predictors), len(trainset), len(valset), self.budget.model_dump(exclude_none=True))
-        plan = self._plan(Shape.of(self.budget, len(trainset), len(valset), len(ctx.predictors)))
+        plan = self._planned(Shape.of(self.budget, len(trainset), len(valset), len(ctx.predictors)))
         if plan is not None:
             ctx.plan = plan
             ctx.validation_examples = int(plan.settings.get("validation_examples", len(valset)))

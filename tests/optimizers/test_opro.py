@@ -341,6 +341,8 @@ def test_at_a_users_budget_opro_runs_five_steps_and_spends_the_task_cap(task):
                 progress=False)
     plan = opro.plan(big.program(), trainset=big.train, valset=big.val)
     assert plan.steps >= 5 and plan.task_calls <= 400 and plan.prompt_calls <= 40
+    retries = [note for note in plan.notes if "asked again up to 2 time(s)" in note]
+    assert retries and f"up to {min(40, 3 * plan.prompt_calls)} prompt calls" in retries[0] and retries[0] in plan.render()
     opro.compile(big.program(), trainset=big.train, valset=big.val)
     report = opro.report_
     actual = report.extra["plan_vs_actual"]

@@ -218,7 +218,9 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
            "budget": ctx["budget"],
            "task_calls": max(spent["task"].calls, counted["task"]),
            "prompt_calls": max(spent["prompt"].calls, counted["prompt"]),
-           "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1)}
+           "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1),
+           # what the method handed back, for any method (DSPy's have no report): instruction and demo count
+           "final_program": _program_summary(program)}
     if len(ctx["stages"]) > 1:  # a chain: the program each earlier step handed on, scored on the same test set
         row["stages"] = [_stage_row(stage, task, lms[0]) for stage in ctx["stages"][:-1]]
     # The process's peak resident memory so far (Linux reports KiB): with one method per process, the run's.
@@ -234,6 +236,12 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
             row["soft_prompt"] = {key: soft.get(key) for key in ("epochs", "training", "start_val", "chosen_epoch")}
     logger.info("{}", row)
     return row
+
+
+def _program_summary(program: dspy.Module) -> dict[str, dict[str, Any]]:
+    """Each predictor's instruction (cut to 500 characters) and number of demos."""
+    return {name: {"instruction": predictor.signature.instructions[:500], "demos": len(predictor.demos)}
+            for name, predictor in program.named_predictors()}
 
 
 def _stage_row(stage: dict, task: Any, lm: dspy.BaseLM) -> dict[str, Any]:

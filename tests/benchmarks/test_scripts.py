@@ -168,6 +168,9 @@ def test_a_chains_row_scores_each_earlier_steps_program_on_its_own(monkeypatch):
     lm = dspy.utils.DummyLM([{"answer": "x"}])
     row = bench.run_method("chain", "disambiguation_qa", args, (lm, lm))
     assert row["test_accuracy"] == 0.5
+    (name, final), = row["final_program"].items()  # the program handed back: its instruction and demo count
+    assert final["demos"] == 0 and final["instruction"] == bench.make_program("qa", bench.load_task(
+        "disambiguation_qa", seed=0, train_size=4, val_size=4, test_size=3)).named_predictors()[0][1].signature.instructions
     assert [(s["optimizer"], s["test_accuracy"], s["task_calls"], s["steps"], s["planned_steps"])
             for s in row["stages"]] == [("Step", 0.25, 50, 4, 5)]
     assert row["peak_rss_mb"] > 10

@@ -271,7 +271,7 @@ class ABO(ICLOptimizer):
                 state = run.run()
         ranked = sorted((r for r in ctx.report.candidates if SEARCH in r.scores and r.origin != "seed"),
                         key=lambda r: (-r.scores[SEARCH], r.id))
-        ctx.choose_by_validation(ranked[: plan.settings["finalists"]])
+        ctx.choose_by_validation(ranked[: plan.settings["finalists"]], reserves=ranked[plan.settings["finalists"]:])
 
     def _rounds_left(self, ctx: SearchContext, round_: int, per_round: int) -> bool:
         """Whether refinement round ``round_`` runs: as set, or while the budget pays for one."""

@@ -517,8 +517,9 @@ class APE(ICLOptimizer):
     # --------------------------------------------------------------------------- choosing
     def _choose_final(self, ctx: SearchContext, run: _Run, finalists: int) -> None:
         """The best-ranked candidates (of the last completed ranking) against the start, on ``valset``."""
-        ranked = [r for r in run.ranked if r.origin != "seed" and SEARCH_LABEL in r.scores][:finalists]
-        best = ctx.choose_by_validation(ranked, tiebreak=lambda r: (r.scores.get(SEARCH_LABEL, 0.0),))
+        ranked = [r for r in run.ranked if r.origin != "seed" and SEARCH_LABEL in r.scores]
+        best = ctx.choose_by_validation(ranked[:finalists], reserves=ranked[finalists:],
+                                        tiebreak=lambda r: (r.scores.get(SEARCH_LABEL, 0.0),))
         logger.info("{} chose candidate {} (val {:.3f}) from finalists {} and the start", type(self).__name__,
                     best.id, best.scores["val"], [r.id for r in ranked])
 

@@ -516,9 +516,8 @@ class APO(ICLOptimizer):
         """The final beam (and, when it holds the start, the next best of the last round) against the start."""
         wanted = ctx.plan.settings["finalists"]
         seen: set[int] = set()
-        finalists = [r for r in [*beam, *run.ranked]
-                     if r.origin != "seed" and not (r.id in seen or seen.add(r.id))][:wanted]
-        best = ctx.choose_by_validation(finalists)  # the starting prompt competes too
+        ranked = [r for r in [*beam, *run.ranked] if r.origin != "seed" and not (r.id in seen or seen.add(r.id))]
+        best = ctx.choose_by_validation(ranked[:wanted], reserves=ranked[wanted:])  # the starting prompt competes too
         logger.info("APO chose candidate {} (val {:.3f}) from the final beam {} and the starting prompt", best.id,
                     best.scores["val"], [record.id for record in beam])
 

@@ -636,8 +636,9 @@ class InstructionDemoSearch(ICLOptimizer):
     def _choose_final(self, ctx: SearchContext, run: _Run) -> None:
         records = [ctx.report.candidates[rid] for rid in run.scores]
         ranked = sorted(records, key=lambda r: (-run.full.get(r.id, -1.0), -r.scores.get("search", 0.0), r.id))
-        finalists = ranked[: ctx.plan.settings["finalists"]]
-        best = ctx.choose_by_validation(finalists, tiebreak=lambda r: (run.full.get(r.id, -1.0),))
+        wanted = ctx.plan.settings["finalists"]
+        best = ctx.choose_by_validation(ranked[:wanted], reserves=ranked[wanted:],
+                                        tiebreak=lambda r: (run.full.get(r.id, -1.0),))
         logger.info("InstructionDemoSearch chose candidate {} ({})", best.id, best.meta.get("choice", "the start"))
 
     def _record(self, ctx: SearchContext, run: _Run) -> None:

@@ -510,8 +510,9 @@ class OPRO(ICLOptimizer):
     # --------------------------------------------------------------------------- choosing
     def _choose_final(self, ctx: SearchContext, run: _Run, finalists: int) -> None:
         complete = [r for r in ctx.report.candidates if r.id in run.complete and r.origin != "seed"]
-        ranked = sorted(complete, key=lambda r: (-r.scores["train"], r.id))[:finalists]
-        best = ctx.choose_by_validation(ranked, tiebreak=lambda r: (r.scores.get("train", 0.0),))
+        ranked = sorted(complete, key=lambda r: (-r.scores["train"], r.id))
+        best = ctx.choose_by_validation(ranked[:finalists], reserves=ranked[finalists:],
+                                        tiebreak=lambda r: (r.scores.get("train", 0.0),))
         logger.info("OPRO chose candidate {} ({}) from {} finalists and the seed", best.id, best.scores, len(ranked))
 
     def _position_summary(self, run: _Run) -> dict[str, dict[str, float]]:

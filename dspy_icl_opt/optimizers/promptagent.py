@@ -535,7 +535,8 @@ class PromptAgent(ICLOptimizer):
         finalists = [n.record for n in ordered[: ctx.plan.settings["finalists"]]]
         tree = ctx.report.extra.setdefault("tree", {})
         tree.update({"best_path": path, "paper_choice": pick.id, "finalists": [r.id for r in finalists]})
-        best = ctx.choose_by_validation(finalists, tiebreak=lambda r: (r.scores.get(REWARD_LABEL, 0.0),))
+        best = ctx.choose_by_validation(finalists, reserves=[n.record for n in ordered[len(finalists):]],
+                                        tiebreak=lambda r: (r.scores.get(REWARD_LABEL, 0.0),))
         logger.info("PromptAgent: the paper's choice is node {} (reward {:.3f}) on path {}; returned candidate {}",
                     pick.id, pick.reward, path, best.id)
 

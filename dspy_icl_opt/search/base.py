@@ -187,7 +187,7 @@ class SearchContext:
     def choose_by_validation(self, finalists: Sequence[CandidateRecord], *,
                              tiebreak: Callable[[CandidateRecord], tuple] = lambda record: (),
                              examples: Sequence[dspy.Example] | None = None, z: float = VALIDATION_Z,
-                             ) -> CandidateRecord:
+                             reserves: Sequence[CandidateRecord] = ()) -> CandidateRecord:
         """Validate the program as it was given and ``finalists``, and keep a finalist only if it is surely better.
 
         The start is validated first (its pairs are often cached) and is the result unless a finalist
@@ -198,7 +198,9 @@ class SearchContext:
         when the budget left pays for them (:meth:`_validation_size`): the rest of the valset, then the
         training examples the search never used (:meth:`unseen_training_examples`), so task calls a
         search could not spend (e.g. when the prompt-model cap ended it) make the choice surer (only
-        under a task-call cap: without one, the valset is the validation). A strategy may pass its own
+        under a task-call cap: without one, the valset is the validation). ``reserves``, next-best
+        candidates in rank order, are validated after the finalists on the same examples, each only
+        if the task calls left under a cap pay for all of them. A strategy may pass its own
         ``examples`` (in the order to use them; e.g. examples its search never ranked on) and a larger
         ``z`` (e.g. when the finalists were selected on these same examples). The best
         so far is set after every validation, so a budget that ends here keeps what was validated;
@@ -208,7 +210,9 @@ class SearchContext:
         contenders = [start, *(record for record in finalists if record.id != start.id)]
         given = list(self.valset if examples is None else examples)
         capped = self.meter.remaining_calls("task") is not None  # without a cap there is nothing left to spend
-        fresh = self.unseen_training_examples(contenders) if examples is None and capped else []
+        ids = {record.id for record in contenders}
+        reserves = [r for r in reserves if not (r.id in ids or ids.add(r.id))] if capped else []
+        fresh = self.unseen_training_examples([*contenders, *reserves]) if examples is None and capped else []
         pool = given + fresh
         examples = pool[: self._validation_size(len(contenders), len(pool))]
         scores: dict[int, list[float]] = {}
@@ -219,7 +223,19 @@ class SearchContext:
         self.report.extra["final_choice"] = choice
         self.set_best(start)
         best = start
-        for record in contenders:
+        per_contender = len(examples) * len(self.predictors)
+        validated_reserves: list[int] = []
+        choice["reserves_validated"] = validated_reserves
+
+        def queue() -> Iterator[CandidateRecord]:
+            yield from contenders
+            for reserve in reserves:  # only while the calls left pay for the whole example set
+                if (self.meter.remaining_calls("task") or 0) < per_contender:
+                    return
+                validated_reserves.append(reserve.id)
+                yield reserve
+
+        for record in queue():
             outcomes = self.scorer.evaluate(self.state_of(record), examples, desc=f"{VAL_LABEL} #{record.id}")
             self.record_outcomes(record, outcomes, VAL_LABEL)
             scores[record.id] = [o.score for o in outcomes]

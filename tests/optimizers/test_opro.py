@@ -357,18 +357,9 @@ def test_task_calls_a_prompt_cap_left_unspent_validate_on_unused_training_exampl
     # go to the final choice: the valset, then training examples no candidate was scored on and no
     # meta-prompt showed.
     from dspy_icl_opt.testing import planted_rule_task
-    from tests.contract.suite import rule_stating_responder
 
     big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
-    calls = iter(range(10_000))
-    respond = rule_stating_responder("guess")
-
-    def proposer(request):  # three answers in four are a question, which the proposal check turns down
-        n = next(calls)
-        reply = respond(request).replace("guess", f"guess {n}")
-        return reply if n % 4 == 0 else re.sub(r"<INS>.*?</INS>", f"<INS>Which word comes {n}th?</INS>", reply)
-
-    opro = OPRO(big.metric, task_model=big.lm(), prompt_model=scripted_lm(proposer),
+    opro = OPRO(big.metric, task_model=big.lm(), prompt_model=_mostly_questions(),
                 budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
     opro.compile(big.program(), trainset=big.train, valset=big.val)
     report = opro.report_
@@ -382,6 +373,44 @@ def test_task_calls_a_prompt_cap_left_unspent_validate_on_unused_training_exampl
     assert report.spent["task"].calls <= 400
     start = next(c for c in report.candidates if c.origin == "seed")
     assert start.n_scored["val"] == choice["examples"]
+
+
+def _mostly_questions():
+    calls = iter(range(10_000))
+    from tests.contract.suite import rule_stating_responder
+
+    respond = rule_stating_responder("guess")
+
+    def proposer(request):  # three answers in four are a question, which the proposal check turns down
+        n = next(calls)
+        reply = respond(request).replace("guess", f"guess {n}")
+        return reply if n % 4 == 0 else re.sub(r"<INS>.*?</INS>", f"<INS>Which word comes {n}th?</INS>", reply)
+
+    return scripted_lm(proposer)
+
+
+@pytest.mark.parametrize("capped", [True, False])
+def test_calls_left_after_the_finalists_validate_the_next_best_candidates(capped):
+    from dspy_icl_opt.testing import planted_rule_task
+
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    budget = {"max_task_calls": 400, "max_prompt_calls": 12} if capped else {"max_prompt_calls": 12}
+    opro = OPRO(big.metric, task_model=big.lm(), prompt_model=_mostly_questions(), budget=budget,
+                final_candidates=2, progress=False)
+    opro.compile(big.program(), trainset=big.train, valset=big.val)
+    report = opro.report_
+    choice = report.extra["final_choice"]
+    complete = [c for c in report.candidates if c.origin != "seed" and "train" in c.scores]
+    validated = [row["candidate"] for row in choice["contenders"]]
+    if not capped:  # nothing is left to spend: the valset and the planned finalists only
+        assert choice["reserves_validated"] == [] and choice["examples"] == 40 and len(validated) <= 3
+        return
+    assert choice["reserves_validated"], "the calls left paid for more than the planned finalists"
+    assert len(validated) == 3 + len(choice["reserves_validated"]) and len(complete) >= len(validated) - 1
+    ranked = [c.id for c in sorted(complete, key=lambda c: (-c.scores["train"], c.id))]
+    assert validated[1:] == ranked[: len(validated) - 1], "in rank order"
+    left = 400 - report.spent["task"].calls
+    assert 0 <= left < choice["examples"] or len(validated) - 1 == len(complete), "stopped when no more was paid for"
 
 
 @pytest.mark.parametrize("answer, expected", [

@@ -42,6 +42,15 @@ SPECIFIC_WORDS_MIN = 3
 _STOPWORDS = frozenset(
     "the a an and or of to in on for with is are was be it its this that these those as at by from if then "
     "what which who when how not no do does your you each one any all their there".split())
+#: What DSPy's chat adapter adds to every meta-prompt: a proposal made of it is the prompt echoed (seen on
+#: hyperbaton split 2: OPRO's 0.5B proposer wrote ", and then ending with the marker for").
+ADAPTER_TEXTS = (
+    "Your input fields are: Your output fields are:",
+    "All interactions will be structured in the following way, with the appropriate values filled in.",
+    "In adhering to this structure, your objective is:",
+    "Respond with the corresponding output fields, starting with the field, then, and then ending with the "
+    "marker for completed.",
+)
 _MARKER = re.compile(r"\[\[\s*##\s*[^\]#]*?\s*##\s*\]\]")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 
@@ -78,7 +87,7 @@ class ProposalChecker:
         word_counts = Counter(word for words in words_of for word in words)
         self._specific_words = {word for word, k in word_counts.items() if k < shared}
         self._meta: set[tuple[str, ...]] = set()
-        for text in meta_texts:
+        for text in (*ADAPTER_TEXTS, *meta_texts):
             self._meta |= _ngrams(_words(text))
 
     @classmethod

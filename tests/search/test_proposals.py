@@ -93,3 +93,11 @@ def test_a_checker_for_a_program_knows_its_field_names():
     assert checker.problem("answer: a") == "a field's value, not an instruction"
     assert checker.problem("reasoning: it is a") == "a field's value, not an instruction"
     assert checker.problem("Answer with the option's letter.") is None
+
+
+def test_dspys_own_prompt_text_echoed_is_the_meta_prompt():
+    # OPRO's 0.5B proposer on hyperbaton split 2 wrote the tail of the chat adapter's format line
+    checker = ProposalChecker()
+    assert checker.problem(", and then ending with the marker for") == "copies the meta-prompt"
+    assert checker.problem("All interactions will be structured in the following way.") == "copies the meta-prompt"
+    assert checker.problem("Think step by step, and then answer with the letter of the option.") is None

@@ -520,8 +520,9 @@ class APE(ICLOptimizer):
         ranked = [r for r in run.ranked if r.origin != "seed" and SEARCH_LABEL in r.scores]
         best = ctx.choose_by_validation(ranked[:finalists], reserves=ranked[finalists:],
                                         tiebreak=lambda r: (r.scores.get(SEARCH_LABEL, 0.0),))
-        logger.info("{} chose candidate {} (val {:.3f}) from finalists {} and the start", type(self).__name__,
-                    best.id, best.scores["val"], [r.id for r in ranked])
+        validated = [row["candidate"] for row in ctx.report.extra["final_choice"]["contenders"]][1:]
+        logger.info("{} chose candidate {} (val {:.3f}) from the validated {} and the start", type(self).__name__,
+                    best.id, best.scores["val"], validated)
 
 
 class IterativeAPE(APE):

@@ -513,7 +513,8 @@ class OPRO(ICLOptimizer):
         ranked = sorted(complete, key=lambda r: (-r.scores["train"], r.id))
         best = ctx.choose_by_validation(ranked[:finalists], reserves=ranked[finalists:],
                                         tiebreak=lambda r: (r.scores.get("train", 0.0),))
-        logger.info("OPRO chose candidate {} ({}) from {} finalists and the seed", best.id, best.scores, len(ranked))
+        logger.info("OPRO chose candidate {} ({}) from {} validated candidates and the seed", best.id, best.scores,
+                    len(ctx.report.extra["final_choice"]["contenders"]) - 1)
 
     def _position_summary(self, run: _Run) -> dict[str, dict[str, float]]:
         summary: dict[str, dict[str, float]] = {}

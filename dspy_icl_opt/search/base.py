@@ -210,8 +210,9 @@ class SearchContext:
         contenders = [start, *(record for record in finalists if record.id != start.id)]
         given = list(self.valset if examples is None else examples)
         capped = self.meter.remaining_calls("task") is not None  # without a cap there is nothing left to spend
-        ids = {record.id for record in contenders}
-        reserves = [r for r in reserves if not (r.id in ids or ids.add(r.id))] if capped else []
+        taken = {record.id for record in contenders}
+        unique = [r for i, r in enumerate(reserves) if r.id not in taken and r.id not in {q.id for q in reserves[:i]}]
+        reserves = unique if capped else []
         fresh = self.unseen_training_examples([*contenders, *reserves]) if examples is None and capped else []
         pool = given + fresh
         examples = pool[: self._validation_size(len(contenders), len(pool))]
@@ -260,6 +261,7 @@ class SearchContext:
         valset with them (in training order) instead of leaving task calls unspent."""
         held = {example_key(ex) for ex in self.valset}
         seen = " ".join(" ".join([*self._asked, *(text for r in contenders for text in _strings(r.state))]).split())
+
         def texts(example: dspy.Example) -> list[str]:
             return [text for text in (" ".join(str(value).split()) for value in example.inputs().values()) if text]
 

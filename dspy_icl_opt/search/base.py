@@ -210,9 +210,12 @@ class SearchContext:
         contenders = [start, *(record for record in finalists if record.id != start.id)]
         given = list(self.valset if examples is None else examples)
         capped = self.meter.remaining_calls("task") is not None  # without a cap there is nothing left to spend
-        taken = {record.id for record in contenders}
-        unique = [r for i, r in enumerate(reserves) if r.id not in taken and r.id not in {q.id for q in reserves[:i]}]
-        reserves = unique if capped else []
+        taken, unique = {record.id for record in contenders}, []
+        for reserve in reserves if capped else ():  # without a cap no reserve is validated
+            if reserve.id not in taken:
+                taken.add(reserve.id)
+                unique.append(reserve)
+        reserves = unique
         fresh = self.unseen_training_examples([*contenders, *reserves]) if examples is None and capped else []
         pool = given + fresh
         examples = pool[: self._validation_size(len(contenders), len(pool))]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -89,6 +91,7 @@ class _Run:
     ranked: list[CandidateRecord] = field(default_factory=list)  # the last completed ranking, best first
     dropped: dict[str, int] = field(default_factory=lambda: {"duplicate": 0, "unusable": 0})
     prompt_budget_spent: BudgetExhausted | None = None
+    cut_short: bool = False  # the proposing phase under way was cut short by its share of the prompt calls
 
 
 class APE(ICLOptimizer):
@@ -109,7 +112,10 @@ class APE(ICLOptimizer):
 
     Budget: with caps, the plan (``plan()``) sizes the samples per subsample and the variations
     from the prompt cap, and the bandit rounds, prompts per round and examples per pull from the
-    task cap less the held-back validation; calls the cache saves go to later iterations, and what
+    task cap less the held-back validation; each proposing phase stops where the later iterations' planned
+    prompt calls begin, so unusable answers and their retries cannot starve the variations (the report's
+    ``proposing`` gives each phase's prompt calls and whether its share cut it short); calls the cache saves
+    go to later iterations, and what
     the last iteration's bandit leaves scores the leaders on examples they have not seen. Without caps the reference's
     sizes apply (50 samples per subsample; 5 rounds of 50 prompts on 50 examples).
 
@@ -317,15 +323,22 @@ class APE(ICLOptimizer):
         seed = ctx.add_candidate(ctx.initial_state, step=0, origin="seed")
         run.seen.update(_norm(name, ctx.initial_state[name].instruction) for name in run.names)
         ctx.set_best(seed)
-        ctx.report.extra["iterations"] = []
+        ctx.report.extra["iterations"], ctx.report.extra["proposing"] = [], []
         ctx.report.extra["dropped_proposals"] = run.dropped  # the same dict: every checkpoint saves its counts
         with ctx.search_phase(validation_calls=plan.held_back):
             pool = [seed, *self._format_candidates(ctx, run)]
-            pool += self._generate(ctx, run, plan)
+            variations = plan.settings["variations"]
+            with _proposing(ctx, run, 1) as phase:
+                generated = self._generate(ctx, run, plan, reserve=sum(variations))
+                phase["candidates"] = len(generated)
+            pool += generated
             for t in range(1, plan.steps + 1):
                 if t > 1:
                     kept = self._kept(run, pool)
-                    pool = kept + self._vary(ctx, run, t, kept, plan.settings["variations"][t - 2])
+                    with _proposing(ctx, run, t) as phase:
+                        pool = kept + self._vary(ctx, run, t, kept, variations[t - 2],
+                                                 reserve=sum(variations[t - 1:]))
+                        phase["candidates"] = len(pool) - len(kept)
                 if not self._evaluate(ctx, run, t, pool, last=t == plan.steps):
                     break
                 if run.prompt_budget_spent is not None:
@@ -345,16 +358,21 @@ class APE(ICLOptimizer):
         return records
 
     # -------------------------------------------------------------------------- proposing
-    def _generate(self, ctx: SearchContext, run: _Run, plan: SearchPlan) -> list[CandidateRecord]:
+    def _generate(self, ctx: SearchContext, run: _Run, plan: SearchPlan, *, reserve: int) -> list[CandidateRecord]:
         """Forward generation: every demonstration subset sampled in turn, so a prompt cap that ends early
-        still leaves candidates from each subset."""
+        still leaves candidates from each subset. Under a prompt cap it ends where the later iterations'
+        ``reserve`` (their planned variations) begins, retries included."""
         subsets = [self._subset(ctx, j) for j in range(plan.settings["subsamples"])]
         records = []
         for k in range(plan.settings["prompts_per_subsample"]):
             for j, indices in enumerate(subsets):
+                room = _prompt_room(ctx, reserve)
+                if room is not None and room < 1:
+                    run.cut_short = True
+                    return records
                 name = run.names[j % len(run.names)]
                 demos = render_demonstrations([ctx.trainset[i] for i in indices])
-                answer = self._ask(ctx, run, InduceInstruction, f"ape/generate/subset{j}/sample{k}",
+                answer = self._ask(ctx, run, InduceInstruction, f"ape/generate/subset{j}/sample{k}", max_attempts=room,
                                    task=run.tasks[name], demonstrations=demos)
                 if answer is None:
                     if run.prompt_budget_spent:
@@ -370,16 +388,21 @@ class APE(ICLOptimizer):
         rng = random.Random(stable_int(self.seed, "ape/demos", j))
         return sorted(rng.sample(range(len(ctx.trainset)), min(self.num_demos, len(ctx.trainset))))
 
-    def _vary(self, ctx: SearchContext, run: _Run, t: int, kept: list[CandidateRecord],
-              calls: int) -> list[CandidateRecord]:
-        """``calls`` variations, the kept candidates taking turns (the best first)."""
+    def _vary(self, ctx: SearchContext, run: _Run, t: int, kept: list[CandidateRecord], calls: int, *,
+              reserve: int) -> list[CandidateRecord]:
+        """``calls`` variations, the kept candidates taking turns (the best first); under a prompt cap they end
+        where the later iterations' ``reserve`` begins, retries included."""
         records = []
         for i in range(calls):
+            room = _prompt_room(ctx, reserve)
+            if room is not None and room < 1:
+                run.cut_short = True
+                break
             parent = kept[i % len(kept)]
             name = parent.predictor or run.names[i % len(run.names)]
             state = ctx.state_of(parent)
             key = f"ape/iteration{t}/parent{parent.id}/variation{i // len(kept)}"
-            answer = self._ask(ctx, run, VaryInstruction, key, instruction=state[name].instruction)
+            answer = self._ask(ctx, run, VaryInstruction, key, max_attempts=room, instruction=state[name].instruction)
             if answer is None:
                 if run.prompt_budget_spent:
                     break
@@ -389,8 +412,8 @@ class APE(ICLOptimizer):
             records += [record] if record is not None else []
         return records
 
-    def _ask(self, ctx: SearchContext, run: _Run, signature: type[dspy.Signature], key: str,
-             **inputs: str) -> dspy.Prediction | None:
+    def _ask(self, ctx: SearchContext, run: _Run, signature: type[dspy.Signature], key: str, *,
+             max_attempts: int | None = None, **inputs: str) -> dspy.Prediction | None:
         """One answer, or ``None`` (unusable, or the prompt budget ended: ``run.prompt_budget_spent``).
 
         An answer is usable when it reads as an instruction (:func:`read_instruction`) that is one
@@ -404,7 +427,8 @@ class APE(ICLOptimizer):
             return bool(text) and ctx.proposal_problem(text, allowed=allowed, signature=signature, record=True) is None
 
         try:
-            answer = ctx.ask(signature, key=key, temperature=ctx.temperature, validate=usable, **inputs)
+            answer = ctx.ask(signature, key=key, temperature=ctx.temperature, validate=usable,
+                             max_attempts=max_attempts, **inputs)
         except BudgetExhausted as exc:
             if exc.role != "prompt":
                 raise
@@ -412,6 +436,8 @@ class APE(ICLOptimizer):
             return None
         if answer is None:
             run.dropped["unusable"] += 1
+            if max_attempts is not None and max_attempts <= self.max_retries:
+                run.cut_short = True  # its retries were cut short by the phase's share of the calls
         return answer
 
     def _candidate(self, ctx: SearchContext, run: _Run, base: ProgramState, name: str, answer: str, *, step: int,
@@ -546,6 +572,30 @@ def _summary(pool: list[CandidateRecord], result: SelectionResult, shape: _Bandi
             "means": {str(r.id): None if m is None else round(m, 6) for r, m in zip(pool, result.means)},
             "items_seen": {str(r.id): n for r, n in zip(pool, result.items_seen)},
             "evaluations": result.evaluations, "distinct_evaluations": result.distinct_evaluations}
+
+
+@contextmanager
+def _proposing(ctx: SearchContext, run: _Run, t: int) -> Iterator[dict[str, Any]]:
+    """Iteration ``t``'s proposing phase, written to the report's ``proposing``: the prompt calls it spent and
+    whether it stopped at the later iterations' share (rejected answers and their retries spent its own)."""
+    before = ctx.meter.snapshot()["prompt"].calls
+    phase: dict[str, Any] = {"iteration": t}
+    run.cut_short = False
+    try:
+        yield phase
+    finally:
+        phase["prompt_calls"] = ctx.meter.snapshot()["prompt"].calls - before
+        phase["cut_short"] = run.cut_short
+        ctx.report.extra["proposing"].append(phase)
+        if run.cut_short and ctx.meter.remaining_calls("prompt") == 0:
+            ctx.report.stopped_by_budget = True  # the last phase: the cap itself cut it short
+
+
+def _prompt_room(ctx: SearchContext, reserve: int) -> int | None:
+    """Prompt calls a proposing phase may still spend: what the cap leaves beyond the later phases' ``reserve``
+    (``None`` without a prompt cap)."""
+    remaining = ctx.meter.remaining_calls("prompt")
+    return None if remaining is None else remaining - reserve
 
 
 def _norm(name: str, text: str) -> str:

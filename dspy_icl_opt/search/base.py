@@ -316,12 +316,16 @@ class SearchContext:
 
     def ask(self, signature: type[dspy.Signature], *, key: str, temperature: float | None = None,
             max_tokens: int | None = None, validate: Callable[[dspy.Prediction], bool] | None = None,
-            **inputs: Any) -> dspy.Prediction | None:
+            max_attempts: int | None = None, **inputs: Any) -> dspy.Prediction | None:
         """One answer of the prompt model to a meta-prompt, journaled under ``key``.
 
         Unparsable, empty (``validate`` false) or failed answers are retried up to the optimizer's
-        ``max_retries`` with a fresh sample, then counted and skipped (``None``).
+        ``max_retries`` with a fresh sample, then counted and skipped (``None``). ``max_attempts``
+        (at least 1) lowers the tries of this ask, so a phase of a search that has a share of the
+        prompt calls cannot spend a later phase's share on retries.
         """
+        tries = self.optimizer.max_retries + 1 if max_attempts is None else max(1, min(
+            self.optimizer.max_retries + 1, max_attempts))
         self._asked.append(" ".join(str(value) for value in inputs.values()))
         record, replay_cost = self.journal.get("ask", key)
         if replay_cost is not None and replay_cost.calls:
@@ -334,7 +338,7 @@ class SearchContext:
         answer = None
         stats = self.report.extra.setdefault("meta_prompts", {}).setdefault(
             signature.__name__, {"answers": 0, "usable": 0, "unusable": 0})
-        for attempt in range(first, self.optimizer.max_retries + 1):
+        for attempt in range(first, tries):
             try:
                 answer = self._ask_once(signature, key, attempt, temperature, max_tokens, inputs, spent)
             except (BudgetExhausted, RunInterrupted):  # a cap or an outage: the ask goes on when the run resumes
@@ -353,8 +357,7 @@ class SearchContext:
         outputs = None if answer is None else {k: answer[k] for k in answer.keys()}
         self.journal.put("ask", key, {"outputs": outputs, "cost": {"calls": spent.calls, "tokens": spent.tokens}})
         if answer is None:
-            logger.warning("No usable prompt-model answer for {} after {} tries; skipped", key,
-                           self.optimizer.max_retries + 1)
+            logger.warning("No usable prompt-model answer for {} after {} tries; skipped", key, tries)
         return answer
 
     def _ask_once(self, signature: type[dspy.Signature], key: str, attempt: int, temperature: float | None,

@@ -278,6 +278,8 @@ def _search_figures(report: Any) -> dict[str, Any]:
             "meta_prompts": report.extra.get("meta_prompts", {}),
             # answers that were not instructions (search/proposals.py), by reason
             "rejected_proposals": report.extra.get("rejected_proposals", {}),
+            # APE / Iterative-APE: prompt calls of each proposing phase, and whether its share cut it short
+            "proposing": report.extra.get("proposing"),
             "task_parse_failures": getattr(report.counters, "task_parse_failures", 0),
             "candidates": len(report.candidates),
             # every program state the search scored, for instruction_ceiling.py to score on the test set

@@ -375,3 +375,30 @@ def test_a_seeded_run_without_the_task_model_set_says_how_to_set_it():
     ape = APE(task.metric, prompt_model=scripted_lm(responder(task.rule)), progress=False)
     with dspy.context(lm=None), pytest.raises(ValueError, match="No task model"):
         ape.compile(task.program(), trainset=task.train, valset=task.val)
+
+
+def test_rejected_generations_leave_the_later_iterations_their_prompt_calls():
+    # At a user's budget, two in three generations are unusable ("Ok"), so their retries would spend the
+    # whole prompt cap in forward generation; the variations of iterations 2 and 3 keep their planned share.
+    task = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    inner = responder(task.rule, every=2)
+
+    def mostly_unusable(request):
+        if "`variation`" not in system_text(request) and sample_of(request) % 3:
+            return format_chat_reply({"instruction": "Ok"})
+        return inner(request)
+
+    optimizer = IterativeAPE(task.metric, task_model=task.lm(), prompt_model=scripted_lm(mostly_unusable),
+                             budget=USERS_BUDGET, progress=False)
+    plan = optimizer.plan(task.program(), trainset=task.train, valset=task.val)
+    reserved = sum(plan.settings["variations"])
+    assert plan.steps == 3 and reserved > 0
+    optimizer.compile(task.program(), trainset=task.train, valset=task.val)
+    report = optimizer.report_
+    phases = report.extra["proposing"]
+    assert [p["iteration"] for p in phases] == [1, 2, 3]
+    assert phases[0]["prompt_calls"] <= 40 - reserved and phases[0]["cut_short"]
+    assert all(p["prompt_calls"] >= 1 and p["candidates"] >= 1 for p in phases[1:])
+    assert sum(p["prompt_calls"] for p in phases) == report.spent["prompt"].calls <= 40
+    assert len(report.extra["iterations"]) == 3
+    assert any(c.origin == "variation" and c.step == 3 for c in report.candidates)

@@ -130,7 +130,10 @@ class ABO(ICLOptimizer):
 
     Budget: :meth:`plan` sizes the shared search set, the procedures written, the rounds and the
     errors localised per round from the caps (sizes shrink before counts, both before rounds), and
-    holds back the final validation of the start and ``final_candidates`` finalists.
+    holds back the final validation of the start and ``final_candidates`` finalists. Under a prompt cap,
+    writing demonstrations (retries included) spends at most the plan's one call per procedure
+    (``report.extra["demonstration_calls"]``); a writer whose demonstrations skip steps leaves the rest of
+    the calls to localising and splitting steps.
 
     Args:
         metric: ``metric(example, prediction, trace=None)`` -> bool or float, higher is better.
@@ -308,6 +311,12 @@ class _PredictorRun:
         self.prompt_budget_spent: BudgetExhausted | None = None
         self.arms: list[_Arm] = []
         self.failed_demos = 0  # written demonstrations in a row that could not be used
+        # Under a prompt cap, writing demonstrations (retries included) may spend what the plan gave it, one call
+        # per procedure: the rest of the calls localise and split steps whatever the writer's success rate.
+        plan = ctx.plan
+        self.demo_allowance = None if ctx.meter.remaining_calls("prompt") is None else (
+            plan.settings["num_candidates"] + max(plan.steps, opt.rounds or 0) * opt.beam_size)
+        self.demo_calls = 0
         self.checkable = any(self._has_gold(example) for example in ctx.trainset)
         if opt.demonstration and not self.checkable:
             logger.info("ABO [{}]: its outputs {} are not among the examples' labels, so a demonstration cannot be "
@@ -462,9 +471,20 @@ class _PredictorRun:
         if inputs is None:
             return None
         gold = {k: v for k, v in demo_to_dict(example.labels()).items() if k in self.final_fields}
-        answer = self._ask(self.demo_signature, key, validate=lambda a: follows_every_step(a.execution, procedure),
-                           task=self.task, procedure=procedure.render(), example_inputs=format_fields(inputs),
-                           correct_outputs=format_fields(gold))
+        room = None if self.demo_allowance is None else self.demo_allowance - self.demo_calls
+        if room is not None and room < 1:
+            self.ctx.report.extra["demonstration_calls_used_up"] = True
+            return None
+        before = self.ctx.meter.snapshot()["prompt"].calls
+        try:
+            answer = self._ask(self.demo_signature, key, validate=lambda a: follows_every_step(a.execution, procedure),
+                               max_attempts=room, task=self.task, procedure=procedure.render(),
+                               example_inputs=format_fields(inputs), correct_outputs=format_fields(gold))
+        finally:
+            spent = self.ctx.meter.snapshot()["prompt"].calls - before
+            self.demo_calls += spent
+            extra = self.ctx.report.extra
+            extra["demonstration_calls"] = extra.get("demonstration_calls", 0) + spent
         if answer is None:
             return None
         outputs = {name: answer.get(f"final_{name}") for name in self.final_fields}

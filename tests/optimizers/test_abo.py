@@ -437,3 +437,22 @@ def test_sub_steps_from_a_paragraph_and_echoes_of_the_procedure():
     assert parse_sub_steps("3") is None
     echo = "1. Read the word.\n2. Look at its letters.\n3. Decide the answer."
     assert parse_sub_steps(echo, other_steps=["Read the word.", "Look at its letters.", "Decide the answer."]) is None
+
+
+def test_demonstrations_the_writer_botches_spend_no_more_than_the_plan_gave_them():
+    # As the 0.5B writer on hyperbaton: its demonstrations skip the steps, so each is retried (3 examples x 3
+    # tries); 28 of 40 prompt calls went to them and one refinement round ran. Their share is now the plan's.
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    script = _FreshSubSteps(demo=lambda fields, i: format_chat_reply({"execution": "The answer is plain.",
+                                                                      "final_answer": "1"}))
+    abo = ABO(big.metric, task_model=big.lm(knows=never()), prompt_model=scripted_lm(script),
+              budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
+    plan = abo.plan(big.program(), trainset=big.train, valset=big.val)
+    allowance = plan.settings["num_candidates"] + plan.steps * abo.beam_size
+    abo.compile(big.program(), trainset=big.train, valset=big.val)
+    report = abo.report_
+    assert len(script.asked("demo")) == report.extra["demonstration_calls"] <= allowance
+    assert not any(e["demonstration"] for e in report.extra["rounds"])
+    refinements = {e["round"] for e in report.extra["rounds"] if e["round"] > 0 and e["candidate"] is not None}
+    assert len(refinements) >= 2
+    assert report.spent["prompt"].calls <= 40

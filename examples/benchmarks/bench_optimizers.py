@@ -280,6 +280,8 @@ def _search_figures(report: Any) -> dict[str, Any]:
             "rejected_proposals": report.extra.get("rejected_proposals", {}),
             # APE / Iterative-APE: prompt calls of each proposing phase, and whether its share cut it short
             "proposing": report.extra.get("proposing"),
+            # ABO: prompt calls spent writing demonstrations (retries included)
+            "demonstration_calls": report.extra.get("demonstration_calls"),
             "task_parse_failures": getattr(report.counters, "task_parse_failures", 0),
             "candidates": len(report.candidates),
             # every program state the search scored, for instruction_ceiling.py to score on the test set

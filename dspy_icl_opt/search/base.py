@@ -216,7 +216,9 @@ class SearchContext:
                 taken.add(reserve.id)
                 unique.append(reserve)
         reserves = unique
-        fresh = self.unseen_training_examples([*contenders, *reserves]) if examples is None and capped else []
+        # training examples beyond the valset only when the calls left pay for more than the valset
+        beyond = capped and self._validation_size(len(contenders), len(given) + len(self.trainset)) > len(given)
+        fresh = self.unseen_training_examples([*contenders, *reserves]) if examples is None and beyond else []
         pool = given + fresh
         examples = pool[: self._validation_size(len(contenders), len(pool))]
         scores: dict[int, list[float]] = {}

@@ -112,12 +112,12 @@ class APE(ICLOptimizer):
 
     Budget: with caps, the plan (``plan()``) sizes the samples per subsample and the variations
     from the prompt cap, and the bandit rounds, prompts per round and examples per pull from the
-    task cap less the held-back validation; each proposing phase stops where the later iterations' planned
-    prompt calls begin, so unusable answers and their retries cannot starve the variations (the report's
-    ``proposing`` gives each phase's prompt calls and whether its share cut it short); calls the cache saves
-    go to later iterations, and what
-    the last iteration's bandit leaves scores the leaders on examples they have not seen. Without caps the reference's
-    sizes apply (50 samples per subsample; 5 rounds of 50 prompts on 50 examples).
+    task cap less the held-back validation. Each proposing phase stops where the later iterations'
+    planned prompt calls begin, so unusable answers and their retries cannot starve the variations
+    (the report's ``proposing`` gives each phase's prompt calls and whether its share cut it short).
+    Calls the cache saves go to later iterations, and what the last iteration's bandit leaves scores
+    the leaders on examples they have not seen. Without caps the reference's sizes apply (50 samples
+    per subsample; 5 rounds of 50 prompts on 50 examples).
 
     Several predictors: each demonstration subset and each variation works on one predictor's
     instruction (in turn); the demonstrations are the program's inputs and labels.

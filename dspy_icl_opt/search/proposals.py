@@ -51,6 +51,10 @@ ADAPTER_TEXTS = (
     "Respond with the corresponding output fields, starting with the field, then, and then ending with the "
     "marker for completed.",
 )
+#: Program code instead of an instruction (seen on hyperbaton split 0: 2 of Iterative-APE's 19 variations
+#: from the 0.5B model were "Python def find_correct_adjective_order(sentence): # Split the sentence ...").
+_CODE = re.compile(r"\bdef\s+\w+\s*\(|```\s*python|\breturn\s+\w+\s*[(\[]|(?-i:^\s*(?:import\s+\w+\s*$|from\s+\w+\s+import\b))",
+                   re.IGNORECASE | re.MULTILINE)
 _MARKER = re.compile(r"\[\[\s*##\s*[^\]#]*?\s*##\s*\]\]")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 
@@ -108,6 +112,8 @@ class ProposalChecker:
         words = _words(text)
         if sum(1 for word in words if not word.isdigit()) < MIN_WORDS:
             return "a bare answer, not an instruction"
+        if _CODE.search(text):
+            return "program code, not an instruction"
         head, colon, _ = text.partition(":")
         if colon and head.strip().lower() in self._fields:
             return "a field's value, not an instruction"

@@ -40,6 +40,10 @@ def checker() -> ProposalChecker:
     # the task's own wording, shared by every example, is the task's and may be used
     "Explain the antecedent of the pronoun (which thing the pronoun refers to), or state that it is ambiguous.",
     "Answer the question.",
+    # asking for a function is worded as a request: the task model reads it as one
+    "Write a function to find the correct adjective order in the given sentence.",
+    "Decide which option to return, then return only its letter.",
+    "From the two options, import nothing of your own: pick the sentence whose adjectives are in order.",
 ])
 def test_instructions_pass(checker, text):
     assert checker.problem(text, meta_texts=[META]) is None
@@ -51,6 +55,9 @@ def test_instructions_pass(checker, text):
     ("02/14/2026", "a bare answer, not an instruction"),
     ("Reword an instruction: keep its meaning and every requirement it states.", "copies the meta-prompt"),
     ("The chef and the nurse met on day 13 and 17, 2023.", "about one example (its names or numbers), not the task"),
+    ("Python def find_order(sentence): # Split the sentence into words words = sentence.split()",
+     "program code, not an instruction"),
+    ("```python\nimport re\nprint(answer)\n```", "program code, not an instruction"),
 ])
 def test_what_is_not_an_instruction_is_named(checker, text, reason):
     assert checker.problem(text, meta_texts=[META]) == reason

@@ -255,8 +255,10 @@ class ABO(ICLOptimizer):
                   Phase(f"rounds 1-{rounds}: localise {errors} error(s), split a step, renew the demonstration",
                         rounds * per_round, m * rounds * self.beam_size * (errors + 1 + writer)),
                   Phase(f"final validation: start + {finalists} finalist(s)", held)]
+        # what writing demonstrations may spend per predictor (retries included), one call per procedure
+        demo_calls = None if shape.prompt_cap is None else count + max(int(rounds), self.rounds or 0) * self.beam_size
         settings = {"num_candidates": count, "search_examples": size, "errors_per_round": errors,
-                    "finalists": finalists, "validation_examples": n_val}
+                    "finalists": finalists, "validation_examples": n_val, "demonstration_calls": demo_calls}
         return SearchPlan("ABO", shape, int(rounds), settings, phases, notes)
 
     # ------------------------------------------------------------------------------------ the loop
@@ -311,11 +313,9 @@ class _PredictorRun:
         self.prompt_budget_spent: BudgetExhausted | None = None
         self.arms: list[_Arm] = []
         self.failed_demos = 0  # written demonstrations in a row that could not be used
-        # Under a prompt cap, writing demonstrations (retries included) may spend what the plan gave it, one call
-        # per procedure: the rest of the calls localise and split steps whatever the writer's success rate.
-        plan = ctx.plan
-        self.demo_allowance = None if ctx.meter.remaining_calls("prompt") is None else (
-            plan.settings["num_candidates"] + max(plan.steps, opt.rounds or 0) * opt.beam_size)
+        # Under a prompt cap, writing demonstrations (retries included) may spend what the plan gave it: the rest
+        # of the calls localise and split steps whatever the writer's success rate.
+        self.demo_allowance = ctx.plan.settings["demonstration_calls"]
         self.demo_calls = 0
         self.checkable = any(self._has_gold(example) for example in ctx.trainset)
         if opt.demonstration and not self.checkable:
@@ -473,7 +473,6 @@ class _PredictorRun:
         gold = {k: v for k, v in demo_to_dict(example.labels()).items() if k in self.final_fields}
         room = None if self.demo_allowance is None else self.demo_allowance - self.demo_calls
         if room is not None and room < 1:
-            self.ctx.report.extra["demonstration_calls_used_up"] = True
             return None
         before = self.ctx.meter.snapshot()["prompt"].calls
         try:

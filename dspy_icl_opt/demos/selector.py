@@ -123,7 +123,7 @@ def reuse_z(n_trials: int, z: float = VALIDATION_Z) -> float:
 
     Example:
         >>> round(reuse_z(1), 2), round(reuse_z(30), 2)
-        (1.5, 2.84)
+        (1.0, 2.56)
     """
     alpha = 1.0 - NormalDist().cdf(z)
     return NormalDist().inv_cdf(1.0 - alpha / max(1, n_trials))

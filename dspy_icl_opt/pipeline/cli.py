@@ -40,7 +40,7 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR")
 #: lifted hyperbaton, the earlier demo task, on average. So: DemoSelector on date_understanding, with the
 #: labeled pool only (for a one-step QA program a bootstrapped demo is a labeled example the model already
 #: answers, bought with calls) and two trials: zero-shot (the start) and the largest labeled set (k=4). The
-#: final choice is made on validation examples the trials never saw, at the usual 1.5 standard errors,
+#: final choice is made on validation examples the trials never saw, at the usual VALIDATION_Z (1.5 then),
 #: so it needs enough of them: with 20 examples serving both (z raised to 2.0 for the reuse) the start
 #: kept its place on split seed 0 (0.55 against 0.60), and so it did with 15 held out (0.53 against
 #: 0.73, +0.20 short of 1.5 standard errors). So: 50 validation examples, 25 for the two trials and

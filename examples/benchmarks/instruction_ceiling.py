@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm", default="embedded")
     parser.add_argument("--max-candidates", type=int, default=None,
                         help="score only the start and this many others, the search's top-ranked first")
+    parser.add_argument("--finalists", action="store_true",
+                        help="score only the candidates the row's final choice validated (the start among them), "
+                             "e.g. to see on test what a different choice rule would have returned")
     parser.add_argument("--out", default=None, help="append each candidate's scores here; a re-run skips those done")
     parser.add_argument("--instructions", default=None,
                         help="a JSON file holding a list of hand-written instructions to score beside the search's")
@@ -148,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         raise SystemExit("Nothing to score: pass --rows (a row's candidates) or --instructions / --format-candidate.")
     start = next((c for c in states if c["origin"] == "seed" and c["step"] == 0), states[0])
+    if args.finalists:
+        if args.rows is None:
+            raise SystemExit("--finalists needs --rows (the row whose final choice names them).")
+        table = find_row(args.rows, args.task, args.method, args.seed).get("final_choice") or []
+        validated = {entry["candidate"] for entry in table}
+        if not validated:
+            raise SystemExit(f"--finalists: the row of {args.method} records no final_choice table.")
+        states = [start, *(c for c in states if c["id"] in validated and c["id"] != start["id"])]
     if args.max_candidates is not None:
         ranked = sorted((c for c in states if c["id"] != start["id"]), key=_search_key)[: args.max_candidates]
         states = [start, *sorted(ranked, key=lambda c: c["id"])]

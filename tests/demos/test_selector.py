@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from dspy_icl_opt.demos import DemoSelector, DynamicPredict, register_embedder
 from dspy_icl_opt.demos.dynamic import SELECTION_KEY
+from dspy_icl_opt.search.base import VALIDATION_Z
 from dspy_icl_opt.search.placement import compose_instructions
 from dspy_icl_opt.search.scorer import example_key
 from dspy_icl_opt.testing import always, simulated_task_lm
@@ -489,7 +490,7 @@ def test_a_large_valset_is_split_and_the_final_choice_uses_examples_no_trial_saw
     report = selector.report_
     trial_keys = {k for t in selector.study_.trials for k in t.user_attrs.get("icl_scores", {})}
     choice = report.extra["final_choice"]
-    assert choice["held_out"] is True and choice["z"] == 1.5
+    assert choice["held_out"] is True and choice["z"] == VALIDATION_Z  # held out: no correction for reuse
     assert report.extra["plan"]["settings"]["held_out"] == 20 and choice["examples"] == 20
     val_keys = {example_key(ex)[:12] for ex in task.val}
     assert len(trial_keys) == 20 and trial_keys < val_keys

@@ -75,7 +75,7 @@ def test_an_indexed_candidate_set_and_permutation_are_named_in_words():
 
 def test_the_rule_quoted_is_the_one_the_choice_applied():
     choice = contenders(0.4, [(1, 0.8, 0.4, 0.1)], chosen=1)
-    assert "by at least 1.5 standard errors" in why_kept(report_with(choice))
+    assert "by at least 1.0 standard errors" in why_kept(report_with(choice))
     assert "by at least 2.0 standard errors" in why_kept(report_with(dict(choice, z=2.009)))
 
 

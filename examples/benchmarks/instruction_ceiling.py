@@ -25,6 +25,9 @@ and reported apart: if careful hand-written instructions do not beat the start e
 does not respond to instruction wording on this task, and no proposer or selection rule can gain there.
 With ``--format-candidate`` the grounding's format candidate as the current code builds it is added too.
 
+With ``--finalists`` only the start and the contenders the row's final choice validated are scored: what
+another choice rule would have returned, on test (the final choice's threshold was set from these figures).
+
 Without ``--rows``, the program as given is the start and only the hand-written and format candidates
 are scored (any bundled task, no benchmark row needed).
 

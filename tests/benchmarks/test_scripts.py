@@ -280,6 +280,25 @@ def test_the_ceiling_scores_a_rows_candidates_once_and_resumes(tmp_path, monkeyp
         ceiling.main([*argv[:5], "opro+soft/APO", *argv[6:]])
 
 
+def test_the_ceiling_scores_only_the_finalists_the_rows_final_choice_validated(tmp_path, monkeypatch, capsys):
+    ceiling, calls = fake_ceiling(monkeypatch, "Think", 10)
+    states = [{"id": i, "step": min(i, 1), "origin": "seed" if i == 0 else "proposal",
+               "state": {"predict": {"instruction": text}}, "scores": {"search": score}}
+              for i, text, score in [(0, "Answer.", 0.4), (5, "Reply briefly.", 0.9), (7, "Think, then answer.", 0.6)]]
+    table = [{"candidate": 0, "val": 0.4, "gain": 0.0, "se": 0.0, "passed": False},
+             {"candidate": 7, "val": 0.5, "gain": 0.1, "se": 0.08, "passed": False}]
+    rows = write(tmp_path / "run_seed0.jsonl", [row("hyperbaton", "apo", 0.62, 400, seed=0,
+                                                    candidate_states=states, final_choice=table)])
+    argv = ["--rows", rows, "--task", "hyperbaton", "--method", "apo", "--seed", "0", "--test", "20", "--finalists"]
+    assert ceiling.main(argv) == 0
+    assert calls == ["Answer.", "Think, then answer."]  # not candidate 5, the search's top-ranked: not validated
+    assert "| 7 | proposal | 1 |" in capsys.readouterr().out
+    no_table = write(tmp_path / "run_seed1.jsonl", [row("hyperbaton", "apo", 0.62, 400, seed=0,
+                                                        candidate_states=states)])
+    with pytest.raises(SystemExit, match="no final_choice table"):
+        ceiling.main(["--rows", no_table, *argv[2:]])
+
+
 def test_the_ceiling_scores_hand_written_instructions_apart(tmp_path, monkeypatch, capsys):
     ceiling, calls = fake_ceiling(monkeypatch, "Work out", 10)
     states = [{"id": 0, "step": 0, "origin": "seed", "state": {"predict": {"instruction": "Answer."}},

@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     task = load_task(args.task, seed=args.seed, train_size=args.train, val_size=args.val, test_size=args.test)
     program = make_program(args.program, task)
-    if args.rows is not None:
-        states = find_row(args.rows, args.task, args.method, args.seed)["candidate_states"]
+    found = find_row(args.rows, args.task, args.method, args.seed) if args.rows is not None else None
+    if found is not None:
+        states = found["candidate_states"]
     elif args.instructions or args.format_candidate:
         states = [{"id": 0, "step": 0, "origin": "seed", "scores": {}, "state": read_state(program).to_dict()}]
     else:
@@ -157,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.finalists:
         if args.rows is None:
             raise SystemExit("--finalists needs --rows (the row whose final choice names them).")
-        table = find_row(args.rows, args.task, args.method, args.seed).get("final_choice") or []
-        validated = {entry["candidate"] for entry in table}
-        if not validated:
+        table = found.get("final_choice") or []
+        if not table:
             raise SystemExit(f"--finalists: the row of {args.method} records no final_choice table.")
-        states = [start, *(c for c in states if c["id"] in validated and c["id"] != start["id"])]
+        # the table lists the start the choice compared with first (DemoSelector's is a trial, not a "seed")
+        start = next((c for c in states if c["id"] == table[0]["candidate"]), start)
+        validated = {entry["candidate"] for entry in table[1:]}
+        states = [start, *(c for c in states if c["id"] in validated)]
     if args.max_candidates is not None:
         ranked = sorted((c for c in states if c["id"] != start["id"]), key=_search_key)[: args.max_candidates]
         states = [start, *sorted(ranked, key=lambda c: c["id"])]

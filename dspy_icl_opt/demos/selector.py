@@ -96,8 +96,9 @@ EXAMPLE_KEY_LEN = 12
 #: No trial is pruned before it has scored this many examples: with 0/1 scores the mean of 16 has a standard
 #: error up to 0.125, so one or two unlucky examples of a first minibatch of 5-8 no longer end a trial.
 MIN_EXAMPLES_BEFORE_PRUNING = 16
-#: A valset this large is split: half of it (``HOLD_OUT_SHARE``) is held back from the trials for the final
-#: choice, leaving each side at least 12 examples; a smaller one is used whole by both.
+#: A valset this large is split: half of it (``HOLD_OUT_SHARE``) is held back from the trials, leaving each side
+#: at least 12 examples; the final choice uses both halves, and a finalist must not lose on the held-back one.
+#: A smaller valset is used whole by both, and the final test asks for more standard errors (:func:`reuse_z`).
 MIN_VAL_TO_HOLD_OUT = 24
 #: The share of such a valset held back for the final choice.
 HOLD_OUT_SHARE = 0.5
@@ -112,7 +113,7 @@ MAX_FREE_TRIALS_IN_A_ROW = 10
 
 
 def held_out_size(n_val: int) -> int:
-    """Validation examples held back from the trials for the final choice (0: the valset is used whole)."""
+    """Validation examples held back from the trials (0: the trials may use the whole valset)."""
     return round(n_val * HOLD_OUT_SHARE) if n_val >= MIN_VAL_TO_HOLD_OUT else 0
 
 
@@ -140,6 +141,7 @@ class _Run:
     input_fields: dict[str, list[str]]
     final_examples: list[dspy.Example]
     held_out: bool
+    reused: int
     trial_cost: int
     exhausted: BudgetExhausted | None = None
     ran: int = 0
@@ -209,11 +211,15 @@ class DemoSelector(ICLOptimizer):
     The final choice: the program as given and the best ``top_k_full_eval`` distinct trials are
     scored on the final-choice examples, and a trial replaces the start only if it beats it there by
     the base class's paired test (:meth:`SearchContext.choose_by_validation`). With at least
-    ``MIN_VAL_TO_HOLD_OUT`` validation examples, half of them are held back from the trials and are
-    the final-choice examples (the test at its usual ``VALIDATION_Z``). With fewer, the whole valset
-    serves both, so the finalists were selected on the examples that judge them: the test then
-    asks for :func:`reuse_z` standard errors (Bonferroni over the trials). ``report.extra["final_choice"]``
-    says which (``held_out``, ``z``).
+    ``MIN_VAL_TO_HOLD_OUT`` validation examples, half of them are held back from the trials; the
+    final choice uses the whole valset (the trial examples are cached for the finalists, so they cost
+    nothing) at the usual ``VALIDATION_Z``, and a finalist must also not lose to the start on the
+    held-back half, where no trial was selected. (Judging on the held-back half alone threw away
+    half the evidence: on a hyperbaton split the start and three finalists all scored 0.70 on those
+    20 examples, and 0.62 against 0.80 on 100 test examples; ``examples/benchmarks/sim_final_choice.py``
+    compares the rules.) With fewer, the whole valset serves both, so the finalists were selected on
+    the examples that judge them: the test then asks for :func:`reuse_z` standard errors (Bonferroni
+    over the trials). ``report.extra["final_choice"]`` says which (``held_out``, ``z``, ``reused_examples``).
 
     Drop-in for ``BootstrapFewShotWithRandomSearch``: its ``max_bootstrapped_demos`` and
     ``max_labeled_demos`` bound how many demos a prompt holds, so they set ``max_demos`` (the larger
@@ -347,8 +353,8 @@ class DemoSelector(ICLOptimizer):
         m = shape.n_predictors
         held_out = held_out_size(shape.n_val)
         trial_items = min(shape.n_val - held_out, self.minibatch_size * self.minibatches_per_trial)
-        seen = 0 if held_out else trial_items
-        finalists, n_val, notes = self._plan_final(shape, held_out or shape.n_val, seen)
+        seen = trial_items  # the finalists' (and a zero-shot start's) trial examples are cached
+        finalists, n_val, notes = self._plan_final(shape, shape.n_val, seen)
         held = self._final_cost(m, finalists, n_val, seen, start_cached=False)
         search = None if shape.task_cap is None else max(0, shape.task_cap - held)
         boot = 0
@@ -364,7 +370,9 @@ class DemoSelector(ICLOptimizer):
             if self.n_trials is not None and affordable < self.n_trials:
                 notes.append(f"only {affordable} whole trial(s) of {trial_items} examples fit the cap; "
                              f"{self.n_trials} wanted")
-        split = (f"{held_out} of the {shape.n_val} validation examples held back for the final choice" if held_out
+        split = (f"{held_out} of the {shape.n_val} validation examples held back from the trials; the final choice "
+                 f"uses the valset (the trials' examples cached) and a finalist must not lose on the held-back ones"
+                 if held_out
                  else f"the {shape.n_val} validation examples serve the trials and the final choice (fewer than "
                       f"{MIN_VAL_TO_HOLD_OUT} to split); the final test asks for more standard errors")
         notes.append(split)
@@ -414,7 +422,7 @@ class DemoSelector(ICLOptimizer):
         process, which then is not run (nor cached) here: with a storage the start's pairs stay reserved."""
         plan = ctx.plan
         settings = plan.settings
-        seen = 0 if settings["held_out"] else settings["trial_examples"]
+        seen = settings["trial_examples"]
         no_demos = not any(state.demos for _, state in ctx.initial_state.predictors)
         return self._final_cost(len(ctx.predictors), settings["finalists"], settings["validation_examples"], seen,
                                 start_cached=no_demos and seen > 0 and self.storage is None)
@@ -482,9 +490,12 @@ class DemoSelector(ICLOptimizer):
         ctx.rng.shuffle(order)
         set_seed = ctx.rng.randrange(2**32)  # drawn before the bootstrap uses ctx.rng: the same in every process
         held_out = plan.settings["held_out"]
-        final_examples, trial_pool = (order[:held_out], order[held_out:]) if held_out else (order, order)
+        trial_pool = order[held_out:]
         n = plan.settings["trial_examples"]
         batches = [trial_pool[i:i + self.minibatch_size] for i in range(0, n, self.minibatch_size)]
+        trial_examples = trial_pool[:n]
+        # the trial examples first (cached for the finalists; a cut of the final examples drops the others)
+        final_examples = trial_examples + [ex for ex in order if all(ex is not t for t in trial_examples)]
         shared = self.storage is not None
         settings = {"predictors": sorted(name for name, _ in ctx.predictors), "strategies": list(self.strategies),
                     "orders": list(self.orders), "pools": list(self.pools), "max_demos": self.max_demos,
@@ -507,10 +518,11 @@ class DemoSelector(ICLOptimizer):
         sizes = {name: {pool: len(demos) for pool, demos in by_pool.items()} for name, by_pool in pools.items()}
         logger.info("DemoSelector: study {!r} ({} earlier trials), pools {}, {} trial examples in {} minibatches, "
                     "{} final-choice examples ({})", study.study_name, len(study.trials), sizes, n, len(batches),
-                    len(final_examples), "held out" if held_out else "the same valset")
+                    len(final_examples), f"{held_out} held back from the trials" if held_out else "the same valset")
         enqueue_baselines(study, space)
         return _Run(ctx=ctx, study=study, space=space, batches=batches, input_fields=fields,
-                    final_examples=final_examples, held_out=bool(held_out), trial_cost=n * len(ctx.predictors))
+                    final_examples=final_examples, held_out=bool(held_out), reused=len(trial_examples) if held_out else 0,
+                    trial_cost=n * len(ctx.predictors))
 
     def _teacher(self, ctx: SearchContext) -> Any:
         """The program state that runs each training example when the bootstrapped pool is built."""
@@ -651,7 +663,7 @@ class DemoSelector(ICLOptimizer):
             logger.info("DemoSelector: no trial finished; validating the program as given")
         z = VALIDATION_Z if run.held_out else reuse_z(len({self._record_key(t) for t in ranked}))
         try:
-            best = ctx.choose_by_validation(records, examples=run.final_examples, z=z)
+            best = ctx.choose_by_validation(records, examples=run.final_examples, z=z, reused=run.reused)
             logger.info("DemoSelector chose candidate {} (trial {}, val {:.3f} on {} examples)", best.id,
                         best.meta.get("trial"), best.scores["val"], ctx.report.extra["final_choice"]["examples"])
         except BudgetExhausted as exc:
@@ -663,7 +675,7 @@ class DemoSelector(ICLOptimizer):
         choice = ctx.report.extra.get("final_choice")
         if isinstance(choice, dict):
             choice.update({"held_out": run.held_out, "z": round(z, 3), "basis": (
-                "examples held back from the trials" if run.held_out else
+                "the valset; the finalist must not lose on the examples held back from the trials" if run.held_out else
                 f"the valset the trials were ranked on; z raised for picking from {len(ranked)} trials")})
 
     @staticmethod

@@ -302,7 +302,8 @@ def check_settings(study: optuna.Study, settings: dict[str, Any]) -> None:
 K_CURVE_NOTE = ("Per k: 'mean' and 'best' are trial scores on the trial examples (the search's minibatches), over "
                 "the 'n' trials that completed; 'best' is the best of n on the examples that ranked them, so it is "
                 "optimistic, more so for larger n. 'val' is the best score, on the final-choice examples, of the "
-                "finalists with that k (when those examples were held back from the trials, an honest estimate). "
+                "finalists with that k (those examples include the trials' own when half the valset was held back, so it "
+                "is optimistic for the trial that ranked best there, less so than 'best'). "
                 "'n_pruned' trials were stopped by the pruner, 'n_cut' by the budget (neither has a score here).")
 
 

@@ -108,6 +108,9 @@ def why_kept(report: OptimizationReport | None) -> str:
         return "the final choice's record is incomplete (see report.json)"
     z = float(choice.get("z", VALIDATION_Z))  # DemoSelector raises it when the trials ranked on the same examples
     rule = f"a candidate must beat the start by more than 0 and by at least {z:.1f} standard errors"
+    if choice.get("fresh_examples"):  # DemoSelector: part of the examples ranked the trials
+        rule += (f", and not lose on the {choice['fresh_examples']} of them the search did not select on "
+                 f"(the other {choice.get('reused_examples')} ranked the trials)")
     if chosen is start:
         others = [row["val"] for row in choice["contenders"] if row is not start and row.get("val") is not None]
         best = f"the best other scored {max(others):.2f}, " if others else ""

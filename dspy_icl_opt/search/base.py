@@ -191,7 +191,7 @@ class SearchContext:
     def choose_by_validation(self, finalists: Sequence[CandidateRecord], *,
                              tiebreak: Callable[[CandidateRecord], tuple] = lambda record: (),
                              examples: Sequence[dspy.Example] | None = None, z: float = VALIDATION_Z,
-                             reserves: Sequence[CandidateRecord] = ()) -> CandidateRecord:
+                             reserves: Sequence[CandidateRecord] = (), reused: int = 0) -> CandidateRecord:
         """Validate the program as it was given and ``finalists``, and keep a finalist only if it is surely better.
 
         The start is validated first (its pairs are often cached) and is the result unless a finalist
@@ -206,7 +206,11 @@ class SearchContext:
         candidates in rank order, are validated after the finalists on the same examples, each only
         if the task calls left under a cap pay for all of them. A strategy may pass its own
         ``examples`` (in the order to use them; e.g. examples its search never ranked on) and a larger
-        ``z`` (e.g. when the finalists were selected on these same examples). The best
+        ``z`` (e.g. when the finalists were selected on these same examples), or say with ``reused``
+        that the first ``reused`` of its ``examples`` are ones the finalists were selected on: a
+        finalist then passes only if it also does not lose on the rest (paired mean gain >= 0 on the
+        examples no selection saw), so an edge that exists only where it was picked does not carry it,
+        while the reused examples (cached for the finalists, so free) still add power. The best
         so far is set after every validation, so a budget that ends here keeps what was validated;
         `BudgetExhausted` propagates. What the choice was based on goes to ``report.extra["final_choice"]``.
         """
@@ -227,9 +231,16 @@ class SearchContext:
         examples = pool[: self._validation_size(len(contenders), len(pool))]
         scores: dict[int, list[float]] = {}
         table: list[dict[str, Any]] = []
-        choice = {"rule": f"paired: mean gain > 0 and >= {z:g} standard errors over the start",
-                  "examples": len(examples), "unseen_training_examples": max(0, len(examples) - len(given)),
+        reused = min(max(0, reused), len(examples))
+        fresh_n = len(examples) - reused
+        rule = f"paired: mean gain > 0 and >= {z:g} standard errors over the start"
+        if reused:
+            rule += (f", and >= 0 on the {fresh_n} examples the finalists were not selected on" if fresh_n else
+                     " (every example was one the finalists were selected on)")
+        choice = {"rule": rule, "examples": len(examples), "unseen_training_examples": max(0, len(examples) - len(given)),
                   "start": start.id, "contenders": table, "chosen": start.id}
+        if reused:
+            choice.update({"reused_examples": reused, "fresh_examples": fresh_n})
         self.report.extra["final_choice"] = choice
         self.set_best(start)
         best = start
@@ -251,8 +262,14 @@ class SearchContext:
             scores[record.id] = [o.score for o in outcomes]
             gain, se = paired_gain(scores[record.id], scores[start.id])
             passed = record.id != start.id and gain > 0 and gain >= z * se
-            table.append({"candidate": record.id, "val": record.scores[VAL_LABEL], "gain": round(gain, 6),
-                          "se": round(se, 6), "passed": passed})
+            row = {"candidate": record.id, "val": record.scores[VAL_LABEL], "gain": round(gain, 6),
+                   "se": round(se, 6)}
+            if reused and fresh_n:
+                fresh_gain, _ = paired_gain(scores[record.id][reused:], scores[start.id][reused:])
+                row["fresh_gain"] = round(fresh_gain, 6)
+                passed = passed and fresh_gain >= 0
+            row["passed"] = passed
+            table.append(row)
             if passed and (best.id == start.id or (record.scores[VAL_LABEL], *tiebreak(record), -record.id)
                            > (best.scores[VAL_LABEL], *tiebreak(best), -best.id)):
                 best = record

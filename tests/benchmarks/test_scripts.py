@@ -355,3 +355,16 @@ def test_check_proposals_names_what_is_not_an_instruction(tmp_path, capsys):
     assert "2 proposals: a bare answer, not an instruction 1, an instruction 1" in printed
     assert any("Reword an instruction" in text for text in check.meta_texts("apo"))
     assert check.meta_texts("opro+soft/OPRO") and check.meta_texts("uncompiled") == []
+
+
+def test_the_final_choice_simulation_ranks_the_rules_by_the_true_gain_they_keep():
+    sim = load("sim_final_choice")
+    helps = sim.simulate(0.15, 0.05, reps=200)
+    hurts = sim.simulate(-0.10, 0.05, reps=200)
+    assert set(helps) == set(sim.RULES)
+    # using the trials' cached half as well finds more of a real gain than the held-back half alone ...
+    assert helps["all, fresh >= 0"] > helps["held-out"] > 0
+    # ... while choosing the best mean with no test (BFSRS) is what does harm when demos hurt
+    assert hurts["best of all (BFSRS)"] < hurts["all, fresh >= 0"] <= 0
+    nothing = sim.simulate(0.0, 0.0, reps=20)  # every demo set as good as the start: no rule can gain or lose
+    assert all(value == 0.0 for value in nothing.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 import re
 
 import dspy
@@ -482,7 +483,7 @@ def test_bfsrs_argument_names_are_accepted_where_the_meaning_is_the_same():
         DemoSelector(metric, num_candidate_programs=-1)
 
 
-def test_a_large_valset_is_split_and_the_final_choice_uses_examples_no_trial_saw(two_teachers):
+def test_a_large_valset_is_split_and_the_final_choice_checks_the_examples_no_trial_saw(two_teachers):
     task = large(two_teachers, val_size=40)
     lm = task.lm()
     selector = DemoSelector(task.metric, task_model=lm, max_demos=4, n_trials=8, pools=("labeled",), progress=False)
@@ -490,14 +491,17 @@ def test_a_large_valset_is_split_and_the_final_choice_uses_examples_no_trial_saw
     report = selector.report_
     trial_keys = {k for t in selector.study_.trials for k in t.user_attrs.get("icl_scores", {})}
     choice = report.extra["final_choice"]
-    assert choice["held_out"] is True and choice["z"] == VALIDATION_Z  # held out: no correction for reuse
-    assert report.extra["plan"]["settings"]["held_out"] == 20 and choice["examples"] == 20
+    assert choice["held_out"] is True and choice["z"] == VALIDATION_Z  # a fresh half: no correction for reuse
+    assert report.extra["plan"]["settings"]["held_out"] == 20 and choice["examples"] == 40
+    assert (choice["reused_examples"], choice["fresh_examples"]) == (20, 20)
+    assert all("fresh_gain" in row for row in choice["contenders"])
     val_keys = {example_key(ex)[:12] for ex in task.val}
     assert len(trial_keys) == 20 and trial_keys < val_keys
-    # every final-choice call was on an example the trials never scored
+    # the trial examples came from the cache: each validation call was on an example the trials never scored
     asked_by_trials = {ex.question for ex in task.val if example_key(ex)[:12] in trial_keys}
-    start_calls = [c for c in lm.engine.calls if not c.view.demos and c.view.inputs["question"] in
-                   {ex.question for ex in task.val} - asked_by_trials]
+    asked = Counter(c.view.inputs["question"] for c in lm.engine.calls if not c.view.demos)
+    assert all(asked[q] == 1 for q in asked_by_trials), "the start's trial examples were scored twice"
+    start_calls = [q for q in asked if q in {ex.question for ex in task.val} - asked_by_trials]
     assert len(start_calls) == 20  # the start (zero-shot) was validated on the 20 held-out examples
 
 

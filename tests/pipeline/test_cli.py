@@ -188,10 +188,13 @@ def test_the_demo_gains_on_held_out_data_and_says_what_changed_and_why(tmp_path,
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     choice = report["extra"]["final_choice"]
     val = {row["candidate"]: row["val"] for row in choice["contenders"]}
-    assert choice["chosen"] != choice["start"] and choice["held_out"]  # half the valset, unseen by the trials
-    assert choice["examples"] == DEMO_SIZES["val_size"] // 2
-    assert (f"why it was kept: it scored {val[choice['chosen']]:.2f} on the 25 validation examples against the "
+    assert choice["chosen"] != choice["start"] and choice["held_out"]  # half the valset unseen by the trials
+    trial_examples = report["extra"]["plan"]["settings"]["trial_examples"]
+    assert choice["examples"] == DEMO_SIZES["val_size"] and choice["reused_examples"] == trial_examples
+    assert choice["fresh_examples"] == DEMO_SIZES["val_size"] - trial_examples >= DEMO_SIZES["val_size"] // 2
+    assert (f"why it was kept: it scored {val[choice['chosen']]:.2f} on the 50 validation examples against the "
             f"start's {val[choice['start']]:.2f}, a paired gain of +") in out
+    assert f"and not lose on the {choice['fresh_examples']} of them the search did not select on" in out
     assert (tmp_path / "demo" / "report.html").exists()
 
 

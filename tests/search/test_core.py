@@ -363,14 +363,18 @@ def test_an_input_value_every_example_shares_does_not_make_them_all_seen():
 def _choice_between(wins: int, losses: int):
     """A start and one finalist on 40 validation examples: the finalist answers ``wins`` examples the start
     gets wrong and misses ``losses`` the start gets right (the rest alike). Returns the chosen and the table."""
+    start_right = set(range(20))
+    return _choose(start_right, (start_right - set(range(losses))) | set(range(20, 20 + wins)))
+
+
+def _choose(start_right: set[int], finalist_right: set[int], reused: int = 0, n: int = 40):
+    """A start and one finalist validated on items 0..n-1 (in that order), each right on its set; ``reused``
+    goes to the final choice (the first ``reused`` items are ones the finalist was selected on)."""
     from dspy_icl_opt.optimizers.opro import OPRO
     from dspy_icl_opt.testing import format_chat_reply, last_user_text, system_text
 
-    n = 40
     val = [dspy.Example(question=f"item {i}", answer="yes").with_inputs("question") for i in range(n)]
     train = [dspy.Example(question=f"train {i}", answer="yes").with_inputs("question") for i in range(8)]
-    start_right = set(range(20))
-    finalist_right = (start_right - set(range(losses))) | set(range(20, 20 + wins))
 
     def answer(request):
         number = int(last_user_text(request).split("item ")[-1].split()[0]) if "item " in last_user_text(request) \
@@ -385,7 +389,7 @@ def _choice_between(wins: int, losses: int):
     name = ctx.predictors[0][0]
     finalist = ctx.add_candidate(ctx.initial_state.replace(name, ctx.initial_state[name].with_instruction(
         "Finalist.")), step=1, origin="test")
-    chosen = ctx.choose_by_validation([finalist])
+    chosen = ctx.choose_by_validation([finalist], reused=reused)
     return chosen, finalist, ctx.report.extra["final_choice"]
 
 
@@ -403,3 +407,25 @@ def test_a_finalist_ahead_by_less_than_one_standard_error_leaves_the_start():
     row = next(r for r in choice["contenders"] if r["candidate"] == finalist.id)
     assert 0.85 < row["gain"] / row["se"] < 0.95
     assert chosen.id == choice["start"] and not row["passed"]
+
+
+def test_with_reused_examples_a_finalist_ahead_only_where_it_was_selected_leaves_the_start():
+    # the first 20 items ranked the finalist: it wins 8 there and loses 4 of the 20 it was not selected on.
+    # On all 40 that is +0.10 at 1.16 standard errors (enough without reuse), but it loses where it is fresh.
+    start_right = set(range(20, 40))
+    chosen, finalist, choice = _choose(start_right, (start_right - set(range(20, 24))) | set(range(8)), reused=20)
+    row = next(r for r in choice["contenders"] if r["candidate"] == finalist.id)
+    assert row["gain"] == pytest.approx(0.1) and row["gain"] / row["se"] > 1.0
+    assert row["fresh_gain"] == pytest.approx(-0.2) and not row["passed"] and chosen.id == choice["start"]
+    assert (choice["reused_examples"], choice["fresh_examples"]) == (20, 20) and "not selected on" in choice["rule"]
+
+
+def test_with_reused_examples_a_finalist_level_on_the_fresh_ones_and_ahead_overall_replaces_the_start():
+    # DemoSelector on hyperbaton: start and finalists level (0.70) on the 20 held-back examples, the finalists
+    # ahead where they were ranked; on 100 test examples 0.80 against 0.62. The fresh half only has to not lose.
+    start_right = set(range(20, 34)) | {0, 1, 2, 3}
+    finalist_right = set(range(20, 30)) | {34, 35, 36, 37} | set(range(10))  # fresh: 4 lost, 4 won; reused: +6
+    chosen, finalist, choice = _choose(start_right, finalist_right, reused=20)
+    row = next(r for r in choice["contenders"] if r["candidate"] == finalist.id)
+    assert row["fresh_gain"] == 0.0 and row["gain"] == pytest.approx(0.15) and row["gain"] / row["se"] > 1.0
+    assert row["passed"] and chosen.id == finalist.id

@@ -1,0 +1,103 @@
+"""How DemoSelector's final choice should use a valset that the trials saw half of: rules compared on a simulation.
+
+No LM call. DemoSelector splits a valset of 40: trials rank demo sets on 20 examples, 20 are held back; the
+start and the best few trials (finalists) are then validated. Which evidence should the paired test see?
+
+- ``held-out``: only the 20 held-back examples, at ``VALIDATION_Z`` (the rule before this script).
+- ``all, fresh >= 0``: all 40 (the finalists' trial examples are cached, so they cost nothing) at
+  ``VALIDATION_Z``, and the finalist must not lose on the held-back 20 (the rule after it).
+- ``all, Bonferroni``: all 40 at :func:`~dspy_icl_opt.demos.selector.reuse_z` over the trials.
+- ``all``: all 40 at ``VALIDATION_Z``, no check on the held-back half.
+- ``best of all (BFSRS)``: the best mean on all 40, the start one candidate among the trials, no test.
+
+The model: a start of true accuracy ``p0`` and ``trials`` demo sets whose true accuracies are ``p0 + mean``
+plus a normal spread; each example's outcome for a program is ``u < p``, with ``u`` shared by all programs
+on that example with probability ``rho`` (else drawn afresh): hyperbaton's 0.5B answers are close to coin
+flips, and 42% of the held-back pairs disagreed there, so ``rho`` is low. The figure is the chosen program's
+true accuracy minus the start's, averaged over repetitions: positive is gained, negative is harm done.
+
+Run (BENCHMARKS.md's figures come from this command):
+    python examples/benchmarks/sim_final_choice.py --reps 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Callable, Sequence
+
+from dspy_icl_opt.demos.selector import reuse_z
+from dspy_icl_opt.search.base import VALIDATION_Z, paired_gain
+
+RULES = ("held-out", "all, fresh >= 0", "all, Bonferroni", "all", "best of all (BFSRS)")
+#: (mean gain of a demo set over the start, spread of the gains): demos help, help a little, do nothing, hurt
+SCENARIOS = ((0.15, 0.05), (0.08, 0.05), (0.0, 0.05), (-0.05, 0.05), (-0.1, 0.05))
+
+
+def outcomes(rng: random.Random, p: float, shared: Sequence[float], rho: float) -> list[float]:
+    return [float((u if rng.random() < rho else rng.random()) < p) for u in shared]
+
+
+def passes(scores: Sequence[float], start: Sequence[float], z: float) -> bool:
+    gain, se = paired_gain(scores, start)
+    return gain > 0 and gain >= z * se
+
+
+def choose(rule: str, trial: list[list[float]], held: list[list[float]], start_trial: list[float],
+           start_held: list[float], finalists: list[int]) -> int | None:
+    """The index of the trial the rule returns, or None for the start."""
+    both = [t + h for t, h in zip(trial, held)]
+    start_both = start_trial + start_held
+    if rule == "best of all (BFSRS)":
+        best = max(range(len(both)), key=lambda i: (sum(both[i]), -i))
+        return best if sum(both[best]) > sum(start_both) else None
+    tests: dict[str, Callable[[int], bool]] = {
+        "held-out": lambda i: passes(held[i], start_held, VALIDATION_Z),
+        "all, fresh >= 0": lambda i: passes(both[i], start_both, VALIDATION_Z)
+        and paired_gain(held[i], start_held)[0] >= 0,
+        "all, Bonferroni": lambda i: passes(both[i], start_both, reuse_z(len(trial))),
+        "all": lambda i: passes(both[i], start_both, VALIDATION_Z),
+    }
+    judged = held if rule == "held-out" else both
+    passed = [i for i in finalists if tests[rule](i)]
+    return max(passed, key=lambda i: (sum(judged[i]), -i)) if passed else None
+
+
+def simulate(mean: float, spread: float, *, reps: int, trials: int = 8, n_trial: int = 20, n_held: int = 20,
+             finalists: int = 3, rho: float = 0.2, p0: float = 0.6, seed: int = 0) -> dict[str, float]:
+    rng = random.Random(seed)
+    gained = {rule: 0.0 for rule in RULES}
+    for _ in range(reps):
+        ps = [min(0.98, max(0.02, p0 + mean + spread * rng.gauss(0, 1))) for _ in range(trials)]
+        u_trial = [rng.random() for _ in range(n_trial)]
+        u_held = [rng.random() for _ in range(n_held)]
+        start_trial, start_held = outcomes(rng, p0, u_trial, rho), outcomes(rng, p0, u_held, rho)
+        trial = [outcomes(rng, p, u_trial, rho) for p in ps]
+        held = [outcomes(rng, p, u_held, rho) for p in ps]
+        top = sorted(range(trials), key=lambda i: (-sum(trial[i]), i))[:finalists]
+        for rule in RULES:
+            chosen = choose(rule, trial, held, start_trial, start_held, top)
+            gained[rule] += 0.0 if chosen is None else ps[chosen] - p0
+    return {rule: total / reps for rule, total in gained.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=2000, help="repetitions per scenario (default 2000)")
+    parser.add_argument("--trials", type=int, default=8, help="trials whose best 3 are validated (default 8)")
+    parser.add_argument("--rho", type=float, default=0.2, help="share of examples all programs find equally hard")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(f"true gain of the chosen program over the start; {args.trials} trials on 20 examples, 20 held back, "
+          f"3 finalists, rho {args.rho}, {args.reps} repetitions")
+    print("| demo sets' mean gain, spread | " + " | ".join(RULES) + " |")
+    print("|---|" + "---|" * len(RULES))
+    for mean, spread in SCENARIOS:
+        result = simulate(mean, spread, reps=args.reps, trials=args.trials, rho=args.rho, seed=args.seed)
+        print(f"| {mean:+.2f}, {spread:.2f} | " + " | ".join(f"{result[r]:+.4f}" for r in RULES) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -97,6 +97,10 @@ ADDED_REASONING = "reasoning"
 MIN_ROUNDS = 3
 #: Refinement rounds without a task cap when ``rounds`` is left to the plan.
 UNCAPPED_ROUNDS = 2
+#: Rounds in a row that may add no candidate because the prompt model's split was unusable (or scored the
+#: same as a procedure already tried) before the refinement stops: the next round asks afresh (new keys,
+#: new samples). A round with no localised error to split ends the refinement at once.
+MAX_IDLE_ROUNDS = 2
 #: The plan keeps the search set at least this large before it writes fewer procedures.
 PREFERRED_SEARCH_EXAMPLES = 16
 #: Procedures are sampled at this temperature when neither ABO nor the prompt LM sets one (varied drafts).
@@ -313,6 +317,7 @@ class _PredictorRun:
         self.prompt_budget_spent: BudgetExhausted | None = None
         self.arms: list[_Arm] = []
         self.failed_demos = 0  # written demonstrations in a row that could not be used
+        self.splits_asked = 0  # splits asked for in the current round
         # Under a prompt cap, writing demonstrations (retries included) may spend what the plan gave it: the rest
         # of the calls localise and split steps whatever the writer's success rate.
         self.demo_allowance = ctx.plan.settings["demonstration_calls"]
@@ -340,14 +345,17 @@ class _PredictorRun:
         elif self.prompt_budget_spent is not None:
             raise self.prompt_budget_spent  # what was written and scored is compared in the final choice
         else:
-            round_ = 1
+            round_, idle = 1, 0
             while self.opt._rounds_left(ctx, round_, len(beam) * self._runs() * len(self.examples)
                                         * len(ctx.predictors)):
-                tried = len(self.arms)
+                tried, self.splits_asked = len(self.arms), 0
                 beam = [self._refine(arm, round_, lineage) for lineage, arm in enumerate(beam)]
                 ctx.checkpoint(self.first_step + round_)
                 round_ += 1
-                if len(self.arms) == tried:  # nothing left to localise or split: more rounds would repeat this one
+                idle = idle + 1 if len(self.arms) == tried else 0
+                # nothing localised: more rounds would repeat this one. A split asked for but unusable (a 0.5B
+                # writer often is) is asked again next round, with a fresh sample, up to MAX_IDLE_ROUNDS.
+                if idle and (not self.splits_asked or idle >= MAX_IDLE_ROUNDS):
                     break
         best = ctx.best_by([*contenders, *(arm.record for arm in self.arms)], SEARCH)
         ctx.set_best(best)
@@ -537,6 +545,7 @@ class _PredictorRun:
             return arm
         step = min(histogram, key=lambda s: (-histogram[s], s))  # most frequent; ties: the earliest step
         reasons = [reason for s, reason in findings if s == step]
+        self.splits_asked += 1
         children = self._split(arm, step, reasons, prefix, round_)
         child = sorted(children, key=_rank)[0] if children else None
         kept = child is not None and child.record.scores[SEARCH] > parent_score

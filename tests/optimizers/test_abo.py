@@ -456,3 +456,29 @@ def test_demonstrations_the_writer_botches_spend_no_more_than_the_plan_gave_them
     refinements = {e["round"] for e in report.extra["rounds"] if e["round"] > 0 and e["candidate"] is not None}
     assert len(refinements) >= 2
     assert report.spent["prompt"].calls <= 40
+
+
+def test_a_round_whose_split_was_unusable_is_followed_by_another_round():
+    # ABO on hyperbaton split 2 refined once of three planned rounds: round 1's split answers were unusable
+    # and the loop took "no new candidate" for "nothing left to split". The next round asks again.
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    script = _FreshSubSteps()
+    calls = {"split": 0}
+
+    def writer(request):
+        if meta_prompt(request) == "split":
+            calls["split"] += 1
+            if calls["split"] <= 1 + 2:  # round 1: the first try and its 2 retries all repeat the procedure
+                script.log.append(("split", {}))
+                return format_chat_reply({"sub_steps": PROCEDURE})
+        return script(request)
+
+    abo = ABO(big.metric, task_model=big.lm(knows=never()), prompt_model=scripted_lm(writer),
+              budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
+    abo.compile(big.program(), trainset=big.train, valset=big.val)
+    rounds = abo.report_.extra["rounds"]
+    first = [e for e in rounds if e["round"] == 1]
+    assert first and all(e["candidate"] is None for e in first), "round 1 had no usable split"
+    later = {e["round"] for e in rounds if e["round"] > 1 and e["candidate"] is not None}
+    assert later, "a later round asked for the split again and refined"
+    assert abo.report_.spent["prompt"].calls <= 40 and abo.report_.spent["task"].calls <= 400

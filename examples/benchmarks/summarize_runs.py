@@ -10,7 +10,8 @@ name the same seed).
 ``--curve FILE.png`` draws test accuracy against the calls spent (task + prompt model) for every method,
 one point per budget a method was run at (each budget's rows in their own ``--out`` file, since a file
 keeps one row per task and method): the point at N calls is the program a run capped at N returned,
-so "as good at half the calls" is read off one picture. The same points are printed as a table.
+so "as good at half the calls" is read off one picture. The same points are printed as a table. A cell
+run twice at one budget counts once (the later file's row). ``--methods A,B`` keeps only those methods.
 
 A chain's row (e.g. ``opro+soft``) carries the test accuracy of each earlier step's program; those are read as
 rows of their own named ``CHAIN/OPTIMIZER`` (``opro+soft/OPRO``), so ``--pair opro+soft,opro+soft/OPRO`` is the
@@ -111,15 +112,20 @@ def pair_grid(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> str:
 
 def curve_points(paths: Sequence[str]) -> dict[str, list[dict]]:
     """Per method, one point per budget: mean calls (task + prompt), mean test accuracy and its standard
-    error over the cells (seed x task) run at that budget. Every row counts, a method's rows at several
-    budgets included (``read_cells`` keeps one per cell)."""
-    groups: dict[tuple[str, object], list[dict]] = {}
+    error over the cells (seed x task) run at that budget. A method's rows at several budgets all count;
+    a cell run twice at one budget counts once, the later file's row (as in ``read_cells``)."""
+    latest: dict[tuple[str, object, str, str], dict] = {}
     for path in paths:
+        match = re.search(r"seed(\d+)", Path(path).name)
+        default = match.group(1) if match else Path(path).name
         for line in Path(path).read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
                 if "skipped" not in row:
-                    groups.setdefault((row["method"], row.get("budget")), []).append(row)
+                    latest[(row["method"], row.get("budget"), str(row.get("seed", default)), row["task"])] = row
+    groups: dict[tuple[str, object], list[dict]] = {}
+    for (method, budget, _, _), row in latest.items():
+        groups.setdefault((method, budget), []).append(row)
     points: dict[str, list[dict]] = {}
     for (method, budget), rows in groups.items():
         accs = [r["test_accuracy"] for r in rows]
@@ -171,8 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair", action="append", default=[], metavar="A,B", help="compare method A with B")
     parser.add_argument("--curve", default=None, metavar="FILE.png",
                         help="draw test accuracy against calls spent, one point per budget, and print its table")
+    parser.add_argument("--methods", default=None, metavar="A,B,...",
+                        help="only these methods (their rows are read from every file; others are ignored)")
     args = parser.parse_args(argv)
     cells = read_cells(args.files)
+    if args.methods:
+        wanted = set(args.methods.split(","))
+        cells = {key: r for key, r in cells.items() if key[0] in wanted}
     print(method_table(cells))
     for pair in args.pair:
         a, _, b = pair.partition(",")
@@ -182,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         print(pair_line(cells, a, b))
     if args.curve:
         points = curve_points(args.files)
+        if args.methods:
+            points = {m: p for m, p in points.items() if m in wanted}
         plot_curve(points, args.curve)
         print()
         print(curve_table(points))

@@ -71,6 +71,12 @@ def test_the_curve_has_one_point_per_budget_with_calls_of_both_models(tmp_path, 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     out = capsys.readouterr().out
     assert "| joint | 200 | 2 | 197 | 0.600 (0.100) |" in out and "| mipro_light | 400 | 1 | 614 | 0.550 |" in out
+    assert summarize.main([low, high, "--curve", str(png), "--methods", "mipro_light"]) == 0
+    only = capsys.readouterr().out
+    assert "| mipro_light | 400 |" in only and "| joint |" not in only
+    rerun = write(tmp_path / "rerun_seed0.jsonl", [row("t1", "joint", 0.9, 198, prompt_calls=4, budget=200)])
+    again = summarize.curve_points([low, high, rerun])["joint"][0]  # the same cell at the same budget: replaced
+    assert (again["cells"], again["accuracy"]) == (2, pytest.approx(0.8))
 
 
 def test_the_fp32_control_runs_the_given_program_on_a_pytorch_lm_with_the_task_models_settings(monkeypatch):

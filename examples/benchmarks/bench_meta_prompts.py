@@ -136,9 +136,10 @@ def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signatu
 
 
 def answer_rates(lm: dspy.BaseLM, signature: type[dspy.Signature], inputs: dict[str, Any], check: Callable,
-                 tries: int) -> tuple[int, int, int]:
+                 tries: int, show: Callable[[str], None] | None = None) -> tuple[int, int, int]:
     """(parsed, usable, tries): one call per try, no retry, no JSON fallback. Parsed: the adapter read every
-    output field; usable: the strategy's own check accepts the answer too."""
+    output field; usable: the strategy's own check accepts the answer too. ``show`` gets each parsed answer
+    the check refused (its output fields, one line)."""
     parsed = usable = 0
     for seed in range(tries):
         try:
@@ -148,12 +149,16 @@ def answer_rates(lm: dspy.BaseLM, signature: type[dspy.Signature], inputs: dict[
         except Exception:  # an unreadable answer
             continue
         parsed += 1
-        usable += bool(check(answer))
+        ok = bool(check(answer))
+        usable += ok
+        if show is not None and not ok:
+            fields = {name: " ".join(str(answer.get(name, "")).split())[:300] for name in signature.output_fields}
+            show(str(fields))
     return parsed, usable, tries
 
 
 def measure(lm: dspy.BaseLM, task_name: str = "date_understanding", tries: int = 20,
-            only: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
+            only: tuple[str, ...] = (), show: bool = False) -> dict[str, tuple[float, float]]:
     """Per meta-prompt whose name starts with one of ``only`` (all when empty): (share parsed, share usable)."""
     from dspy_icl_opt.programs import load_task, make_program
 
@@ -163,7 +168,8 @@ def measure(lm: dspy.BaseLM, task_name: str = "date_understanding", tries: int =
     for name, (signature, inputs, check) in probes(task, program).items():
         if only and not name.startswith(only):
             continue
-        parsed, usable, total = answer_rates(lm, signature, inputs, check, tries)
+        printer = (lambda line, name=name: print(f"refused ({name}): {line}")) if show else None
+        parsed, usable, total = answer_rates(lm, signature, inputs, check, tries, printer)
         rates[name] = (parsed / total, usable / total)
     return rates
 
@@ -175,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm", default="embedded")
     parser.add_argument("--max-tokens", type=int, default=400)
     parser.add_argument("--only", default="", help="comma-separated name prefixes, e.g. APE,PromptAgent (default: all)")
+    parser.add_argument("--show", action="store_true", help="print each parsed answer the strategy's check refused")
     args = parser.parse_args(argv)
     from loguru import logger
 
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     lm = resolve_lm(args.lm, temperature=1.0, max_tokens=args.max_tokens, cache=False)
-    rates = measure(lm, args.task, args.tries, tuple(p for p in args.only.split(",") if p))
+    rates = measure(lm, args.task, args.tries, tuple(p for p in args.only.split(",") if p), show=args.show)
     print(f"| meta-prompt | parsed | usable by the strategy ({args.tries} first answers, {args.lm}) |\n|---|---|---|")
     for name, (parsed, usable) in rates.items():
         print(f"| {name} | {parsed:.0%} | {usable:.0%} |")

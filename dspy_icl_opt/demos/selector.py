@@ -650,12 +650,12 @@ class DemoSelector(ICLOptimizer):
         ctx = run.ctx
         described = {name: f"as given ({len(state.demos)} demo(s))" if state.demos else "k=0"
                      for name, state in ctx.initial_state.predictors}
-        ctx.add_candidate(ctx.initial_state, step=0, origin="seed", meta={"choice": described})
+        start = ctx.add_candidate(ctx.initial_state, step=0, origin="seed", meta={"choice": described})
         records: list[Any] = []
         ranked = ranked_trials(run.study)
-        for trial in ranked:  # the best few *distinct* programs (several trials can build one)
-            record = self._record_of(run, trial)
-            if record is not None and all(record.id != r.id for r in records):
+        for trial in ranked:  # the best few *distinct* programs (several trials can build one), not the start
+            record = self._record_of(run, trial)  # (the zero-shot trial of a student without demos is the start)
+            if record is not None and record.id != start.id and all(record.id != r.id for r in records):
                 records.append(record)
             if len(records) == ctx.plan.settings["finalists"]:
                 break

@@ -553,3 +553,16 @@ def test_the_thread_count_changes_neither_the_bootstrap_nor_the_result(two_teach
 
     one = run(1)
     assert one[0] > 0 and run(4) == one
+
+
+def test_the_zero_shot_trial_does_not_take_a_finalists_place(two_teachers):
+    # The demo CLI on date_understanding: the zero-shot trial tied the labeled one and ranked first (lower
+    # number), and with one finalist planned the final choice validated only the start itself.
+    reverse = lambda inputs: inputs["question"][::-1]  # noqa: E731
+    selector, _ = select(two_teachers, lm=simulated_task_lm(solve=reverse, knows=always()), n_trials=3,
+                         top_k_full_eval=1, minibatch_size=4, minibatches_per_trial=1, pruner=None)
+    ranked = [t for t in selector.study_.trials if t.value is not None]
+    assert len({t.value for t in ranked}) == 1, "every trial ties, so the zero-shot trial (number 0) ranks first"
+    contenders = selector.report_.extra["final_choice"]["contenders"]
+    start = selector.report_.extra["final_choice"]["start"]
+    assert len(contenders) == 2 and contenders[1]["candidate"] != start

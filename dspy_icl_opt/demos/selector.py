@@ -100,7 +100,7 @@ MIN_EXAMPLES_BEFORE_PRUNING = 16
 #: at least 12 examples; the final choice uses both halves, and a finalist must not lose on the held-back one.
 #: A smaller valset is used whole by both, and the final test asks for more standard errors (:func:`reuse_z`).
 MIN_VAL_TO_HOLD_OUT = 24
-#: The share of such a valset held back for the final choice.
+#: The share of such a valset held back from the trials.
 HOLD_OUT_SHARE = 0.5
 #: Trials run when ``n_trials`` is None and no task-call cap bounds them.
 UNCAPPED_TRIALS = 30

@@ -493,9 +493,8 @@ class DemoSelector(ICLOptimizer):
         trial_pool = order[held_out:]
         n = plan.settings["trial_examples"]
         batches = [trial_pool[i:i + self.minibatch_size] for i in range(0, n, self.minibatch_size)]
-        trial_examples = trial_pool[:n]
         # the trial examples first (cached for the finalists; a cut of the final examples drops the others)
-        final_examples = trial_examples + [ex for ex in order if all(ex is not t for t in trial_examples)]
+        final_examples = trial_pool[:n] + order[:held_out] + trial_pool[n:]
         shared = self.storage is not None
         settings = {"predictors": sorted(name for name, _ in ctx.predictors), "strategies": list(self.strategies),
                     "orders": list(self.orders), "pools": list(self.pools), "max_demos": self.max_demos,
@@ -521,7 +520,7 @@ class DemoSelector(ICLOptimizer):
                     len(final_examples), f"{held_out} held back from the trials" if held_out else "the same valset")
         enqueue_baselines(study, space)
         return _Run(ctx=ctx, study=study, space=space, batches=batches, input_fields=fields,
-                    final_examples=final_examples, held_out=bool(held_out), reused=len(trial_examples) if held_out else 0,
+                    final_examples=final_examples, held_out=bool(held_out), reused=n if held_out else 0,
                     trial_cost=n * len(ctx.predictors))
 
     def _teacher(self, ctx: SearchContext) -> Any:

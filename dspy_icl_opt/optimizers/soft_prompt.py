@@ -43,7 +43,7 @@ from dspy_icl_opt.optimizers.soft_training import (
     SoftPromptTrainer,
     build_items,
 )
-from dspy_icl_opt.search.base import VAL_LABEL, VALIDATION_Z, ICLOptimizer, SearchContext, paired_gain, stable_int
+from dspy_icl_opt.search.base import VAL_LABEL, VALIDATION_Z, ICLOptimizer, SearchContext, paired_test, stable_int
 from dspy_icl_opt.search.budget import Budget, unwrap_lm
 from dspy_icl_opt.search.placement import PlacementAdapter
 from dspy_icl_opt.search.plan import Phase, SearchPlan, Shape
@@ -294,10 +294,10 @@ def paired_choice(ctx: SearchContext, start: CandidateRecord, start_scores: list
     """The start unless an epoch beats it by the paired rule; the table goes to ``report.extra["final_choice"]``."""
     table, best = [], start
     for record, scores in epochs:
-        gain, se = paired_gain(scores, start_scores)
-        passed = gain > 0 and gain >= VALIDATION_Z * se
-        table.append({"candidate": record.id, "val": record.scores.get("val"), "gain": round(gain, 6),
-                      "se": round(se, 6), "passed": passed})
+        test = paired_test(scores, start_scores)
+        passed = test.passed
+        table.append({"candidate": record.id, "val": record.scores.get("val"), "gain": round(test.gain, 6),
+                      "se": round(test.se, 6), "passed": passed})
         if passed and (best is start or record.scores["val"] > best.scores["val"]):
             best = record
     ctx.report.extra["final_choice"] = {

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,30 @@ def paired_gain(scores: Sequence[float], baseline: Sequence[float]) -> tuple[flo
         return mean, 0.0
     variance = sum((d - mean) ** 2 for d in diffs) / (n - 1)
     return mean, (variance / n) ** 0.5
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """The final choice's test of one contender against the start (:func:`paired_test`)."""
+
+    gain: float
+    se: float
+    fresh_gain: float | None  # the gain on the examples after the first ``reused`` (None: no such split)
+    passed: bool
+
+
+def paired_test(scores: Sequence[float], baseline: Sequence[float], z: float = VALIDATION_Z,
+                reused: int = 0) -> PairedTest:
+    """The final choice's rule: the paired mean gain over ``baseline`` is above 0 and at least ``z`` standard
+    errors; when the first ``reused`` examples are ones the contender was selected on (and some are not), its
+    gain on the rest must also not be negative."""
+    gain, se = paired_gain(scores, baseline)
+    passed = gain > 0 and gain >= z * se
+    fresh_gain = None
+    if 0 < reused < min(len(scores), len(baseline)):
+        fresh_gain = paired_gain(scores[reused:], baseline[reused:])[0]
+        passed = passed and fresh_gain >= 0
+    return PairedTest(gain, se, fresh_gain, passed)
 
 
 def lm_temperature(lm: dspy.BaseLM | None) -> float | None:
@@ -260,14 +285,12 @@ class SearchContext:
             outcomes = self.scorer.evaluate(self.state_of(record), examples, desc=f"{VAL_LABEL} #{record.id}")
             self.record_outcomes(record, outcomes, VAL_LABEL)
             scores[record.id] = [o.score for o in outcomes]
-            gain, se = paired_gain(scores[record.id], scores[start.id])
-            passed = record.id != start.id and gain > 0 and gain >= z * se
-            row = {"candidate": record.id, "val": record.scores[VAL_LABEL], "gain": round(gain, 6),
-                   "se": round(se, 6)}
-            if reused and fresh_n:
-                fresh_gain, _ = paired_gain(scores[record.id][reused:], scores[start.id][reused:])
-                row["fresh_gain"] = round(fresh_gain, 6)
-                passed = passed and fresh_gain >= 0
+            test = paired_test(scores[record.id], scores[start.id], z, reused)
+            passed = record.id != start.id and test.passed
+            row = {"candidate": record.id, "val": record.scores[VAL_LABEL], "gain": round(test.gain, 6),
+                   "se": round(test.se, 6)}
+            if test.fresh_gain is not None:
+                row["fresh_gain"] = round(test.fresh_gain, 6)
             row["passed"] = passed
             table.append(row)
             if passed and (best.id == start.id or (record.scores[VAL_LABEL], *tiebreak(record), -record.id)

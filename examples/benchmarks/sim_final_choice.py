@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dspy_icl_opt.demos.selector import reuse_z
-from dspy_icl_opt.search.base import VALIDATION_Z, paired_gain
+from dspy_icl_opt.search.base import VALIDATION_Z, paired_test
 
 RULES = ("held-out", "all, fresh >= 0", "all, Bonferroni", "all", "best of all (BFSRS)")
 #: (mean gain of a demo set over the start, spread of the gains): demos help, help a little, do nothing, hurt
@@ -39,9 +39,8 @@ def outcomes(rng: random.Random, p: float, shared: Sequence[float], rho: float) 
     return [float((u if rng.random() < rho else rng.random()) < p) for u in shared]
 
 
-def passes(scores: Sequence[float], start: Sequence[float], z: float) -> bool:
-    gain, se = paired_gain(scores, start)
-    return gain > 0 and gain >= z * se
+def passes(scores: Sequence[float], start: Sequence[float], z: float, reused: int = 0) -> bool:
+    return paired_test(scores, start, z, reused).passed  # the rule choose_by_validation applies
 
 
 def choose(rule: str, trial: list[list[float]], held: list[list[float]], start_trial: list[float],
@@ -54,8 +53,8 @@ def choose(rule: str, trial: list[list[float]], held: list[list[float]], start_t
         return best if sum(both[best]) > sum(start_both) else None
     tests: dict[str, Callable[[int], bool]] = {
         "held-out": lambda i: passes(held[i], start_held, VALIDATION_Z),
-        "all, fresh >= 0": lambda i: passes(both[i], start_both, VALIDATION_Z)
-        and paired_gain(held[i], start_held)[0] >= 0,
+        # the trial examples first, as DemoSelector orders its final examples: the rest are the fresh ones
+        "all, fresh >= 0": lambda i: passes(both[i], start_both, VALIDATION_Z, reused=len(start_trial)),
         "all, Bonferroni": lambda i: passes(both[i], start_both, reuse_z(len(trial))),
         "all": lambda i: passes(both[i], start_both, VALIDATION_Z),
     }

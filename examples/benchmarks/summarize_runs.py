@@ -28,13 +28,13 @@ import argparse
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
-def read_cells(paths: Sequence[str]) -> dict[tuple[str, str, str], dict]:
-    """``{(method, seed, task): row}`` from the files (a later file's row wins)."""
-    cells: dict[tuple[str, str, str], dict] = {}
+def seeded_rows(paths: Sequence[str]) -> Iterator[tuple[str, dict]]:
+    """``(seed, row)`` for every row the files hold, in file order, skipped rows left out. The seed is the
+    row's ``seed``, else a ``seed<N>`` in its file's name, else the file's name."""
     for path in paths:
         match = re.search(r"seed(\d+)", Path(path).name)
         default = match.group(1) if match else Path(path).name
@@ -42,10 +42,16 @@ def read_cells(paths: Sequence[str]) -> dict[tuple[str, str, str], dict]:
             if line.strip():
                 row = json.loads(line)
                 if "skipped" not in row:
-                    seed = str(row.get("seed", default))
-                    cells[(row["method"], seed, row["task"])] = row
-                    for stage in stage_rows(row):
-                        cells[(stage["method"], seed, row["task"])] = stage
+                    yield str(row.get("seed", default)), row
+
+
+def read_cells(paths: Sequence[str]) -> dict[tuple[str, str, str], dict]:
+    """``{(method, seed, task): row}`` from the files (a later file's row wins)."""
+    cells: dict[tuple[str, str, str], dict] = {}
+    for seed, row in seeded_rows(paths):
+        cells[(row["method"], seed, row["task"])] = row
+        for stage in stage_rows(row):
+            cells[(stage["method"], seed, row["task"])] = stage
     return cells
 
 
@@ -114,15 +120,7 @@ def curve_points(paths: Sequence[str]) -> dict[str, list[dict]]:
     """Per method, one point per budget: mean calls (task + prompt), mean test accuracy and its standard
     error over the cells (seed x task) run at that budget. A method's rows at several budgets all count;
     a cell run twice at one budget counts once, the later file's row (as in ``read_cells``)."""
-    latest: dict[tuple[str, object, str, str], dict] = {}
-    for path in paths:
-        match = re.search(r"seed(\d+)", Path(path).name)
-        default = match.group(1) if match else Path(path).name
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if "skipped" not in row:
-                    latest[(row["method"], row.get("budget"), str(row.get("seed", default)), row["task"])] = row
+    latest = {(row["method"], row.get("budget"), seed, row["task"]): row for seed, row in seeded_rows(paths)}
     groups: dict[tuple[str, object], list[dict]] = {}
     for (method, budget, _, _), row in latest.items():
         groups.setdefault((method, budget), []).append(row)

@@ -8,8 +8,11 @@ on the whole search set every few trials. What differs from MIPROv2, and why:
 * the schedule comes from the caps (task and prompt calls) before any call, and the final
   validation is held back from the start, so the budget never ends before the finalists are
   validated; the final choice is the shared paired test against the program as given;
-* trials score training examples that are never shown as demos (the training set is split into a
-  demo source and a search set), and the valset only makes the final choice;
+* trials score minibatches of the valset, as MIPROv2's do, but a quarter of it (``HOLD_OUT_SHARE``)
+  is held back from them: the final choice runs on the whole valset (the trials' pairs come from the
+  cache, so finalists are cheap to validate) and a finalist must also not lose to the start on the
+  held-back examples; the whole trainset is the demo source;
+* the program as given is the first trial, so it is measured on the same minibatch as the others;
 * the proposer's meta-prompt is one plain-text instruction per call, grounded in the data summary
   and answer space, and the deterministic answer-format candidate competes (small prompt models);
 * after an exploration phase, per-demo influence is fitted from the trials (a datamodel, no LM
@@ -33,6 +36,7 @@ from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.demos.influence import fit_influence
 from dspy_icl_opt.demos.pools import demo_id
+from dspy_icl_opt.demos.selector import reuse_z
 from dspy_icl_opt.demos.study import make_storage, redact
 from dspy_icl_opt.optimizers.joint_prompts import (
     STYLE_HINTS,
@@ -56,6 +60,7 @@ from dspy_icl_opt.optimizers.joint_space import (
 )
 from dspy_icl_opt.search.base import (
     MIN_EXAMPLES_TO_SPLIT,
+    VALIDATION_Z,
     ICLOptimizer,
     SearchContext,
     stable_int,
@@ -68,13 +73,11 @@ from dspy_icl_opt.search.grounding import (
 )
 from dspy_icl_opt.search.plan import (
     MIN_SEARCH_EXAMPLES,
+    VALIDATION_SHARE,
     Phase,
     SearchPlan,
     Shape,
-    plan_validation,
-    search_subset,
     shrink_to_fit,
-    validation_calls,
 )
 from dspy_icl_opt.search.proposals import clean_proposal
 from dspy_icl_opt.search.report import CandidateRecord
@@ -101,6 +104,12 @@ PREFERRED_MINIBATCH = 16
 MAX_INSTRUCTION_CHARS = 500
 #: Training problems shown to the proposer.
 SHOWN_PROBLEMS = 3
+#: A valset this large has ``HOLD_OUT_SHARE`` of it held back from the trials (each side keeps >= 6 examples).
+MIN_VAL_TO_HOLD_OUT = 24
+#: The share of the valset held back from the trials: the final choice's fresh examples. A quarter keeps three
+#: quarters for the trials (more examples per full evaluation than a half would) and still checks that a
+#: finalist's lead is not only where it was picked.
+HOLD_OUT_SHARE = 0.25
 #: The objective's name in Optuna (and optuna-dashboard).
 METRIC_NAME = "mean score on the trial's minibatch"
 #: MIPROv2's constructor arguments that have no meaning here, and what to do instead.
@@ -129,7 +138,9 @@ class _Run:
     """What one compile tracks."""
 
     names: list[str]
-    search: list[int] = field(default_factory=list)
+    pool: list[dspy.Example] = field(default_factory=list)  # the trial examples (from the valset)
+    search: list[int] = field(default_factory=list)  # indices into ``pool``
+    final_examples: list[dspy.Example] = field(default_factory=list)  # the trial examples, then the held-back
     sources: list[int] = field(default_factory=list)
     batches: list[list[int]] = field(default_factory=list)
     space: dict[str, PredictorSpace] = field(default_factory=dict)
@@ -158,20 +169,22 @@ class InstructionDemoSearch(ICLOptimizer):
     The run, in order (``print(opt.plan(program, trainset=...).render())`` shows it with the calls
     each part is projected to spend):
 
-    1. The trainset is split (seeded) into a *demo source* and a *search set* (half each; all of it
-       for both when it has fewer than 8 examples or no demos are searched).
-    2. Demo sets per predictor: ``labeled`` (a sample of ``max_labeled_demos`` demo-source
-       examples), ``mmr`` (representative yet diverse) and ``bootstrapped#i`` (``max_bootstrapped_demos``
-       of the task model's passing runs on the demo source, then ``max_labeled_demos`` labeled ones).
+    1. The valset is split (seeded): with at least ``MIN_VAL_TO_HOLD_OUT`` examples, ``HOLD_OUT_SHARE``
+       of it is held back from the trials; the rest are the *trial examples* (all of it when smaller).
+       The trainset is the demo source.
+    2. Demo sets per predictor: ``labeled`` (a sample of ``max_labeled_demos`` training examples),
+       ``mmr`` (representative yet diverse) and ``bootstrapped#i`` (``max_bootstrapped_demos`` of the
+       task model's passing runs on up to half the trainset, then ``max_labeled_demos`` labeled ones).
     3. Instruction candidates per predictor: the instruction as given, the same plus a sentence naming
        the answer space (``format_candidate``), and proposals of the prompt model, one plain-text
        instruction per call, each with a different style hint, grounded in the data summary and
        three solved problems (the answer-format sentence is appended to each proposal).
-    4. Trials: a seeded multivariate TPE sampler picks, per predictor, categorical indices into
+    4. Trials: the first is the program as given (when its demos are not fixed); then a seeded
+       multivariate TPE sampler picks, per predictor, categorical indices into
        the instruction and demo-set lists and ``k`` (how many of the set's demos are shown: 0, the
        powers of two, the largest). Trials of one block of ``minibatch_full_eval_steps`` share one
-       minibatch of the search set; after each block, the configuration with the best mean so far
-       that has not been fully evaluated is scored on the whole search set.
+       minibatch of the trial examples; after each block, the configuration with the best mean so far
+       that has not been fully evaluated is scored on all the trial examples.
     5. Influence: after the first third of the planned trials, each demo's effect on the score is
        fitted from the trials (:func:`dspy_icl_opt.demos.influence.fit_influence`, no LM call), and
        an ``influence`` set (the most helpful demos first) is added per predictor. Optuna's
@@ -179,11 +192,17 @@ class InstructionDemoSearch(ICLOptimizer):
        lists, copies every trial of the first into it (same indices, so TPE keeps what it learned)
        and queues the best configuration so far with the influence set as its next trial.
     6. The final choice: the best fully evaluated configurations (``finalists``) and the program as
-       given are validated on ``valset``; a finalist replaces the start only on a paired gain
-       (:meth:`~dspy_icl_opt.search.base.SearchContext.choose_by_validation`).
+       given are scored on the whole valset, the trial examples first (cached) and the held-back ones
+       after; a finalist replaces the start only on a paired gain of at least ``VALIDATION_Z`` standard
+       errors over all of them and no loss on the held-back ones
+       (:meth:`~dspy_icl_opt.search.base.SearchContext.choose_by_validation` with ``reused``). With no
+       examples held back, the test asks for more standard errors instead (Bonferroni over the trials'
+       programs, :func:`~dspy_icl_opt.demos.selector.reuse_z`). Task calls the search left over buy
+       reserves (next-best configurations) and training examples no candidate saw.
 
     With a task-call cap, the number of trials is what the cap pays for after the bootstrap and the
-    held-back validation (minibatches shrink before trials do); trials keep running while the
+    held-back validation (the start on the whole valset, each finalist on the held-back examples;
+    minibatches shrink before trials do); trials keep running while the
     budget pays for one more and its full evaluation (a program scored before costs nothing).
     Without a cap, MIPROv2's count: ``max(2 * params * log2(n), 1.5 * n)``.
 
@@ -215,7 +234,7 @@ class InstructionDemoSearch(ICLOptimizer):
         bootstrap_threshold: a run scoring at least this gives bootstrapped demos (1.0).
         influence: add an influence demo set after the exploration phase (True).
         format_candidate: the answer-format instruction competes, and proposals get its sentence (True).
-        finalists: configurations validated against the start (2; the plan may cut them).
+        finalists: configurations validated against the start (3; the plan may cut them).
         storage: ``None`` (studies in memory), an RDB URL (``sqlite:///joint.db``,
             ``postgresql://...``) or an Optuna storage; open it with ``optuna-dashboard <url>``.
         study_name: the stored study's name (default: derived from the run); the influence phase's
@@ -243,7 +262,7 @@ class InstructionDemoSearch(ICLOptimizer):
                  minibatch: bool = True, minibatch_size: int = DEFAULT_MINIBATCH_SIZE,
                  minibatch_full_eval_steps: int = DEFAULT_FULL_EVAL_STEPS, temperature: float | None = None,
                  bootstrap_threshold: float = 1.0, influence: bool = True, format_candidate: bool = True,
-                 finalists: int = 2, storage: str | optuna.storages.BaseStorage | None = None,
+                 finalists: int = 3, storage: str | optuna.storages.BaseStorage | None = None,
                  study_name: str | None = None, **kwargs: Any) -> None:
         temperature = kwargs.pop("init_temperature", temperature)
         threshold = kwargs.pop("metric_threshold", None)
@@ -327,11 +346,20 @@ class InstructionDemoSearch(ICLOptimizer):
         """Trials and minibatch size that fit the caps after the bootstrap and the held-back validation."""
         m = shape.n_predictors
         val_cap = AUTO_SETTINGS[self.auto]["val_size"] if self.auto else shape.n_val
-        vshape = Shape(shape.n_train, min(shape.n_val, val_cap), m, shape.task_cap, shape.prompt_cap)
-        finalists, n_val, notes = plan_validation(vshape, self.finalists)
-        held = validation_calls(vshape, finalists, n_val)
-        n_search, n_source = _split_sizes(shape.n_train, self.max_demos > 0)
-        boot = min(n_source, shape.n_train) * m if self.max_bootstrapped_demos else 0
+        n_val = min(shape.n_val, val_cap)
+        held_out = held_out_size(n_val)
+        n_search = n_val - held_out
+        finalists, notes = self.finalists, []
+        if shape.task_cap is not None:
+            limit = VALIDATION_SHARE * shape.task_cap
+            while finalists > 1 and _final_cost(m, finalists, n_val, held_out) > limit:
+                finalists -= 1
+            if finalists < self.finalists:
+                notes.append(f"finalists cut from {self.finalists} to {finalists} so validation fits "
+                             f"{VALIDATION_SHARE:.0%} of the cap")
+        held = _final_cost(m, finalists, n_val, held_out)
+        n_boot = _bootstrap_sources(shape.n_train) if self.max_bootstrapped_demos else 0
+        boot = n_boot * m
         proposals = max(0, self.candidates - 1 - int(self.format_candidate))
         if shape.prompt_cap is not None:
             proposals = min(proposals, shape.prompt_cap // m)
@@ -351,18 +379,32 @@ class InstructionDemoSearch(ICLOptimizer):
         fixed, per_trial = cost(size, 1)
         if budget is not None and self.num_trials is None and per_trial:
             trials = max(trials, (budget - fixed) // per_trial)
+
+        def spent(count: int) -> int:  # every started block of trials ends with a full evaluation
+            fulls = math.ceil(count / every) if size < n_search else 0
+            return fixed + count * size * m + fulls * (n_search - size) * m
+
+        while budget is not None and trials > 0 and spent(trials) > budget:
+            trials -= 1
         if trials < wanted:
             notes.append(f"only {trials} trial(s) fit the caps; {wanted} wanted")
+        notes.append(f"{held_out} of the {n_val} validation examples held back from the trials; a finalist must not "
+                     f"lose to the start there" if held_out else
+                     f"the {n_val} validation examples serve the trials and the final choice (fewer than "
+                     f"{MIN_VAL_TO_HOLD_OUT} to split); the final test asks for more standard errors")
         fulls = math.ceil(trials / every) if size < n_search else 0
-        phases = [Phase(f"bootstrap on {n_source} demo-source examples (at most)", boot),
+        phases = [Phase(f"bootstrap on {n_boot} training examples (at most)", boot),
                   Phase(f"instruction proposals: {proposals} per predictor", 0, proposals * m),
-                  Phase(f"{trials} trials on minibatches of {size}", trials * size * m),
-                  Phase(f"{fulls} full evaluation(s) on the {n_search} search examples", fulls * (n_search - size) * m),
-                  Phase(f"final validation: start + {finalists} finalist(s)", held)]
+                  Phase(f"{trials} trials on minibatches of {size} (the first: the program as given)",
+                        trials * size * m),
+                  Phase(f"{fulls} full evaluation(s) on the {n_search} trial examples", fulls * (n_search - size) * m),
+                  Phase(f"final validation: start + {finalists} finalist(s) on {n_val} examples", held,
+                        note=f"the finalists' {n_search} trial examples are cached")]
         settings = {"trials": int(trials), "wanted_trials": wanted, "minibatch_size": size, "full_eval_every": every,
-                    "search_examples": n_search, "demo_source_examples": n_source, "proposals": proposals,
+                    "search_examples": n_search, "held_out": held_out, "demo_source_examples": shape.n_train,
+                    "bootstrap_examples": n_boot, "proposals": proposals,
                     "exploration_trials": max(1, math.ceil(trials * EXPLORATION_SHARE)),
-                    "finalists": finalists, "validation_examples": n_val}
+                    "finalists": finalists, "validation_examples": n_val, "validation_calls": held}
         return SearchPlan("InstructionDemoSearch", shape, int(trials), settings, phases, notes)
 
     # -------------------------------------------------------------------------- the search
@@ -372,7 +414,7 @@ class InstructionDemoSearch(ICLOptimizer):
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            with ctx.search_phase(validation_calls=plan.held_back):
+            with ctx.search_phase(validation_calls=plan.settings["validation_calls"]):
                 self._prepare(ctx, run)
                 self._trials(ctx, run)
         finally:
@@ -381,19 +423,25 @@ class InstructionDemoSearch(ICLOptimizer):
         self._choose_final(ctx, run)
 
     def _prepare(self, ctx: SearchContext, run: _Run) -> None:
-        """Split the trainset, bootstrap, propose instructions, build the candidate lists."""
+        """Split the valset, bootstrap, propose instructions, build the candidate lists."""
         settings = ctx.plan.settings
-        n = len(ctx.trainset)
-        run.search = search_subset(n, settings["search_examples"], self.seed)
-        searched = set(run.search)
-        run.sources = [i for i in range(n) if i not in searched] or list(range(n))
-        size, order = settings["minibatch_size"], list(run.search)
-        random.Random(stable_int(self.seed, "minibatch-order")).shuffle(order)
-        blocks = max(1, math.ceil(len(order) / size))
-        run.batches = [[order[(j * size + i) % len(order)] for i in range(size)] for j in range(blocks)]
+        order = list(range(len(ctx.valset)))
+        random.Random(stable_int(self.seed, "valset-order")).shuffle(order)
+        order = order[: settings["validation_examples"]]
+        held_out = settings["held_out"]
+        run.pool = [ctx.valset[i] for i in order[held_out:]]
+        run.final_examples = run.pool + [ctx.valset[i] for i in order[:held_out]]
+        run.search = list(range(len(run.pool)))
+        size, shuffled = settings["minibatch_size"], list(run.search)
+        random.Random(stable_int(self.seed, "minibatch-order")).shuffle(shuffled)
+        blocks = max(1, math.ceil(len(shuffled) / size))
+        run.batches = [[shuffled[(j * size + i) % len(shuffled)] for i in range(size)] for j in range(blocks)]
         run.ks = k_choices(self.max_demos) if self.max_demos else (0,)
+        run.sources = list(range(len(ctx.trainset)))
         sources = [ctx.trainset[i] for i in run.sources]
-        boot = bootstrap(ctx, sources, max_demos=self.max_bootstrapped_demos,
+        boot_from = random.Random(stable_int(self.seed, "bootstrap-sources")).sample(
+            sources, min(len(sources), settings["bootstrap_examples"]))
+        boot = bootstrap(ctx, boot_from, max_demos=self.max_bootstrapped_demos,
                          teacher_demos=self.max_labeled_demos or self.max_bootstrapped_demos,
                          threshold=self.bootstrap_threshold, seed=self.seed)
         reserved = 1 if self.influence and self.max_demos else 0
@@ -402,9 +450,9 @@ class InstructionDemoSearch(ICLOptimizer):
                              max_bootstrapped=self.max_bootstrapped_demos,
                              count=max(1, self.candidates - reserved), seed=self.seed) if self.max_demos else []
             run.space[name] = PredictorSpace(self._instructions(ctx, run, name, predictor), sets)
-        logger.info("InstructionDemoSearch: {} search / {} demo-source examples; candidates {}", len(run.search),
-                    len(run.sources), {n: (len(s.instructions), [d.name for d in s.demo_sets])
-                                       for n, s in run.space.items()})
+        logger.info("InstructionDemoSearch: {} trial / {} held-back validation examples, {} demo-source examples; "
+                    "candidates {}", len(run.pool), held_out, len(run.sources),
+                    {n: (len(s.instructions), [d.name for d in s.demo_sets]) for n, s in run.space.items()})
 
     def _instructions(self, ctx: SearchContext, run: _Run, name: str, predictor: dspy.Predict) -> list[tuple[str, str]]:
         """The instruction as given, the answer-format one, then the prompt model's proposals."""
@@ -481,7 +529,7 @@ class InstructionDemoSearch(ICLOptimizer):
         choices = decode(trial.params, run.space)
         state = build_state(ctx.initial_state, run.space, choices, self.max_demos > 0)
         batch = run.batches[(run.done // self.minibatch_full_eval_steps) % len(run.batches)]
-        examples = [ctx.trainset[i] for i in batch]
+        examples = [run.pool[i] for i in batch]
         new = sum(ctx.scorer.cached(state, ex) is None for ex in examples) * len(run.names)
         remaining = ctx.meter.remaining_calls("task")
         if remaining is not None and new > remaining:
@@ -525,7 +573,7 @@ class InstructionDemoSearch(ICLOptimizer):
 
     def _tell(self, run: _Run, trial: optuna.Trial, choices: dict[str, Choice], described: dict[str, Any],
               batch: list[int], outcomes: list[Outcome], ctx: SearchContext, value: float) -> None:
-        keys = [example_key(ctx.trainset[i])[:12] for i in batch]
+        keys = [example_key(run.pool[i])[:12] for i in batch]
         trial.set_user_attr("icl_scores", {k: o.score for k, o in zip(keys, outcomes)})
         trial.set_user_attr("icl_demos", shown_ids(run.space, choices))
         for name, row in described.items():
@@ -548,7 +596,7 @@ class InstructionDemoSearch(ICLOptimizer):
         if best is None:
             return
         state = ctx.state_of(best)
-        examples = [ctx.trainset[i] for i in run.search]
+        examples = [run.pool[i] for i in run.search]
         new = sum(ctx.scorer.cached(state, ex) is None for ex in examples) * len(run.names)
         remaining = ctx.meter.remaining_calls("task")
         if remaining is not None and new > remaining:
@@ -591,6 +639,10 @@ class InstructionDemoSearch(ICLOptimizer):
         run.studies.append(study)
         run.phase = phase
         self.study_ = study
+        if phase == 1:
+            start = _start_params(ctx, run, self.max_demos > 0)
+            if start is not None:  # the program as given, first: a baseline on the same minibatch, cached for later
+                study.enqueue_trial(start)
         return study
 
     def _influence_phase(self, ctx: SearchContext, run: _Run) -> None:
@@ -634,10 +686,23 @@ class InstructionDemoSearch(ICLOptimizer):
 
     # -------------------------------------------------------------------------- the choice
     def _choose_final(self, ctx: SearchContext, run: _Run) -> None:
-        records = [ctx.report.candidates[rid] for rid in run.scores]
+        """The start and the best fully evaluated configurations on the whole valset (trial examples first, from
+        the cache), then reserves and unseen training examples as far as the calls left pay for them."""
+        start_key = ctx.initial_state.key()
+        records = [ctx.report.candidates[rid] for rid in run.scores
+                   if ctx.state_of(ctx.report.candidates[rid]).key() != start_key]
         ranked = sorted(records, key=lambda r: (-run.full.get(r.id, -1.0), -r.scores.get("search", 0.0), r.id))
         wanted = ctx.plan.settings["finalists"]
-        best = ctx.choose_by_validation(ranked[:wanted], reserves=ranked[wanted:],
+        finalists = [r for r in ranked if r.id in run.full][:wanted]  # their trial examples are all cached
+        reserves = [r for r in ranked if r not in finalists]
+        examples = None
+        if run.final_examples:
+            examples = run.final_examples + ctx.unseen_training_examples([*finalists, *reserves])
+        held_out = ctx.plan.settings["held_out"]
+        distinct = len({ctx.state_of(ctx.report.candidates[rid]).key() for rid in run.scores})
+        best = ctx.choose_by_validation(finalists, reserves=reserves, examples=examples,
+                                        z=VALIDATION_Z if held_out else reuse_z(distinct),
+                                        reused=len(run.pool) if examples is not None else 0,
                                         tiebreak=lambda r: (run.full.get(r.id, -1.0),))
         logger.info("InstructionDemoSearch chose candidate {} ({})", best.id, best.meta.get("choice", "the start"))
 
@@ -648,7 +713,8 @@ class InstructionDemoSearch(ICLOptimizer):
                              for n, s in run.space.items()},
             "demo_sets": {n: [{"index": i, "name": d.name, "size": len(d.demos), "ids": d.ids(len(d.demos))}
                               for i, d in enumerate(s.demo_sets)] for n, s in run.space.items()},
-            "k_choices": list(run.ks), "search_examples": len(run.search), "demo_source_examples": len(run.sources),
+            "k_choices": list(run.ks), "search_examples": len(run.search), "held_out_examples": len(run.final_examples)
+            - len(run.pool), "demo_source_examples": len(run.sources),
             "trials": run.rows}
         if run.studies and self.max_demos:  # every trial of the run, demos' content beside their weights
             done = [t.user_attrs for t in run.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
@@ -662,11 +728,34 @@ class InstructionDemoSearch(ICLOptimizer):
         ctx.checkpoint()
 
 
-def _split_sizes(n_train: int, with_demos: bool) -> tuple[int, int]:
-    """Search-set and demo-source sizes: half each, or all of it for both when small or without demos."""
-    if not with_demos or n_train < MIN_EXAMPLES_TO_SPLIT:
-        return n_train, n_train
-    return n_train - n_train // 2, n_train // 2
+def _start_params(ctx: SearchContext, run: _Run, search_demos: bool) -> dict[str, int] | None:
+    """The trial parameters that build the program as given (its instructions, no demos), or ``None`` when
+    no trial builds it (a predictor came with demos of its own and demos are searched)."""
+    params: dict[str, int] = {}
+    dists = distributions(run.space, run.ks)
+    for name, pspace in run.space.items():
+        if search_demos and ctx.initial_state[name].demos:
+            return None
+        params[f"{name}/instruction"] = 0
+        if f"{name}/k" in dists:
+            params.update({f"{name}/demos": 0, f"{name}/k": 0})
+    return params
+
+
+def held_out_size(n_val: int) -> int:
+    """Validation examples held back from the trials (0: the trials use the whole valset)."""
+    return round(n_val * HOLD_OUT_SHARE) if n_val >= MIN_VAL_TO_HOLD_OUT else 0
+
+
+def _final_cost(predictors: int, finalists: int, n_val: int, held_out: int) -> int:
+    """Task calls of the final choice: the start on every validation example, each finalist on the held-back
+    ones (its trial examples are cached: finalists are fully evaluated configurations)."""
+    return (n_val + finalists * held_out) * predictors
+
+
+def _bootstrap_sources(n_train: int) -> int:
+    """Training examples the bootstrap may run: half the trainset (all of it when small)."""
+    return n_train if n_train < MIN_EXAMPLES_TO_SPLIT else n_train // 2
 
 
 def _mipro_trials(predictors: int, candidates: int, with_demos: bool) -> int:

@@ -87,6 +87,28 @@ def test_at_a_users_budget_trials_are_planned_and_the_task_cap_is_spent_exactly(
     assert report.finished
 
 
+def test_trials_score_the_valset_and_the_final_choice_adds_the_examples_they_did_not_see():
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    lm = joint_task_lm(big)
+    opt = InstructionDemoSearch(big.metric, task_model=lm, prompt_model=planted_proposer(big),
+                                budget={"max_task_calls": 220, "max_prompt_calls": 13}, progress=False)
+    plan = opt.plan(big.program(), trainset=big.train, valset=big.val)
+    assert (plan.settings["search_examples"], plan.settings["held_out"]) == (30, 10)
+    assert plan.settings["finalists"] == 3, "finalists cost only their held-back examples, so three fit"
+    program = opt.compile(big.program(), trainset=big.train, valset=big.val)
+    report = opt.report_
+    first = report.extra["joint"]["trials"][0]["choice"]["self"]
+    assert (first["instruction_origin"], first["k"]) == ("given", 0), "the program as given is the first trial"
+    trial_ids = {row["candidate"] for row in report.extra["joint"]["trials"]}
+    assert all(report.candidates[i].n_scored["search"] <= 30 for i in trial_ids), "no trial saw a held-back example"
+    choice = report.extra["final_choice"]
+    assert choice["reused_examples"] == 30 and choice["fresh_examples"] >= 10
+    assert all("fresh_gain" in row for row in choice["contenders"])
+    assert len(choice["contenders"]) >= 3, "the start and at least two finalists were validated"
+    assert choice["chosen"] != choice["start"] and big.rule in program.signature.instructions
+    assert lm.engine.call_count == report.spent["task"].calls <= 220
+
+
 def test_the_task_engine_never_sees_more_calls_than_the_cap(task):
     lm = joint_task_lm(task)
     opt = make(task, task_model=lm, budget={"max_task_calls": 57, "max_prompt_calls": 3})
@@ -162,15 +184,19 @@ def test_the_influence_phase_adds_a_set_of_the_demos_that_helped(task):
     assert not any(s["name"] == "influence" for s in blind["demo_sets"]["self"]), "nothing helped: no set"
     opt, joint = run(lambda view: any(demo_id({**d.inputs, **d.outputs}) == key for d in view.demos))
     influence = next(s for s in joint["demo_sets"]["self"] if s["name"] == "influence")
-    assert influence["ids"][0] == key, "the demo that helped comes first"
+    # k takes 0, 1, 2 and 4, so the set's third and fourth demos are only ever shown together: the trials cannot
+    # tell them apart, and the one that helped shares the top weight with its companion
+    top = joint["influence_phase"]["top"]["self"]
+    tied = [entry["id"] for entry in top if entry["weight"] == top[0]["weight"]]
+    assert key in tied and len(tied) <= 2 and set(influence["ids"][: len(tied)]) == set(tied), \
+        "the demo that helped comes first (beside the one it is always shown with)"
     phase_two = [r for r in joint["trials"] if r["phase"] == 2]
     assert phase_two and phase_two[0]["choice"]["self"]["demo_set"] == "influence", "its first trial is queued"
     assert opt.study_.study_name.endswith("-influence")
     copied = [t for t in opt.study_.trials if t.number < len(joint["trials"]) - len(phase_two)]
     assert all(t.user_attrs.get("icl_scores") for t in copied), "phase one's trials were copied in"
-    assert joint["influence_phase"]["top"]["self"][0]["id"] == key
-    final = opt.report_.extra["influence"]["self"][0]  # refitted on every trial, with the demo's content
-    assert final["id"] == key and final["demo"]["answer"]
+    final = opt.report_.extra["influence"]["self"]  # refitted on every trial, with the demo's content
+    assert key in [entry["id"] for entry in final[:2]] and final[0]["demo"]["answer"]
 
 
 def test_report_lists_candidates_once_and_choices_per_trial():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 
 import dspy
 import pytest
@@ -306,7 +307,8 @@ def test_the_engine_keeps_dspys_cache_history_usage_and_saved_state(tiny, task, 
 
     meter = BudgetMeter(Budget())
     lm = MeteredLM(tiny_lm(tiny, cache=True), meter, "task")
-    question = [{"role": "user", "content": f"a question asked once, from {tmp_path}"}]
+    # unique per run: pytest reuses its numbered tmp dirs across sessions, and DSPy's disk cache outlives them
+    question = [{"role": "user", "content": f"a question asked once, {uuid.uuid4().hex}"}]
     first, second = lm(messages=question), lm(messages=question)
     assert first == second
     assert meter.spent["task"].calls == 1 and meter.spent["task"].cache_hits == 1

@@ -283,8 +283,10 @@ def joint_blocks(report: OptimizationReport) -> list[Block]:
         rows = [[t["trial"], t["phase"], t["candidate"], _joint_choice(t["choice"]), _num(t.get("value")),
                  t.get("examples"), _num(t.get("full"))] for t in trials]
         blocks += [Heading(3, "Trials: instruction x demo set x k"),
-                   Para(f"{len(trials)} trial(s) on minibatches of the {joint.get('search_examples')} search examples "
-                        "(phase 2 starts when the influence demo set is added); 'full' is the score on all of them."),
+                   Para(f"{len(trials)} trial(s) on minibatches of the {joint.get('search_examples')} trial examples "
+                        f"(validation examples; {joint.get('held_out_examples', 0)} more held back for the final "
+                        "choice; phase 2 starts when the influence demo set is added); 'full' is the score on all "
+                        "the trial examples."),
                    Table(["trial", "phase", "candidate", "choice", "minibatch", "examples", "full"], rows)]
     return blocks
 

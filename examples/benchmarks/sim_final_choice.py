@@ -16,7 +16,7 @@ on that example with probability ``rho`` (else drawn afresh): hyperbaton's 0.5B 
 flips, and 42% of the held-back pairs disagreed there, so ``rho`` is low. The figure is the chosen program's
 true accuracy minus the start's, averaged over repetitions: positive is gained, negative is harm done.
 
-Run (BENCHMARKS.md's figures come from this command):
+Run (BENCHMARKS.md's figures come from this command; ``--held 10`` is InstructionDemoSearch's split):
     python examples/benchmarks/sim_final_choice.py --reps 4000
 """
 
@@ -87,13 +87,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=8, help="trials whose best 3 are validated (default 8)")
     parser.add_argument("--rho", type=float, default=0.2, help="share of examples all programs find equally hard")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val", type=int, default=40, help="validation examples (default 40)")
+    parser.add_argument("--held", type=int, default=20,
+                        help="of them held back from the trials (default 20, DemoSelector's half; "
+                             "InstructionDemoSearch holds back a quarter: 10)")
+    parser.add_argument("--p0", type=float, default=0.6, help="the start's true accuracy (default 0.6)")
     args = parser.parse_args(argv)
-    print(f"true gain of the chosen program over the start; {args.trials} trials on 20 examples, 20 held back, "
-          f"3 finalists, rho {args.rho}, {args.reps} repetitions")
+    if not 0 < args.held < args.val:
+        parser.error(f"--held must be between 1 and --val - 1 ({args.val - 1}), but got {args.held}")
+    n_trial = args.val - args.held
+    print(f"true gain of the chosen program over the start; {args.trials} trials on {n_trial} examples, "
+          f"{args.held} held back, 3 finalists, start at {args.p0}, rho {args.rho}, {args.reps} repetitions")
     print("| demo sets' mean gain, spread | " + " | ".join(RULES) + " |")
     print("|---|" + "---|" * len(RULES))
     for mean, spread in SCENARIOS:
-        result = simulate(mean, spread, reps=args.reps, trials=args.trials, rho=args.rho, seed=args.seed)
+        result = simulate(mean, spread, reps=args.reps, trials=args.trials, n_trial=n_trial, n_held=args.held,
+                          rho=args.rho, p0=args.p0, seed=args.seed)
         print(f"| {mean:+.2f}, {spread:.2f} | " + " | ".join(f"{result[r]:+.4f}" for r in RULES) + " |")
     return 0
 

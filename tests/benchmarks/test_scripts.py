@@ -374,3 +374,7 @@ def test_the_final_choice_simulation_ranks_the_rules_by_the_true_gain_they_keep(
     assert hurts["best of all (BFSRS)"] < hurts["all, fresh >= 0"] <= 0
     nothing = sim.simulate(0.0, 0.0, reps=20)  # every demo set as good as the start: no rule can gain or lose
     assert all(value == 0.0 for value in nothing.values())
+    quarter = sim.simulate(0.15, 0.05, reps=200, n_trial=30, n_held=10, p0=0.3)  # InstructionDemoSearch's split
+    assert quarter["all, fresh >= 0"] > quarter["held-out"] > 0
+    with pytest.raises(SystemExit):
+        sim.main(["--held", "40"])  # nothing left for the trials: refused by name

@@ -584,14 +584,19 @@ class InstructionDemoSearch(ICLOptimizer):
         run.study.tell(trial, value)
 
     def _full_evaluation(self, ctx: SearchContext, run: _Run) -> None:
-        """Score the best configuration not yet fully evaluated on the whole search set (if the budget pays)."""
+        """Score the best configuration not yet fully evaluated on all the trial examples (if the budget pays).
+
+        The program as given is never picked here: the final choice scores it on every validation example
+        anyway, and a full evaluation is what makes a configuration a finalist."""
         if len(run.batches[0]) >= len(run.search):
             for rid, scores in run.scores.items():  # every trial already saw the whole search set
                 run.full[rid] = sum(scores.values()) / len(scores)
             for row in run.rows:
                 row["full"] = round(run.full[row["candidate"]], 6)
             return
-        records = [ctx.report.candidates[rid] for rid in run.scores if rid not in run.full]
+        start_key = ctx.initial_state.key()
+        records = [ctx.report.candidates[rid] for rid in run.scores
+                   if rid not in run.full and ctx.state_of(ctx.report.candidates[rid]).key() != start_key]
         best = ctx.best_by(records, "search")
         if best is None:
             return

@@ -229,7 +229,7 @@ class SearchContext:
         search could not spend (e.g. when the prompt-model cap ended it) make the choice surer (only
         under a task-call cap: without one, the valset is the validation). ``reserves``, next-best
         candidates in rank order, are validated after the finalists on the same examples, each only
-        if the task calls left under a cap pay for all of them. A strategy may pass its own
+        if the task calls left under a cap pay for its pairs not scored yet. A strategy may pass its own
         ``examples`` (in the order to use them; e.g. examples its search never ranked on) and a larger
         ``z`` (e.g. when the finalists were selected on these same examples), or say with ``reused``
         that the first ``reused`` of its ``examples`` are ones the finalists were selected on: a
@@ -269,15 +269,16 @@ class SearchContext:
         self.report.extra["final_choice"] = choice
         self.set_best(start)
         best = start
-        per_contender = len(examples) * len(self.predictors)
         validated_reserves: list[int] = []
         choice["reserves_validated"] = validated_reserves
 
         def queue() -> Iterator[CandidateRecord]:
             yield from contenders
-            for reserve in reserves:  # only while the calls left pay for the whole example set
-                if (self.meter.remaining_calls("task") or 0) < per_contender:
-                    return
+            for reserve in reserves:  # each only if the calls left pay for all its pairs not scored yet
+                state = self.state_of(reserve)
+                needed = sum(self.scorer.cached(state, ex) is None for ex in examples) * len(self.predictors)
+                if (self.meter.remaining_calls("task") or 0) < needed:
+                    continue
                 validated_reserves.append(reserve.id)
                 yield reserve
 

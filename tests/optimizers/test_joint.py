@@ -109,6 +109,21 @@ def test_trials_score_the_valset_and_the_final_choice_adds_the_examples_they_did
     assert lm.engine.call_count == report.spent["task"].calls <= 220
 
 
+def test_full_evaluations_go_to_contenders_not_to_the_program_as_given():
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    opt = InstructionDemoSearch(big.metric, task_model=big.lm(knows=lambda view: True),  # every program ties
+                                prompt_model=planted_proposer(big), budget={"max_task_calls": 220,
+                                                                             "max_prompt_calls": 13}, progress=False)
+    opt.compile(big.program(), trainset=big.train, valset=big.val)
+    rows = opt.report_.extra["joint"]["trials"]
+    start = rows[0]["candidate"]  # the first trial is the program as given, and wins every tie by being first
+    assert rows[0]["choice"]["self"]["k"] == 0 and not any("full" in r for r in rows if r["candidate"] == start)
+    fully = {r["candidate"] for r in rows if "full" in r}
+    assert len(fully) >= 2, "each full evaluation made another contender a finalist"
+    validated = {row["candidate"] for row in opt.report_.extra["final_choice"]["contenders"]}
+    assert fully <= validated
+
+
 def test_the_task_engine_never_sees_more_calls_than_the_cap(task):
     lm = joint_task_lm(task)
     opt = make(task, task_model=lm, budget={"max_task_calls": 57, "max_prompt_calls": 3})

@@ -429,3 +429,24 @@ def test_with_reused_examples_a_finalist_level_on_the_fresh_ones_and_ahead_overa
     row = next(r for r in choice["contenders"] if r["candidate"] == finalist.id)
     assert row["fresh_gain"] == 0.0 and row["gain"] == pytest.approx(0.15) and row["gain"] / row["se"] > 1.0
     assert row["passed"] and chosen.id == finalist.id
+
+
+def test_a_reserve_is_validated_when_the_calls_left_pay_for_its_pairs_not_scored_yet():
+    from dspy_icl_opt.optimizers.opro import OPRO
+    from dspy_icl_opt.testing import format_chat_reply
+
+    val = [dspy.Example(question=f"item {i}", answer="yes").with_inputs("question") for i in range(40)]
+    train = [dspy.Example(question=f"train {i}", answer="yes").with_inputs("question") for i in range(8)]
+    metric = lambda example, prediction, trace=None: float(prediction.answer == example.answer)  # noqa: E731
+    lm = scripted_lm(lambda request: format_chat_reply({"answer": "yes"}))
+    opro = OPRO(metric, task_model=lm, prompt_model=scripted_lm(lambda r: "unused"), progress=False,
+                budget={"max_task_calls": 80})
+    ctx = opro._context(dspy.Predict(dspy.Signature("question -> answer", "Start.")), train, val, None, None)
+    name = ctx.predictors[0][0]
+    reserve = ctx.add_candidate(ctx.initial_state.replace(name, ctx.initial_state[name].with_instruction(
+        "Reserve.")), step=1, origin="test")
+    ctx.scorer.evaluate(ctx.state_of(reserve), val[:30])  # a search scored it on 30 of the 40 examples
+    ctx.choose_by_validation([], reserves=[reserve], examples=val)  # the start takes 40 calls, leaving 10
+    choice = ctx.report.extra["final_choice"]
+    assert choice["reserves_validated"] == [reserve.id], "10 calls pay for the reserve's 10 pairs not scored yet"
+    assert lm.engine.call_count == 80 and len(choice["contenders"]) == 2

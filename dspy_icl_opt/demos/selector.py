@@ -112,9 +112,10 @@ SHARED_QUEUE_RACES = 3
 MAX_FREE_TRIALS_IN_A_ROW = 10
 
 
-def held_out_size(n_val: int) -> int:
-    """Validation examples held back from the trials (0: the trials may use the whole valset)."""
-    return round(n_val * HOLD_OUT_SHARE) if n_val >= MIN_VAL_TO_HOLD_OUT else 0
+def held_out_size(n_val: int, share: float = HOLD_OUT_SHARE) -> int:
+    """Validation examples held back from the trials (0: the trials may use the whole valset); ``share``: the
+    part of a valset of ``MIN_VAL_TO_HOLD_OUT`` or more that is held back (InstructionDemoSearch's is smaller)."""
+    return round(n_val * share) if n_val >= MIN_VAL_TO_HOLD_OUT else 0
 
 
 def reuse_z(n_trials: int, z: float = VALIDATION_Z) -> float:

@@ -36,7 +36,7 @@ from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.demos.influence import fit_influence
 from dspy_icl_opt.demos.pools import demo_id
-from dspy_icl_opt.demos.selector import reuse_z
+from dspy_icl_opt.demos.selector import MIN_VAL_TO_HOLD_OUT, held_out_size, reuse_z
 from dspy_icl_opt.demos.study import make_storage, redact
 from dspy_icl_opt.optimizers.joint_prompts import (
     STYLE_HINTS,
@@ -104,9 +104,8 @@ PREFERRED_MINIBATCH = 16
 MAX_INSTRUCTION_CHARS = 500
 #: Training problems shown to the proposer.
 SHOWN_PROBLEMS = 3
-#: A valset this large has ``HOLD_OUT_SHARE`` of it held back from the trials (each side keeps >= 6 examples).
-MIN_VAL_TO_HOLD_OUT = 24
-#: The share of the valset held back from the trials: the final choice's fresh examples. A quarter keeps three
+#: The share of a valset of ``MIN_VAL_TO_HOLD_OUT`` (DemoSelector's) or more held back from the trials: the final
+#: choice's fresh examples. A quarter keeps three
 #: quarters for the trials (more examples per full evaluation than a half would) and still checks that a
 #: finalist's lead is not only where it was picked.
 HOLD_OUT_SHARE = 0.25
@@ -347,7 +346,7 @@ class InstructionDemoSearch(ICLOptimizer):
         m = shape.n_predictors
         val_cap = AUTO_SETTINGS[self.auto]["val_size"] if self.auto else shape.n_val
         n_val = min(shape.n_val, val_cap)
-        held_out = held_out_size(n_val)
+        held_out = held_out_size(n_val, HOLD_OUT_SHARE)
         n_search = n_val - held_out
         finalists, notes = self.finalists, []
         if shape.task_cap is not None:
@@ -530,7 +529,7 @@ class InstructionDemoSearch(ICLOptimizer):
         state = build_state(ctx.initial_state, run.space, choices, self.max_demos > 0)
         batch = run.batches[(run.done // self.minibatch_full_eval_steps) % len(run.batches)]
         examples = [run.pool[i] for i in batch]
-        new = sum(ctx.scorer.cached(state, ex) is None for ex in examples) * len(run.names)
+        new = ctx.scorer.unscored(state, examples) * len(run.names)
         remaining = ctx.meter.remaining_calls("task")
         if remaining is not None and new > remaining:
             return self._cut(ctx, run, trial, f"needs {new} task calls, {remaining} left")
@@ -594,15 +593,13 @@ class InstructionDemoSearch(ICLOptimizer):
             for row in run.rows:
                 row["full"] = round(run.full[row["candidate"]], 6)
             return
-        start_key = ctx.initial_state.key()
-        records = [ctx.report.candidates[rid] for rid in run.scores
-                   if rid not in run.full and ctx.state_of(ctx.report.candidates[rid]).key() != start_key]
+        records = [record for record in _trial_records(ctx, run) if record.id not in run.full]
         best = ctx.best_by(records, "search")
         if best is None:
             return
         state = ctx.state_of(best)
         examples = [run.pool[i] for i in run.search]
-        new = sum(ctx.scorer.cached(state, ex) is None for ex in examples) * len(run.names)
+        new = ctx.scorer.unscored(state, examples) * len(run.names)
         remaining = ctx.meter.remaining_calls("task")
         if remaining is not None and new > remaining:
             ctx.report.stopped_by_budget = True
@@ -693,20 +690,19 @@ class InstructionDemoSearch(ICLOptimizer):
     def _choose_final(self, ctx: SearchContext, run: _Run) -> None:
         """The start and the best fully evaluated configurations on the whole valset (trial examples first, from
         the cache), then reserves and unseen training examples as far as the calls left pay for them."""
-        start_key = ctx.initial_state.key()
-        records = [ctx.report.candidates[rid] for rid in run.scores
-                   if ctx.state_of(ctx.report.candidates[rid]).key() != start_key]
+        records = _trial_records(ctx, run)
         ranked = sorted(records, key=lambda r: (-run.full.get(r.id, -1.0), -r.scores.get("search", 0.0), r.id))
         wanted = ctx.plan.settings["finalists"]
         finalists = [r for r in ranked if r.id in run.full][:wanted]  # their trial examples are all cached
-        reserves = [r for r in ranked if r not in finalists]
+        chosen = {r.id for r in finalists}
+        reserves = [r for r in ranked if r.id not in chosen]
         examples = None
         if run.final_examples:
             examples = run.final_examples + ctx.unseen_training_examples([*finalists, *reserves])
         held_out = ctx.plan.settings["held_out"]
-        distinct = len({ctx.state_of(ctx.report.candidates[rid]).key() for rid in run.scores})
+        programs = len(run.scores)  # one record per distinct program the trials scored
         best = ctx.choose_by_validation(finalists, reserves=reserves, examples=examples,
-                                        z=VALIDATION_Z if held_out else reuse_z(distinct),
+                                        z=VALIDATION_Z if held_out else reuse_z(programs),
                                         reused=len(run.pool) if examples is not None else 0,
                                         tiebreak=lambda r: (run.full.get(r.id, -1.0),))
         logger.info("InstructionDemoSearch chose candidate {} ({})", best.id, best.meta.get("choice", "the start"))
@@ -733,6 +729,13 @@ class InstructionDemoSearch(ICLOptimizer):
         ctx.checkpoint()
 
 
+def _trial_records(ctx: SearchContext, run: _Run) -> list[CandidateRecord]:
+    """The records the trials scored, the program as given left out (the final choice validates it anyway)."""
+    start_key = ctx.initial_state.key()
+    records = [ctx.report.candidates[rid] for rid in run.scores]
+    return [record for record in records if ctx.state_of(record).key() != start_key]
+
+
 def _start_params(ctx: SearchContext, run: _Run, search_demos: bool) -> dict[str, int] | None:
     """The trial parameters that build the program as given (its instructions, no demos), or ``None`` when
     no trial builds it (a predictor came with demos of its own and demos are searched)."""
@@ -745,11 +748,6 @@ def _start_params(ctx: SearchContext, run: _Run, search_demos: bool) -> dict[str
         if f"{name}/k" in dists:
             params.update({f"{name}/demos": 0, f"{name}/k": 0})
     return params
-
-
-def held_out_size(n_val: int) -> int:
-    """Validation examples held back from the trials (0: the trials use the whole valset)."""
-    return round(n_val * HOLD_OUT_SHARE) if n_val >= MIN_VAL_TO_HOLD_OUT else 0
 
 
 def _final_cost(predictors: int, finalists: int, n_val: int, held_out: int) -> int:

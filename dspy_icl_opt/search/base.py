@@ -275,8 +275,7 @@ class SearchContext:
         def queue() -> Iterator[CandidateRecord]:
             yield from contenders
             for reserve in reserves:  # each only if the calls left pay for all its pairs not scored yet
-                state = self.state_of(reserve)
-                needed = sum(self.scorer.cached(state, ex) is None for ex in examples) * len(self.predictors)
+                needed = self.scorer.unscored(self.state_of(reserve), examples) * len(self.predictors)
                 if (self.meter.remaining_calls("task") or 0) < needed:
                     continue
                 validated_reserves.append(reserve.id)

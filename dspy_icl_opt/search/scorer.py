@@ -175,6 +175,11 @@ class Scorer:
         """The outcome if this pair was already evaluated (replayed pairs are charged on first read)."""
         return self._cached(f"{state.key()}:{example_key(example)}")
 
+    def unscored(self, state: ProgramState, examples: Sequence[dspy.Example]) -> int:
+        """How many of ``examples`` have no outcome for ``state`` yet: each costs a run of the program (a task
+        call per predictor) when scored. Reads through :meth:`cached`, so replayed pairs are charged."""
+        return sum(self.cached(state, example) is None for example in examples)
+
     def build(self, state: ProgramState) -> dspy.Module:
         """A fresh program carrying ``state`` (for callers outside the scorer)."""
         return apply_state(self.student, state)

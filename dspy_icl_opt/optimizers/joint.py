@@ -356,7 +356,6 @@ class InstructionDemoSearch(ICLOptimizer):
             if finalists < self.finalists:
                 notes.append(f"finalists cut from {self.finalists} to {finalists} so validation fits "
                              f"{VALIDATION_SHARE:.0%} of the cap")
-        held = _final_cost(m, finalists, n_val, held_out)
         n_boot = _bootstrap_sources(shape.n_train) if self.max_bootstrapped_demos else 0
         boot = n_boot * m
         proposals = max(0, self.candidates - 1 - int(self.format_candidate))
@@ -366,37 +365,52 @@ class InstructionDemoSearch(ICLOptimizer):
         top = min(top, n_search)
         sizes = list(range(top, 0, -1))
         every = self.minibatch_full_eval_steps
-
-        def cost(size: int, _count: int) -> tuple[int, int]:
-            full = math.ceil((n_search - size) * m / every) if size < n_search else 0
-            return boot, size * m + full
-
         wanted = self.num_trials or _mipro_trials(m, self.candidates, self.max_demos > 0)
-        budget = None if shape.task_cap is None else max(0, shape.task_cap - held)
-        trials, size, _ = shrink_to_fit(cost, steps_wanted=wanted, sizes=sizes, counts=[1], budget=budget,
-                                        preferred_min_size=min(PREFERRED_MINIBATCH, top))
-        fixed, per_trial = cost(size, 1)
-        if budget is not None and self.num_trials is None and per_trial:
-            trials = max(trials, (budget - fixed) // per_trial)
 
-        def spent(count: int) -> int:  # every started block of trials ends with a full evaluation
-            fulls = math.ceil(count / every) if size < n_search else 0
-            return fixed + count * size * m + fulls * (n_search - size) * m
+        def schedule(places: int) -> tuple[int, int, int, int]:
+            """Trials, minibatch size, full evaluations and validation calls with ``places`` finalists."""
+            held = _final_cost(m, places, n_val, held_out)
 
-        while budget is not None and trials > 0 and spent(trials) > budget:
-            trials -= 1
+            def cost(size: int, _count: int) -> tuple[int, int]:
+                full = math.ceil((n_search - size) * m / every) if size < n_search else 0
+                return boot, size * m + full
+
+            budget = None if shape.task_cap is None else max(0, shape.task_cap - held)
+            trials, size, _ = shrink_to_fit(cost, steps_wanted=wanted, sizes=sizes, counts=[1], budget=budget,
+                                            preferred_min_size=min(PREFERRED_MINIBATCH, top))
+            fixed, per_trial = cost(size, 1)
+            if budget is not None and self.num_trials is None and per_trial:
+                trials = max(trials, (budget - fixed) // per_trial)
+
+            def spent(count: int) -> int:  # every started block of trials ends with a full evaluation
+                fulls = math.ceil(count / every) if size < n_search else 0
+                return fixed + count * size * m + fulls * (n_search - size) * m
+
+            while budget is not None and trials > 0 and spent(trials) > budget:
+                trials -= 1
+            # a finalist is a fully evaluated configuration other than the start (the first trial)
+            fulls = math.ceil(trials / every) if size < n_search else max(0, trials - 1)
+            return int(trials), size, fulls, held
+
+        trials, size, fulls, held = schedule(finalists)
+        places = finalists
+        while finalists > 1 and fulls < finalists:  # the calls a finalist's place holds back buy trials instead
+            finalists = max(1, fulls)
+            trials, size, fulls, held = schedule(finalists)
+        if finalists < places:
+            notes.append(f"finalists cut from {places} to {finalists}: the trials end in {fulls} full evaluation(s)")
         if trials < wanted:
             notes.append(f"only {trials} trial(s) fit the caps; {wanted} wanted")
         notes.append(f"{held_out} of the {n_val} validation examples held back from the trials; a finalist must not "
                      f"lose to the start there" if held_out else
                      f"the {n_val} validation examples serve the trials and the final choice (fewer than "
                      f"{MIN_VAL_TO_HOLD_OUT} to split); the final test asks for more standard errors")
-        fulls = math.ceil(trials / every) if size < n_search else 0
         phases = [Phase(f"bootstrap on {n_boot} training examples (at most)", boot),
                   Phase(f"instruction proposals: {proposals} per predictor", 0, proposals * m),
                   Phase(f"{trials} trials on minibatches of {size} (the first: the program as given)",
                         trials * size * m),
-                  Phase(f"{fulls} full evaluation(s) on the {n_search} trial examples", fulls * (n_search - size) * m),
+                  Phase(f"{fulls} full evaluation(s) on the {n_search} trial examples",
+                        fulls * (n_search - size) * m if size < n_search else 0),
                   Phase(f"final validation: start + {finalists} finalist(s) on {n_val} examples", held,
                         note=f"the finalists' {n_search} trial examples are cached")]
         settings = {"trials": int(trials), "wanted_trials": wanted, "minibatch_size": size, "full_eval_every": every,

@@ -94,7 +94,8 @@ def test_trials_score_the_valset_and_the_final_choice_adds_the_examples_they_did
                                 budget={"max_task_calls": 220, "max_prompt_calls": 13}, progress=False)
     plan = opt.plan(big.program(), trainset=big.train, valset=big.val)
     assert (plan.settings["search_examples"], plan.settings["held_out"]) == (30, 10)
-    assert plan.settings["finalists"] == 3, "finalists cost only their held-back examples, so three fit"
+    assert plan.settings["finalists"] == 2, "10 trials end in 2 full evaluations: a third place would stay empty"
+    assert plan.settings["minibatch_size"] == 10, "the place's 10 held-back calls went to the trials"
     program = opt.compile(big.program(), trainset=big.train, valset=big.val)
     report = opt.report_
     first = report.extra["joint"]["trials"][0]["choice"]["self"]

@@ -519,20 +519,12 @@ class APE(ICLOptimizer):
         """Rank the pool by mean accuracy over every search example each has seen, shrunk toward the pool's
         mean by ``PRIOR_EXAMPLES`` (then more examples, then the earlier candidate); never-scored ones last.
         ``scores["search"]`` keeps the plain mean."""
-        seen = {r.id: run.item_scores.get(r.id, {}) for r in pool}
-        total = sum(len(s) for s in seen.values())
-        pooled = sum(sum(s.values()) for s in seen.values()) / total if total else 0.0
         for record in pool:
-            if seen[record.id]:
-                record.scores[SEARCH_LABEL] = sum(seen[record.id].values()) / len(seen[record.id])
-                record.n_scored[SEARCH_LABEL] = len(seen[record.id])
-
-        def key(record: CandidateRecord) -> tuple:
-            values = seen[record.id]
-            shrunk = (sum(values.values()) + PRIOR_EXAMPLES * pooled) / (len(values) + PRIOR_EXAMPLES)
-            return not values, -shrunk, -len(values), record.id
-
-        run.ranked = sorted(pool, key=key)
+            seen = run.item_scores.get(record.id)
+            if seen:
+                record.scores[SEARCH_LABEL] = sum(seen.values()) / len(seen)
+                record.n_scored[SEARCH_LABEL] = len(seen)
+        run.ranked = _shrunk_order(pool, run.item_scores)
         ctx.set_best(run.ranked[0])
 
     def _kept(self, run: _Run, pool: list[CandidateRecord]) -> list[CandidateRecord]:
@@ -544,11 +536,30 @@ class APE(ICLOptimizer):
     def _choose_final(self, ctx: SearchContext, run: _Run, finalists: int) -> None:
         """The best-ranked candidates (of the last completed ranking) against the start, on ``valset``."""
         ranked = [r for r in run.ranked if r.origin != "seed" and SEARCH_LABEL in r.scores]
-        best = ctx.choose_by_validation(ranked[:finalists], reserves=ranked[finalists:],
+        # reserves: the rest of the last ranking, then the candidates earlier iterations dropped (an
+        # iteration keeps only its top share, and one whose proposals the prompt cap cut short ranks few)
+        dropped = [ctx.report.candidates[i] for i in run.item_scores if i not in {r.id for r in run.ranked}]
+        dropped = [r for r in _shrunk_order(dropped, run.item_scores) if r.origin != "seed"]
+        best = ctx.choose_by_validation(ranked[:finalists], reserves=[*ranked[finalists:], *dropped],
                                         tiebreak=lambda r: (r.scores.get(SEARCH_LABEL, 0.0),))
         validated = [row["candidate"] for row in ctx.report.extra["final_choice"]["contenders"]][1:]
         logger.info("{} chose candidate {} (val {:.3f}) from the validated {} and the start", type(self).__name__,
                     best.id, best.scores["val"], validated)
+
+
+def _shrunk_order(records: list[CandidateRecord], item_scores: dict[int, dict[int, float]]) -> list[CandidateRecord]:
+    """``records`` best first by mean accuracy over the search examples each has seen, shrunk toward their
+    pooled mean by ``PRIOR_EXAMPLES`` (then more examples, then the earlier candidate); never-scored ones last."""
+    seen = {r.id: item_scores.get(r.id, {}) for r in records}
+    total = sum(len(s) for s in seen.values())
+    pooled = sum(sum(s.values()) for s in seen.values()) / total if total else 0.0
+
+    def key(record: CandidateRecord) -> tuple:
+        values = seen[record.id]
+        shrunk = (sum(values.values()) + PRIOR_EXAMPLES * pooled) / (len(values) + PRIOR_EXAMPLES)
+        return not values, -shrunk, -len(values), record.id
+
+    return sorted(records, key=key)
 
 
 class IterativeAPE(APE):

@@ -402,3 +402,24 @@ def test_rejected_generations_leave_the_later_iterations_their_prompt_calls():
     assert sum(p["prompt_calls"] for p in phases) == report.spent["prompt"].calls <= 40
     assert len(report.extra["iterations"]) == 3
     assert any(c.origin == "variation" and c.step == 3 for c in report.candidates)
+
+
+def test_task_calls_a_short_pool_leaves_go_to_candidates_earlier_iterations_dropped():
+    # As on date_understanding split 1: most answers are unusable, so the iterations rank few candidates and the
+    # last ranking holds little beyond the finalists; the calls left validate candidates dropped earlier.
+    task = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    inner = responder(task.rule, every=2)
+
+    def mostly_unusable(request):
+        if sample_of(request) % 3:
+            return format_chat_reply({"instruction": "Ok", "variation": "Ok"})
+        return inner(request)
+
+    optimizer = IterativeAPE(task.metric, task_model=task.lm(), prompt_model=scripted_lm(mostly_unusable),
+                             budget=USERS_BUDGET, progress=False)
+    optimizer.compile(task.program(), trainset=task.train, valset=task.val)
+    report = optimizer.report_
+    last = set(report.extra["iterations"][-1]["pool"])
+    reserves = report.extra["final_choice"]["reserves_validated"]
+    assert any(cid not in last for cid in reserves), "a candidate an earlier iteration dropped was validated"
+    assert report.spent["task"].calls >= 0.9 * 400

@@ -98,6 +98,8 @@ DEFAULT_PROPOSAL_TEMPERATURE = 1.0
 EXPLORATION_SHARE = 1 / 3
 #: Trials in a row that cost nothing (programs scored before) before a search the budget still pays for stops.
 MAX_IDLE_TRIALS = 8
+#: asks in a row that may be told for free because their program was scored before; the next is scored
+MAX_REPEATS_TOLD = 8
 #: The plan keeps minibatches at least this large before it lowers the number of trials.
 PREFERRED_MINIBATCH = 16
 #: Proposals longer than this many characters are dropped (OPRO's limit).
@@ -155,6 +157,8 @@ class _Run:
     scored: set[tuple[str, int]] = field(default_factory=set)
     done: int = 0
     idle: int = 0
+    trialed: dict[str, int] = field(default_factory=dict)  # a scored program's state key -> its record id
+    repeats: int = 0  # configurations told the mean of a program already scored, at no call
     phase: int = 1
 
     @property
@@ -183,7 +187,9 @@ class InstructionDemoSearch(ICLOptimizer):
        the instruction and demo-set lists and ``k`` (how many of the set's demos are shown: 0, the
        powers of two, the largest). Trials of one block of ``minibatch_full_eval_steps`` share one
        minibatch of the trial examples; after each block, the configuration with the best mean so far
-       that has not been fully evaluated is scored on all the trial examples.
+       that has not been fully evaluated is scored on all the trial examples. A configuration whose
+       program a trial already scored (``k=0`` makes every demo set the same program) is told that
+       program's mean at no call, and the sampler is asked again.
     5. Influence: after the first third of the planned trials, each demo's effect on the score is
        fitted from the trials (:func:`dspy_icl_opt.demos.influence.fit_influence`, no LM call), and
        an ``influence`` set (the most helpful demos first) is added per predictor. Optuna's
@@ -536,11 +542,14 @@ class InstructionDemoSearch(ICLOptimizer):
 
     def _trial(self, ctx: SearchContext, run: _Run) -> bool:
         """Ask, score and tell one trial; False when the budget cannot pay for it (the trial is marked cut)."""
-        with warnings.catch_warnings():  # an RDB storage's heartbeat is for study.optimize; ask/tell trials are short
-            warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-            trial = run.study.ask(distributions(run.space, run.ks))
-        choices = decode(trial.params, run.space)
-        state = build_state(ctx.initial_state, run.space, choices, self.max_demos > 0)
+        for repeat in range(MAX_REPEATS_TOLD + 1):
+            with warnings.catch_warnings():  # an RDB storage's heartbeat is for study.optimize; ask/tell are short
+                warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+                trial = run.study.ask(distributions(run.space, run.ks))
+            choices = decode(trial.params, run.space)
+            state = build_state(ctx.initial_state, run.space, choices, self.max_demos > 0)
+            if repeat == MAX_REPEATS_TOLD or not self._told_as_repeat(run, trial, state):
+                break
         batch = run.batches[(run.done // self.minibatch_full_eval_steps) % len(run.batches)]
         examples = [run.pool[i] for i in batch]
         new = ctx.scorer.unscored(state, examples) * len(run.names)
@@ -556,6 +565,7 @@ class InstructionDemoSearch(ICLOptimizer):
             self._cut(ctx, run, trial, "the task budget ended inside the trial")
             raise
         value = self._store(ctx, run, record, batch, outcomes)
+        run.trialed.setdefault(state.key(), record.id)
         self._tell(run, trial, choices, described, batch, outcomes, ctx, value)
         run.params[record.id] = dict(trial.params)
         run.done += 1
@@ -566,6 +576,21 @@ class InstructionDemoSearch(ICLOptimizer):
                          "examples": len(outcomes), "new_examples": len(fresh), "choice": described})
         logger.info("Trial {} (phase {}): {} -> {:.3f} on {} examples", trial.number, run.phase, described, value,
                     len(outcomes))
+        return True
+
+    @staticmethod
+    def _told_as_repeat(run: _Run, trial: optuna.Trial, state: Any) -> bool:
+        """A configuration whose program a trial already scored (e.g. ``k=0`` with any demo set and the
+        instruction as given: the start again) is told its mean so far, for free, instead of costing a
+        minibatch; the sampler learns the same and the calls go to programs not yet seen. False when new."""
+        rid = run.trialed.get(state.key())
+        if rid is None:
+            return False
+        scores = run.scores[rid]
+        trial.set_user_attr("icl_repeat_of_candidate", rid)
+        run.study.tell(trial, sum(scores.values()) / len(scores))
+        run.repeats += 1
+        logger.info("Trial {}: the program of candidate {} again; told its mean, no call", trial.number, rid)
         return True
 
     def _cut(self, ctx: SearchContext, run: _Run, trial: optuna.Trial, why: str) -> bool:
@@ -730,7 +755,7 @@ class InstructionDemoSearch(ICLOptimizer):
                               for i, d in enumerate(s.demo_sets)] for n, s in run.space.items()},
             "k_choices": list(run.ks), "search_examples": len(run.search), "held_out_examples": len(run.final_examples)
             - len(run.pool), "demo_source_examples": len(run.sources),
-            "trials": run.rows}
+            "trials": run.rows, "repeats_told": run.repeats}
         if run.studies and self.max_demos:  # every trial of the run, demos' content beside their weights
             done = [t.user_attrs for t in run.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
             demos = {(n, demo_id(d)): d for n, s in run.space.items() for ds in s.demo_sets for d in ds.demos}

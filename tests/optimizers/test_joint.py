@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 
@@ -110,6 +111,19 @@ def test_trials_score_the_valset_and_the_final_choice_adds_the_examples_they_did
     assert lm.engine.call_count == report.spent["task"].calls <= 220
 
 
+def test_a_configuration_whose_program_was_scored_is_told_its_mean_for_free(task):
+    # k=0 shows no demo, so with the instruction as given every demo set is the program as given again
+    opt = make(task, budget={"max_task_calls": 220, "max_prompt_calls": 6})
+    opt.compile(task.program(), trainset=task.train, valset=task.val)
+    joint = opt.report_.extra["joint"]
+    assert joint["repeats_told"] > 0
+    programs = [json.dumps(opt.report_.candidates[r["candidate"]].state, sort_keys=True) for r in joint["trials"]]
+    assert len(programs) == len(set(programs)), "each scored trial is a program no trial scored before"
+    repeats = [t for t in opt.study_.trials if "icl_repeat_of_candidate" in t.user_attrs]
+    scored = {r["candidate"]: r for r in joint["trials"]}
+    assert repeats and all(t.user_attrs["icl_repeat_of_candidate"] in scored for t in repeats)
+
+
 def test_full_evaluations_go_to_contenders_not_to_the_program_as_given():
     big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
     opt = InstructionDemoSearch(big.metric, task_model=big.lm(knows=lambda view: True),  # every program ties
@@ -209,8 +223,8 @@ def test_the_influence_phase_adds_a_set_of_the_demos_that_helped(task):
     phase_two = [r for r in joint["trials"] if r["phase"] == 2]
     assert phase_two and phase_two[0]["choice"]["self"]["demo_set"] == "influence", "its first trial is queued"
     assert opt.study_.study_name.endswith("-influence")
-    copied = [t for t in opt.study_.trials if t.number < len(joint["trials"]) - len(phase_two)]
-    assert all(t.user_attrs.get("icl_scores") for t in copied), "phase one's trials were copied in"
+    scored = [t for t in opt.study_.trials if t.user_attrs.get("icl_scores")]
+    assert len(scored) == len(joint["trials"]), "phase one's scored trials were copied in beside phase two's"
     final = opt.report_.extra["influence"]["self"]  # refitted on every trial, with the demo's content
     assert key in [entry["id"] for entry in final[:2]] and final[0]["demo"]["answer"]
 
@@ -256,7 +270,9 @@ def test_study_is_stored_with_a_named_objective(task, tmp_path, backend):
     study = optuna.load_study(study_name=name, storage=make_storage(url))
     assert study.metric_names == ["mean score on the trial's minibatch"]
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(trials) == len(opt.report_.extra["joint"]["trials"])
+    joint = opt.report_.extra["joint"]
+    assert len(trials) == len(joint["trials"]) + joint["repeats_told"], "scored trials and repeats told for free"
+    assert len([t for t in trials if "icl_repeat_of_candidate" in t.user_attrs]) == joint["repeats_told"]
     assert {"self/instruction", "self/demos", "self/k"} <= set(trials[0].params)
     assert "self/instruction_text" in trials[0].user_attrs and "self/demo_set" in trials[0].user_attrs
     assert study.user_attrs["icl_instructions"]["self"][0] == "Answer the question."

@@ -267,6 +267,17 @@ def _final_table(report: Any, choice: dict) -> list[dict[str, Any]]:
     return table
 
 
+def _joint_trials(joint: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not joint:
+        return None
+    rows = [{"candidate": r["candidate"], "phase": r["phase"], "value": r["value"], "examples": r["examples"],
+             **({"full": r["full"]} if "full" in r else {}),
+             "choice": {n: {k: v for k, v in c.items() if k in ("instruction", "instruction_origin", "demo_set", "k")}
+                        for n, c in r["choice"].items()}} for r in joint.get("trials", [])]
+    return {"trials": rows, "repeats_told": joint.get("repeats_told", 0),
+            "programs": len({r["candidate"] for r in rows}), "full_evaluations": sum("full" in r for r in rows)}
+
+
 def _search_figures(report: Any) -> dict[str, Any]:
     """What tells whether the search worked: steps run against the plan, the start kept or not, how
     well each meta-prompt was answered, and how often the task model's answer could not be read."""
@@ -282,6 +293,8 @@ def _search_figures(report: Any) -> dict[str, Any]:
             "proposing": report.extra.get("proposing"),
             # ABO: prompt calls spent writing demonstrations (retries included)
             "demonstration_calls": report.extra.get("demonstration_calls"),
+            # InstructionDemoSearch: its trials (choice, value, full evaluation) and the repeats told for free
+            "joint_trials": _joint_trials(report.extra.get("joint")),
             "task_parse_failures": getattr(report.counters, "task_parse_failures", 0),
             "candidates": len(report.candidates),
             # every program state the search scored, for instruction_ceiling.py to score on the test set

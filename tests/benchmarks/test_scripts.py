@@ -224,6 +224,18 @@ def test_a_row_shows_each_finalists_search_score_beside_its_validation():
          "se": 0.04, "passed": False}]
 
 
+def test_a_joint_row_keeps_its_trials_and_the_repeats_told_for_free():
+    bench = load("bench_optimizers")
+    choice = {"self": {"instruction": 2, "instruction_origin": "proposal", "demo_set": "mmr", "k": 4, "extra": 1}}
+    joint = {"repeats_told": 3, "trials": [
+        {"candidate": 0, "phase": 1, "value": 0.5, "examples": 10, "choice": choice},
+        {"candidate": 5, "phase": 1, "value": 0.7, "examples": 10, "full": 0.6, "choice": choice}]}
+    figures = bench._joint_trials(joint)
+    assert (figures["repeats_told"], figures["programs"], figures["full_evaluations"]) == (3, 2, 1)
+    assert figures["trials"][1]["full"] == 0.6 and "extra" not in figures["trials"][0]["choice"]["self"]
+    assert bench._joint_trials(None) is None
+
+
 def test_the_ceiling_separates_a_lucky_half_from_a_real_gain():
     ceiling = load("instruction_ceiling")
     start = [1.0, 0.0] * 10

@@ -286,7 +286,10 @@ def joint_blocks(report: OptimizationReport) -> list[Block]:
                    Para(f"{len(trials)} trial(s) on minibatches of the {joint.get('search_examples')} trial examples "
                         f"(validation examples; {joint.get('held_out_examples', 0)} more held back for the final "
                         "choice; phase 2 starts when the influence demo set is added); 'full' is the score on all "
-                        "the trial examples."),
+                        "the trial examples."
+                        + (f" {joint['repeats_told']} more configuration(s) the sampler asked for were a program "
+                           "already scored (e.g. k=0 with any demo set) and were told its mean, at no call."
+                           if joint.get("repeats_told") else "")),
                    Table(["trial", "phase", "candidate", "choice", "minibatch", "examples", "full"], rows)]
     return blocks
 

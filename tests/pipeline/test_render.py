@@ -112,6 +112,8 @@ def test_joint_report_lists_candidates_once_and_one_row_per_trial(config_dict, t
            f"k={first['k']}" in text
     # the text of an instruction appears in the candidate list, not once per trial row
     assert text.count(given) < len(joint["trials"])
+    assert joint["repeats_told"] > 0 and f"{joint['repeats_told']} more configuration(s)" in text, \
+        "the configurations told a scored program's mean are counted"
 
 
 def test_report_of_a_dspy_step_says_it_was_counted_not_capped(config_dict, task_lm):

@@ -538,7 +538,8 @@ class APE(ICLOptimizer):
         ranked = [r for r in run.ranked if r.origin != "seed" and SEARCH_LABEL in r.scores]
         # reserves: the rest of the last ranking, then the candidates earlier iterations dropped (an
         # iteration keeps only its top share, and one whose proposals the prompt cap cut short ranks few)
-        dropped = [ctx.report.candidates[i] for i in run.item_scores if i not in {r.id for r in run.ranked}]
+        last = {r.id for r in run.ranked}
+        dropped = [ctx.report.candidates[i] for i in run.item_scores if i not in last]
         dropped = [r for r in _shrunk_order(dropped, run.item_scores) if r.origin != "seed"]
         best = ctx.choose_by_validation(ranked[:finalists], reserves=[*ranked[finalists:], *dropped],
                                         tiebreak=lambda r: (r.scores.get(SEARCH_LABEL, 0.0),))

@@ -82,7 +82,7 @@ from dspy_icl_opt.search.plan import (
 from dspy_icl_opt.search.proposals import clean_proposal
 from dspy_icl_opt.search.report import CandidateRecord
 from dspy_icl_opt.search.scorer import Metric, Outcome, example_key
-from dspy_icl_opt.search.surgery import describe_signature
+from dspy_icl_opt.search.surgery import ProgramState, describe_signature
 
 Auto = Literal["light", "medium", "heavy"]
 #: MIPROv2's presets: candidates per list, and the most validation examples the final choice uses.
@@ -579,7 +579,7 @@ class InstructionDemoSearch(ICLOptimizer):
         return True
 
     @staticmethod
-    def _told_as_repeat(run: _Run, trial: optuna.Trial, state: Any) -> bool:
+    def _told_as_repeat(run: _Run, trial: optuna.Trial, state: ProgramState) -> bool:
         """A configuration whose program a trial already scored (e.g. ``k=0`` with any demo set and the
         instruction as given: the start again) is told its mean so far, for free, instead of costing a
         minibatch; the sampler learns the same and the calls go to programs not yet seen. False when new."""

@@ -507,8 +507,10 @@ class InstructionDemoSearch(ICLOptimizer):
     @staticmethod
     def _proposal(ctx: SearchContext, answer: dspy.Prediction, given: str, *, record: bool = False) -> str:
         """The instruction an answer proposes, or ``""`` (none read, or not an instruction: see
-        :meth:`SearchContext.proposal_problem`; the solved problems shown are not to be copied back)."""
+        :meth:`SearchContext.proposal_problem`; the solved problems shown are not to be copied back). Sentences
+        that restate the meta-prompt's own instructions are dropped first, the rest kept."""
         text = read_instruction(clean_proposal(str(answer.instruction or "")), MAX_INSTRUCTION_CHARS)
+        text = ctx.without_meta_sentences(text, ProposeTaskInstruction)
         if not text or ctx.proposal_problem(text, allowed=given, signature=ProposeTaskInstruction, record=record):
             return ""
         return text

@@ -424,8 +424,9 @@ class OPRO(ICLOptimizer):
     def _proposal(ctx: SearchContext, answer: dspy.Prediction, fields: tuple[str, ...], shown: str, *,
                   record: bool = False) -> str:
         """The instruction an answer proposes, or ``""`` when there is none (see ``extract_instruction`` and
-        :meth:`SearchContext.proposal_problem`)."""
-        text = clean_proposal(extract_instruction(answer.new_instruction, fields))
+        :meth:`SearchContext.proposal_problem`), without sentences that restate the meta-prompt."""
+        text = ctx.without_meta_sentences(clean_proposal(extract_instruction(answer.new_instruction, fields)),
+                                          ProposeInstruction)
         if not text or ctx.proposal_problem(text, allowed=shown, signature=ProposeInstruction, record=record):
             return ""
         return text

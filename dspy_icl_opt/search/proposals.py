@@ -57,6 +57,14 @@ _CODE = re.compile(r"\bdef\s+\w+\s*\(|```\s*python|\breturn\s+\w+\s*[(\[]|(?-i:^
                    re.IGNORECASE | re.MULTILINE)
 _MARKER = re.compile(r"\[\[\s*##\s*[^\]#]*?\s*##\s*\]\]")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+#: A sentence whose word trigrams come from the meta-prompt this much is the meta-prompt's, not the task's
+#: (seen on date_understanding split 0: the joint search's chosen instruction went on "Read the task's inputs, the
+#: summary of the data, and the solved problems. Provide one new instruction for this task, following the style
+#: hint.", the proposer's own instruction in other words, which the whole-text share of COPIED_SHARE let pass).
+META_SENTENCE_SHARE = 0.5
+#: ... and has at least this many trigrams (a short sentence such as "Answer the question." is anyone's).
+META_SENTENCE_MIN_GRAMS = 3
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def clean_proposal(text: str) -> str:
@@ -91,8 +99,10 @@ class ProposalChecker:
         word_counts = Counter(word for words in words_of for word in words)
         self._specific_words = {word for word, k in word_counts.items() if k < shared}
         self._meta: set[tuple[str, ...]] = set()
+        self._meta_trigrams: set[tuple[str, ...]] = set()
         for text in (*ADAPTER_TEXTS, *meta_texts):
             self._meta |= _ngrams(_words(text))
+            self._meta_trigrams |= _ngrams(_words(text), 3)
 
     @classmethod
     def for_program(cls, program: dspy.Module, examples: Iterable[dspy.Example] = (),
@@ -100,6 +110,25 @@ class ProposalChecker:
         """A checker that knows the field names of every predictor of ``program`` (see the field rule)."""
         fields = {name for _, predictor in program.named_predictors() for name in predictor.signature.fields}
         return cls(examples, meta_texts, fields=fields)
+
+    def without_meta_sentences(self, text: str, *, meta_texts: Iterable[str] = ()) -> str:
+        """``text`` without its sentences that restate the meta-prompt (its trigrams at least
+        META_SENTENCE_SHARE the meta-prompt's, the adapter's or ``meta_texts``'); the rest keeps its order
+        and line breaks. A text made only of such sentences comes back empty."""
+        meta = set(self._meta_trigrams)
+        for extra in meta_texts:
+            meta |= _ngrams(_words(extra), 3)
+        kept_lines = []
+        for line in (text or "").split("\n"):
+            kept = []
+            for sentence in _SENTENCE_SPLIT.split(line):
+                grams = _ngrams(_words(sentence), 3)
+                if len(grams) >= META_SENTENCE_MIN_GRAMS and len(grams & meta) >= META_SENTENCE_SHARE * len(grams):
+                    continue
+                kept.append(sentence)
+            if kept or not line.strip():
+                kept_lines.append(" ".join(kept))
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(kept_lines)).strip()
 
     def problem(self, text: str, *, allowed: str = "", meta_texts: Iterable[str] = ()) -> str | None:
         """Why ``text`` is not an instruction, or ``None`` when it may be one.

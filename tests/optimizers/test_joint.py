@@ -365,3 +365,17 @@ def test_the_thread_count_changes_neither_the_calls_nor_the_result(task):
     one = run(1)
     assert any(s["name"].startswith("bootstrapped") for s in one[1]["self"]), "the bootstrap ran"
     assert run(4) == one
+
+
+def test_a_proposal_keeps_its_instruction_without_the_meta_prompt_it_restates(task):
+    # a 0.5B proposer appends the meta-prompt's own request in other words; the trials get the instruction only
+    def respond(request):
+        rule = f"For each word, {task.rule} and answer with the number."
+        return format_chat_reply({"instruction": f"{rule} Provide one new instruction for this task, following the "
+                                                 "style hint."})
+
+    opt = make(task, prompt_model=scripted_lm(respond), budget={"max_task_calls": 120, "max_prompt_calls": 4})
+    opt.compile(task.program(), trainset=task.train, valset=task.val)
+    proposals = [i["text"] for i in opt.report_.extra["joint"]["instructions"]["self"] if i["origin"] == "proposal"]
+    assert proposals, "the proposal was kept"
+    assert all("style hint" not in text and task.rule in text for text in proposals), proposals

@@ -108,3 +108,27 @@ def test_dspys_own_prompt_text_echoed_is_the_meta_prompt():
     assert checker.problem(", and then ending with the marker for") == "copies the meta-prompt"
     assert checker.problem("All interactions will be structured in the following way.") == "copies the meta-prompt"
     assert checker.problem("Think step by step, and then answer with the letter of the option.") is None
+
+
+PROPOSER_META = ("Read the task's fields, the summary of the data and the solved problems. Write ONE new instruction for "
+                 "this task, following the style hint. Write only the instruction, in plain text.")
+
+
+def test_sentences_that_restate_the_meta_prompt_are_dropped_and_the_rest_kept():
+    # the joint search's chosen instruction on date_understanding split 0 (d0ce1f0) went on like this
+    checker = ProposalChecker()
+    text = ("Read the input and answer questions, providing answers with correct letter combinations. Read the "
+            "task's inputs, the summary of the data, and the solved problems. Provide one new instruction for this "
+            "task, following the style hint.")
+    assert checker.without_meta_sentences(text, meta_texts=[PROPOSER_META]) == (
+        "Read the input and answer questions, providing answers with correct letter combinations.")
+    # line breaks and the sentences of the task stay as they were
+    steps = "Work out the date.\n\n1. Find the reference date.\n2. Count the days, then pick the option."
+    assert checker.without_meta_sentences(steps, meta_texts=[PROPOSER_META]) == steps
+    # a short sentence is anyone's; DSPy's adapter text is meta-prompt text without being named
+    assert checker.without_meta_sentences("Answer the question. Write only the letter.",
+                                          meta_texts=[PROPOSER_META]) == "Answer the question. Write only the letter."
+    assert checker.without_meta_sentences(
+        "Pick the option. All interactions will be structured in the following way.") == "Pick the option."
+    # nothing but the meta-prompt: nothing left
+    assert checker.without_meta_sentences(PROPOSER_META, meta_texts=[PROPOSER_META]) == ""

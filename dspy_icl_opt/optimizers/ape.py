@@ -378,9 +378,9 @@ class APE(ICLOptimizer):
                     if run.prompt_budget_spent:
                         return records
                     continue
-                record = self._candidate(ctx, run, ctx.initial_state, name, answer.instruction, step=1,
-                                         origin="generation", parent=None, meta={"subset": j, "sample": k,
-                                                                                 "demos": indices})
+                text = _read(ctx, answer.instruction, InduceInstruction)
+                record = self._candidate(ctx, run, ctx.initial_state, name, text, step=1, origin="generation",
+                                         parent=None, meta={"subset": j, "sample": k, "demos": indices})
                 records += [record] if record is not None else []
         return records
 
@@ -407,8 +407,8 @@ class APE(ICLOptimizer):
                 if run.prompt_budget_spent:
                     break
                 continue
-            record = self._candidate(ctx, run, state, name, answer.variation, step=t, origin="variation",
-                                     parent=parent.id, meta={"iteration": t})
+            record = self._candidate(ctx, run, state, name, _read(ctx, answer.variation, VaryInstruction), step=t,
+                                     origin="variation", parent=parent.id, meta={"iteration": t})
             records += [record] if record is not None else []
         return records
 
@@ -423,7 +423,7 @@ class APE(ICLOptimizer):
         allowed = inputs.get("instruction", "")
 
         def usable(answer: dspy.Prediction) -> bool:
-            text = read_instruction(clean_proposal(str(answer[output] or "")))
+            text = _read(ctx, str(answer[output] or ""), signature)
             return bool(text) and ctx.proposal_problem(text, allowed=allowed, signature=signature, record=True) is None
 
         try:
@@ -440,10 +440,9 @@ class APE(ICLOptimizer):
                 run.cut_short = True  # its retries were cut short by the phase's share of the calls
         return answer
 
-    def _candidate(self, ctx: SearchContext, run: _Run, base: ProgramState, name: str, answer: str, *, step: int,
+    def _candidate(self, ctx: SearchContext, run: _Run, base: ProgramState, name: str, text: str, *, step: int,
                    origin: str, parent: int | None, meta: dict[str, Any]) -> CandidateRecord | None:
-        """A new candidate with ``name``'s instruction read from ``answer``; ``None`` for a duplicate."""
-        text = read_instruction(clean_proposal(answer))
+        """A new candidate with ``name``'s instruction ``text`` (read by :func:`_read`); ``None`` for a duplicate."""
         key = _norm(name, text)
         if key in run.seen:
             run.dropped["duplicate"] += 1
@@ -612,3 +611,9 @@ def _prompt_room(ctx: SearchContext, reserve: int) -> int | None:
 
 def _norm(name: str, text: str) -> str:
     return f"{name}\x1f{normalize_instruction(text)}"
+
+
+def _read(ctx: SearchContext, answer: str, signature: type[dspy.Signature]) -> str:
+    """The instruction an answer holds: read (:func:`read_instruction`), without DSPy's markers and without the
+    sentences that restate the meta-prompt (:meth:`SearchContext.without_meta_sentences`)."""
+    return ctx.without_meta_sentences(read_instruction(clean_proposal(answer)), signature)

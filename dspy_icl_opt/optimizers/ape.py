@@ -407,8 +407,9 @@ class APE(ICLOptimizer):
                 if run.prompt_budget_spent:
                     break
                 continue
-            record = self._candidate(ctx, run, state, name, _read(ctx, answer.variation, VaryInstruction), step=t,
-                                     origin="variation", parent=parent.id, meta={"iteration": t})
+            text = _read(ctx, answer.variation, VaryInstruction, state[name].instruction)
+            record = self._candidate(ctx, run, state, name, text, step=t, origin="variation", parent=parent.id,
+                                     meta={"iteration": t})
             records += [record] if record is not None else []
         return records
 
@@ -423,7 +424,7 @@ class APE(ICLOptimizer):
         allowed = inputs.get("instruction", "")
 
         def usable(answer: dspy.Prediction) -> bool:
-            text = _read(ctx, str(answer[output] or ""), signature)
+            text = _read(ctx, str(answer[output] or ""), signature, allowed)
             return bool(text) and ctx.proposal_problem(text, allowed=allowed, signature=signature, record=True) is None
 
         try:
@@ -613,7 +614,8 @@ def _norm(name: str, text: str) -> str:
     return f"{name}\x1f{normalize_instruction(text)}"
 
 
-def _read(ctx: SearchContext, answer: str, signature: type[dspy.Signature]) -> str:
+def _read(ctx: SearchContext, answer: str, signature: type[dspy.Signature], allowed: str = "") -> str:
     """The instruction an answer holds: read (:func:`read_instruction`), without DSPy's markers and without the
-    sentences that restate the meta-prompt (:meth:`SearchContext.without_meta_sentences`)."""
-    return ctx.without_meta_sentences(read_instruction(clean_proposal(answer)), signature)
+    sentences that restate the meta-prompt (:meth:`SearchContext.without_meta_sentences`; ``allowed``: the
+    instruction a variation rewrites)."""
+    return ctx.without_meta_sentences(read_instruction(clean_proposal(answer)), signature, allowed=allowed)

@@ -426,7 +426,7 @@ class OPRO(ICLOptimizer):
         """The instruction an answer proposes, or ``""`` when there is none (see ``extract_instruction`` and
         :meth:`SearchContext.proposal_problem`), without sentences that restate the meta-prompt."""
         text = ctx.without_meta_sentences(clean_proposal(extract_instruction(answer.new_instruction, fields)),
-                                          ProposeInstruction)
+                                          ProposeInstruction, allowed=shown)
         if not text or ctx.proposal_problem(text, allowed=shown, signature=ProposeInstruction, record=record):
             return ""
         return text

@@ -509,7 +509,7 @@ class PromptAgent(ICLOptimizer):
 
         def rewrite(answer: dspy.Prediction, record: bool = False) -> str | None:
             text = usable_instruction(clean_proposal(str(answer.new_instruction or "")), limit)
-            text = ctx.without_meta_sentences(text, RewriteInstruction) if text is not None else None
+            text = ctx.without_meta_sentences(text, RewriteInstruction, allowed=allowed) if text is not None else None
             if text is None or ctx.proposal_problem(text, allowed=allowed, signature=RewriteInstruction,
                                                     record=record) is not None:
                 return None

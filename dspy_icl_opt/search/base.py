@@ -360,17 +360,18 @@ class SearchContext:
             logger.debug("Proposal rejected ({}): {!r}", reason, text[:200])
         return reason
 
-    def without_meta_sentences(self, text: str, signature: type[dspy.Signature] | None = None) -> str:
+    def without_meta_sentences(self, text: str, signature: type[dspy.Signature] | None = None, *,
+                               allowed: str = "") -> str:
         """``text`` without the sentences that restate the asking meta-prompt's instructions (see
         :meth:`ProposalChecker.without_meta_sentences`). Unchanged when built with ``check_proposals=False``, and
         when every sentence is the meta-prompt's: :meth:`proposal_problem` then names that ("copies the
-        meta-prompt") and counts it."""
+        meta-prompt") and counts it. ``allowed``: as for :meth:`proposal_problem`."""
         if not self.optimizer.check_proposals:
             return text
         if self._checker is None:
             self._checker = ProposalChecker.for_program(self.student, self.trainset)
         metas = (signature.instructions,) if signature is not None else ()
-        return self._checker.without_meta_sentences(text, meta_texts=metas) or text
+        return self._checker.without_meta_sentences(text, meta_texts=metas, allowed=allowed) or text
 
     def ask(self, signature: type[dspy.Signature], *, key: str, temperature: float | None = None,
             max_tokens: int | None = None, validate: Callable[[dspy.Prediction], bool] | None = None,

@@ -111,13 +111,15 @@ class ProposalChecker:
         fields = {name for _, predictor in program.named_predictors() for name in predictor.signature.fields}
         return cls(examples, meta_texts, fields=fields)
 
-    def without_meta_sentences(self, text: str, *, meta_texts: Iterable[str] = ()) -> str:
+    def without_meta_sentences(self, text: str, *, meta_texts: Iterable[str] = (), allowed: str = "") -> str:
         """``text`` without its sentences that restate the meta-prompt (its trigrams at least
         META_SENTENCE_SHARE the meta-prompt's, the adapter's or ``meta_texts``'); the rest keeps its order
-        and line breaks. A text made only of such sentences comes back empty."""
+        and line breaks. Wording of ``allowed`` (the instruction being rewritten) is never the meta-prompt's.
+        A text made only of such sentences comes back empty."""
         meta = set(self._meta_trigrams)
         for extra in meta_texts:
             meta |= _ngrams(_words(extra), 3)
+        meta -= _ngrams(_words(allowed), 3)
         kept_lines = []
         for line in (text or "").split("\n"):
             kept = []

@@ -132,3 +132,12 @@ def test_sentences_that_restate_the_meta_prompt_are_dropped_and_the_rest_kept():
         "Pick the option. All interactions will be structured in the following way.") == "Pick the option."
     # nothing but the meta-prompt: nothing left
     assert checker.without_meta_sentences(PROPOSER_META, meta_texts=[PROPOSER_META]) == ""
+
+
+def test_the_instruction_being_rewritten_is_never_the_meta_prompts_wording():
+    checker = ProposalChecker()
+    meta = "Rewrite the instruction so that the model answers with the text of the correct option."
+    kept = "Answer with the text of the correct option."
+    assert checker.without_meta_sentences(f"Think first. {kept}", meta_texts=[meta]) == "Think first."
+    assert checker.without_meta_sentences(f"Think first. {kept}", meta_texts=[meta], allowed=kept) == (
+        f"Think first. {kept}")

@@ -65,6 +65,13 @@ META_SENTENCE_SHARE = 0.5
 #: ... and has at least this many trigrams (a short sentence such as "Answer the question." is anyone's).
 META_SENTENCE_MIN_GRAMS = 3
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+#: A sentence that asks for an instruction is the proposer's request echoed, whatever its words (the joint search's
+#: 0.5B proposer on hyperbaton split 0 at 956276d: "Write an instruction for a language model to solve the problem
+#: below.", "Write a single imperative sentence that instructs a language model to solve the task below.").
+_ASKS_FOR_INSTRUCTION = re.compile(
+    r"\b(?:write|give|provide|generate|create|propose|craft)\s+(?:an?|one|the)?\s*(?:new\s+|single\s+|better\s+)?"
+    r"instructions?\b|\binstructs?\s+(?:a|the)\s+(?:language\s+)?model\b|\binstructions?\s+(?:for|to)\s+(?:a|the)\s+"
+    r"(?:language\s+)?model\b", re.IGNORECASE)
 
 
 def clean_proposal(text: str) -> str:
@@ -114,7 +121,8 @@ class ProposalChecker:
     def without_meta_sentences(self, text: str, *, meta_texts: Iterable[str] = (), allowed: str = "") -> str:
         """``text`` without its sentences that restate the meta-prompt (its trigrams at least
         META_SENTENCE_SHARE the meta-prompt's, the adapter's or ``meta_texts``'); the rest keeps its order
-        and line breaks. Wording of ``allowed`` (the instruction being rewritten) is never the meta-prompt's.
+        and line breaks; a sentence that asks for an instruction ("Write an instruction for a language model ...")
+        goes too. Wording of ``allowed`` (the instruction being rewritten) is never the meta-prompt's.
         A text made only of such sentences comes back empty."""
         meta = set(self._meta_trigrams)
         for extra in meta_texts:
@@ -126,6 +134,8 @@ class ProposalChecker:
             for sentence in _SENTENCE_SPLIT.split(line):
                 grams = _ngrams(_words(sentence), 3)
                 if len(grams) >= META_SENTENCE_MIN_GRAMS and len(grams & meta) >= META_SENTENCE_SHARE * len(grams):
+                    continue
+                if _ASKS_FOR_INSTRUCTION.search(sentence) and not _ASKS_FOR_INSTRUCTION.search(allowed):
                     continue
                 kept.append(sentence)
             if kept or not line.strip():
@@ -162,6 +172,8 @@ class ProposalChecker:
             meta |= _ngrams(_words(extra))
         if grams and len(grams & meta) >= COPIED_SHARE * total:
             return "copies the meta-prompt"
+        if _ASKS_FOR_INSTRUCTION.search(text) and not _ASKS_FOR_INSTRUCTION.search(allowed):
+            return "asks for an instruction (the meta-prompt's request), not the task"
         own_words = set(own)
         content = [w for w in words if w not in _STOPWORDS and w not in own_words and (len(w) > 2 or w.isdigit())]
         specific = [w for w in content if w in self._specific_words or (w.isdigit() and len(w) >= 2)]

@@ -141,3 +141,27 @@ def test_the_instruction_being_rewritten_is_never_the_meta_prompts_wording():
     assert checker.without_meta_sentences(f"Think first. {kept}", meta_texts=[meta]) == "Think first."
     assert checker.without_meta_sentences(f"Think first. {kept}", meta_texts=[meta], allowed=kept) == (
         f"Think first. {kept}")
+
+
+@pytest.mark.parametrize("request_echoed", [
+    # the joint search's 0.5B proposer on hyperbaton split 0 (956276d): two of its six proposals
+    "Write an instruction for a language model to solve the problem below.",
+    "Write a single imperative sentence that instructs a language model to solve the task below.",
+    "Provide one new instruction for this task, following the style hint.",
+])
+def test_a_sentence_asking_for_an_instruction_is_the_request_echoed(checker, request_echoed):
+    assert checker.problem(request_echoed) == "asks for an instruction (the meta-prompt's request), not the task"
+    assert checker.without_meta_sentences(f"Pick the option whose adjectives are in order. {request_echoed}") == (
+        "Pick the option whose adjectives are in order.")
+    # unless the instruction being rewritten asks for one itself (a program that writes instructions)
+    assert checker.problem(request_echoed, allowed="Write an instruction for the user's task.") is None
+
+
+@pytest.mark.parametrize("text", [
+    "Write only the letter of the answer, following the instruction above.",
+    "Follow the instructions in the question and write the date.",
+    "Read each instruction in the question carefully, then answer.",
+])
+def test_instructions_that_mention_instructions_are_still_instructions(checker, text):
+    assert checker.problem(text) is None
+    assert checker.without_meta_sentences(text) == text

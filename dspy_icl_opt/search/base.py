@@ -348,12 +348,10 @@ class SearchContext:
         answer), or ``None``; see :mod:`dspy_icl_opt.search.proposals`. Always ``None`` when the optimizer
         was built with ``check_proposals=False``. ``record``: count the reason in the report
         (``extra["rejected_proposals"]``); a strategy records once per answer, in its validator."""
-        if not self.optimizer.check_proposals:
+        checker = self._proposal_checker()
+        if checker is None:
             return None
-        if self._checker is None:
-            self._checker = ProposalChecker.for_program(self.student, self.trainset)
-        metas = (signature.instructions,) if signature is not None else ()
-        reason = self._checker.problem(text, allowed=allowed, meta_texts=metas)
+        reason = checker.problem(text, allowed=allowed, meta_texts=_meta_texts(signature))
         if reason is not None and record:
             counts = self.report.extra.setdefault("rejected_proposals", {})
             counts[reason] = counts.get(reason, 0) + 1
@@ -366,12 +364,18 @@ class SearchContext:
         :meth:`ProposalChecker.without_meta_sentences`). Unchanged when built with ``check_proposals=False``, and
         when every sentence is the meta-prompt's: :meth:`proposal_problem` then names that ("copies the
         meta-prompt") and counts it. ``allowed``: as for :meth:`proposal_problem`."""
-        if not self.optimizer.check_proposals:
+        checker = self._proposal_checker()
+        if checker is None:
             return text
+        return checker.without_meta_sentences(text, meta_texts=_meta_texts(signature), allowed=allowed) or text
+
+    def _proposal_checker(self) -> ProposalChecker | None:
+        """The run's checker, built on first use; ``None`` when built with ``check_proposals=False``."""
+        if not self.optimizer.check_proposals:
+            return None
         if self._checker is None:
             self._checker = ProposalChecker.for_program(self.student, self.trainset)
-        metas = (signature.instructions,) if signature is not None else ()
-        return self._checker.without_meta_sentences(text, meta_texts=metas, allowed=allowed) or text
+        return self._checker
 
     def ask(self, signature: type[dspy.Signature], *, key: str, temperature: float | None = None,
             max_tokens: int | None = None, validate: Callable[[dspy.Prediction], bool] | None = None,
@@ -825,3 +829,8 @@ def _check_same_run(run_dir: Path, old: OptimizationReport, new: OptimizationRep
                          "would replay its results as this run's; it needs the same optimizer, seed, parameters, data, "
                          "program, models (and their sampling settings) and metric (its code or `version`). Use "
                          "another log_dir, or resume=False (the CLI: --fresh) to start over there.")
+
+
+def _meta_texts(signature: type[dspy.Signature] | None) -> tuple[str, ...]:
+    """The asking meta-prompt's own instructions, which a proposal must not restate."""
+    return (signature.instructions,) if signature is not None else ()

@@ -79,6 +79,11 @@ def clean_proposal(text: str) -> str:
     return _MARKER.sub(" ", text or "").strip()
 
 
+def _asks_for_instruction(text: str, allowed: str) -> bool:
+    """``text`` asks for an instruction and ``allowed`` (the instruction being rewritten) does not."""
+    return bool(_ASKS_FOR_INSTRUCTION.search(text)) and not _ASKS_FOR_INSTRUCTION.search(allowed)
+
+
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
@@ -135,7 +140,7 @@ class ProposalChecker:
                 grams = _ngrams(_words(sentence), 3)
                 if len(grams) >= META_SENTENCE_MIN_GRAMS and len(grams & meta) >= META_SENTENCE_SHARE * len(grams):
                     continue
-                if _ASKS_FOR_INSTRUCTION.search(sentence) and not _ASKS_FOR_INSTRUCTION.search(allowed):
+                if _asks_for_instruction(sentence, allowed):
                     continue
                 kept.append(sentence)
             if kept or not line.strip():
@@ -172,7 +177,7 @@ class ProposalChecker:
             meta |= _ngrams(_words(extra))
         if grams and len(grams & meta) >= COPIED_SHARE * total:
             return "copies the meta-prompt"
-        if _ASKS_FOR_INSTRUCTION.search(text) and not _ASKS_FOR_INSTRUCTION.search(allowed):
+        if _asks_for_instruction(text, allowed):
             return "asks for an instruction (the meta-prompt's request), not the task"
         own_words = set(own)
         content = [w for w in words if w not in _STOPWORDS and w not in own_words and (len(w) > 2 or w.isdigit())]

@@ -424,8 +424,8 @@ class APE(ICLOptimizer):
         allowed = inputs.get("instruction", "")
 
         def usable(answer: dspy.Prediction) -> bool:
-            text = _read(ctx, str(answer[output] or ""), signature, allowed)
-            return bool(text) and ctx.proposal_problem(text, allowed=allowed, signature=signature, record=True) is None
+            text = read_instruction(clean_proposal(str(answer[output] or "")))
+            return ctx.read_proposal(text, signature, allowed=allowed, record=True) is not None
 
         try:
             answer = ctx.ask(signature, key=key, temperature=ctx.temperature, validate=usable,

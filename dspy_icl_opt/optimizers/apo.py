@@ -447,19 +447,15 @@ class APO(ICLOptimizer):
     def _edits(self, ctx: SearchContext, value: Any, parent: str, *, record: bool = False) -> list[str]:
         """The edits of an answer that are instructions (see :meth:`SearchContext.proposal_problem`), without
         sentences that restate the meta-prompt."""
-        texts = [ctx.without_meta_sentences(clean_proposal(text), FixInstruction, allowed=parent)
+        texts = [ctx.read_proposal(clean_proposal(text), FixInstruction, allowed=parent, record=record)
                  for text in edited_instructions(value, self.steps_per_gradient)]
-        return [text for text in texts
-                if text and ctx.proposal_problem(text, allowed=parent, signature=FixInstruction, record=record) is None]
+        return [text for text in texts if text]
 
     @staticmethod
     def _paraphrase(ctx: SearchContext, answer: dspy.Prediction, source: str, *, record: bool = False) -> str | None:
         """The paraphrase of an answer when it is an instruction, else ``None``."""
-        text = ctx.without_meta_sentences(clean_proposal(clean_text(answer.paraphrase)), Paraphrase,
-                                          allowed=source)
-        if not text or ctx.proposal_problem(text, allowed=source, signature=Paraphrase, record=record) is not None:
-            return None
-        return text
+        return ctx.read_proposal(clean_proposal(clean_text(answer.paraphrase)), Paraphrase, allowed=source,
+                                 record=record)
 
     def _target(self, run: _Run, shown: list[Failure], r: int, g: int) -> tuple[str, str]:
         """The predictor a gradient works on, and why ("trace" or "turn")."""

@@ -510,10 +510,7 @@ class InstructionDemoSearch(ICLOptimizer):
         :meth:`SearchContext.proposal_problem`; the solved problems shown are not to be copied back). Sentences
         that restate the meta-prompt's own instructions are dropped first, the rest kept."""
         text = read_instruction(clean_proposal(str(answer.instruction or "")), MAX_INSTRUCTION_CHARS)
-        text = ctx.without_meta_sentences(text, ProposeTaskInstruction, allowed=given)
-        if not text or ctx.proposal_problem(text, allowed=given, signature=ProposeTaskInstruction, record=record):
-            return ""
-        return text
+        return ctx.read_proposal(text, ProposeTaskInstruction, allowed=given, record=record) or ""
 
     # -------------------------------------------------------------------------- the trials
     def _trials(self, ctx: SearchContext, run: _Run) -> None:

@@ -425,11 +425,8 @@ class OPRO(ICLOptimizer):
                   record: bool = False) -> str:
         """The instruction an answer proposes, or ``""`` when there is none (see ``extract_instruction`` and
         :meth:`SearchContext.proposal_problem`), without sentences that restate the meta-prompt."""
-        text = ctx.without_meta_sentences(clean_proposal(extract_instruction(answer.new_instruction, fields)),
-                                          ProposeInstruction, allowed=shown)
-        if not text or ctx.proposal_problem(text, allowed=shown, signature=ProposeInstruction, record=record):
-            return ""
-        return text
+        return ctx.read_proposal(clean_proposal(extract_instruction(answer.new_instruction, fields)),
+                                 ProposeInstruction, allowed=shown, record=record) or ""
 
     def _keep_proposal(self, run: _Run, name: str, text: str | None, position: Position,
                        proposals: list[tuple[str, Position]]) -> None:

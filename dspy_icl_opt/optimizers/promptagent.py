@@ -508,12 +508,8 @@ class PromptAgent(ICLOptimizer):
         allowed = "\n".join([*ancestors, inputs.get("instruction", "")])
 
         def rewrite(answer: dspy.Prediction, record: bool = False) -> str | None:
-            text = usable_instruction(clean_proposal(str(answer.new_instruction or "")), limit)
-            text = ctx.without_meta_sentences(text, RewriteInstruction, allowed=allowed) if text is not None else None
-            if text is None or ctx.proposal_problem(text, allowed=allowed, signature=RewriteInstruction,
-                                                    record=record) is not None:
-                return None
-            return text
+            return ctx.read_proposal(usable_instruction(clean_proposal(str(answer.new_instruction or "")), limit),
+                                     RewriteInstruction, allowed=allowed, record=record)
 
         answer = ctx.ask(RewriteInstruction, key=f"{key}/rewrite", temperature=ctx.temperature,
                          validate=lambda a: rewrite(a, record=True) is not None,

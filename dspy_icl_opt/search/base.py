@@ -358,6 +358,20 @@ class SearchContext:
             logger.debug("Proposal rejected ({}): {!r}", reason, text[:200])
         return reason
 
+    def read_proposal(self, text: str | None, signature: type[dspy.Signature] | None = None, *,
+                      allowed: str = "", record: bool = False) -> str | None:
+        """A prompt-model answer read as an instruction: the sentences that restate the asking meta-prompt
+        dropped (:meth:`without_meta_sentences`), then checked (:meth:`proposal_problem`). The text kept, or
+        ``None`` when there is none or it is not an instruction. ``signature``: the meta-prompt asked;
+        ``allowed``: wording the answer may repeat (the instruction it rewrites, the ones it was shown);
+        ``record``: count the reason for a refusal in the report (once per answer)."""
+        if not text:
+            return None
+        text = self.without_meta_sentences(text, signature, allowed=allowed)
+        if not text or self.proposal_problem(text, allowed=allowed, signature=signature, record=record) is not None:
+            return None
+        return text
+
     def without_meta_sentences(self, text: str, signature: type[dspy.Signature] | None = None, *,
                                allowed: str = "") -> str:
         """``text`` without the sentences that restate the asking meta-prompt's instructions (see

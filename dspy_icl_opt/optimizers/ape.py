@@ -372,13 +372,16 @@ class APE(ICLOptimizer):
                     return records
                 name = run.names[j % len(run.names)]
                 demos = render_demonstrations([ctx.trainset[i] for i in indices])
+                # the program's own instruction and fields may be about writing instructions: its wording is not
+                # the meta-prompt's request echoed
+                allowed = f"{ctx.initial_state[name].instruction}\n{run.tasks[name]}"
                 answer = self._ask(ctx, run, InduceInstruction, f"ape/generate/subset{j}/sample{k}", max_attempts=room,
-                                   task=run.tasks[name], demonstrations=demos)
+                                   allowed=allowed, task=run.tasks[name], demonstrations=demos)
                 if answer is None:
                     if run.prompt_budget_spent:
                         return records
                     continue
-                text = _read(ctx, answer.instruction, InduceInstruction)
+                text = _read(ctx, answer.instruction, InduceInstruction, allowed)
                 record = self._candidate(ctx, run, ctx.initial_state, name, text, step=1, origin="generation",
                                          parent=None, meta={"subset": j, "sample": k, "demos": indices})
                 records += [record] if record is not None else []
@@ -414,14 +417,14 @@ class APE(ICLOptimizer):
         return records
 
     def _ask(self, ctx: SearchContext, run: _Run, signature: type[dspy.Signature], key: str, *,
-             max_attempts: int | None = None, **inputs: str) -> dspy.Prediction | None:
+             max_attempts: int | None = None, allowed: str | None = None, **inputs: str) -> dspy.Prediction | None:
         """One answer, or ``None`` (unusable, or the prompt budget ended: ``run.prompt_budget_spent``).
 
         An answer is usable when it reads as an instruction (:func:`read_instruction`) that is one
-        (:meth:`SearchContext.proposal_problem`: not a demonstration copied back, not the meta-prompt); a
-        variation may repeat the instruction it varies."""
+        (:meth:`SearchContext.read_proposal`: not a demonstration copied back, not the meta-prompt). ``allowed``:
+        wording it may repeat (default: the instruction a variation varies)."""
         output = next(iter(signature.output_fields))
-        allowed = inputs.get("instruction", "")
+        allowed = inputs.get("instruction", "") if allowed is None else allowed
 
         def usable(answer: dspy.Prediction) -> bool:
             text = read_instruction(clean_proposal(str(answer[output] or "")))

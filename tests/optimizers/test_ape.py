@@ -119,6 +119,33 @@ def test_a_generation_that_repeats_the_start_is_a_duplicate():
     assert len(pool) == len(set(pool))
 
 
+@pytest.mark.parametrize("start,kept", [
+    ("Answer the question.", False),
+    ("Write an instruction for a language model that solves the question.", True),
+])
+def test_a_generation_that_asks_for_an_instruction_is_refused_unless_the_program_writes_instructions(start, kept):
+    """"Write instructions for ..." echoes the meta-prompt's request, unless the program's own task is to write
+    instructions (its instruction says so): then it is what the demonstrations show."""
+    def writes(request):
+        return format_chat_reply({"instruction": "The instruction was to write instructions for a model that "
+                                                 f"counts the vowels (draft {sample_of(request)})"})
+
+    task = planted_rule_task("vowels", train_size=12, val_size=8, seed=0)
+    program = task.program()
+    program.signature = program.signature.with_instructions(start)
+    ape = APE(task.metric, task_model=task.lm(), prompt_model=scripted_lm(writes), **{**SMALL, "max_retries": 0})
+    ape.compile(program, trainset=task.train, valset=task.val)
+    generated = [instruction(c) for c in ape.report_.candidates if c.origin == "generation"]
+    refused = ape.report_.extra.get("rejected_proposals", {})
+    asked = sum(n for reason, n in refused.items() if reason.startswith("asks for an instruction"))
+    if kept:
+        assert generated and all(text.startswith("Write instructions for a model") for text in generated)
+        assert asked == 0
+    else:
+        assert not generated
+        assert asked == SMALL["num_subsamples"] * SMALL["prompts_per_subsample"]
+
+
 def test_the_start_is_kept_when_no_generated_instruction_is_better():
     task = planted_rule_task("vowels", train_size=12, val_size=8, seed=0)
     ape, program, _ = run(task=task, respond=distinct_responder("say a number"), format_candidate=False)

@@ -55,6 +55,11 @@ ADAPTER_TEXTS = (
 #: from the 0.5B model were "Python def find_correct_adjective_order(sentence): # Split the sentence ...").
 _CODE = re.compile(r"\bdef\s+\w+\s*\(|```\s*python|\breturn\s+\w+\s*[(\[]|(?-i:^\s*(?:import\s+\w+\s*$|from\s+\w+\s+import\b))",
                    re.IGNORECASE | re.MULTILINE)
+#: A reply to the proposer rather than an instruction (seen on date_understanding split 1: OPRO's 0.5B proposer wrote
+#: "I'm sorry, but I don't have access to the example problems to create a different instruction. ...").
+_REFUSAL = re.compile(r"^\W*(?:(?:i\s*(?:'|’)?\s*m|i\s+am)\s+(?:sorry|afraid|unable)|sorry\b|i\s+(?:can\s*(?:'|’)?\s*t|cannot|"
+                      r"could\s+not|couldn\s*(?:'|’)?\s*t|do\s+not|don\s*(?:'|’)?\s*t)\s+(?:help|provide|create|write|assist|access|"
+                      r"have|see|answer|do)\b|as\s+an\s+ai\b|unfortunately\s*,?\s+i\b)", re.IGNORECASE)
 _MARKER = re.compile(r"\[\[\s*##\s*[^\]#]*?\s*##\s*\]\]")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 #: A sentence whose word trigrams come from the meta-prompt this much is the meta-prompt's, not the task's
@@ -160,6 +165,8 @@ class ProposalChecker:
             return "a bare answer, not an instruction"
         if _CODE.search(text):
             return "program code, not an instruction"
+        if _REFUSAL.search(text):
+            return "a refusal or apology, not an instruction"
         head, colon, _ = text.partition(":")
         if colon and head.strip().lower() in self._fields:
             return "a field's value, not an instruction"

@@ -44,6 +44,8 @@ def checker() -> ProposalChecker:
     "Write a function to find the correct adjective order in the given sentence.",
     "Decide which option to return, then return only its letter.",
     "From the two options, import nothing of your own: pick the sentence whose adjectives are in order.",
+    "If you are unsure, say sorry and pick the most likely option.",
+    "I want you to find the date the question asks for, then reply with that option's text.",
 ])
 def test_instructions_pass(checker, text):
     assert checker.problem(text, meta_texts=[META]) is None
@@ -58,6 +60,11 @@ def test_instructions_pass(checker, text):
     ("Python def find_order(sentence): # Split the sentence into words words = sentence.split()",
      "program code, not an instruction"),
     ("```python\nimport re\nprint(answer)\n```", "program code, not an instruction"),
+    # the 0.5B proposer on date_understanding split 1, answering OPRO's meta-prompt
+    ("I'm sorry, but I don't have access to the example problems to create a different instruction.",
+     "a refusal or apology, not an instruction"),
+    ("Unfortunately, I cannot write a better instruction without more examples.",
+     "a refusal or apology, not an instruction"),
 ])
 def test_what_is_not_an_instruction_is_named(checker, text, reason):
     assert checker.problem(text, meta_texts=[META]) == reason

@@ -405,7 +405,8 @@ class _PredictorRun:
         return arms
 
     def _write_procedure(self, k: int) -> Procedure | None:
-        examples = self.ctx.rng.sample(self.ctx.trainset, min(PROCEDURE_EXAMPLES, len(self.ctx.trainset)))
+        examples = [self.ctx.shown_example(ex) for ex in
+                    self.ctx.rng.sample(self.ctx.trainset, min(PROCEDURE_EXAMPLES, len(self.ctx.trainset)))]
         shown = "\n\n".join(f"Example {i}:\n{format_fields(demo_to_dict(ex.inputs()))}\n"
                              f"{format_fields(demo_to_dict(ex.labels()))}" for i, ex in enumerate(examples, start=1))
         answer = self._ask(WriteProcedure, f"{self.key}/round0/candidate{k}/procedure",
@@ -595,7 +596,8 @@ class _PredictorRun:
         demonstration = arm.demo.render() if arm.demo else f"(none; the instruction ends: {STRICT_SENTENCE})"
         answer = self._ask(LocateFailingStep, key, validate=lambda a: step_number(a.failing_step, n_steps) is not None,
                            procedure=arm.procedure.render(), demonstration=demonstration, task_input=task_input,
-                           model_output=model_output, correct_output=format_fields(demo_to_dict(example.labels())))
+                           model_output=model_output,
+                           correct_output=format_fields(demo_to_dict(self.ctx.shown_example(example).labels())))
         number = None if answer is None else step_number(answer.failing_step, n_steps)
         return None if number is None else (number, str(answer.reason))
 

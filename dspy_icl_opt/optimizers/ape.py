@@ -371,7 +371,7 @@ class APE(ICLOptimizer):
                     run.cut_short = True
                     return records
                 name = run.names[j % len(run.names)]
-                demos = render_demonstrations([ctx.trainset[i] for i in indices])
+                demos = render_demonstrations([ctx.shown_example(ctx.trainset[i]) for i in indices])
                 # the program's own instruction and fields may be about writing instructions: its wording is not
                 # the meta-prompt's request echoed
                 allowed = f"{ctx.initial_state[name].instruction}\n{run.tasks[name]}"

@@ -10,7 +10,7 @@ bandit. The final prompt is the beam member that scores best on ``valset``.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 import dspy
@@ -404,8 +404,9 @@ class APO(ICLOptimizer):
         for g in range(run.n_gradients):
             shown = ctx.rng.sample(failures, min(len(failures), self.errors_per_gradient))
             name, how = self._target(run, shown, r, g)
+            seen = [replace(f, example=ctx.shown_example(f.example)) for f in shown]  # labels the program writes
             inputs = {"task": run.tasks[name], "data_summary": run.summaries[name],
-                      "instruction": state[name].instruction, "failures": render_failures(shown, name)}
+                      "instruction": state[name].instruction, "failures": render_failures(seen, name)}
             key = f"apo/round{r}/beam{j}/gradient{g}"
             answer = ctx.ask(DiagnoseErrors, key=f"{key}/reasons", temperature=ctx.temperature,
                              validate=lambda a: bool(numbered_items(a.reasons)), n_reasons=self.gradients_per_error,

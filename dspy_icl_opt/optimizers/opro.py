@@ -389,7 +389,7 @@ class OPRO(ICLOptimizer):
         """New instructions for ``name``, and whether the prompt-model budget ended while sampling them."""
         shown = shown_trajectory(run.trajectories[name], max_entries=self.max_trajectory,
                                  threshold=self.score_threshold)
-        exemplars = [ctx.trainset[i] for i in self._exemplar_indices(ctx, run, step, name, shown)]
+        exemplars = [ctx.shown_example(ctx.trainset[i]) for i in self._exemplar_indices(ctx, run, step, name, shown)]
         predictor = dict(ctx.predictors)[name]
         task = describe_signature(predictor)
         fields = (*predictor.signature.input_fields, *predictor.signature.output_fields)

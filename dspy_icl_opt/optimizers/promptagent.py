@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dspy
@@ -448,8 +448,9 @@ class PromptAgent(ICLOptimizer):
         if not wrong:
             logger.debug("PromptAgent: node {} made no wrong answer to learn from", node.id)
             return None
+        seen = [replace(w, example=ctx.shown_example(w.example)) for w in wrong]  # the labels the program writes
         inputs = {"task": run.tasks[name], "data_summary": run.summaries[name],
-                  "instruction": state[name].instruction, "wrong_answers": render_wrong_answers(wrong, name)}
+                  "instruction": state[name].instruction, "wrong_answers": render_wrong_answers(seen, name)}
         reasons = self._analysis(ctx, key, inputs)
         if not reasons:
             return None

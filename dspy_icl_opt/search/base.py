@@ -30,6 +30,7 @@ from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
+from dspy_icl_opt.search.grounding import shown_example
 from dspy_icl_opt.search.fingerprint import describe_differences, lm_identity, metric_identity
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
 from dspy_icl_opt.search.meta import MetaPromptAdapter
@@ -163,6 +164,7 @@ class SearchContext:
         self.rng = random.Random(optimizer.seed)
         self.predictors = named_predictors(student)
         self.initial_state = read_state(student)
+        self._outputs = frozenset(field for _, p in self.predictors for field in p.signature.output_fields)
         self.scorer = Scorer(student, optimizer.metric, task_lm=task_lm, meter=meter, journal=journal,
                              counters=report.counters, num_threads=optimizer.num_threads,
                              failure_score=optimizer.failure_score, progress=optimizer.progress,
@@ -357,6 +359,11 @@ class SearchContext:
             counts[reason] = counts.get(reason, 0) + 1
             logger.debug("Proposal rejected ({}): {!r}", reason, text[:200])
         return reason
+
+    def shown_example(self, example: dspy.Example) -> dspy.Example:
+        """``example`` as the meta-prompts show it: its inputs and the labels the program writes (see
+        :func:`dspy_icl_opt.search.grounding.shown_example`); scoring always uses the example itself."""
+        return shown_example(example, self._outputs)
 
     def read_proposal(self, text: str | None, signature: type[dspy.Signature] | None = None, *,
                       allowed: str = "", record: bool = False) -> str | None:

@@ -12,7 +12,7 @@ first step: the instruction as given plus a sentence naming the answer space. It
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import dspy
 
@@ -112,3 +112,15 @@ def format_instruction(instruction: str, spaces: dict[str, str]) -> str | None:
     sentence = format_sentence(spaces)
     return f"{instruction.rstrip()}\n\n{sentence}" if instruction.strip() else sentence
 
+
+def shown_example(example: dspy.Example, outputs: Collection[str]) -> dspy.Example:
+    """``example`` as a meta-prompt shows it: its inputs and the labels that are the program's ``outputs``.
+
+    A label the program never writes (the bundled tasks' ``choices``, the option texts the metric reads) would
+    read to the prompt model as an output to produce; it is left out. When no label is one of ``outputs``
+    (labels named otherwise than the program's fields), every label is kept, so the answer stays shown."""
+    data = example.toDict()
+    inputs = set(example.inputs().keys())
+    labels = [key for key in data if key not in inputs]
+    kept = [key for key in labels if key in outputs] or labels
+    return dspy.Example({key: data[key] for key in data if key in inputs or key in kept}).with_inputs(*inputs)

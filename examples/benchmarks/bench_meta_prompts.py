@@ -41,7 +41,7 @@ from dspy_icl_opt.optimizers.ape_prompts import (
 from dspy_icl_opt.optimizers.apo_prompts import DiagnoseErrors, FixInstruction, Paraphrase, clean_text, edited_instructions
 from dspy_icl_opt.optimizers.opro_prompts import ProposeInstruction, extract_instruction, render_exemplars
 from dspy_icl_opt.optimizers.promptagent_prompts import AnalyzeErrors, RewriteInstruction, usable_instruction
-from dspy_icl_opt.search.grounding import data_summary
+from dspy_icl_opt.search.grounding import data_summary, shown_example
 from dspy_icl_opt.search.meta import MetaPromptAdapter, numbered_items
 from dspy_icl_opt.search.proposals import ProposalChecker, clean_proposal
 from dspy_icl_opt.search.surgery import describe_signature
@@ -55,7 +55,8 @@ def probes(task: Any, program: dspy.Module) -> dict[str, tuple[type[dspy.Signatu
     """Each meta-prompt: its signature, realistic inputs, and the check its strategy applies."""
     checker = ProposalChecker.for_program(program, task.train)  # as the strategies check (field names too)
     program = program.named_predictors()[0][1]  # the bundled QA program has one predictor
-    train = task.train
+    outputs = set(program.signature.output_fields)
+    train = [shown_example(e, outputs) for e in task.train]  # as the strategies show them (no metric-only labels)
     example, wrong = train[0], dict(train[1].inputs())
     signature = describe_signature(program)
     summary = data_summary(program, train)

@@ -1,0 +1,90 @@
+"""How often OPRO's proposer writes a usable instruction from the inputs a real run gives it, per meta-prompt variant.
+
+``bench_meta_prompts.py`` asks OPRO's meta-prompt with a hand-written trajectory ("Think about the dates ...");
+this probe asks it with what step 1 of a run on the bundled ``qa`` program shows: the program's own instruction
+and the format candidate as the scored trajectory, and three training problems. Each answer is read and checked as
+OPRO reads it (``extract_instruction``, the meta-prompt's sentences dropped, the shared proposal check). No retry.
+
+Variants (letters combine): ``A`` the exemplars with every label (as OPRO showed them before
+``SearchContext.shown_example``: the bundled tasks' ``choices`` shown as an output), ``F`` only the labels the program writes, ``R`` the example
+problems before the scored instructions (the instructions last, nearest the answer), ``2`` two problems instead
+of three, ``N`` no example problems at all.
+
+Run (the BENCHMARKS.md figures come from this command; one model process):
+    python examples/benchmarks/probe_opro_proposals.py date_understanding 1 8 A,F,FR,FR2,N,FN
+"""
+
+from __future__ import annotations
+
+import sys
+
+import dspy
+
+from dspy_icl_opt.lm import resolve_lm
+from dspy_icl_opt.optimizers.opro_prompts import (
+    ProposeInstruction,
+    TrajectoryEntry,
+    extract_instruction,
+    render_exemplars,
+    render_trajectory,
+)
+from dspy_icl_opt.programs import load_task, make_program
+from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces, shown_example
+from dspy_icl_opt.search.meta import MetaPromptAdapter
+from dspy_icl_opt.search.proposals import ProposalChecker, clean_proposal
+from dspy_icl_opt.search.surgery import describe_signature
+
+
+class ProblemsFirst(dspy.Signature):
+    __doc__ = ProposeInstruction.__doc__
+    task: str = dspy.InputField(desc="the task's input and output fields")
+    data_summary: str = dspy.InputField(desc="what the training data looks like, and the answers its labels use")
+    example_problems: str = dspy.InputField(desc="problems with the instruction slot <INS> and the expected output")
+    previous_instructions: str = dspy.InputField(desc="earlier instructions with their scores, ascending")
+    new_instruction: str = dspy.OutputField(desc="the new instruction, between <INS> and </INS>")
+
+
+def main(argv: list[str]) -> int:
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    task_name, seed, tries, variants = argv[0], int(argv[1]), int(argv[2]), argv[3].split(",")
+    task = load_task(task_name, seed=seed, train_size=40, val_size=40, test_size=100)
+    program = make_program("qa", task)
+    predictor = program.named_predictors()[0][1]
+    checker = ProposalChecker.for_program(program, task.train)
+    start = predictor.signature.instructions
+    formatted = format_instruction(start, output_spaces(predictor, task.train)) or start
+    trajectory = [TrajectoryEntry(0, 0, start, "system", 0.30), TrajectoryEntry(1, 0, formatted, "system", 0.31)]
+    shown = f"{start}\n{formatted}"
+    fields = (*predictor.signature.input_fields, *predictor.signature.output_fields)
+    outputs = set(predictor.signature.output_fields)
+    lm = resolve_lm("embedded", temperature=1.0, max_tokens=400, cache=False)
+    for variant in variants:
+        signature = ProblemsFirst if "R" in variant else ProposeInstruction
+        problems = [shown_example(e, outputs) if "F" in variant else e for e in task.train[:3]]
+        problems = problems[:2] if "2" in variant else problems
+        inputs = {"task": describe_signature(predictor), "data_summary": data_summary(predictor, task.train),
+                  "previous_instructions": render_trajectory(trajectory),
+                  "example_problems": "(none)" if "N" in variant else render_exemplars(problems, "system")}
+        usable = 0
+        for t in range(tries):
+            try:
+                with dspy.context(lm=lm, adapter=MetaPromptAdapter()):
+                    answer = dspy.Predict(signature)(**inputs, config={"temperature": 1.0, "seed": 2000 + t,
+                                                                       "rollout_id": 2000 + t})
+                text = clean_proposal(extract_instruction(answer.new_instruction, fields))
+                meta = [ProposeInstruction.instructions]
+                text = checker.without_meta_sentences(text, meta_texts=meta, allowed=shown) or text
+                why = checker.problem(text, allowed=shown, meta_texts=meta) if text else "nothing read"
+            except Exception as exc:  # an unreadable answer
+                text, why = "", f"not parsed ({type(exc).__name__})"
+            usable += why is None
+            print(f"{variant} try {t}: {'usable' if why is None else why} | {' '.join(text.split())[:160]}", flush=True)
+        print(f"== {variant}: {usable}/{tries} usable", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

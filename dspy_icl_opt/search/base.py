@@ -30,8 +30,8 @@ from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
 from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cost, MeteredLM, collect_cost, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
-from dspy_icl_opt.search.grounding import shown_example
 from dspy_icl_opt.search.fingerprint import describe_differences, lm_identity, metric_identity
+from dspy_icl_opt.search.grounding import shown_example
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
 from dspy_icl_opt.search.meta import MetaPromptAdapter
 from dspy_icl_opt.search.plan import SearchPlan, Shape

@@ -55,8 +55,9 @@ ADAPTER_TEXTS = (
 #: from the 0.5B model were "Python def find_correct_adjective_order(sentence): # Split the sentence ...").
 _CODE = re.compile(r"\bdef\s+\w+\s*\(|```\s*python|\breturn\s+\w+\s*[(\[]|(?-i:^\s*(?:import\s+\w+\s*$|from\s+\w+\s+import\b))",
                    re.IGNORECASE | re.MULTILINE)
-#: A reply to the proposer rather than an instruction (seen on date_understanding split 1: OPRO's 0.5B proposer wrote
-#: "I'm sorry, but I don't have access to the example problems to create a different instruction. ...").
+#: A reply to the proposer rather than an instruction (the 0.5B model answering OPRO's meta-prompt without its example
+#: problems, date_understanding split 1, examples/benchmarks/probe_opro_proposals.py: "I'm sorry, but I don't have
+#: access to the example problems to create a different instruction. ...").
 _REFUSAL = re.compile(r"^\W*(?:(?:i\s*(?:'|’)?\s*m|i\s+am)\s+(?:sorry|afraid|unable)|sorry\b|i\s+(?:can\s*(?:'|’)?\s*t|cannot|"
                       r"could\s+not|couldn\s*(?:'|’)?\s*t|do\s+not|don\s*(?:'|’)?\s*t)\s+(?:help|provide|create|write|assist|access|"
                       r"have|see|answer|do)\b|as\s+an\s+ai\b|unfortunately\s*,?\s+i\b)", re.IGNORECASE)

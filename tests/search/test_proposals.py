@@ -60,7 +60,7 @@ def test_instructions_pass(checker, text):
     ("Python def find_order(sentence): # Split the sentence into words words = sentence.split()",
      "program code, not an instruction"),
     ("```python\nimport re\nprint(answer)\n```", "program code, not an instruction"),
-    # the 0.5B proposer on date_understanding split 1, answering OPRO's meta-prompt
+    # the 0.5B proposer on date_understanding split 1, answering OPRO's meta-prompt without its problems
     ("I'm sorry, but I don't have access to the example problems to create a different instruction.",
      "a refusal or apology, not an instruction"),
     ("Unfortunately, I cannot write a better instruction without more examples.",

@@ -374,8 +374,8 @@ class SearchContext:
         ``record``: count the reason for a refusal in the report (once per answer)."""
         if not text:
             return None
-        text = self.without_meta_sentences(text, signature, allowed=allowed)
-        if not text or self.proposal_problem(text, allowed=allowed, signature=signature, record=record) is not None:
+        text = self.without_meta_sentences(text, signature, allowed=allowed)  # never empties a non-empty text
+        if self.proposal_problem(text, allowed=allowed, signature=signature, record=record) is not None:
             return None
         return text
 

@@ -35,13 +35,9 @@ from dspy_icl_opt.search.proposals import ProposalChecker, clean_proposal
 from dspy_icl_opt.search.surgery import describe_signature
 
 
-class ProblemsFirst(dspy.Signature):
-    __doc__ = ProposeInstruction.__doc__
-    task: str = dspy.InputField(desc="the task's input and output fields")
-    data_summary: str = dspy.InputField(desc="what the training data looks like, and the answers its labels use")
-    example_problems: str = dspy.InputField(desc="problems with the instruction slot <INS> and the expected output")
-    previous_instructions: str = dspy.InputField(desc="earlier instructions with their scores, ascending")
-    new_instruction: str = dspy.OutputField(desc="the new instruction, between <INS> and </INS>")
+#: OPRO's meta-prompt with the example problems before the scored instructions (variant ``R``).
+ProblemsFirst = ProposeInstruction.delete("example_problems").insert(
+    2, "example_problems", ProposeInstruction.input_fields["example_problems"], str)
 
 
 def main(argv: list[str]) -> int:

@@ -525,7 +525,7 @@ class OPRO(ICLOptimizer):
 
 def _map_copro_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Translate COPRO's argument names; pass ICLOptimizer's through; reject the rest."""
-    common = {"budget", "seed", "num_threads", "log_dir", "failure_score", "max_retries", "progress"}
+    common = {"budget", "seed", "num_threads", "log_dir", "failure_score", "max_retries", "progress", "check_proposals"}
     mapped: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key in COPRO_ARGUMENTS:

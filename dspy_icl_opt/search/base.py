@@ -35,7 +35,7 @@ from dspy_icl_opt.search.grounding import shown_example
 from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
 from dspy_icl_opt.search.meta import MetaPromptAdapter
 from dspy_icl_opt.search.plan import SearchPlan, Shape
-from dspy_icl_opt.search.proposals import ProposalChecker
+from dspy_icl_opt.search.proposals import LENIENT_PROBLEMS, ProposalChecker
 from dspy_icl_opt.search.report import PROGRAM_FILE, REPORT_FILE, CandidateRecord, OptimizationReport
 from dspy_icl_opt.search.scorer import Metric, Outcome, Scorer, example_key
 from dspy_icl_opt.search.surgery import ProgramState, named_predictors, read_state
@@ -346,14 +346,21 @@ class SearchContext:
     # ------------------------------------------------------------------------- prompt model
     def proposal_problem(self, text: str, *, allowed: str = "", signature: type[dspy.Signature] | None = None,
                          record: bool = False) -> str | None:
-        """Why a proposed instruction is not one (a copied example, the meta-prompt echoed, a question, a bare
-        answer), or ``None``; see :mod:`dspy_icl_opt.search.proposals`. Always ``None`` when the optimizer
-        was built with ``check_proposals=False``. ``record``: count the reason in the report
-        (``extra["rejected_proposals"]``); a strategy records once per answer, in its validator."""
+        """Why a proposed instruction is not one (a copied example, the meta-prompt echoed, a bare answer), or
+        ``None``; see :mod:`dspy_icl_opt.search.proposals`. Always ``None`` when the optimizer was built with
+        ``check_proposals=False``; a question or a text about one example is a problem only with
+        ``check_proposals="strict"``. ``record``: count the reason in the report (``extra["rejected_proposals"]``,
+        and the admitted questions and texts about one example in ``extra["admitted_proposals"]``); a strategy
+        records once per answer, in its validator."""
         checker = self._proposal_checker()
         if checker is None:
             return None
         reason = checker.problem(text, allowed=allowed, meta_texts=_meta_texts(signature))
+        if reason in LENIENT_PROBLEMS and self.optimizer.check_proposals != "strict":
+            if record:  # scored anyway: a question can be the best prompt (see the proposals module)
+                counts = self.report.extra.setdefault("admitted_proposals", {})
+                counts[reason] = counts.get(reason, 0) + 1
+            return None
         if reason is not None and record:
             counts = self.report.extra.setdefault("rejected_proposals", {})
             counts[reason] = counts.get(reason, 0) + 1
@@ -556,8 +563,10 @@ class ICLOptimizer(Teleprompter):
         max_retries: extra tries for an unparsable or failed prompt-model answer.
         progress: show progress bars.
         check_proposals: reject a proposed instruction that is not one before it costs task calls (an
-            example copied back, the meta-prompt echoed, a question about one example, a bare answer: see
+            example copied back, the meta-prompt echoed, a bare answer, a refusal: see
             :mod:`dspy_icl_opt.search.proposals`); rejected answers count as unusable and are asked again.
+            A question or a text about one example is scored (it can be the best prompt a small model
+            answers to) and counted in the report; ``"strict"`` rejects those too, ``False`` checks nothing.
     """
 
     #: The temperature a strategy with a ``temperature`` setting samples its prompt model at when neither that
@@ -568,7 +577,7 @@ class ICLOptimizer(Teleprompter):
                  prompt_model: dspy.BaseLM | None = None, budget: Budget | dict[str, Any] | str | None = None,
                  seed: int = 0, num_threads: int = 1, log_dir: str | Path | None = None,
                  failure_score: float = 0.0, max_retries: int = 2, progress: bool = True,
-                 check_proposals: bool = True) -> None:
+                 check_proposals: bool | str = True) -> None:
         super().__init__()
         if not callable(metric):
             raise TypeError(f"`metric` must be callable as metric(example, prediction, trace=None), but got "
@@ -580,9 +589,10 @@ class ICLOptimizer(Teleprompter):
         check_int("seed", seed, minimum=0)
         check_int("num_threads", num_threads, minimum=1)
         check_int("max_retries", max_retries, minimum=0)
-        if not isinstance(check_proposals, bool):
-            raise TypeError(f"`check_proposals` must be True or False, but got {type(check_proposals).__name__} "
-                            f"{check_proposals!r}. Pass False to score every proposal the prompt model writes.")
+        if not isinstance(check_proposals, bool) and check_proposals != "strict":
+            raise TypeError(f"`check_proposals` must be True, False or 'strict', but got "
+                            f"{type(check_proposals).__name__} {check_proposals!r}. Pass False to score every "
+                            "proposal the prompt model writes, 'strict' to turn down questions too.")
         self.check_proposals = check_proposals
         self.metric = metric
         self.task_model = task_model
@@ -737,8 +747,8 @@ class ICLOptimizer(Teleprompter):
         params, temperature = self._params(), self.prompt_temperature(self.prompt_model)
         if "temperature" in params:  # the report says the temperature used, not the setting (None: see above)
             params["temperature"] = temperature
-        if not self.check_proposals:  # changes which proposals are scored: a resume must not mix the two
-            params["check_proposals"] = False
+        if self.check_proposals is not True:  # changes which proposals are scored: a resume must not mix them
+            params["check_proposals"] = self.check_proposals
         report = OptimizationReport(optimizer=type(self).__name__, params=params, seed=self.seed,
                                     budget=self.budget,
                                     fingerprint=run_fingerprint(student, trainset, valset, task, prompt, self.metric,

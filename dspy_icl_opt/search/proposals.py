@@ -14,6 +14,15 @@ costs a share of the task-call budget, and one of them led the search set (0.706
 ``None``. The checks are deterministic and cheap (no LM call), so a strategy can use them as the
 validator of its meta-prompt answers: a rejected answer is counted as unusable and asked again.
 
+Two of the checks name a prompt that is not worded as an instruction but may still work as one: a question
+("... what is the date today in MM/DD/YYYY?") and a text about one example's names or numbers. They are
+:data:`LENIENT_PROBLEMS`: the strategies score such proposals (counted apart in the report) unless built with
+``check_proposals="strict"``. Measured on date_understanding (0.5B task model, 100 test examples per split):
+GEPA's chosen instruction on split 1, "Today is the second day of the third month of 1966, what is the date
+today in MM/DD/YYYY?", scored 0.37 against the program as given's 0.28 on split 0 and 0.37 against 0.22 on
+split 1, and APO's question about one example 0.38 against 0.31 on split 0, while no instruction written by
+hand gained more than 0.05 there; turning them down also cost OPRO 11 of its 40 prompt calls on split 1.
+
 "Copies an example" counts only text that belongs to a few examples: wording that most examples
 share (a task's own instruction repeated in every question, such as disambiguation_qa's "explain the
 antecedent of the pronoun ...") is the task's, and a proposal may use it.
@@ -39,6 +48,10 @@ SHARED_SHARE = 0.2
 SPECIFIC_WORDS_SHARE = 0.35
 #: ... and at least this many such words.
 SPECIFIC_WORDS_MIN = 3
+QUESTION = "a question, not an instruction"
+ABOUT_ONE_EXAMPLE = "about one example (its names or numbers), not the task"
+#: What :meth:`ProposalChecker.problem` names but a strategy scores anyway unless its check is strict (see above).
+LENIENT_PROBLEMS = frozenset({QUESTION, ABOUT_ONE_EXAMPLE})
 _STOPWORDS = frozenset(
     "the a an and or of to in on for with is are was be it its this that these those as at by from if then "
     "what which who when how not no do does your you each one any all their there".split())
@@ -154,7 +167,8 @@ class ProposalChecker:
         return re.sub(r"\n{3,}", "\n\n", "\n".join(kept_lines)).strip()
 
     def problem(self, text: str, *, allowed: str = "", meta_texts: Iterable[str] = ()) -> str | None:
-        """Why ``text`` is not an instruction, or ``None`` when it may be one.
+        """Why ``text`` is not an instruction, or ``None`` when it may be one. A text with one of the
+        :data:`LENIENT_PROBLEMS` has no other problem.
 
         ``allowed``: text the proposal may repeat freely (the instruction it rewrites: a paraphrase of a
         start that quotes an example is not the proposer's copy). ``meta_texts``: the asking meta-prompt's
@@ -171,9 +185,6 @@ class ProposalChecker:
         head, colon, _ = text.partition(":")
         if colon and head.strip().lower() in self._fields:
             return "a field's value, not an instruction"
-        stripped = text.rstrip()
-        if stripped.endswith("?") and len(_SENTENCE_END.findall(stripped[:-1])) == 0:
-            return "a question, not an instruction"
         all_grams = _ngrams(words)
         total = len(all_grams)  # a text under NGRAM words has none: only the word check below applies
         own = _words(allowed)
@@ -187,9 +198,13 @@ class ProposalChecker:
             return "copies the meta-prompt"
         if _asks_for_instruction(text, allowed):
             return "asks for an instruction (the meta-prompt's request), not the task"
+        # the lenient problems last, so that a text with a problem of both kinds is named by the other one
+        stripped = text.rstrip()
+        if stripped.endswith("?") and len(_SENTENCE_END.findall(stripped[:-1])) == 0:
+            return QUESTION
         own_words = set(own)
         content = [w for w in words if w not in _STOPWORDS and w not in own_words and (len(w) > 2 or w.isdigit())]
         specific = [w for w in content if w in self._specific_words or (w.isdigit() and len(w) >= 2)]
         if len(specific) >= SPECIFIC_WORDS_MIN and len(specific) >= SPECIFIC_WORDS_SHARE * len(content):
-            return "about one example (its names or numbers), not the task"
+            return ABOUT_ONE_EXAMPLE
         return None

@@ -338,21 +338,27 @@ def echoing_responder(rule: str):
     return respond
 
 
-@pytest.mark.parametrize("check", [True, False])
-def test_a_paraphrase_that_is_not_an_instruction_is_asked_again_then_dropped(check):
+@pytest.mark.parametrize("check", ["strict", True, False])
+def test_a_paraphrase_that_is_a_question_is_scored_unless_the_check_is_strict(check):
     task = planted_rule_task("vowels", train_size=16, val_size=6, seed=0)
     apo, _ = run_apo(task, prompt_lm=scripted_lm(echoing_responder(task.rule)), check_proposals=check,
                      max_retries=1)
     report = apo.report_
     scored = [instruction_of(c) for c in report.candidates]
     stats = report.extra["meta_prompts"]["Paraphrase"]
-    if check:
+    if check == "strict":  # turned down, asked again, dropped
         assert "What is the answer to this word?" not in scored
         assert stats["usable"] == 0 and stats["unusable"] == stats["answers"] > 0
         assert report.extra["rejected_proposals"] == {"a question, not an instruction": stats["answers"]}
-        assert report.params.get("check_proposals", True) is True
+        assert "admitted_proposals" not in report.extra and report.params["check_proposals"] == "strict"
+    elif check:  # a question can be the best prompt: scored, and counted apart
+        assert "What is the answer to this word?" in scored
+        assert stats["usable"] == stats["answers"] > 0 and "rejected_proposals" not in report.extra
+        assert report.extra["admitted_proposals"] == {"a question, not an instruction": stats["answers"]}
+        assert "check_proposals" not in report.params
     else:
         assert "What is the answer to this word?" in scored
-        assert "rejected_proposals" not in report.extra and report.params["check_proposals"] is False
+        assert "rejected_proposals" not in report.extra and "admitted_proposals" not in report.extra
+        assert report.params["check_proposals"] is False
     # the edits are instructions either way, and the planted rule still wins
     assert any(task.rule in text.lower() for text in scored)

@@ -359,7 +359,7 @@ def test_task_calls_a_prompt_cap_left_unspent_validate_on_unused_training_exampl
     from dspy_icl_opt.testing import planted_rule_task
 
     big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
-    opro = OPRO(big.metric, task_model=big.lm(), prompt_model=_mostly_questions(),
+    opro = OPRO(big.metric, task_model=big.lm(), prompt_model=_mostly_refusals(),
                 budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
     opro.compile(big.program(), trainset=big.train, valset=big.val)
     report = opro.report_
@@ -375,16 +375,17 @@ def test_task_calls_a_prompt_cap_left_unspent_validate_on_unused_training_exampl
     assert start.n_scored["val"] == choice["examples"]
 
 
-def _mostly_questions():
+def _mostly_refusals():
     calls = iter(range(10_000))
     from tests.contract.suite import rule_stating_responder
 
     respond = rule_stating_responder("guess")
 
-    def proposer(request):  # three answers in four are a question, which the proposal check turns down
+    def proposer(request):  # three answers in four are a refusal, which the proposal check turns down
         n = next(calls)
         reply = respond(request).replace("guess", f"guess {n}")
-        return reply if n % 4 == 0 else re.sub(r"<INS>.*?</INS>", f"<INS>Which word comes {n}th?</INS>", reply)
+        return reply if n % 4 == 0 else re.sub(r"<INS>.*?</INS>", f"<INS>I'm sorry, I cannot write that ({n}).</INS>",
+                                               reply)
 
     return scripted_lm(proposer)
 
@@ -395,7 +396,7 @@ def test_calls_left_after_the_finalists_validate_the_next_best_candidates(capped
 
     big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
     budget = {"max_task_calls": 400, "max_prompt_calls": 12} if capped else {"max_prompt_calls": 12}
-    opro = OPRO(big.metric, task_model=big.lm(), prompt_model=_mostly_questions(), budget=budget,
+    opro = OPRO(big.metric, task_model=big.lm(), prompt_model=_mostly_refusals(), budget=budget,
                 final_candidates=2, progress=False)
     opro.compile(big.program(), trainset=big.train, valset=big.val)
     report = opro.report_

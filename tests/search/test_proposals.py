@@ -6,7 +6,13 @@ from __future__ import annotations
 import dspy
 import pytest
 
-from dspy_icl_opt.search.proposals import ProposalChecker, clean_proposal
+from dspy_icl_opt.search.proposals import (
+    ABOUT_ONE_EXAMPLE,
+    LENIENT_PROBLEMS,
+    QUESTION,
+    ProposalChecker,
+    clean_proposal,
+)
 
 # every question carries the task's own wording (as disambiguation_qa's do); the sentences differ
 TASK_WORDING = ("In the following sentences, explain the antecedent of the pronoun (which thing the pronoun "
@@ -172,3 +178,23 @@ def test_a_sentence_asking_for_an_instruction_is_the_request_echoed(checker, req
 def test_instructions_that_mention_instructions_are_still_instructions(checker, text):
     assert checker.problem(text) is None
     assert checker.without_meta_sentences(text) == text
+
+
+def test_the_lenient_problems_are_named_only_when_nothing_else_is_wrong(checker):
+    assert LENIENT_PROBLEMS == {QUESTION, ABOUT_ONE_EXAMPLE}
+    # a question that is a training example copied back is a copy (a strategy turns it down), not a question
+    copied = "Sentence: The librarian helped the CEO 2 times because they asked on day 10?"
+    assert checker.problem(copied) == "copies a training example"
+    # what GEPA chose on date_understanding split 1: a question, scored by the strategies unless strict
+    assert checker.problem("Today is the second day of the third month, what is the date today in MM/DD/YYYY?") \
+        == QUESTION
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None, "Strict"])
+def test_check_proposals_takes_true_false_or_strict(bad):
+    from dspy_icl_opt.optimizers.opro import OPRO
+
+    for good in (True, False, "strict"):
+        assert OPRO(metric=lambda e, p, t=None: 1.0, check_proposals=good).check_proposals == good
+    with pytest.raises(TypeError, match="`check_proposals` must be True, False or 'strict'"):
+        OPRO(metric=lambda e, p, t=None: 1.0, check_proposals=bad)

@@ -346,18 +346,18 @@ class SearchContext:
     # ------------------------------------------------------------------------- prompt model
     def proposal_problem(self, text: str, *, allowed: str = "", signature: type[dspy.Signature] | None = None,
                          record: bool = False) -> str | None:
-        """Why a proposed instruction is not one (a copied example, the meta-prompt echoed, a bare answer), or
-        ``None``; see :mod:`dspy_icl_opt.search.proposals`. Always ``None`` when the optimizer was built with
-        ``check_proposals=False``; a question or a text about one example is a problem only with
+        """Why a proposed instruction is not one (the meta-prompt echoed, a bare answer, a refusal), or ``None``;
+        see :mod:`dspy_icl_opt.search.proposals`. Always ``None`` when the optimizer was built with
+        ``check_proposals=False``; a copied example, a question or a text about one example is a problem only with
         ``check_proposals="strict"``. ``record``: count the reason in the report (``extra["rejected_proposals"]``,
-        and the admitted questions and texts about one example in ``extra["admitted_proposals"]``); a strategy
-        records once per answer, in its validator."""
+        and the admitted copies, questions and texts about one example in ``extra["admitted_proposals"]``); a
+        strategy records once per answer, in its validator."""
         checker = self._proposal_checker()
         if checker is None:
             return None
         reason = checker.problem(text, allowed=allowed, meta_texts=_meta_texts(signature))
         if reason in LENIENT_PROBLEMS and self.optimizer.check_proposals != "strict":
-            if record:  # scored anyway: a question can be the best prompt (see the proposals module)
+            if record:  # scored anyway: a question or a copy can be the best prompt (see the proposals module)
                 counts = self.report.extra.setdefault("admitted_proposals", {})
                 counts[reason] = counts.get(reason, 0) + 1
             return None
@@ -562,11 +562,11 @@ class ICLOptimizer(Teleprompter):
         failure_score: the score of an example whose program or metric raised.
         max_retries: extra tries for an unparsable or failed prompt-model answer.
         progress: show progress bars.
-        check_proposals: reject a proposed instruction that is not one before it costs task calls (an
-            example copied back, the meta-prompt echoed, a bare answer, a refusal: see
-            :mod:`dspy_icl_opt.search.proposals`); rejected answers count as unusable and are asked again.
-            A question or a text about one example is scored (it can be the best prompt a small model
-            answers to) and counted in the report; ``"strict"`` rejects those too, ``False`` checks nothing.
+        check_proposals: reject a proposed instruction that cannot be one before it costs task calls (the
+            meta-prompt echoed, a bare answer, code, a refusal: see :mod:`dspy_icl_opt.search.proposals`);
+            rejected answers count as unusable and are asked again. An example copied back, a question or a
+            text about one example is scored (it can be the best prompt a small model answers to) and counted
+            in the report; ``"strict"`` rejects those too, ``False`` checks nothing.
     """
 
     #: The temperature a strategy with a ``temperature`` setting samples its prompt model at when neither that

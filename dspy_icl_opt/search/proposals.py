@@ -7,21 +7,24 @@ question about one example ("If Jane's appointment will be 3 days later, what is
 a bare answer ("02/14/2026"), the meta-prompt's own instruction ("Rewrite an instruction: keep its
 meaning ..."), or DSPy's field markers left in the text ("[[ ## instruction ## ]]"). Each one then
 costs a share of the task-call budget, and one of them led the search set (0.706 against the start's
-0.471 on 17 examples) before it was level on validation.
+0.471 on 17 examples) before it was level on validation (on 100 test examples it was 0.07 above the start:
+the questions and copies are scored since, see below).
 
 :func:`clean_proposal` removes what is never part of an instruction (field markers); then
 :func:`instruction_problem` names what makes the text something other than an instruction, or returns
 ``None``. The checks are deterministic and cheap (no LM call), so a strategy can use them as the
 validator of its meta-prompt answers: a rejected answer is counted as unusable and asked again.
 
-Two of the checks name a prompt that is not worded as an instruction but may still work as one: a question
-("... what is the date today in MM/DD/YYYY?") and a text about one example's names or numbers. They are
+Three of the checks name a prompt that is not worded as an instruction but may still work as one: a
+training example's text copied back, a question, and a text about one example's names or numbers. They are
 :data:`LENIENT_PROBLEMS`: the strategies score such proposals (counted apart in the report) unless built with
 ``check_proposals="strict"``. Measured on date_understanding (0.5B task model, 100 test examples per split):
 GEPA's chosen instruction on split 1, "Today is the second day of the third month of 1966, what is the date
-today in MM/DD/YYYY?", scored 0.37 against the program as given's 0.28 on split 0 and 0.37 against 0.22 on
-split 1, and APO's question about one example 0.38 against 0.31 on split 0, while no instruction written by
-hand gained more than 0.05 there; turning them down also cost OPRO 11 of its 40 prompt calls on split 1.
+today in MM/DD/YYYY?" (a question, and on that split a copy of two training examples' wording), scored 0.37
+against the program as given's 0.28 on split 0 and 0.37 against 0.22 on split 1, and APO's question about one
+example 0.38 against 0.31 on split 0, while no instruction written by hand gained more than 0.05 there; turning
+such answers down cost OPRO 14 of its 40 prompt calls on split 1. What cannot be a prompt for the task (a bare
+answer, code, a refusal, a field's value, the meta-prompt's own wording or request) is always turned down.
 
 "Copies an example" counts only text that belongs to a few examples: wording that most examples
 share (a task's own instruction repeated in every question, such as disambiguation_qa's "explain the
@@ -48,10 +51,11 @@ SHARED_SHARE = 0.2
 SPECIFIC_WORDS_SHARE = 0.35
 #: ... and at least this many such words.
 SPECIFIC_WORDS_MIN = 3
+COPIES_EXAMPLE = "copies a training example"
 QUESTION = "a question, not an instruction"
 ABOUT_ONE_EXAMPLE = "about one example (its names or numbers), not the task"
 #: What :meth:`ProposalChecker.problem` names but a strategy scores anyway unless its check is strict (see above).
-LENIENT_PROBLEMS = frozenset({QUESTION, ABOUT_ONE_EXAMPLE})
+LENIENT_PROBLEMS = frozenset({COPIES_EXAMPLE, QUESTION, ABOUT_ONE_EXAMPLE})
 _STOPWORDS = frozenset(
     "the a an and or of to in on for with is are was be it its this that these those as at by from if then "
     "what which who when how not no do does your you each one any all their there".split())
@@ -189,8 +193,6 @@ class ProposalChecker:
         total = len(all_grams)  # a text under NGRAM words has none: only the word check below applies
         own = _words(allowed)
         grams = all_grams - _ngrams(own)
-        if grams and len(grams & self._specific) >= COPIED_SHARE * total:
-            return "copies a training example"
         meta = set(self._meta)
         for extra in meta_texts:
             meta |= _ngrams(_words(extra))
@@ -199,6 +201,8 @@ class ProposalChecker:
         if _asks_for_instruction(text, allowed):
             return "asks for an instruction (the meta-prompt's request), not the task"
         # the lenient problems last, so that a text with a problem of both kinds is named by the other one
+        if grams and len(grams & self._specific) >= COPIED_SHARE * total:
+            return COPIES_EXAMPLE
         stripped = text.rstrip()
         if stripped.endswith("?") and len(_SENTENCE_END.findall(stripped[:-1])) == 0:
             return QUESTION

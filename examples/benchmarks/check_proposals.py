@@ -3,7 +3,9 @@
 Reads the program states a row's search scored (``candidate_states``, written by ``bench_optimizers.py``)
 and runs :class:`dspy_icl_opt.search.proposals.ProposalChecker` on each instruction, against the row's
 training examples and the meta-prompts of the strategy's module, as the strategies now do before a
-proposal costs task calls. Rows written before the check existed show what it would have turned down.
+proposal costs task calls. Rows written before the check existed show what it would have turned down. A
+question or a text about one example is named with "(scored unless check_proposals='strict')": the strategies
+score those by default.
 
 Run:
     python examples/benchmarks/check_proposals.py --rows examples/benchmarks/results/run_k_date_understanding_seed0.jsonl \
@@ -21,7 +23,7 @@ from pathlib import Path
 import dspy
 from dspy_icl_opt.programs import load_task, make_program
 
-from dspy_icl_opt.search.proposals import ProposalChecker
+from dspy_icl_opt.search.proposals import LENIENT_PROBLEMS, ProposalChecker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from instruction_ceiling import find_row  # noqa: E402
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, state in candidate["state"].items():
             text = state["instruction"]
             verdict = checker.problem(text) or "an instruction"
+            if verdict in LENIENT_PROBLEMS:
+                verdict += " (scored unless check_proposals='strict')"
             verdicts[verdict] += 1
             shown = " ".join(text.split())[:90].replace("|", "/")
             print(f"| {candidate['id']} | {candidate['origin']} | {verdict} | {shown} |")

@@ -364,13 +364,18 @@ def test_check_proposals_names_what_is_not_an_instruction(tmp_path, capsys):
               {"id": 1, "step": 1, "origin": "edit", "state": {"p": {"instruction": "02/14/2026"}}, "scores": {}},
               {"id": 2, "step": 1, "origin": "paraphrase",
                "state": {"p": {"instruction": "Work out the date, then reply with the matching option."}},
-               "scores": {}}]
+               "scores": {}},
+              {"id": 3, "step": 2, "origin": "edit",
+               "state": {"p": {"instruction": "What is the date today in MM/DD/YYYY?"}}, "scores": {}}]
     rows = write(tmp_path / "rows.jsonl", [row("date_understanding", "apo", 0.31, 392, seed=0,
                                                candidate_states=states)])
     assert check.main(["--rows", rows, "--task", "date_understanding", "--method", "apo", "--seed", "0"]) == 0
     printed = capsys.readouterr().out
     assert "| 1 | edit | a bare answer, not an instruction | 02/14/2026 |" in printed
-    assert "2 proposals: a bare answer, not an instruction 1, an instruction 1" in printed
+    # on this split the phrase is a few training examples' own: a copy, which the strategies score by default
+    assert ("| 3 | edit | copies a training example (scored unless check_proposals='strict') | "
+            "What is the date today in MM/DD/YYYY? |") in printed
+    assert "3 proposals: a bare answer, not an instruction 1, an instruction 1, copies a training example" in printed
     assert any("Reword an instruction" in text for text in check.meta_texts("apo"))
     assert check.meta_texts("opro+soft/OPRO") and check.meta_texts("uncompiled") == []
 

@@ -8,6 +8,7 @@ import pytest
 
 from dspy_icl_opt.search.proposals import (
     ABOUT_ONE_EXAMPLE,
+    COPIES_EXAMPLE,
     LENIENT_PROBLEMS,
     QUESTION,
     ProposalChecker,
@@ -181,8 +182,11 @@ def test_instructions_that_mention_instructions_are_still_instructions(checker, 
 
 
 def test_the_lenient_problems_are_named_only_when_nothing_else_is_wrong(checker):
-    assert LENIENT_PROBLEMS == {QUESTION, ABOUT_ONE_EXAMPLE}
-    # a question that is a training example copied back is a copy (a strategy turns it down), not a question
+    assert LENIENT_PROBLEMS == {COPIES_EXAMPLE, QUESTION, ABOUT_ONE_EXAMPLE}
+    # a question that is a training example copied back is named a copy
+    # the meta-prompt's wording is named before a copied example, which the strategies score
+    assert checker.problem(META + " The librarian helped the CEO 2 times because they asked on day 10.",
+                           meta_texts=[META]) == "copies the meta-prompt"
     copied = "Sentence: The librarian helped the CEO 2 times because they asked on day 10?"
     assert checker.problem(copied) == "copies a training example"
     # what GEPA chose on date_understanding split 1: a question, scored by the strategies unless strict

@@ -289,6 +289,8 @@ def _search_figures(report: Any) -> dict[str, Any]:
             "meta_prompts": report.extra.get("meta_prompts", {}),
             # answers that were not instructions (search/proposals.py), by reason
             "rejected_proposals": report.extra.get("rejected_proposals", {}),
+            # copies, questions and texts about one example, scored since 7bd4ced (check_proposals=True)
+            "admitted_proposals": report.extra.get("admitted_proposals", {}),
             # APE / Iterative-APE: prompt calls of each proposing phase, and whether its share cut it short
             "proposing": report.extra.get("proposing"),
             # ABO: prompt calls spent writing demonstrations (retries included)

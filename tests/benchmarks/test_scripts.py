@@ -213,10 +213,13 @@ def test_a_row_shows_each_finalists_search_score_beside_its_validation():
     choice = {"start": 0, "chosen": 0, "examples": 40, "contenders": [
         {"candidate": 0, "val": 0.3, "gain": 0.0, "se": 0.0, "passed": False},
         {"candidate": 7, "val": 0.275, "gain": -0.025, "se": 0.04, "passed": False}]}
-    report = types.SimpleNamespace(steps_completed=6, extra={"plan": {"steps": 5}, "final_choice": choice},
+    admitted = {"a question, not an instruction": 3}
+    report = types.SimpleNamespace(steps_completed=6, extra={"plan": {"steps": 5}, "final_choice": choice,
+                                                             "admitted_proposals": admitted},
                                    candidates=[start, best], counters=None)
     figures = bench._search_figures(report)
     assert figures["kept_start"] is True
+    assert figures["admitted_proposals"] == admitted and figures["rejected_proposals"] == {}
     assert figures["final_choice"] == [
         {"candidate": 0, "origin": "seed", "search": {"train": 0.4375}, "val": 0.3, "gain": 0.0, "se": 0.0,
          "passed": False},

@@ -592,7 +592,7 @@ class ICLOptimizer(Teleprompter):
         if not isinstance(check_proposals, bool) and check_proposals != "strict":
             raise TypeError(f"`check_proposals` must be True, False or 'strict', but got "
                             f"{type(check_proposals).__name__} {check_proposals!r}. Pass False to score every "
-                            "proposal the prompt model writes, 'strict' to turn down questions too.")
+                            "proposal the prompt model writes, 'strict' to turn down copied examples and questions too.")
         self.check_proposals = check_proposals
         self.metric = metric
         self.task_model = task_model

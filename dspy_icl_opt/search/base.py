@@ -356,16 +356,13 @@ class SearchContext:
         if checker is None:
             return None
         reason = checker.problem(text, allowed=allowed, meta_texts=_meta_texts(signature))
-        if reason in LENIENT_PROBLEMS and self.optimizer.check_proposals != "strict":
-            if record:  # scored anyway: a question or a copy can be the best prompt (see the proposals module)
-                counts = self.report.extra.setdefault("admitted_proposals", {})
-                counts[reason] = counts.get(reason, 0) + 1
-            return None
+        # scored anyway unless strict: a question or a copy can be the best prompt (see the proposals module)
+        admitted = reason in LENIENT_PROBLEMS and self.optimizer.check_proposals != "strict"
         if reason is not None and record:
-            counts = self.report.extra.setdefault("rejected_proposals", {})
+            counts = self.report.extra.setdefault("admitted_proposals" if admitted else "rejected_proposals", {})
             counts[reason] = counts.get(reason, 0) + 1
-            logger.debug("Proposal rejected ({}): {!r}", reason, text[:200])
-        return reason
+            logger.debug("Proposal {} ({}): {!r}", "admitted" if admitted else "rejected", reason, text[:200])
+        return None if admitted else reason
 
     def shown_example(self, example: dspy.Example) -> dspy.Example:
         """``example`` as the meta-prompts show it: its inputs and the labels the program writes (see

@@ -11,7 +11,7 @@ costs a share of the task-call budget, and one of them led the search set (0.706
 the questions and copies are scored since, see below).
 
 :func:`clean_proposal` removes what is never part of an instruction (field markers); then
-:func:`instruction_problem` names what makes the text something other than an instruction, or returns
+:meth:`ProposalChecker.problem` names what makes the text something other than an instruction, or returns
 ``None``. The checks are deterministic and cheap (no LM call), so a strategy can use them as the
 validator of its meta-prompt answers: a rejected answer is counted as unusable and asked again.
 

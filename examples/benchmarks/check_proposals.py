@@ -4,8 +4,8 @@ Reads the program states a row's search scored (``candidate_states``, written by
 and runs :class:`dspy_icl_opt.search.proposals.ProposalChecker` on each instruction, against the row's
 training examples and the meta-prompts of the strategy's module, as the strategies now do before a
 proposal costs task calls. Rows written before the check existed show what it would have turned down. A
-question or a text about one example is named with "(scored unless check_proposals='strict')": the strategies
-score those by default.
+copied example, a question or a text about one example is named with "(scored unless check_proposals='strict')":
+the strategies score those by default.
 
 Run:
     python examples/benchmarks/check_proposals.py --rows examples/benchmarks/results/run_k_date_understanding_seed0.jsonl \

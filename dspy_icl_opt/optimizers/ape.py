@@ -375,13 +375,12 @@ class APE(ICLOptimizer):
                 # the program's own instruction and fields may be about writing instructions: its wording is not
                 # the meta-prompt's request echoed
                 allowed = f"{ctx.initial_state[name].instruction}\n{run.tasks[name]}"
-                answer = self._ask(ctx, run, InduceInstruction, f"ape/generate/subset{j}/sample{k}", max_attempts=room,
-                                   allowed=allowed, task=run.tasks[name], demonstrations=demos)
-                if answer is None:
+                text = self._ask(ctx, run, InduceInstruction, f"ape/generate/subset{j}/sample{k}", max_attempts=room,
+                                 allowed=allowed, task=run.tasks[name], demonstrations=demos)
+                if text is None:
                     if run.prompt_budget_spent:
                         return records
                     continue
-                text = _read(ctx, answer.instruction, InduceInstruction, allowed)
                 record = self._candidate(ctx, run, ctx.initial_state, name, text, step=1, origin="generation",
                                          parent=None, meta={"subset": j, "sample": k, "demos": indices})
                 records += [record] if record is not None else []
@@ -405,30 +404,39 @@ class APE(ICLOptimizer):
             name = parent.predictor or run.names[i % len(run.names)]
             state = ctx.state_of(parent)
             key = f"ape/iteration{t}/parent{parent.id}/variation{i // len(kept)}"
-            answer = self._ask(ctx, run, VaryInstruction, key, max_attempts=room, instruction=state[name].instruction)
-            if answer is None:
+            text = self._ask(ctx, run, VaryInstruction, key, max_attempts=room, instruction=state[name].instruction)
+            if text is None:
                 if run.prompt_budget_spent:
                     break
                 continue
-            text = _read(ctx, answer.variation, VaryInstruction, state[name].instruction)
             record = self._candidate(ctx, run, state, name, text, step=t, origin="variation", parent=parent.id,
                                      meta={"iteration": t})
             records += [record] if record is not None else []
         return records
 
     def _ask(self, ctx: SearchContext, run: _Run, signature: type[dspy.Signature], key: str, *,
-             max_attempts: int | None = None, allowed: str | None = None, **inputs: str) -> dspy.Prediction | None:
-        """One answer, or ``None`` (unusable, or the prompt budget ended: ``run.prompt_budget_spent``).
+             max_attempts: int | None = None, allowed: str | None = None, **inputs: str) -> str | None:
+        """The instruction one answer holds, or ``None`` (unusable, or the prompt budget ended:
+        ``run.prompt_budget_spent``).
 
         An answer is usable when it reads as an instruction (:func:`read_instruction`) that is one
-        (:meth:`SearchContext.read_proposal`: not a demonstration copied back, not the meta-prompt). ``allowed``:
-        wording it may repeat (default: the instruction a variation varies)."""
+        (:meth:`SearchContext.read_proposal`: not a demonstration copied back, not the meta-prompt); the text
+        returned is the one that check read, without DSPy's markers and the sentences restating the meta-prompt.
+        ``allowed``: wording it may repeat (default: the instruction a variation varies)."""
         output = next(iter(signature.output_fields))
         allowed = inputs.get("instruction", "") if allowed is None else allowed
+        read: dict[int, str | None] = {}  # the answers the validator read (a journal replay skips the validator)
+
+        def reading(answer: dspy.Prediction, record: bool = False) -> str | None:
+            text = read.get(id(answer))
+            if id(answer) not in read:
+                text = read[id(answer)] = ctx.read_proposal(
+                    read_instruction(clean_proposal(str(answer[output] or ""))), signature, allowed=allowed,
+                    record=record)
+            return text
 
         def usable(answer: dspy.Prediction) -> bool:
-            text = read_instruction(clean_proposal(str(answer[output] or "")))
-            return ctx.read_proposal(text, signature, allowed=allowed, record=True) is not None
+            return reading(answer, record=True) is not None
 
         try:
             answer = ctx.ask(signature, key=key, temperature=ctx.temperature, validate=usable,
@@ -438,15 +446,16 @@ class APE(ICLOptimizer):
                 raise
             run.prompt_budget_spent = exc
             return None
-        if answer is None:
+        text = None if answer is None else reading(answer)  # replayed: read now (None if the check changed since)
+        if text is None:
             run.dropped["unusable"] += 1
             if max_attempts is not None and max_attempts <= self.max_retries:
                 run.cut_short = True  # its retries were cut short by the phase's share of the calls
-        return answer
+        return text
 
     def _candidate(self, ctx: SearchContext, run: _Run, base: ProgramState, name: str, text: str, *, step: int,
                    origin: str, parent: int | None, meta: dict[str, Any]) -> CandidateRecord | None:
-        """A new candidate with ``name``'s instruction ``text`` (read by :func:`_read`); ``None`` for a duplicate."""
+        """A new candidate with ``name``'s instruction ``text`` (as :meth:`_ask` read it); ``None`` for a duplicate."""
         key = _norm(name, text)
         if key in run.seen:
             run.dropped["duplicate"] += 1
@@ -615,10 +624,3 @@ def _prompt_room(ctx: SearchContext, reserve: int) -> int | None:
 
 def _norm(name: str, text: str) -> str:
     return f"{name}\x1f{normalize_instruction(text)}"
-
-
-def _read(ctx: SearchContext, answer: str, signature: type[dspy.Signature], allowed: str = "") -> str:
-    """The instruction an answer holds: read (:func:`read_instruction`), without DSPy's markers and without the
-    sentences that restate the meta-prompt (:meth:`SearchContext.without_meta_sentences`; ``allowed``: the
-    instruction a variation rewrites)."""
-    return ctx.without_meta_sentences(read_instruction(clean_proposal(answer)), signature, allowed=allowed)

@@ -39,6 +39,7 @@ from dspy.lm15 import (
     Request,
     Response,
     TextPart,
+    TokenLogprob,
     response_to_events,
 )
 
@@ -46,6 +47,7 @@ from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int
 from dspy_icl_opt.lm.errors import LlamaContextOverflowError
 from dspy_icl_opt.lm.llama_messages import (
+    CONTINUATION,
     PROVIDER_NAME,
     derive_seed,
     finish_reason,
@@ -121,6 +123,9 @@ class LlamaCppEngine:
         >>> dspy.Predict("question -> answer", lm=lm)(question="2+2?").answer  # doctest: +SKIP
         '4'
     """
+
+    #: ``complete`` scores given text (``Config.extensions={"score_continuation": text}``).
+    supports_continuation_scoring = True
 
     def __init__(
         self,
@@ -247,6 +252,8 @@ class LlamaCppEngine:
                     "response_format": response_format(config.response_format)}
         kwargs.update({key: value for key, value in optional.items() if value is not None})
         for key, value in (config.extensions or {}).items():
+            if key == CONTINUATION:
+                continue  # read by complete()
             if key in PASSTHROUGH_EXTENSIONS:
                 kwargs[key] = value
             else:
@@ -271,6 +278,11 @@ class LlamaCppEngine:
     def complete(self, request: Request) -> Response:
         """Run one chat completion for ``request`` (one candidate).
 
+        With ``Config.extensions={"score_continuation": text}`` the model does not sample: it is made to write
+        ``text`` after the prompt (one decoding step per token, the prompt formatted exactly as for a
+        generation), and the response carries ``text`` with each token's log-probability under the model
+        (``Response.logprobs``), so a caller can score an answer it did not write (APE's likelihood scoring).
+
         Args:
             request: The canonical DSPy request.
 
@@ -288,6 +300,9 @@ class LlamaCppEngine:
         """
         validate_request(request)
         kwargs = self.completion_kwargs(request)
+        continuation = (request.config.extensions or {}).get(CONTINUATION)
+        if continuation is not None:
+            return self._score_continuation(request, kwargs, continuation)
         shared = self._model()
         with shared.lock:
             result = self._create(shared.llama, kwargs)
@@ -300,6 +315,31 @@ class LlamaCppEngine:
             finish_reason=finish_reason(choice),
             usage=usage_of(result),
         )
+
+    def _score_continuation(self, request: Request, kwargs: dict[str, Any], text: Any) -> Response:
+        """The response to a request that scores ``text`` (see :meth:`complete`)."""
+        if not isinstance(text, str) or not text:
+            raise InvalidRequestError(f"`{CONTINUATION}` must be a non-empty string, but got {text!r}.",
+                                      provider=PROVIDER_NAME)
+        shared = self._model()
+        with shared.lock:
+            llama = shared.llama
+            tokens = list(llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+            forced = _ForcedTokens(tokens, eos=llama.token_eos())
+            kwargs = {**kwargs, "temperature": 0.0, "max_tokens": len(tokens), "stop": [],
+                      "logits_processor": [forced]}
+            kwargs.pop("response_format", None)
+            result = self._create(llama, kwargs)
+            pieces = [llama.detokenize([token], special=True).decode("utf-8", errors="replace") for token in tokens]
+        if len(forced.logprobs) != len(tokens):
+            raise InvalidRequestError(
+                f"The text to score ends the model's turn before its last token (the model stopped after "
+                f"{len(forced.logprobs)} of its {len(tokens)} tokens); score text that holds no end-of-turn token "
+                "before its end.", provider=PROVIDER_NAME)
+        logprobs = tuple(TokenLogprob(token=piece, logprob=value, token_id=token)
+                         for piece, value, token in zip(pieces, forced.logprobs, tokens))
+        return Response(id=result.get("id"), model=request.model, message=Message.assistant((TextPart(text),)),
+                        finish_reason="stop", usage=usage_of(result), logprobs=logprobs)
 
     def stream(self, request: Request):
         """Return the stream events of one completed response (no token streaming).
@@ -473,3 +513,24 @@ class AsyncLlamaCppEngine:
             >>> engine = AsyncLlamaCppEngine.load_state(saved_state)  # doctest: +SKIP
         """
         return cls(LlamaCppEngine.load_state(state))
+
+
+class _ForcedTokens:
+    """A llama.cpp logits processor that makes greedy decoding write ``tokens`` and records each one's
+    log-probability under the model's own logits (before anything else in the sampler chain)."""
+
+    def __init__(self, tokens: list[int], *, eos: int) -> None:
+        self.tokens, self.eos = tokens, eos
+        self.logprobs: list[float] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        step = len(self.logprobs)
+        token = self.tokens[step] if step < len(self.tokens) else self.eos
+        logits = np.asarray(scores, dtype=np.float64)
+        top = float(logits.max())
+        self.logprobs.append(float(logits[token] - top - np.log(np.exp(logits - top).sum())))
+        forced = np.full_like(scores, -np.inf)
+        forced[token] = 0.0
+        return forced

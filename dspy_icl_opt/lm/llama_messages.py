@@ -14,6 +14,9 @@ PART_SEPARATOR = "\n"
 SYSTEM_JOIN = "\n\n"
 LENGTH_FINISH_REASON = "length"
 STOP_FINISH_REASON = "stop"
+#: The ``Config.extensions`` key of a request that scores given text instead of sampling: an engine with
+#: ``supports_continuation_scoring`` makes the model write that text and returns its tokens' log-probabilities.
+CONTINUATION = "score_continuation"
 
 
 def _parts_text(parts: tuple[Any, ...], *, where: str) -> str:

@@ -31,12 +31,13 @@ from dspy_icl_opt.optimizers.ape_prompts import (
 from dspy_icl_opt.optimizers.opro_prompts import normalize_instruction
 from dspy_icl_opt.search.bandits import BANDITS, SelectionResult, make_bandit
 from dspy_icl_opt.search.base import ICLOptimizer, SearchContext, stable_int
-from dspy_icl_opt.search.budget import BudgetExhausted, unwrap_lm
+from dspy_icl_opt.search.budget import BudgetExhausted
 from dspy_icl_opt.search.grounding import format_instruction, output_spaces
 from dspy_icl_opt.search.plan import Phase, SearchPlan, Shape, plan_validation, validation_calls
 from dspy_icl_opt.search.proposals import clean_proposal
 from dspy_icl_opt.search.report import CandidateRecord
-from dspy_icl_opt.search.scorer import Metric
+from dspy_icl_opt.search.likelihood import LikelihoodScorer, check_likelihood
+from dspy_icl_opt.search.scorer import Metric, Scorer
 from dspy_icl_opt.search.surgery import ProgramState, describe_signature
 
 Scoring = Literal["accuracy", "likelihood"]
@@ -49,6 +50,9 @@ PULLED_SHARE = 0.5
 MIN_SAMPLES_PER_PULL = 2
 #: Label of a candidate's mean over every search example it was scored on.
 SEARCH_LABEL = "search"
+#: What ``scores["search"]`` is, by ``scoring`` (the report says it).
+_SEARCH_SCORES = {"accuracy": "mean metric score on training examples",
+                  "likelihood": "mean probability of the gold answer on training examples"}
 #: Ranking counts each candidate as if it had also seen this many examples at the pool's mean: two lucky
 #: examples (the fewest a pull gives) do not outrank a long good record.
 PRIOR_EXAMPLES = 4
@@ -92,6 +96,7 @@ class _Run:
     dropped: dict[str, int] = field(default_factory=lambda: {"duplicate": 0, "unusable": 0})
     prompt_budget_spent: BudgetExhausted | None = None
     cut_short: bool = False  # the proposing phase under way was cut short by its share of the prompt calls
+    scorer: Scorer | None = None  # what scores the search (the run's accuracy scorer, or a likelihood scorer)
 
 
 class APE(ICLOptimizer):
@@ -141,8 +146,12 @@ class APE(ICLOptimizer):
             temperature when it was built with one, else the reference's 0.9.
         final_candidates: finalists validated against the start (2).
         format_candidate: also score the start with a sentence naming the answer format.
-        scoring: "accuracy" (execution accuracy) or "likelihood" (log-probability of the gold
-            answer, which needs a task model that returns log-probabilities of given text).
+        scoring: how the search scores a candidate on a training example: "accuracy" (execution
+            accuracy) or "likelihood" (the probability the task model gives the gold answer, as the
+            adapter formats it: :mod:`dspy_icl_opt.search.likelihood`; one task call per pair, like
+            accuracy). Likelihood needs a task model that scores given text (the embedded llama.cpp
+            engine does; a served model does not) and a program of one predictor whose outputs the data
+            label. The final choice is by accuracy on the valset either way.
         **kwargs: ``budget``, ``seed``, ``num_threads``, ``log_dir``, ``failure_score``, ``max_retries``,
             ``progress`` (see :class:`~dspy_icl_opt.search.ICLOptimizer`).
 
@@ -205,13 +214,7 @@ class APE(ICLOptimizer):
 
     def _validate(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example]) -> None:
         if self.scoring == "likelihood":
-            lm = unwrap_lm(self.task_model or dspy.settings.lm)
-            name = getattr(lm, "model", type(lm).__name__)
-            raise ValueError(
-                f"`scoring='likelihood'` needs the log-probability of given text (the gold answer) from the task "
-                f"model, and {name!r} does not expose it: DSPy's LM returns log-probabilities of the tokens it "
-                "generates only, and the embedded llama.cpp engine loads its model without per-token logits "
-                "(logits_all=False), so it cannot score text it did not write. Use scoring='accuracy'.")
+            check_likelihood(student, trainset, self.task_model or dspy.settings.lm)
 
     # ------------------------------------------------------------------------------ the plan
     def _keep(self, pool: int) -> int:
@@ -295,6 +298,9 @@ class APE(ICLOptimizer):
             notes.append(f"only {schedule.iterations} iteration(s) fit the caps; {self.iterations} wanted")
         if bandits[0] is None:
             notes.append("the task cap left after validation cannot pay one bandit round: only the start is validated")
+        if self.scoring == "likelihood":
+            notes.append("the bandits score the gold answer's probability (one task call per candidate and example); "
+                         "the final validation scores the metric")
         phases = [Phase(f"iteration 1: {schedule.subsamples} demo subsets x {schedule.per_subsample} samples, "
                         f"pool of {pools[0]}", bandits[0].calls(m) if bandits[0] else 0,
                         schedule.subsamples * schedule.per_subsample)]
@@ -320,6 +326,8 @@ class APE(ICLOptimizer):
         run = _Run(names=[name for name, _ in ctx.predictors],
                    tasks={name: describe_signature(p) for name, p in ctx.predictors},
                    search=list(range(len(ctx.trainset))))
+        run.scorer = LikelihoodScorer.beside(ctx.scorer) if self.scoring == "likelihood" else ctx.scorer
+        ctx.report.extra["search_score"] = _SEARCH_SCORES[self.scoring]
         seed = ctx.add_candidate(ctx.initial_state, step=0, origin="seed")
         run.seen.update(_norm(name, ctx.initial_state[name].instruction) for name in run.names)
         ctx.set_best(seed)
@@ -522,7 +530,7 @@ class APE(ICLOptimizer):
     def _score(self, ctx: SearchContext, run: _Run, record: CandidateRecord, indices: list[int],
                desc: str) -> list[float]:
         """Scores of ``record`` on training examples ``indices``, remembered for its search mean."""
-        outcomes = ctx.scorer.evaluate(ctx.state_of(record), [ctx.trainset[i] for i in indices],
+        outcomes = run.scorer.evaluate(ctx.state_of(record), [ctx.trainset[i] for i in indices],
                                        desc=f"{desc} #{record.id}")
         run.item_scores.setdefault(record.id, {}).update((i, o.score) for i, o in zip(indices, outcomes))
         return [o.score for o in outcomes]

@@ -91,7 +91,7 @@ REGISTRY: dict[str, OptimizerEntry] = {e.name: e for e in (
     OptimizerEntry("apo", "dspy_icl_opt.optimizers.apo:APO", "ours",
                    "APO/ProTeGi: textual gradients from errors, beam search over edited instructions"),
     OptimizerEntry("abo", "dspy_icl_opt.optimizers.abo:ABO", "ours",
-                   "ABO: Bayesian-style optimization over instruction candidates"),
+                   "ABO: step-by-step procedures, a worked demonstration, the failing step found and refined"),
     OptimizerEntry("promptagent", "dspy_icl_opt.optimizers.promptagent:PromptAgent", "ours",
                    "PromptAgent: Monte Carlo tree search over prompts rewritten from error analyses"),
     OptimizerEntry("ape", "dspy_icl_opt.optimizers.ape:APE", "ours",

@@ -126,6 +126,9 @@ class Scorer:
         steps: the planned number of steps, when known (read when a bar starts).
     """
 
+    #: what every journal key of this scorer starts with (scorers of another kind of score use their own)
+    key_prefix = ""
+
     def __init__(self, student: dspy.Module, metric: Metric, *, task_lm: MeteredLM, meter: BudgetMeter,
                  journal: Journal, counters: Counters, num_threads: int = 1, failure_score: float = 0.0,
                  progress: bool = True, name: str = "", steps: Callable[[], int | None] | None = None) -> None:
@@ -155,7 +158,7 @@ class Scorer:
         skey = state.key()
         example_keys = [example_key(ex) for ex in examples]
         self.scored_examples.update(example_keys)
-        keys = [f"{skey}:{k}" for k in example_keys]
+        keys = [f"{self.key_prefix}{skey}:{k}" for k in example_keys]
         results: list[Outcome | None] = [self._cached(k) for k in keys]
         first: dict[str, int] = {}
         todo = [first.setdefault(k, i) for i, (k, r) in enumerate(zip(keys, results)) if r is None and k not in first]
@@ -173,7 +176,7 @@ class Scorer:
 
     def cached(self, state: ProgramState, example: dspy.Example) -> Outcome | None:
         """The outcome if this pair was already evaluated (replayed pairs are charged on first read)."""
-        return self._cached(f"{state.key()}:{example_key(example)}")
+        return self._cached(f"{self.key_prefix}{state.key()}:{example_key(example)}")
 
     def unscored(self, state: ProgramState, examples: Sequence[dspy.Example]) -> int:
         """How many of ``examples`` have no outcome for ``state`` yet: each costs a run of the program (a task

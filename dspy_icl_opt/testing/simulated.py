@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 import textwrap
 import threading
@@ -26,7 +28,9 @@ from itertools import pairwise
 from typing import Any
 
 import dspy
-from dspy.lm15 import Request, Response
+from dspy.lm15 import Request, Response, TokenLogprob
+
+from dspy_icl_opt.lm.llama_messages import CONTINUATION
 
 from dspy_icl_opt.testing.chat import (
     conversation,
@@ -223,8 +227,14 @@ class SimulatedTaskEngine:
         self._calls: list[SimulatedCall] = []
         self._received = 0
 
+    #: ``complete`` scores given text (``Config.extensions={"score_continuation": text}``), as the llama.cpp
+    #: engine does: the text gets probability ``LIKELY`` when its fields are the ones this model would write,
+    #: else ``UNLIKELY``.
+    supports_continuation_scoring = True
+    LIKELY, UNLIKELY = 0.9, 0.05
+
     def complete(self, request: Request) -> Response:
-        """Answer one request: parse it, ask ``knows``, reply with every output field."""
+        """Answer one request: parse it, ask ``knows``, reply with every output field (or score given text)."""
         with self._lock:
             self._received += 1
         view = parse_prompt(request)
@@ -232,8 +242,16 @@ class SimulatedTaskEngine:
         answer = self.solve(view.inputs) if knew else self.wrong(view.inputs)
         fields = _output_values(view, answer)
         reply = format_json_reply(fields) if view.json_mode else format_chat_reply(fields)
+        given = (request.config.extensions or {}).get(CONTINUATION)
         with self._lock:
-            self._calls.append(SimulatedCall(view=view, knew=knew, answer=answer, reply=reply, request=request))
+            self._calls.append(SimulatedCall(view=view, knew=knew, answer=answer, reply=given or reply,
+                                             request=request))
+        if given is not None:
+            written = {name: str(value).strip() for name, value in fields.items()}
+            same = {name: value.strip() for name, value in parse_field_blocks(given).items()} == written
+            logprob = math.log(self.LIKELY if same else self.UNLIKELY)
+            response = make_response(request, given, model=self.model)
+            return dataclasses.replace(response, logprobs=(TokenLogprob(token=given, logprob=logprob),))
         return make_response(request, reply, model=self.model)
 
     def stream(self, request: Request) -> Iterator[Any]:

@@ -64,6 +64,8 @@ def method_registry() -> dict[str, Callable[..., dspy.Module]]:
         "opro": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.opro", "OPRO"),
         "apo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.apo", "APO"),
         "ape": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.ape", "APE"),
+        # APE's search scored by the gold answer's probability (the paper's log-probability score)
+        "ape_likelihood": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.ape", "APE", scoring="likelihood"),
         "iterative_ape": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.ape", "IterativeAPE"),
         "abo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO"),
         "abo_nodemo": lambda ctx: _ours(ctx, "dspy_icl_opt.optimizers.abo", "ABO", demonstration=False),

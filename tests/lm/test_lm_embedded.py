@@ -102,3 +102,21 @@ def test_unload_frees_models_and_engines_reload_on_demand(embedded_lm):
     assert unload_models() >= 1 and loaded_model_count() == 0
     assert embedded_lm("Say OK.", max_tokens=SAMPLE_TOKENS)[0]
     assert loaded_model_count() == 1
+
+
+def test_the_gold_answer_is_scored_and_likelier_than_a_wrong_one(embedded_lm):
+    """Likelihood scoring on the real engine: the request a Predict would send, the model made to write a given
+    answer; the right answer is far likelier than a wrong one, and the generation is exactly the text given."""
+    from dspy_icl_opt.search.likelihood import gold_request, scores_given_text
+
+    assert scores_given_text(embedded_lm)
+    program = dspy.Predict(dspy.Signature("question -> answer", "Reply with the number only."))
+    totals = {}
+    for answer in ("7", "9"):
+        request = gold_request(program, dspy.Example(question="What is 3 + 4?", answer=answer).with_inputs("question"),
+                               model=embedded_lm.model)
+        response = embedded_lm(request)
+        assert response.text == request.config.extensions["score_continuation"]
+        assert len(response.logprobs) >= 5 and all(t.logprob <= 0 for t in response.logprobs)
+        totals[answer] = sum(t.logprob for t in response.logprobs)
+    assert totals["7"] > totals["9"] + 2.0, totals

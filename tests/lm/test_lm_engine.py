@@ -336,3 +336,70 @@ def test_async_engine_state_round_trips(fake_gguf):
     loaded = AsyncLlamaCppEngine.load_state(json.loads(json.dumps(engine.dump_state())))
     assert isinstance(loaded.engine, LlamaCppEngine)
     assert loaded.dump_state() == engine.dump_state()
+
+
+# ------------------------------------------------------------------------ scoring given text
+class ForcingLlama:
+    """A llama whose tokens are bytes and whose logits favour byte ``ord("a")``; it samples greedily through the
+    logits processors, as llama.cpp does, and stops at its end-of-turn token (0)."""
+
+    VOCAB = 256
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return list(text)
+
+    def detokenize(self, tokens: list[int], special: bool = False) -> bytes:
+        return bytes(tokens)
+
+    def token_eos(self) -> int:
+        return 0
+
+    def create_chat_completion(self, **kwargs):
+        import numpy as np
+
+        self.calls.append(kwargs)
+        written: list[int] = []
+        for _ in range(kwargs["max_tokens"]):
+            logits = np.zeros(self.VOCAB, dtype=np.float32)
+            logits[ord("a")] = 5.0
+            for processor in kwargs.get("logits_processor") or []:
+                logits = processor(written, logits)
+            token = int(np.argmax(logits))
+            if token == self.token_eos():
+                break
+            written.append(token)
+        return {"id": "x", "choices": [{"message": {"content": bytes(written).decode()}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": len(written), "total_tokens": 5 + len(written)}}
+
+
+def test_a_continuation_is_written_as_given_with_its_tokens_log_probabilities(fake_gguf):
+    import math
+
+    llama = ForcingLlama()
+    engine = LlamaCppEngine(fake_gguf, llama=llama)
+    response = engine.complete(_request(temperature=0.7, extensions={llama_engine.CONTINUATION: "ab"}))
+    assert response.text == "ab"
+    assert [t.token for t in response.logprobs] == ["a", "b"] and [t.token_id for t in response.logprobs] == [97, 98]
+    favoured = 5.0 - math.log(math.exp(5.0) + ForcingLlama.VOCAB - 1)
+    other = 0.0 - math.log(math.exp(5.0) + ForcingLlama.VOCAB - 1)
+    assert response.logprobs[0].logprob == pytest.approx(favoured) and response.logprobs[1].logprob == pytest.approx(other)
+    call = llama.calls[-1]  # greedy, exactly as many tokens as the text, nothing that could stop it early
+    assert call["temperature"] == 0.0 and call["max_tokens"] == 2 and call["stop"] == []
+
+
+def test_a_continuation_that_ends_the_turn_early_is_refused(fake_gguf):
+    engine = LlamaCppEngine(fake_gguf, llama=ForcingLlama())
+    with pytest.raises(InvalidRequestError, match="ends the model's turn before its last token"):
+        engine.complete(_request(extensions={llama_engine.CONTINUATION: "a\x00b"}))
+    with pytest.raises(InvalidRequestError, match="non-empty string"):
+        engine.complete(_request(extensions={llama_engine.CONTINUATION: ""}))
+
+
+def test_continuation_scoring_goes_through_dspy_lm(fake_gguf):
+    lm = dspy.LM(MODEL, engine=LlamaCppEngine(fake_gguf, llama=ForcingLlama()), cache=False)
+    response = lm(_request(logprobs=0, extensions={llama_engine.CONTINUATION: "aa"}))
+    assert response.text == "aa" and len(response.logprobs) == 2
+    assert LlamaCppEngine.supports_continuation_scoring

@@ -376,12 +376,41 @@ def test_unusable_answers_are_counted_per_meta_prompt():
 
 
 # --------------------------------------------------------------------------- bad settings
-def test_likelihood_scoring_is_refused_with_the_reason():
+def test_likelihood_scoring_refuses_a_model_that_cannot_score_given_text():
+    task = planted_rule_task("vowels", train_size=12, val_size=8, seed=0)
+    plain = scripted_lm(lambda request: format_chat_reply({"answer": "1"}))  # its engine only samples
+    ape = APE(task.metric, task_model=plain, prompt_model=scripted_lm(responder(task.rule)), scoring="likelihood",
+              progress=False)
+    with pytest.raises(ValueError, match=r"`scoring='likelihood'` needs a task model that can score given text"):
+        ape.compile(task.program(), trainset=task.train, valset=task.val)
+
+
+def test_likelihood_scoring_refuses_outputs_the_data_does_not_label():
     task = planted_rule_task("vowels", train_size=12, val_size=8, seed=0)
     ape = APE(task.metric, task_model=task.lm(), prompt_model=scripted_lm(responder(task.rule)), scoring="likelihood",
               progress=False)
-    with pytest.raises(ValueError, match=r"`scoring='likelihood'` needs the log-probability of given text"):
-        ape.compile(task.program(), trainset=task.train, valset=task.val)
+    with pytest.raises(ValueError, match=r"trainset\[0\] has no label for \['reasoning'\]"):
+        ape.compile(dspy.ChainOfThought("question -> answer"), trainset=task.train, valset=task.val)
+
+
+def test_likelihood_scoring_ranks_by_the_gold_answers_probability():
+    """The simulated model finds the gold answer likely (0.9) only under an instruction stating the rule; the
+    search scores are those probabilities, one task call per (candidate, example), none twice."""
+    ape, program, task = run(scoring="likelihood", budget=USERS_BUDGET)
+    report = ape.report_
+    assert task.rule in program.signature.instructions.lower()
+    assert report.extra["search_score"].startswith("mean probability of the gold answer")
+    engine = ape.task_model.engine
+    scored = [call for call in engine.calls if call.request.config.extensions]
+    assert scored, "the search asked for no likelihoods"
+    pairs = [(call.view.instruction, call.view.user_text) for call in scored]
+    assert len(pairs) == len(set(pairs))  # never the same (state, example) twice
+    searched = [r for r in report.candidates if "search" in r.scores]
+    assert all(0.05 - 1e-9 <= r.scores["search"] <= 0.9 + 1e-9 for r in searched)
+    best = max(searched, key=lambda r: r.scores["search"])
+    assert task.rule in instruction(best).lower() and best.scores["search"] == pytest.approx(0.9)
+    assert report.best_scores["val"] == 1.0  # the final choice is by accuracy
+    assert report.spent["task"].calls == len(engine.calls) <= USERS_BUDGET["max_task_calls"]
 
 
 @pytest.mark.parametrize("settings,match", [

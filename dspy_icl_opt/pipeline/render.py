@@ -323,6 +323,8 @@ def final_choice_blocks(report: OptimizationReport) -> list[Block]:
     text += f". Rule: {choice.get('rule', 'best validation score')}."
     if chosen == start:
         text += " No finalist passed it, so search scores above the start's did not carry over to validation."
+    if report.extra.get("search_score"):  # what the search column holds when it is not the metric's mean
+        text += f" Search score: {report.extra['search_score']}."
     label = plots.main_label(report)
     rows, highlight = [], set()
     for i, c in enumerate(choice["contenders"]):

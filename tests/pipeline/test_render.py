@@ -173,6 +173,14 @@ def test_a_seed_that_wins_on_val_is_reported_as_returned_with_val_beside_the_sea
     assert "| positions | system |" in text and "| influence | - |" in text  # no Python reprs
 
 
+def test_a_search_scored_by_likelihood_says_what_its_search_column_holds(tmp_path):
+    report = _seed_wins_report()
+    report.extra["search_score"] = "mean probability of the gold answer on training examples"
+    report.save(tmp_path / "report.json")
+    text = render_report(tmp_path, fmt="md").read_text()
+    assert "Search score: mean probability of the gold answer on training examples." in text
+
+
 def test_demo_selector_rows_say_k_pool_strategy_and_order(tmp_path):
     from dspy_icl_opt.pipeline.render import _what
     from dspy_icl_opt.search.report import CandidateRecord

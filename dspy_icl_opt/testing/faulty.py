@@ -75,6 +75,11 @@ class FaultyEngine:
     def close(self) -> None:
         self.inner.close()
 
+    @property
+    def supports_continuation_scoring(self) -> bool:
+        """Whether the inner engine scores given text (then so does this one, faults aside)."""
+        return bool(getattr(self.inner, "supports_continuation_scoring", False))
+
     def kill(self) -> None:
         """Stop answering until `recover`."""
         self.down = True

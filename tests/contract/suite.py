@@ -68,6 +68,10 @@ class KilledAfter:
     def close(self) -> None:
         self.engine.close()
 
+    @property
+    def supports_continuation_scoring(self) -> bool:  # what the wrapped engine can do, this one can
+        return bool(getattr(self.engine, "supports_continuation_scoring", False))
+
 
 def state_of(program: dspy.Module) -> str:
     return json.dumps(program.dump_state(), sort_keys=True, default=str)

@@ -34,3 +34,13 @@ class TestIterativeAPEContract(ContractSuite):
 
     def prompt_responder(self, task):
         return sampling_responder(task.rule)
+
+
+class TestAPELikelihoodContract(ContractSuite):
+    """APE whose search scores the gold answer's probability: the same contract (exact caps, cache, resume, seed)."""
+
+    def make(self, task, *, task_lm, prompt_lm, **common):
+        return APE(task.metric, task_model=task_lm, prompt_model=prompt_lm, scoring="likelihood", **TINY, **common)
+
+    def prompt_responder(self, task):
+        return sampling_responder(task.rule)

@@ -80,3 +80,18 @@ def test_a_served_model_is_refused_with_the_fix(task):
     with pytest.raises(ValueError, match=r"served chat models return log-probabilities only for tokens they gen"):
         check_likelihood(task.program(), task.train, served)
     check_likelihood(task.program(), task.train, task.lm())  # the simulated engine scores given text
+
+
+def test_a_fault_while_scoring_is_asked_again_never_a_score(task, tmp_path):
+    from dspy_icl_opt.testing.faulty import faulty_lm
+
+    meter = BudgetMeter()
+    flaky = faulty_lm(task.lm().engine, fail_calls={2})
+    accuracy = Scorer(task.program(), task.metric, task_lm=MeteredLM(flaky, meter, "task"), meter=meter,
+                      journal=Journal(None), counters=Counters(), progress=False)
+    likelihood = LikelihoodScorer.beside(accuracy)
+    wise = read_state(task.program(instructions=task.rule))
+    outcomes = likelihood.evaluate(wise, task.train[:3])
+    assert [o.score for o in outcomes] == pytest.approx([SimulatedTaskEngine.LIKELY] * 3)
+    assert accuracy.counters.lm_faults == 1 and accuracy.counters.program_errors == 0
+    assert meter.snapshot()["task"].calls == 3 and meter.snapshot()["task"].failed_calls == 1

@@ -433,15 +433,16 @@ class APE(ICLOptimizer):
         ``allowed``: wording it may repeat (default: the instruction a variation varies)."""
         output = next(iter(signature.output_fields))
         allowed = inputs.get("instruction", "") if allowed is None else allowed
-        read: dict[int, str | None] = {}  # the answers the validator read (a journal replay skips the validator)
+        # the answers the validator read, kept alive so that no later answer takes one's id (a journal replay
+        # skips the validator: its answer is read after)
+        read: dict[int, tuple[dspy.Prediction, str | None]] = {}
 
         def reading(answer: dspy.Prediction, record: bool = False) -> str | None:
-            text = read.get(id(answer))
             if id(answer) not in read:
-                text = read[id(answer)] = ctx.read_proposal(
+                read[id(answer)] = (answer, ctx.read_proposal(
                     read_instruction(clean_proposal(str(answer[output] or ""))), signature, allowed=allowed,
-                    record=record)
-            return text
+                    record=record))
+            return read[id(answer)][1]
 
         def usable(answer: dspy.Prediction) -> bool:
             return reading(answer, record=True) is not None

@@ -50,7 +50,7 @@ def check_likelihood(student: dspy.Module, trainset: list[dspy.Example], lm: dsp
     predictors = named_predictors(student)
     models = [lm, *(p.lm for _, p in predictors if p.lm is not None)]
     for model in models:
-        if not scores_given_text(model):
+        if model is not None and not scores_given_text(model):  # no model at all: compile names that itself
             name = getattr(unwrap_lm(model), "model", type(unwrap_lm(model)).__name__)
             raise ValueError(
                 f"`scoring='likelihood'` needs a task model that can score given text (the gold answer), and "

@@ -83,10 +83,15 @@ class LikelihoodScorer(Scorer):
 
     @classmethod
     def beside(cls, scorer: Scorer) -> LikelihoodScorer:
-        """A likelihood scorer on ``scorer``'s program, model, journal and budget."""
-        return cls(scorer.student, scorer.metric, task_lm=scorer.task_lm, meter=scorer.meter, journal=scorer.journal,
-                   counters=scorer.counters, num_threads=scorer.num_threads, failure_score=scorer.failure_score,
-                   progress=scorer.progress, name=scorer.name, steps=scorer.steps)
+        """A likelihood scorer on ``scorer``'s program, model, journal and budget. Both record the examples they
+        scored in one set, so an example the search scored by likelihood is never taken for a fresh one
+        (:meth:`~dspy_icl_opt.search.base.SearchContext.unseen_training_examples`)."""
+        likelihood = cls(scorer.student, scorer.metric, task_lm=scorer.task_lm, meter=scorer.meter,
+                         journal=scorer.journal, counters=scorer.counters, num_threads=scorer.num_threads,
+                         failure_score=scorer.failure_score, progress=scorer.progress, name=scorer.name,
+                         steps=scorer.steps)
+        likelihood.scored_examples = scorer.scored_examples
+        return likelihood
 
     def _run_one(self, program: dspy.Module, names: dict[int, str], example: dspy.Example) -> tuple[Outcome, Any]:
         with collect_cost() as cost:

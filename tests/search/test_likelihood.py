@@ -53,6 +53,12 @@ def test_scores_are_probabilities_cached_apart_from_accuracies(task, tmp_path):
     assert KEY_PREFIX and LikelihoodScorer.key_prefix == KEY_PREFIX != Scorer.key_prefix
 
 
+def test_examples_scored_by_likelihood_are_not_fresh_for_the_final_choice(task, tmp_path):
+    accuracy, likelihood, _, _ = scorers(task, tmp_path)
+    likelihood.evaluate(read_state(task.program()), task.train[:2])
+    assert likelihood.scored_examples is accuracy.scored_examples and len(accuracy.scored_examples) == 2
+
+
 def test_a_resumed_scorer_replays_likelihoods_without_calls(task, tmp_path):
     _, likelihood, _, _ = scorers(task, tmp_path)
     wise = read_state(task.program(instructions=task.rule))

@@ -355,7 +355,7 @@ class SearchContext:
         checker = self._proposal_checker()
         if checker is None:
             return None
-        reason = checker.problem(text, allowed=allowed, meta_texts=_meta_texts(signature))
+        reason = checker.problem(text, allowed=allowed, meta_texts=_meta_texts(signature, fields=True))
         # scored anyway unless strict: a question or a copy can be the best prompt (see the proposals module)
         admitted = reason in LENIENT_PROBLEMS and self.optimizer.check_proposals != "strict"
         if reason is not None and record:
@@ -859,6 +859,11 @@ def _check_same_run(run_dir: Path, old: OptimizationReport, new: OptimizationRep
                          "another log_dir, or resume=False (the CLI: --fresh) to start over there.")
 
 
-def _meta_texts(signature: type[dspy.Signature] | None) -> tuple[str, ...]:
-    """The asking meta-prompt's own instructions, which a proposal must not restate."""
-    return (signature.instructions,) if signature is not None else ()
+def _meta_texts(signature: type[dspy.Signature] | None, *, fields: bool = False) -> tuple[str, ...]:
+    """The asking meta-prompt's own instructions, which a proposal must not restate; with ``fields``, also its
+    fields' descriptions, which the adapter shows the prompt model too (a proposal made of one, such as "what the
+    training data looks like, and the answers its labels use", is the meta-prompt copied back)."""
+    if signature is None:
+        return ()
+    descriptions = [(info.json_schema_extra or {}).get("desc") for info in signature.fields.values()] if fields else []
+    return (signature.instructions, *(d for d in descriptions if isinstance(d, str) and not d.startswith("${")))

@@ -202,3 +202,42 @@ def test_check_proposals_takes_true_false_or_strict(bad):
         assert OPRO(metric=lambda e, p, t=None: 1.0, check_proposals=good).check_proposals == good
     with pytest.raises(TypeError, match="`check_proposals` must be True, False or 'strict'"):
         OPRO(metric=lambda e, p, t=None: 1.0, check_proposals=bad)
+
+
+def _all_meta_texts() -> list[str]:
+    """Every meta-prompt's instructions and field descriptions, as the checker reads them."""
+    import importlib
+
+    from dspy_icl_opt.search.base import _meta_texts
+
+    texts = []
+    for module in ("opro_prompts", "apo_prompts", "abo_prompts", "ape_prompts", "promptagent_prompts",
+                   "joint_prompts"):
+        mod = importlib.import_module(f"dspy_icl_opt.optimizers.{module}")
+        for value in vars(mod).values():
+            if isinstance(value, type) and issubclass(value, dspy.Signature) and value is not dspy.Signature:
+                texts += _meta_texts(value, fields=True)
+    return texts
+
+
+def test_a_meta_prompt_field_description_copied_back_is_the_meta_prompt():
+    """OPRO on hyperbaton (split 0, c05065b) returned "what the training data looks like, and the answers its labels
+    use", the description of its meta-prompt's data_summary field: the fields' descriptions are meta-prompt text."""
+    from dspy_icl_opt.optimizers.opro_prompts import ProposeInstruction
+    from dspy_icl_opt.search.base import _meta_texts
+
+    echoed = "what the training data looks like, and the answers its labels use"
+    checker = ProposalChecker(_examples())
+    assert checker.problem(echoed, meta_texts=_meta_texts(ProposeInstruction)) is None  # instructions alone
+    assert checker.problem(echoed, meta_texts=_meta_texts(ProposeInstruction, fields=True)) == "copies the meta-prompt"
+
+
+@pytest.mark.parametrize("text", [
+    "Answer the multiple-choice question. Reply with the exact text of the correct option.",
+    "Read the sentence, decide which person the pronoun points to, and reply with that option's text.",
+    "Decide which option to return, then return only its letter.",
+    "Look at the labels the examples use and answer with one of them, nothing else.",
+    "Think step by step about the order of the adjectives, then give the letter of the correct sentence.",
+])
+def test_instructions_pass_beside_every_meta_prompts_field_descriptions(checker, text):
+    assert checker.problem(text, meta_texts=_all_meta_texts()) is None

@@ -33,15 +33,19 @@ META_MODULES = {"opro": "opro_prompts", "apo": "apo_prompts", "promptagent": "pr
                 "ape": "ape_prompts", "iterative_ape": "ape_prompts", "joint": "joint_prompts", "abo": "abo_prompts"}
 
 
-def meta_texts(method: str) -> list[str]:
-    """The instructions of every meta-prompt signature of the strategy behind ``method`` (``opro+soft/OPRO``: OPRO)."""
+def meta_texts(method: str, *, fields: bool = False) -> list[str]:
+    """The instructions of every meta-prompt signature of the strategy behind ``method`` (``opro+soft/OPRO``: OPRO);
+    with ``fields``, their fields' descriptions too (the copy check reads both, as the strategies' check does)."""
+    from dspy_icl_opt.search.base import _meta_texts
+
     step = method.partition("/")[2] or method.partition("+")[0]
     name = META_MODULES.get(step.lower().partition("@")[0])
     if name is None:
         return []
     module = importlib.import_module(f"dspy_icl_opt.optimizers.{name}")
-    return [obj.instructions for obj in vars(module).values()
-            if isinstance(obj, type) and issubclass(obj, dspy.Signature) and obj is not dspy.Signature]
+    return [text for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, dspy.Signature) and obj is not dspy.Signature
+            for text in _meta_texts(obj, fields=fields)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     row = find_row(args.rows, args.task, args.method, args.seed)
     task = load_task(args.task, seed=args.seed, train_size=args.train, val_size=args.val, test_size=args.test)
     checker = ProposalChecker.for_program(make_program(args.program, task), task.train, meta_texts(args.method))
+    copied_from = meta_texts(args.method, fields=True)
     verdicts: Counter[str] = Counter()
     print("| candidate | origin | verdict | instruction |\n|---|---|---|---|")
     for candidate in row["candidate_states"]:
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             continue  # the program as given and the deterministic format candidate are not proposals
         for name, state in candidate["state"].items():
             text = state["instruction"]
-            verdict = checker.problem(text) or "an instruction"
+            verdict = checker.problem(text, meta_texts=copied_from) or "an instruction"
             if verdict in LENIENT_PROBLEMS:
                 verdict += " (scored unless check_proposals='strict')"
             verdicts[verdict] += 1

@@ -45,7 +45,7 @@ from dspy_icl_opt.optimizers.soft_training import (
 )
 from dspy_icl_opt.search.base import VAL_LABEL, VALIDATION_Z, ICLOptimizer, SearchContext, paired_test, stable_int
 from dspy_icl_opt.search.budget import Budget, unwrap_lm
-from dspy_icl_opt.search.placement import PlacementAdapter
+from dspy_icl_opt.search.placement import task_adapter
 from dspy_icl_opt.search.plan import Phase, SearchPlan, Shape
 from dspy_icl_opt.search.report import CandidateRecord
 from dspy_icl_opt.search.scorer import Metric, Scorer
@@ -172,7 +172,7 @@ class SoftPromptTuner(ICLOptimizer):
         source = self._source(ctx)
         loaded = load_model(source)
         predictor = ctx.predictors[0][1]
-        items, skipped = build_items(predictor, ctx.trainset, dspy.settings.adapter or PlacementAdapter(),
+        items, skipped = build_items(predictor, ctx.trainset, task_adapter(),
                                      loaded.tokenizer, self.max_example_tokens)
         if not items:
             raise ValueError(f"`trainset` must have an example of at most `max_example_tokens`={self.max_example_tokens} "

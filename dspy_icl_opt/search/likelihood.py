@@ -26,7 +26,7 @@ from dspy_icl_opt._log import logger
 from dspy_icl_opt.lm.llama_messages import CONTINUATION
 from dspy_icl_opt.search.budget import BudgetExhausted, collect_cost, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
-from dspy_icl_opt.search.placement import PlacementAdapter
+from dspy_icl_opt.search.placement import task_adapter
 from dspy_icl_opt.search.scorer import Outcome, Scorer
 from dspy_icl_opt.search.surgery import named_predictors
 
@@ -121,7 +121,7 @@ class LikelihoodScorer(Scorer):
 def gold_request(predictor: dspy.Predict, example: dspy.Example, *, model: str) -> Request:
     """The request ``predictor`` would send for ``example``, asking the model to write the gold answer as the
     adapter formats one (the adapter in ``dspy.settings``, else the instruction-placing ChatAdapter)."""
-    adapter = dspy.settings.adapter or PlacementAdapter()
+    adapter = task_adapter()
     signature = predictor.signature
     messages = adapter.format(signature, list(predictor.demos or []), example.inputs().toDict())
     gold = adapter.format_assistant_message_content(signature, {k: example[k] for k in signature.output_fields})

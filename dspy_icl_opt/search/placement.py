@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+import dspy
 from dspy.adapters.chat_adapter import ChatAdapter
 from dspy.adapters.json_adapter import JSONAdapter
 
@@ -59,6 +60,12 @@ class _Placement:
             first_field = next(iter(signature.output_fields))
             last["content"] = f"{last['content']}\n\nBegin the `{first_field}` field with these words: {text}"
         return messages
+
+
+def task_adapter() -> Any:
+    """The adapter a task-model call uses: the one in ``dspy.settings``, else :class:`PlacementAdapter` (which
+    reads every instruction position; ChatAdapter's format otherwise)."""
+    return dspy.settings.adapter or PlacementAdapter()
 
 
 class PlacementJSONAdapter(_Placement, JSONAdapter):

@@ -32,7 +32,7 @@ from dspy_icl_opt._log import logger
 from dspy_icl_opt.search.budget import BudgetExhausted, BudgetMeter, MeteredLM, collect_cost
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.journal import Journal
-from dspy_icl_opt.search.placement import PlacementAdapter
+from dspy_icl_opt.search.placement import task_adapter
 from dspy_icl_opt.search.report import Counters
 from dspy_icl_opt.search.surgery import ProgramState, apply_state, demo_to_dict, named_predictors
 
@@ -295,11 +295,8 @@ class Scorer:
             setattr(self.counters, counter, getattr(self.counters, counter) + 1)
 
     def _call_program(self, program: dspy.Module, names: dict[int, str], example: dspy.Example):
-        adapter = dspy.settings.adapter
-        if adapter is None:
-            adapter = PlacementAdapter()
         try:
-            with dspy.context(lm=self.task_lm, trace=[], adapter=adapter):
+            with dspy.context(lm=self.task_lm, trace=[], adapter=task_adapter()):
                 prediction = program(**example.inputs())
                 trace = tuple(
                     {"predictor": names.get(id(pred), "?"), "inputs": demo_to_dict(inputs),

@@ -25,12 +25,14 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from dspy.clients.engines.base import validate_request
 from dspy.lm15 import (
     InvalidRequestError,
@@ -299,10 +301,10 @@ class LlamaCppEngine:
             'Hello!'
         """
         validate_request(request)
-        kwargs = self.completion_kwargs(request)
         continuation = (request.config.extensions or {}).get(CONTINUATION)
         if continuation is not None:
-            return self._score_continuation(request, kwargs, continuation)
+            return self._score_continuation(request, continuation)
+        kwargs = self.completion_kwargs(request)
         shared = self._model()
         with shared.lock:
             result = self._create(shared.llama, kwargs)
@@ -316,18 +318,20 @@ class LlamaCppEngine:
             usage=usage_of(result),
         )
 
-    def _score_continuation(self, request: Request, kwargs: dict[str, Any], text: Any) -> Response:
-        """The response to a request that scores ``text`` (see :meth:`complete`)."""
+    def _score_continuation(self, request: Request, text: Any) -> Response:
+        """The response to a request that scores ``text`` (see :meth:`complete`). Its arguments are built at
+        temperature 0, so it draws no sampling seed: the samples of other calls stay what they would be."""
         if not isinstance(text, str) or not text:
             raise InvalidRequestError(f"`{CONTINUATION}` must be a non-empty string, but got {text!r}.",
                                       provider=PROVIDER_NAME)
+        greedy = dataclasses.replace(request, config=dataclasses.replace(request.config, temperature=0.0))
+        kwargs = self.completion_kwargs(greedy)
         shared = self._model()
         with shared.lock:
             llama = shared.llama
             tokens = list(llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
             forced = _ForcedTokens(tokens, eos=llama.token_eos())
-            kwargs = {**kwargs, "temperature": 0.0, "max_tokens": len(tokens), "stop": [],
-                      "logits_processor": [forced]}
+            kwargs.update(max_tokens=len(tokens), stop=[], logits_processor=[forced])
             kwargs.pop("response_format", None)
             result = self._create(llama, kwargs)
             pieces = [llama.detokenize([token], special=True).decode("utf-8", errors="replace") for token in tokens]
@@ -524,8 +528,6 @@ class _ForcedTokens:
         self.logprobs: list[float] = []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import numpy as np
-
         step = len(self.logprobs)
         token = self.tokens[step] if step < len(self.tokens) else self.eos
         logits = np.asarray(scores, dtype=np.float64)

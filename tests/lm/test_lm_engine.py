@@ -403,3 +403,16 @@ def test_continuation_scoring_goes_through_dspy_lm(fake_gguf):
     response = lm(_request(logprobs=0, extensions={llama_engine.CONTINUATION: "aa"}))
     assert response.text == "aa" and len(response.logprobs) == 2
     assert LlamaCppEngine.supports_continuation_scoring
+
+
+def test_scoring_given_text_draws_no_sampling_seed(fake_gguf):
+    """A scoring request at a sampling temperature runs greedy and leaves the next sample's seed as it was."""
+    plain, scored = ForcingLlama(), ForcingLlama()
+    for llama, score in ((plain, False), (scored, True)):
+        engine = LlamaCppEngine(fake_gguf, llama=llama, seed=5)
+        engine.complete(_request(temperature=0.8, max_tokens=2))
+        if score:
+            engine.complete(_request(temperature=0.8, extensions={llama_engine.CONTINUATION: "ab"}))
+        engine.complete(_request(temperature=0.8, max_tokens=2))
+    assert [c["seed"] for c in plain.calls] == [c["seed"] for c in scored.calls if "logits_processor" not in c]
+    assert scored.calls[1]["temperature"] == 0.0 and scored.calls[1]["seed"] == 5

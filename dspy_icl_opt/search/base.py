@@ -355,7 +355,7 @@ class SearchContext:
         checker = self._proposal_checker()
         if checker is None:
             return None
-        reason = checker.problem(text, allowed=allowed, meta_texts=_meta_texts(signature, fields=True))
+        reason = checker.problem(text, allowed=allowed, meta_texts=meta_prompt_texts(signature, fields=True))
         # scored anyway unless strict: a question or a copy can be the best prompt (see the proposals module)
         admitted = reason in LENIENT_PROBLEMS and self.optimizer.check_proposals != "strict"
         if reason is not None and record:
@@ -392,7 +392,7 @@ class SearchContext:
         checker = self._proposal_checker()
         if checker is None:
             return text
-        return checker.without_meta_sentences(text, meta_texts=_meta_texts(signature), allowed=allowed) or text
+        return checker.without_meta_sentences(text, meta_texts=meta_prompt_texts(signature), allowed=allowed) or text
 
     def _proposal_checker(self) -> ProposalChecker | None:
         """The run's checker, built on first use; ``None`` when built with ``check_proposals=False``."""
@@ -859,7 +859,7 @@ def _check_same_run(run_dir: Path, old: OptimizationReport, new: OptimizationRep
                          "another log_dir, or resume=False (the CLI: --fresh) to start over there.")
 
 
-def _meta_texts(signature: type[dspy.Signature] | None, *, fields: bool = False) -> tuple[str, ...]:
+def meta_prompt_texts(signature: type[dspy.Signature] | None, *, fields: bool = False) -> tuple[str, ...]:
     """The asking meta-prompt's own instructions, which a proposal must not restate; with ``fields``, also its
     fields' descriptions, which the adapter shows the prompt model too (a proposal made of one, such as "what the
     training data looks like, and the answers its labels use", is the meta-prompt copied back)."""

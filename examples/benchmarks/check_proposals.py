@@ -36,7 +36,7 @@ META_MODULES = {"opro": "opro_prompts", "apo": "apo_prompts", "promptagent": "pr
 def meta_texts(method: str, *, fields: bool = False) -> list[str]:
     """The instructions of every meta-prompt signature of the strategy behind ``method`` (``opro+soft/OPRO``: OPRO);
     with ``fields``, their fields' descriptions too (the copy check reads both, as the strategies' check does)."""
-    from dspy_icl_opt.search.base import _meta_texts
+    from dspy_icl_opt.search.base import meta_prompt_texts
 
     step = method.partition("/")[2] or method.partition("+")[0]
     name = META_MODULES.get(step.lower().partition("@")[0])
@@ -45,7 +45,7 @@ def meta_texts(method: str, *, fields: bool = False) -> list[str]:
     module = importlib.import_module(f"dspy_icl_opt.optimizers.{name}")
     return [text for obj in vars(module).values()
             if isinstance(obj, type) and issubclass(obj, dspy.Signature) and obj is not dspy.Signature
-            for text in _meta_texts(obj, fields=fields)]
+            for text in meta_prompt_texts(obj, fields=fields)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -208,7 +208,7 @@ def _all_meta_texts() -> list[str]:
     """Every meta-prompt's instructions and field descriptions, as the checker reads them."""
     import importlib
 
-    from dspy_icl_opt.search.base import _meta_texts
+    from dspy_icl_opt.search.base import meta_prompt_texts
 
     texts = []
     for module in ("opro_prompts", "apo_prompts", "abo_prompts", "ape_prompts", "promptagent_prompts",
@@ -216,7 +216,7 @@ def _all_meta_texts() -> list[str]:
         mod = importlib.import_module(f"dspy_icl_opt.optimizers.{module}")
         for value in vars(mod).values():
             if isinstance(value, type) and issubclass(value, dspy.Signature) and value is not dspy.Signature:
-                texts += _meta_texts(value, fields=True)
+                texts += meta_prompt_texts(value, fields=True)
     return texts
 
 
@@ -224,12 +224,12 @@ def test_a_meta_prompt_field_description_copied_back_is_the_meta_prompt():
     """OPRO on hyperbaton (split 0, c05065b) returned "what the training data looks like, and the answers its labels
     use", the description of its meta-prompt's data_summary field: the fields' descriptions are meta-prompt text."""
     from dspy_icl_opt.optimizers.opro_prompts import ProposeInstruction
-    from dspy_icl_opt.search.base import _meta_texts
+    from dspy_icl_opt.search.base import meta_prompt_texts
 
     echoed = "what the training data looks like, and the answers its labels use"
     checker = ProposalChecker(_examples())
-    assert checker.problem(echoed, meta_texts=_meta_texts(ProposeInstruction)) is None  # instructions alone
-    assert checker.problem(echoed, meta_texts=_meta_texts(ProposeInstruction, fields=True)) == "copies the meta-prompt"
+    assert checker.problem(echoed, meta_texts=meta_prompt_texts(ProposeInstruction)) is None  # instructions alone
+    assert checker.problem(echoed, meta_texts=meta_prompt_texts(ProposeInstruction, fields=True)) == "copies the meta-prompt"
 
 
 @pytest.mark.parametrize("text", [

@@ -33,9 +33,9 @@ META_MODULES = {"opro": "opro_prompts", "apo": "apo_prompts", "promptagent": "pr
                 "ape": "ape_prompts", "iterative_ape": "ape_prompts", "joint": "joint_prompts", "abo": "abo_prompts"}
 
 
-def meta_texts(method: str, *, fields: bool = False) -> list[str]:
-    """The instructions of every meta-prompt signature of the strategy behind ``method`` (``opro+soft/OPRO``: OPRO);
-    with ``fields``, their fields' descriptions too (the copy check reads both, as the strategies' check does)."""
+def meta_texts(method: str) -> list[str]:
+    """The instructions and field descriptions of every meta-prompt signature of the strategy behind ``method``
+    (``opro+soft/OPRO``: OPRO): the wording the copy check compares proposals with, as the strategies' check does."""
     from dspy_icl_opt.search.base import meta_prompt_texts
 
     step = method.partition("/")[2] or method.partition("+")[0]
@@ -45,7 +45,7 @@ def meta_texts(method: str, *, fields: bool = False) -> list[str]:
     module = importlib.import_module(f"dspy_icl_opt.optimizers.{name}")
     return [text for obj in vars(module).values()
             if isinstance(obj, type) and issubclass(obj, dspy.Signature) and obj is not dspy.Signature
-            for text in meta_prompt_texts(obj, fields=fields)]
+            for text in meta_prompt_texts(obj, fields=True)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     row = find_row(args.rows, args.task, args.method, args.seed)
     task = load_task(args.task, seed=args.seed, train_size=args.train, val_size=args.val, test_size=args.test)
-    checker = ProposalChecker.for_program(make_program(args.program, task), task.train, meta_texts(args.method))
-    copied_from = meta_texts(args.method, fields=True)
+    checker = ProposalChecker.for_program(make_program(args.program, task), task.train)
+    copied_from = meta_texts(args.method)
     verdicts: Counter[str] = Counter()
     print("| candidate | origin | verdict | instruction |\n|---|---|---|---|")
     for candidate in row["candidate_states"]:

@@ -16,6 +16,15 @@ on that example with probability ``rho`` (else drawn afresh): hyperbaton's 0.5B 
 flips, and 42% of the held-back pairs disagreed there, so ``rho`` is low. The figure is the chosen program's
 true accuracy minus the start's, averaged over repetitions: positive is gained, negative is harm done.
 
+A second table compares search *shapes* at the same trial calls (``--trials`` trials of ``val - held``
+examples, or half as many of the whole valset, as BootstrapFewShotWithRandomSearch spends its calls):
+
+- ``split (now)``: DemoSelector's shape and rule (trials on one part, the rule ``all, fresh >= 0``).
+- ``whole, Bonferroni``: trials on the whole valset, the best 3 tested against the start on those examples
+  at :func:`~dspy_icl_opt.demos.selector.reuse_z` over the trials.
+- ``whole, z``: the same at ``VALIDATION_Z`` (no correction for picking the best of the trials).
+- ``whole, best (BFSRS)``: the best of those trials if its mean beats the start's, no test.
+
 Run (BENCHMARKS.md's figures come from this command; ``--held 10`` is InstructionDemoSearch's split):
     python examples/benchmarks/sim_final_choice.py --reps 4000
 """
@@ -81,6 +90,37 @@ def simulate(mean: float, spread: float, *, reps: int, trials: int = 8, n_trial:
     return {rule: total / reps for rule, total in gained.items()}
 
 
+SHAPES = ("split (now)", "whole, Bonferroni", "whole, z", "whole, best (BFSRS)")
+
+
+def simulate_shapes(mean: float, spread: float, *, reps: int, trials: int = 8, n_trial: int = 20,
+                    n_held: int = 20, finalists: int = 3, rho: float = 0.2, p0: float = 0.6,
+                    seed: int = 0) -> dict[str, float]:
+    """The true gain of each shape's choice; the whole-valset shapes get as many trials as the same trial calls
+    pay for (``trials * n_trial // (n_trial + n_held)``, at least 1)."""
+    rng = random.Random(seed)
+    n_val = n_trial + n_held
+    whole_trials = max(1, trials * n_trial // n_val)
+    gained = {shape: 0.0 for shape in SHAPES}
+    for _ in range(reps):
+        ps = [min(0.98, max(0.02, p0 + mean + spread * rng.gauss(0, 1))) for _ in range(trials)]
+        shared = [rng.random() for _ in range(n_val)]
+        start = outcomes(rng, p0, shared, rho)
+        scores = [outcomes(rng, p, shared, rho) for p in ps]  # trial examples first, as DemoSelector orders them
+        top = sorted(range(trials), key=lambda i: (-sum(scores[i][:n_trial]), i))[:finalists]
+        passed = [i for i in top if passes(scores[i], start, VALIDATION_Z, reused=n_trial)]
+        picks: dict[str, int | None] = {
+            "split (now)": max(passed, key=lambda i: (sum(scores[i]), -i)) if passed else None}
+        whole = sorted(range(whole_trials), key=lambda i: (-sum(scores[i]), i))
+        for shape, z in (("whole, Bonferroni", reuse_z(whole_trials)), ("whole, z", VALIDATION_Z)):
+            ok = [i for i in whole[:finalists] if passes(scores[i], start, z)]
+            picks[shape] = ok[0] if ok else None
+        picks["whole, best (BFSRS)"] = whole[0] if sum(scores[whole[0]]) > sum(start) else None
+        for shape, chosen in picks.items():
+            gained[shape] += 0.0 if chosen is None else ps[chosen] - p0
+    return {shape: total / reps for shape, total in gained.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=2000, help="repetitions per scenario (default 2000)")
@@ -104,6 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = simulate(mean, spread, reps=args.reps, trials=args.trials, n_trial=n_trial, n_held=args.held,
                           rho=args.rho, p0=args.p0, seed=args.seed)
         print(f"| {mean:+.2f}, {spread:.2f} | " + " | ".join(f"{result[r]:+.4f}" for r in RULES) + " |")
+    whole = max(1, args.trials * n_trial // args.val)
+    print(f"\nsearch shapes at the same trial calls: {args.trials} trials on {n_trial} examples, or {whole} on all "
+          f"{args.val}")
+    print("| demo sets' mean gain, spread | " + " | ".join(SHAPES) + " |")
+    print("|---|" + "---|" * len(SHAPES))
+    for mean, spread in SCENARIOS:
+        result = simulate_shapes(mean, spread, reps=args.reps, trials=args.trials, n_trial=n_trial,
+                                 n_held=args.held, rho=args.rho, p0=args.p0, seed=args.seed)
+        print(f"| {mean:+.2f}, {spread:.2f} | " + " | ".join(f"{result[r]:+.4f}" for r in SHAPES) + " |")
     return 0
 
 

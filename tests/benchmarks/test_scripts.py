@@ -398,3 +398,16 @@ def test_the_final_choice_simulation_ranks_the_rules_by_the_true_gain_they_keep(
     assert quarter["all, fresh >= 0"] > quarter["held-out"] > 0
     with pytest.raises(SystemExit):
         sim.main(["--held", "40"])  # nothing left for the trials: refused by name
+
+
+def test_the_simulation_compares_search_shapes_at_the_same_trial_calls():
+    sim = load("sim_final_choice")
+    helps = sim.simulate_shapes(0.15, 0.05, reps=200)
+    hurts = sim.simulate_shapes(-0.10, 0.05, reps=200)
+    assert set(helps) == set(sim.SHAPES)
+    # a test corrected for picking among the trials keeps less of a real gain than the uncorrected one ...
+    assert 0 < helps["whole, Bonferroni"] < helps["whole, z"]
+    # ... and choosing the best with no test is what does harm when demos hurt
+    assert hurts["whole, best (BFSRS)"] < hurts["whole, z"] <= 0
+    nothing = sim.simulate_shapes(0.0, 0.0, reps=20)
+    assert all(value == 0.0 for value in nothing.values())

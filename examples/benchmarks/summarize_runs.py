@@ -116,6 +116,25 @@ def pair_grid(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> str:
     return "\n".join(lines)
 
 
+def coverage_table(cells: dict[tuple[str, str, str], dict]) -> str:
+    """One line per method, one column per task: the seeds with a row, each with its commit (``0@abc1234``);
+    ``-`` where the method has none on that task."""
+    methods = list(dict.fromkeys(m for m, _, _ in cells))
+    tasks = sorted({t for _, _, t in cells})
+
+    def order(seed: str) -> tuple:
+        return (0, int(seed), "") if seed.isdigit() else (1, 0, seed)
+
+    lines = ["| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for method in methods:
+        row = []
+        for task in tasks:
+            seeds = sorted((s for m, s, t in cells if m == method and t == task), key=order)
+            row.append(" ".join(f"{s}@{str(cells[(method, s, task)].get('commit', '?'))[:7]}" for s in seeds) or "-")
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def curve_points(paths: Sequence[str]) -> dict[str, list[dict]]:
     """Per method, one point per budget: mean calls (task + prompt), mean test accuracy and its standard
     error over the cells (seed x task) run at that budget. A method's rows at several budgets all count;
@@ -175,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair", action="append", default=[], metavar="A,B", help="compare method A with B")
     parser.add_argument("--curve", default=None, metavar="FILE.png",
                         help="draw test accuracy against calls spent, one point per budget, and print its table")
+    parser.add_argument("--coverage", action="store_true",
+                        help="print which seeds each method has per task, with the commit each row ran at")
     parser.add_argument("--methods", default=None, metavar="A,B,...",
                         help="only these methods (their rows are read from every file; others are ignored)")
     args = parser.parse_args(argv)
@@ -183,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         wanted = set(args.methods.split(","))
         cells = {key: r for key, r in cells.items() if key[0] in wanted}
     print(method_table(cells))
+    if args.coverage:
+        print()
+        print(coverage_table(cells))
     for pair in args.pair:
         a, _, b = pair.partition(",")
         print()

@@ -46,6 +46,19 @@ def test_rows_pool_by_seed_and_pairs_compare_cell_by_cell(tmp_path, capsys):
     assert "| 1 | 0.20 (50) / 0.60 (50) | - / - |" in out
 
 
+def test_coverage_names_the_seeds_and_commits_each_method_has_per_task(tmp_path, capsys):
+    summarize = load("summarize_runs")
+    a = write(tmp_path / "run_seed0.jsonl", [row("t1", "opro", 0.5, 60, commit="aaaaaaa111"),
+                                             row("t2", "opro", 0.3, 70, commit="bbbbbbb")])
+    b = write(tmp_path / "run_seed2.jsonl", [row("t1", "opro", 0.6, 60, commit="ccccccc"),
+                                             row("t1", "apo", 0.4, 50)])
+    assert summarize.main([a, b, "--coverage"]) == 0
+    out = capsys.readouterr().out
+    assert "| method | t1 | t2 |" in out
+    assert "| opro | 0@aaaaaaa 2@ccccccc | 0@bbbbbbb |" in out  # commits cut to 7 characters, seeds in order
+    assert "| apo | 2@? | - |" in out  # a row without a commit, and a task the method has no row on
+
+
 def test_the_reference_budget_is_what_the_reference_row_spent(tmp_path):
     bench = load("bench_optimizers")
     ref = write(tmp_path / "ref.jsonl", [row("t1", "bfsrs", 0.4, 61)])

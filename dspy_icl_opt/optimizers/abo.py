@@ -348,13 +348,15 @@ class _PredictorRun:
             round_, idle = 1, 0
             while self.opt._rounds_left(ctx, round_, len(beam) * self._runs() * len(self.examples)
                                         * len(ctx.predictors)):
-                tried, self.splits_asked = len(self.arms), 0
+                known, self.splits_asked = {r.id for r in contenders} | {a.record.id for a in self.arms}, 0
                 beam = [self._refine(arm, round_, lineage) for lineage, arm in enumerate(beam)]
                 ctx.checkpoint(self.first_step + round_)
                 round_ += 1
-                idle = idle + 1 if len(self.arms) == tried else 0
+                # a round is idle when it built no program not seen before: a split the writer repeats rebuilds a
+                # candidate already scored, which costs no task call, so the budget alone would never end the rounds
+                idle = idle + 1 if all(a.record.id in known for a in self.arms) else 0
                 # nothing localised: more rounds would repeat this one. A split asked for but unusable (a 0.5B
-                # writer often is) is asked again next round, with a fresh sample, up to MAX_IDLE_ROUNDS.
+                # writer often is) or repeated is asked again next round, with a fresh sample, up to MAX_IDLE_ROUNDS.
                 if idle and (not self.splits_asked or idle >= MAX_IDLE_ROUNDS):
                     break
         best = ctx.best_by([*contenders, *(arm.record for arm in self.arms)], SEARCH)

@@ -10,7 +10,7 @@ from typing import Any
 import dspy
 import pytest
 
-from dspy_icl_opt.optimizers.abo import ABO, DEMO_EXAMPLE_TRIES, DEMO_GIVE_UP, STRICT_SENTENCE
+from dspy_icl_opt.optimizers.abo import ABO, DEMO_EXAMPLE_TRIES, DEMO_GIVE_UP, MAX_IDLE_ROUNDS, STRICT_SENTENCE
 from dspy_icl_opt.optimizers.abo_prompts import Procedure, follows_every_step, parse_sub_steps, step_number
 from dspy_icl_opt.testing import (
     format_chat_reply,
@@ -482,3 +482,17 @@ def test_a_round_whose_split_was_unusable_is_followed_by_another_round():
     later = {e["round"] for e in rounds if e["round"] > 1 and e["candidate"] is not None}
     assert later, "a later round asked for the split again and refined"
     assert abo.report_.spent["prompt"].calls <= 40 and abo.report_.spent["task"].calls <= 400
+
+
+def test_a_round_that_only_repeats_known_candidates_counts_as_idle_and_the_search_ends():
+    # A writer that gives the same split every round rebuilt candidates already scored: they cost no task call,
+    # so with no prompt cap the rounds never ended (a review found it at 300 prompt calls and counting).
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    script = ABOScript()  # the same sub-steps for every split
+    abo = ABO(big.metric, task_model=big.lm(knows=never()), prompt_model=scripted_lm(script),
+              budget={"max_task_calls": 400}, progress=False)
+    abo.compile(big.program(), trainset=big.train, valset=big.val)
+    rounds = {e["round"] for e in abo.report_.extra["rounds"]}
+    # round 1 splits each procedure; rounds that add nothing new end the search after MAX_IDLE_ROUNDS
+    assert max(rounds) <= 1 + MAX_IDLE_ROUNDS
+    assert len(script.asked("split")) <= (1 + MAX_IDLE_ROUNDS) * abo.beam_size * (abo.max_retries + 1)

@@ -276,19 +276,24 @@ class ABO(ICLOptimizer):
         with ctx.search_phase(validation_calls=plan.held_back):
             for index, (name, predictor) in enumerate(ctx.predictors):
                 run = _PredictorRun(self, ctx, name, predictor, state, examples,
-                                    first_step=index * (max(plan.steps, self.rounds or 0) + 1))
+                                    first_step=index * (max(plan.steps, self.rounds or 0) + 1),
+                                    last=index == len(ctx.predictors) - 1)
                 state = run.run()
         ranked = sorted((r for r in ctx.report.candidates if SEARCH in r.scores and r.origin != "seed"),
                         key=lambda r: (-r.scores[SEARCH], r.id))
         ctx.choose_by_validation(ranked[: plan.settings["finalists"]], reserves=ranked[plan.settings["finalists"]:])
 
-    def _rounds_left(self, ctx: SearchContext, round_: int, per_round: int) -> bool:
-        """Whether refinement round ``round_`` runs: as set, or while the budget pays for one."""
+    def _rounds_left(self, ctx: SearchContext, round_: int, per_round: int, *, last: bool = True) -> bool:
+        """Whether refinement round ``round_`` runs: as set, or while the budget pays for one. A predictor that
+        is not the program's last stops at the planned rounds, so the ones after it get their share (the plan
+        costs every predictor's step 0 and rounds); the last may go on with what is left."""
         if self.rounds is not None:
             return round_ <= self.rounds
         remaining = ctx.meter.remaining_calls("task")
         if remaining is None:
             return round_ <= UNCAPPED_ROUNDS
+        if not last and ctx.plan is not None and round_ > ctx.plan.steps:
+            return False
         return remaining >= per_round
 
 
@@ -296,8 +301,9 @@ class _PredictorRun:
     """ABO on one predictor, the others fixed in ``base``; every candidate scored on ``examples``."""
 
     def __init__(self, opt: ABO, ctx: SearchContext, name: str, predictor: dspy.Predict, base: ProgramState,
-                 examples: list[dspy.Example], *, first_step: int) -> None:
+                 examples: list[dspy.Example], *, first_step: int, last: bool = True) -> None:
         self.opt, self.ctx, self.name, self.examples, self.first_step = opt, ctx, name, examples, first_step
+        self.last = last  # the program's last predictor: it may spend what the others left
         signature = predictor.signature
         self.reasoning = reasoning_field(signature)
         self.start = base  # this predictor as the run found it (before any field is added)
@@ -347,7 +353,7 @@ class _PredictorRun:
         else:
             round_, idle = 1, 0
             while self.opt._rounds_left(ctx, round_, len(beam) * self._runs() * len(self.examples)
-                                        * len(ctx.predictors)):
+                                        * len(ctx.predictors), last=self.last):
                 known, self.splits_asked = {r.id for r in contenders} | {a.record.id for a in self.arms}, 0
                 beam = [self._refine(arm, round_, lineage) for lineage, arm in enumerate(beam)]
                 ctx.checkpoint(self.first_step + round_)

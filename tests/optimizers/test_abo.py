@@ -496,3 +496,33 @@ def test_a_round_that_only_repeats_known_candidates_counts_as_idle_and_the_searc
     # round 1 splits each procedure; rounds that add nothing new end the search after MAX_IDLE_ROUNDS
     assert max(rounds) <= 1 + MAX_IDLE_ROUNDS
     assert len(script.asked("split")) <= (1 + MAX_IDLE_ROUNDS) * abo.beam_size * (abo.max_retries + 1)
+
+
+def test_with_rounds_from_the_budget_an_earlier_predictor_leaves_the_later_ones_their_share():
+    # A review found the first of two predictors refining 14 rounds under a 1000-call cap while the second, the
+    # one making the errors, got only its start: the first now stops at the planned rounds.
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+
+    class SpellThenCount(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.spell = dspy.Predict("question -> letters")
+            self.count = dspy.Predict("question, letters -> answer")
+
+        def forward(self, question):
+            return self.count(question=question, letters=self.spell(question=question).letters)
+
+    def solve(inputs):
+        return " ".join(inputs["question"]) if "letters" not in inputs else big.solve(inputs)
+
+    abo = ABO(big.metric, task_model=simulated_task_lm(solve=solve, knows=never()),
+              prompt_model=scripted_lm(_FreshSubSteps()), budget={"max_task_calls": 1000, "max_prompt_calls": 80},
+              progress=False)
+    plan = abo.plan(SpellThenCount(), trainset=big.train, valset=big.val)
+    abo.compile(SpellThenCount(), trainset=big.train, valset=big.val)
+    rounds = abo.report_.extra["rounds"]
+    spell = {e["round"] for e in rounds if e["predictor"] == "spell"}
+    count = {e["round"] for e in rounds if e["predictor"] == "count" and e["candidate"] is not None}
+    assert max(spell) <= plan.steps
+    assert 0 in count and max(count) >= 1, "the second predictor gets procedures and at least one round"
+    assert abo.report_.spent["task"].calls <= 1000 and abo.report_.spent["prompt"].calls <= 80

@@ -476,10 +476,14 @@ class _PredictorRun:
         return None
 
     def _demo_pool(self, preferred: int | None) -> list[int]:
-        """Training examples to demonstrate on: the previous demonstration's first, then random ones."""
+        """Training examples to demonstrate on: the previous demonstration's first, then random ones; those
+        outside the search set before those in it. (A demonstration of a search example the procedure got wrong
+        hands the arm that shows it that example: one example in 23 of search score that is not the procedure's.)"""
         order = self.ctx.rng.sample(range(len(self.ctx.trainset)), len(self.ctx.trainset))
         if preferred is not None and preferred >= 0:
             order = [preferred] + [i for i in order if i != preferred]
+        searched = {id(example) for example in self.examples}
+        order.sort(key=lambda i: id(self.ctx.trainset[i]) in searched)  # stable: the order above within each part
         return [i for i in order if self._has_gold(self.ctx.trainset[i])][:DEMO_EXAMPLE_TRIES]
 
     def _demo_attempt(self, procedure: Procedure, index: int, key: str) -> Demonstration | None:

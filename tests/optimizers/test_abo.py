@@ -526,3 +526,22 @@ def test_with_rounds_from_the_budget_an_earlier_predictor_leaves_the_later_ones_
     assert max(spell) <= plan.steps
     assert 0 in count and max(count) >= 1, "the second predictor gets procedures and at least one round"
     assert abo.report_.spent["task"].calls <= 1000 and abo.report_.spent["prompt"].calls <= 80
+
+
+def test_demonstrations_are_written_on_training_examples_outside_the_search_set():
+    # A demonstration of a search example the procedure got wrong would hand the arm that shows it that example.
+    # Six seeds: each draws its first demonstration's example at random (23 of the 40 are outside the search set).
+    from dspy_icl_opt.search.plan import search_subset
+
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    inside = outside = 0
+    for seed in range(6):
+        abo = ABO(big.metric, task_model=big.lm(knows=never()), prompt_model=scripted_lm(_FreshSubSteps()),
+                  budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False, seed=seed)
+        plan = abo.plan(big.program(), trainset=big.train, valset=big.val)
+        searched = set(search_subset(len(big.train), plan.settings["search_examples"], abo.seed))
+        abo.compile(big.program(), trainset=big.train, valset=big.val)
+        shown = {e["demonstration"]["example_index"] for e in abo.report_.extra["rounds"] if e["demonstration"]}
+        inside += len(shown & searched)
+        outside += len(shown - searched)
+    assert outside >= 6 and inside == 0

@@ -65,8 +65,10 @@ PREFERRED_DEPTH = 3
 MIN_PLANNED_DEPTH = 2
 #: Prompt-model calls per child: the error analysis and the rewrite.
 PROMPT_CALLS_PER_CHILD = 2
-#: Iterations in a row that add no node before the search stops (a fully explored or silent tree). They
-#: make no LM call, and each backup lowers the exploration bonus of the path it took, so a few are cheap.
+#: Iterations in a row that add no node before the search stops (a fully explored or silent tree). One that
+#: selects a fully expanded path makes no LM call; one that expands a leaf whose rewrites come back unusable or
+#: repeated spends prompt calls (and task calls on its batch), which the caps bound. Each backup lowers the
+#: exploration bonus of the path it took.
 MAX_IDLE_ITERATIONS = 10
 #: Integer settings: (minimum, the paper's default quoted in error messages).
 _INT_SETTINGS = {"expand_width": (1, 3), "depth_limit": (1, 5), "min_depth": (0, 2), "batch_size": (1, 5),
@@ -141,7 +143,9 @@ class PromptAgent(ICLOptimizer):
     it and the next best nodes by reward (``final_candidates`` in all) are validated against the
     start on ``valset``, and the start is kept unless one is surely better (see ``ICLOptimizer``).
 
-    Several predictors: each child rewrites one predictor's instruction, in turn along the depth.
+    Several predictors: each child rewrites one predictor's instruction, in turn along the depth, and the
+    siblings of one expansion start from different predictors (child ``k`` of a node at depth ``d`` rewrites
+    predictor ``(d + k) mod m``).
 
     The budget: each child costs 2 prompt calls (plus retries of unusable answers) and, in task
     calls, its reward (``eval_size`` per predictor) plus the batch examples the parent had not run.

@@ -150,7 +150,8 @@ class ABO(ICLOptimizer):
         errors_per_round: most errors localised per round and lineage. Default 8.
         demonstration: use instruction-following demonstrations; ``False`` is the paper's ablation
             (the procedure plus "Follow the steps strictly.", no demo). Default True.
-        beam_size: procedures kept after Step 0 and refined side by side. Default 1.
+        beam_size: arms kept after Step 0 and refined side by side (an arm is a procedure, with or without its
+            demonstration, so one procedure can hold two places). Default 1.
         temperature: prompt-model temperature when writing procedures and sub-steps; ``None``
             (default): the prompt LM's own temperature when it was built with one, else 1.0. The
             report's ``params`` say which was used.

@@ -76,7 +76,7 @@ def read_instruction(text: Any) -> str:
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", str(text or "")) if p.strip()]
     if len(paragraphs) > 1 and paragraphs[0].endswith(":"):
         paragraphs[:2] = [f"{paragraphs[0]} {paragraphs[1]}"]
-    items = numbered_items(paragraphs[0] if paragraphs else "")
+    items = numbered_items(paragraphs[0] if paragraphs else "", drop_lead_in=False)  # a lead-in may be the answer
     if not items:
         return ""
     found = clean(items[0])

@@ -97,10 +97,19 @@ def clean(value: Any) -> str:
     return text
 
 
-def numbered_items(text: Any, limit: int | None = None) -> list[str]:
+def numbered_items(text: Any, limit: int | None = None, *, drop_lead_in: bool = True) -> list[str]:
     """Items of a numbered or bulleted list; unnumbered lines continue the item above.
 
     Text with no list at all counts as one item (a model asked for one reason often just writes it).
+    Lines before the list that end in a colon introduce it ("Here is the reason:") and are dropped, unless
+    ``drop_lead_in`` is false (a caller for which such a line may be the answer itself); other lines before
+    a list are an item of their own.
+
+    Example:
+        >>> numbered_items("Here is the reason:\\n1. It never says to count.")
+        ['It never says to count.']
+        >>> numbered_items("Here is the reason:\\n1. It never says to count.", drop_lead_in=False)
+        ['Here is the reason:', 'It never says to count.']
     """
     items: list[str] = []
     listed = False
@@ -109,11 +118,10 @@ def numbered_items(text: Any, limit: int | None = None) -> list[str]:
         if not line:
             continue
         numbered, bullet = _NUMBERED.match(line), _BULLET.match(line)
-        if numbered and numbered.group(2).strip():
-            items.append(numbered.group(2).strip())
-            listed = True
-        elif bullet:
-            items.append(bullet.group(1).strip())
+        if (numbered and numbered.group(2).strip()) or bullet:
+            if not listed and drop_lead_in and items and items[-1].rstrip().endswith(":"):
+                items.pop()  # a lead-in to the list, not an item (the lines it continued with it)
+            items.append((numbered.group(2) if numbered and numbered.group(2).strip() else bullet.group(1)).strip())
             listed = True
         elif items:
             items[-1] += " " + line

@@ -42,5 +42,10 @@ def test_numbered_items_and_step_numbers():
     assert numbered_items('"Just one reason."') == ["Just one reason."]
     assert numbered_items("") == []
     assert numbered_items("1. a\n2. b\n3. c", 2) == ["a", "b"]
+    # a line that introduces the list is not its first item (APO's gradient read "Here is the reason:" as the reason)
+    assert numbered_items("Here is the reason:\n1. It never says to count.", 1) == ["It never says to count."]
+    assert numbered_items("Two edits follow:\n- first\n- second") == ["first", "second"]
+    assert numbered_items("It fails on long words.\n1. a") == ["It fails on long words.", "a"]  # no colon: an item
+    assert numbered_items("Sort them:\n1. split", drop_lead_in=False) == ["Sort them:", "split"]
     assert first_number_in("Step 3", 1, 4) == 3 and first_number_in("step 7", 1, 4) is None
     assert first_number_in("2.1", 1, 4) == 2 and first_number_in("none", 1, 4) is None

@@ -56,6 +56,10 @@ DEFAULT_TEMPERATURE = 0.7
 MIN_ROUNDS = 3
 #: Rounds without a task cap when ``rounds`` is left to the plan (the paper's default).
 UNCAPPED_ROUNDS = 6
+#: Rounds in a row that build only programs already scored before the search stops. Such a round costs no
+#: task call (its pairs are cached), so with rounds from the budget nothing else would end a proposer that
+#: repeats itself; a fresh sample may still bring something new, so one such round is not the end.
+MAX_IDLE_ROUNDS = 2
 #: With ``reject_on_errors``, children are pre-scored on at most this many of the parent's errors (as the reference).
 ERROR_PRESCORE_SIZE = 16
 #: ... and only a random ``PRESCORE_POOL_FACTOR * max_expansion_factor`` of them (the reference's speed-up).
@@ -293,15 +297,21 @@ class APO(ICLOptimizer):
         with ctx.search_phase(validation_calls=plan.held_back):
             beam = self._first_beam(ctx, run, seed)
             ctx.checkpoint(0)
-            round_index = 0
+            round_index, idle = 0, 0
             while self.rounds is None or round_index < self.rounds:
                 round_index += 1
                 if not self._room_for_a_round(ctx, run, plan, round_index):
                     break
+                known = len(ctx.report.candidates)
                 beam, grew = self._round(ctx, run, round_index, beam)
                 if not grew:
                     logger.info("APO round {}: no beam prompt made an error to learn from; the search is done",
                                 round_index)
+                    break
+                idle = idle + 1 if len(ctx.report.candidates) == known else 0  # only programs already scored
+                if idle >= MAX_IDLE_ROUNDS:
+                    logger.info("APO: {} rounds in a row proposed only programs already scored; the search is done",
+                                idle)
                     break
                 if run.prompt_budget_spent is not None:
                     raise run.prompt_budget_spent  # ends the search; this round's beam is still validated

@@ -9,7 +9,7 @@ from typing import Any
 import dspy
 import pytest
 
-from dspy_icl_opt.optimizers.apo import APO
+from dspy_icl_opt.optimizers.apo import APO, MAX_IDLE_ROUNDS
 from dspy_icl_opt.search.scorer import example_key
 from dspy_icl_opt.search.surgery import ProgramState
 from dspy_icl_opt.testing import (
@@ -362,3 +362,28 @@ def test_a_paraphrase_that_is_a_question_is_scored_unless_the_check_is_strict(ch
         assert report.params["check_proposals"] is False
     # the edits are instructions either way, and the planted rule still wins
     assert any(task.rule in text.lower() for text in scored)
+
+
+def test_rounds_that_only_repeat_known_programs_end_the_search():
+    # A proposer that repeats its reason, edit and paraphrase rebuilt programs already scored: they cost no task
+    # call, so with rounds from the budget and no prompt cap the rounds never ended (a review: 400 prompt calls
+    # and counting). Two such rounds in a row now end the search.
+    task = planted_rule_task("vowels", train_size=16, val_size=8, seed=0)
+    asked = []
+
+    def respond(request):
+        asked.append(1)
+        if len(asked) > 200:  # ends a search that would not end otherwise (no answer, no child), and fails below
+            return "no answer"
+        system = system_text(request)
+        if "`reasons`" in system:
+            return format_chat_reply({"reasons": "1. It is too vague."})
+        if "`new_instructions`" in system:
+            return format_chat_reply({"new_instructions": "Answer the question carefully."})
+        return format_chat_reply({"paraphrase": "Please answer the question with care."})
+
+    apo = APO(task.metric, task_model=task.lm(), prompt_model=scripted_lm(respond),
+              budget={"max_task_calls": 400}, progress=False)
+    apo.compile(task.program(), trainset=task.train, valset=task.val)
+    rounds = [b["round"] for b in apo.report_.extra["beams"]]
+    assert len(asked) <= 200 and max(rounds) <= 1 + MAX_IDLE_ROUNDS

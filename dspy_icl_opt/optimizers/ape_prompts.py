@@ -58,8 +58,13 @@ def render_demonstrations(examples: Sequence[dspy.Example]) -> str:
 
 
 # "The instruction was to ...", "Instruction: ...", "New instruction - ..." echoed before the answer
-_LEAD = re.compile(r"^(?:the\s+)?(?:teacher'?s\s+|new\s+|varied\s+)?(?:instruction|variation)(?:\s+was)?"
-                   r"(?:\s+to\b|\s*[:\-])\s*", re.IGNORECASE)
+# ("Sure! The instruction is to ...", "**Instructions:** ...")
+_LEAD = re.compile(r"^(?:(?:sure|okay|ok|certainly)[!.,]?\s+)?(?:\*\*)?(?:the\s+)?(?:teacher'?s\s+|new\s+|varied\s+)?"
+                   r"(?:instructions?|variation)(?:\s+(?:was|is))?(?:\*\*)?(?:\s+to\b|\s*[:\-])(?:\*\*)?\s*",
+                   re.IGNORECASE)
+#: A line that only announces the list after it ("Here is the instruction:"), not an instruction of its own.
+_ANNOUNCES = re.compile(r"^(?:here\b|below\b|(?:the\s+)?following\b|sure\b|okay\b|certainly\b)|\binstructions?\b",
+                        re.IGNORECASE)
 _TO = re.compile(r"^to\s+(?=[a-z])")
 
 
@@ -77,6 +82,8 @@ def read_instruction(text: Any) -> str:
     if len(paragraphs) > 1 and paragraphs[0].endswith(":"):
         paragraphs[:2] = [f"{paragraphs[0]} {paragraphs[1]}"]
     items = numbered_items(paragraphs[0] if paragraphs else "", drop_lead_in=False)  # a lead-in may be the answer
+    if len(items) > 1 and items[0].endswith(":") and _ANNOUNCES.search(items[0]):
+        items = items[1:]  # "Here is the instruction:" announces the list; "Sort the words:" may be the answer
     if not items:
         return ""
     found = clean(items[0])

@@ -349,6 +349,13 @@ def test_another_seed_draws_other_demonstrations():
     ("the teacher's instruction was: decide which option is right", "Decide which option is right."),
     ("Count the vowels.\n\nThis works because every output is a count.", "Count the vowels."),
     ("The instruction was:\n\nReverse the word.", "Reverse the word."),
+    ("Here is the instruction:\n1. Count the vowels in the word.\n2. Answer with a number.",
+     "Count the vowels in the word."),
+    ("Sort the words alphabetically:\n1. Split them.\n2. Sort.", "Sort the words alphabetically:"),
+    ("Sure! The instruction was to count the vowels.", "Count the vowels."),
+    ("**Instruction:** Count the vowels in the word.", "Count the vowels in the word."),
+    ("Instructions: Count the vowels in the word.", "Count the vowels in the word."),
+    ("The instruction is to count the vowels.", "Count the vowels."),
     ("Ok", ""),
     ("", ""),
     ("x " * 400, ""),
@@ -479,3 +486,23 @@ def test_task_calls_a_short_pool_leaves_go_to_candidates_earlier_iterations_drop
     reserves = report.extra["final_choice"]["reserves_validated"]
     assert any(cid not in last for cid in reserves), "a candidate an earlier iteration dropped was validated"
     assert report.spent["task"].calls >= 0.9 * 400
+
+
+def test_the_top_up_scores_the_future_finalists_not_the_start(monkeypatch):
+    # The start is validated whatever its search score, and _choose_final leaves it out of the finalists; the
+    # top-up used to give it (and a start-like format candidate) the spare calls while a real finalist got none.
+    topped: list[str] = []
+    original = APE._score
+
+    def logged(self, ctx, run, record, indices, desc):
+        if desc == "top-up":
+            topped.append(record.origin)
+        return original(self, ctx, run, record, indices, desc)
+
+    monkeypatch.setattr(APE, "_score", logged)
+    for seed in range(3):
+        task = planted_rule_task("vowels", train_size=40, val_size=40, seed=seed)
+        ape = APE(task.metric, task_model=task.lm(), prompt_model=scripted_lm(responder(task.rule, every=5)),
+                  budget=USERS_BUDGET, progress=False, seed=seed)
+        ape.compile(task.program(instructions=f"For each word, {task.rule}."), trainset=task.train, valset=task.val)
+    assert topped and "seed" not in topped

@@ -47,7 +47,8 @@ Scoring = Literal["full", "minibatch", "racing"]
 
 #: The paper drops generated instructions longer than this many characters.
 MAX_INSTRUCTION_CHARS = 500
-#: Steps in a row without one new instruction before the search stops (only the caps bound it otherwise).
+#: The search stops after more steps in a row than this without one new instruction (only the caps bound it
+#: otherwise).
 MAX_IDLE_STEPS = 3
 #: The plan keeps the shared search set at least this large before it lowers the candidates per step.
 PREFERRED_SEARCH_EXAMPLES = 16
@@ -105,7 +106,8 @@ class OPRO(ICLOptimizer):
     are saved inside the signature instructions and applied by
     :class:`~dspy_icl_opt.search.placement.PlacementAdapter` (used automatically while scoring).
 
-    Scoring: ``full`` scores every candidate on all of ``trainset`` (the paper); ``minibatch``
+    Scoring: ``full`` scores every candidate on the run's search set (all of ``trainset`` as in the paper, or the
+    part of it the plan keeps under a task cap); ``minibatch``
     on ``minibatch_size`` examples drawn per step (the incumbent is scored on them too);
     ``racing`` scores the step's candidates and the incumbent block by block and drops a
     candidate once ``racing_min_better`` others beat it by a paired t-test at ``racing_alpha``.
@@ -136,7 +138,7 @@ class OPRO(ICLOptimizer):
         racing_block: examples per racing block (8).
         racing_alpha: racing's t-test level (0.2).
         racing_min_better: survivors that must beat a candidate to drop it (1).
-        final_candidates: top candidates (by training score) validated on ``valset`` (4).
+        final_candidates: top candidates (by training score) validated on ``valset`` (2).
         max_instruction_chars: longer proposals are dropped (500).
         **kwargs: ``budget``, ``seed``, ``num_threads``, ``log_dir`` ... (see ICLOptimizer), and
             the COPRO names above.
@@ -343,7 +345,8 @@ class OPRO(ICLOptimizer):
             for position in self.positions:
                 if position != pstate.position:
                     state = ctx.initial_state.replace(name, pstate.with_instruction(pstate.instruction, position))
-                    records.append(ctx.add_candidate(state, step=0, origin="seed", predictor=name))
+                    # the start's words at another position are a program of their own: they may be a finalist
+                    records.append(ctx.add_candidate(state, step=0, origin="position", predictor=name))
         return records
 
     def _candidate(self, ctx: SearchContext, run: _Run, step: int, name: str, text: str,
@@ -415,7 +418,7 @@ class OPRO(ICLOptimizer):
         return proposals, False
 
     def _sample_position(self, run: _Run, name: str, k: int) -> Position:
-        """One position searched: all in turn, or the best so far when only one is allowed."""
+        """The position sample ``k`` of a step searches: each of ``positions`` in turn."""
         if len(self.positions) == 1:
             return self.positions[0]
         return self.positions[k % len(self.positions)]

@@ -102,7 +102,8 @@ class _Run:
 class APO(ICLOptimizer):
     """APO (ProTeGi): textual gradients, edits and paraphrases, kept by beam search with a bandit.
 
-    Per round, ONE minibatch of ``minibatch_size`` training examples is drawn and shared by every
+    Per round, ONE minibatch of up to ``minibatch_size`` examples of the run's search set (all of it when
+    the set is no larger, as under a task cap, where the plan sizes it) is drawn and shared by every
     beam prompt. For each beam prompt: run it on the minibatch and collect its errors (examples
     scoring below 1.0, with inputs, gold, prediction and the reasoning when the predictor has one,
     taken from the scorer's trace); ``n_gradients`` times, sample ``errors_per_gradient`` errors and
@@ -134,7 +135,7 @@ class APO(ICLOptimizer):
         prompt_model: writes gradients and edits (default: the task model).
         task_model: runs the program (default: ``dspy.settings.lm``).
         paraphrase_model: writes paraphrases (default: the prompt model); metered as the prompt role.
-        rounds: beam-search rounds (6).
+        rounds: beam-search rounds; ``None`` (default): as many as the task budget pays for (6 with no task cap).
         beam_size: prompts kept per round (4).
         minibatch_size: examples per round's shared minibatch (64).
         n_gradients: gradient calls per beam prompt and round (4).
@@ -148,7 +149,8 @@ class APO(ICLOptimizer):
         eval_rounds: bandit rounds (8).
         eval_prompts_per_round: prompts pulled per UCB round (8).
         samples_per_eval: examples per pull (32); the elimination methods and brute force spend
-            at most ``eval_rounds * eval_prompts_per_round * samples_per_eval`` evaluations.
+            at most ``eval_rounds * eval_prompts_per_round * samples_per_eval`` evaluations. Under a task
+            cap the plan sets the bandit's rounds, pulls and samples from the calls a round may spend.
         c: exploration of UCB and UCB-E (1.0).
         temperature: sampling temperature of the prompt and paraphrase models; ``None`` (default): each
             model's own temperature when it was built with one, else the reference's 0.7. The report's

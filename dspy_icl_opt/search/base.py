@@ -53,6 +53,9 @@ WHOLE_PROGRAM_DIR = "program"
 #: examples each); the 21 rows whose finalist passed 1.5 all gained on test, and no finalist on date_understanding or
 #: disambiguation_qa came within 1.0 (BENCHMARKS.md, "The final choice's threshold").
 VALIDATION_Z = 1.0
+#: An input value counts as shown to the prompt model when its first this many characters are in a meta-prompt:
+#: APE cuts a demonstration's values at 600 characters and the joint search its solved problems at 400.
+SEEN_PREFIX_CHARS = 200
 _FAILURE_SCORE_HINT = "Pass the score an example gets when its program or metric raises, e.g. 0.0."
 #: Below this many training examples, no validation split is held back (both roles use trainset).
 MIN_EXAMPLES_TO_SPLIT = 8
@@ -325,7 +328,7 @@ class SearchContext:
             if key in held or key in self.scorer.scored_examples:
                 continue
             own = [text for text in texts(example) if counts[text] == 1] or texts(example)
-            if any(text in seen for text in own):
+            if any(text[:SEEN_PREFIX_CHARS] in seen for text in own):  # meta-prompts show long values cut short
                 continue
             held.add(key)
             fresh.append(example)

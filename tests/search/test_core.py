@@ -450,3 +450,27 @@ def test_a_reserve_is_validated_when_the_calls_left_pay_for_its_pairs_not_scored
     choice = ctx.report.extra["final_choice"]
     assert choice["reserves_validated"] == [reserve.id], "10 calls pay for the reserve's 10 pairs not scored yet"
     assert lm.engine.call_count == 80 and len(choice["contenders"]) == 2
+
+
+def test_a_long_value_shown_cut_short_in_a_meta_prompt_counts_as_seen():
+    # APE shows a demonstration's values cut at 600 characters, the joint search its solved problems at 400:
+    # a long question shown that way was still listed as unseen, so it could extend the valset as fresh.
+    from dspy_icl_opt.optimizers.opro import OPRO
+
+    task = planted_rule_task("vowels", train_size=12, val_size=4, seed=0)
+    long = [ex.copy(question=f"{ex.question} " + " ".join(f"w{i}{ex.question}" for i in range(150))).with_inputs(
+        "question") for ex in task.train]
+    assert all(len(ex.question) > 800 for ex in long)
+
+    class Look(dspy.Signature):
+        """Say something about the text."""
+
+        text: str = dspy.InputField()
+        answer: str = dspy.OutputField()
+
+    prompt_lm = scripted_lm(lambda r: "[[ ## answer ## ]]\nok\n\n[[ ## completed ## ]]")
+    ctx = OPRO(task.metric, task_model=task.lm(), prompt_model=prompt_lm, progress=False)._context(
+        task.program(), long, task.val, None, None)
+    ctx.ask(Look, key="look", text=f"question: {long[0].question[:400]}...")
+    fresh = [ex.question for ex in ctx.unseen_training_examples()]
+    assert long[0].question not in fresh and len(fresh) == len(long) - 1

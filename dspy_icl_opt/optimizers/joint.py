@@ -369,7 +369,7 @@ class InstructionDemoSearch(ICLOptimizer):
             proposals = min(proposals, shape.prompt_cap // m)
         top = min(self.minibatch_size, max(MIN_SEARCH_EXAMPLES, n_search // 2)) if self.minibatch else n_search
         top = min(top, n_search)
-        sizes = list(range(top, 0, -1))
+        sizes = list(range(top, 0, -1)) if self.minibatch else [n_search]  # minibatch=False: every trial scores all
         every = self.minibatch_full_eval_steps
         wanted = self.num_trials or _mipro_trials(m, self.candidates, self.max_demos > 0)
 
@@ -464,17 +464,21 @@ class InstructionDemoSearch(ICLOptimizer):
                          teacher_demos=self.max_labeled_demos or self.max_bootstrapped_demos,
                          threshold=self.bootstrap_threshold, seed=self.seed)
         reserved = 1 if self.influence and self.max_demos else 0
-        for name, predictor in ctx.predictors:
+        for index, (name, predictor) in enumerate(ctx.predictors):
             sets = demo_sets(predictor, name, sources, boot[name], max_labeled=self.max_labeled_demos,
                              max_bootstrapped=self.max_bootstrapped_demos,
                              count=max(1, self.candidates - reserved), seed=self.seed) if self.max_demos else []
-            run.space[name] = PredictorSpace(self._instructions(ctx, run, name, predictor), sets)
+            left = len(ctx.predictors) - index  # this predictor and the ones after it share the prompt calls left
+            run.space[name] = PredictorSpace(self._instructions(ctx, run, name, predictor, sharing=left), sets)
         logger.info("InstructionDemoSearch: {} trial / {} held-back validation examples, {} demo-source examples; "
                     "candidates {}", len(run.pool), held_out, len(run.sources),
                     {n: (len(s.instructions), [d.name for d in s.demo_sets]) for n, s in run.space.items()})
 
-    def _instructions(self, ctx: SearchContext, run: _Run, name: str, predictor: dspy.Predict) -> list[tuple[str, str]]:
-        """The instruction as given, the answer-format one, then the prompt model's proposals."""
+    def _instructions(self, ctx: SearchContext, run: _Run, name: str, predictor: dspy.Predict, *,
+                      sharing: int = 1) -> list[tuple[str, str]]:
+        """The instruction as given, the answer-format one, then the prompt model's proposals. Under a prompt cap
+        this predictor spends (retries included) at most its share of the calls left: ``sharing`` predictors,
+        itself and the ones after it, split them."""
         given = ctx.initial_state[name].instruction
         spaces = output_spaces(predictor, ctx.trainset)
         found = [("given", given)]
@@ -487,11 +491,19 @@ class InstructionDemoSearch(ICLOptimizer):
         problems = render_problems(predictor, shown)
         inputs = {"task": describe_signature(predictor), "data_summary": data_summary(predictor, ctx.trainset),
                   "solved_problems": problems}
+        left = ctx.meter.remaining_calls("prompt")
+        share = None if left is None else left // max(1, sharing)
+        before = ctx.meter.snapshot()["prompt"].calls
         for i in range(ctx.plan.settings["proposals"]):
+            room = None if share is None else share - (ctx.meter.snapshot()["prompt"].calls - before)
+            if room is not None and room < 1:
+                logger.info("InstructionDemoSearch: {} spent its share of the prompt calls after {} proposal(s)",
+                            name, i)
+                break
             try:
                 answer = ctx.ask(ProposeTaskInstruction, key=f"joint/{name}/proposal{i}", temperature=ctx.temperature,
                                  validate=lambda a: bool(self._proposal(ctx, a, given, record=True)),
-                                 style_hint=STYLE_HINTS[i % len(STYLE_HINTS)], **inputs)
+                                 max_attempts=room, style_hint=STYLE_HINTS[i % len(STYLE_HINTS)], **inputs)
             except BudgetExhausted as exc:
                 if exc.role != "prompt":
                     raise

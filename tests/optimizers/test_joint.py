@@ -379,3 +379,50 @@ def test_a_proposal_keeps_its_instruction_without_the_meta_prompt_it_restates(ta
     proposals = [i["text"] for i in opt.report_.extra["joint"]["instructions"]["self"] if i["origin"] == "proposal"]
     assert proposals, "the proposal was kept"
     assert all("style hint" not in text and task.rule in text for text in proposals), proposals
+
+
+def test_each_predictor_gets_its_share_of_the_prompt_calls_whatever_the_retries():
+    # Every other answer unusable: the first predictor's retries used to take the whole prompt cap (8 calls, 4
+    # proposals) and the second got no proposal at all.
+    task = planted_rule_task("vowels", train_size=16, val_size=8, seed=2)
+
+    class TwoStep(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.extract = dspy.Predict(dspy.Signature("question -> letters", "List the letters."))
+            self.answer = dspy.Predict(dspy.Signature("question, letters -> answer", "Answer the question."))
+
+        def forward(self, question):
+            return self.answer(question=question, letters=self.extract(question=question).letters)
+
+    def solve(inputs):
+        return task.solve(inputs) if "letters" in inputs else " ".join(inputs["question"])
+
+    asked = []
+
+    def respond(request):
+        asked.append(1)
+        if len(asked) % 2:
+            return format_chat_reply({"instruction": "Ok"})  # a bare word: not an instruction, asked again
+        return format_chat_reply({"instruction": f"Carefully do the task step {len(asked)} and answer with it."})
+
+    opt = InstructionDemoSearch(task.metric, task_model=simulated_task_lm(solve=solve, knows=lambda v: True),
+                                prompt_model=scripted_lm(respond), auto=None, num_candidates=6,
+                                max_bootstrapped_demos=2, max_labeled_demos=2, progress=False,
+                                budget={"max_task_calls": 400, "max_prompt_calls": 8})
+    opt.compile(TwoStep(), trainset=task.train, valset=task.val)
+    origins = {name: [row["origin"] for row in rows] for name, rows in opt.report_.extra["joint"]["instructions"].items()}
+    assert origins["extract"].count("proposal") == 2 and origins["answer"].count("proposal") == 2
+    assert opt.report_.spent["prompt"].calls == 8
+
+
+@pytest.mark.parametrize("cap", [150, 300])
+def test_minibatch_false_scores_every_trial_on_the_whole_search_set_under_a_cap(cap):
+    # The plan used to shrink the trials' examples to fit more of them (8 of 30 at 150 calls), which
+    # minibatch=False says not to do; it now runs fewer trials and says so.
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    opt = InstructionDemoSearch(big.metric, task_model=big.lm(), prompt_model=planted_proposer(big), minibatch=False,
+                                budget={"max_task_calls": cap, "max_prompt_calls": 40}, progress=False)
+    plan = opt.plan(big.program(), trainset=big.train, valset=big.val)
+    assert plan.settings["minibatch_size"] == plan.settings["search_examples"] == 30
+    assert plan.steps >= 1 and any("trial(s) fit the caps" in note for note in plan.notes)

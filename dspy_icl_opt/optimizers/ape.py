@@ -347,7 +347,9 @@ class APE(ICLOptimizer):
                         pool = kept + self._vary(ctx, run, t, kept, variations[t - 2],
                                                  reserve=sum(variations[t - 1:]))
                         phase["candidates"] = len(pool) - len(kept)
-                if not self._evaluate(ctx, run, t, pool, last=t == plan.steps):
+                # the prompt budget ended (a token cap, say): no later iteration, so this one is the last
+                last = t == plan.steps or run.prompt_budget_spent is not None
+                if not self._evaluate(ctx, run, t, pool, last=last):
                     break
                 if run.prompt_budget_spent is not None:
                     raise run.prompt_budget_spent  # ends the search; what was ranked is still validated
@@ -479,7 +481,7 @@ class APE(ICLOptimizer):
         and what the bandit leaves goes to the leaders, :meth:`_top_up`). False when not even one round
         fits (the search stops)."""
         remaining = ctx.meter.remaining_calls("task")
-        allotment = None if remaining is None else remaining // (ctx.plan.steps - t + 1)
+        allotment = None if remaining is None else remaining if last else remaining // (ctx.plan.steps - t + 1)
         shape = self._bandit_shape(len(pool), allotment, len(run.search), len(ctx.predictors))
         if shape is None:
             ctx.report.stopped_by_budget = True

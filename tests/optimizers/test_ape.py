@@ -506,3 +506,15 @@ def test_the_top_up_scores_the_future_finalists_not_the_start(monkeypatch):
                   budget=USERS_BUDGET, progress=False, seed=seed)
         ape.compile(task.program(instructions=f"For each word, {task.rule}."), trainset=task.train, valset=task.val)
     assert topped and "seed" not in topped
+
+
+def test_a_prompt_budget_that_ends_the_search_early_leaves_the_task_calls_to_its_last_bandit():
+    # A prompt token cap ended Iterative-APE after its first iteration, whose bandit had a third of the task calls
+    # (planned for 3 iterations): 349 of 400 were spent. That iteration is now the last: all of them, and the top-up.
+    task = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    opt = IterativeAPE(task.metric, task_model=task.lm(), prompt_model=scripted_lm(responder(task.rule, every=7)),
+                       budget={**USERS_BUDGET, "max_prompt_tokens": 3000}, progress=False)
+    opt.compile(task.program(), trainset=task.train, valset=task.val)
+    report = opt.report_
+    assert len(report.extra["iterations"]) < report.extra["plan"]["steps"], "the prompt budget ended the search"
+    assert report.spent["task"].calls >= 0.9 * 400 and report.spent["prompt"].tokens <= 3000 + 400

@@ -501,7 +501,7 @@ class APO(ICLOptimizer):
             outcomes = ctx.scorer.evaluate(ctx.state_of(record), examples, desc=f"round {r} #{record.id}")
             return [o.score for o in outcomes]
 
-        result = self._round_bandit(ctx, run, pool, r).select(pool, run.beam_size, pull, len(run.search), ctx.rng)
+        result = self._round_bandit(ctx, run, pool).select(pool, run.beam_size, pull, len(run.search), ctx.rng)
         run.ranked = [pool[i] for i in result.ranking]
         for record, mean, seen in zip(pool, result.means, result.items_seen):
             if mean is not None:
@@ -509,8 +509,7 @@ class APO(ICLOptimizer):
                 record.n_scored[f"bandit_round{r}"] = seen
         return result
 
-    def _round_bandit(self, ctx: SearchContext, run: _Run, pool: list[CandidateRecord],
-                      round_: int) -> BestArmIdentifier:
+    def _round_bandit(self, ctx: SearchContext, run: _Run, pool: list[CandidateRecord]) -> BestArmIdentifier:
         """The round's bandit; a last, partial round gets a budget the task calls left can pay (the parents'
         pairs are cached, so the nominal budget counts them on top of the children's). The UCB family keeps
         its schedule: a budget that ends inside it ends the search."""
@@ -519,7 +518,11 @@ class APO(ICLOptimizer):
         if (remaining is None or per_round is None or remaining >= per_round
                 or self.evaluator in ("ucb", "ucb-e")):
             return run.bandit
-        children = max(1, sum(1 for r in pool if r.step == round_))
+        # the members with pairs left to score (a child that repeats an earlier round's program keeps that round's
+        # step, so counting this round's step undercounted them and inflated the budget)
+        examples = [ctx.trainset[i] for i in run.search]
+        children = max(1, sum(1 for r in pool if any(ctx.scorer.cached(ctx.state_of(r), ex) is None
+                                                     for ex in examples)))
         nominal = max(1, int(0.9 * remaining * len(pool) / children) // len(ctx.predictors))
         logger.info("APO: a partial round on the {} task calls left", remaining)
         return make_bandit(self.evaluator, eval_rounds=1, eval_prompts_per_round=1, samples_per_eval=nominal, c=self.c)

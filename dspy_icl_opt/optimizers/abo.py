@@ -460,8 +460,8 @@ class _PredictorRun:
 
         After ``DEMO_GIVE_UP`` failures in a row the prompt model is not asked again in this run: its calls
         go to localising and splitting steps instead (``report.extra["demonstrations_given_up"]``)."""
-        if self.failed_demos >= DEMO_GIVE_UP:
-            return None
+        if self.failed_demos >= DEMO_GIVE_UP or self._demo_allowance_spent():
+            return None  # (a spent allowance is the plan's doing, not the writer's failure: not counted)
         for j, index in enumerate(self._demo_pool(preferred)):
             demo = self._demo_attempt(procedure, index, f"{key}/demo{j}")
             if demo is not None:
@@ -475,6 +475,9 @@ class _PredictorRun:
             logger.info("ABO [{}]: {} demonstrations in a row could not be written; no more are asked for in this "
                         "run", self.name, DEMO_GIVE_UP)
         return None
+
+    def _demo_allowance_spent(self) -> bool:
+        return self.demo_allowance is not None and self.demo_calls >= self.demo_allowance
 
     def _demo_pool(self, preferred: int | None) -> list[int]:
         """Training examples to demonstrate on: the previous demonstration's first, then random ones; those

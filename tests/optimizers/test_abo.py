@@ -545,3 +545,27 @@ def test_demonstrations_are_written_on_training_examples_outside_the_search_set(
         inside += len(shown & searched)
         outside += len(shown - searched)
     assert outside >= 6 and inside == 0
+
+
+def test_a_spent_demonstration_allowance_is_not_the_writer_giving_up():
+    # Every other try of the writer skips a step (asked again); the plan's allowance for writing demonstrations
+    # then runs out, and the procedures after it went without one *counted as the writer's failure*: the report
+    # named the predictor under "demonstrations_given_up" though every demonstration asked for was written.
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    tries = {"n": 0}
+
+    def demo(fields, i):
+        tries["n"] += 1
+        if tries["n"] % 2:
+            return format_chat_reply({"execution": "The answer is plain.", "final_answer": "1"})
+        return echo_demo(fields)
+
+    script = _FreshSubSteps(demo=demo)
+    abo = ABO(big.metric, task_model=big.lm(knows=never()), prompt_model=scripted_lm(script),
+              budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
+    plan = abo.plan(big.program(), trainset=big.train, valset=big.val)
+    abo.compile(big.program(), trainset=big.train, valset=big.val)
+    report = abo.report_
+    assert report.extra["demonstration_calls"] == plan.settings["demonstration_calls"], "the allowance is spent"
+    assert "demonstrations_given_up" not in report.extra
+    assert any(e["demonstration"] for e in report.extra["rounds"])

@@ -38,7 +38,9 @@ class Journal:
         text = path.read_bytes().decode("utf-8", errors="replace")
         # A crash can cut the last line short: the next record must start on a line of its own.
         self._torn_tail = bool(text) and not text.endswith("\n")
-        for number, line in enumerate(text.splitlines(), start=1):
+        # records end in "\n" only: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which a record
+        # written with ensure_ascii=False may hold inside a string (the record was then skipped and its work redone)
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             problem = None

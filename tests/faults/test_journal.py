@@ -61,3 +61,15 @@ def test_nan_from_a_hand_edited_journal_is_refused(tmp_path, warnings):
     path = tmp_path / "journal.jsonl"
     path.write_text('{"kind": "score", "key": "x", "score": NaN}\n', encoding="utf-8")
     assert len(Journal(path)) == 0 and warnings
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\u0085", "\x0b", "\x1c"])
+def test_a_record_holding_a_unicode_line_separator_is_replayed(tmp_path, char):
+    # Records are written with ensure_ascii=False, so such characters are written as they are; str.splitlines()
+    # broke the record at them and both halves were skipped as cut short (the pair was then run again).
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.put("ask", "k", {"outputs": {"text": f"one{char}two"}, "cost": {"calls": 1, "tokens": 2}})
+    journal.put("score", "s", {"score": 1.0, "cost": {"calls": 1, "tokens": 3}})
+    again = Journal(path)
+    assert len(again) == 2 and again.get("ask", "k")[0]["outputs"]["text"] == f"one{char}two"

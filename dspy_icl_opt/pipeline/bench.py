@@ -6,8 +6,9 @@ wrapping both LMs in :class:`~dspy_icl_opt.search.budget.MeteredLM`), the cache 
 time. Written into the output dir: ``bench.json``, ``bench.csv``, ``bench.md``, ``bench.png`` and one
 directory per optimizer with its report and program.
 
-Calls answered from DSPy's response cache are not counted (they cost nothing); a second benchmark
-with ``cache: true`` LMs therefore shows them as cache hits, not calls.
+Calls answered from DSPy's response cache count as calls (so a competitor's search is the same
+whether the cache is warm or not) and are also shown as cache hits: a second benchmark with
+``cache: true`` LMs shows how many of its calls cost nothing.
 """
 
 from __future__ import annotations

@@ -4,13 +4,16 @@ Every LM an optimizer uses is wrapped in a :class:`MeteredLM` with a *role* (``"
 ``"prompt"``). The wrapper admits a call only while the role's call cap leaves room (a slot is
 reserved before the call, so concurrent threads can never overshoot), forwards it to the real
 ``dspy.LM`` (whose cache, history, usage tracking and callbacks keep working), then records the
-calls and tokens that really reached the model. Responses served from DSPy's response cache are
-not charged: DSPy reports usage only for calls that reached the model, and the meter listens
-for that report (through a usage tracker it installs around each call).
+calls and tokens of each call. A response served from DSPy's response cache counts against the call
+cap like any other call (``cache_hits`` says how many cost nothing), so a run repeated with the same seed
+and a warm cache makes the same calls and returns the same program as the first run (were cache hits
+free, the second run would search further); its tokens are not charged, since DSPy reports usage only
+for calls that reached the model (the meter listens for that report through a usage tracker it installs
+around each call), so a *token* cap lets a warm-cache run go further.
 
-Token caps are checked before each call against the tokens already spent plus those of calls in
-flight; the tokens of a call are only known when it returns, so a token cap can be passed by at
-most the last admitted call of each worker thread. Call caps are exact; they count DSPy LM calls
+Token caps are checked before each call against the tokens already spent; the tokens of a call are
+only known when it returns, so a token cap can be passed by the calls admitted before it was reached
+(at most one per worker thread). Call caps are exact; they count DSPy LM calls
 (``n`` samples count as ``n``), and a call that DSPy retried after a transient provider error is
 still one call. A call that got no answer at all (a fault: server down, timeout, rate limit, 5xx;
 see :mod:`dspy_icl_opt.search.faults`) is not charged against the cap; ``failed_calls`` counts it.
@@ -373,8 +376,8 @@ class MeteredLM(dspy.BaseLM):
 
     def _settle(self, counter: _CallCounter, slots: int) -> None:
         self._meter.faults.succeeded(self._role)
-        if counter.calls == 0:
-            self._meter.settle(self._role, reserved=slots, calls=0, tokens=0, cache_hit=True)
+        if counter.calls == 0:  # served from DSPy's cache: a call of the search all the same (see the module doc)
+            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, cache_hit=True)
             return
         self._meter.settle(self._role, reserved=slots, calls=slots, tokens=counter.tokens)
         logger.trace("{} call charged: {} sample(s), {} tokens", self._role, slots, counter.tokens)

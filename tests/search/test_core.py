@@ -55,7 +55,8 @@ def test_metered_lm_counts_calls_tokens_and_samples():
     assert meter.spent["prompt"].calls == 4 and meter.exhausted("prompt")
 
 
-def test_cache_hits_are_not_charged(tmp_path):
+def test_a_cache_hit_counts_as_a_call_and_is_reported(tmp_path):
+    # Counted so that a run repeated with a warm cache makes the same calls as the first (free, it searched further)
     from dspy_icl_opt.testing.scripted import ScriptedEngine
 
     engine = ScriptedEngine(lambda r: "[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]")
@@ -65,8 +66,10 @@ def test_cache_hits_are_not_charged(tmp_path):
     question = f"a question never asked before {uuid.uuid4()}"  # DSPy's cache persists on disk
     with dspy.context(lm=metered):
         dspy.Predict("question -> answer")(question=question)
+        tokens = meter.spent["task"].tokens
         dspy.Predict("question -> answer")(question=question)
-    assert meter.spent["task"].calls == 1 and meter.spent["task"].cache_hits == 1
+    assert meter.spent["task"].calls == 2 and meter.spent["task"].cache_hits == 1
+    assert meter.spent["task"].tokens == tokens, "a cached answer's tokens are not reported by DSPy, not charged"
 
 
 def test_cap_is_exact_under_threads():
@@ -474,3 +477,32 @@ def test_a_long_value_shown_cut_short_in_a_meta_prompt_counts_as_seen():
     ctx.ask(Look, key="look", text=f"question: {long[0].question[:400]}...")
     fresh = [ex.question for ex in ctx.unseen_training_examples()]
     assert long[0].question not in fresh and len(fresh) == len(long) - 1
+
+
+def test_a_run_repeated_with_a_warm_cache_returns_what_the_first_run_did():
+    # Cache hits used to be free: the second run of the same seed searched further (3 steps became 10 in a
+    # review's probe) and made new real calls. Counted as calls, they make the two runs the same.
+    from dspy_icl_opt.optimizers.opro import OPRO
+    from dspy_icl_opt.testing.chat import AsyncEngine
+
+    task = planted_rule_task("vowels", train_size=16, val_size=6, seed=0)
+    tag = uuid.uuid4().hex  # DSPy's cache persists on disk: a model name never used before
+    task_engine = task.lm().engine
+    prompt_engine = scripted_lm(lambda r: f"<INS>Variant {uuid.uuid5(uuid.NAMESPACE_URL, str(r.messages))}.</INS>").engine
+
+    def run():
+        lms = [dspy.LM(f"fake/{role}-{tag}", engine=engine, async_engine=AsyncEngine(engine), cache=True)
+               for role, engine in (("task", task_engine), ("prompt", prompt_engine))]
+        opro = OPRO(task.metric, task_model=lms[0], prompt_model=lms[1], candidates_per_step=2, seed=3,
+                    budget={"max_task_calls": 60, "max_prompt_calls": 40}, progress=False)
+        opro.compile(task.program(), trainset=task.train, valset=task.val)
+        report = opro.report_
+        return (report.steps_completed, [c.state for c in report.candidates], report.best_candidate,
+                report.spent["task"].calls), report.spent["task"].cache_hits
+
+    first, hits_first = run()
+    calls_after_first = task_engine.call_count
+    second, hits_second = run()
+    assert second == first
+    assert task_engine.call_count == calls_after_first, "the second run was served from the cache alone"
+    assert hits_first == 0 and hits_second == first[3]

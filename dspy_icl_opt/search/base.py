@@ -277,14 +277,23 @@ class SearchContext:
         validated_reserves: list[int] = []
         choice["reserves_validated"] = validated_reserves
 
+        def affordable(record: CandidateRecord) -> bool:
+            remaining = self.meter.remaining_calls("task")
+            needed = self.scorer.unscored(self.state_of(record), examples) * len(self.predictors)
+            return remaining is None or remaining >= needed
+
         def queue() -> Iterator[CandidateRecord]:
-            yield from contenders
+            yield start
+            for record in contenders[1:]:  # a finalist the calls left cannot pay for is skipped, not the end: the
+                if affordable(record):    # later ones may be cached (e.g. a stored study's trials of this run)
+                    yield record
+                else:
+                    choice.setdefault("finalists_unaffordable", []).append(record.id)
+                    logger.info("Final choice: the task calls left cannot validate candidate {}; skipped", record.id)
             for reserve in reserves:  # each only if the calls left pay for all its pairs not scored yet
-                needed = self.scorer.unscored(self.state_of(reserve), examples) * len(self.predictors)
-                if (self.meter.remaining_calls("task") or 0) < needed:
-                    continue
-                validated_reserves.append(reserve.id)
-                yield reserve
+                if affordable(reserve):
+                    validated_reserves.append(reserve.id)
+                    yield reserve
 
         for record in queue():
             outcomes = self.scorer.evaluate(self.state_of(record), examples, desc=f"{VAL_LABEL} #{record.id}")

@@ -157,3 +157,24 @@ def test_a_sqlite_study_changes_trial_states_under_a_lock_beside_the_database(tm
     with pytest.raises((ValueError, optuna.exceptions.UpdateFinishedTrialError)):
         storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.7])
     assert study.trials[0].value == 0.5
+
+
+def test_a_resumed_study_validates_the_finalists_its_budget_pays_for(tmp_path):
+    # The second compile's best trials include the first compile's, whose pairs are not cached here: the first
+    # such finalist the budget could not pay for ended the final choice, so the program as given (val 0.0) came
+    # back though this compile's own tied trials were cached. Unaffordable finalists are now skipped.
+    from tests.demos.conftest import TwoTeachers
+    from dspy_icl_opt.testing import planted_rule_task
+
+    base = planted_rule_task("reverse", train_size=12, val_size=16, seed=0)
+    task = TwoTeachers(base.train, base.val, even=base.train[5].question, odd=base.train[9].question)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    for cap in (400, 100):
+        selector = DemoSelector(task.metric, task_model=task.lm(), max_demos=4, pools=["labeled"],
+                                strategies=["random", "slots"], candidate_sets=12, seed=1, storage=storage,
+                                study_name="resumed", budget={"max_task_calls": cap}, progress=False)
+        selector.compile(task.program(), trainset=task.train, valset=task.val)
+        report = selector.report_
+        assert report.spent["task"].calls <= cap
+        assert len(report.extra["final_choice"]["contenders"]) >= 2, "a finalist was validated beside the start"
+        assert report.best_scores["val"] > 0.5

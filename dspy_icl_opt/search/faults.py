@@ -2,8 +2,10 @@
 
 An *outcome* is what a program did with an answer of the model, however bad: an unparsable reply
 (``AdapterParseError``), a request the model refused as invalid (too long a prompt, HTTP 400), a
-bug in the program, anything the metric raised. Outcomes are scored (``failure_score``), counted
-and journaled like any other result.
+bug in the program, anything the metric raised that is not a fault. Outcomes are scored
+(``failure_score``), counted and journaled like any other result. A program or metric that calls an LM
+of its own, outside the meter (an LM judge in ``dspy.context(lm=judge)``), and gets no answer raises
+a fault all the same: the scorer reads its exception with :func:`is_fault`.
 
 A *fault* is a call that got no answer: the server is down or unreachable, the call timed out, was
 rate limited, or failed with a server error (5xx), the credentials were refused, the local model

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from dspy_icl_opt._log import logger
 from dspy_icl_opt.search.budget import BudgetExhausted, BudgetMeter, MeteredLM, collect_cost
-from dspy_icl_opt.search.faults import LMFault, RunInterrupted
+from dspy_icl_opt.search.faults import LMFault, RunInterrupted, is_fault
 from dspy_icl_opt.search.journal import Journal
 from dspy_icl_opt.search.placement import task_adapter
 from dspy_icl_opt.search.report import Counters
@@ -283,6 +283,8 @@ class Scorer:
             except Exception as exc:  # the metric is user code: count it, never crash the search
                 if cost.fault is not None:  # an LM judge that got no answer: not an outcome
                     raise cost.fault from exc
+                if is_fault(exc):  # ... also one the metric calls outside the meter (its own judge LM)
+                    raise self.meter.faults.failed("metric", exc) from exc
                 self._count("metric_errors")
                 logger.warning("Metric raised {}: {}; scored {}", type(exc).__name__, exc, self.failure_score)
                 return Outcome(self.failure_score, _pred_dict(prediction), trace, f"metric: {exc!r}"), cost
@@ -309,6 +311,8 @@ class Scorer:
             logger.debug("Unparsable task-model answer: {}", exc.lm_response)
             return None, (), exc
         except Exception as exc:  # a bad answer or a bug in the program: count, log, score as failure
+            if is_fault(exc):  # an LM the program calls outside the meter got no answer: not an outcome
+                raise self.meter.faults.failed("task", exc) from exc
             self._count("program_errors")
             logger.warning("Program raised {} on an example: {}", type(exc).__name__, exc)
             return None, (), f"program: {exc!r}"

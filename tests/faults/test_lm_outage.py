@@ -107,3 +107,24 @@ def test_parse_failures_stay_outcomes():
     unexpected = LMUnexpectedError(message="engine bug")
     unexpected.__cause__ = TypeError("bug")
     assert not is_fault(unexpected)
+
+
+def test_a_metric_whose_own_judge_lm_gets_no_answer_is_a_fault_not_a_score(tmp_path):
+    # An LM judge the metric calls in dspy.context(lm=judge) is outside the meter: its connection error was
+    # caught as a metric error, scored failure_score and journaled, so a resume replayed the zeros.
+    import dspy
+
+    task = _task()
+    judge = faulty_lm(scripted_lm(lambda r: "[[ ## verdict ## ]]\nyes\n\n[[ ## completed ## ]]").engine, die_after=0)
+
+    def judged(example, prediction, trace=None):
+        with dspy.context(lm=judge):
+            return dspy.Predict("answer -> verdict")(answer=prediction.answer).verdict == "yes"
+
+    opt = OPRO(judged, task_model=task.lm(), prompt_model=scripted_lm(rule_stating_responder(task.rule)), steps=1,
+               candidates_per_step=1, progress=False, log_dir=tmp_path)
+    with pytest.raises(RunInterrupted):
+        opt.compile(task.program(), trainset=task.train, valset=task.val)
+    assert opt.report_.counters.metric_errors == 0 and opt.report_.counters.lm_faults > 0
+    journaled = _journal(tmp_path) if (tmp_path / "journal.jsonl").exists() else []
+    assert not [r for r in journaled if r["kind"] == "score"], "no score of the dead judge is journaled"

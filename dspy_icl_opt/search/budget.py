@@ -195,10 +195,10 @@ class BudgetMeter:
         over_tokens = token_cap is not None and self.spent[role].tokens >= token_cap
         return remaining == 0 or over_tokens
 
-    def reserve(self, role: Role, slots: int = 1) -> None:
+    def reserve(self, role: Role, slots: int = 1, *, check_tokens: bool = True) -> None:
         """Reserve ``slots`` calls or raise :class:`BudgetExhausted`; pair with :meth:`settle`."""
         cap = self.budget.call_cap(role)
-        token_cap = self.budget.token_cap(role)
+        token_cap = self.budget.token_cap(role) if check_tokens else None
         with self._lock:
             used = self.spent[role].calls + self._in_flight[role]
             refusal = None
@@ -232,8 +232,10 @@ class BudgetMeter:
             sink.add(calls, tokens)
 
     def charge(self, role: Role, cost: Cost) -> None:
-        """Charge work done earlier (replayed from a run log) as if it had just been done."""
-        self.reserve(role, cost.calls)
+        """Charge work done earlier (replayed from a run log) as if it had just been done. The token cap is not
+        checked again: that work was admitted once, and calls admitted together by several threads can pass a
+        token cap, so a replay checked against it refused results the uninterrupted run had kept."""
+        self.reserve(role, cost.calls, check_tokens=False)
         self.settle(role, reserved=cost.calls, calls=cost.calls, tokens=cost.tokens)
 
     def snapshot(self) -> dict[str, Spent]:

@@ -506,3 +506,41 @@ def test_a_run_repeated_with_a_warm_cache_returns_what_the_first_run_did():
     assert second == first
     assert task_engine.call_count == calls_after_first, "the second run was served from the cache alone"
     assert hits_first == 0 and hits_second == first[3]
+
+
+def test_a_resume_replays_what_threads_admitted_together_past_a_token_cap(tmp_path):
+    # Four threads are let in while the tokens spent are under the cap and together pass it; the run keeps their
+    # four results. A resume charged the journaled records through the token check and refused the second one.
+    import time
+
+    from dspy_icl_opt.testing.chat import AsyncEngine
+
+    task = planted_rule_task("vowels", train_size=8, val_size=4, seed=0)
+    inner = task.lm().engine
+
+    class Slow:  # so that the four calls are in flight together
+        def complete(self, request):
+            time.sleep(0.3)
+            return inner.complete(request)
+
+        def __deepcopy__(self, memo):
+            return self
+
+        def close(self):
+            pass
+
+    engine = Slow()
+    lm = dspy.LM(f"fake/slow-{uuid.uuid4().hex}", engine=engine, async_engine=AsyncEngine(engine), cache=False)
+    path = tmp_path / "journal.jsonl"
+
+    def evaluate():
+        meter = BudgetMeter(Budget(max_task_tokens=50))
+        scorer = Scorer(task.program(), task.metric, task_lm=MeteredLM(lm, meter, "task"), meter=meter,
+                        journal=Journal(path), counters=Counters(), num_threads=4, progress=False)
+        return scorer.evaluate(read_state(task.program()), task.train[:4]), meter
+
+    first, meter = evaluate()
+    assert len(first) == 4 and meter.spent["task"].tokens > 50
+    again, replayed = evaluate()
+    assert [o.score for o in again] == [o.score for o in first]
+    assert replayed.spent["task"].calls == meter.spent["task"].calls

@@ -761,7 +761,8 @@ class ICLOptimizer(Teleprompter):
         report = OptimizationReport(optimizer=type(self).__name__, params=params, seed=self.seed,
                                     budget=self.budget,
                                     fingerprint=run_fingerprint(student, trainset, valset, task, prompt, self.metric,
-                                                                failure_score=repr(self.failure_score)))
+                                                                failure_score=repr(self.failure_score),
+                                                                max_retries=str(self.max_retries)))
         journal = Journal(self._prepare_dir(run_dir, resume, report))
         meter = BudgetMeter(self.budget)
         return SearchContext(optimizer=self, student=student, trainset=trainset, valset=valset,

@@ -88,6 +88,14 @@ def test_a_changed_failure_score_is_refused(tmp_path):
         _compile(tmp_path, task, failure_score=-1.0)
 
 
+def test_a_changed_max_retries_is_refused(tmp_path):
+    # A journaled answer that no try made usable replays as none; more retries would have asked again.
+    task = _task()
+    _compile(tmp_path, task)
+    with pytest.raises(ValueError, match=r"max_retries \(there: 2, here: 5\)"):
+        _compile(tmp_path, task, max_retries=5)
+
+
 def test_a_journal_without_its_report_is_refused(tmp_path):
     task = _task()
     _compile(tmp_path, task)

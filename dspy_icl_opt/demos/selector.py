@@ -13,9 +13,10 @@ budget ends between trials and the finalists are always validated.
 
 The valset is split in two when it is large enough (``MIN_VAL_TO_HOLD_OUT``): the trials are scored
 on minibatches of one part, each minibatch's running mean an intermediate value so a pruner stops
-bad trials early (never before ``MIN_EXAMPLES_BEFORE_PRUNING`` examples); the final choice is made
-on the other part, which no trial was ranked on (MIPROv2's minibatch-then-full idea, with the full
-evaluation on fresh examples). A smaller valset is used whole by both, and the paired test of the
+bad trials early (never before ``MIN_EXAMPLES_BEFORE_PRUNING`` examples); the final choice uses the
+whole valset (the trials' part cached), and a finalist must also not lose to the start on the other
+part, which no trial was ranked on (MIPROv2's minibatch-then-full idea, with fresh examples in the
+full evaluation). A smaller valset is used whole by both, and the paired test of the
 final choice then asks for more (a Bonferroni bound over the trials the finalists were picked from).
 """
 
@@ -520,8 +521,11 @@ class DemoSelector(ICLOptimizer):
                     "{} final-choice examples ({})", study.study_name, len(study.trials), sizes, n, len(batches),
                     len(final_examples), f"{held_out} held back from the trials" if held_out else "the same valset")
         enqueue_baselines(study, space)
+        # a final choice the plan cut to the trial examples has none held back: it is then judged as one on
+        # the examples the trials were ranked on (the Bonferroni z), not as a held-out one
+        held = bool(held_out) and plan.settings["validation_examples"] > n
         return _Run(ctx=ctx, study=study, space=space, batches=batches, input_fields=fields,
-                    final_examples=final_examples, held_out=bool(held_out), reused=n if held_out else 0,
+                    final_examples=final_examples, held_out=held, reused=n if held else 0,
                     trial_cost=n * len(ctx.predictors))
 
     def _teacher(self, ctx: SearchContext) -> Any:

@@ -566,3 +566,16 @@ def test_the_zero_shot_trial_does_not_take_a_finalists_place(two_teachers):
     contenders = selector.report_.extra["final_choice"]["contenders"]
     start = selector.report_.extra["final_choice"]["start"]
     assert len(contenders) == 2 and contenders[1]["candidate"] != start
+
+
+def test_a_final_choice_cut_to_the_trial_examples_is_judged_as_one_on_reused_examples(two_teachers):
+    # At 60 task calls the plan validates 20 examples, all of them the trials' own: the choice called itself
+    # held-out (z 1.0, "must not lose on the held-back examples") with no held-back example in it.
+    task = large(two_teachers, val_size=40)
+    selector = DemoSelector(task.metric, task_model=task.lm(), max_demos=4, pools=("labeled",),
+                            budget={"max_task_calls": 60}, progress=False)
+    selector.compile(task.program(), trainset=task.train, valset=task.val)
+    choice = selector.report_.extra["final_choice"]
+    settings = selector.report_.extra["plan"]["settings"]
+    assert choice["examples"] <= settings["trial_examples"]
+    assert choice["held_out"] is False and choice["z"] > 1.0

@@ -498,9 +498,13 @@ class DemoSelector(ICLOptimizer):
         # the trial examples first (cached for the finalists; a cut of the final examples drops the others)
         final_examples = trial_pool[:n] + order[:held_out] + trial_pool[n:]
         shared = self.storage is not None
+        # also what rebuilds a stored trial's demos (the embedder, the influence ranking) and what its score was
+        # measured on (the valset, the trial examples): a study resumed with other ones would mix unlike trials
         settings = {"predictors": sorted(name for name, _ in ctx.predictors), "strategies": list(self.strategies),
                     "orders": list(self.orders), "pools": list(self.pools), "max_demos": self.max_demos,
-                    "candidate_sets": self.candidate_sets, "set_seed": set_seed}
+                    "candidate_sets": self.candidate_sets, "set_seed": set_seed, "embedder": self.embedder_name,
+                    "influence": self._params()["influence"], "minibatch_size": self.minibatch_size,
+                    "trial_examples": n, "valset": stable_int(*(example_key(ex) for ex in ctx.valset))}
         name = self.study_name or (default_study_name(ctx, self.seed, settings) if shared else None)
         study = open_study(storage=self.storage, study_name=name, sampler=make_sampler(self.sampler, self.seed, shared),
                            pruner=make_pruner(self.pruner))

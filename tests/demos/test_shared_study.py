@@ -117,6 +117,22 @@ def test_a_study_searched_with_other_settings_is_refused(tmp_path, two_teachers)
             two_teachers.program(), trainset=two_teachers.train, valset=two_teachers.val)
 
 
+@pytest.mark.parametrize("change", ["valset", "minibatch_size"])
+def test_a_study_resumed_with_other_scoring_examples_is_refused(tmp_path, two_teachers, change):
+    # Stored trial scores were measured on the valset's minibatches: mixing them with trials on other examples
+    # (another valset, other trial sizes) was accepted silently.
+    storage = f"sqlite:///{tmp_path / 'scoring.db'}"
+    common = {"task_model": two_teachers.lm(), "n_trials": 2, "storage": storage, "study_name": "fixed",
+              "pools": ("labeled",), "progress": False}
+    DemoSelector(two_teachers.metric, **common).compile(two_teachers.program(), trainset=two_teachers.train,
+                                                         valset=two_teachers.val)
+    other = {"minibatch_size": 3} if change == "minibatch_size" else {}
+    valset = two_teachers.val[:-1] if change == "valset" else two_teachers.val
+    with pytest.raises(ValueError, match="was searched with"):
+        DemoSelector(two_teachers.metric, **common, **other).compile(two_teachers.program(),
+                                                                     trainset=two_teachers.train, valset=valset)
+
+
 class RacedStorage(optuna.storages.InMemoryStorage):
     """Another process finishes the first trial while this one runs it (the SQLite queue race)."""
 

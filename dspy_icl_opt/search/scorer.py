@@ -264,16 +264,19 @@ class Scorer:
 
     def _run_one(self, program: dspy.Module, names: dict[int, str], example: dspy.Example) -> tuple[Outcome, Any]:
         with collect_cost() as cost:
-            prediction, trace, error = self._call_program(program, names, example)
+            prediction, trace, error, raised = self._call_program(program, names, example)
             if cost.fault is not None:  # the program swallowed a fault: no answer is not an outcome
                 raise cost.fault
             if cost.refused is not None:  # the program swallowed a refusal: its answer is incomplete
                 raise cost.refused
+            if raised is not None and is_fault(raised):  # an LM it calls outside the meter got no answer
+                raise self.meter.faults.failed("task", raised) from raised
             if isinstance(error, AdapterParseError):
                 self._count("task_parse_failures")
                 return Outcome(self.failure_score, {}, trace, f"{PARSE_ERROR} {_short(error)}",
                                str(error.lm_response or "")), cost
-            if error is not None:
+            if error is not None:  # counted here, once a swallowed fault or refusal is ruled out
+                self._count("program_errors")
                 return Outcome(self.failure_score, {}, trace, error), cost
             try:
                 with dspy.context(lm=self.task_lm):
@@ -309,14 +312,11 @@ class Scorer:
             raise
         except AdapterParseError as exc:  # the model answered in a format the adapter cannot read: an outcome
             logger.debug("Unparsable task-model answer: {}", exc.lm_response)
-            return None, (), exc
-        except Exception as exc:  # a bad answer or a bug in the program: count, log, score as failure
-            if is_fault(exc):  # an LM the program calls outside the meter got no answer: not an outcome
-                raise self.meter.faults.failed("task", exc) from exc
-            self._count("program_errors")
+            return None, (), exc, exc
+        except Exception as exc:  # a bad answer or a bug in the program (or a fault: _run_one tells them apart)
             logger.warning("Program raised {} on an example: {}", type(exc).__name__, exc)
-            return None, (), f"program: {exc!r}"
-        return prediction, trace, None
+            return None, (), f"program: {exc!r}", exc
+        return prediction, trace, None, None
 
 
 def _short(error: AdapterParseError) -> str:

@@ -128,3 +128,28 @@ def test_a_metric_whose_own_judge_lm_gets_no_answer_is_a_fault_not_a_score(tmp_p
     assert opt.report_.counters.metric_errors == 0 and opt.report_.counters.lm_faults > 0
     journaled = _journal(tmp_path) if (tmp_path / "journal.jsonl").exists() else []
     assert not [r for r in journaled if r["kind"] == "score"], "no score of the dead judge is journaled"
+
+
+def test_a_fault_the_program_wraps_in_its_own_error_is_not_counted_as_a_program_error():
+    # The program raised its own error from the fault; the scorer counted a program error before it found the
+    # fault behind it (a review): the fault is retried, and program_errors stays 0.
+    import dspy
+
+    task = _task()
+
+    class Wrapping(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.predict = dspy.Predict("question -> answer")
+
+        def forward(self, question):
+            try:
+                return self.predict(question=question)
+            except Exception as exc:
+                raise ValueError("the answer could not be produced") from exc
+
+    flaky = faulty_lm(task.lm().engine, fail_calls={1, 2})  # the adapter's call and its JSON fallback
+    opt = OPRO(task.metric, task_model=flaky, prompt_model=scripted_lm(rule_stating_responder(task.rule)), steps=1,
+               candidates_per_step=1, progress=False)
+    opt.compile(Wrapping(), trainset=task.train, valset=task.val)
+    assert opt.report_.counters.lm_faults >= 1 and opt.report_.counters.program_errors == 0

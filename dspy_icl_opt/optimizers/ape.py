@@ -515,8 +515,9 @@ class APE(ICLOptimizer):
         random.Random(stable_int(self.seed, "ape/top-up")).shuffle(order)
         m, scored = len(ctx.predictors), 0
         while True:
+            # the finalists as _choose_final takes them: not the start, which is validated anyway
             leaders = [r for r in run.ranked if SEARCH_LABEL in r.scores and r.origin != "seed"]
-            leaders = leaders[: ctx.plan.settings["finalists"]]  # as _choose_final takes them (the start is validated anyway)
+            leaders = leaders[: ctx.plan.settings["finalists"]]
             pending = [(r, [i for i in order if i not in run.item_scores[r.id]]) for r in leaders]
             pending = [(r, items) for r, items in pending if items]
             affordable = ctx.meter.remaining_calls("task") // m

@@ -62,12 +62,13 @@ def selection_demo(*, mode: Literal["knn", "mmr", "fixed"], k: int, order: Order
     return {SELECTION_KEY: settings}
 
 
-def mmr_order(relevance: np.ndarray, similarity: np.ndarray, k: int, lam: float) -> list[int]:
+def mmr_order(relevance: np.ndarray, similarity: np.ndarray, k: int, lam: float,
+              exclude: frozenset[int] = frozenset()) -> list[int]:
     """Maximal marginal relevance (Carbonell and Goldstein, 1998): ``k`` positions picked one by one, each
     maximising ``lam * relevance - (1 - lam) * redundancy``, where redundancy is the highest ``similarity``
-    to a position already picked. Ties go to the earlier position."""
+    to a position already picked. Ties go to the earlier position; positions in ``exclude`` are never picked."""
     chosen: list[int] = []
-    left = list(range(len(relevance)))
+    left = [i for i in range(len(relevance)) if i not in exclude]
     while left and len(chosen) < k:
         redundancy = np.max(similarity[np.ix_(left, chosen)], axis=1) if chosen else np.zeros(len(left))
         gains = lam * np.asarray(relevance)[left] - (1.0 - lam) * redundancy
@@ -91,13 +92,17 @@ def select_indices(settings: Mapping[str, Any], pool: Sequence[Any], inputs: Map
         return []
     texts = [demo_text(_as_mapping(d), input_fields) for d in pool]
     index = pool_index(texts, settings.get("embedder", LEXICAL))
-    sims = index.similarities(demo_text(inputs, input_fields))
+    query = demo_text(inputs, input_fields)
+    sims = index.similarities(query)
     nearest_first = sorted(range(len(pool)), key=lambda i: (-float(sims[i]), i))
+    # a demo with the query's own inputs is its answer, not an example (a valset that is the trainset, or a
+    # duplicate in the data): never shown for it
+    itself = frozenset(i for i, text in enumerate(texts) if text == query)
     k = max(0, int(settings.get("k", 0)))
     if settings.get("mode") == "knn":
-        chosen = nearest_first[:k]
+        chosen = [i for i in nearest_first if i not in itself][:k]
     elif settings.get("mode") == "mmr":  # relevance to this call's input, redundancy among the demos' inputs
-        chosen = mmr_order(sims, index.pairwise(), k, float(settings.get("mmr_lambda", 0.5)))
+        chosen = mmr_order(sims, index.pairwise(), k, float(settings.get("mmr_lambda", 0.5)), exclude=itself)
     else:
         chosen = list(range(len(pool)))
     order = settings.get("order", "as_selected")

@@ -53,6 +53,17 @@ def test_knn_orders_and_permutation():
     assert sorted(fixed) == list(range(5)) and fixed[-1] == 0
 
 
+@pytest.mark.parametrize("mode", ["knn", "mmr"])
+def test_a_demo_with_the_querys_own_inputs_is_never_shown_for_it(mode):
+    # With no valset and few training examples the valset is the trainset: kNN then showed each query its own
+    # labelled example (a review: k=1 kNN chosen at val 1.0, 0.0 on fresh examples).
+    fields = ["question"]
+    query = {"question": POOL[2]["question"]}
+    chosen = select_indices(selection_demo(mode=mode, k=3, order="as_selected")["icl_dynamic_demos"], POOL, query,
+                            fields)
+    assert 2 not in chosen and len(chosen) == 3
+
+
 def test_dynamic_predict_shows_only_the_chosen_demos_and_plain_demos_untouched():
     predictor = DynamicPredict("question -> answer")
     predictor.demos = [dspy.Example(**selection_demo(mode="knn", k=1, order="as_selected")),

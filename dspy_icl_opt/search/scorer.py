@@ -264,20 +264,22 @@ class Scorer:
 
     def _run_one(self, program: dspy.Module, names: dict[int, str], example: dspy.Example) -> tuple[Outcome, Any]:
         with collect_cost() as cost:
-            prediction, trace, error, raised = self._call_program(program, names, example)
+            prediction, trace, raised = self._call_program(program, names, example)
             if cost.fault is not None:  # the program swallowed a fault: no answer is not an outcome
                 raise cost.fault
             if cost.refused is not None:  # the program swallowed a refusal: its answer is incomplete
                 raise cost.refused
             if raised is not None and is_fault(raised):  # an LM it calls outside the meter got no answer
                 raise self.meter.faults.failed("task", raised) from raised
-            if isinstance(error, AdapterParseError):
+            if isinstance(raised, AdapterParseError):  # the model answered in a format the adapter cannot read
                 self._count("task_parse_failures")
-                return Outcome(self.failure_score, {}, trace, f"{PARSE_ERROR} {_short(error)}",
-                               str(error.lm_response or "")), cost
-            if error is not None:  # counted here, once a swallowed fault or refusal is ruled out
+                logger.debug("Unparsable task-model answer: {}", raised.lm_response)
+                return Outcome(self.failure_score, {}, trace, f"{PARSE_ERROR} {_short(raised)}",
+                               str(raised.lm_response or "")), cost
+            if raised is not None:  # a bad answer or a bug in the program, once a fault behind it is ruled out
                 self._count("program_errors")
-                return Outcome(self.failure_score, {}, trace, error), cost
+                logger.warning("Program raised {} on an example: {}", type(raised).__name__, raised)
+                return Outcome(self.failure_score, {}, trace, f"program: {raised!r}"), cost
             try:
                 with dspy.context(lm=self.task_lm):
                     score = metric_value(self.metric(example, prediction, None))
@@ -300,6 +302,8 @@ class Scorer:
             setattr(self.counters, counter, getattr(self.counters, counter) + 1)
 
     def _call_program(self, program: dspy.Module, names: dict[int, str], example: dspy.Example):
+        """``(prediction, trace, exception)``: what the program returned and its trace, or the exception it raised
+        (:meth:`_run_one` tells a fault, an unparsable answer and a program error apart)."""
         try:
             with dspy.context(lm=self.task_lm, trace=[], adapter=task_adapter()):
                 prediction = program(**example.inputs())
@@ -310,13 +314,9 @@ class Scorer:
                 )
         except (BudgetExhausted, LMFault, RunInterrupted):
             raise
-        except AdapterParseError as exc:  # the model answered in a format the adapter cannot read: an outcome
-            logger.debug("Unparsable task-model answer: {}", exc.lm_response)
-            return None, (), exc, exc
-        except Exception as exc:  # a bad answer or a bug in the program (or a fault: _run_one tells them apart)
-            logger.warning("Program raised {} on an example: {}", type(exc).__name__, exc)
-            return None, (), f"program: {exc!r}", exc
-        return prediction, trace, None, None
+        except Exception as exc:
+            return None, (), exc
+        return prediction, trace, None
 
 
 def _short(error: AdapterParseError) -> str:

@@ -476,8 +476,13 @@ class _PredictorRun:
                         "run", self.name, DEMO_GIVE_UP)
         return None
 
+    def _demo_room(self) -> int | None:
+        """Prompt calls left of the plan's allowance for writing demonstrations (``None``: no prompt cap)."""
+        return None if self.demo_allowance is None else self.demo_allowance - self.demo_calls
+
     def _demo_allowance_spent(self) -> bool:
-        return self.demo_allowance is not None and self.demo_calls >= self.demo_allowance
+        room = self._demo_room()
+        return room is not None and room < 1
 
     def _demo_pool(self, preferred: int | None) -> list[int]:
         """Training examples to demonstrate on: the previous demonstration's first, then random ones; those
@@ -496,9 +501,9 @@ class _PredictorRun:
         if inputs is None:
             return None
         gold = {k: v for k, v in demo_to_dict(example.labels()).items() if k in self.final_fields}
-        room = None if self.demo_allowance is None else self.demo_allowance - self.demo_calls
-        if room is not None and room < 1:
+        if self._demo_allowance_spent():
             return None
+        room = self._demo_room()
         before = self.ctx.meter.snapshot()["prompt"].calls
         try:
             answer = self._ask(self.demo_signature, key, validate=lambda a: follows_every_step(a.execution, procedure),

@@ -521,8 +521,7 @@ class APO(ICLOptimizer):
         # the members with pairs left to score (a child that repeats an earlier round's program keeps that round's
         # step, so counting this round's step undercounted them and inflated the budget)
         examples = [ctx.trainset[i] for i in run.search]
-        children = max(1, sum(1 for r in pool if any(ctx.scorer.cached(ctx.state_of(r), ex) is None
-                                                     for ex in examples)))
+        children = max(1, sum(1 for r in pool if ctx.scorer.unscored(ctx.state_of(r), examples)))
         nominal = max(1, int(0.9 * remaining * len(pool) / children) // len(ctx.predictors))
         logger.info("APO: a partial round on the {} task calls left", remaining)
         return make_bandit(self.evaluator, eval_rounds=1, eval_prompts_per_round=1, samples_per_eval=nominal, c=self.c)

@@ -147,17 +147,20 @@ def test_the_task_engine_never_sees_more_calls_than_the_cap(task):
     assert opt.report_.extra["final_choice"]["contenders"], "the final validation still ran"
 
 
+class TwoStep(dspy.Module):
+    """Letters first, then the answer from them: a program of two predictors."""
+
+    def __init__(self):
+        super().__init__()
+        self.extract = dspy.Predict(dspy.Signature("question -> letters", "List the letters."))
+        self.answer = dspy.Predict(dspy.Signature("question, letters -> answer", "Answer the question."))
+
+    def forward(self, question):
+        letters = self.extract(question=question).letters
+        return self.answer(question=question, letters=letters)
+
+
 def test_two_predictor_program_gets_instruction_and_demos_each(task):
-    class TwoStep(dspy.Module):
-        def __init__(self):
-            super().__init__()
-            self.extract = dspy.Predict(dspy.Signature("question -> letters", "List the letters."))
-            self.answer = dspy.Predict(dspy.Signature("question, letters -> answer", "Answer the question."))
-
-        def forward(self, question):
-            letters = self.extract(question=question).letters
-            return self.answer(question=question, letters=letters)
-
     def spaced(word):
         return " ".join(word)
 
@@ -385,15 +388,6 @@ def test_each_predictor_gets_its_share_of_the_prompt_calls_whatever_the_retries(
     # Every other answer unusable: the first predictor's retries used to take the whole prompt cap (8 calls, 4
     # proposals) and the second got no proposal at all.
     task = planted_rule_task("vowels", train_size=16, val_size=8, seed=2)
-
-    class TwoStep(dspy.Module):
-        def __init__(self):
-            super().__init__()
-            self.extract = dspy.Predict(dspy.Signature("question -> letters", "List the letters."))
-            self.answer = dspy.Predict(dspy.Signature("question, letters -> answer", "Answer the question."))
-
-        def forward(self, question):
-            return self.answer(question=question, letters=self.extract(question=question).letters)
 
     def solve(inputs):
         return task.solve(inputs) if "letters" in inputs else " ".join(inputs["question"])

@@ -661,12 +661,29 @@ class DemoSelector(ICLOptimizer):
         start = ctx.add_candidate(ctx.initial_state, step=0, origin="seed", meta={"choice": described})
         records: list[Any] = []
         ranked = ranked_trials(run.study)
+        # Under a cap, a finalist is taken only if the calls left (after the start's) pay for its pairs not scored
+        # yet; otherwise the next trial is looked at. A stored study's best trials may come from another compile
+        # or process, unscored here: taking them would leave this compile's own scored trials unvalidated.
+        m, left = len(ctx.predictors), ctx.meter.remaining_calls("task")
+        if left is not None:
+            left -= ctx.scorer.unscored(ctx.state_of(start), run.final_examples) * m
+        passed_over: list[int] = []
         for trial in ranked:  # the best few *distinct* programs (several trials can build one), not the start
             record = self._record_of(run, trial)  # (the zero-shot trial of a student without demos is the start)
             if record is not None and record.id != start.id and all(record.id != r.id for r in records):
+                cost = 0 if left is None else ctx.scorer.unscored(ctx.state_of(record), run.final_examples) * m
+                if left is not None and cost > left:
+                    if record.id not in passed_over:
+                        passed_over.append(record.id)
+                    continue
+                if left is not None:
+                    left -= cost
                 records.append(record)
             if len(records) == ctx.plan.settings["finalists"]:
                 break
+        if passed_over:
+            logger.info("DemoSelector: the task calls left cannot validate trial candidate(s) {}; the next best "
+                        "that they can are the finalists", passed_over)
         if not records:  # no trial ran (the budget could not pay for one): the start is still validated
             logger.info("DemoSelector: no trial finished; validating the program as given")
         z = VALIDATION_Z if run.held_out else reuse_z(len({self._record_key(t) for t in ranked}))
@@ -682,6 +699,8 @@ class DemoSelector(ICLOptimizer):
                 ctx.checkpoint()
         choice = ctx.report.extra.get("final_choice")
         if isinstance(choice, dict):
+            if passed_over:
+                choice["passed_over_unaffordable"] = passed_over
             choice.update({"held_out": run.held_out, "z": round(z, 3), "basis": (
                 "the valset; the finalist must not lose on the examples held back from the trials" if run.held_out else
                 f"the valset the trials were ranked on; z raised for picking from {len(ranked)} trials")})

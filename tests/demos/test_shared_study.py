@@ -176,9 +176,13 @@ def test_a_sqlite_study_changes_trial_states_under_a_lock_beside_the_database(tm
 
 
 def test_a_resumed_study_validates_the_finalists_its_budget_pays_for(tmp_path):
-    # The second compile's best trials include the first compile's, whose pairs are not cached here: the first
-    # such finalist the budget could not pay for ended the final choice, so the program as given (val 0.0) came
-    # back though this compile's own tied trials were cached. Unaffordable finalists are now skipped.
+    # The second compile's best trials include the first compile's, whose pairs are not cached here. The first
+    # such finalist the budget could not pay for ended the final choice (the program as given, val 0.0, came
+    # back); then (4e9485a) it was skipped, but it still took a finalist's place, so when the first compile's
+    # trials were the best few none of this compile's own scored trials was validated (CI, stop 32: the start
+    # alone). Finalists are now the best trials the calls left pay for. Each compile gets its own sampler seed,
+    # as two processes sharing a study do (the default seeds from the pid), so the run is reproducible.
+    import optuna
     from tests.demos.conftest import TwoTeachers
     from dspy_icl_opt.testing import planted_rule_task
 
@@ -186,11 +190,15 @@ def test_a_resumed_study_validates_the_finalists_its_budget_pays_for(tmp_path):
     task = TwoTeachers(base.train, base.val, even=base.train[5].question, odd=base.train[9].question)
     storage = f"sqlite:///{tmp_path / 's.db'}"
     for cap in (400, 100):
+        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=cap)
         selector = DemoSelector(task.metric, task_model=task.lm(), max_demos=4, pools=["labeled"],
                                 strategies=["random", "slots"], candidate_sets=12, seed=1, storage=storage,
-                                study_name="resumed", budget={"max_task_calls": cap}, progress=False)
+                                sampler=sampler, study_name="resumed", budget={"max_task_calls": cap},
+                                progress=False)
         selector.compile(task.program(), trainset=task.train, valset=task.val)
         report = selector.report_
         assert report.spent["task"].calls <= cap
-        assert len(report.extra["final_choice"]["contenders"]) >= 2, "a finalist was validated beside the start"
+        planned = report.extra["plan"]["settings"]["finalists"]
+        validated = [row["candidate"] for row in report.extra["final_choice"]["contenders"]][1:]
+        assert len(validated) == planned, "every planned finalist was validated"
         assert report.best_scores["val"] > 0.5

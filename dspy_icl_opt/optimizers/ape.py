@@ -48,6 +48,11 @@ DEFAULT_TEMPERATURE = 0.9
 PULLED_SHARE = 0.5
 #: The fewest examples per pull: one says almost nothing, and more would leave a large pool half unseen.
 MIN_SAMPLES_PER_PULL = 2
+#: The reference splits its training data: at most this share (and at most ``MAX_DEMONSTRATION_EXAMPLES``) gives
+#: the demonstrations instructions are induced from, the rest scores them, so no candidate is scored on the
+#: examples it was written from (it would read them back).
+DEMONSTRATION_SHARE = 0.5
+MAX_DEMONSTRATION_EXAMPLES = 100
 #: Label of a candidate's mean over every search example it was scored on.
 SEARCH_LABEL = "search"
 #: What ``scores["search"]`` is, by ``scoring`` (the report says it).
@@ -108,7 +113,9 @@ class APE(ICLOptimizer):
     :func:`~dspy_icl_opt.optimizers.ape_prompts.read_instruction` and de-duplicated (normalised
     text). The pool (with the starting instruction and the data-grounded format candidate) is
     scored by execution accuracy with the ``evaluator`` bandit (UCB by default, exploration ``c``)
-    on the training set, which every candidate shares. Iterative-APE: for each further iteration,
+    on training examples every candidate shares. As in the reference, the training set is split (seeded):
+    the demonstration subsets come from ``DEMONSTRATION_SHARE`` of it, the bandit scores on the rest
+    (a training set of one example serves both). Iterative-APE: for each further iteration,
     the top ``keep_fraction`` of the pool (by mean accuracy over the examples each has seen, shrunk
     toward the pool's mean for those that saw few) is kept and ``variations_per_candidate``
     variations "saying the same in other words" are asked per kept candidate; kept and new
@@ -285,13 +292,14 @@ class APE(ICLOptimizer):
         finalists, n_val, notes = plan_validation(shape, self.final_candidates)
         held = validation_calls(shape, finalists, n_val)
         search = None if shape.task_cap is None else max(0, shape.task_cap - held)
+        shown, scored = (len(part) for part in self._train_split(shape.n_train))
         for iterations in range(self.iterations, 0, -1):
             schedule = self._schedule(shape.prompt_cap, iterations, m)
             if schedule is None:
                 continue
             pools = self._pools(schedule, m)
             share = None if search is None else search // iterations
-            bandits = [self._bandit_shape(p, share, shape.n_train, m) for p in pools]
+            bandits = [self._bandit_shape(p, share, scored, m) for p in pools]
             if all(bandits) or iterations == 1:
                 break
         if schedule.iterations < self.iterations:
@@ -311,7 +319,7 @@ class APE(ICLOptimizer):
         settings = {"iterations": schedule.iterations, "subsamples": schedule.subsamples,
                     "prompts_per_subsample": schedule.per_subsample, "variations": list(schedule.variations),
                     "bandits": [None if b is None else [b.rounds, b.per_round, b.samples] for b in bandits],
-                    "search_examples": shape.n_train, "finalists": finalists, "validation_examples": n_val}
+                    "search_examples": scored, "demonstration_examples": shown, "finalists": finalists, "validation_examples": n_val}
         return SearchPlan(type(self).__name__, shape, schedule.iterations, settings, phases, notes)
 
     def _pools(self, schedule: _Schedule, n_predictors: int) -> list[int]:
@@ -325,7 +333,7 @@ class APE(ICLOptimizer):
         plan = ctx.plan
         run = _Run(names=[name for name, _ in ctx.predictors],
                    tasks={name: describe_signature(p) for name, p in ctx.predictors},
-                   search=list(range(len(ctx.trainset))))
+                   search=self._train_split(len(ctx.trainset))[1])
         run.scorer = LikelihoodScorer.beside(ctx.scorer) if self.scoring == "likelihood" else ctx.scorer
         ctx.report.extra["search_score"] = _SEARCH_SCORES[self.scoring]
         seed = ctx.add_candidate(ctx.initial_state, step=0, origin="seed")
@@ -398,7 +406,17 @@ class APE(ICLOptimizer):
 
     def _subset(self, ctx: SearchContext, j: int) -> list[int]:
         rng = random.Random(stable_int(self.seed, "ape/demos", j))
-        return sorted(rng.sample(range(len(ctx.trainset)), min(self.num_demos, len(ctx.trainset))))
+        shown = self._train_split(len(ctx.trainset))[0]
+        return sorted(rng.sample(shown, min(self.num_demos, len(shown))))
+
+    def _train_split(self, n: int) -> tuple[list[int], list[int]]:
+        """Training indices for the demonstrations and for the bandit (disjoint when ``n`` >= 2), seeded."""
+        if n < 2:
+            return list(range(n)), list(range(n))
+        order = list(range(n))
+        random.Random(stable_int(self.seed, "ape/split")).shuffle(order)
+        shown = max(1, min(int(n * DEMONSTRATION_SHARE), MAX_DEMONSTRATION_EXAMPLES))
+        return sorted(order[:shown]), sorted(order[shown:])
 
     def _vary(self, ctx: SearchContext, run: _Run, t: int, kept: list[CandidateRecord], calls: int, *,
               reserve: int) -> list[CandidateRecord]:

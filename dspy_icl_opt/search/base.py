@@ -428,45 +428,61 @@ class SearchContext:
             self.optimizer.max_retries + 1, max_attempts))
         self._asked.append(" ".join(str(value) for value in inputs.values()))
         record, replay_cost = self.journal.get("ask", key)
-        if replay_cost is not None and replay_cost.calls:
-            self.meter.charge("prompt", replay_cost)
+        stats = self.report.extra.setdefault("meta_prompts", {}).setdefault(
+            signature.__name__, {"answers": 0, "usable": 0, "unusable": 0})
+        # what this ask added to the report, journaled with it: a resumed run's report counts the replayed asks too
+        tally = {name: int(value) for name, value in ((record or {}).get("tally") or {}).items()}
+        if replay_cost is not None:  # the first read of a replayed record
+            if replay_cost.calls:
+                self.meter.charge("prompt", replay_cost)
+            self._add_tally(stats, tally)
         if record is not None and not record.get("incomplete"):
             return dspy.Prediction(**record["outputs"]) if record.get("outputs") is not None else None
         first = int(record.get("attempts", 0)) if record else 0  # an interrupted ask goes on where it stopped
         cost = (record or {}).get("cost") or {}
         spent = Cost(int(cost.get("calls", 0)), int(cost.get("tokens", 0)))
         answer = None
-        stats = self.report.extra.setdefault("meta_prompts", {}).setdefault(
-            signature.__name__, {"answers": 0, "usable": 0, "unusable": 0})
         for attempt in range(first, tries):
             try:
-                answer = self._ask_once(signature, key, attempt, temperature, max_tokens, inputs, spent)
+                answer = self._ask_once(signature, key, attempt, temperature, max_tokens, inputs, spent, tally)
             except (BudgetExhausted, RunInterrupted):  # a cap or an outage: the ask goes on when the run resumes
                 self.journal.put("ask", key, {"outputs": None, "incomplete": True, "attempts": attempt,
-                                              "cost": {"calls": spent.calls, "tokens": spent.tokens}})
+                                              "cost": {"calls": spent.calls, "tokens": spent.tokens}, "tally": tally})
                 raise
-            stats["answers"] += 1
+            self._add_tally(stats, {"answers": 1}, tally)
             if answer is not None and (validate is None or validate(answer)):
-                stats["usable"] += 1
+                self._add_tally(stats, {"usable": 1}, tally)
                 break
-            stats["unusable"] += 1
+            self._add_tally(stats, {"unusable": 1}, tally)
             if answer is not None:
-                self.report.counters.unparsable_answers += 1
+                self._add_tally(stats, {"unparsable_answers": 1}, tally)
                 logger.debug("Answer to {} rejected by its validator: {}", key, answer)
             answer = None
         outputs = None if answer is None else {k: answer[k] for k in answer.keys()}
-        self.journal.put("ask", key, {"outputs": outputs, "cost": {"calls": spent.calls, "tokens": spent.tokens}})
+        self.journal.put("ask", key, {"outputs": outputs, "cost": {"calls": spent.calls, "tokens": spent.tokens},
+                                      "tally": tally})
         if answer is None:
             logger.warning("No usable prompt-model answer for {} after {} tries; skipped", key, tries)
         return answer
 
+    def _add_tally(self, stats: dict[str, int], counts: dict[str, int], tally: dict[str, int] | None = None) -> None:
+        """Add ``counts`` to the report (a meta-prompt's ``stats`` or the run's counters) and to an ask's ``tally``."""
+        for name, n in counts.items():
+            if name in stats:
+                stats[name] += n
+            elif hasattr(self.report.counters, name):
+                setattr(self.report.counters, name, getattr(self.report.counters, name) + n)
+            if tally is not None:
+                tally[name] = tally.get(name, 0) + n
+
     def _ask_once(self, signature: type[dspy.Signature], key: str, attempt: int, temperature: float | None,
-                  max_tokens: int | None, inputs: dict[str, Any], spent: Cost) -> dspy.Prediction | None:
+                  max_tokens: int | None, inputs: dict[str, Any], spent: Cost,
+                  tally: dict[str, int]) -> dspy.Prediction | None:
         """One sample; a sample that met a fault (no answer) is asked again, never counted as a failed answer."""
         faults = 0
         while True:
             try:
-                return self._ask_call(signature, key, attempt, temperature, max_tokens, inputs, spent)
+                return self._ask_call(signature, key, attempt, temperature, max_tokens, inputs, spent, tally)
             except LMFault as fault:
                 self.report.counters.lm_faults += 1
                 logger.warning("No answer from the prompt model for {} ({}); asking again", key, fault.cause)
@@ -474,7 +490,8 @@ class SearchContext:
                 faults += 1
 
     def _ask_call(self, signature: type[dspy.Signature], key: str, attempt: int, temperature: float | None,
-                  max_tokens: int | None, inputs: dict[str, Any], spent: Cost) -> dspy.Prediction | None:
+                  max_tokens: int | None, inputs: dict[str, Any], spent: Cost,
+                  tally: dict[str, int]) -> dspy.Prediction | None:
         config: dict[str, Any] = {}
         if temperature is not None:
             config["temperature"] = temperature
@@ -495,12 +512,12 @@ class SearchContext:
             except AdapterParseError as exc:
                 if cost.fault is not None:
                     raise cost.fault from exc
-                self.report.counters.unparsable_answers += 1
+                self._add_tally({}, {"unparsable_answers": 1}, tally)
                 logger.debug("Unparsable prompt-model answer for {}: {}", key, exc)
             except Exception as exc:  # an answer the program could not use: counted, never fatal
                 if cost.fault is not None:
                     raise cost.fault from exc
-                self.report.counters.prompt_model_errors += 1
+                self._add_tally({}, {"prompt_model_errors": 1}, tally)
                 logger.warning("Prompt model failed on {}: {}: {}", key, type(exc).__name__, exc)
             finally:
                 spent.add(cost.calls, cost.tokens)

@@ -192,8 +192,12 @@ class Scorer:
         record, cost = self.journal.get("score", key)
         if record is None:
             return None
-        if cost is not None and cost.calls:
-            self.meter.charge("task", cost)
+        if cost is not None:  # the first read of a replayed pair: charged, and its failure counted as when it ran
+            if cost.calls:
+                self.meter.charge("task", cost)
+            counter = _error_counter(record.get("error"))
+            if counter is not None:
+                self._count(counter)
         return Outcome(record["score"], record.get("prediction") or {}, tuple(record.get("trace") or ()),
                        record.get("error"), record.get("raw"))
 
@@ -317,6 +321,17 @@ class Scorer:
         except Exception as exc:
             return None, (), exc
         return prediction, trace, None
+
+
+def _error_counter(error: str | None) -> str | None:
+    """The report counter an outcome's error text was counted in when it ran (``None``: no error)."""
+    if not error:
+        return None
+    for prefix, counter in ((PARSE_ERROR, "task_parse_failures"), ("program:", "program_errors"),
+                            ("metric:", "metric_errors")):
+        if error.startswith(prefix):
+            return counter
+    return None
 
 
 def _short(error: AdapterParseError) -> str:

@@ -160,6 +160,9 @@ class ContractSuite:
         assert cut_at + task_lm.engine.call_count == total
         assert resumed.report_.best_state == full.report_.best_state
         assert state_of(program) == state_of(full_program)
+        # the report counts the replayed work as the uninterrupted run's does (parse rates per meta-prompt included)
+        assert resumed.report_.counters == full.report_.counters
+        assert resumed.report_.extra.get("meta_prompts") == full.report_.extra.get("meta_prompts")
 
     def test_finished_run_resumes_with_zero_calls(self, tmp_path):
         self._run(tmp_path)

@@ -71,6 +71,7 @@ class _Run:
     item_scores: dict[int, dict[int, float]] = field(default_factory=dict)
     complete: set[int] = field(default_factory=set)
     best: CandidateRecord | None = None
+    incumbents: list[int] = field(default_factory=list)  # ids that became ``best``, in order
     constant_exemplars: list[int] | None = None
     dropped: Counter = field(default_factory=Counter)
     per_step: int = 1
@@ -108,7 +109,8 @@ class OPRO(ICLOptimizer):
 
     Scoring: ``full`` scores every candidate on the run's search set (all of ``trainset`` as in the paper, or the
     part of it the plan keeps under a task cap); ``minibatch``
-    on ``minibatch_size`` examples drawn per step (the incumbent is scored on them too);
+    on ``minibatch_size`` examples drawn per step (the incumbent is scored on them too, and a candidate replaces it
+    only by beating it there; the finalists are the incumbents, the latest first);
     ``racing`` scores the step's candidates and the incumbent block by block and drops a
     candidate once ``racing_min_better`` others beat it by a paired t-test at ``racing_alpha``.
     Every (state, example) pair is scored once per run, whatever the mode.
@@ -377,6 +379,7 @@ class OPRO(ICLOptimizer):
             best = ctx.best_by(complete, "train")
         if best is not None and (run.best is None or best.id != run.best.id):
             run.best = best
+            run.incumbents.append(best.id)
             ctx.set_best(best)
         ctx.report.extra["trajectory"] = {n: [e.to_dict() for e in t] for n, t in run.trajectories.items()}
         ctx.report.extra["dropped_proposals"] = dict(run.dropped)
@@ -510,8 +513,14 @@ class OPRO(ICLOptimizer):
 
     # --------------------------------------------------------------------------- choosing
     def _choose_final(self, ctx: SearchContext, run: _Run, finalists: int) -> None:
+        """The best complete candidates compete with the start on the valset. In ``minibatch`` mode means over
+        different minibatches do not rank (an easy minibatch makes a poor instruction look good): the incumbents
+        come first, the latest first (each beat the one before on a shared minibatch), then the rest by mean."""
         complete = [r for r in ctx.report.candidates if r.id in run.complete and r.origin != "seed"]
         ranked = sorted(complete, key=lambda r: (-r.scores["train"], r.id))
+        if self.scoring == "minibatch":
+            chain = {record_id: rank for rank, record_id in enumerate(reversed(run.incumbents))}
+            ranked.sort(key=lambda r: chain.get(r.id, len(chain)))  # stable: the rest keep their order
         best = ctx.choose_by_validation(ranked[:finalists], reserves=ranked[finalists:],
                                         tiebreak=lambda r: (r.scores.get("train", 0.0),))
         logger.info("OPRO chose candidate {} ({}) from {} validated candidates and the seed", best.id, best.scores,

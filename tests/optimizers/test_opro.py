@@ -453,3 +453,33 @@ def test_an_echoed_problem_is_asked_again_not_scored(task):
     assert (stats["answers"], stats["usable"], stats["unusable"]) == (2, 1, 1)
     texts = [c.state[n]["instruction"] for c in opro.report_.candidates for n in c.state]
     assert "Count vowels." in texts and not any(t.startswith("input") for t in texts)
+
+
+def test_minibatch_finalists_are_the_incumbents_not_the_luckiest_minibatch(monkeypatch):
+    # Means over different minibatches do not rank: an instruction scored only on an easy minibatch has a higher
+    # mean than the incumbent that beat the start on a hard one (and tied it on the easy one). The finalist was
+    # the lucky one (no better than the start on the valset), so the start came back.
+    task = planted_rule_task("vowels", train_size=8, val_size=12, seed=1)
+    hard = {task.train[0].question, task.train[1].question}
+    val_even = {ex.question for i, ex in enumerate(task.val) if i % 2 == 0}
+
+    def knows(view):
+        question = view.inputs.get("question", "")
+        if "each letter" in view.instruction:  # the good instruction: misses one hard example only
+            return question != task.train[1].question
+        return question not in hard and (question not in {ex.question for ex in task.val} or question in val_even)
+
+    answers = iter([proposal("Think about the word."), proposal("Look at each letter closely."),
+                    proposal("Be careful."), proposal("Read the word slowly.")])
+    minibatches = {0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [4, 5, 6, 7]}  # step 2's minibatch is all easy
+    monkeypatch.setattr(OPRO, "_scoring_items", lambda self, ctx, run, step: minibatches[step])
+    opro = OPRO(task.metric, task_model=task.lm(knows=knows), prompt_model=scripted_lm([lambda r: next(answers)] * 4),
+                steps=2, candidates_per_step=2, scoring="minibatch", minibatch_size=4, final_candidates=1,
+                format_candidate=False, progress=False)
+    program = opro.compile(task.program(), trainset=task.train, valset=task.val)
+    report = opro.report_
+    by_text = {c.state["self"]["instruction"]: c for c in report.candidates}
+    good, lucky = by_text["Look at each letter closely."], by_text["Read the word slowly."]
+    assert lucky.scores["train"] > good.scores["train"], "the scenario: the lucky one has the higher mean"
+    assert [row["candidate"] for row in report.extra["final_choice"]["contenders"]][1:] == [good.id]
+    assert program.signature.instructions == "Look at each letter closely."

@@ -665,13 +665,14 @@ class DemoSelector(ICLOptimizer):
         # yet; otherwise the next trial is looked at. A stored study's best trials may come from another compile
         # or process, unscored here: taking them would leave this compile's own scored trials unvalidated.
         m, left = len(ctx.predictors), ctx.meter.remaining_calls("task")
+        planned = run.final_examples[: min(ctx.validation_examples, len(run.final_examples))]
         if left is not None:
-            left -= ctx.scorer.unscored(ctx.state_of(start), run.final_examples) * m
+            left -= ctx.scorer.unscored(ctx.state_of(start), planned) * m
         passed_over: list[int] = []
         for trial in ranked:  # the best few *distinct* programs (several trials can build one), not the start
             record = self._record_of(run, trial)  # (the zero-shot trial of a student without demos is the start)
             if record is not None and record.id != start.id and all(record.id != r.id for r in records):
-                cost = 0 if left is None else ctx.scorer.unscored(ctx.state_of(record), run.final_examples) * m
+                cost = 0 if left is None else ctx.scorer.unscored(ctx.state_of(record), planned) * m
                 if left is not None and cost > left:
                     if record.id not in passed_over:
                         passed_over.append(record.id)

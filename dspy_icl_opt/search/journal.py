@@ -73,6 +73,11 @@ class Journal:
                 return record, Cost(int(cost.get("calls", 0)), int(cost.get("tokens", 0)))
             return record, None
 
+    def peek(self, kind: str, key: str) -> tuple[dict[str, Any] | None, bool]:
+        """The record and whether it is a replayed one not charged yet, without charging it."""
+        with self._lock:
+            return self._records.get((kind, key)), (kind, key) in self._uncharged
+
     def put(self, kind: str, key: str, record: dict[str, Any]) -> None:
         record = {"kind": kind, "key": key, **record}
         line = json.dumps(record, ensure_ascii=False, default=str) if self.path is not None else ""

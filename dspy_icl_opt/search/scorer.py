@@ -179,9 +179,14 @@ class Scorer:
         return self._cached(f"{self.key_prefix}{state.key()}:{example_key(example)}")
 
     def unscored(self, state: ProgramState, examples: Sequence[dspy.Example]) -> int:
-        """How many of ``examples`` have no outcome for ``state`` yet: each costs a run of the program (a task
-        call per predictor) when scored. Reads through :meth:`cached`, so replayed pairs are charged."""
-        return sum(self.cached(state, example) is None for example in examples)
+        """How many of ``examples`` still cost a program run (a task call per predictor) for ``state`` in an
+        uninterrupted run: not scored yet, or replayed from the journal and not charged yet. Charges and counts
+        nothing, so a decision made on it (what to validate, how large a round) is the same on a resume."""
+        n = 0
+        for example in examples:
+            record, uncharged = self.journal.peek("score", f"{self.key_prefix}{state.key()}:{example_key(example)}")
+            n += record is None or uncharged
+        return n
 
     def build(self, state: ProgramState) -> dspy.Module:
         """A fresh program carrying ``state`` (for callers outside the scorer)."""

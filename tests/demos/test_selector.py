@@ -579,3 +579,50 @@ def test_a_final_choice_cut_to_the_trial_examples_is_judged_as_one_on_reused_exa
     settings = selector.report_.extra["plan"]["settings"]
     assert choice["examples"] <= settings["trial_examples"]
     assert choice["held_out"] is False and choice["z"] > 1.0
+
+
+def _two_teachers_on(val_size: int):
+    from dspy_icl_opt.testing import planted_rule_task
+    from tests.demos.conftest import TwoTeachers
+
+    base = planted_rule_task("reverse", train_size=12, val_size=val_size, seed=0)
+    return TwoTeachers(base.train, base.val, even=base.train[5].question, odd=base.train[9].question)
+
+
+def test_a_cut_final_choice_still_validates_its_cached_finalists():
+    # The plan validates the 20 trial examples (scored for the finalists, so free) of a 40-example valset at 60
+    # calls; pricing each finalist on all 40 passed every trial over and validated the start alone (val 0.0).
+    task = _two_teachers_on(40)
+    selector = DemoSelector(task.metric, task_model=task.lm(), max_demos=4, pools=("labeled",),
+                            budget={"max_task_calls": 60}, progress=False)
+    selector.compile(task.program(), trainset=task.train, valset=task.val)
+    choice = selector.report_.extra["final_choice"]
+    assert "passed_over_unaffordable" not in choice
+    assert len(choice["contenders"]) == 2 and selector.report_.best_scores["val"] > 0.5
+
+
+@pytest.mark.parametrize("kill", [61, 80, -1])
+def test_killed_in_the_final_choice_resumes_identically(tmp_path, kill):
+    # Pricing a finalist read its pairs through the cache, which charges replayed pairs: the resumed run then
+    # sized the validation from fewer calls left (99 calls on 39 examples against 100 on 40).
+    from dspy_icl_opt.testing import make_fake_lm
+    from tests.contract.suite import KilledAfter
+
+    task = _two_teachers_on(40)
+
+    def run(log_dir=None, kill_after=None):
+        lm = task.lm()
+        if kill_after is not None:
+            lm = make_fake_lm(KilledAfter(lm.engine, kill_after), name=lm.model)
+        program = task.program()
+        program.demos = [task.train[0]]  # the start's validation pairs are not cached by a zero-shot trial
+        selector = DemoSelector(task.metric, task_model=lm, max_demos=4, pools=("labeled",), top_k_full_eval=3,
+                                budget={"max_task_calls": 100}, progress=False, log_dir=log_dir)
+        selector.compile(program, trainset=task.train, valset=task.val)
+        report = selector.report_
+        return report.spent["task"].calls, report.extra["final_choice"]["examples"], report.best_state
+
+    full = run()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, kill_after=kill if kill > 0 else full[0] + kill)  # -1: before the last call
+    assert run(tmp_path) == full

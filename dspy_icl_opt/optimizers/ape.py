@@ -528,9 +528,14 @@ class APE(ICLOptimizer):
     def _top_up(self, ctx: SearchContext, run: _Run, pool: list[CandidateRecord]) -> int:
         """Spend what the last bandit left (cache hits, rounding) on the leaders: the future finalists take
         turns, each scored on a few search examples it has not seen, until the calls or the examples run out.
-        Returns the examples scored."""
+        Returns the examples scored. The search examples come first, then the demonstration half's examples that
+        no subset showed (a small training set leaves the leaders nothing new in the search half)."""
         order = list(run.search)
         random.Random(stable_int(self.seed, "ape/top-up")).shuffle(order)
+        shown = {i for j in range(ctx.plan.settings["subsamples"]) for i in self._subset(ctx, j)}
+        unshown = [i for i in self._train_split(len(ctx.trainset))[0] if i not in shown and i not in order]
+        random.Random(stable_int(self.seed, "ape/top-up/unshown")).shuffle(unshown)
+        order += unshown
         m, scored = len(ctx.predictors), 0
         while True:
             # the finalists as _choose_final takes them: not the start, which is validated anyway

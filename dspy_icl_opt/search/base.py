@@ -178,6 +178,7 @@ class SearchContext:
         self.validation_examples = len(valset)
         self.plan: SearchPlan | None = None
         self._checker: ProposalChecker | None = None
+        self._tally: dict[str, int] | None = None  # the ask under way's tally (see ask), which its validator adds to
         #: the input texts of every meta-prompt asked in this run (a training example found in one was seen)
         self._asked: list[str] = []
 
@@ -371,8 +372,8 @@ class SearchContext:
         # scored anyway unless strict: a question or a copy can be the best prompt (see the proposals module)
         admitted = reason in LENIENT_PROBLEMS and self.optimizer.check_proposals != "strict"
         if reason is not None and record:
-            counts = self.report.extra.setdefault("admitted_proposals" if admitted else "rejected_proposals", {})
-            counts[reason] = counts.get(reason, 0) + 1
+            self._add_tally({}, {f"{'admitted_proposals' if admitted else 'rejected_proposals'}/{reason}": 1},
+                            self._tally)
             logger.debug("Proposal {} ({}): {!r}", "admitted" if admitted else "rejected", reason, text[:200])
         return None if admitted else reason
 
@@ -450,7 +451,12 @@ class SearchContext:
                                               "cost": {"calls": spent.calls, "tokens": spent.tokens}, "tally": tally})
                 raise
             self._add_tally(stats, {"answers": 1}, tally)
-            if answer is not None and (validate is None or validate(answer)):
+            self._tally = tally  # what the validator records (a proposal's problem) goes into this ask's tally
+            try:
+                usable = answer is not None and (validate is None or validate(answer))
+            finally:
+                self._tally = None
+            if usable:
                 self._add_tally(stats, {"usable": 1}, tally)
                 break
             self._add_tally(stats, {"unusable": 1}, tally)
@@ -466,9 +472,14 @@ class SearchContext:
         return answer
 
     def _add_tally(self, stats: dict[str, int], counts: dict[str, int], tally: dict[str, int] | None = None) -> None:
-        """Add ``counts`` to the report (a meta-prompt's ``stats`` or the run's counters) and to an ask's ``tally``."""
+        """Add ``counts`` to the report (a meta-prompt's ``stats``, the run's counters, or ``extra[kind][reason]``
+        for a name ``kind/reason``) and to an ask's ``tally``."""
         for name, n in counts.items():
-            if name in stats:
+            kind, slash, reason = name.partition("/")
+            if slash:
+                counted = self.report.extra.setdefault(kind, {})
+                counted[reason] = counted.get(reason, 0) + n
+            elif name in stats:
                 stats[name] += n
             elif hasattr(self.report.counters, name):
                 setattr(self.report.counters, name, getattr(self.report.counters, name) + n)
@@ -484,7 +495,7 @@ class SearchContext:
             try:
                 return self._ask_call(signature, key, attempt, temperature, max_tokens, inputs, spent, tally)
             except LMFault as fault:
-                self.report.counters.lm_faults += 1
+                self._add_tally({}, {"lm_faults": 1}, tally)
                 logger.warning("No answer from the prompt model for {} ({}); asking again", key, fault.cause)
                 self.meter.faults.retry(faults, fault)
                 faults += 1

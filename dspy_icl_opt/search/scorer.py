@@ -203,6 +203,8 @@ class Scorer:
             counter = _error_counter(record.get("error"))
             if counter is not None:
                 self._count(counter)
+            if record.get("faults"):
+                self._count("lm_faults", int(record["faults"]))
         return Outcome(record["score"], record.get("prediction") or {}, tuple(record.get("trace") or ()),
                        record.get("error"), record.get("raw"))
 
@@ -234,13 +236,14 @@ class Scorer:
             if exhausted:
                 return
             try:
-                outcome, cost = self._run_unit(program, names, examples[i])
+                outcome, cost, faults = self._run_unit(program, names, examples[i])
             except (BudgetExhausted, RunInterrupted) as exc:
                 exhausted.append(exc)
                 return
             self.journal.put("score", keys[i], {
                 "score": outcome.score, "prediction": outcome.prediction, "trace": list(outcome.trace),
-                "error": outcome.error, "raw": outcome.raw, "cost": {"calls": cost.calls, "tokens": cost.tokens}})
+                "error": outcome.error, "raw": outcome.raw, "cost": {"calls": cost.calls, "tokens": cost.tokens},
+                **({"faults": faults} if faults else {})})
             results[i] = outcome
             bar.update(1)
 
@@ -258,12 +261,14 @@ class Scorer:
         if exhausted:  # an outage outranks a spent budget: the run must stop as interrupted, not as finished
             raise next((e for e in exhausted if isinstance(e, RunInterrupted)), exhausted[0])
 
-    def _run_unit(self, program: dspy.Module, names: dict[int, str], example: dspy.Example) -> tuple[Outcome, Any]:
-        """Run one example until it gets answers; a faulted run is discarded (never scored) and run again."""
+    def _run_unit(self, program: dspy.Module, names: dict[int, str],
+                  example: dspy.Example) -> tuple[Outcome, Any, int]:
+        """Run one example until it gets answers; a faulted run is discarded (never scored) and run again.
+        Returns the outcome, its cost and the faults met on the way (journaled: a replay counts them again)."""
         attempt = 0
         while True:
             try:
-                return self._run_one(program, names, example)
+                return (*self._run_one(program, names, example), attempt)
             except LMFault as fault:
                 self._count("lm_faults")
                 logger.warning("No answer from the {} model on an example ({}); running it again", fault.role,
@@ -306,9 +311,9 @@ class Scorer:
                 raise cost.fault
         return Outcome(score, _pred_dict(prediction), trace), cost
 
-    def _count(self, counter: str) -> None:
+    def _count(self, counter: str, n: int = 1) -> None:
         with self._lock:
-            setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+            setattr(self.counters, counter, getattr(self.counters, counter) + n)
 
     def _call_program(self, program: dspy.Module, names: dict[int, str], example: dspy.Example):
         """``(prediction, trace, exception)``: what the program returned and its trace, or the exception it raised

@@ -319,7 +319,8 @@ class APE(ICLOptimizer):
         settings = {"iterations": schedule.iterations, "subsamples": schedule.subsamples,
                     "prompts_per_subsample": schedule.per_subsample, "variations": list(schedule.variations),
                     "bandits": [None if b is None else [b.rounds, b.per_round, b.samples] for b in bandits],
-                    "search_examples": scored, "demonstration_examples": shown, "finalists": finalists, "validation_examples": n_val}
+                    "search_examples": scored, "demonstration_examples": shown, "finalists": finalists,
+                    "validation_examples": n_val}
         return SearchPlan(type(self).__name__, shape, schedule.iterations, settings, phases, notes)
 
     def _pools(self, schedule: _Schedule, n_predictors: int) -> list[int]:

@@ -451,11 +451,11 @@ class SearchContext:
                                               "cost": {"calls": spent.calls, "tokens": spent.tokens}, "tally": tally})
                 raise
             self._add_tally(stats, {"answers": 1}, tally)
-            self._tally = tally  # what the validator records (a proposal's problem) goes into this ask's tally
+            outer, self._tally = self._tally, tally  # what the validator records goes into this ask's tally
             try:
                 usable = answer is not None and (validate is None or validate(answer))
             finally:
-                self._tally = None
+                self._tally = outer
             if usable:
                 self._add_tally(stats, {"usable": 1}, tally)
                 break

@@ -236,7 +236,7 @@ class Scorer:
             if exhausted:
                 return
             try:
-                outcome, cost, faults = self._run_unit(program, names, examples[i])
+                outcome, cost, faults = self._run_unit(program, names, examples[i], keys[i])
             except (BudgetExhausted, RunInterrupted) as exc:
                 exhausted.append(exc)
                 return
@@ -261,20 +261,31 @@ class Scorer:
         if exhausted:  # an outage outranks a spent budget: the run must stop as interrupted, not as finished
             raise next((e for e in exhausted if isinstance(e, RunInterrupted)), exhausted[0])
 
-    def _run_unit(self, program: dspy.Module, names: dict[int, str],
-                  example: dspy.Example) -> tuple[Outcome, Any, int]:
+    def _run_unit(self, program: dspy.Module, names: dict[int, str], example: dspy.Example,
+                  key: str) -> tuple[Outcome, Any, int]:
         """Run one example until it gets answers; a faulted run is discarded (never scored) and run again.
-        Returns the outcome, its cost and the faults met on the way (journaled: a replay counts them again)."""
+        Returns the outcome, its cost and the faults met on the way, this run's and those an interrupted run
+        journaled for ``key`` (an outage or a cap that stops the unit journals them, ``kind`` "faults"): the score
+        record keeps them, so a replay counts them again."""
+        earlier, replayed = self.journal.get("faults", key)
+        prior = int((earlier or {}).get("faults", 0))
+        if replayed is not None and prior:  # an interrupted run's faults, counted once in this run's report
+            self._count("lm_faults", prior)
         attempt = 0
-        while True:
-            try:
-                return (*self._run_one(program, names, example), attempt)
-            except LMFault as fault:
-                self._count("lm_faults")
-                logger.warning("No answer from the {} model on an example ({}); running it again", fault.role,
-                               fault.cause)
-                self.meter.faults.retry(attempt, fault)
-                attempt += 1
+        try:
+            while True:
+                try:
+                    return (*self._run_one(program, names, example), prior + attempt)
+                except LMFault as fault:
+                    self._count("lm_faults")
+                    logger.warning("No answer from the {} model on an example ({}); running it again", fault.role,
+                                   fault.cause)
+                    attempt += 1
+                    self.meter.faults.retry(attempt - 1, fault)
+        except (BudgetExhausted, RunInterrupted):
+            if attempt:
+                self.journal.put("faults", key, {"faults": prior + attempt})
+            raise
 
     def _run_one(self, program: dspy.Module, names: dict[int, str], example: dspy.Example) -> tuple[Outcome, Any]:
         with collect_cost() as cost:

@@ -61,6 +61,9 @@ def test_outage_then_resume_ends_like_an_uninterrupted_run(tmp_path, role, die_a
     assert resumed.report_.best_state == full.report_.best_state
     assert resumed.report_.best_scores == full.report_.best_scores
     assert state_of(program) == state_of(full_program)
+    # The faults before the outage stay in the resumed run's report (journaled with the unit they stopped).
+    assert report["counters"]["lm_faults"] > 0
+    assert resumed.report_.counters.lm_faults == report["counters"]["lm_faults"]
     # No successful call was repeated: the answered calls of both parts add up to one healthy run.
     assert task_engine.call_count == healthy_task.engine.call_count
     assert prompt_engine.call_count == healthy_prompt.engine.call_count

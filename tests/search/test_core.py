@@ -135,7 +135,9 @@ def test_scorer_turns_failures_into_counted_scores(task):
     scorer = make_scorer(task, down, meter=BudgetMeter(Budget(), faults=FaultMonitor(backoff_s=0)))
     with pytest.raises(RunInterrupted):
         scorer.evaluate(read_state(task.program()), task.train[:2])
-    assert len(scorer.journal) == 0 and scorer.counters.program_errors == 0
+    assert scorer.unscored(read_state(task.program()), task.train[:2]) == 2, "no outcome was journaled"
+    assert len(scorer.journal) <= 1, "at most the faults of the unit the outage stopped (kind 'faults')"
+    assert scorer.counters.program_errors == 0
 
 
 def test_scorer_keeps_finished_work_when_the_budget_ends(task, tmp_path):

@@ -806,6 +806,8 @@ class ICLOptimizer(Teleprompter):
         report_path = run_dir / REPORT_FILE
         if journal_path.exists() and resume is False:
             logger.info("resume=False: starting over in {}", run_dir)
+            if report_path.exists() and _wrote_whole_program(report_path):
+                _remove_whole_program(run_dir / WHOLE_PROGRAM_DIR)
             for stale in (journal_path, report_path, run_dir / PROGRAM_FILE):
                 stale.unlink(missing_ok=True)
         elif journal_path.exists():
@@ -835,11 +837,35 @@ class ICLOptimizer(Teleprompter):
                 logger.warning("Predictor(s) {} gained a reasoning output; load {} with dspy.load(..., "
                                "allow_pickle=True), or program.json into a program that has that field",
                                added, ctx.log_dir / WHOLE_PROGRAM_DIR)
+            elif (ctx.log_dir / WHOLE_PROGRAM_DIR).exists():
+                logger.warning("{} is not this run's program (this run saved {} only); it was not written by this "
+                               "run, so it is left as it is", ctx.log_dir / WHOLE_PROGRAM_DIR, PROGRAM_FILE)
             logger.info("Saved the compiled program and report in {}", ctx.log_dir)
         logger.info("{} done: best candidate {} with scores {}; spent {}", type(self).__name__,
                     report.best_candidate, report.best_scores,
                     {r: s.model_dump() for r, s in report.spent.items()})
         return program
+
+
+def _wrote_whole_program(report_path: Path) -> bool:
+    """Whether the run whose report this is saved the whole program (a predictor of its result gained a reasoning
+    output: see ``_finish``); ``False`` when the report cannot be read."""
+    try:
+        best = json.loads(report_path.read_text(encoding="utf-8")).get("best_state") or {}
+        return any(isinstance(p, dict) and p.get("reasoning_field") for p in best.values())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _remove_whole_program(folder: Path) -> None:
+    """Remove the files ``dspy.Module.save(..., save_program=True)`` writes there, and the folder when that empties
+    it (anything else in it is left)."""
+    for name in ("program.pkl", "metadata.json"):
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def check_writable_dir(name: str, folder: Path) -> None:

@@ -569,3 +569,26 @@ def test_a_spent_demonstration_allowance_is_not_the_writer_giving_up():
     assert report.extra["demonstration_calls"] == plan.settings["demonstration_calls"], "the allowance is spent"
     assert "demonstrations_given_up" not in report.extra
     assert any(e["demonstration"] for e in report.extra["rounds"])
+
+
+def test_starting_over_removes_the_whole_program_an_earlier_run_saved(task, tmp_path):
+    # log_dir/program (the whole program, saved when a reasoning output was added) stayed after a fresh run whose
+    # result has no such output: dspy.load(log_dir/program) gave the earlier run's program.
+    knows = lambda v: bool(v.demos)  # noqa: E731
+    make_abo(task, ABOScript(), rounds=0, task_lm=task.lm(knows=knows), log_dir=tmp_path).compile(
+        task.program(), trainset=task.train, valset=task.val)
+    assert (tmp_path / "program" / "program.pkl").exists()
+    again = make_abo(task, ABOScript(), rounds=0, add_reasoning=False, task_lm=task.lm(knows=knows), log_dir=tmp_path)
+    again.compile(task.program(), trainset=task.train, valset=task.val, resume=False)
+    assert not (tmp_path / "program").exists() and (tmp_path / "program.json").exists()
+
+
+def test_starting_over_leaves_files_it_did_not_write(task, tmp_path):
+    knows = lambda v: bool(v.demos)  # noqa: E731
+    make_abo(task, ABOScript(), rounds=0, task_lm=task.lm(knows=knows), log_dir=tmp_path).compile(
+        task.program(), trainset=task.train, valset=task.val)
+    (tmp_path / "program" / "notes.txt").write_text("mine")
+    again = make_abo(task, ABOScript(), rounds=0, add_reasoning=False, task_lm=task.lm(knows=knows), log_dir=tmp_path)
+    again.compile(task.program(), trainset=task.train, valset=task.val, resume=False)
+    assert (tmp_path / "program" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "program" / "program.pkl").exists()

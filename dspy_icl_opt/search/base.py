@@ -838,8 +838,8 @@ class ICLOptimizer(Teleprompter):
                                "allow_pickle=True), or program.json into a program that has that field",
                                added, ctx.log_dir / WHOLE_PROGRAM_DIR)
             elif (ctx.log_dir / WHOLE_PROGRAM_DIR).exists():
-                logger.warning("{} is not this run's program (this run saved {} only); it was not written by this "
-                               "run, so it is left as it is", ctx.log_dir / WHOLE_PROGRAM_DIR, PROGRAM_FILE)
+                logger.warning("{} is left from another run and is not this run's program (this run's is {}); "
+                               "it was not removed", ctx.log_dir / WHOLE_PROGRAM_DIR, ctx.log_dir / PROGRAM_FILE)
             logger.info("Saved the compiled program and report in {}", ctx.log_dir)
         logger.info("{} done: best candidate {} with scores {}; spent {}", type(self).__name__,
                     report.best_candidate, report.best_scores,

@@ -182,9 +182,9 @@ class Scorer:
         """How many of ``examples`` still cost a program run (a task call per predictor) for ``state`` in an
         uninterrupted run: not scored yet, or replayed from the journal and not charged yet. Charges and counts
         nothing, so a decision made on it (what to validate, how large a round) is the same on a resume."""
-        n = 0
-        for example in examples:
-            record, uncharged = self.journal.peek("score", f"{self.key_prefix}{state.key()}:{example_key(example)}")
+        n, skey = 0, state.key()
+        for key in dict.fromkeys(example_key(example) for example in examples):  # an example listed twice runs once
+            record, uncharged = self.journal.peek("score", f"{self.key_prefix}{skey}:{key}")
             n += record is None or uncharged
         return n
 

@@ -546,3 +546,14 @@ def test_a_resume_replays_what_threads_admitted_together_past_a_token_cap(tmp_pa
     again, replayed = evaluate()
     assert [o.score for o in again] == [o.score for o in first]
     assert replayed.spent["task"].calls == meter.spent["task"].calls
+
+
+def test_unscored_counts_an_example_listed_twice_once(task):
+    lm = task.lm()
+    scorer = make_scorer(task, lm)
+    state = read_state(task.program())
+    examples = [task.train[0], task.train[1], task.train[0]]
+    assert scorer.unscored(state, examples) == 2
+    scorer.evaluate(state, examples)
+    assert lm.engine.call_count == 2, "what unscored priced is what evaluate ran"
+    assert scorer.unscored(state, examples) == 0

@@ -23,6 +23,7 @@ from dspy_icl_opt.testing import (
     system_text,
 )
 from tests.contract.suite import KilledAfter
+from tests.optimizers.two_step import NotesThenAnswer as TwoStep
 
 SMALL = {"num_subsamples": 3, "num_demos": 3, "prompts_per_subsample": 2, "eval_rounds": 3,
          "eval_prompts_per_round": 4, "samples_per_eval": 4, "progress": False}
@@ -192,17 +193,6 @@ def test_iterative_ape_varies_the_kept_candidates():
     instructions = {c.id: instruction(c) for c in report.candidates}
     assert varied == {instructions[c.parent] for c in variations}
     assert task.rule in program.signature.instructions.lower()
-
-
-class TwoStep(dspy.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.draft = dspy.Predict(dspy.Signature("question -> notes", "Take notes on the question."))
-        self.answer = dspy.Predict(dspy.Signature("question, notes -> answer", "Answer the question."))
-
-    def forward(self, question: str) -> dspy.Prediction:
-        notes = self.draft(question=question).notes
-        return self.answer(question=question, notes=notes)
 
 
 def test_each_predictor_gets_instructions_in_turn_and_the_other_keeps_its_own():

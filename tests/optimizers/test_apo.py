@@ -22,6 +22,7 @@ from dspy_icl_opt.testing import (
     simulated_task_lm,
     system_text,
 )
+from tests.optimizers.two_step import NotesThenAnswer as TwoStep
 
 DECOY = "Answer the question carefully."
 TINY = {"rounds": 2, "beam_size": 2, "minibatch_size": 6, "n_gradients": 2, "errors_per_gradient": 2,
@@ -194,17 +195,6 @@ def test_resume_makes_no_repeated_lm_call(tmp_path):
     assert program.signature.instructions == full_program.signature.instructions
     _, _, again = run(log_dir=tmp_path)
     assert again == [0, 0, 0]
-
-
-class TwoStep(dspy.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.draft = dspy.Predict(dspy.Signature("question -> notes", "Take notes on the question."))
-        self.answer = dspy.Predict(dspy.Signature("question, notes -> answer", "Answer the question."))
-
-    def forward(self, question: str) -> dspy.Prediction:
-        notes = self.draft(question=question).notes
-        return self.answer(question=question, notes=notes)
 
 
 def test_two_predictor_program_blames_the_answering_predictor():

@@ -23,6 +23,7 @@ from dspy_icl_opt.testing import (
     scripted_lm,
     simulated_task_lm,
 )
+from tests.optimizers.two_step import LettersThenAnswer as TwoStep
 
 #: The style hint whose proposal states the rule (the others do not).
 PLANTED_HINT = STYLE_HINTS[2]
@@ -145,19 +146,6 @@ def test_the_task_engine_never_sees_more_calls_than_the_cap(task):
     opt.compile(task.program(), trainset=task.train, valset=task.val)
     assert lm.engine.call_count == opt.report_.spent["task"].calls <= 57
     assert opt.report_.extra["final_choice"]["contenders"], "the final validation still ran"
-
-
-class TwoStep(dspy.Module):
-    """Letters first, then the answer from them: a program of two predictors."""
-
-    def __init__(self):
-        super().__init__()
-        self.extract = dspy.Predict(dspy.Signature("question -> letters", "List the letters."))
-        self.answer = dspy.Predict(dspy.Signature("question, letters -> answer", "Answer the question."))
-
-    def forward(self, question):
-        letters = self.extract(question=question).letters
-        return self.answer(question=question, letters=letters)
 
 
 def test_two_predictor_program_gets_instruction_and_demos_each(task):

@@ -17,6 +17,7 @@ from dspy_icl_opt.optimizers.opro_prompts import (
 )
 from dspy_icl_opt.search.placement import split_instructions
 from dspy_icl_opt.testing import format_chat_reply, planted_rule_task, scripted_lm, simulated_task_lm
+from tests.optimizers.two_step import LettersThenAnswer as TwoStep
 
 
 def proposal(text: str) -> str:
@@ -130,16 +131,6 @@ def test_unparsable_answers_are_retried_then_skipped(task):
 
 
 def test_two_predictor_program_gets_an_instruction_each(task):
-    class TwoStep(dspy.Module):
-        def __init__(self):
-            super().__init__()
-            self.extract = dspy.Predict(dspy.Signature("question -> letters", "List the letters."))
-            self.answer = dspy.Predict(dspy.Signature("question, letters -> answer", "Answer the question."))
-
-        def forward(self, question):
-            letters = self.extract(question=question).letters
-            return self.answer(question=question, letters=letters)
-
     def respond(request):
         if "Outputs:\n- letters" in request.messages[-1].text:  # the meta-prompt for the extractor
             return proposal("Write the letters separated by spaces.")

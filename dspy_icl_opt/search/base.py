@@ -831,7 +831,7 @@ class ICLOptimizer(Teleprompter):
             from dspy_icl_opt.lm.soft_programs import save_program  # here: lm/ imports search/ at its top
 
             save_program(program, ctx.log_dir)  # a soft prompt the program carries goes beside program.json
-            added = [name for name, pstate in state.predictors if pstate.reasoning_field]
+            added = _reasoning_added(state)
             if added:  # program.json loads only into a program with that field: save the whole program too
                 program.save(str(ctx.log_dir / WHOLE_PROGRAM_DIR), save_program=True)
                 logger.warning("Predictor(s) {} gained a reasoning output; load {} with dspy.load(..., "
@@ -847,13 +847,18 @@ class ICLOptimizer(Teleprompter):
         return program
 
 
+def _reasoning_added(state: ProgramState) -> list[str]:
+    """The predictors of ``state`` that gained a reasoning output (``_finish`` then saves the whole program)."""
+    return [name for name, pstate in state.predictors if pstate.reasoning_field]
+
+
 def _wrote_whole_program(report_path: Path) -> bool:
-    """Whether the run whose report this is saved the whole program (a predictor of its result gained a reasoning
-    output: see ``_finish``); ``False`` when the report cannot be read."""
+    """Whether the run whose report this is saved the whole program (see ``_reasoning_added``); ``False`` when
+    the report cannot be read."""
     try:
-        best = json.loads(report_path.read_text(encoding="utf-8")).get("best_state") or {}
-        return any(isinstance(p, dict) and p.get("reasoning_field") for p in best.values())
-    except (OSError, ValueError, AttributeError):
+        best = OptimizationReport.load(report_path).best_state
+        return bool(best) and bool(_reasoning_added(ProgramState.from_dict(best)))
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 

@@ -27,7 +27,7 @@ from dspy_icl_opt.lm.llama_messages import CONTINUATION
 from dspy_icl_opt.search.budget import BudgetExhausted, collect_cost, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.placement import task_adapter
-from dspy_icl_opt.search.scorer import Outcome, Scorer
+from dspy_icl_opt.search.scorer import PROGRAM_ERROR, Outcome, Scorer
 from dspy_icl_opt.search.surgery import named_predictors
 
 #: The scorer's journal keys start with this, so likelihoods and accuracies of one state never mix.
@@ -107,7 +107,7 @@ class LikelihoodScorer(Scorer):
                     raise cost.fault from exc
                 self._count("program_errors")
                 logger.warning("The task model could not score the gold answer of an example: {}", exc)
-                return Outcome(self.failure_score, {}, (), f"program: {exc!r}"), cost
+                return Outcome(self.failure_score, {}, (), f"{PROGRAM_ERROR} {exc!r}"), cost
             if cost.fault is not None:
                 raise cost.fault
             logprobs = getattr(response, "logprobs", None)

@@ -40,6 +40,12 @@ Metric = Callable[..., Any]
 
 #: The error prefix of an answer the adapter could not parse.
 PARSE_ERROR = "parse:"
+#: The error prefixes of a program that raised and of a metric that raised.
+PROGRAM_ERROR = "program:"
+METRIC_ERROR = "metric:"
+#: The report counter of each error prefix (a replayed outcome is counted again by it).
+_ERROR_COUNTERS = ((PARSE_ERROR, "task_parse_failures"), (PROGRAM_ERROR, "program_errors"),
+                   (METRIC_ERROR, "metric_errors"))
 #: Program copies kept ready for reuse; states are revisited in bandits and racing.
 _PROGRAM_CACHE_SIZE = 64
 #: Evaluations of fewer examples than this show no progress bar (it would only flicker).
@@ -158,7 +164,7 @@ class Scorer:
         skey = state.key()
         example_keys = [example_key(ex) for ex in examples]
         self.scored_examples.update(example_keys)
-        keys = [f"{self.key_prefix}{skey}:{k}" for k in example_keys]
+        keys = [self._pair_key(skey, k) for k in example_keys]
         results: list[Outcome | None] = [self._cached(k) for k in keys]
         first: dict[str, int] = {}
         todo = [first.setdefault(k, i) for i, (k, r) in enumerate(zip(keys, results)) if r is None and k not in first]
@@ -176,7 +182,7 @@ class Scorer:
 
     def cached(self, state: ProgramState, example: dspy.Example) -> Outcome | None:
         """The outcome if this pair was already evaluated (replayed pairs are charged on first read)."""
-        return self._cached(f"{self.key_prefix}{state.key()}:{example_key(example)}")
+        return self._cached(self._pair_key(state.key(), example_key(example)))
 
     def unscored(self, state: ProgramState, examples: Sequence[dspy.Example]) -> int:
         """How many of ``examples`` still cost a program run (a task call per predictor) for ``state`` in an
@@ -184,9 +190,13 @@ class Scorer:
         nothing, so a decision made on it (what to validate, how large a round) is the same on a resume."""
         n, skey = 0, state.key()
         for key in dict.fromkeys(example_key(example) for example in examples):  # an example listed twice runs once
-            record, uncharged = self.journal.peek("score", f"{self.key_prefix}{skey}:{key}")
+            record, uncharged = self.journal.peek("score", self._pair_key(skey, key))
             n += record is None or uncharged
         return n
+
+    def _pair_key(self, state_key: str, example_key: str) -> str:
+        """The journal key of a (program state, example) pair."""
+        return f"{self.key_prefix}{state_key}:{example_key}"
 
     def build(self, state: ProgramState) -> dspy.Module:
         """A fresh program carrying ``state`` (for callers outside the scorer)."""
@@ -304,7 +314,7 @@ class Scorer:
             if raised is not None:  # a bad answer or a bug in the program, once a fault behind it is ruled out
                 self._count("program_errors")
                 logger.warning("Program raised {} on an example: {}", type(raised).__name__, raised)
-                return Outcome(self.failure_score, {}, trace, f"program: {raised!r}"), cost
+                return Outcome(self.failure_score, {}, trace, f"{PROGRAM_ERROR} {raised!r}"), cost
             try:
                 with dspy.context(lm=self.task_lm):
                     score = metric_value(self.metric(example, prediction, None))
@@ -317,7 +327,7 @@ class Scorer:
                     raise self.meter.faults.failed("metric", exc) from exc
                 self._count("metric_errors")
                 logger.warning("Metric raised {}: {}; scored {}", type(exc).__name__, exc, self.failure_score)
-                return Outcome(self.failure_score, _pred_dict(prediction), trace, f"metric: {exc!r}"), cost
+                return Outcome(self.failure_score, _pred_dict(prediction), trace, f"{METRIC_ERROR} {exc!r}"), cost
             if cost.fault is not None:
                 raise cost.fault
         return Outcome(score, _pred_dict(prediction), trace), cost
@@ -348,8 +358,7 @@ def _error_counter(error: str | None) -> str | None:
     """The report counter an outcome's error text was counted in when it ran (``None``: no error)."""
     if not error:
         return None
-    for prefix, counter in ((PARSE_ERROR, "task_parse_failures"), ("program:", "program_errors"),
-                            ("metric:", "metric_errors")):
+    for prefix, counter in _ERROR_COUNTERS:
         if error.startswith(prefix):
             return counter
     return None

@@ -36,8 +36,11 @@ from dspy_icl_opt.lm import resolve_lm
 from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM
 from dspy_icl_opt.programs import load_task, make_program
 
-#: DSPy optimizers cannot be capped from outside without corrupting their scores, so they are sized:
-COPRO_BREADTH = 4
+#: DSPy optimizers cannot be capped from outside without corrupting their scores, so they are sized.
+#: COPRO scores ``breadth`` instructions on the whole trainset at each of ``depth`` rounds: two rounds (one
+#: refinement) and as wide as ``--budget`` pays for, so it spends the task calls ours are capped at
+#: (breadth 5 at 400 calls and 40 training examples; until the change, breadth 4 spent 320 there).
+COPRO_DEPTH = 2
 BFSRS_DEMOS = 4
 #: DemoSelector plans its trials, minibatches and final validation from --budget like OPRO and APO do;
 #: only the prompt size is fixed, as BFSRS's (BFSRS_DEMOS).
@@ -141,11 +144,18 @@ def _opro_then_soft(ctx: dict[str, Any]) -> dspy.Module:
     return program
 
 
+def copro_breadth(budget: int, train: int) -> int:
+    """COPRO's breadth for ``COPRO_DEPTH`` rounds on ``train`` examples within ``budget`` task calls (at least 2,
+    COPRO's minimum)."""
+    return max(2, budget // (COPRO_DEPTH * max(1, train)))
+
+
 def _copro(ctx: dict[str, Any]) -> dspy.Module:
     from dspy.teleprompt import COPRO
 
-    depth = max(1, ctx["budget"] // (COPRO_BREADTH * len(ctx["train"])))
-    optimizer = COPRO(prompt_model=ctx["prompt_lm"], metric=ctx["metric"], breadth=COPRO_BREADTH, depth=depth,
+    breadth = copro_breadth(ctx["budget"], len(ctx["train"]))
+    ctx["settings"] = {"breadth": breadth, "depth": COPRO_DEPTH}
+    optimizer = COPRO(prompt_model=ctx["prompt_lm"], metric=ctx["metric"], breadth=breadth, depth=COPRO_DEPTH,
                       init_temperature=1.0)
     with dspy.context(lm=ctx["task_lm"]):
         return optimizer.compile(ctx["program"], trainset=ctx["train"],
@@ -223,6 +233,8 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
            "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1),
            # what the method handed back, for any method (DSPy's have no report): instruction and demo count
            "final_program": _program_summary(program)}
+    if "settings" in ctx:  # how a DSPy optimizer was sized to the budget
+        row["settings"] = ctx["settings"]
     if len(ctx["stages"]) > 1:  # a chain: the program each earlier step handed on, scored on the same test set
         row["stages"] = [_stage_row(stage, task, lms[0]) for stage in ctx["stages"][:-1]]
     # The process's peak resident memory so far (Linux reports KiB): with one method per process, the run's.

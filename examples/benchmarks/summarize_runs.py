@@ -17,6 +17,13 @@ A chain's row (e.g. ``opro+soft``) carries the test accuracy of each earlier ste
 rows of their own named ``CHAIN/OPTIMIZER`` (``opro+soft/OPRO``), so ``--pair opro+soft,opro+soft/OPRO`` is the
 soft part's gain over the hard prompt it was trained under, cell by cell.
 
+``--targets`` reads issues 12-14's targets off the cells: each comparison's paired mean difference (s.e.), the
+cells it rests on out of the 4 tasks x 3 splits the issues ask for, the calls (task + prompt) each side spent,
+and a verdict: "met" or "missed", called "so far" until both methods share 3 splits on each of 4 tasks. "Level"
+is read as a paired mean difference no more than one standard error below zero. ``--since [METHOD=]COMMIT``
+(repeatable) keeps only rows run at COMMIT or a later commit (``git merge-base --is-ancestor``), for every
+method or for METHOD alone: rows an algorithm change made stale drop out.
+
 Run (the README's figures come from this command):
     python examples/benchmarks/summarize_runs.py examples/benchmarks/results/run_e_seed*.jsonl \
         --pair demos,bfsrs --pair demos,uncompiled --pair bfsrs,uncompiled
@@ -188,6 +195,104 @@ def plot_curve(points: dict[str, list[dict]], path: str) -> None:
     plt.close(fig)
 
 
+#: The grid issues 12-14 ask for: bundled tasks x seeded splits.
+GRID_TASKS, GRID_SPLITS = 4, 3
+GRID_CELLS = GRID_TASKS * GRID_SPLITS
+
+
+def paired(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> dict | None:
+    """A against B on the cells both have: ``n``, paired ``mean`` difference of test accuracy and its ``se``
+    (``None`` for one cell), and each side's mean calls, task + prompt model; ``None`` when no cell has both."""
+    both = [(s, t) for m, s, t in cells if m == a and (b, s, t) in cells]
+    if not both:
+        return None
+    diffs = [cells[(a, s, t)]["test_accuracy"] - cells[(b, s, t)]["test_accuracy"] for s, t in both]
+    mean = sum(diffs) / len(diffs)
+    se = (math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+          if len(diffs) > 1 else None)
+
+    def calls(method: str) -> float:
+        rows = [cells[(method, s, t)] for s, t in both]
+        return sum(r["task_calls"] + r.get("prompt_calls", 0) for r in rows) / len(rows)
+
+    per_task: dict[str, int] = {}
+    for _, task in both:
+        per_task[task] = per_task.get(task, 0) + 1
+    full = sum(n >= GRID_SPLITS for n in per_task.values()) >= GRID_TASKS
+    return {"n": len(both), "mean": mean, "se": se, "calls_a": calls(a), "calls_b": calls(b), "full": full}
+
+
+def _level(p: dict) -> bool:
+    """Level or above: the paired mean difference is no more than one standard error below zero."""
+    return p["mean"] + (p["se"] or 0.0) >= 0
+
+
+#: (issue, target, A, B, test on the paired figures). A of "best:X|Y|Z" is whichever of X, Y, Z has the highest
+#: paired mean against the program as given; "calls" tests compare the mean calls (task + prompt) both sides spent on the same cells.
+TARGETS: list[tuple[str, str, str, str, object]] = [
+    *[("12", f"{m} above the program as given", m, "uncompiled", lambda p: p["mean"] > 0) for m in ("opro", "apo", "abo")],
+    ("12", "the best of OPRO/APO/ABO above the program as given by >= 3 points", "best:opro|apo|abo", "uncompiled",
+     lambda p: p["mean"] >= 0.03),
+    *[("12", f"{m} level with COPRO or above, at no more calls", m, "copro",
+       lambda p: _level(p) and p["calls_a"] <= p["calls_b"]) for m in ("opro", "apo", "abo")],
+    ("12", "the best of OPRO/APO/ABO level with GEPA or above", "best:opro|apo|abo", "gepa", _level),
+    ("13", "joint >= MIPROv2 (light) at <= half its calls", "joint", "mipro_light",
+     lambda p: p["mean"] >= 0 and p["calls_a"] <= p["calls_b"] / 2),
+    ("13", "joint above BFSRS by more than one paired s.e.", "joint", "bfsrs",
+     lambda p: p["se"] is not None and p["mean"] > p["se"]),
+    ("13", "DemoSelector above BFSRS at equal calls", "demos", "bfsrs",
+     lambda p: p["mean"] > 0 and p["calls_a"] <= p["calls_b"]),
+    *[("14", f"{m} above the program as given", m, "uncompiled", lambda p: p["mean"] > 0)
+      for m in ("ape", "iterative_ape", "promptagent")],
+    ("14", "Iterative-APE at least APE", "iterative_ape", "ape", lambda p: p["mean"] >= 0),
+    ("14", "PromptAgent level with GEPA or above, at no more calls", "promptagent", "gepa",
+     lambda p: _level(p) and p["calls_a"] <= p["calls_b"]),
+]
+
+
+def targets_table(cells: dict[tuple[str, str, str], dict]) -> str:
+    """Issues 12-14's targets, each with its figures and verdict (see the module's docstring)."""
+    lines = ["| issue | target | A vs B | cells | mean difference (s.e.) | calls A / B | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for issue, text, a, b, test in TARGETS:
+        if a.startswith("best:"):
+            found = {m: paired(cells, m, "uncompiled") for m in a[len("best:"):].split("|")}
+            found = {m: p for m, p in found.items() if p is not None}
+            a = max(found, key=lambda m: found[m]["mean"]) if found else a
+        p = paired(cells, a, b)
+        if p is None:
+            lines.append(f"| {issue} | {text} | {a} vs {b} | 0/{GRID_CELLS} | - | - | not measured |")
+            continue
+        se = "n/a" if p["se"] is None else f"{p['se']:.3f}"
+        verdict = "met" if test(p) else "missed"
+        if not p["full"]:
+            verdict += " so far"
+        lines.append(f"| {issue} | {text} | {a} vs {b} | {p['n']}/{GRID_CELLS} | {p['mean']:+.3f} ({se}) | "
+                     f"{p['calls_a']:.0f} / {p['calls_b']:.0f} | {verdict} |")
+    return "\n".join(lines)
+
+
+def since_filter(cells: dict[tuple[str, str, str], dict], specs: Sequence[str],
+                 is_ancestor=None) -> dict[tuple[str, str, str], dict]:
+    """The cells whose row ran at or after each spec's commit: ``COMMIT`` applies to every method,
+    ``METHOD=COMMIT`` to METHOD's rows (and its chain stages) only. A row without a commit is dropped by any
+    spec that applies to it. ``is_ancestor(old, new)``: ``git merge-base --is-ancestor`` unless given."""
+    if is_ancestor is None:
+        import subprocess
+
+        def is_ancestor(old: str, new: str) -> bool:
+            return subprocess.run(["git", "merge-base", "--is-ancestor", old, new],
+                                  capture_output=True).returncode == 0
+    rules = [spec.partition("=")[::2] if "=" in spec else ("", spec) for spec in specs]
+    kept = {}
+    for key, row in cells.items():
+        commit = str(row.get("commit") or "")
+        applies = [c for m, c in rules if not m or m == key[0] or key[0].startswith(m + "/")]
+        if all(commit and commit != "?" and is_ancestor(c, commit) for c in applies):
+            kept[key] = row
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", help="JSONL files written by bench_optimizers.py --out")
@@ -198,8 +303,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="print which seeds each method has per task, with the commit each row ran at")
     parser.add_argument("--methods", default=None, metavar="A,B,...",
                         help="only these methods (their rows are read from every file; others are ignored)")
+    parser.add_argument("--targets", action="store_true",
+                        help="print issues 12-14's targets with their paired figures and verdicts")
+    parser.add_argument("--since", action="append", default=[], metavar="[METHOD=]COMMIT",
+                        help="keep only rows run at COMMIT or later (for METHOD only when named); repeatable")
     args = parser.parse_args(argv)
     cells = read_cells(args.files)
+    if args.since:
+        cells = since_filter(cells, args.since)
     if args.methods:
         wanted = set(args.methods.split(","))
         cells = {key: r for key, r in cells.items() if key[0] in wanted}
@@ -207,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.coverage:
         print()
         print(coverage_table(cells))
+    if args.targets:
+        print()
+        print(targets_table(cells))
     for pair in args.pair:
         a, _, b = pair.partition(",")
         print()

@@ -59,6 +59,54 @@ def test_coverage_names_the_seeds_and_commits_each_method_has_per_task(tmp_path,
     assert "| apo | 2@? | - |" in out  # a row without a commit, and a task the method has no row on
 
 
+def test_targets_read_each_issue_comparison_off_the_paired_cells_and_say_so_far_until_the_grid_is_full(tmp_path,
+                                                                                                      capsys):
+    summarize = load("summarize_runs")
+    rows = []
+    for seed in range(3):
+        for task in ("t1", "t2", "t3", "t4"):
+            rows.append(row(task, "uncompiled", 0.40, 0, seed=seed))
+            rows.append(row(task, "opro", 0.45 + 0.01 * seed, 380, prompt_calls=40, seed=seed))  # +0.06 on average
+            rows.append(row(task, "copro", 0.46, 320, prompt_calls=10, seed=seed))
+    path = write(tmp_path / "grid.jsonl", rows + [row("t1", "apo", 0.30, 100, seed=0)])
+    cells = summarize.read_cells([path])
+    table = summarize.targets_table(cells)
+    assert "| 12 | opro above the program as given | opro vs uncompiled | 12/12 | +0.060 (0.002) | 420 / 0 | met |" \
+        in table
+    assert "| 12 | apo above the program as given | apo vs uncompiled | 1/12 | -0.100 (n/a) | 100 / 0 | missed so far |" \
+        in table  # one cell is not the grid
+    # level with COPRO (-0.000, within a s.e.) but at more calls (420 against 330): missed
+    assert "| opro vs copro | 12/12 | +0.000 (0.002) | 420 / 330 | missed |" in table
+    # "the best of" is the best against the program as given (OPRO here), then compared with GEPA: no GEPA row
+    assert "| 12 | the best of OPRO/APO/ABO level with GEPA or above | opro vs gepa | 0/12 | - | - | not measured |" \
+        in table
+    assert summarize.main([path, "--targets"]) == 0
+    assert "| 14 | Iterative-APE at least APE |" in capsys.readouterr().out
+
+
+def test_since_keeps_only_rows_run_at_or_after_a_commit_for_every_method_or_one(tmp_path):
+    summarize = load("summarize_runs")
+    path = write(tmp_path / "run_seed0.jsonl", [row("t1", "ape", 0.5, 60, commit="old"),
+                                                row("t2", "ape", 0.6, 60, commit="new"),
+                                                row("t1", "opro", 0.3, 70, commit="old"),
+                                                row("t1", "uncompiled", 0.3, 0)])
+    cells = summarize.read_cells([path])
+    order = {"old": 0, "new": 1}
+    is_ancestor = lambda old, new: order[old] <= order[new]  # noqa: E731
+    kept = summarize.since_filter(cells, ["ape=new"], is_ancestor=is_ancestor)
+    assert set(kept) == {("ape", "0", "t2"), ("opro", "0", "t1"), ("uncompiled", "0", "t1")}
+    kept = summarize.since_filter(cells, ["old"], is_ancestor=is_ancestor)
+    assert set(kept) == {("ape", "0", "t1"), ("ape", "0", "t2"), ("opro", "0", "t1")}  # no commit: dropped
+
+
+def test_copro_is_sized_to_spend_the_task_calls_ours_are_capped_at():
+    bench = load("bench_optimizers")
+    breadth = bench.copro_breadth(400, 40)
+    assert breadth == 5 and breadth * bench.COPRO_DEPTH * 40 == 400  # 320 at the earlier breadth 4
+    assert bench.copro_breadth(80, 10) == 4
+    assert bench.copro_breadth(50, 40) == 2  # COPRO's minimum breadth, even when one round costs more
+
+
 def test_the_reference_budget_is_what_the_reference_row_spent(tmp_path):
     bench = load("bench_optimizers")
     ref = write(tmp_path / "ref.jsonl", [row("t1", "bfsrs", 0.4, 61)])

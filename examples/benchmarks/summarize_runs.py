@@ -52,21 +52,40 @@ def seeded_rows(paths: Sequence[str]) -> Iterator[tuple[str, dict]]:
                     yield str(row.get("seed", default)), row
 
 
-def read_cells(paths: Sequence[str]) -> dict[tuple[str, str, str], dict]:
-    """``{(method, seed, task): row}`` from the files (a later file's row wins)."""
+def git_is_ancestor(old: str, new: str) -> bool:
+    """Whether commit ``old`` is ``new`` or an ancestor of it in this checkout (False when either is unknown)."""
+    import subprocess
+
+    return subprocess.run(["git", "merge-base", "--is-ancestor", old, new], capture_output=True,
+                          cwd=Path(__file__).resolve().parent).returncode == 0
+
+
+def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor) -> dict[tuple[str, str, str], dict]:
+    """``{(method, seed, task): row}`` from the files. A cell run twice keeps the row of the later commit (the
+    other's commit is its ancestor, ``is_ancestor(old, new)``), else the later file's row: files sort by name,
+    not by when they ran."""
     cells: dict[tuple[str, str, str], dict] = {}
+
+    def put(key: tuple[str, str, str], row: dict, commit: str) -> None:
+        held = cells.get(key)
+        old = str((held or {}).get("_commit") or "")
+        if held is not None and commit and old and commit != old and is_ancestor(commit, old):
+            return  # the held row ran at a later commit
+        cells[key] = dict(row, _commit=commit)
+
     for seed, row in seeded_rows(paths):
-        cells[(row["method"], seed, row["task"])] = row
+        commit = str(row.get("commit") or "")
+        put((row["method"], seed, row["task"]), row, commit)
         for stage in stage_rows(row):
-            cells[(stage["method"], seed, row["task"])] = stage
-    return cells
+            put((stage["method"], seed, row["task"]), stage, commit)
+    return {key: {k: v for k, v in row.items() if k != "_commit"} for key, row in cells.items()}
 
 
 def stage_rows(row: dict) -> list[dict]:
     """A chain's earlier steps as rows of their own, named ``CHAIN/OPTIMIZER`` (e.g. ``opro+soft/OPRO``): the
     program each handed on, scored on the same test set, so the chain pairs with its own first step."""
     return [{**{k: v for k, v in stage.items() if k != "optimizer"}, "task": row["task"],
-             "method": f"{row['method']}/{stage['optimizer']}", "seed": row.get("seed")}
+             "method": f"{row['method']}/{stage['optimizer']}", "seed": row.get("seed"), "commit": row.get("commit")}
             for stage in row.get("stages", [])]
 
 
@@ -277,12 +296,7 @@ def since_filter(cells: dict[tuple[str, str, str], dict], specs: Sequence[str],
     """The cells whose row ran at or after each spec's commit: ``COMMIT`` applies to every method,
     ``METHOD=COMMIT`` to METHOD's rows (and its chain stages) only. A row without a commit is dropped by any
     spec that applies to it. ``is_ancestor(old, new)``: ``git merge-base --is-ancestor`` unless given."""
-    if is_ancestor is None:
-        import subprocess
-
-        def is_ancestor(old: str, new: str) -> bool:
-            return subprocess.run(["git", "merge-base", "--is-ancestor", old, new],
-                                  capture_output=True).returncode == 0
+    is_ancestor = is_ancestor or git_is_ancestor
     rules = [spec.partition("=")[::2] if "=" in spec else ("", spec) for spec in specs]
     kept = {}
     for key, row in cells.items():

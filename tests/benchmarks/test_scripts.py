@@ -46,6 +46,21 @@ def test_rows_pool_by_seed_and_pairs_compare_cell_by_cell(tmp_path, capsys):
     assert "| 1 | 0.20 (50) / 0.60 (50) | - / - |" in out
 
 
+def test_a_cell_run_twice_keeps_the_row_of_the_later_commit_whatever_order_the_files_come_in(tmp_path):
+    summarize = load("summarize_runs")
+    later = write(tmp_path / "run_seed2_a.jsonl", [row("t1", "joint", 0.36, 212, commit="new")])
+    earlier = write(tmp_path / "run_seed2_b.jsonl", [row("t1", "joint", 0.27, 198, commit="old"),
+                                                     row("t1", "bfsrs", 0.35, 263)])
+    order = {"old": 0, "new": 1}
+    is_ancestor = lambda old, new: order[old] <= order[new]  # noqa: E731
+    for files in ([later, earlier], [earlier, later]):
+        cells = summarize.read_cells(files, is_ancestor=is_ancestor)
+        assert cells[("joint", "2", "t1")]["test_accuracy"] == 0.36 and cells[("joint", "2", "t1")]["commit"] == "new"
+    unrelated = write(tmp_path / "run_seed2_c.jsonl", [row("t1", "joint", 0.30, 200, commit="elsewhere")])
+    cells = summarize.read_cells([later, unrelated], is_ancestor=lambda old, new: False)
+    assert cells[("joint", "2", "t1")]["test_accuracy"] == 0.30  # commits not in line: the later file's row
+
+
 def test_coverage_names_the_seeds_and_commits_each_method_has_per_task(tmp_path, capsys):
     summarize = load("summarize_runs")
     a = write(tmp_path / "run_seed0.jsonl", [row("t1", "opro", 0.5, 60, commit="aaaaaaa111"),

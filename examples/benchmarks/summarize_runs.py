@@ -24,6 +24,10 @@ is read as a paired mean difference no more than one standard error below zero. 
 (repeatable) keeps only rows run at COMMIT or a later commit (``git merge-base --is-ancestor``), for every
 method or for METHOD alone: rows an algorithm change made stale drop out.
 
+``--choices`` checks the final choice's threshold on the rows themselves: every cell whose final choice replaced
+the program as given (``kept_start`` false), with the chosen finalist's paired z on the validation examples and
+its test gain over the program as given on the same split; then how many gained, tied and lost, per z band.
+
 Run (the README's figures come from this command):
     python examples/benchmarks/summarize_runs.py examples/benchmarks/results/run_e_seed*.jsonl \
         --pair demos,bfsrs --pair demos,uncompiled --pair bfsrs,uncompiled
@@ -291,6 +295,34 @@ def targets_table(cells: dict[tuple[str, str, str], dict]) -> str:
     return "\n".join(lines)
 
 
+#: z bands of the ``--choices`` summary: [low, high).
+Z_BANDS = ((1.0, 1.5), (1.5, 2.0), (2.0, float("inf")))
+
+
+def choices_table(cells: dict[tuple[str, str, str], dict]) -> str:
+    """Cells whose final choice replaced the start: the chosen finalist's z and the test gain it brought."""
+    found = []
+    for (method, seed, task), r in cells.items():
+        base = cells.get(("uncompiled", seed, task))
+        if r.get("kept_start") is not False or base is None:
+            continue
+        passed = [c for c in r.get("final_choice") or [] if isinstance(c, dict) and c.get("passed")]
+        zs = [c["gain"] / c["se"] for c in passed if c.get("se")]
+        found.append((r["test_accuracy"] - base["test_accuracy"], method, seed, task, max(zs) if zs else None))
+    found.sort(key=lambda f: (f[0], f[1]))
+    lines = ["| method | seed | task | z of the chosen (best passed) | test gain over the program as given |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {m} | {s} | {t} | {'-' if z is None else f'{z:.2f}'} | {d:+.2f} |" for d, m, s, t, z in found]
+    lines += ["", "| z band | rows | gained | level | lost | mean test gain |", "|---|---|---|---|---|---|"]
+    for low, high in Z_BANDS:
+        band = [d for d, *_, z in found if z is not None and low <= z < high]
+        if band:
+            lines.append(f"| [{low:g}, {high:g}) | {len(band)} | {sum(d > 1e-9 for d in band)} | "
+                         f"{sum(abs(d) <= 1e-9 for d in band)} | {sum(d < -1e-9 for d in band)} | "
+                         f"{sum(band) / len(band):+.3f} |")
+    return "\n".join(lines)
+
+
 def since_filter(cells: dict[tuple[str, str, str], dict], specs: Sequence[str],
                  is_ancestor=None) -> dict[tuple[str, str, str], dict]:
     """The cells whose row ran at or after each spec's commit: ``COMMIT`` applies to every method,
@@ -321,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="print issues 12-14's targets with their paired figures and verdicts")
     parser.add_argument("--since", action="append", default=[], metavar="[METHOD=]COMMIT",
                         help="keep only rows run at COMMIT or later (for METHOD only when named); repeatable")
+    parser.add_argument("--choices", action="store_true",
+                        help="rows whose final choice replaced the start: the chosen z and the test gain it brought")
     args = parser.parse_args(argv)
     cells = read_cells(args.files)
     if args.since:
@@ -335,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.targets:
         print()
         print(targets_table(cells))
+    if args.choices:
+        print()
+        print(choices_table(cells))
     for pair in args.pair:
         a, _, b = pair.partition(",")
         print()

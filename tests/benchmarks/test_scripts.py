@@ -99,6 +99,21 @@ def test_targets_read_each_issue_comparison_off_the_paired_cells_and_say_so_far_
     assert "| 14 | Iterative-APE at least APE |" in capsys.readouterr().out
 
 
+def test_choices_pair_each_replaced_start_with_its_z_and_test_gain(tmp_path):
+    summarize = load("summarize_runs")
+    chosen = lambda gain, se: [{"candidate": 0, "passed": False}, {"candidate": 3, "gain": gain, "se": se,  # noqa: E731
+                                                                     "passed": True}]
+    path = write(tmp_path / "run_seed0.jsonl", [
+        row("t1", "uncompiled", 0.40, 0), row("t2", "uncompiled", 0.50, 0),
+        row("t1", "abo", 0.32, 380, kept_start=False, final_choice=chosen(0.12, 0.09)),  # z 1.33, lost 0.08
+        row("t2", "abo", 0.60, 380, kept_start=False, final_choice=chosen(0.25, 0.1)),  # z 2.5, gained 0.10
+        row("t1", "opro", 0.40, 380, kept_start=True, final_choice=chosen(0.0, 0.1))])  # the start kept: not listed
+    table = summarize.choices_table(summarize.read_cells([path]))
+    assert "| abo | 0 | t1 | 1.33 | -0.08 |" in table and "| abo | 0 | t2 | 2.50 | +0.10 |" in table
+    assert "opro" not in table
+    assert "| [1, 1.5) | 1 | 0 | 0 | 1 | -0.080 |" in table and "| [2, inf) | 1 | 1 | 0 | 0 | +0.100 |" in table
+
+
 def test_since_keeps_only_rows_run_at_or_after_a_commit_for_every_method_or_one(tmp_path):
     summarize = load("summarize_runs")
     path = write(tmp_path / "run_seed0.jsonl", [row("t1", "ape", 0.5, 60, commit="old"),

@@ -126,6 +126,9 @@ class LlamaCppEngine:
         '4'
     """
 
+    #: The completion cap of a request that sets none; the budget meter bounds a call's tokens with it.
+    default_max_tokens = DEFAULT_MAX_TOKENS
+
     #: ``complete`` scores given text (``Config.extensions={"score_continuation": text}``).
     supports_continuation_scoring = True
 

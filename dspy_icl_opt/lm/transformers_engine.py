@@ -84,6 +84,9 @@ class TransformersEngine:
         >>> lm = dspy.LM("soft/qwen", engine=engine, async_engine=AsyncTransformersEngine(engine))  # doctest: +SKIP
     """
 
+    #: The completion cap of a request that sets none; the budget meter bounds a call's tokens with it.
+    default_max_tokens = DEFAULT_MAX_TOKENS
+
     def __init__(self, base_model: str | os.PathLike[str], *, soft_prompt: SoftPrompt | str | os.PathLike[str] | None = None,
                  seed: int = DEFAULT_SEED, n_threads: int | None = None) -> None:
         source_kind(base_model)  # a ValueError now, not on the first call

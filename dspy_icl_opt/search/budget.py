@@ -11,9 +11,14 @@ free, the second run would search further); its tokens are not charged, since DS
 for calls that reached the model (the meter listens for that report through a usage tracker it installs
 around each call), so a *token* cap lets a warm-cache run go further.
 
-Token caps are checked before each call against the tokens already spent; the tokens of a call are
-only known when it returns, so a token cap can be passed by the calls admitted before it was reached
-(at most one per worker thread). Call caps are exact; they count DSPy LM calls
+Token caps are never passed when the call's completion is capped (``max_tokens`` on the call or the LM, or
+the engine's own default, e.g. 512 for the embedded model): a call is admitted only when the tokens left,
+after the calls in flight, cover the most it can cost (:func:`token_bound`): its prompt's UTF-8 bytes (a
+byte-level tokenizer, as GPT's, Llama 3's and Qwen's, writes at most one token per byte, and SentencePiece's
+byte fallback too), a margin for the chat template's own tokens, and ``max_tokens`` per sample. The bound is
+loose (a few times the prompt's real tokens), so a token-capped run stops up to one call's bound short of
+its cap. A call whose completion has no cap cannot be bounded: it is admitted while the tokens spent are
+under the cap, and can pass it by its own tokens. Call caps are exact; they count DSPy LM calls
 (``n`` samples count as ``n``), and a call that DSPy retried after a transient provider error is
 still one call. A call that got no answer at all (a fault: server down, timeout, rate limit, 5xx;
 see :mod:`dspy_icl_opt.search.faults`) is not charged against the cap; ``failed_calls`` counts it.
@@ -43,6 +48,13 @@ except ImportError:  # pragma: no cover - other DSPy versions
 
 Role = Literal["task", "prompt"]
 ROLES: tuple[Role, ...] = ("task", "prompt")
+
+#: Chat-template tokens :func:`token_bound` allows beyond the messages' bytes: per call (a default system text
+#: such as Llama 3.1's dates, the assistant header) and per message (role markers, separators).
+TEMPLATE_TOKENS_PER_CALL = 64
+TEMPLATE_TOKENS_PER_MESSAGE = 16
+#: Request options whose text a provider adds to the prompt (and counts in its prompt tokens).
+_PROMPT_OPTIONS = ("tools", "functions", "response_format", "tool_choice")
 
 #: Ready-made budgets, by name, for users who do not want to count calls themselves.
 BUDGET_PRESETS: dict[str, dict[str, int | None]] = {
@@ -178,6 +190,9 @@ class BudgetMeter:
     budget: Budget = field(default_factory=Budget)
     spent: dict[str, Spent] = field(default_factory=lambda: {role: Spent() for role in ROLES})
     _in_flight: dict[str, int] = field(default_factory=lambda: {role: 0 for role in ROLES})
+    _in_flight_tokens: dict[str, int] = field(default_factory=lambda: {role: 0 for role in ROLES})
+    #: roles already warned that a call under their token cap could not be bounded
+    _unbounded_warned: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     faults: FaultMonitor = field(default_factory=FaultMonitor)
 
@@ -189,29 +204,39 @@ class BudgetMeter:
             return max(0, cap - self.spent[role].calls - self._in_flight[role])
 
     def exhausted(self, role: Role) -> bool:
-        """True when no further call of this role would be admitted."""
+        """True when no further call of this role would be admitted, whatever its size (a call whose token bound
+        does not fit what is left is refused even when this is False)."""
         remaining = self.remaining_calls(role)
         token_cap = self.budget.token_cap(role)
         over_tokens = token_cap is not None and self.spent[role].tokens >= token_cap
         return remaining == 0 or over_tokens
 
-    def reserve(self, role: Role, slots: int = 1, *, check_tokens: bool = True) -> None:
-        """Reserve ``slots`` calls or raise :class:`BudgetExhausted`; pair with :meth:`settle`."""
+    def reserve(self, role: Role, slots: int = 1, *, check_tokens: bool = True, tokens: int | None = None) -> int:
+        """Reserve ``slots`` calls or raise :class:`BudgetExhausted`; pair with :meth:`settle`.
+
+        ``tokens``: the most the calls can cost (:func:`token_bound`); under a token cap they are admitted only
+        when the tokens left after the calls in flight cover it, and it is held until :meth:`settle`. Without a
+        bound they are admitted while the tokens spent and held are under the cap. Returns the tokens held."""
         cap = self.budget.call_cap(role)
         token_cap = self.budget.token_cap(role) if check_tokens else None
+        held = tokens if token_cap is not None and tokens is not None else 0
         with self._lock:
             used = self.spent[role].calls + self._in_flight[role]
+            committed = self.spent[role].tokens + self._in_flight_tokens[role]
             refusal = None
             if cap is not None and used + slots > cap:
                 refusal = BudgetExhausted(role, "call", cap)
-            elif token_cap is not None and self.spent[role].tokens >= token_cap:
+            elif token_cap is not None and (committed + held > token_cap if tokens is not None
+                                            else committed >= token_cap):
                 refusal = BudgetExhausted(role, "token", token_cap)
             else:
                 self._in_flight[role] += slots
+                self._in_flight_tokens[role] += held
         if refusal is not None:
             for sink in _COST_SINK.get() or []:
                 sink.refused = sink.refused or refusal
             raise refusal
+        return held
 
     def release(self, role: Role, slots: int) -> None:
         """Give back calls reserved with :meth:`reserve` and never made (e.g. a held-back reserve)."""
@@ -219,10 +244,11 @@ class BudgetMeter:
             self._in_flight[role] -= slots
 
     def settle(self, role: Role, *, reserved: int, calls: int, tokens: int, cache_hit: bool = False,
-               failed: bool = False) -> None:
-        """Release a reservation and record what the call really spent."""
+               failed: bool = False, reserved_tokens: int = 0) -> None:
+        """Release a reservation (``reserved`` calls, ``reserved_tokens`` held) and record what the call spent."""
         with self._lock:
             self._in_flight[role] -= reserved
+            self._in_flight_tokens[role] -= reserved_tokens
             spent = self.spent[role]
             spent.calls += calls
             spent.tokens += tokens
@@ -271,6 +297,77 @@ class _CallCounter(UsageTracker):
             self.outer.add_usage(lm, usage_entry)
 
 
+def token_bound(lm: dspy.BaseLM, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> int | None:
+    """The most tokens (prompt + completion, all samples) a call of ``lm`` with these arguments can cost, or
+    ``None`` when its completion has no cap or its prompt holds something other than text.
+
+    The prompt counts at one token per UTF-8 byte of its text (the text parts of each message, and the tools or
+    response format sent with it), plus :data:`TEMPLATE_TOKENS_PER_CALL` and :data:`TEMPLATE_TOKENS_PER_MESSAGE`;
+    the completion at ``max_tokens`` (or ``max_completion_tokens``) of the call, else of the LM, else the
+    ``default_max_tokens`` of its engine, per sample.
+    """
+    import json
+
+    from dspy.lm15 import Request
+
+    options = {**(getattr(lm, "kwargs", None) or {}), **kwargs}
+    if isinstance(prompt, Request):  # DSPy's canonical request (the call form DSPy 3.5 keeps)
+        options["max_tokens"] = prompt.config.max_tokens or options.get("max_tokens")
+    limit = options.get("max_tokens") or options.get("max_completion_tokens")
+    if limit is None:
+        limit = getattr(getattr(lm, "engine", None), "default_max_tokens", None)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        return None
+    if isinstance(prompt, Request):
+        size = _request_bytes(prompt)
+        return None if size is None else size + limit * _samples_requested(lm, kwargs)
+    if messages is None:
+        messages = [{"role": "user", "content": prompt}] if prompt is not None else []
+    size = TEMPLATE_TOKENS_PER_CALL
+    for message in messages:
+        if not isinstance(message, dict):
+            return None
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [content]
+        for part in parts:
+            if isinstance(part, dict):
+                if part.get("type", "text") != "text":
+                    return None  # an image or audio part: its tokens are not its bytes
+                part = part.get("text")
+            if part is not None and not isinstance(part, str):
+                return None
+            size += len((part or "").encode("utf-8"))
+        for key in ("tool_calls", "name", "tool_call_id"):
+            if message.get(key) is not None:
+                size += len(json.dumps(message[key], default=str).encode("utf-8"))
+        size += TEMPLATE_TOKENS_PER_MESSAGE
+    for key in _PROMPT_OPTIONS:
+        if options.get(key) is not None:
+            size += len(json.dumps(options[key], default=str).encode("utf-8"))
+    return size + limit * _samples_requested(lm, kwargs)
+
+
+def _request_bytes(request: Any) -> int | None:
+    """:func:`token_bound`'s prompt part for a ``dspy.lm15.Request``: ``None`` if a part is not text."""
+    size = TEMPLATE_TOKENS_PER_CALL
+    system = request.system
+    for part in (system if isinstance(system, (list, tuple)) else [system]):
+        text = getattr(part, "text", part)
+        if text is not None and not isinstance(text, str):
+            return None
+        size += len((text or "").encode("utf-8"))
+    for message in request.messages:
+        for part in message.parts:
+            if getattr(part, "type", None) != "text":
+                return None
+            size += len(part.text.encode("utf-8"))
+        size += TEMPLATE_TOKENS_PER_MESSAGE
+    for extra in (request.tools, request.config.response_format, request.config.tool_choice):
+        if extra:
+            size += len(repr(extra).encode("utf-8"))
+    return size
+
+
 def _samples_requested(lm: dspy.BaseLM, kwargs: dict[str, Any]) -> int:
     n = kwargs.get("n", kwargs.get("num_generations", lm.kwargs.get("n", 1)))
     return max(1, int(n or 1))
@@ -316,52 +413,61 @@ class MeteredLM(dspy.BaseLM):
         return MeteredLM(self._inner.copy(**kwargs), self._meter, self._role)
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        slots = self._admit(kwargs)
+        slots, held = self._admit(prompt, messages, kwargs)
         counter = _CallCounter(dspy.settings.usage_tracker)
         try:
             with dspy.context(usage_tracker=counter), self._adapter_owned(messages):
                 result = self._inner(prompt, messages=messages, **kwargs)
         except Exception as exc:
-            raised = self._failed(exc, slots)
+            raised = self._failed(exc, slots, held)
             if raised is exc:
                 raise
             raise raised from exc
-        self._settle(counter, slots)
+        self._settle(counter, slots, held)
         return result
 
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        slots = self._admit(kwargs)
+        slots, held = self._admit(prompt, messages, kwargs)
         counter = _CallCounter(dspy.settings.usage_tracker)
         try:
             with dspy.context(usage_tracker=counter), self._adapter_owned(messages):
                 result = await self._inner.acall(prompt, messages=messages, **kwargs)
         except Exception as exc:
-            raised = self._failed(exc, slots)
+            raised = self._failed(exc, slots, held)
             if raised is exc:
                 raise
             raise raised from exc
-        self._settle(counter, slots)
+        self._settle(counter, slots, held)
         return result
 
-    def _admit(self, kwargs: dict[str, Any]) -> int:
-        """Refuse every call once the model is declared gone (see faults.py); else reserve the call's slots."""
+    def _admit(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> tuple[int, int]:
+        """Refuse every call once the model is declared gone (see faults.py); else reserve the call's slots and,
+        under a token cap, the most tokens it can cost (:func:`token_bound`). Returns both."""
         try:
             self._meter.faults.check()
         except Exception as exc:
             mark_unit(_COST_SINK.get(), exc)
             raise
         slots = _samples_requested(self._inner, kwargs)
-        self._meter.reserve(self._role, slots)
-        return slots
+        capped = self._meter.budget.token_cap(self._role) is not None
+        bound = token_bound(self._inner, prompt, messages, kwargs) if capped else None
+        if capped and bound is None and self._role not in self._meter._unbounded_warned:
+            self._meter._unbounded_warned.add(self._role)
+            logger.warning("`budget.max_{}_tokens` is set, but a call of the {} model has no completion cap (or sends "
+                           "more than text), so its tokens cannot be bounded before it runs and it may pass the cap by "
+                           "its own tokens. Set one on the LM to make the cap exact, e.g. dspy.LM(..., max_tokens=512).",
+                           self._role, self._role)
+        held = self._meter.reserve(self._role, slots, tokens=bound)
+        return slots, held
 
-    def _failed(self, exc: Exception, slots: int) -> Exception:
+    def _failed(self, exc: Exception, slots: int, held: int = 0) -> Exception:
         """Settle a failed call; the exception to raise: a fault (no answer) becomes LMFault or RunInterrupted."""
         if isinstance(exc, BudgetExhausted) or not is_fault(exc):
             # The model answered (an invalid request, say) or a nested meter refused: charge it, conservatively.
-            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, failed=True)
+            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, failed=True, reserved_tokens=held)
             return exc
         # No answer: not charged against the cap (counted in failed_calls), never an outcome.
-        self._meter.settle(self._role, reserved=slots, calls=0, tokens=0, failed=True)
+        self._meter.settle(self._role, reserved=slots, calls=0, tokens=0, failed=True, reserved_tokens=held)
         raised = self._meter.faults.failed(self._role, exc)
         mark_unit(_COST_SINK.get(), raised)
         logger.debug("{} model fault: {}", self._role, raised)
@@ -376,12 +482,13 @@ class MeteredLM(dspy.BaseLM):
             return adapter_message_call(self._inner, messages)
         return nullcontext()
 
-    def _settle(self, counter: _CallCounter, slots: int) -> None:
+    def _settle(self, counter: _CallCounter, slots: int, held: int = 0) -> None:
         self._meter.faults.succeeded(self._role)
         if counter.calls == 0:  # served from DSPy's cache: a call of the search all the same (see the module doc)
-            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, cache_hit=True)
+            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, cache_hit=True,
+                               reserved_tokens=held)
             return
-        self._meter.settle(self._role, reserved=slots, calls=slots, tokens=counter.tokens)
+        self._meter.settle(self._role, reserved=slots, calls=slots, tokens=counter.tokens, reserved_tokens=held)
         logger.trace("{} call charged: {} sample(s), {} tokens", self._role, slots, counter.tokens)
 
 

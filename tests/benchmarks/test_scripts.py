@@ -502,3 +502,46 @@ def test_the_simulation_compares_search_shapes_at_the_same_trial_calls():
     assert hurts["whole, best (BFSRS)"] < hurts["whole, z"] <= 0
     nothing = sim.simulate_shapes(0.0, 0.0, reps=20)
     assert all(value == 0.0 for value in nothing.values())
+
+
+def test_the_grid_plans_the_cells_without_a_row_split_by_split_each_reference_first(tmp_path):
+    grid = load("run_grid")
+    write(tmp_path / "run_grid_t1_seed0_opro.jsonl", [row("t1", "opro", 0.5, 400)])
+    (tmp_path / "run_grid_t2_seed0_opro.jsonl").write_text('{"task": "t2", "meth')  # a killed process's half line
+    cells = grid.plan_cells(["t1", "t2"], [0, 1], ["demos", "opro", "bfsrs"], tmp_path)
+    assert [str(c) for c in cells] == [
+        "t1 seed 0 bfsrs", "t1 seed 0 demos", "t2 seed 0 bfsrs", "t2 seed 0 demos", "t2 seed 0 opro",
+        "t1 seed 1 bfsrs", "t1 seed 1 demos", "t1 seed 1 opro", "t2 seed 1 bfsrs", "t2 seed 1 demos", "t2 seed 1 opro"]
+    demos = grid.command_for(grid.Cell("t1", 0, "demos"), tmp_path)
+    assert demos[demos.index("--budget-from") + 1] == f"{tmp_path}/run_grid_t1_seed0_bfsrs.jsonl:bfsrs"
+    joint = grid.command_for(grid.Cell("t1", 0, "joint"), tmp_path, ["--prompt-lm", "embedded-1.5b"])
+    assert joint[-6:] == ["--budget", "220", "--prompt-budget", "13", "--prompt-lm", "embedded-1.5b"]
+
+
+def test_the_grid_runs_at_most_its_lanes_at_once_and_a_cell_waits_for_its_reference(tmp_path):
+    grid = load("run_grid")
+    log = tmp_path / "events.txt"
+
+    def command(cell):  # a stand-in for bench_optimizers.py: note start and end, write the row (BFSRS t2 fails)
+        fails = cell.method == "bfsrs" and cell.task == "t2"
+        code = (f"import json, time, pathlib\n"
+                f"open({str(log)!r}, 'a').write('start {cell}\\n'); time.sleep(0.3)\n"
+                f"open({str(log)!r}, 'a').write('end {cell}\\n')\n"
+                + ("raise SystemExit(3)\n" if fails else
+                   f"pathlib.Path({str(cell.out(tmp_path))!r}).write_text(json.dumps("
+                   f"{{'task': {cell.task!r}, 'method': {cell.method!r}, 'task_calls': 10}}) + '\\n')\n"))
+        return [sys.executable, "-c", code]
+
+    cells = grid.plan_cells(["t1", "t2"], [0], ["opro", "demos", "bfsrs"], tmp_path)
+    codes = grid.run_cells(cells, tmp_path, lanes=2, command=command, poll_s=0.05, say=lambda text: None)
+    busy, most = 0, 0
+    events = log.read_text().splitlines()
+    for event in events:
+        busy += 1 if event.startswith("start") else -1
+        most = max(most, busy)
+    assert most == 2
+    assert events.index("start t1 seed 0 demos") > events.index("end t1 seed 0 bfsrs")  # waited for its reference
+    assert codes[grid.Cell("t2", 0, "bfsrs")] == 3 and codes[grid.Cell("t2", 0, "demos")] is None  # skipped
+    assert "start t2 seed 0 demos" not in events
+    assert grid.plan_cells(["t1", "t2"], [0], ["opro", "demos", "bfsrs"], tmp_path) == [
+        grid.Cell("t2", 0, "bfsrs"), grid.Cell("t2", 0, "demos")]  # a re-run starts only what has no row

@@ -13,12 +13,14 @@ around each call), so a *token* cap lets a warm-cache run go further.
 
 Token caps are never passed when the call's completion is capped (``max_tokens`` on the call or the LM, or
 the engine's own default, e.g. 512 for the embedded model): a call is admitted only when the tokens left,
-after the calls in flight, cover the most it can cost (:func:`token_bound`): its prompt's UTF-8 bytes (a
-byte-level tokenizer, as GPT's, Llama 3's and Qwen's, writes at most one token per byte, and SentencePiece's
-byte fallback too), a margin for the chat template's own tokens, and ``max_tokens`` per sample. The bound is
-loose (a few times the prompt's real tokens), so a token-capped run stops up to one call's bound short of
-its cap. A call whose completion has no cap cannot be bounded: it is admitted while the tokens spent are
-under the cap, and can pass it by its own tokens. Call caps are exact; they count DSPy LM calls
+after what the calls in flight hold, cover the most it can cost (:func:`token_bound`): its prompt's UTF-8
+bytes (a byte-level tokenizer, as GPT's, Llama 3's and Qwen's, writes at most one token per byte, and
+SentencePiece's byte fallback too), a margin for the chat template's own tokens, and ``max_tokens``, per
+sample. It holds that bound until it returns; a call that would fit but for what other calls in flight hold
+waits for them (they usually spend far less). The bound is loose (a few times the prompt's real tokens), so
+a token-capped run stops when the next call's bound no longer fits: less than one bound short of its cap. A
+call whose completion has no cap cannot be bounded: it is admitted while the tokens spent are under the cap,
+and can pass it by its own tokens. Call caps are exact; they count DSPy LM calls
 (``n`` samples count as ``n``), and a call that DSPy retried after a transient provider error is
 still one call. A call that got no answer at all (a fault: server down, timeout, rate limit, 5xx;
 see :mod:`dspy_icl_opt.search.faults`) is not charged against the cap; ``failed_calls`` counts it.
@@ -140,6 +142,15 @@ class BudgetExhausted(RuntimeError):
         self.cap = cap
 
 
+class TokensHeld(Exception):
+    """A call's token bound would fit but for the bounds other calls in flight hold: try again once they settle
+    (raised by :meth:`BudgetMeter.reserve` with ``wait=False`` only)."""
+
+    def __init__(self, role: Role) -> None:
+        super().__init__(f"The {role} model's token budget is held by calls in flight.")
+        self.role = role
+
+
 class Spent(BaseModel):
     """What one role has spent so far."""
 
@@ -169,6 +180,9 @@ class Cost:
 
 
 _COST_SINK: contextvars.ContextVar[list[Cost] | None] = contextvars.ContextVar("icl_cost_sink", default=None)
+#: Per thread or asyncio task: the tokens its calls in flight hold, by (meter id, role); replaced, never mutated.
+_HELD_HERE: contextvars.ContextVar[dict[tuple[int, str], int]] = contextvars.ContextVar("icl_tokens_held_here",
+                                                                                        default={})
 
 
 @contextmanager
@@ -193,7 +207,7 @@ class BudgetMeter:
     _in_flight_tokens: dict[str, int] = field(default_factory=lambda: {role: 0 for role in ROLES})
     #: roles already warned that a call under their token cap could not be bounded
     _unbounded_warned: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Condition = field(default_factory=threading.Condition)
     faults: FaultMonitor = field(default_factory=FaultMonitor)
 
     def remaining_calls(self, role: Role) -> int | None:
@@ -211,37 +225,60 @@ class BudgetMeter:
         over_tokens = token_cap is not None and self.spent[role].tokens >= token_cap
         return remaining == 0 or over_tokens
 
-    def reserve(self, role: Role, slots: int = 1, *, check_tokens: bool = True, tokens: int | None = None) -> int:
+    def reserve(self, role: Role, slots: int = 1, *, check_tokens: bool = True, tokens: int | None = None,
+                wait: bool = True) -> int:
         """Reserve ``slots`` calls or raise :class:`BudgetExhausted`; pair with :meth:`settle`.
 
         ``tokens``: the most the calls can cost (:func:`token_bound`); under a token cap they are admitted only
-        when the tokens left after the calls in flight cover it, and it is held until :meth:`settle`. Without a
-        bound they are admitted while the tokens spent and held are under the cap. Returns the tokens held."""
+        when the tokens left after the calls in flight cover it, and it is held until :meth:`settle`. When the
+        bound would fit but for what other calls in flight hold, the call waits for them to settle (they
+        usually spend far less than they held) instead of being refused; with ``wait=False`` it raises
+        :class:`TokensHeld` then, for an async caller to wait without blocking its event loop. Without a bound
+        the calls are admitted while the tokens spent and held are under the cap. Returns the tokens held."""
         cap = self.budget.call_cap(role)
         token_cap = self.budget.token_cap(role) if check_tokens else None
         held = tokens if token_cap is not None and tokens is not None else 0
         with self._lock:
-            used = self.spent[role].calls + self._in_flight[role]
-            committed = self.spent[role].tokens + self._in_flight_tokens[role]
-            refusal = None
-            if cap is not None and used + slots > cap:
-                refusal = BudgetExhausted(role, "call", cap)
-            elif token_cap is not None and (committed + held > token_cap if tokens is not None
-                                            else committed >= token_cap):
-                refusal = BudgetExhausted(role, "token", token_cap)
-            else:
-                self._in_flight[role] += slots
-                self._in_flight_tokens[role] += held
+            while True:
+                used = self.spent[role].calls + self._in_flight[role]
+                committed = self.spent[role].tokens + self._in_flight_tokens[role]
+                refusal = None
+                if cap is not None and used + slots > cap:
+                    refusal = BudgetExhausted(role, "call", cap)
+                elif token_cap is not None and (committed + held > token_cap if tokens is not None
+                                                else committed >= token_cap):
+                    others = self._in_flight_tokens[role] - self._held_by_this_thread(role)
+                    if tokens is not None and others > 0 and self.spent[role].tokens + held <= token_cap:
+                        if not wait:
+                            raise TokensHeld(role)
+                        self._lock.wait()  # released by settle(); then look again
+                        continue
+                    refusal = BudgetExhausted(role, "token", token_cap)
+                else:
+                    self._in_flight[role] += slots
+                    self._in_flight_tokens[role] += held
+                    self._hold_here(role, held)
+                break
         if refusal is not None:
             for sink in _COST_SINK.get() or []:
                 sink.refused = sink.refused or refusal
             raise refusal
         return held
 
+    def _held_by_this_thread(self, role: Role) -> int:
+        """Tokens the calls in flight of this thread (or asyncio task) hold: a nested call never waits on them."""
+        return _HELD_HERE.get().get((id(self), role), 0)
+
+    def _hold_here(self, role: Role, tokens: int) -> None:
+        held = dict(_HELD_HERE.get())
+        held[(id(self), role)] = held.get((id(self), role), 0) + tokens
+        _HELD_HERE.set(held)
+
     def release(self, role: Role, slots: int) -> None:
         """Give back calls reserved with :meth:`reserve` and never made (e.g. a held-back reserve)."""
         with self._lock:
             self._in_flight[role] -= slots
+            self._lock.notify_all()
 
     def settle(self, role: Role, *, reserved: int, calls: int, tokens: int, cache_hit: bool = False,
                failed: bool = False, reserved_tokens: int = 0) -> None:
@@ -249,6 +286,9 @@ class BudgetMeter:
         with self._lock:
             self._in_flight[role] -= reserved
             self._in_flight_tokens[role] -= reserved_tokens
+            if reserved_tokens:
+                self._hold_here(role, -reserved_tokens)
+                self._lock.notify_all()
             spent = self.spent[role]
             spent.calls += calls
             spent.tokens += tokens
@@ -301,26 +341,45 @@ def token_bound(lm: dspy.BaseLM, prompt: Any, messages: Any, kwargs: dict[str, A
     """The most tokens (prompt + completion, all samples) a call of ``lm`` with these arguments can cost, or
     ``None`` when its completion has no cap or its prompt holds something other than text.
 
-    The prompt counts at one token per UTF-8 byte of its text (the text parts of each message, and the tools or
-    response format sent with it), plus :data:`TEMPLATE_TOKENS_PER_CALL` and :data:`TEMPLATE_TOKENS_PER_MESSAGE`;
-    the completion at ``max_tokens`` (or ``max_completion_tokens``) of the call, else of the LM, else the
-    ``default_max_tokens`` of its engine, per sample.
+    The prompt counts at one token per UTF-8 byte of its text (the text parts of each message, and the tools,
+    response format or engine extensions sent with it), plus :data:`TEMPLATE_TOKENS_PER_CALL` and
+    :data:`TEMPLATE_TOKENS_PER_MESSAGE`; the completion at ``max_tokens`` (or ``max_completion_tokens``) of the
+    call, else of the LM, else the ``default_max_tokens`` of its engine. A call of ``n`` samples costs ``n``
+    times both: DSPy sends a canonical engine one request per sample, each with the whole prompt. A
+    ``dspy.lm15.Request`` is bounded from itself (DSPy does not merge the LM's settings into it): its
+    ``config.max_tokens``, else the engine's default, and its extensions (e.g. a continuation to score, whose
+    tokens the engine generates) count twice, as prompt and as completion.
     """
-    import json
-
     from dspy.lm15 import Request
 
-    options = {**(getattr(lm, "kwargs", None) or {}), **kwargs}
+    samples = _samples_requested(lm, kwargs)
+    engine_default = getattr(getattr(lm, "engine", None), "default_max_tokens", None)
     if isinstance(prompt, Request):  # DSPy's canonical request (the call form DSPy 3.5 keeps)
-        options["max_tokens"] = prompt.config.max_tokens or options.get("max_tokens")
-    limit = options.get("max_tokens") or options.get("max_completion_tokens")
-    if limit is None:
-        limit = getattr(getattr(lm, "engine", None), "default_max_tokens", None)
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-        return None
-    if isinstance(prompt, Request):
+        limit = prompt.config.max_tokens or engine_default
         size = _request_bytes(prompt)
-        return None if size is None else size + limit * _samples_requested(lm, kwargs)
+    else:
+        options = {**(getattr(lm, "kwargs", None) or {}), **kwargs}
+        limit = options.get("max_tokens") or options.get("max_completion_tokens") or engine_default
+        size = _messages_bytes(prompt, messages, options)
+    if size is None or not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        return None
+    return samples * (size + limit)
+
+
+def _text_bytes(value: Any) -> int:
+    """UTF-8 bytes of ``value`` as a provider would send it: a pydantic model class as its JSON schema, other
+    structures as JSON (anything else by its text)."""
+    import json
+
+    from pydantic import BaseModel
+
+    if isinstance(value, type) and issubclass(value, BaseModel):
+        value = value.model_json_schema()
+    return len(json.dumps(value, default=repr).encode("utf-8"))
+
+
+def _messages_bytes(prompt: Any, messages: Any, options: dict[str, Any]) -> int | None:
+    """:func:`token_bound`'s prompt part for a call with a prompt string or message dicts."""
     if messages is None:
         messages = [{"role": "user", "content": prompt}] if prompt is not None else []
     size = TEMPLATE_TOKENS_PER_CALL
@@ -339,12 +398,12 @@ def token_bound(lm: dspy.BaseLM, prompt: Any, messages: Any, kwargs: dict[str, A
             size += len((part or "").encode("utf-8"))
         for key in ("tool_calls", "name", "tool_call_id"):
             if message.get(key) is not None:
-                size += len(json.dumps(message[key], default=str).encode("utf-8"))
+                size += _text_bytes(message[key])
         size += TEMPLATE_TOKENS_PER_MESSAGE
     for key in _PROMPT_OPTIONS:
         if options.get(key) is not None:
-            size += len(json.dumps(options[key], default=str).encode("utf-8"))
-    return size + limit * _samples_requested(lm, kwargs)
+            size += _text_bytes(options[key])
+    return size
 
 
 def _request_bytes(request: Any) -> int | None:
@@ -364,7 +423,9 @@ def _request_bytes(request: Any) -> int | None:
         size += TEMPLATE_TOKENS_PER_MESSAGE
     for extra in (request.tools, request.config.response_format, request.config.tool_choice):
         if extra:
-            size += len(repr(extra).encode("utf-8"))
+            size += _text_bytes(extra)
+    if request.config.extensions:  # sent as prompt, and e.g. a continuation to score is generated as well
+        size += 2 * _text_bytes(request.config.extensions)
     return size
 
 
@@ -413,36 +474,51 @@ class MeteredLM(dspy.BaseLM):
         return MeteredLM(self._inner.copy(**kwargs), self._meter, self._role)
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        slots, held = self._admit(prompt, messages, kwargs)
+        slots, bound = self._admit(prompt, messages, kwargs)
+        held = self._meter.reserve(self._role, slots, tokens=bound)
         counter = _CallCounter(dspy.settings.usage_tracker)
         try:
             with dspy.context(usage_tracker=counter), self._adapter_owned(messages):
                 result = self._inner(prompt, messages=messages, **kwargs)
         except Exception as exc:
-            raised = self._failed(exc, slots, held)
+            raised = self._failed(exc, slots, held, counter)
             if raised is exc:
                 raise
             raise raised from exc
+        except BaseException:  # interrupted (KeyboardInterrupt, a cancelled task): what it held is given back
+            self._interrupted(slots, held, counter)
+            raise
         self._settle(counter, slots, held)
         return result
 
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        slots, held = self._admit(prompt, messages, kwargs)
+        import asyncio
+
+        slots, bound = self._admit(prompt, messages, kwargs)
+        while True:  # never block the event loop: calls in flight on it must be able to settle
+            try:
+                held = self._meter.reserve(self._role, slots, tokens=bound, wait=False)
+                break
+            except TokensHeld:
+                await asyncio.sleep(0.01)
         counter = _CallCounter(dspy.settings.usage_tracker)
         try:
             with dspy.context(usage_tracker=counter), self._adapter_owned(messages):
                 result = await self._inner.acall(prompt, messages=messages, **kwargs)
         except Exception as exc:
-            raised = self._failed(exc, slots, held)
+            raised = self._failed(exc, slots, held, counter)
             if raised is exc:
                 raise
             raise raised from exc
+        except BaseException:  # cancelled: what it held is given back
+            self._interrupted(slots, held, counter)
+            raise
         self._settle(counter, slots, held)
         return result
 
-    def _admit(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> tuple[int, int]:
-        """Refuse every call once the model is declared gone (see faults.py); else reserve the call's slots and,
-        under a token cap, the most tokens it can cost (:func:`token_bound`). Returns both."""
+    def _admit(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> tuple[int, int | None]:
+        """Refuse every call once the model is declared gone (see faults.py); else the call's slots and, under a
+        token cap, the most tokens it can cost (:func:`token_bound`; ``None`` when it cannot be bounded)."""
         try:
             self._meter.faults.check()
         except Exception as exc:
@@ -457,17 +533,19 @@ class MeteredLM(dspy.BaseLM):
                            "more than text), so its tokens cannot be bounded before it runs and it may pass the cap by "
                            "its own tokens. Set one on the LM to make the cap exact, e.g. dspy.LM(..., max_tokens=512).",
                            self._role, self._role)
-        held = self._meter.reserve(self._role, slots, tokens=bound)
-        return slots, held
+        return slots, bound
 
-    def _failed(self, exc: Exception, slots: int, held: int = 0) -> Exception:
-        """Settle a failed call; the exception to raise: a fault (no answer) becomes LMFault or RunInterrupted."""
+    def _failed(self, exc: Exception, slots: int, held: int = 0, counter: _CallCounter | None = None) -> Exception:
+        """Settle a failed call; the exception to raise: a fault (no answer) becomes LMFault or RunInterrupted.
+        The tokens of samples that were answered before the failure (DSPy reports them) are charged."""
+        tokens = counter.tokens if counter is not None else 0
         if isinstance(exc, BudgetExhausted) or not is_fault(exc):
             # The model answered (an invalid request, say) or a nested meter refused: charge it, conservatively.
-            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=0, failed=True, reserved_tokens=held)
+            self._meter.settle(self._role, reserved=slots, calls=slots, tokens=tokens, failed=True,
+                               reserved_tokens=held)
             return exc
-        # No answer: not charged against the cap (counted in failed_calls), never an outcome.
-        self._meter.settle(self._role, reserved=slots, calls=0, tokens=0, failed=True, reserved_tokens=held)
+        # No answer: not charged against the call cap (counted in failed_calls), never an outcome.
+        self._meter.settle(self._role, reserved=slots, calls=0, tokens=tokens, failed=True, reserved_tokens=held)
         raised = self._meter.faults.failed(self._role, exc)
         mark_unit(_COST_SINK.get(), raised)
         logger.debug("{} model fault: {}", self._role, raised)
@@ -481,6 +559,12 @@ class MeteredLM(dspy.BaseLM):
         if origin is not None and origin[0] is self and origin[1] is messages:
             return adapter_message_call(self._inner, messages)
         return nullcontext()
+
+    def _interrupted(self, slots: int, held: int, counter: _CallCounter) -> None:
+        """Settle a call cut off by an interrupt or a cancellation: it may have reached the model, so its calls are
+        charged, and its bound too (what it spent is unknown) unless DSPy reported its usage."""
+        tokens = counter.tokens if counter.calls else held
+        self._meter.settle(self._role, reserved=slots, calls=slots, tokens=tokens, failed=True, reserved_tokens=held)
 
     def _settle(self, counter: _CallCounter, slots: int, held: int = 0) -> None:
         self._meter.faults.succeeded(self._role)

@@ -31,7 +31,8 @@ def user(text: str) -> list[dict]:
 def test_the_bound_is_the_prompts_bytes_a_template_margin_and_max_tokens_per_sample():
     lm = fake_lm(max_tokens=10)
     assert token_bound(lm, None, user("héllo"), {}) == OVERHEAD + 6 + 10  # "é" is two UTF-8 bytes
-    assert token_bound(lm, None, user("héllo"), {"n": 3}) == OVERHEAD + 6 + 30
+    # n samples are n requests to a canonical engine, each with the whole prompt
+    assert token_bound(lm, None, user("héllo"), {"n": 3}) == 3 * (OVERHEAD + 6 + 10)
     assert token_bound(lm, None, user("héllo"), {"max_tokens": 4}) == OVERHEAD + 6 + 4  # the call's own cap wins
     assert token_bound(lm, "hi", None, {}) == OVERHEAD + 2 + 10  # a bare prompt is one user message
     parts = [{"role": "user", "content": [{"type": "text", "text": "ab"}, {"type": "text", "text": "c"}]}]
@@ -43,11 +44,19 @@ def test_the_bound_is_the_prompts_bytes_a_template_margin_and_max_tokens_per_sam
 def test_a_canonical_request_is_bounded_from_its_own_parts_and_config():
     from dspy.lm15 import Config, Message, Request
 
-    lm = fake_lm(max_tokens=10)
+    engine = ScriptedEngine(lambda request: "x")
+    engine.default_max_tokens = 20
+    lm = fake_lm(engine=engine, max_tokens=10)
+    # DSPy sends a Request's own config, not the LM's settings: the engine's default caps its completion
     request = Request(model="m", messages=(Message.user("héllo"),))
-    assert token_bound(lm, request, None, {}) == OVERHEAD + 6 + 10
+    assert token_bound(lm, request, None, {}) == OVERHEAD + 6 + 20
     capped = Request(model="m", messages=(Message.user("héllo"),), system="sys", config=Config(max_tokens=3))
     assert token_bound(lm, capped, None, {}) == OVERHEAD + 3 + 6 + 3
+    # an extension such as a continuation to score is sent, and generated: it counts twice
+    scored = Request(model="m", messages=(Message.user("héllo"),),
+                     config=Config(max_tokens=3, extensions={"score_continuation": "gold " * 50}))
+    assert token_bound(lm, scored, None, {}) >= OVERHEAD + 6 + 3 + 2 * len("gold " * 50)
+    assert token_bound(fake_lm(max_tokens=10), request, None, {}) is None  # neither the request nor the engine caps it
 
 
 def test_no_bound_without_a_completion_cap_or_for_what_is_not_text():
@@ -96,37 +105,108 @@ def test_a_call_the_tokens_left_cannot_cover_is_refused_before_it_runs_and_the_c
     assert meter.spent["task"].tokens <= cap
 
 
-def test_calls_in_flight_together_hold_their_bounds_so_threads_cannot_pass_the_cap_together():
-    inner = ScriptedEngine(lambda request: "a b c")
+class Slow:
+    """An engine whose calls take a while and that notes how many were in flight at once."""
 
-    class Slow:  # the calls are in flight together
-        def complete(self, request):
-            time.sleep(0.3)
-            return inner.complete(request)
+    def __init__(self, reply="a b c"):
+        self.inner = ScriptedEngine(lambda request: reply)
+        self.busy = self.most = 0
+        self.lock = threading.Lock()
 
-        def close(self):
-            pass
+    def complete(self, request):
+        with self.lock:
+            self.busy += 1
+            self.most = max(self.most, self.busy)
+        time.sleep(0.2)
+        with self.lock:
+            self.busy -= 1
+        return self.inner.complete(request)
 
-    lm = fake_lm(engine=Slow(), max_tokens=8)
-    bound = token_bound(lm, None, user("q"), {})
-    meter = BudgetMeter(Budget(max_task_tokens=2 * bound + bound // 2))  # room for two calls' bounds
-    metered = MeteredLM(lm, meter, "task")
+    def close(self):
+        pass
+
+
+def run_threads(metered, count, messages):
     outcomes: list[str] = []
 
     def call():
         try:
-            metered(messages=user("q"))
+            metered(messages=messages)
             outcomes.append("answered")
         except BudgetExhausted:
             outcomes.append("refused")
 
-    threads = [threading.Thread(target=call) for _ in range(4)]
+    threads = [threading.Thread(target=call) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(outcomes) == ["answered", "answered", "refused", "refused"]
-    assert inner.call_count == 2
+    return sorted(outcomes)
+
+
+def test_calls_in_flight_together_hold_their_bounds_and_the_rest_wait_for_them_rather_than_stop_the_run():
+    engine = Slow()
+    lm = fake_lm(engine=engine, max_tokens=8)
+    bound = token_bound(lm, None, user("q"), {})
+    cap = 2 * bound + bound // 2  # room for two calls' bounds at once; each spends far less than its bound
+    meter = BudgetMeter(Budget(max_task_tokens=cap))
+    metered = MeteredLM(lm, meter, "task")
+    assert run_threads(metered, 4, user("q")) == ["answered"] * 4  # two waited for the first two to settle
+    assert engine.most == 2 and meter.spent["task"].tokens <= cap
+    assert meter._in_flight_tokens["task"] == 0
+    # a call whose bound does not fit what is left even when nothing else is in flight is refused, not kept waiting
+    tight = BudgetMeter(Budget(max_task_tokens=bound + bound // 2))
+    outcomes = run_threads(MeteredLM(fake_lm(engine=Slow(), max_tokens=8), tight, "task"), 3, user("q"))
+    assert "answered" in outcomes and tight.spent["task"].tokens <= bound + bound // 2
+
+
+def test_a_cancelled_async_call_gives_back_what_it_held():
+    import asyncio
+
+    class Hangs:
+        async def complete(self, request):
+            await asyncio.sleep(10)
+
+        def stream(self, request):
+            raise NotImplementedError
+
+        async def aclose(self):
+            pass
+
+    lm = dspy.LM(f"fake/{uuid.uuid4().hex}", engine=ScriptedEngine(lambda request: "x"), async_engine=Hangs(),
+                 cache=False, max_tokens=8)
+    meter = BudgetMeter(Budget(max_task_tokens=1000))
+    metered = MeteredLM(lm, meter, "task")
+
+    async def main():
+        call = asyncio.ensure_future(metered.acall(messages=user("q")))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(main())
+    assert meter._in_flight_tokens["task"] == 0 and meter._in_flight["task"] == 0
+    bound = token_bound(lm, None, user("q"), {})
+    assert meter.spent["task"].tokens == bound  # it may have run: charged at its bound, never more than that
+    assert metered(messages=user("q"))  # and the next call is admitted
+
+
+def test_a_failed_call_is_charged_the_tokens_its_answered_samples_cost():
+    from dspy.lm15 import InvalidRequestError
+
+    class SecondFails(ScriptedEngine):
+        def complete(self, request):
+            if self.call_count:
+                self.call_count += 1
+                raise InvalidRequestError("refused")
+            return super().complete(request)
+
+    lm = fake_lm(engine=SecondFails(lambda request: "a b c"), max_tokens=8, num_retries=0)
+    meter = BudgetMeter(Budget(max_task_tokens=10_000))
+    with pytest.raises(Exception):
+        MeteredLM(lm, meter, "task")(messages=user("one two"), n=2)
+    assert meter.spent["task"].tokens > 0  # the first sample's tokens (0 before)
 
 
 def test_an_optimizer_under_a_task_token_cap_stops_within_it():

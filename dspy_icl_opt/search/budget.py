@@ -16,11 +16,11 @@ the engine's own default, e.g. 512 for the embedded model): a call is admitted o
 after what the calls in flight hold, cover the most it can cost (:func:`token_bound`): its prompt's UTF-8
 bytes (a byte-level tokenizer, as GPT's, Llama 3's and Qwen's, writes at most one token per byte, and
 SentencePiece's byte fallback too), a margin for the chat template's own tokens, and ``max_tokens``, per
-sample. It holds that bound until it returns; a call that would fit but for what other calls in flight hold
-waits for them (they usually spend far less). The bound is loose (a few times the prompt's real tokens), so
-a token-capped run stops when the next call's bound no longer fits: less than one bound short of its cap. A
-call whose completion has no cap cannot be bounded: it is admitted while the tokens spent are under the cap,
-and can pass it by its own tokens. Call caps are exact; they count DSPy LM calls
+sample. It holds that bound until it returns. The bound is loose (a few times the prompt's real tokens), so
+a token-capped run stops when the next call's bound no longer fits: less than one bound short of its cap with
+one thread, up to one bound per thread with several (a call is refused while the others hold theirs, never
+kept waiting: waiting can hang). A call whose completion has no cap cannot be bounded: it is admitted while
+the tokens spent are under the cap, and can pass it by its own tokens. Call caps are exact; they count DSPy LM calls
 (``n`` samples count as ``n``), and a call that DSPy retried after a transient provider error is
 still one call. A call that got no answer at all (a fault: server down, timeout, rate limit, 5xx;
 see :mod:`dspy_icl_opt.search.faults`) is not charged against the cap; ``failed_calls`` counts it.
@@ -142,15 +142,6 @@ class BudgetExhausted(RuntimeError):
         self.cap = cap
 
 
-class TokensHeld(Exception):
-    """A call's token bound would fit but for the bounds other calls in flight hold: try again once they settle
-    (raised by :meth:`BudgetMeter.reserve` with ``wait=False`` only)."""
-
-    def __init__(self, role: Role) -> None:
-        super().__init__(f"The {role} model's token budget is held by calls in flight.")
-        self.role = role
-
-
 class Spent(BaseModel):
     """What one role has spent so far."""
 
@@ -180,9 +171,6 @@ class Cost:
 
 
 _COST_SINK: contextvars.ContextVar[list[Cost] | None] = contextvars.ContextVar("icl_cost_sink", default=None)
-#: Per thread or asyncio task: the tokens its calls in flight hold, by (meter id, role); replaced, never mutated.
-_HELD_HERE: contextvars.ContextVar[dict[tuple[int, str], int]] = contextvars.ContextVar("icl_tokens_held_here",
-                                                                                        default={})
 
 
 @contextmanager
@@ -207,7 +195,7 @@ class BudgetMeter:
     _in_flight_tokens: dict[str, int] = field(default_factory=lambda: {role: 0 for role in ROLES})
     #: roles already warned that a call under their token cap could not be bounded
     _unbounded_warned: set[str] = field(default_factory=set)
-    _lock: threading.Condition = field(default_factory=threading.Condition)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     faults: FaultMonitor = field(default_factory=FaultMonitor)
 
     def remaining_calls(self, role: Role) -> int | None:
@@ -225,60 +213,40 @@ class BudgetMeter:
         over_tokens = token_cap is not None and self.spent[role].tokens >= token_cap
         return remaining == 0 or over_tokens
 
-    def reserve(self, role: Role, slots: int = 1, *, check_tokens: bool = True, tokens: int | None = None,
-                wait: bool = True) -> int:
+    def reserve(self, role: Role, slots: int = 1, *, check_tokens: bool = True, tokens: int | None = None) -> int:
         """Reserve ``slots`` calls or raise :class:`BudgetExhausted`; pair with :meth:`settle`.
 
         ``tokens``: the most the calls can cost (:func:`token_bound`); under a token cap they are admitted only
-        when the tokens left after the calls in flight cover it, and it is held until :meth:`settle`. When the
-        bound would fit but for what other calls in flight hold, the call waits for them to settle (they
-        usually spend far less than they held) instead of being refused; with ``wait=False`` it raises
-        :class:`TokensHeld` then, for an async caller to wait without blocking its event loop. Without a bound
-        the calls are admitted while the tokens spent and held are under the cap. Returns the tokens held."""
+        when the tokens left after what the calls in flight hold cover it, and it is held until :meth:`settle`.
+        A call refused while other calls hold their bounds is refused all the same, not kept waiting (waiting
+        can hang: a sync call on an event loop whose async calls hold the tokens, layers of meters across
+        threads). Without a bound the calls are admitted while the tokens spent and held are under the cap.
+        Returns the tokens held."""
         cap = self.budget.call_cap(role)
         token_cap = self.budget.token_cap(role) if check_tokens else None
         held = tokens if token_cap is not None and tokens is not None else 0
         with self._lock:
-            while True:
-                used = self.spent[role].calls + self._in_flight[role]
-                committed = self.spent[role].tokens + self._in_flight_tokens[role]
-                refusal = None
-                if cap is not None and used + slots > cap:
-                    refusal = BudgetExhausted(role, "call", cap)
-                elif token_cap is not None and (committed + held > token_cap if tokens is not None
-                                                else committed >= token_cap):
-                    others = self._in_flight_tokens[role] - self._held_by_this_thread(role)
-                    if tokens is not None and others > 0 and self.spent[role].tokens + held <= token_cap:
-                        if not wait:
-                            raise TokensHeld(role)
-                        self._lock.wait()  # released by settle(); then look again
-                        continue
-                    refusal = BudgetExhausted(role, "token", token_cap)
-                else:
-                    self._in_flight[role] += slots
-                    self._in_flight_tokens[role] += held
-                    self._hold_here(role, held)
-                break
+            used = self.spent[role].calls + self._in_flight[role]
+            committed = self.spent[role].tokens + self._in_flight_tokens[role]
+            refusal = None
+            if cap is not None and used + slots > cap:
+                refusal = BudgetExhausted(role, "call", cap)
+            elif token_cap is not None and (committed + held > token_cap if tokens is not None
+                                            else committed >= token_cap):
+                refusal = BudgetExhausted(role, "token", token_cap)
+            else:
+                self._in_flight[role] += slots
+                self._in_flight_tokens[role] += held
         if refusal is not None:
             for sink in _COST_SINK.get() or []:
                 sink.refused = sink.refused or refusal
             raise refusal
         return held
 
-    def _held_by_this_thread(self, role: Role) -> int:
-        """Tokens the calls in flight of this thread (or asyncio task) hold: a nested call never waits on them."""
-        return _HELD_HERE.get().get((id(self), role), 0)
-
-    def _hold_here(self, role: Role, tokens: int) -> None:
-        held = dict(_HELD_HERE.get())
-        held[(id(self), role)] = held.get((id(self), role), 0) + tokens
-        _HELD_HERE.set(held)
-
     def release(self, role: Role, slots: int) -> None:
         """Give back calls reserved with :meth:`reserve` and never made (e.g. a held-back reserve)."""
         with self._lock:
             self._in_flight[role] -= slots
-            self._lock.notify_all()
 
     def settle(self, role: Role, *, reserved: int, calls: int, tokens: int, cache_hit: bool = False,
                failed: bool = False, reserved_tokens: int = 0) -> None:
@@ -286,9 +254,6 @@ class BudgetMeter:
         with self._lock:
             self._in_flight[role] -= reserved
             self._in_flight_tokens[role] -= reserved_tokens
-            if reserved_tokens:
-                self._hold_here(role, -reserved_tokens)
-                self._lock.notify_all()
             spent = self.spent[role]
             spent.calls += calls
             spent.tokens += tokens
@@ -475,8 +440,8 @@ class MeteredLM(dspy.BaseLM):
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         slots, bound = self._admit(prompt, messages, kwargs)
-        held = self._meter.reserve(self._role, slots, tokens=bound)
         counter = _CallCounter(dspy.settings.usage_tracker)
+        held = self._meter.reserve(self._role, slots, tokens=bound)
         try:
             with dspy.context(usage_tracker=counter), self._adapter_owned(messages):
                 result = self._inner(prompt, messages=messages, **kwargs)
@@ -492,16 +457,9 @@ class MeteredLM(dspy.BaseLM):
         return result
 
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        import asyncio
-
         slots, bound = self._admit(prompt, messages, kwargs)
-        while True:  # never block the event loop: calls in flight on it must be able to settle
-            try:
-                held = self._meter.reserve(self._role, slots, tokens=bound, wait=False)
-                break
-            except TokensHeld:
-                await asyncio.sleep(0.01)
         counter = _CallCounter(dspy.settings.usage_tracker)
+        held = self._meter.reserve(self._role, slots, tokens=bound)
         try:
             with dspy.context(usage_tracker=counter), self._adapter_owned(messages):
                 result = await self._inner.acall(prompt, messages=messages, **kwargs)

@@ -355,13 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     prompt_lm = resolve_lm(args.prompt_lm or args.lm, temperature=1.0, max_tokens=400, cache=False)
     suffix = f"@{args.prompt_lm}" if args.prompt_lm and args.prompt_lm != args.lm else ""
     done, commit = _read_rows(args.out), _commit()  # the code this process imported
+    machine = machine_fingerprint()  # rows pair only with rows whose model ran the same kernels
     rows = []
     for t in args.tasks.split(","):
         for m in args.methods.split(","):
             row = done.get((t, m + suffix))
             if row is None:
                 budget = _reference_budget(args.budget_from, t, args.budget)
-                row = dict(run_method(m, t, args, (task_lm, prompt_lm), budget), commit=commit)
+                row = dict(run_method(m, t, args, (task_lm, prompt_lm), budget), commit=commit, **machine)
                 row["method"] = m + suffix
                 _append_row(args.out, row)
             rows.append(row)
@@ -397,6 +398,31 @@ def _append_row(path: str | None, row: dict) -> None:
     if path:
         with Path(path).open("a") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+def machine_fingerprint() -> dict[str, Any]:
+    """What decides the embedded model's numerics: llama-cpp-python's version and the CPU features its build
+    uses (``llama_print_system_info``). The same program as given scored 0.37 on one machine's build and 0.34
+    on another's (disambiguation_qa split 0, greedy decoding), so a row records ``machine`` (a short hash) and
+    ``machine_info``, and ``summarize_runs.py`` pairs only rows of the same machine."""
+    import hashlib
+    import platform
+
+    info: dict[str, Any] = {"platform": platform.machine()}
+    try:
+        import llama_cpp
+
+        info["llama_cpp"] = llama_cpp.__version__
+        info["system_info"] = llama_cpp.llama_print_system_info().decode().strip()
+    except Exception as exc:  # no local model engine: the rows of a served model share one tag per platform
+        info["llama_cpp"] = f"unavailable ({type(exc).__name__})"
+    digest = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:8]
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown"
+    return {"machine": digest, "machine_info": {**info, "cpu": cpu}}
 
 
 def _commit() -> str:

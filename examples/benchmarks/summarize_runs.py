@@ -45,7 +45,9 @@ from pathlib import Path
 
 def seeded_rows(paths: Sequence[str]) -> Iterator[tuple[str, dict]]:
     """``(seed, row)`` for every row the files hold, in file order, skipped rows left out. The seed is the
-    row's ``seed``, else a ``seed<N>`` in its file's name, else the file's name."""
+    row's ``seed``, else a ``seed<N>`` in its file's name, else the file's name; with ``/<machine>`` appended when
+    the row names the machine it ran on, so rows of different machines never pair (their model's numerics
+    differ: see ``bench_optimizers.machine_fingerprint``). Rows from before that field pair with each other."""
     for path in paths:
         match = re.search(r"seed(\d+)", Path(path).name)
         default = match.group(1) if match else Path(path).name
@@ -53,7 +55,13 @@ def seeded_rows(paths: Sequence[str]) -> Iterator[tuple[str, dict]]:
             if line.strip():
                 row = json.loads(line)
                 if "skipped" not in row:
-                    yield str(row.get("seed", default)), row
+                    seed = str(row.get("seed", default))
+                    yield (f"{seed}/{row['machine']}" if row.get("machine") else seed), row
+
+
+def split_of(seed: str) -> str:
+    """The split of a seed label (``"0/1a2b3c4d"`` -> ``"0"``)."""
+    return seed.split("/", 1)[0]
 
 
 def git_is_ancestor(old: str, new: str) -> bool:
@@ -134,7 +142,8 @@ def pair_line(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> str:
 
 def pair_grid(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> str:
     """One line per seed, one column per task: ``A / B`` test accuracy (task calls)."""
-    seeds = sorted({s for m, s, _ in cells if m in (a, b)}, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
+    seeds = sorted({s for m, s, _ in cells if m in (a, b)},
+                   key=lambda s: (0, int(split_of(s)), s) if split_of(s).isdigit() else (1, 0, s))
     tasks = list(dict.fromkeys(t for m, _, t in cells if m in (a, b)))
 
     def cell(seed: str, task: str) -> str:
@@ -153,7 +162,8 @@ def coverage_table(cells: dict[tuple[str, str, str], dict]) -> str:
     tasks = sorted({t for _, _, t in cells})
 
     def order(seed: str) -> tuple:
-        return (0, int(seed), "") if seed.isdigit() else (1, 0, seed)
+        split = split_of(seed)
+        return (0, int(split), seed) if split.isdigit() else (1, 0, seed)
 
     lines = ["| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
     for method in methods:
@@ -238,10 +248,10 @@ def paired(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> dict | No
         rows = [cells[(method, s, t)] for s, t in both]
         return sum(r["task_calls"] + r.get("prompt_calls", 0) for r in rows) / len(rows)
 
-    per_task: dict[str, int] = {}
-    for _, task in both:
-        per_task[task] = per_task.get(task, 0) + 1
-    full = sum(n >= GRID_SPLITS for n in per_task.values()) >= GRID_TASKS
+    per_task: dict[str, set[str]] = {}
+    for seed, task in both:
+        per_task.setdefault(task, set()).add(split_of(seed))
+    full = sum(len(splits) >= GRID_SPLITS for splits in per_task.values()) >= GRID_TASKS
     return {"n": len(both), "mean": mean, "se": se, "calls_a": calls(a), "calls_b": calls(b), "full": full}
 
 

@@ -545,3 +545,26 @@ def test_the_grid_runs_at_most_its_lanes_at_once_and_a_cell_waits_for_its_refere
     assert "start t2 seed 0 demos" not in events
     assert grid.plan_cells(["t1", "t2"], [0], ["opro", "demos", "bfsrs"], tmp_path) == [
         grid.Cell("t2", 0, "bfsrs"), grid.Cell("t2", 0, "demos")]  # a re-run starts only what has no row
+
+
+def test_rows_of_different_machines_never_pair(tmp_path):
+    # The program as given scored 0.37 on one machine's llama.cpp build and 0.34 on another's: a method run on the
+    # second paired with the first's as-given row would read 0.03 of machine as the method's effect.
+    summarize = load("summarize_runs")
+    path = write(tmp_path / "run_seed0.jsonl", [
+        row("t1", "uncompiled", 0.37, 0, seed=0),  # before rows named their machine
+        row("t1", "uncompiled", 0.34, 0, seed=0, machine="bbbb"),
+        row("t1", "ape", 0.34, 400, seed=0, machine="bbbb"),
+        row("t1", "opro", 0.37, 400, seed=0)])
+    cells = summarize.read_cells([path])
+    assert summarize.paired(cells, "ape", "uncompiled")["mean"] == 0.0  # its own machine's program as given
+    assert summarize.paired(cells, "opro", "uncompiled")["mean"] == 0.0  # old rows pair with old rows
+    assert summarize.paired(cells, "ape", "opro") is None
+    assert "| uncompiled | 0@? 0/bbbb@? |" in summarize.coverage_table(cells)  # split/machine@commit
+
+
+def test_a_row_names_the_machine_whose_kernels_ran_the_model():
+    bench = load("bench_optimizers")
+    first, again = bench.machine_fingerprint(), bench.machine_fingerprint()
+    assert first == again and len(first["machine"]) == 8
+    assert {"llama_cpp", "platform", "cpu"} <= set(first["machine_info"])

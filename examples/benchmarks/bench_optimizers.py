@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -356,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     suffix = f"@{args.prompt_lm}" if args.prompt_lm and args.prompt_lm != args.lm else ""
     done, commit = _read_rows(args.out), _commit()  # the code this process imported
     machine = machine_fingerprint()  # rows pair only with rows whose model ran the same kernels
+    # what a row's wall time was measured beside: model processes side by side (run_grid.py sets it) and threads
+    machine["machine_info"]["side_by_side"] = int(os.environ.get(SIDE_BY_SIDE_ENV, "1"))
+    machine["machine_info"]["n_threads"] = getattr(getattr(task_lm, "engine", None), "n_threads", None)
     rows = []
     for t in args.tasks.split(","):
         for m in args.methods.split(","):
@@ -398,6 +402,11 @@ def _append_row(path: str | None, row: dict) -> None:
     if path:
         with Path(path).open("a") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+#: How many benchmark processes run side by side (set by run_grid.py to its --lanes); rows record it with their
+#: wall time.
+SIDE_BY_SIDE_ENV = "DSPY_ICL_OPT_BENCH_SIDE_BY_SIDE"
 
 
 def machine_fingerprint() -> dict[str, Any]:

@@ -41,6 +41,8 @@ COMMON_ARGS = ("--budget", "400", "--prompt-budget", "40", "--train", "40", "--v
 #: About half of the 453-467 task + 14 prompt calls MIPROv2 (light) spent on hyperbaton and date_understanding
 #: (issue 13: the joint search at most half of MIPROv2's calls).
 JOINT_ARGS = ("--budget", "220", "--prompt-budget", "13")
+#: Read by bench_optimizers.py: rows record how many processes ran side by side (their wall times depend on it).
+SIDE_BY_SIDE_ENV = "DSPY_ICL_OPT_BENCH_SIDE_BY_SIDE"
 #: A method run at the calls another method spent on the same cell: (method, reference method).
 AT_CALLS_OF = {"demos": "bfsrs"}
 
@@ -134,7 +136,7 @@ def run_cells(cells: Sequence[Cell], out_dir: Path, *, lanes: int,
             pending.remove(cell)
             log = cell.log(out_dir).open("w")
             running[cell] = subprocess.Popen(command(cell), stdout=log, stderr=subprocess.STDOUT,
-                                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                             env={**os.environ, "PYTHONUNBUFFERED": "1", SIDE_BY_SIDE_ENV: str(lanes)})
             log.close()
             started[cell] = time.monotonic()
             say(f"{time.strftime('%H:%M:%S')} start {cell} ({len(running)}/{lanes} lanes busy)")

@@ -524,12 +524,13 @@ def test_the_grid_runs_at_most_its_lanes_at_once_and_a_cell_waits_for_its_refere
 
     def command(cell):  # a stand-in for bench_optimizers.py: note start and end, write the row (BFSRS t2 fails)
         fails = cell.method == "bfsrs" and cell.task == "t2"
-        code = (f"import json, time, pathlib\n"
+        code = (f"import json, os, time, pathlib\n"
                 f"open({str(log)!r}, 'a').write('start {cell}\\n'); time.sleep(0.3)\n"
                 f"open({str(log)!r}, 'a').write('end {cell}\\n')\n"
                 + ("raise SystemExit(3)\n" if fails else
                    f"pathlib.Path({str(cell.out(tmp_path))!r}).write_text(json.dumps("
-                   f"{{'task': {cell.task!r}, 'method': {cell.method!r}, 'task_calls': 10}}) + '\\n')\n"))
+                   f"{{'task': {cell.task!r}, 'method': {cell.method!r}, 'task_calls': 10, "
+                   f"'side': os.environ['DSPY_ICL_OPT_BENCH_SIDE_BY_SIDE']}}) + '\\n')\n"))
         return [sys.executable, "-c", code]
 
     cells = grid.plan_cells(["t1", "t2"], [0], ["opro", "demos", "bfsrs"], tmp_path)
@@ -543,6 +544,7 @@ def test_the_grid_runs_at_most_its_lanes_at_once_and_a_cell_waits_for_its_refere
     assert events.index("start t1 seed 0 demos") > events.index("end t1 seed 0 bfsrs")  # waited for its reference
     assert codes[grid.Cell("t2", 0, "bfsrs")] == 3 and codes[grid.Cell("t2", 0, "demos")] is None  # skipped
     assert "start t2 seed 0 demos" not in events
+    assert json.loads(grid.Cell("t1", 0, "opro").out(tmp_path).read_text())["side"] == "2"  # rows say it ran beside 1
     assert grid.plan_cells(["t1", "t2"], [0], ["opro", "demos", "bfsrs"], tmp_path) == [
         grid.Cell("t2", 0, "bfsrs"), grid.Cell("t2", 0, "demos")]  # a re-run starts only what has no row
 

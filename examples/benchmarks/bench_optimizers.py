@@ -228,7 +228,7 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
     spent, counted = meter.snapshot(), ctx["counted"]
     accuracy = evaluate(program, task.test, task.metric, lms[0])
     row = {"task": task_name, "method": name, "seed": args.seed, "test_accuracy": round(accuracy, 4),
-           "budget": ctx["budget"],
+           "budget": ctx["budget"], "sizes": {"train": args.train, "val": args.val, "test": args.test},
            "task_calls": max(spent["task"].calls, counted["task"]),
            "prompt_calls": max(spent["prompt"].calls, counted["prompt"]),
            "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1),
@@ -381,10 +381,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _read_rows(path: str | None) -> dict[tuple[str, str], dict]:
+    """The rows already in ``path`` by (task, method): a line a killed process left half-written is not a row,
+    nor is a skipped method's (it is run again)."""
     if not path or not Path(path).exists():
         return {}
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return {(r["task"], r["method"]): r for r in rows}
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if line.strip():
+                logger.warning("{}: a line that is not a row (half-written?) is ignored", path)
+    return {(r["task"], r["method"]): r for r in rows if "skipped" not in r}
 
 
 def _reference_budget(spec: str | None, task: str, budget: int) -> int:
@@ -399,9 +407,12 @@ def _reference_budget(spec: str | None, task: str, budget: int) -> int:
 
 
 def _append_row(path: str | None, row: dict) -> None:
+    """Append ``row`` as one line, on a line of its own even after a half-written one."""
     if path:
-        with Path(path).open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        target = Path(path)
+        broken = target.exists() and target.stat().st_size > 0 and not target.read_bytes().endswith(b"\n")
+        with target.open("a") as handle:
+            handle.write(("\n" if broken else "") + json.dumps(row) + "\n")
 
 
 #: How many benchmark processes run side by side (set by run_grid.py to its --lanes); rows record it with their

@@ -8,7 +8,8 @@ runs at about half of MIPROv2 (light)'s calls (``JOINT_ARGS``), and DemoSelector
 cell (``--budget-from``), so it starts after that cell's BFSRS row exists.
 
 On 2 cores run ``--lanes 2``: each embedded-model process then gets one llama.cpp thread (its default is half the
-CPUs), and wall times are for two processes side by side. A row takes 15-80 minutes there.
+CPUs, so on a larger machine more lanes than 2 share the cores), and wall times are for two processes side by
+side (rows record both). A row takes 15-80 minutes there.
 
 Run:
     python examples/benchmarks/run_grid.py --dry-run                  # the cells left to run, nothing started
@@ -68,8 +69,9 @@ class Cell:
         return f"{self.task} seed {self.seed} {self.method}"
 
 
-def has_row(cell: Cell, out_dir: Path) -> bool:
-    """Whether the cell's file holds its row (a truncated last line, from a killed process, does not count)."""
+def has_row(cell: Cell, out_dir: Path, suffix: str = "") -> bool:
+    """Whether the cell's file holds its row (a truncated last line, from a killed process, does not count, nor
+    does a skipped method's). ``suffix``: what bench_optimizers.py appends to the method's name (``@<prompt lm>``)."""
     path = cell.out(out_dir)
     if not path.exists():
         return False
@@ -78,12 +80,23 @@ def has_row(cell: Cell, out_dir: Path) -> bool:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if row.get("task") == cell.task and row.get("method") == cell.method:
+        if row.get("task") == cell.task and row.get("method") == cell.method + suffix and "skipped" not in row:
             return True
     return False
 
 
-def plan_cells(tasks: Sequence[str], seeds: Sequence[int], methods: Sequence[str], out_dir: Path) -> list[Cell]:
+def method_suffix(extra: Sequence[str]) -> str:
+    """The suffix bench_optimizers.py gives its rows' method names for these pass-through arguments: ``@<prompt
+    LM>`` when ``--prompt-lm`` names another model than ``--lm``."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--lm", default="embedded")
+    parser.add_argument("--prompt-lm", default=None)
+    known, _ = parser.parse_known_args(list(extra))
+    return f"@{known.prompt_lm}" if known.prompt_lm and known.prompt_lm != known.lm else ""
+
+
+def plan_cells(tasks: Sequence[str], seeds: Sequence[int], methods: Sequence[str], out_dir: Path,
+               suffix: str = "") -> list[Cell]:
     """The cells without a row, split by split (every method of split 0 on every task first), each reference
     method before the method that waits for it."""
     order = list(methods)
@@ -92,7 +105,7 @@ def plan_cells(tasks: Sequence[str], seeds: Sequence[int], methods: Sequence[str
             order.remove(reference)
             order.insert(order.index(method), reference)
     return [cell for seed in seeds for task in tasks for method in order
-            if not has_row(cell := Cell(task, seed, method), out_dir)]
+            if not has_row(cell := Cell(task, seed, method), out_dir, suffix)]
 
 
 def command_for(cell: Cell, out_dir: Path, extra: Sequence[str] = ()) -> list[str]:
@@ -103,13 +116,13 @@ def command_for(cell: Cell, out_dir: Path, extra: Sequence[str] = ()) -> list[st
         command += JOINT_ARGS
     reference = cell.reference()
     if reference is not None:
-        command += ["--budget-from", f"{reference.out(out_dir)}:{reference.method}"]
+        command += ["--budget-from", f"{reference.out(out_dir)}:{reference.method}{method_suffix(extra)}"]
     return command + list(extra)
 
 
 def run_cells(cells: Sequence[Cell], out_dir: Path, *, lanes: int,
               command: Callable[[Cell], list[str]], poll_s: float = 5.0,
-              say: Callable[[str], None] = print) -> dict[Cell, int | None]:
+              say: Callable[[str], None] = print, suffix: str = "") -> dict[Cell, int | None]:
     """Run ``cells`` at most ``lanes`` at a time, in order, a cell that waits for a reference started once the
     reference's row exists (skipped, ``None``, if the reference ends without one). Returns each cell's exit code."""
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -121,12 +134,13 @@ def run_cells(cells: Sequence[Cell], out_dir: Path, *, lanes: int,
                 codes[cell] = process.returncode
                 del running[cell]
                 say(f"{time.strftime('%H:%M:%S')} done {cell}: exit {process.returncode}, "
-                    f"{time.monotonic() - started[cell]:.0f} s, row {'written' if has_row(cell, out_dir) else 'MISSING'}")
+                    f"{time.monotonic() - started[cell]:.0f} s, "
+                    f"row {'written' if has_row(cell, out_dir, suffix) else 'MISSING'}")
         for cell in list(pending):
             if len(running) >= lanes:
                 break
             reference = cell.reference()
-            if reference is not None and not has_row(reference, out_dir):
+            if reference is not None and not has_row(reference, out_dir, suffix):
                 waiting = reference in running or reference in pending
                 if not waiting:
                     pending.remove(cell)
@@ -146,7 +160,8 @@ def run_cells(cells: Sequence[Cell], out_dir: Path, *, lanes: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # an abbreviation of bench's options must reach bench
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
@@ -158,13 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--lanes must be >= 1, but got {args.lanes}")
     out_dir = Path(args.out_dir)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    cells = plan_cells(args.tasks.split(","), seeds, args.methods.split(","), out_dir)
+    suffix = method_suffix(extra)
+    cells = plan_cells(args.tasks.split(","), seeds, args.methods.split(","), out_dir, suffix)
     print(f"{len(cells)} cell(s) to run in {out_dir}")
     if args.dry_run:
         for cell in cells:
             print(" ".join(command_for(cell, out_dir, extra)))
         return 0
-    codes = run_cells(cells, out_dir, lanes=args.lanes, command=lambda cell: command_for(cell, out_dir, extra))
+    codes = run_cells(cells, out_dir, lanes=args.lanes, command=lambda cell: command_for(cell, out_dir, extra),
+                      suffix=suffix)
     failed = [cell for cell, code in codes.items() if code != 0]
     print(f"{len(codes) - len(failed)} cell(s) ran, {len(failed)} failed or skipped" +
           "".join(f"\n  {cell}" for cell in failed))

@@ -39,6 +39,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -51,9 +52,13 @@ def seeded_rows(paths: Sequence[str]) -> Iterator[tuple[str, dict]]:
     for path in paths:
         match = re.search(r"seed(\d+)", Path(path).name)
         default = match.group(1) if match else Path(path).name
-        for line in Path(path).read_text().splitlines():
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
             if line.strip():
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a process killed while writing its row
+                    print(f"{path}:{number}: not a row (a half-written line?); skipped", file=sys.stderr)
+                    continue
                 if "skipped" not in row:
                     seed = str(row.get("seed", default))
                     yield (f"{seed}/{row['machine']}" if row.get("machine") else seed), row
@@ -72,13 +77,18 @@ def git_is_ancestor(old: str, new: str) -> bool:
                           cwd=Path(__file__).resolve().parent).returncode == 0
 
 
-def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor) -> dict[tuple[str, str, str], dict]:
+def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor,
+               since: Sequence[str] = ()) -> dict[tuple[str, str, str], dict]:
     """``{(method, seed, task): row}`` from the files. A cell run twice keeps the row of the later commit (the
     other's commit is its ancestor, ``is_ancestor(old, new)``), else the later file's row: files sort by name,
-    not by when they ran."""
+    not by when they ran. ``since``: ``[METHOD=]COMMIT`` specs (:func:`since_filter`), applied to every row
+    before a cell's rows are compared, so a stale row never hides one that qualifies."""
     cells: dict[tuple[str, str, str], dict] = {}
+    rules = since_rules(since)
 
     def put(key: tuple[str, str, str], row: dict, commit: str) -> None:
+        if not passes_since(key[0], commit, rules, is_ancestor):
+            return
         held = cells.get(key)
         old = str((held or {}).get("_commit") or "")
         if held is not None and commit and old and commit != old and is_ancestor(commit, old):
@@ -244,15 +254,19 @@ def paired(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> dict | No
     se = (math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
           if len(diffs) > 1 else None)
 
-    def calls(method: str) -> float:
+    def calls(method: str, key: str) -> float:
         rows = [cells[(method, s, t)] for s, t in both]
-        return sum(r["task_calls"] + r.get("prompt_calls", 0) for r in rows) / len(rows)
+        return sum(r.get(key, 0) for r in rows) / len(rows)
 
     per_task: dict[str, set[str]] = {}
     for seed, task in both:
-        per_task.setdefault(task, set()).add(split_of(seed))
+        if split_of(seed).isdigit():  # a row without a seed is labelled by its file's name: not a split
+            per_task.setdefault(task, set()).add(split_of(seed))
     full = sum(len(splits) >= GRID_SPLITS for splits in per_task.values()) >= GRID_TASKS
-    return {"n": len(both), "mean": mean, "se": se, "calls_a": calls(a), "calls_b": calls(b), "full": full}
+    task_a, task_b = calls(a, "task_calls"), calls(b, "task_calls")
+    prompt_a, prompt_b = calls(a, "prompt_calls"), calls(b, "prompt_calls")
+    return {"n": len(both), "mean": mean, "se": se, "task_a": task_a, "task_b": task_b, "prompt_a": prompt_a,
+            "prompt_b": prompt_b, "calls_a": task_a + prompt_a, "calls_b": task_b + prompt_b, "full": full}
 
 
 def _level(p: dict) -> bool:
@@ -283,15 +297,46 @@ TARGETS: list[tuple[str, str, str, str, object]] = [
 ]
 
 
+#: The issues' user's case: 40 train / 40 val / 100 test examples (rows since these were recorded) at a budget of
+#: a few hundred calls (400 for ours; the joint search at about half of MIPROv2's; DSPy's sized to match).
+USERS_CASE_SIZES = {"train": 40, "val": 40, "test": 100}
+USERS_CASE_MIN_BUDGET = 200
+
+
+def users_case(row: dict) -> bool:
+    """Whether a row is one of the issues' user's case: a seeded split (``seed`` recorded), a budget of at least
+    ``USERS_CASE_MIN_BUDGET`` and, where recorded, the 40/40/100 sizes. Earlier benchmarks (80 calls, 10/10/40,
+    rows labelled by their file's name) are other settings, and their rows must not pair with these."""
+    sizes = row.get("sizes")
+    return ("seed" in row and (row.get("budget") or 0) >= USERS_CASE_MIN_BUDGET
+            and (sizes is None or sizes == USERS_CASE_SIZES))
+
+
+def best_of(cells: dict[tuple[str, str, str], dict], methods: Sequence[str]) -> str | None:
+    """The method of ``methods`` with the highest mean gain over the program as given, compared on the cells all
+    of them share (on each one's own cells when they share none); ``None`` when none has a paired cell."""
+    found = {m: paired(cells, m, "uncompiled") for m in methods}
+    found = {m: p for m, p in found.items() if p is not None}
+    if not found:
+        return None
+    shared = set.intersection(*({(s, t) for mm, s, t in cells if mm == m} for m in found))
+    if len(found) > 1 and shared:
+        common = {key: row for key, row in cells.items() if key[0] not in found or (key[1], key[2]) in shared}
+        found = {m: paired(common, m, "uncompiled") or found[m] for m in found}
+    return max(found, key=lambda m: found[m]["mean"])
+
+
 def targets_table(cells: dict[tuple[str, str, str], dict]) -> str:
-    """Issues 12-14's targets, each with its figures and verdict (see the module's docstring)."""
-    lines = ["| issue | target | A vs B | cells | mean difference (s.e.) | calls A / B | verdict |",
+    """Issues 12-14's targets, each with its figures and verdict (see the module's docstring), on the rows of
+    the user's case only (:func:`users_case`)."""
+    left_out = sum(not users_case(row) for row in cells.values())
+    cells = {key: row for key, row in cells.items() if users_case(row)}
+    lines = [f"Rows of the user's case: {len(cells)} ({left_out} of other settings left out).", "",
+             "| issue | target | A vs B | cells | mean difference (s.e.) | calls A / B (task+prompt) | verdict |",
              "|---|---|---|---|---|---|---|"]
     for issue, text, a, b, test in TARGETS:
         if a.startswith("best:"):
-            found = {m: paired(cells, m, "uncompiled") for m in a[len("best:"):].split("|")}
-            found = {m: p for m, p in found.items() if p is not None}
-            a = max(found, key=lambda m: found[m]["mean"]) if found else a
+            a = best_of(cells, a[len("best:"):].split("|")) or a
         p = paired(cells, a, b)
         if p is None:
             lines.append(f"| {issue} | {text} | {a} vs {b} | 0/{GRID_CELLS} | - | - | not measured |")
@@ -301,7 +346,7 @@ def targets_table(cells: dict[tuple[str, str, str], dict]) -> str:
         if not p["full"]:
             verdict += " so far"
         lines.append(f"| {issue} | {text} | {a} vs {b} | {p['n']}/{GRID_CELLS} | {p['mean']:+.3f} ({se}) | "
-                     f"{p['calls_a']:.0f} / {p['calls_b']:.0f} | {verdict} |")
+                     f"{p['task_a']:.0f}+{p['prompt_a']:.0f} / {p['task_b']:.0f}+{p['prompt_b']:.0f} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -316,11 +361,16 @@ def choices_table(cells: dict[tuple[str, str, str], dict]) -> str:
         base = cells.get(("uncompiled", seed, task))
         if r.get("kept_start") is not False or base is None:
             continue
+        if "soft" in method:  # a soft prompt's start runs in PyTorch (its control is uncompiled_fp32), not llama.cpp
+            continue
         passed = [c for c in r.get("final_choice") or [] if isinstance(c, dict) and c.get("passed")]
-        zs = [c["gain"] / c["se"] for c in passed if c.get("se")]
-        found.append((r["test_accuracy"] - base["test_accuracy"], method, seed, task, max(zs) if zs else None))
+        chosen = max(passed, key=lambda c: c.get("val", 0.0), default=None)  # the best validation mean wins
+        z = None
+        if chosen is not None and chosen.get("gain") is not None:
+            z = chosen["gain"] / chosen["se"] if chosen.get("se") else float("inf")
+        found.append((r["test_accuracy"] - base["test_accuracy"], method, seed, task, z))
     found.sort(key=lambda f: (f[0], f[1]))
-    lines = ["| method | seed | task | z of the chosen (best passed) | test gain over the program as given |",
+    lines = ["| method | seed | task | z of the chosen | test gain over the program as given |",
              "|---|---|---|---|---|"]
     lines += [f"| {m} | {s} | {t} | {'-' if z is None else f'{z:.2f}'} | {d:+.2f} |" for d, m, s, t, z in found]
     lines += ["", "| z band | rows | gained | level | lost | mean test gain |", "|---|---|---|---|---|---|"]
@@ -333,20 +383,39 @@ def choices_table(cells: dict[tuple[str, str, str], dict]) -> str:
     return "\n".join(lines)
 
 
+def since_rules(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """``(method or "", commit)`` per ``[METHOD=]COMMIT`` spec."""
+    return [tuple(spec.partition("=")[::2]) if "=" in spec else ("", spec) for spec in specs]
+
+
+def passes_since(method: str, commit: str, rules: Sequence[tuple[str, str]], is_ancestor) -> bool:
+    """Whether a row of ``method`` run at ``commit`` is at or after every rule that applies to it (a rule names
+    no method, the method, or the chain the method is a stage of); a row without a commit passes none."""
+    applies = [c for m, c in rules if not m or m == method or method.startswith(m + "/")]
+    return all(commit and commit != "?" and is_ancestor(c, commit) for c in applies)
+
+
 def since_filter(cells: dict[tuple[str, str, str], dict], specs: Sequence[str],
                  is_ancestor=None) -> dict[tuple[str, str, str], dict]:
     """The cells whose row ran at or after each spec's commit: ``COMMIT`` applies to every method,
     ``METHOD=COMMIT`` to METHOD's rows (and its chain stages) only. A row without a commit is dropped by any
-    spec that applies to it. ``is_ancestor(old, new)``: ``git merge-base --is-ancestor`` unless given."""
+    spec that applies to it. ``is_ancestor(old, new)``: ``git merge-base --is-ancestor`` unless given.
+    (:func:`read_cells` applies the same rules before choosing between a cell's rows; prefer its ``since``.)"""
     is_ancestor = is_ancestor or git_is_ancestor
-    rules = [spec.partition("=")[::2] if "=" in spec else ("", spec) for spec in specs]
-    kept = {}
-    for key, row in cells.items():
-        commit = str(row.get("commit") or "")
-        applies = [c for m, c in rules if not m or m == key[0] or key[0].startswith(m + "/")]
-        if all(commit and commit != "?" and is_ancestor(c, commit) for c in applies):
-            kept[key] = row
-    return kept
+    rules = since_rules(specs)
+    return {key: row for key, row in cells.items()
+            if passes_since(key[0], str(row.get("commit") or ""), rules, is_ancestor)}
+
+
+def check_commits(specs: Sequence[str]) -> None:
+    """Refuse a ``--since`` commit this checkout does not know (it would drop every row silently)."""
+    import subprocess
+
+    for _, commit in since_rules(specs):
+        known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
+                               capture_output=True, cwd=Path(__file__).resolve().parent).returncode == 0
+        if not known:
+            raise SystemExit(f"--since {commit}: no such commit in this checkout; pass a commit of its history.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,9 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--choices", action="store_true",
                         help="rows whose final choice replaced the start: the chosen z and the test gain it brought")
     args = parser.parse_args(argv)
-    cells = read_cells(args.files)
     if args.since:
-        cells = since_filter(cells, args.since)
+        check_commits(args.since)
+    cells = read_cells(args.files, since=args.since)
     if args.methods:
         wanted = set(args.methods.split(","))
         cells = {key: r for key, r in cells.items() if key[0] in wanted}

@@ -80,23 +80,39 @@ def test_targets_read_each_issue_comparison_off_the_paired_cells_and_say_so_far_
     rows = []
     for seed in range(3):
         for task in ("t1", "t2", "t3", "t4"):
-            rows.append(row(task, "uncompiled", 0.40, 0, seed=seed))
-            rows.append(row(task, "opro", 0.45 + 0.01 * seed, 380, prompt_calls=40, seed=seed))  # +0.06 on average
-            rows.append(row(task, "copro", 0.46, 320, prompt_calls=10, seed=seed))
-    path = write(tmp_path / "grid.jsonl", rows + [row("t1", "apo", 0.30, 100, seed=0)])
+            rows.append(row(task, "uncompiled", 0.40, 0, seed=seed, budget=400))
+            rows.append(row(task, "opro", 0.45 + 0.01 * seed, 380, prompt_calls=40, seed=seed, budget=400))
+            rows.append(row(task, "copro", 0.46, 320, prompt_calls=10, seed=seed, budget=400))
+    old_setting = [row("t1", "apo", 0.90, 60, seed=1, budget=80),  # another benchmark's setting: never paired
+                   row("t1", "abo", 0.90, 60, budget=400)]  # no seed recorded: labelled by its file
+    path = write(tmp_path / "grid.jsonl", rows + [row("t1", "apo", 0.30, 100, seed=0, budget=400)] + old_setting)
     cells = summarize.read_cells([path])
     table = summarize.targets_table(cells)
-    assert "| 12 | opro above the program as given | opro vs uncompiled | 12/12 | +0.060 (0.002) | 420 / 0 | met |" \
-        in table
-    assert "| 12 | apo above the program as given | apo vs uncompiled | 1/12 | -0.100 (n/a) | 100 / 0 | missed so far |" \
-        in table  # one cell is not the grid
-    # level with COPRO (-0.000, within a s.e.) but at more calls (420 against 330): missed
-    assert "| opro vs copro | 12/12 | +0.000 (0.002) | 420 / 330 | missed |" in table
+    assert "Rows of the user's case: 37 (2 of other settings left out)." in table
+    assert ("| 12 | opro above the program as given | opro vs uncompiled | 12/12 | +0.060 (0.002) | 380+40 / 0+0 "
+            "| met |") in table
+    assert "| apo vs uncompiled | 1/12 | -0.100 (n/a) | 100+0 / 0+0 | missed so far |" in table  # one cell
+    assert "| abo vs uncompiled | 0/12 | - | - | not measured |" in table
+    # level with COPRO (+0.000, within a s.e.) but at more calls (420 against 330): missed
+    assert "| opro vs copro | 12/12 | +0.000 (0.002) | 380+40 / 320+10 | missed |" in table
     # "the best of" is the best against the program as given (OPRO here), then compared with GEPA: no GEPA row
     assert "| 12 | the best of OPRO/APO/ABO level with GEPA or above | opro vs gepa | 0/12 | - | - | not measured |" \
         in table
     assert summarize.main([path, "--targets"]) == 0
     assert "| 14 | Iterative-APE at least APE |" in capsys.readouterr().out
+
+
+def test_the_best_of_several_methods_is_chosen_on_the_cells_they_share(tmp_path):
+    summarize = load("summarize_runs")
+    rows = [row(t, "uncompiled", 0.4, 0, seed=s, budget=400) for s in range(3) for t in ("t1", "t2")]
+    rows += [row(t, "opro", 0.45, 400, seed=s, budget=400) for s in range(3) for t in ("t1", "t2")]  # +0.05 on all 6
+    rows += [row("t1", "abo", 0.55, 400, seed=0, budget=400), row("t2", "abo", 0.38, 400, seed=2, budget=400)]
+    cells = summarize.read_cells([write(tmp_path / "r.jsonl", rows)])
+    # ABO's own cells average +0.065 (two cells); on the two cells both have it is +0.065 against OPRO's +0.05 ...
+    assert summarize.best_of(cells, ["opro", "abo"]) == "abo"
+    rows += [row("t2", "abo", 0.10, 400, seed=1, budget=400)]
+    cells = summarize.read_cells([write(tmp_path / "r2.jsonl", rows)])
+    assert summarize.best_of(cells, ["opro", "abo"]) == "opro"  # ... and a lost third cell turns it
 
 
 def test_choices_pair_each_replaced_start_with_its_z_and_test_gain(tmp_path):
@@ -111,6 +127,12 @@ def test_choices_pair_each_replaced_start_with_its_z_and_test_gain(tmp_path):
     table = summarize.choices_table(summarize.read_cells([path]))
     assert "| abo | 0 | t1 | 1.33 | -0.08 |" in table and "| abo | 0 | t2 | 2.50 | +0.10 |" in table
     assert "opro" not in table
+    # the z shown is the chosen finalist's (the best validation mean among those that passed), not the largest
+    two = [{"candidate": 3, "val": 0.80, "gain": 0.2, "se": 0.1, "passed": True},
+           {"candidate": 4, "val": 0.76, "gain": 0.16, "se": 0.04, "passed": True}]
+    path = write(tmp_path / "run_seed1.jsonl", [row("t1", "uncompiled", 0.4, 0), row("t1", "apo", 0.5, 400, kept_start=False,
+                                                                                   final_choice=two)])
+    assert "| apo | 1 | t1 | 2.00 | +0.10 |" in summarize.choices_table(summarize.read_cells([path]))
     assert "| [1, 1.5) | 1 | 0 | 0 | 1 | -0.080 |" in table and "| [2, inf) | 1 | 1 | 0 | 0 | +0.100 |" in table
 
 
@@ -570,3 +592,29 @@ def test_a_row_names_the_machine_whose_kernels_ran_the_model():
     first, again = bench.machine_fingerprint(), bench.machine_fingerprint()
     assert first == again and len(first["machine"]) == 8
     assert {"llama_cpp", "platform", "cpu"} <= set(first["machine_info"])
+
+
+def test_the_grid_knows_the_rows_of_another_proposer_and_retries_a_skipped_method(tmp_path):
+    grid = load("run_grid")
+    extra = ["--prompt-lm", "embedded-1.5b"]
+    suffix = grid.method_suffix(extra)
+    assert suffix == "@embedded-1.5b" and grid.method_suffix(["--prompt-lm", "embedded"]) == ""
+    write(tmp_path / "run_grid_t1_seed0_opro.jsonl", [row("t1", "opro@embedded-1.5b", 0.5, 400)])
+    write(tmp_path / "run_grid_t1_seed0_apo.jsonl", [{"task": "t1", "method": "apo", "skipped": "not available"}])
+    assert grid.plan_cells(["t1"], [0], ["opro"], tmp_path, suffix) == []  # bench named the row with the proposer
+    assert grid.plan_cells(["t1"], [0], ["opro"], tmp_path) == [grid.Cell("t1", 0, "opro")]
+    assert grid.plan_cells(["t1"], [0], ["apo"], tmp_path) == [grid.Cell("t1", 0, "apo")]  # skipped: run again
+    demos = grid.command_for(grid.Cell("t1", 0, "demos"), tmp_path, extra)
+    assert demos[demos.index("--budget-from") + 1].endswith("run_grid_t1_seed0_bfsrs.jsonl:bfsrs@embedded-1.5b")
+
+
+def test_a_half_written_row_neither_stops_the_benchmark_nor_swallows_the_next_row(tmp_path):
+    bench = load("bench_optimizers")
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row("t1", "opro", 0.5, 400)) + "\n" + '{"task": "t1", "meth')  # killed mid-write
+    path.open("a").write("")
+    assert set(bench._read_rows(str(path))) == {("t1", "opro")}
+    bench._append_row(str(path), row("t1", "apo", 0.4, 400))
+    assert set(bench._read_rows(str(path))) == {("t1", "opro"), ("t1", "apo")}
+    write(tmp_path / "skipped.jsonl", [{"task": "t1", "method": "soft", "skipped": "no torch"}])
+    assert bench._read_rows(str(tmp_path / "skipped.jsonl")) == {}  # a skipped method is run again

@@ -120,3 +120,29 @@ def test_the_gold_answer_is_scored_and_likelier_than_a_wrong_one(embedded_lm):
         assert len(response.logprobs) >= 5 and all(t.logprob <= 0 for t in response.logprobs)
         totals[answer] = sum(t.logprob for t in response.logprobs)
     assert totals["7"] > totals["9"] + 2.0, totals
+
+
+def test_a_token_cap_is_never_passed_by_real_calls_of_the_embedded_model():
+    # The bound a call holds under a token cap (prompt bytes + template margin + max_tokens) must cover what
+    # llama.cpp reports for it, chat template and all; a cap a few calls wide then ends the run within it.
+    from dspy_icl_opt.search import Budget, BudgetExhausted, BudgetMeter, MeteredLM
+    from dspy_icl_opt.search.budget import token_bound
+
+    lm = resolve_lm("embedded", max_tokens=MAX_TOKENS, cache=False)
+    bound_seen: list[tuple[int, int]] = []
+
+    class Watch(MeteredLM):  # the bound each call held, beside the tokens it was charged
+        def __call__(self, prompt=None, *, messages=None, **kwargs):
+            bound = token_bound(self.inner, prompt, messages, kwargs)
+            before = self._meter.spent["task"].tokens
+            result = super().__call__(prompt, messages=messages, **kwargs)
+            bound_seen.append((bound, self._meter.spent["task"].tokens - before))
+            return result
+
+    meter = BudgetMeter(Budget(max_task_tokens=2_500))
+    predict = dspy.Predict("question -> answer")
+    with dspy.context(lm=Watch(lm, meter, "task")), pytest.raises(BudgetExhausted, match="token budget"):
+        for question, _ in DEVSET * 20:
+            predict(question=question)
+    assert bound_seen and all(0 < spent <= bound for bound, spent in bound_seen)
+    assert meter.spent["task"].tokens <= 2_500

@@ -487,10 +487,10 @@ class MeteredLM(dspy.BaseLM):
         bound = token_bound(self._inner, prompt, messages, kwargs) if capped else None
         if capped and bound is None and self._role not in self._meter._unbounded_warned:
             self._meter._unbounded_warned.add(self._role)
-            logger.warning("`budget.max_{}_tokens` is set, but a call of the {} model has no completion cap (or sends "
-                           "more than text), so its tokens cannot be bounded before it runs and it may pass the cap by "
-                           "its own tokens. Set one on the LM to make the cap exact, e.g. dspy.LM(..., max_tokens=512).",
-                           self._role, self._role)
+            logger.warning("`budget.max_{}_tokens` is set, but a call of the {} model has no completion cap (or "
+                           "sends more than text), so its tokens cannot be bounded before it runs and it may pass the "
+                           "cap by its own tokens. Set one on the LM to make the cap exact, e.g. "
+                           "dspy.LM(..., max_tokens=512).", self._role, self._role)
         return slots, bound
 
     def _failed(self, exc: Exception, slots: int, held: int = 0, counter: _CallCounter | None = None) -> Exception:

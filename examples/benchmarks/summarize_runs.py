@@ -275,9 +275,11 @@ def _level(p: dict) -> bool:
 
 
 #: (issue, target, A, B, test on the paired figures). A of "best:X|Y|Z" is whichever of X, Y, Z has the highest
-#: paired mean against the program as given; "calls" tests compare the mean calls (task + prompt) both sides spent on the same cells.
+#: paired mean against the program as given (:func:`best_of`); "calls" tests compare the mean calls (task + prompt)
+#: both sides spent on the same cells.
 TARGETS: list[tuple[str, str, str, str, object]] = [
-    *[("12", f"{m} above the program as given", m, "uncompiled", lambda p: p["mean"] > 0) for m in ("opro", "apo", "abo")],
+    *[("12", f"{m} above the program as given", m, "uncompiled", lambda p: p["mean"] > 0)
+      for m in ("opro", "apo", "abo")],
     ("12", "the best of OPRO/APO/ABO above the program as given by >= 3 points", "best:opro|apo|abo", "uncompiled",
      lambda p: p["mean"] >= 0.03),
     *[("12", f"{m} level with COPRO or above, at no more calls", m, "copro",

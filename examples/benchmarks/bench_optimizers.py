@@ -357,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     suffix = f"@{args.prompt_lm}" if args.prompt_lm and args.prompt_lm != args.lm else ""
     done, commit = _read_rows(args.out), _commit()  # the code this process imported
     machine = machine_fingerprint()  # rows pair only with rows whose model ran the same kernels
+    if machine["machine"] != REFERENCE_MACHINE and args.lm.startswith("embedded"):
+        logger.warning("This llama.cpp build ({}) is not the one the committed rows were measured with ({}): its rows "
+                       "pair only with rows of this build. For rows that pair with results/, rebuild llama-cpp-python "
+                       "with CMAKE_ARGS=\"{}\".", machine["machine"], REFERENCE_MACHINE, REFERENCE_CMAKE_ARGS)
     # what a row's wall time was measured beside: model processes side by side (run_grid.py sets it) and threads
     machine["machine_info"]["side_by_side"] = int(os.environ.get(SIDE_BY_SIDE_ENV, "1"))
     machine["machine_info"]["n_threads"] = getattr(getattr(task_lm, "engine", None), "n_threads", None)
@@ -414,6 +418,15 @@ def _append_row(path: str | None, row: dict) -> None:
         with target.open("a") as handle:
             handle.write(("\n" if broken else "") + json.dumps(row) + "\n")
 
+
+#: The llama.cpp build the committed rows were measured with: llama-cpp-python 0.3.36 built for AVX2 without
+#: AVX-512 (``machine`` c5a720e7 on x86_64). The program as given scores 0.37 on disambiguation_qa split 0 with it
+#: and 0.34 with an AVX-512 build of the same version on the same machine, so rows pair only within one build. To
+#: add rows that pair with results/, build llama-cpp-python with these flags (``pip install --no-binary
+#: llama-cpp-python --no-cache-dir ...`` with them in ``CMAKE_ARGS``).
+REFERENCE_MACHINE = "c5a720e7"
+REFERENCE_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
+                        "-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
 
 #: How many benchmark processes run side by side (set by run_grid.py to its --lanes); rows record it with their
 #: wall time.

@@ -44,7 +44,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
-def seeded_rows(paths: Sequence[str]) -> Iterator[tuple[str, dict]]:
+#: ``--legacy-machine``'s help: rows written before rows named their machine have none; the two as-given rows
+#: checked (disambiguation_qa and reasoning_about_colored_objects, split 0) reproduce exactly on the AVX2 build
+#: (``bench_optimizers.REFERENCE_MACHINE``), but earlier sessions ran on several machines, so by default they
+#: stay apart from tagged rows.
+LEGACY_HELP = ("treat rows that name no machine as rows of this machine tag (e.g. c5a720e7, the AVX2 build whose "
+               "as-given rows they reproduce); by default they pair only with each other")
+
+
+def seeded_rows(paths: Sequence[str], legacy_machine: str | None = None) -> Iterator[tuple[str, dict]]:
     """``(seed, row)`` for every row the files hold, in file order, skipped rows left out. The seed is the
     row's ``seed``, else a ``seed<N>`` in its file's name, else the file's name; with ``/<machine>`` appended when
     the row names the machine it ran on, so rows of different machines never pair (their model's numerics
@@ -61,7 +69,8 @@ def seeded_rows(paths: Sequence[str]) -> Iterator[tuple[str, dict]]:
                     continue
                 if "skipped" not in row:
                     seed = str(row.get("seed", default))
-                    yield (f"{seed}/{row['machine']}" if row.get("machine") else seed), row
+                    machine = row.get("machine") or legacy_machine
+                    yield (f"{seed}/{machine}" if machine else seed), row
 
 
 def split_of(seed: str) -> str:
@@ -77,12 +86,13 @@ def git_is_ancestor(old: str, new: str) -> bool:
                           cwd=Path(__file__).resolve().parent).returncode == 0
 
 
-def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor,
-               since: Sequence[str] = ()) -> dict[tuple[str, str, str], dict]:
+def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequence[str] = (),
+               legacy_machine: str | None = None) -> dict[tuple[str, str, str], dict]:
     """``{(method, seed, task): row}`` from the files. A cell run twice keeps the row of the later commit (the
     other's commit is its ancestor, ``is_ancestor(old, new)``), else the later file's row: files sort by name,
     not by when they ran. ``since``: ``[METHOD=]COMMIT`` specs (:func:`since_filter`), applied to every row
-    before a cell's rows are compared, so a stale row never hides one that qualifies."""
+    before a cell's rows are compared, so a stale row never hides one that qualifies. ``legacy_machine``: the
+    machine tag given to rows that name none (see :data:`LEGACY_HELP`)."""
     cells: dict[tuple[str, str, str], dict] = {}
     rules = since_rules(since)
 
@@ -95,7 +105,7 @@ def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor,
             return  # the held row ran at a later commit
         cells[key] = dict(row, _commit=commit)
 
-    for seed, row in seeded_rows(paths):
+    for seed, row in seeded_rows(paths, legacy_machine):
         commit = str(row.get("commit") or "")
         put((row["method"], seed, row["task"]), row, commit)
         for stage in stage_rows(row):
@@ -434,12 +444,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="print issues 12-14's targets with their paired figures and verdicts")
     parser.add_argument("--since", action="append", default=[], metavar="[METHOD=]COMMIT",
                         help="keep only rows run at COMMIT or later (for METHOD only when named); repeatable")
+    parser.add_argument("--legacy-machine", default=None, metavar="TAG", help=LEGACY_HELP)
     parser.add_argument("--choices", action="store_true",
                         help="rows whose final choice replaced the start: the chosen z and the test gain it brought")
     args = parser.parse_args(argv)
     if args.since:
         check_commits(args.since)
-    cells = read_cells(args.files, since=args.since)
+    cells = read_cells(args.files, since=args.since, legacy_machine=args.legacy_machine)
     if args.methods:
         wanted = set(args.methods.split(","))
         cells = {key: r for key, r in cells.items() if key[0] in wanted}

@@ -585,6 +585,10 @@ def test_rows_of_different_machines_never_pair(tmp_path):
     assert summarize.paired(cells, "opro", "uncompiled")["mean"] == 0.0  # old rows pair with old rows
     assert summarize.paired(cells, "ape", "opro") is None
     assert "| uncompiled | 0@? 0/bbbb@? |" in summarize.coverage_table(cells)  # split/machine@commit
+    # rows that name no machine can be declared rows of one (when their as-given rows reproduce there)
+    legacy = summarize.read_cells([path], legacy_machine="bbbb")
+    assert summarize.paired(legacy, "opro", "ape")["mean"] == pytest.approx(0.03)
+    assert legacy[("uncompiled", "0/bbbb", "t1")]["test_accuracy"] == 0.34  # a cell run twice: the later file row
 
 
 def test_a_row_names_the_machine_whose_kernels_ran_the_model():

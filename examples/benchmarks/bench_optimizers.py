@@ -414,7 +414,11 @@ def _append_row(path: str | None, row: dict) -> None:
     """Append ``row`` as one line, on a line of its own even after a half-written one."""
     if path:
         target = Path(path)
-        broken = target.exists() and target.stat().st_size > 0 and not target.read_bytes().endswith(b"\n")
+        broken = False
+        if target.exists() and target.stat().st_size > 0:
+            with target.open("rb") as tail:  # only the last byte: is the file's last line whole?
+                tail.seek(-1, 2)
+                broken = tail.read(1) != b"\n"
         with target.open("a") as handle:
             handle.write(("\n" if broken else "") + json.dumps(row) + "\n")
 

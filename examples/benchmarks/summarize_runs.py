@@ -90,8 +90,10 @@ def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequenc
                legacy_machine: str | None = None) -> dict[tuple[str, str, str], dict]:
     """``{(method, seed, task): row}`` from the files. A cell run twice keeps the row of the later commit (the
     other's commit is its ancestor, ``is_ancestor(old, new)``), else the later file's row: files sort by name,
-    not by when they ran. ``since``: ``[METHOD=]COMMIT`` specs (:func:`since_filter`), applied to every row
-    before a cell's rows are compared, so a stale row never hides one that qualifies. ``legacy_machine``: the
+    not by when they ran. ``since``: ``[METHOD=]COMMIT`` specs: ``COMMIT`` applies to every method,
+    ``METHOD=COMMIT`` to METHOD's rows (and its chain stages) only, and a row is kept only if it ran at or after
+    each spec that applies to it (:func:`passes_since`); they are applied to every row before a cell's rows are
+    compared, so a stale row never hides one that qualifies. ``legacy_machine``: the
     machine tag given to rows that name none (see :data:`LEGACY_HELP`)."""
     cells: dict[tuple[str, str, str], dict] = {}
     rules = since_rules(since)
@@ -405,18 +407,6 @@ def passes_since(method: str, commit: str, rules: Sequence[tuple[str, str]], is_
     no method, the method, or the chain the method is a stage of); a row without a commit passes none."""
     applies = [c for m, c in rules if not m or m == method or method.startswith(m + "/")]
     return all(commit and commit != "?" and is_ancestor(c, commit) for c in applies)
-
-
-def since_filter(cells: dict[tuple[str, str, str], dict], specs: Sequence[str],
-                 is_ancestor=None) -> dict[tuple[str, str, str], dict]:
-    """The cells whose row ran at or after each spec's commit: ``COMMIT`` applies to every method,
-    ``METHOD=COMMIT`` to METHOD's rows (and its chain stages) only. A row without a commit is dropped by any
-    spec that applies to it. ``is_ancestor(old, new)``: ``git merge-base --is-ancestor`` unless given.
-    (:func:`read_cells` applies the same rules before choosing between a cell's rows; prefer its ``since``.)"""
-    is_ancestor = is_ancestor or git_is_ancestor
-    rules = since_rules(specs)
-    return {key: row for key, row in cells.items()
-            if passes_since(key[0], str(row.get("commit") or ""), rules, is_ancestor)}
 
 
 def check_commits(specs: Sequence[str]) -> None:

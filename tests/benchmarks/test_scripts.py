@@ -142,12 +142,11 @@ def test_since_keeps_only_rows_run_at_or_after_a_commit_for_every_method_or_one(
                                                 row("t2", "ape", 0.6, 60, commit="new"),
                                                 row("t1", "opro", 0.3, 70, commit="old"),
                                                 row("t1", "uncompiled", 0.3, 0)])
-    cells = summarize.read_cells([path])
     order = {"old": 0, "new": 1}
     is_ancestor = lambda old, new: order[old] <= order[new]  # noqa: E731
-    kept = summarize.since_filter(cells, ["ape=new"], is_ancestor=is_ancestor)
+    kept = summarize.read_cells([path], is_ancestor=is_ancestor, since=["ape=new"])
     assert set(kept) == {("ape", "0", "t2"), ("opro", "0", "t1"), ("uncompiled", "0", "t1")}
-    kept = summarize.since_filter(cells, ["old"], is_ancestor=is_ancestor)
+    kept = summarize.read_cells([path], is_ancestor=is_ancestor, since=["old"])
     assert set(kept) == {("ape", "0", "t1"), ("ape", "0", "t2"), ("opro", "0", "t1")}  # no commit: dropped
 
 
@@ -596,6 +595,7 @@ def test_a_row_names_the_machine_whose_kernels_ran_the_model():
     first, again = bench.machine_fingerprint(), bench.machine_fingerprint()
     assert first == again and len(first["machine"]) == 8
     assert {"llama_cpp", "platform", "cpu"} <= set(first["machine_info"])
+    assert bench.SIDE_BY_SIDE_ENV == load("run_grid").SIDE_BY_SIDE_ENV  # the name run_grid sets is the one read
 
 
 def test_the_grid_knows_the_rows_of_another_proposer_and_retries_a_skipped_method(tmp_path):

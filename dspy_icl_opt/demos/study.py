@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
@@ -275,13 +276,65 @@ def enqueue_baselines(study: optuna.Study, space: Space) -> None:
 
 
 def shared_pools(study: optuna.Study, build: Any) -> tuple[dict[str, Any], bool]:
-    """The pools stored in the study, or ``build()`` stored there first; and whether they were built here."""
+    """The pools stored in the study, or ``build()`` stored there first; and whether they were built here.
+
+    Trials store indices into the pools, so every process of a study must search the same ones. Workers
+    that start together would each build pools of their own (a bootstrap's traces differ from run to run)
+    and the last to store them would win, leaving the others' trials pointing into pools nobody stored.
+    The build therefore runs under a lock of the study (:func:`study_lock`): the first worker builds and
+    stores, the others wait for it and read the stored pools, which also spares them the bootstrap calls.
+    """
     stored = study.user_attrs.get(POOLS_ATTR)
     if stored is not None:
         return stored, False
-    pools = build()
-    study.set_user_attr(POOLS_ATTR, pools)
+    with study_lock(study, POOLS_ATTR):
+        stored = study.user_attrs.get(POOLS_ATTR)  # stored by the worker that held the lock before us
+        if stored is not None:
+            return stored, False
+        pools = build()
+        study.set_user_attr(POOLS_ATTR, pools)
     return study.user_attrs.get(POOLS_ATTR, pools), True
+
+
+#: Suffix of the file a SQLite study's named lock is held on (beside the database and its trial-state lock).
+SQLITE_STUDY_LOCK_SUFFIX = ".dspy-icl-opt.{name}.lock"
+
+
+@contextlib.contextmanager
+def study_lock(study: optuna.Study, name: str) -> Iterator[None]:
+    """Hold a lock named ``name`` of ``study`` across the processes that share it.
+
+    SQLite (one machine): an exclusive lock on a file beside the database. PostgreSQL: a session advisory
+    lock keyed by the study and the name, on a connection of its own. Both are released when the process
+    dies. Other storages (in memory: one process) take no lock; for a storage shared some other way the
+    race stays possible, which a warning says.
+    """
+    backend = study._storage
+    if isinstance(getattr(backend, "_backend", None), optuna.storages.RDBStorage):  # Optuna's cache around an RDB
+        backend = backend._backend
+    dialect = backend.engine.dialect.name if isinstance(backend, optuna.storages.RDBStorage) else None
+    database = backend.engine.url.database if dialect == "sqlite" else None
+    if database and database != ":memory:":
+        with _exclusive(database + SQLITE_STUDY_LOCK_SUFFIX.format(name=name)):
+            yield
+        return
+    if dialect == "postgresql":
+        key = stable_int(study.study_name, name) - 2**31  # a bigint key; the same in every process
+        with backend.engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+        return
+    if not isinstance(backend, optuna.storages.InMemoryStorage) and dialect != "sqlite":
+        logger.warning("Study {!r} is stored in a {} that dspy-icl-opt cannot lock: workers that start it at the "
+                       "same time may each build demo pools, and only the last stored is searched by later "
+                       "workers. Start one worker first, or use a sqlite:/// or postgresql:// URL.",
+                       study.study_name, type(backend).__name__)
+    yield
 
 
 def check_settings(study: optuna.Study, settings: dict[str, Any]) -> None:

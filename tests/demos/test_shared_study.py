@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,6 +72,79 @@ def test_two_processes_share_one_postgres_study(tmp_path):
     try:
         run_workers(tmp_path, url, study_name)
         check_shared_study(url, study_name)
+    finally:
+        try:
+            optuna.delete_study(study_name=study_name, storage=make_storage(url))
+        except KeyError:
+            pass
+
+
+RACING_WORKER = textwrap.dedent("""
+    import json, os, random, sys, time
+    import dspy_icl_opt.demos.selector as selector_module
+    from dspy_icl_opt.demos import DemoSelector
+    from dspy_icl_opt.testing import planted_rule_task
+
+    real_build, builds = selector_module.build_pools, []
+
+    def slow_own_build(*args, **kwargs):
+        # slow enough that workers started together all reach the build, and pools that differ per worker
+        # (a bootstrap's traces differ from run to run): a worker searching pools it did not store shows
+        builds.append(1)
+        time.sleep(3)
+        pools = real_build(*args, **kwargs)
+        rng = random.Random(os.getpid())
+        for by_pool in pools.values():
+            for demos in by_pool.values():
+                rng.shuffle(demos)
+        return pools
+
+    selector_module.build_pools = slow_own_build
+    storage, study_name = sys.argv[1], sys.argv[2]
+    task = planted_rule_task("reverse", train_size=10, val_size=8, seed=0)
+    selector = DemoSelector(task.metric, task_model=task.lm(), max_demos=3, n_trials=3, storage=storage,
+                            study_name=study_name, minibatch_size=4, pools=("labeled", "bootstrapped"),
+                            progress=False)
+    selector.compile(task.program(), trainset=task.train, valset=task.val)
+    print(json.dumps({"built": len(builds), "pools": json.dumps(selector.pools_, sort_keys=True)}))
+""")
+
+
+def run_racing_workers(tmp_path: Path, storage: str, study_name: str, n_workers: int = 3) -> list[dict]:
+    script = tmp_path / "racing_worker.py"
+    script.write_text(RACING_WORKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    workers = [subprocess.Popen([sys.executable, str(script), storage, study_name], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(n_workers)]
+    results = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def check_one_set_of_pools(results: list[dict], storage: str, study_name: str) -> None:
+    study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    stored = json.dumps(study.user_attrs["icl_pools"], sort_keys=True)
+    assert sum(r["built"] for r in results) == 1  # one worker bootstrapped, the others waited and read its pools
+    assert [r["pools"] for r in results] == [stored] * len(results)  # every worker searched the stored pools
+
+
+def test_workers_started_together_search_the_pools_one_of_them_built(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'race.db'}"
+    results = run_racing_workers(tmp_path, storage, "race-sqlite")
+    check_one_set_of_pools(results, storage, "race-sqlite")
+
+
+def test_workers_started_together_on_postgres_search_the_pools_one_of_them_built(tmp_path):
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(f"{PG_ENV} is not set: no PostgreSQL server to test against (CI's .ci/run starts one).")
+    study_name = f"race-pg-{uuid.uuid4().hex[:8]}"
+    try:
+        check_one_set_of_pools(run_racing_workers(tmp_path, url, study_name), url, study_name)
     finally:
         try:
             optuna.delete_study(study_name=study_name, storage=make_storage(url))
@@ -202,3 +276,26 @@ def test_a_resumed_study_validates_the_finalists_its_budget_pays_for(tmp_path):
         validated = [row["candidate"] for row in report.extra["final_choice"]["contenders"]][1:]
         assert len(validated) == planned, "every planned finalist was validated"
         assert report.best_scores["val"] > 0.5
+
+
+def test_pools_in_a_storage_that_cannot_be_locked_are_built_with_a_warning(tmp_path, warnings_logged):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from dspy_icl_opt.demos.study import shared_pools
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+    study = optuna.create_study(storage=storage, study_name="journal")
+    pools = {"predict": {"labeled": [{"question": "q", "answer": "a"}]}}
+    assert shared_pools(study, lambda: pools) == (pools, True)
+    assert shared_pools(study, lambda: pytest.fail("built twice")) == (pools, False)
+    assert any("cannot lock" in message and "JournalStorage" in message for message in warnings_logged)
+
+
+def test_pools_in_memory_are_built_without_a_lock_or_a_warning(warnings_logged):
+    from dspy_icl_opt.demos.study import shared_pools
+
+    study = optuna.create_study()
+    pools = {"predict": {"labeled": []}}
+    assert shared_pools(study, lambda: pools) == (pools, True)
+    assert not list(warnings_logged)

@@ -98,8 +98,14 @@ def test_targets_read_each_issue_comparison_off_the_paired_cells_and_say_so_far_
     # "the best of" is the best against the program as given (OPRO here), then compared with GEPA: no GEPA row
     assert "| 12 | the best of OPRO/APO/ABO level with GEPA or above | opro vs gepa | 0/12 | - | - | not measured |" \
         in table
+    assert "| opro@embedded-1.5b vs opro | 0/12 | - | - |" in table  # no 1.5B-proposer row yet
     assert summarize.main([path, "--targets"]) == 0
     assert "| 14 | Iterative-APE at least APE |" in capsys.readouterr().out
+    proposer = [row("t1", "opro@embedded-1.5b", 0.50, 390, prompt_calls=16, seed=0, budget=400),
+                row("t2", "opro@embedded-1.5b", 0.41, 390, prompt_calls=18, seed=0, budget=400)]
+    table = summarize.targets_table(summarize.read_cells([write(tmp_path / "grid2.jsonl", rows + proposer)]))
+    # the same search with the 1.5B proposer against the 0.5B one, on the cells both ran: +0.05 and -0.04
+    assert "| opro@embedded-1.5b vs opro | 2/12 | +0.005 (0.045) | 390+17 / 380+40 |" in table
 
 
 def test_the_best_of_several_methods_is_chosen_on_the_cells_they_share(tmp_path):

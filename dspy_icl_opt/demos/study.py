@@ -42,6 +42,8 @@ SCHEMA_RACE_RETRIES = 3
 #: ... waiting this many seconds longer each time.
 SCHEMA_RACE_WAIT_S = 0.5
 POOLS_ATTR = "icl_pools"
+#: The name of the study lock (:func:`study_lock`) held while the baselines are queued.
+BASELINES_LOCK = "icl_baselines"
 SETTINGS_ATTR = "icl_settings"
 
 
@@ -270,9 +272,13 @@ def _largest_set(space: Space, pool: str) -> dict[str, Any]:
 
 
 def enqueue_baselines(study: optuna.Study, space: Space) -> None:
-    """Queue the baselines unless the study already holds them (a resumed or shared study)."""
-    for params in baseline_params(space):
-        study.enqueue_trial(params, user_attrs={"icl_baseline": True}, skip_if_exists=True)
+    """Queue the baselines unless the study already holds them (a resumed or shared study).
+
+    Optuna's ``skip_if_exists`` reads the trials and then adds one: workers starting together would each find
+    none and queue their own, and run every baseline once per worker. The study's lock makes it one step."""
+    with study_lock(study, BASELINES_LOCK):
+        for params in baseline_params(space):
+            study.enqueue_trial(params, user_attrs={"icl_baseline": True}, skip_if_exists=True)
 
 
 def shared_pools(study: optuna.Study, build: Any) -> tuple[dict[str, Any], bool]:
@@ -307,7 +313,7 @@ def study_lock(study: optuna.Study, name: str) -> Iterator[None]:
     SQLite (one machine): an exclusive lock on a file beside the database. PostgreSQL: a session advisory
     lock keyed by the study and the name, on a connection of its own. Both are released when the process
     dies. Other storages (in memory: one process) take no lock; for a storage shared some other way the
-    race stays possible, which a warning says.
+    race stays possible, which a warning says once per study.
     """
     backend = study._storage
     if isinstance(getattr(backend, "_backend", None), optuna.storages.RDBStorage):  # Optuna's cache around an RDB
@@ -329,12 +335,19 @@ def study_lock(study: optuna.Study, name: str) -> Iterator[None]:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
                 connection.commit()
         return
-    if not isinstance(backend, optuna.storages.InMemoryStorage) and dialect != "sqlite":
+    unlockable = (study.study_name, type(backend).__name__)
+    if (not isinstance(backend, optuna.storages.InMemoryStorage) and dialect != "sqlite"
+            and unlockable not in _WARNED_UNLOCKABLE):
+        _WARNED_UNLOCKABLE.add(unlockable)
         logger.warning("Study {!r} is stored in a {} that dspy-icl-opt cannot lock: workers that start it at the "
-                       "same time may each build demo pools, and only the last stored is searched by later "
-                       "workers. Start one worker first, or use a sqlite:/// or postgresql:// URL.",
-                       study.study_name, type(backend).__name__)
+                       "same time may each build demo pools (only the last stored is searched by later workers) "
+                       "and queue the baselines. Start one worker first, or use a sqlite:/// or postgresql:// "
+                       "URL.", *unlockable)
     yield
+
+
+#: (study, storage kind) pairs already warned about in this process: one warning per study, not one per lock.
+_WARNED_UNLOCKABLE: set[tuple[str, str]] = set()
 
 
 def check_settings(study: optuna.Study, settings: dict[str, Any]) -> None:

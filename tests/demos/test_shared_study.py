@@ -130,6 +130,8 @@ def check_one_set_of_pools(results: list[dict], storage: str, study_name: str) -
     stored = json.dumps(study.user_attrs["icl_pools"], sort_keys=True)
     assert sum(r["built"] for r in results) == 1  # one worker bootstrapped, the others waited and read its pools
     assert [r["pools"] for r in results] == [stored] * len(results)  # every worker searched the stored pools
+    baselines = [str(sorted(t.params.items())) for t in study.trials if t.user_attrs.get("icl_baseline")]
+    assert baselines and len(baselines) == len(set(baselines))  # each baseline queued (and run) once, not per worker
 
 
 def test_workers_started_together_search_the_pools_one_of_them_built(tmp_path):

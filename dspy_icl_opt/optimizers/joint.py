@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 
 from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
+from dspy_icl_opt.demos.dynamic import enable_dynamic_demos, restore_classes, split_demos
 from dspy_icl_opt.demos.influence import fit_influence
 from dspy_icl_opt.demos.pools import demo_id
 from dspy_icl_opt.demos.selector import MIN_VAL_TO_HOLD_OUT, held_out_size, reuse_z
@@ -57,6 +58,7 @@ from dspy_icl_opt.optimizers.joint_space import (
     influence_set,
     k_choices,
     shown_ids,
+    shown_per_call,
 )
 from dspy_icl_opt.search.base import (
     MIN_EXAMPLES_TO_SPLIT,
@@ -139,6 +141,7 @@ class _Run:
     """What one compile tracks."""
 
     names: list[str]
+    input_fields: dict[str, list[str]] = field(default_factory=dict)  # per predictor, for a knn set's picks
     pool: list[dspy.Example] = field(default_factory=list)  # the trial examples (from the valset)
     search: list[int] = field(default_factory=list)  # indices into ``pool``
     final_examples: list[dspy.Example] = field(default_factory=list)  # the trial examples, then the held-back
@@ -176,7 +179,8 @@ class InstructionDemoSearch(ICLOptimizer):
        of it is held back from the trials; the rest are the *trial examples* (all of it when smaller).
        The trainset is the demo source.
     2. Demo sets per predictor: ``labeled`` (a sample of ``max_labeled_demos`` training examples),
-       ``mmr`` (representative yet diverse) and ``bootstrapped#i`` (``max_bootstrapped_demos`` of the
+       ``mmr`` (representative yet diverse), ``knn`` (a rule: per call, the ``k`` demos of both pools
+       nearest to the call's inputs; ``knn_demos``) and ``bootstrapped#i`` (``max_bootstrapped_demos`` of the
        task model's passing runs on up to half the trainset, then ``max_labeled_demos`` labeled ones).
     3. Instruction candidates per predictor: the instruction as given, the same plus a sentence naming
        the answer space (``format_candidate``), and proposals of the prompt model, one plain-text
@@ -239,6 +243,9 @@ class InstructionDemoSearch(ICLOptimizer):
         bootstrap_threshold: a run scoring at least this gives bootstrapped demos (1.0).
         influence: add an influence demo set after the exploration phase (True).
         format_candidate: the answer-format instruction competes, and proposals get its sentence (True).
+        knn_demos: the ``knn`` demo set competes: each call is shown the ``k`` demos nearest to its inputs
+            (True). A program that ends with it loads with ``dspy_icl_opt.demos.with_dynamic_demos(program)``
+            (a plain ``load`` refuses it by name); ``False`` keeps every candidate a fixed demo set.
         finalists: configurations validated against the start (3; the plan may cut them).
         storage: ``None`` (studies in memory), an RDB URL (``sqlite:///joint.db``,
             ``postgresql://...``) or an Optuna storage; open it with ``optuna-dashboard <url>``.
@@ -267,7 +274,7 @@ class InstructionDemoSearch(ICLOptimizer):
                  minibatch: bool = True, minibatch_size: int = DEFAULT_MINIBATCH_SIZE,
                  minibatch_full_eval_steps: int = DEFAULT_FULL_EVAL_STEPS, temperature: float | None = None,
                  bootstrap_threshold: float = 1.0, influence: bool = True, format_candidate: bool = True,
-                 finalists: int = 3, storage: str | optuna.storages.BaseStorage | None = None,
+                 knn_demos: bool = True, finalists: int = 3, storage: str | optuna.storages.BaseStorage | None = None,
                  study_name: str | None = None, **kwargs: Any) -> None:
         temperature = kwargs.pop("init_temperature", temperature)
         threshold = kwargs.pop("metric_threshold", None)
@@ -290,7 +297,8 @@ class InstructionDemoSearch(ICLOptimizer):
                                  ("minibatch_full_eval_steps", minibatch_full_eval_steps, 1),
                                  ("finalists", finalists, 1)):
             check_int(name, value, minimum=low)
-        for name, value in (("minibatch", minibatch), ("influence", influence), ("format_candidate", format_candidate)):
+        for name, value in (("minibatch", minibatch), ("influence", influence), ("format_candidate", format_candidate),
+                            ("knn_demos", knn_demos)):
             if not isinstance(value, bool):
                 raise TypeError(f"`{name}` must be True or False, but got {value!r}.")
         if storage is not None and not isinstance(storage, (str, optuna.storages.BaseStorage)):
@@ -308,6 +316,7 @@ class InstructionDemoSearch(ICLOptimizer):
         self.bootstrap_threshold = check_number("bootstrap_threshold", bootstrap_threshold,
                                                 hint="A run scoring at least this gives demos; 1.0 keeps exact passes.")
         self.influence, self.format_candidate, self.finalists = influence, format_candidate, finalists
+        self.knn_demos = knn_demos
         self.storage, self.study_name = storage, study_name
         self.study_: optuna.Study | None = None
 
@@ -330,7 +339,7 @@ class InstructionDemoSearch(ICLOptimizer):
     def _params(self) -> dict[str, Any]:
         keys = ("auto", "num_candidates", "num_trials", "max_bootstrapped_demos", "max_labeled_demos", "minibatch",
                 "minibatch_size", "minibatch_full_eval_steps", "temperature", "bootstrap_threshold", "influence",
-                "format_candidate", "finalists", "study_name")
+                "format_candidate", "knn_demos", "finalists", "study_name")
         return {**{k: getattr(self, k) for k in keys}, "storage": redact(self.storage)}
 
     def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None,
@@ -430,16 +439,25 @@ class InstructionDemoSearch(ICLOptimizer):
     def _search(self, ctx: SearchContext) -> None:
         plan = ctx.plan
         run = _Run(names=[name for name, _ in ctx.predictors])
+        run.input_fields = {name: list(pred.signature.input_fields) for name, pred in ctx.predictors}
+        # a per-call (knn) demo set acts only in a predictor class that picks demos per call; a program that
+        # does not end with one gets its own classes back
+        changed = enable_dynamic_demos(ctx.student) if self.knn_demos and self.max_demos else []
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            with ctx.search_phase(validation_calls=plan.settings["validation_calls"]):
-                self._prepare(ctx, run)
-                self._trials(ctx, run)
+            try:
+                with ctx.search_phase(validation_calls=plan.settings["validation_calls"]):
+                    self._prepare(ctx, run)
+                    self._trials(ctx, run)
+            finally:
+                optuna.logging.set_verbosity(verbosity)
+                self._record(ctx, run)
+            self._choose_final(ctx, run)
         finally:
-            optuna.logging.set_verbosity(verbosity)
-            self._record(ctx, run)
-        self._choose_final(ctx, run)
+            best = ProgramState.from_dict(ctx.report.best_state) if ctx.report.best_state else ctx.initial_state
+            if not any(split_demos(state.demos)[0] for _, state in best.predictors):
+                restore_classes(changed)
 
     def _prepare(self, ctx: SearchContext, run: _Run) -> None:
         """Split the valset, bootstrap, propose instructions, build the candidate lists."""
@@ -466,8 +484,8 @@ class InstructionDemoSearch(ICLOptimizer):
         reserved = 1 if self.influence and self.max_demos else 0
         for index, (name, predictor) in enumerate(ctx.predictors):
             sets = demo_sets(predictor, name, sources, boot[name], max_labeled=self.max_labeled_demos,
-                             max_bootstrapped=self.max_bootstrapped_demos,
-                             count=max(1, self.candidates - reserved), seed=self.seed) if self.max_demos else []
+                             max_bootstrapped=self.max_bootstrapped_demos, count=max(1, self.candidates - reserved),
+                             seed=self.seed, per_call=self.knn_demos) if self.max_demos else []
             left = len(ctx.predictors) - index  # this predictor and the ones after it share the prompt calls left
             run.space[name] = PredictorSpace(self._instructions(ctx, run, name, predictor, sharing=left), sets)
         logger.info("InstructionDemoSearch: {} trial / {} held-back validation examples, {} demo-source examples; "
@@ -577,7 +595,7 @@ class InstructionDemoSearch(ICLOptimizer):
             raise
         value = self._store(ctx, run, record, batch, outcomes)
         run.trialed.setdefault(state.key(), record.id)
-        self._tell(run, trial, choices, described, batch, outcomes, ctx, value)
+        self._tell(run, trial, choices, described, batch, outcomes, state, value)
         run.params[record.id] = dict(trial.params)
         run.done += 1
         fresh = {(state.key(), i) for i in batch} - run.scored  # new to this run (a resumed run replays them)
@@ -621,10 +639,16 @@ class InstructionDemoSearch(ICLOptimizer):
         return sum(o.score for o in outcomes) / len(outcomes) if outcomes else 0.0
 
     def _tell(self, run: _Run, trial: optuna.Trial, choices: dict[str, Choice], described: dict[str, Any],
-              batch: list[int], outcomes: list[Outcome], ctx: SearchContext, value: float) -> None:
+              batch: list[int], outcomes: list[Outcome], state: ProgramState, value: float) -> None:
         keys = [example_key(run.pool[i])[:12] for i in batch]
         trial.set_user_attr("icl_scores", {k: o.score for k, o in zip(keys, outcomes)})
         trial.set_user_attr("icl_demos", shown_ids(run.space, choices))
+        per_call = {name for name, c in choices.items()
+                    if run.space[name].demo_sets and run.space[name].demo_sets[c.demo_set].per_call and c.k}
+        if per_call:  # what a knn predictor showed differs per example: the influence fit reads it per example
+            fields = {name: run.input_fields[name] for name in per_call}
+            trial.set_user_attr("icl_dynamic", {k: shown_per_call(state, o.trace, fields)
+                                                for k, o in zip(keys, outcomes)})
         for name, row in described.items():
             text = run.space[name].instructions[row["instruction"]][1]
             trial.set_user_attr(f"{name}/instruction_text", text[:SHOWN_INSTRUCTION_CHARS])
@@ -762,7 +786,8 @@ class InstructionDemoSearch(ICLOptimizer):
         ctx.report.extra["joint"] = {
             "instructions": {n: [{"index": i, "origin": o, "text": t} for i, (o, t) in enumerate(s.instructions)]
                              for n, s in run.space.items()},
-            "demo_sets": {n: [{"index": i, "name": d.name, "size": len(d.demos), "ids": d.ids(len(d.demos))}
+            "demo_sets": {n: [{"index": i, "name": d.name, "size": len(d.demos), "ids": d.ids(len(d.demos)),
+                               **({"per_call": d.per_call} if d.per_call else {})}
                               for i, d in enumerate(s.demo_sets)] for n, s in run.space.items()},
             "k_choices": list(run.ks), "search_examples": len(run.search), "held_out_examples": len(run.final_examples)
             - len(run.pool), "demo_source_examples": len(run.sources),

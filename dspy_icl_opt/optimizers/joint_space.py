@@ -12,6 +12,9 @@ Demo sets (their names are what the report shows):
   ``max_labeled_demos`` labeled ones (MIPROv2's demo sets, seeded sample ``i``);
 * ``mmr``: representative yet diverse demos of both pools (maximal marginal relevance,
   :func:`dspy_icl_opt.demos.strategies.mmr`);
+* ``knn``: a selection rule rather than a fixed set: on every call the ``k`` demos of both pools nearest to
+  that call's inputs (:mod:`dspy_icl_opt.demos.dynamic`; lexical similarity, no model), so each input is shown
+  the examples most like it;
 * ``influence``: added after the exploration phase, the demos with the highest estimated
   influence on the score in the trials so far (:func:`dspy_icl_opt.demos.influence.fit_influence`).
 """
@@ -26,6 +29,7 @@ from typing import Any
 import dspy
 from optuna.distributions import CategoricalDistribution
 
+from dspy_icl_opt.demos.dynamic import select_indices, selection_demo, split_demos
 from dspy_icl_opt.demos.pools import collect_traces, demo_id, labeled_pool, labeled_teacher
 from dspy_icl_opt.demos.strategies import mmr
 from dspy_icl_opt.search.base import SearchContext, stable_int
@@ -45,9 +49,21 @@ class DemoSet:
 
     name: str
     demos: tuple[dict[str, Any], ...]
+    #: ``"knn"``: ``demos`` is a pool the predictor picks ``k`` from per call; ``""``: a fixed set, first ``k`` shown.
+    per_call: str = ""
 
     def ids(self, k: int) -> list[str]:
-        return [demo_id(d) for d in self.demos[:k]]
+        """The ids of the demos shown with ``k`` (a per-call set: its whole pool, what a call may be shown)."""
+        return [demo_id(d) for d in (self.demos if self.per_call else self.demos[:k])]
+
+    def shown(self, k: int) -> list[dict[str, Any]]:
+        """What a predictor carries for ``k``: the first ``k`` demos, or a selection demo and the pool."""
+        if k <= 0:
+            return []
+        if self.per_call:
+            return [selection_demo(mode=self.per_call, k=min(k, len(self.demos)), order="as_selected"),
+                    *self.demos]  # type: ignore[arg-type]
+        return list(self.demos[:k])
 
 
 @dataclass
@@ -106,8 +122,7 @@ def build_state(initial: ProgramState, space: Mapping[str, PredictorSpace], choi
         pstate = state[name].with_instruction(space[name].instructions[choice.instruction][1])
         if search_demos:
             sets = space[name].demo_sets
-            demos = sets[choice.demo_set].demos[: choice.k] if sets else ()
-            pstate = pstate.with_demos(list(demos))
+            pstate = pstate.with_demos(sets[choice.demo_set].shown(choice.k) if sets else [])
         state = state.replace(name, pstate)
     return state
 
@@ -127,8 +142,26 @@ def describe(space: Mapping[str, PredictorSpace], choices: Mapping[str, Choice],
 
 
 def shown_ids(space: Mapping[str, PredictorSpace], choices: Mapping[str, Choice]) -> dict[str, list[str]]:
-    """Ids of the demos each predictor shows in a trial (the influence fit's features)."""
-    return {name: space[name].demo_sets[c.demo_set].ids(c.k) for name, c in choices.items() if space[name].demo_sets}
+    """Ids of the demos each predictor shows on every example of a trial (the influence fit's features); a
+    per-call set's predictor is left out (:func:`shown_per_call` gives its demos per example)."""
+    return {name: space[name].demo_sets[c.demo_set].ids(c.k) for name, c in choices.items()
+            if space[name].demo_sets and not space[name].demo_sets[c.demo_set].per_call}
+
+
+def shown_per_call(state: ProgramState, trace: Sequence[Mapping[str, Any]],
+                   input_fields: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Ids of the demos each per-call predictor of ``state`` was shown in one example's run (from its trace)."""
+    shown: dict[str, list[str]] = {}
+    for call in trace:
+        name = call.get("predictor")
+        if name not in input_fields:
+            continue
+        settings, pool = split_demos(state[name].demos)
+        if settings is None:
+            continue
+        picked = select_indices(settings, pool, call.get("inputs", {}), input_fields[name])
+        shown.setdefault(name, []).extend(demo_id(pool[i]) for i in picked)
+    return shown
 
 
 # ------------------------------------------------------------------------------ demo sets
@@ -149,8 +182,9 @@ def bootstrap(ctx: SearchContext, sources: Sequence[dspy.Example], *, max_demos:
 
 
 def demo_sets(predictor: dspy.Predict, name: str, sources: Sequence[dspy.Example], boot: list[dict[str, Any]], *,
-              max_labeled: int, max_bootstrapped: int, count: int, seed: int) -> list[DemoSet]:
-    """Up to ``count`` distinct demo sets of one predictor: labeled, mmr, then bootstrapped samples."""
+              max_labeled: int, max_bootstrapped: int, count: int, seed: int, per_call: bool = True) -> list[DemoSet]:
+    """Up to ``count`` distinct demo sets of one predictor: labeled, mmr, knn (with ``per_call``, when the pools
+    hold more demos than a set shows), then bootstrapped samples."""
     labeled = labeled_pool(predictor, sources)
     sets: list[DemoSet] = []
     if labeled and max_labeled:
@@ -160,6 +194,8 @@ def demo_sets(predictor: dspy.Predict, name: str, sources: Sequence[dspy.Example
     if both:
         size = min(len(both), max_labeled + max_bootstrapped)
         sets.append(DemoSet("mmr", tuple(both[i] for i in mmr(both, size, MMR_LAMBDA))))
+    if per_call and len(both) > max_labeled + max_bootstrapped:
+        sets.append(DemoSet("knn", tuple(both), per_call="knn"))  # a rule, worth a set only when it can choose
     draw = 0
     while boot and len(sets) < count and draw < 3 * count:  # a few more draws than sets: duplicates are dropped
         draw += 1

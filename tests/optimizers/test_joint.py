@@ -276,6 +276,7 @@ def test_resume_from_the_journal_rebuilds_the_stored_study_without_calls(task, t
     url = f"sqlite:///{tmp_path / 'joint.db'}"
     first = make(task, storage=url, log_dir=tmp_path / "run", budget={"max_task_calls": 200, "max_prompt_calls": 6})
     first.compile(task.program(), trainset=task.train, valset=task.val)
+    first_trials = len(first.study_.trials)  # read now: the resumed compile rewrites the studies of its name
     lm, proposer = joint_task_lm(task), planted_proposer(task)
     again = make(task, storage=url, log_dir=tmp_path / "run", task_model=lm, prompt_model=proposer,
                  budget={"max_task_calls": 200, "max_prompt_calls": 6})
@@ -284,7 +285,7 @@ def test_resume_from_the_journal_rebuilds_the_stored_study_without_calls(task, t
     assert again.report_.best_state == first.report_.best_state
     names = optuna.get_all_study_names(storage=url)
     stored = optuna.load_study(study_name=again.study_.study_name, storage=url)
-    assert len(names) == len(set(names)) and len(stored.trials) == len(first.study_.trials)
+    assert len(names) == len(set(names)) and len(stored.trials) == first_trials
 
 
 def test_zero_demos_searches_instructions_only(task):
@@ -408,3 +409,63 @@ def test_minibatch_false_scores_every_trial_on_the_whole_search_set_under_a_cap(
     plan = opt.plan(big.program(), trainset=big.train, valset=big.val)
     assert plan.settings["minibatch_size"] == plan.settings["search_examples"] == 30
     assert plan.steps >= 1 and any("trial(s) fit the caps" in note for note in plan.notes)
+
+
+NEIGHBOUR_GROUPS = ("zor", "mip", "kal", "tev", "bun", "ghe", "dax", "wol")
+
+
+def neighbour_task():
+    """Each word's answer is its group (first three letters), known to the model only when a demo of the same
+    group is shown: eight groups, at most two demos, so only demos picked per input (kNN) answer every word."""
+    from dspy_icl_opt.testing import toy_metric
+
+    def example(word):
+        return dspy.Example(question=word, answer=word[:3]).with_inputs("question")
+
+    train = [example(f"{g}{suffix}") for g in NEIGHBOUR_GROUPS for suffix in ("ana", "ila")]
+    val = [example(f"{g}oto") for g in NEIGHBOUR_GROUPS]
+
+    def knows(view):
+        group = view.inputs.get("question", "")[:3]
+        return any(demo.inputs.get("question", "").startswith(group) for demo in view.demos)
+
+    def lm():
+        return simulated_task_lm(solve=lambda inputs: inputs["question"][:3], knows=knows)
+
+    return train, val, lm, toy_metric
+
+
+def test_a_knn_demo_set_shows_each_input_its_nearest_demos_and_the_program_keeps_it(tmp_path):
+    from dspy_icl_opt.demos import with_dynamic_demos
+    from dspy_icl_opt.demos.dynamic import SELECTION_KEY, DynamicPredict
+
+    train, val, lm, metric = neighbour_task()
+    program = dspy.Predict(dspy.Signature("question -> answer", "Name the word's group."))
+    settings = {"task_model": lm(), "auto": None, "num_candidates": 4, "max_bootstrapped_demos": 0,
+                "max_labeled_demos": 2, "progress": False, "seed": 0,
+                "prompt_model": scripted_lm(lambda r: format_chat_reply({"instruction": "Answer with the group."})),
+                "budget": {"max_task_calls": 300, "max_prompt_calls": 4}}
+    opt = InstructionDemoSearch(metric, **settings)
+    compiled = opt.compile(program, trainset=train, valset=val)
+    sets = opt.report_.extra["joint"]["demo_sets"]["self"]
+    assert [s["name"] for s in sets][:3] == ["labeled", "mmr", "knn"] and sets[2]["size"] == len(train)
+    assert isinstance(compiled, DynamicPredict) and SELECTION_KEY in compiled.demos[0]
+    with dspy.context(lm=lm()):
+        assert [compiled(question=ex.question).answer for ex in val] == [ex.answer for ex in val]
+    # the influence fit saw, per example, the demos the rule picked (not the whole pool, not none)
+    knn_trials = [t for t in opt.study_.trials if t.user_attrs.get("icl_dynamic")]
+    assert knn_trials
+    shown = next(iter(knn_trials[0].user_attrs["icl_dynamic"].values()))["self"]
+    assert 1 <= len(shown) <= 2
+    compiled.save(str(tmp_path / "program.json"))
+    loaded = with_dynamic_demos(dspy.Predict(dspy.Signature("question -> answer", "Name the word's group.")))
+    loaded.load(str(tmp_path / "program.json"))
+    with dspy.context(lm=lm()):
+        assert [loaded(question=ex.question).answer for ex in val] == [ex.answer for ex in val]
+
+    # without the rule every candidate is a fixed set: two demos cover two groups of eight, and the program
+    # stays a plain Predict
+    plain = InstructionDemoSearch(metric, **{**settings, "task_model": lm(), "knn_demos": False})
+    fixed = plain.compile(program, trainset=train, valset=val)
+    assert "knn" not in [s["name"] for s in plain.report_.extra["joint"]["demo_sets"]["self"]]
+    assert type(fixed) is dspy.Predict and plain.report_.best_scores.get("val", 0.0) <= 0.25

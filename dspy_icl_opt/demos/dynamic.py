@@ -209,6 +209,32 @@ def restore_classes(changed: Sequence[tuple[Any, type]]) -> None:
         predictor.__class__ = cls
 
 
+def restore_unless_per_call(state: Any, changed: Sequence[tuple[Any, type]]) -> None:
+    """Undo :func:`enable_dynamic_demos` unless a predictor of ``state`` (a ``ProgramState``, the one a search
+    returns) picks its demos per call: a program that does not need the dynamic classes gets its own back."""
+    if not any(split_demos(pstate.demos)[0] for _, pstate in state.predictors):
+        restore_classes(changed)
+
+
+def shown_per_call(demos: Mapping[str, Sequence[Any]], trace: Sequence[Mapping[str, Any]],
+                   input_fields: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Ids of the demos each predictor named in ``demos`` (its demos, a selection demo first) was shown in one
+    example's run, recomputed from the run's ``trace``; predictors whose demos are fixed are left out."""
+    from dspy_icl_opt.demos.pools import demo_id  # here: pools imports the search package, this module need not
+
+    shown: dict[str, list[str]] = {}
+    for call in trace:
+        name = call.get("predictor")
+        if name not in demos:
+            continue
+        settings, pool = split_demos(demos[name])
+        if settings is None:
+            continue
+        picked = select_indices(settings, pool, call.get("inputs", {}), input_fields[name])
+        shown.setdefault(name, []).extend(demo_id(pool[i]) for i in picked)
+    return shown
+
+
 def with_dynamic_demos(program: dspy.Module) -> dspy.Module:
     """A copy of ``program`` whose predictors can run per-call demo selection (e.g. to ``load`` a saved one).
 

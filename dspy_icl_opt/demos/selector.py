@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial
 
 from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
-from dspy_icl_opt.demos.dynamic import ORDERS, Order, enable_dynamic_demos, restore_classes, select_indices, split_demos
+from dspy_icl_opt.demos.dynamic import ORDERS, Order, enable_dynamic_demos, restore_unless_per_call, shown_per_call
 from dspy_icl_opt.demos.embeddings import embedder_name
 from dspy_icl_opt.demos.influence import fit_influence
 from dspy_icl_opt.demos.pools import (
@@ -448,9 +448,7 @@ class DemoSelector(ICLOptimizer):
             optuna.logging.set_verbosity(verbosity)
             if run is not None:
                 self._record_extras(run)
-            best = ProgramState.from_dict(ctx.report.best_state) if ctx.report.best_state else ctx.initial_state
-            if not any(split_demos(s.demos)[0] for _, s in best.predictors):
-                restore_classes(changed)
+            restore_unless_per_call(ctx.best_state(), changed)
 
     def _trials(self, run: _Run) -> None:
         """Run trials while the plan's count allows and the budget left pays for a whole one."""
@@ -609,22 +607,10 @@ class DemoSelector(ICLOptimizer):
         static = {name: static_ids(c, run.pool(c)) for name, c in choices.items()}
         trial.set_user_attr("icl_demos", {name: ids for name, ids in static.items() if ids is not None})
         dynamic = {name: c for name, c in choices.items() if static[name] is None}
-        if dynamic:
-            trial.set_user_attr("icl_dynamic", {k: self._shown(run, dynamic, o) for k, o in zip(keys, outcomes)})
-
-    def _shown(self, run: _Run, dynamic: Mapping[str, Choice], outcome: Outcome) -> dict[str, list[str]]:
-        """Ids of the demos each per-call predictor showed on one example (recomputed from the trace)."""
-        shown: dict[str, list[str]] = {}
-        for call in outcome.trace:
-            name = call.get("predictor")
-            if name not in dynamic:
-                continue
-            settings, pool = split_demos(choice_demos(dynamic[name], run.pool(dynamic[name]), run.space.embedder))
-            if settings is None:
-                continue
-            picked = select_indices(settings, pool, call.get("inputs", {}), run.input_fields[name])
-            shown.setdefault(name, []).extend(demo_id(pool[i]) for i in picked)
-        return shown
+        if dynamic:  # what a per-call predictor showed differs per example: recomputed from each trace
+            carried = {name: choice_demos(c, run.pool(c), run.space.embedder) for name, c in dynamic.items()}
+            trial.set_user_attr("icl_dynamic", {k: shown_per_call(carried, o.trace, run.input_fields)
+                                                for k, o in zip(keys, outcomes)})
 
     def _after_trial(self, run: _Run, trial: FrozenTrial) -> None:
         run.ran += 1

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 
 from dspy_icl_opt._log import logger
 from dspy_icl_opt._validation import check_int, check_number
-from dspy_icl_opt.demos.dynamic import enable_dynamic_demos, restore_classes, split_demos
+from dspy_icl_opt.demos.dynamic import enable_dynamic_demos, restore_unless_per_call, shown_per_call
 from dspy_icl_opt.demos.influence import fit_influence
 from dspy_icl_opt.demos.pools import demo_id
 from dspy_icl_opt.demos.selector import MIN_VAL_TO_HOLD_OUT, held_out_size, reuse_z
@@ -58,7 +58,6 @@ from dspy_icl_opt.optimizers.joint_space import (
     influence_set,
     k_choices,
     shown_ids,
-    shown_per_call,
 )
 from dspy_icl_opt.search.base import (
     MIN_EXAMPLES_TO_SPLIT,
@@ -455,9 +454,7 @@ class InstructionDemoSearch(ICLOptimizer):
                 self._record(ctx, run)
             self._choose_final(ctx, run)
         finally:
-            best = ProgramState.from_dict(ctx.report.best_state) if ctx.report.best_state else ctx.initial_state
-            if not any(split_demos(state.demos)[0] for _, state in best.predictors):
-                restore_classes(changed)
+            restore_unless_per_call(ctx.best_state(), changed)
 
     def _prepare(self, ctx: SearchContext, run: _Run) -> None:
         """Split the valset, bootstrap, propose instructions, build the candidate lists."""
@@ -646,8 +643,8 @@ class InstructionDemoSearch(ICLOptimizer):
         per_call = {name for name, c in choices.items()
                     if run.space[name].demo_sets and run.space[name].demo_sets[c.demo_set].per_call and c.k}
         if per_call:  # what a knn predictor showed differs per example: the influence fit reads it per example
-            fields = {name: run.input_fields[name] for name in per_call}
-            trial.set_user_attr("icl_dynamic", {k: shown_per_call(state, o.trace, fields)
+            carried = {name: state[name].demos for name in per_call}
+            trial.set_user_attr("icl_dynamic", {k: shown_per_call(carried, o.trace, run.input_fields)
                                                 for k, o in zip(keys, outcomes)})
         for name, row in described.items():
             text = run.space[name].instructions[row["instruction"]][1]

@@ -29,7 +29,7 @@ from typing import Any
 import dspy
 from optuna.distributions import CategoricalDistribution
 
-from dspy_icl_opt.demos.dynamic import select_indices, selection_demo, split_demos
+from dspy_icl_opt.demos.dynamic import selection_demo
 from dspy_icl_opt.demos.pools import collect_traces, demo_id, labeled_pool, labeled_teacher
 from dspy_icl_opt.demos.strategies import mmr
 from dspy_icl_opt.search.base import SearchContext, stable_int
@@ -143,25 +143,10 @@ def describe(space: Mapping[str, PredictorSpace], choices: Mapping[str, Choice],
 
 def shown_ids(space: Mapping[str, PredictorSpace], choices: Mapping[str, Choice]) -> dict[str, list[str]]:
     """Ids of the demos each predictor shows on every example of a trial (the influence fit's features); a
-    per-call set's predictor is left out (:func:`shown_per_call` gives its demos per example)."""
+    per-call set's predictor is left out (:func:`dspy_icl_opt.demos.dynamic.shown_per_call` gives its demos per
+    example)."""
     return {name: space[name].demo_sets[c.demo_set].ids(c.k) for name, c in choices.items()
             if space[name].demo_sets and not space[name].demo_sets[c.demo_set].per_call}
-
-
-def shown_per_call(state: ProgramState, trace: Sequence[Mapping[str, Any]],
-                   input_fields: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Ids of the demos each per-call predictor of ``state`` was shown in one example's run (from its trace)."""
-    shown: dict[str, list[str]] = {}
-    for call in trace:
-        name = call.get("predictor")
-        if name not in input_fields:
-            continue
-        settings, pool = split_demos(state[name].demos)
-        if settings is None:
-            continue
-        picked = select_indices(settings, pool, call.get("inputs", {}), input_fields[name])
-        shown.setdefault(name, []).extend(demo_id(pool[i]) for i in picked)
-    return shown
 
 
 # ------------------------------------------------------------------------------ demo sets

@@ -198,6 +198,10 @@ class SearchContext:
     def state_of(self, record: CandidateRecord) -> ProgramState:
         return ProgramState.from_dict(record.state)
 
+    def best_state(self) -> ProgramState:
+        """The state the run returns as it stands: the report's best, else the program as given."""
+        return ProgramState.from_dict(self.report.best_state) if self.report.best_state else self.initial_state
+
     def score(self, record: CandidateRecord, examples: Sequence[dspy.Example], label: str) -> float:
         """Mean score of a candidate on ``examples``, stored in the record under ``label``."""
         outcomes = self.scorer.evaluate(self.state_of(record), examples, desc=f"{label} #{record.id}")
@@ -824,7 +828,7 @@ class ICLOptimizer(Teleprompter):
 
     def _finish(self, ctx: SearchContext) -> dspy.Module:
         report = ctx.report
-        state = ProgramState.from_dict(report.best_state) if report.best_state else ctx.initial_state
+        state = ctx.best_state()
         program = ctx.scorer.build(state)
         self.report_ = report
         if ctx.log_dir is not None:

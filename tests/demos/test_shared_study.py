@@ -64,19 +64,24 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
     check_shared_study(storage, "shared-sqlite")
 
 
-def test_two_processes_share_one_postgres_study(tmp_path):
+@pytest.fixture
+def pg_study():
+    """The test server's URL and a fresh study name, the study deleted afterwards; skipped without a server."""
     url = os.environ.get(PG_ENV)
     if not url:
         pytest.skip(f"{PG_ENV} is not set: no PostgreSQL server to test against (CI's .ci/run starts one).")
-    study_name = f"shared-pg-{uuid.uuid4().hex[:8]}"
+    study_name = f"pg-{uuid.uuid4().hex[:8]}"
+    yield url, study_name
     try:
-        run_workers(tmp_path, url, study_name)
-        check_shared_study(url, study_name)
-    finally:
-        try:
-            optuna.delete_study(study_name=study_name, storage=make_storage(url))
-        except KeyError:
-            pass
+        optuna.delete_study(study_name=study_name, storage=make_storage(url))
+    except KeyError:
+        pass
+
+
+def test_two_processes_share_one_postgres_study(tmp_path, pg_study):
+    url, study_name = pg_study
+    run_workers(tmp_path, url, study_name)
+    check_shared_study(url, study_name)
 
 
 RACING_WORKER = textwrap.dedent("""
@@ -140,18 +145,9 @@ def test_workers_started_together_search_the_pools_one_of_them_built(tmp_path):
     check_one_set_of_pools(results, storage, "race-sqlite")
 
 
-def test_workers_started_together_on_postgres_search_the_pools_one_of_them_built(tmp_path):
-    url = os.environ.get(PG_ENV)
-    if not url:
-        pytest.skip(f"{PG_ENV} is not set: no PostgreSQL server to test against (CI's .ci/run starts one).")
-    study_name = f"race-pg-{uuid.uuid4().hex[:8]}"
-    try:
-        check_one_set_of_pools(run_racing_workers(tmp_path, url, study_name), url, study_name)
-    finally:
-        try:
-            optuna.delete_study(study_name=study_name, storage=make_storage(url))
-        except KeyError:
-            pass
+def test_workers_started_together_on_postgres_search_the_pools_one_of_them_built(tmp_path, pg_study):
+    url, study_name = pg_study
+    check_one_set_of_pools(run_racing_workers(tmp_path, url, study_name), url, study_name)
 
 
 def test_a_second_compile_resumes_a_sqlite_study(tmp_path, two_teachers):

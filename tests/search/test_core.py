@@ -398,6 +398,53 @@ def _choose(start_right: set[int], finalist_right: set[int], reused: int = 0, n:
     return chosen, finalist, ctx.report.extra["final_choice"]
 
 
+def _choose_among(finalists: dict[str, tuple[set[int], float]], n: int = 40):
+    """The start (right on items 0-19) and OPRO finalists named by instruction, each right on its set and with a
+    search (training) mean that OPRO's final choice breaks ties with. Returns the chosen instruction and the table."""
+    from dspy_icl_opt.optimizers.opro import OPRO
+    from dspy_icl_opt.testing import format_chat_reply, last_user_text, system_text
+
+    val = [dspy.Example(question=f"item {i}", answer="yes").with_inputs("question") for i in range(n)]
+    train = [dspy.Example(question=f"train {i}", answer="yes").with_inputs("question") for i in range(8)]
+    start_right = set(range(20))
+
+    def answer(request):
+        number = int(last_user_text(request).split("item ")[-1].split()[0])
+        right = next((r for name, (r, _) in finalists.items() if name in system_text(request)), start_right)
+        return format_chat_reply({"answer": "yes" if number in right else "no"})
+
+    metric = lambda example, prediction, trace=None: float(prediction.answer == example.answer)  # noqa: E731
+    opro = OPRO(metric, task_model=scripted_lm(answer), prompt_model=scripted_lm(lambda r: "unused"), progress=False)
+    ctx = opro._context(dspy.Predict(dspy.Signature("question -> answer", "Start.")), train, val, None, None)
+    name = ctx.predictors[0][0]
+    records = {}
+    for text, (_, search_mean) in finalists.items():
+        records[text] = ctx.add_candidate(ctx.initial_state.replace(name, ctx.initial_state[name].with_instruction(
+            text)), step=1, origin="test")
+        records[text].scores["train"] = search_mean
+    chosen = ctx.choose_by_validation(list(records.values()), tiebreak=lambda r: (r.scores.get("train", 0.0),))
+    return next(t for t, r in records.items() if r.id == chosen.id), ctx.report.extra["final_choice"]
+
+
+def test_among_passing_finalists_a_lead_of_one_example_is_level_and_the_search_evidence_decides():
+    # Iterative-APE on hyperbaton split 1: APE's pick (val 0.65, search 0.78) and a variation one example ahead on
+    # val (0.675, search 0.71); by val alone the variation won, 0.70 on test against 0.78
+    first = set(range(20)) | set(range(20, 28))
+    ahead_by_one = first | {28}
+    chosen, choice = _choose_among({"Ranked first.": (first, 0.78), "One more.": (ahead_by_one, 0.71)})
+    assert chosen == "Ranked first."
+    assert all(row["passed"] and row["level_with_leader"] for row in choice["contenders"][1:])
+
+
+def test_among_passing_finalists_a_clear_validation_lead_wins_over_the_search_evidence():
+    first = set(range(20)) | set(range(20, 24))
+    far_ahead = set(range(20)) | set(range(20, 34))  # 10 examples ahead of the other finalist, none behind
+    chosen, choice = _choose_among({"Ranked first.": (first, 0.78), "Far ahead.": (far_ahead, 0.71)})
+    assert chosen == "Far ahead."
+    levels = {row["candidate"]: row["level_with_leader"] for row in choice["contenders"][1:]}
+    assert sorted(levels.values()) == [False, True]
+
+
 def test_a_finalist_ahead_by_more_than_one_standard_error_replaces_the_start():
     # 8 wins, 4 losses in 40: +0.10 at 1.16 standard errors. On hyperbaton, three runs kept the start with a
     # finalist ahead by 1.22-1.43 s.e.; scored on the 100 test examples, those finalists were better (BENCHMARKS.md)

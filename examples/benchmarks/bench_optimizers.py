@@ -278,7 +278,10 @@ def _final_table(report: Any, choice: dict) -> list[dict[str, Any]]:
         search = {k: round(v, 4) for k, v in (record.scores if record else {}).items() if k != "val"}
         table.append({"candidate": entry["candidate"], "origin": record.origin if record else None,
                       "search": search, "val": round(entry["val"], 4), "gain": entry["gain"], "se": entry["se"],
-                      "passed": entry["passed"]})
+                      "passed": entry["passed"],
+                      # chosen: the finalist the rule took; level: within a paired s.e. of the validation leader
+                      "chosen": entry["candidate"] == choice.get("chosen"),
+                      **({"level_with_leader": entry["level_with_leader"]} if "level_with_leader" in entry else {})})
     return table
 
 

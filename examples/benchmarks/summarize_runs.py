@@ -394,7 +394,9 @@ def choices_table(cells: dict[tuple[str, str, str], dict]) -> str:
         if "soft" in method:  # a soft prompt's start runs in PyTorch (its control is uncompiled_fp32), not llama.cpp
             continue
         passed = [c for c in r.get("final_choice") or [] if isinstance(c, dict) and c.get("passed")]
-        chosen = max(passed, key=lambda c: c.get("val", 0.0), default=None)  # the best validation mean wins
+        # the row names the chosen since ac46f11; before it, the best validation mean won
+        chosen = next((c for c in passed if c.get("chosen")), None) or max(passed, key=lambda c: c.get("val", 0.0),
+                                                                            default=None)
         z = None
         if chosen is not None and chosen.get("gain") is not None:
             z = chosen["gain"] / chosen["se"] if chosen.get("se") else float("inf")

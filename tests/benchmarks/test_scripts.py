@@ -139,6 +139,11 @@ def test_choices_pair_each_replaced_start_with_its_z_and_test_gain(tmp_path):
     path = write(tmp_path / "run_seed1.jsonl", [row("t1", "uncompiled", 0.4, 0), row("t1", "apo", 0.5, 400, kept_start=False,
                                                                                    final_choice=two)])
     assert "| apo | 1 | t1 | 2.00 | +0.10 |" in summarize.choices_table(summarize.read_cells([path]))
+    # since ac46f11 a row names the chosen (one level with the leader may win on the search's evidence)
+    two[1]["chosen"] = True
+    path = write(tmp_path / "run_seed2.jsonl", [row("t1", "uncompiled", 0.4, 0), row("t1", "apo", 0.5, 400, kept_start=False,
+                                                                                   final_choice=two)])
+    assert "| apo | 2 | t1 | 4.00 | +0.10 |" in summarize.choices_table(summarize.read_cells([path]))
     assert "| [1, 1.5) | 1 | 0 | 0 | 1 | -0.080 |" in table and "| [2, inf) | 1 | 1 | 0 | 0 | +0.100 |" in table
 
 
@@ -340,9 +345,9 @@ def test_a_row_shows_each_finalists_search_score_beside_its_validation():
     assert figures["admitted_proposals"] == admitted and figures["rejected_proposals"] == {}
     assert figures["final_choice"] == [
         {"candidate": 0, "origin": "seed", "search": {"train": 0.4375}, "val": 0.3, "gain": 0.0, "se": 0.0,
-         "passed": False},
+         "passed": False, "chosen": True},
         {"candidate": 7, "origin": "proposal", "search": {"train": 0.6875}, "val": 0.275, "gain": -0.025,
-         "se": 0.04, "passed": False}]
+         "se": 0.04, "passed": False, "chosen": False}]
 
 
 def test_a_joint_row_keeps_its_trials_and_the_repeats_told_for_free():

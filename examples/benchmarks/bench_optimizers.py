@@ -211,14 +211,15 @@ def _mipro_light(ctx: dict[str, Any]) -> dspy.Module:
 
 
 def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[dspy.BaseLM, dspy.BaseLM],
-               budget: int | None = None) -> dict:
+               budget: int | None = None, prompt_budget: int | None = None) -> dict:
     task = load_task(task_name, seed=args.seed, train_size=args.train, val_size=args.val, test_size=args.test)
     meter = BudgetMeter(Budget())
     task_lm, prompt_lm = MeteredLM(lms[0], meter, "task"), MeteredLM(lms[1], meter, "prompt")
     ctx = {"task": task, "program": make_program(args.program, task), "metric": task.metric, "train": task.train,
            "val": task.val, "task_lm": task_lm, "prompt_lm": prompt_lm, "seed": args.seed,
            "budget": args.budget if budget is None else budget,
-           "prompt_budget": args.prompt_budget, "counted": {"task": 0, "prompt": 0}, "stages": []}
+           "prompt_budget": args.prompt_budget if prompt_budget is None else prompt_budget,
+           "counted": {"task": 0, "prompt": 0}, "stages": []}
     started = time.perf_counter()
     try:
         program = method_registry()[name](ctx)
@@ -228,7 +229,8 @@ def run_method(name: str, task_name: str, args: argparse.Namespace, lms: tuple[d
     spent, counted = meter.snapshot(), ctx["counted"]
     accuracy = evaluate(program, task.test, task.metric, lms[0])
     row = {"task": task_name, "method": name, "seed": args.seed, "test_accuracy": round(accuracy, 4),
-           "budget": ctx["budget"], "sizes": {"train": args.train, "val": args.val, "test": args.test},
+           "budget": ctx["budget"], "prompt_budget": ctx["prompt_budget"],
+           "sizes": {"train": args.train, "val": args.val, "test": args.test},
            "task_calls": max(spent["task"].calls, counted["task"]),
            "prompt_calls": max(spent["prompt"].calls, counted["prompt"]),
            "tokens": spent["task"].tokens + spent["prompt"].tokens, "compile_s": round(compile_s, 1),
@@ -342,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-from", default=None, metavar="FILE:METHOD",
                         help="cap each task's --budget at the task calls METHOD's row for that task spent in FILE "
                              "(e.g. results.jsonl:bfsrs), so a method gets no more calls than the reference did")
+    parser.add_argument("--calls-from", default=None, metavar="FILE:METHOD",
+                        help="cap each task's --budget and --prompt-budget at the task and prompt calls METHOD's row "
+                             "for that task spent in FILE (e.g. results.jsonl:copro), and name the rows "
+                             "METHOD@REF-calls: a method measured at no more calls of either model than the reference")
     parser.add_argument("--out", default=None,
                         help="append each row to this JSONL file as it finishes; rows already there are kept and "
                              "not run again, so an interrupted benchmark resumes")
@@ -358,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     task_lm = resolve_lm(args.lm, temperature=0.0, max_tokens=256, cache=False)
     prompt_lm = resolve_lm(args.prompt_lm or args.lm, temperature=1.0, max_tokens=400, cache=False)
     suffix = f"@{args.prompt_lm}" if args.prompt_lm and args.prompt_lm != args.lm else ""
+    if args.calls_from:
+        suffix += f"@{args.calls_from.rpartition(':')[2]}-calls"
     done, commit = _read_rows(args.out), _commit()  # the code this process imported
     machine = machine_fingerprint()  # rows pair only with rows whose model ran the same kernels
     if machine["machine"] != REFERENCE_MACHINE and args.lm.startswith("embedded"):
@@ -372,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         for m in args.methods.split(","):
             row = done.get((t, m + suffix))
             if row is None:
-                budget = _reference_budget(args.budget_from, t, args.budget)
-                row = dict(run_method(m, t, args, (task_lm, prompt_lm), budget), commit=commit, **machine)
+                budget, prompt_budget = _reference_budget(args.budget_from, t, args.budget), args.prompt_budget
+                if args.calls_from:
+                    budget, prompt_budget = _reference_calls(args.calls_from, t, budget, prompt_budget)
+                row = dict(run_method(m, t, args, (task_lm, prompt_lm), budget, prompt_budget), commit=commit,
+                           **machine)
                 row["method"] = m + suffix
                 _append_row(args.out, row)
             rows.append(row)
@@ -411,6 +422,15 @@ def _reference_budget(spec: str | None, task: str, budget: int) -> int:
     if row is None or "task_calls" not in row:
         raise SystemExit(f"--budget-from {spec}: no {method!r} row for task {task!r} in {path!r}; run it first.")
     return min(budget, int(row["task_calls"]))
+
+
+def _reference_calls(spec: str, task: str, budget: int, prompt_budget: int) -> tuple[int, int]:
+    """``budget`` and ``prompt_budget``, or less: the task and prompt calls the reference row for ``task`` spent."""
+    path, _, method = spec.rpartition(":")
+    row = _read_rows(path).get((task, method)) if path else None
+    if row is None or "task_calls" not in row or "prompt_calls" not in row:
+        raise SystemExit(f"--calls-from {spec}: no {method!r} row for task {task!r} in {path!r}; run it first.")
+    return min(budget, int(row["task_calls"])), min(prompt_budget, int(row["prompt_calls"]))
 
 
 def _append_row(path: str | None, row: dict) -> None:

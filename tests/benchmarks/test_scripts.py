@@ -106,6 +106,11 @@ def test_targets_read_each_issue_comparison_off_the_paired_cells_and_say_so_far_
     table = summarize.targets_table(summarize.read_cells([write(tmp_path / "grid2.jsonl", rows + proposer)]))
     # the same search with the 1.5B proposer against the 0.5B one, on the cells both ran: +0.05 and -0.04
     assert "| opro@embedded-1.5b vs opro | 2/12 | +0.005 (0.045) | 390+17 / 380+40 |" in table
+    # OPRO run at COPRO's calls (--calls-from FILE:copro) is what "at no more calls" reads, where it has cells
+    capped = [row(t, "opro@copro-calls", 0.46, 318, prompt_calls=10, seed=0, budget=320) for t in ("t1", "t2")]
+    table = summarize.targets_table(summarize.read_cells([write(tmp_path / "grid3.jsonl", rows + capped)]))
+    assert "| opro@copro-calls vs copro | 2/12 | +0.000 (0.000) | 318+10 / 320+10 | met so far |" in table
+    assert "| apo vs copro | 0/12 |" in table  # no APO row at COPRO's calls, nor at 400 + 40
 
 
 def test_the_best_of_several_methods_is_chosen_on_the_cells_they_share(tmp_path):
@@ -177,6 +182,15 @@ def test_the_reference_budget_is_what_the_reference_row_spent(tmp_path):
     assert bench._reference_budget(None, "t1", 80) == 80
     with pytest.raises(SystemExit, match="no 'bfsrs' row for task 't2'"):
         bench._reference_budget(f"{ref}:bfsrs", "t2", 80)
+
+
+def test_the_reference_calls_cap_both_models_at_what_the_reference_row_spent(tmp_path):
+    bench = load("bench_optimizers")
+    ref = write(tmp_path / "ref.jsonl", [row("t1", "copro", 0.4, 400, prompt_calls=18)])
+    assert bench._reference_calls(f"{ref}:copro", "t1", 400, 40) == (400, 18)
+    assert bench._reference_calls(f"{ref}:copro", "t1", 300, 10) == (300, 10)  # never above the given caps
+    with pytest.raises(SystemExit, match="no 'copro' row for task 't2'"):
+        bench._reference_calls(f"{ref}:copro", "t2", 400, 40)
 
 
 def test_the_curve_has_one_point_per_budget_with_calls_of_both_models(tmp_path, capsys):

@@ -13,6 +13,8 @@ on the whole search set every few trials. What differs from MIPROv2, and why:
   cache, so finalists are cheap to validate) and a finalist must also not lose to the start on the
   held-back examples; the whole trainset is the demo source;
 * the program as given is the first trial, so it is measured on the same minibatch as the others;
+  the rest of the exploration phase surveys the demo-set kinds (kNN, bootstrapped, labeled, MMR) under
+  one instruction on that minibatch before TPE samples (``SURVEY_ORDER``);
 * the proposer's meta-prompt is one plain-text instruction per call, grounded in the data summary
   and answer space, and the deterministic answer-format candidate competes (small prompt models);
 * after an exploration phase, per-demo influence is fitted from the trials (a datamodel, no LM
@@ -95,8 +97,17 @@ DEFAULT_MINIBATCH_SIZE = 35
 DEFAULT_FULL_EVAL_STEPS = 5
 #: Proposals are sampled at this temperature when neither the optimizer nor the prompt LM sets one (MIPROv2's 1.0).
 DEFAULT_PROPOSAL_TEMPERATURE = 1.0
-#: Share of the planned trials run before the influence of each demo is fitted (the exploration phase).
+#: Share of the planned trials run before the influence of each demo is fitted (the exploration phase); the
+#: surveys (``SURVEY_ORDER``) run first whatever it is.
 EXPLORATION_SHARE = 1 / 3
+#: The survey, the search's initial design before TPE samples. First the demo-set kinds, one trial each after the
+#: program as given (the first block, one shared minibatch), all with one instruction (the answer-format candidate,
+#: else the one given) and a middle ``k``: per-input nearest demos, bootstrapped traces, labeled examples, MMR, then
+#: the other sets. Then each other instruction once with the kind that scored best (the next block, again one
+#: minibatch). At 10 trials, random startup trials had landed on combinations such as a proposal with the kNN set
+#: at k=0 (the proposal alone), and a search of 10 trials saw each axis through a few confounded points; the survey
+#: compares the kinds on the same examples, then the instructions with demos that work, and TPE goes on from it.
+SURVEY_ORDER = ("knn", "bootstrapped#1", "labeled", "mmr")
 #: Trials in a row that cost nothing (programs scored before) before a search the budget still pays for stops.
 MAX_IDLE_TRIALS = 8
 #: asks in a row that may be told for free because their program was scored before; the next is scored
@@ -162,6 +173,9 @@ class _Run:
     trialed: dict[str, int] = field(default_factory=dict)  # a scored program's state key -> its record id
     repeats: int = 0  # configurations told the mean of a program already scored, at no call
     phase: int = 1
+    pending: list[tuple[str, dict[str, int]]] = field(default_factory=list)  # (stage, params) to ask, in order
+    survey: list[tuple[dict[str, int], float]] = field(default_factory=list)  # the demo survey's params and values
+    surveyed_instructions: bool = False
 
     @property
     def study(self) -> optuna.Study:
@@ -415,6 +429,8 @@ class InstructionDemoSearch(ICLOptimizer):
             notes.append(f"finalists cut from {places} to {finalists}: the trials end in {fulls} full evaluation(s)")
         if trials < wanted:
             notes.append(f"only {trials} trial(s) fit the caps; {wanted} wanted")
+        notes.append("the first trials survey the demo-set kinds under one instruction, then each instruction with "
+                     "the best kind; TPE samples the rest")
         notes.append(f"{held_out} of the {n_val} validation examples held back from the trials; a finalist must not "
                      f"lose to the start there" if held_out else
                      f"the {n_val} validation examples serve the trials and the final choice (fewer than "
@@ -544,7 +560,8 @@ class InstructionDemoSearch(ICLOptimizer):
         self._open_study(ctx, run, phase=1)
         explore = ctx.plan.settings["exploration_trials"]
         while self._want_more(ctx, run):
-            if run.phase == 1 and run.done >= explore and self.influence and self.max_demos:
+            if run.phase == 1 and run.done >= explore and not run.pending and run.surveyed_instructions \
+                    and self.influence and self.max_demos:
                 self._influence_phase(ctx, run)
             if not self._trial(ctx, run):
                 break
@@ -568,6 +585,11 @@ class InstructionDemoSearch(ICLOptimizer):
 
     def _trial(self, ctx: SearchContext, run: _Run) -> bool:
         """Ask, score and tell one trial; False when the budget cannot pay for it (the trial is marked cut)."""
+        self._next_survey(run)
+        stage = None
+        if run.pending:
+            stage, params = run.pending.pop(0)
+            run.study.enqueue_trial(params)
         for repeat in range(MAX_REPEATS_TOLD + 1):
             with warnings.catch_warnings():  # an RDB storage's heartbeat is for study.optimize; ask/tell are short
                 warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
@@ -591,6 +613,8 @@ class InstructionDemoSearch(ICLOptimizer):
             self._cut(ctx, run, trial, "the task budget ended inside the trial")
             raise
         value = self._store(ctx, run, record, batch, outcomes)
+        if stage == "demos" and repeat == 0:
+            run.survey.append((dict(trial.params), value))
         run.trialed.setdefault(state.key(), record.id)
         self._tell(run, trial, choices, described, batch, outcomes, state, value)
         run.params[record.id] = dict(trial.params)
@@ -603,6 +627,17 @@ class InstructionDemoSearch(ICLOptimizer):
         logger.info("Trial {} (phase {}): {} -> {:.3f} on {} examples", trial.number, run.phase, described, value,
                     len(outcomes))
         return True
+
+    def _next_survey(self, run: _Run) -> None:
+        """When the demo survey has been asked, queue the instruction survey with the kind that scored best (the
+        earliest of equals: ``SURVEY_ORDER``); the next block of trials, one minibatch."""
+        if run.pending or run.surveyed_instructions:
+            return
+        run.surveyed_instructions = True
+        if run.survey:
+            best = max(run.survey, key=lambda row: row[1])[0]  # max keeps the first of equal values
+            run.pending = [("instructions", params)
+                           for params in _instruction_survey(run, best, self.minibatch_full_eval_steps)]
 
     @staticmethod
     def _told_as_repeat(run: _Run, trial: optuna.Trial, state: ProgramState) -> bool:
@@ -714,8 +749,14 @@ class InstructionDemoSearch(ICLOptimizer):
         self.study_ = study
         if phase == 1:
             start = _start_params(ctx, run, self.max_demos > 0)
-            if start is not None:  # the program as given, first: a baseline on the same minibatch, cached for later
-                study.enqueue_trial(start)
+            # the program as given, first: a baseline on the same minibatch, cached for later; then the survey
+            run.pending = [("start", start)] if start is not None else []
+            slots = self.minibatch_full_eval_steps - len(run.pending)  # the rest of the first block
+            demos = _demo_survey(run, slots)
+            run.pending += [("demos", params) for params in demos]
+            if not demos:  # no demos searched: the instructions are the first survey
+                run.pending += [("instructions", params) for params in _instruction_survey(run, None, slots)]
+                run.surveyed_instructions = True
         return study
 
     def _influence_phase(self, ctx: SearchContext, run: _Run) -> None:
@@ -820,6 +861,53 @@ def _start_params(ctx: SearchContext, run: _Run, search_demos: bool) -> dict[str
         if f"{name}/k" in dists:
             params.update({f"{name}/demos": 0, f"{name}/k": 0})
     return params
+
+
+def _demo_survey(run: _Run, slots: int) -> list[dict[str, int]]:
+    """Up to ``slots`` trials' parameters that survey the demo-set kinds (``SURVEY_ORDER``, then the other sets in
+    their order), one kind per trial in every predictor at once, each with the answer-format instruction (else the
+    one given) and the middle ``k``; none when demos are not searched."""
+    dists = distributions(run.space, run.ks)
+    shown = [k for k in run.ks if k > 0]
+    if slots <= 0 or not shown or not all(f"{name}/k" in dists for name in run.space):
+        return []
+    k = min(shown, key=lambda value: (abs(value - max(shown) / 2), value))
+    orders = {}
+    for name, pspace in run.space.items():
+        names = [d.name for d in pspace.demo_sets]
+        first = [names.index(kind) for kind in SURVEY_ORDER if kind in names]
+        orders[name] = first + [i for i in range(len(names)) if i not in first]
+    rows = []
+    for j in range(min([slots, *(len(order) for order in orders.values())])):
+        row = {}
+        for name in run.space:
+            row.update({f"{name}/instruction": _format_index(run.space[name]), f"{name}/demos": orders[name][j],
+                        f"{name}/k": k})
+        rows.append(row)
+    return rows
+
+
+def _instruction_survey(run: _Run, best: dict[str, int] | None, slots: int) -> list[dict[str, int]]:
+    """Up to ``slots`` trials' parameters that try each instruction not tried yet with the demos of ``best`` (the
+    demo survey's best trial; ``None``: no demos searched, and the start was the given instruction): the proposals
+    and the format candidate in their order, then the one given."""
+    rows = []
+    for j in range(slots):
+        row = {}
+        for name, pspace in run.space.items():
+            tried = {0} if best is None else {best[f"{name}/instruction"]}
+            order = [i for i in range(1, len(pspace.instructions)) if i not in tried] + ([0] if 0 not in tried else [])
+            if j >= len(order):
+                return rows
+            row[f"{name}/instruction"] = order[j]
+            if best is not None and f"{name}/demos" in best:
+                row.update({f"{name}/demos": best[f"{name}/demos"], f"{name}/k": best[f"{name}/k"]})
+        rows.append(row)
+    return rows
+
+
+def _format_index(pspace: PredictorSpace) -> int:
+    return next((i for i, (origin, _) in enumerate(pspace.instructions) if origin == "format"), 0)
 
 
 def _final_cost(predictors: int, finalists: int, n_val: int, held_out: int) -> int:

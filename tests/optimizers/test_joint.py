@@ -112,6 +112,32 @@ def test_trials_score_the_valset_and_the_final_choice_adds_the_examples_they_did
     assert lm.engine.call_count == report.spent["task"].calls <= 220
 
 
+def test_the_first_trials_survey_the_demo_kinds_then_the_instructions_with_the_best_kind():
+    # the planted task needs the rule instruction (a proposal) and at least 3 demos: random startup trials found
+    # that pair by luck at 10 trials; the survey tries each proposal with the best demo kind by design
+    from dspy_icl_opt.optimizers.joint import SURVEY_ORDER
+
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    opt = InstructionDemoSearch(big.metric, task_model=joint_task_lm(big), prompt_model=planted_proposer(big),
+                                budget={"max_task_calls": 220, "max_prompt_calls": 13}, progress=False)
+    program = opt.compile(big.program(), trainset=big.train, valset=big.val)
+    joint = opt.report_.extra["joint"]
+    rows = [r["choice"]["self"] for r in joint["trials"]]
+    kinds = [d["name"] for d in joint["demo_sets"]["self"] if d["name"] in SURVEY_ORDER]
+    kinds.sort(key=SURVEY_ORDER.index)
+    survey = rows[1: 1 + len(kinds)]
+    assert [r["demo_set"] for r in survey] == kinds and len(kinds) >= 3
+    assert {(r["instruction_origin"], r["k"]) for r in survey} == {("format", 4)}, "one instruction, a middle k"
+    values = [r["value"] for r in joint["trials"][1: 1 + len(kinds)]]
+    best = survey[values.index(max(values))]
+    instructions = joint["instructions"]["self"]
+    others = [i for i in range(2, len(instructions))] + [0]  # the proposals, then the instruction as given
+    then = rows[1 + len(kinds): 1 + len(kinds) + len(others)]
+    assert [r["instruction"] for r in then] == others
+    assert all((r["demo_set"], r["k"]) == (best["demo_set"], best["k"]) for r in then)
+    assert big.rule in program.signature.instructions and len(program.demos) >= 3
+
+
 def test_a_configuration_whose_program_was_scored_is_told_its_mean_for_free(task):
     # k=0 shows no demo, so with the instruction as given every demo set is the program as given again
     opt = make(task, budget={"max_task_calls": 220, "max_prompt_calls": 6})

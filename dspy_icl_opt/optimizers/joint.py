@@ -13,8 +13,8 @@ on the whole search set every few trials. What differs from MIPROv2, and why:
   cache, so finalists are cheap to validate) and a finalist must also not lose to the start on the
   held-back examples; the whole trainset is the demo source;
 * the program as given is the first trial, so it is measured on the same minibatch as the others;
-  the rest of the exploration phase surveys the demo-set kinds (kNN, bootstrapped, labeled, MMR) under
-  one instruction on that minibatch before TPE samples (``SURVEY_ORDER``);
+  the next trials survey the demo-set kinds (kNN, bootstrapped, labeled, MMR) under one instruction on
+  that minibatch, then each other instruction with the best kind, before TPE samples (``SURVEY_ORDER``);
 * the proposer's meta-prompt is one plain-text instruction per call, grounded in the data summary
   and answer space, and the deterministic answer-format candidate competes (small prompt models);
 * after an exploration phase, per-demo influence is fitted from the trials (a datamodel, no LM

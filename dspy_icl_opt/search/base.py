@@ -259,9 +259,9 @@ class SearchContext:
         beats it on the same validation examples by a paired test: mean difference above zero and at
         least ``VALIDATION_Z`` paired standard errors (:func:`paired_gain`). Among the finalists that
         pass, the best mean leads; those it leads by no more than one paired standard error are level
-        with it, and among them ``tiebreak`` decides, then the mean, then the earliest (:func:`among_passed`). The validation examples are
-        the first ``validation_examples`` of the valset (all of it unless the plan cut them), or more
-        when the budget left pays for them (:meth:`_validation_size`): the rest of the valset, then the
+        with it, and among them ``tiebreak`` decides, then the mean, then the earliest (:func:`among_passed`).
+        The validation examples are the first ``validation_examples`` of the valset (all of it unless the
+        plan cut them), or more when the budget left pays for them (:meth:`_validation_size`): the rest of the valset, then the
         training examples the search never used (:meth:`unseen_training_examples`), so task calls a
         search could not spend (e.g. when the prompt-model cap ended it) make the choice surer (only
         under a task-call cap: without one, the valset is the validation). ``reserves``, next-best

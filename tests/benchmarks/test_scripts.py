@@ -146,8 +146,8 @@ def test_choices_pair_each_replaced_start_with_its_z_and_test_gain(tmp_path):
     assert "| apo | 1 | t1 | 2.00 | +0.10 |" in summarize.choices_table(summarize.read_cells([path]))
     # since ac46f11 a row names the chosen (one level with the leader may win on the search's evidence)
     two[1]["chosen"] = True
-    path = write(tmp_path / "run_seed2.jsonl", [row("t1", "uncompiled", 0.4, 0), row("t1", "apo", 0.5, 400, kept_start=False,
-                                                                                   final_choice=two)])
+    path = write(tmp_path / "run_seed2.jsonl", [row("t1", "uncompiled", 0.4, 0),
+                                                row("t1", "apo", 0.5, 400, kept_start=False, final_choice=two)])
     assert "| apo | 2 | t1 | 4.00 | +0.10 |" in summarize.choices_table(summarize.read_cells([path]))
     assert "| [1, 1.5) | 1 | 0 | 0 | 1 | -0.080 |" in table and "| [2, inf) | 1 | 1 | 0 | 0 | +0.100 |" in table
 

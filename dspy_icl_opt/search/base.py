@@ -255,25 +255,24 @@ class SearchContext:
                              reserves: Sequence[CandidateRecord] = (), reused: int = 0) -> CandidateRecord:
         """Validate the program as it was given and ``finalists``, and keep a finalist only if it is surely better.
 
-        The start is validated first (its pairs are often cached) and is the result unless a finalist
-        beats it on the same validation examples by a paired test: mean difference above zero and at
-        least ``VALIDATION_Z`` paired standard errors (:func:`paired_gain`). Among the finalists that
-        pass, the best mean leads; those it leads by no more than one paired standard error are level
-        with it, and among them ``tiebreak`` decides, then the mean, then the earliest (:func:`among_passed`).
-        The validation examples are the first ``validation_examples`` of the valset (all of it unless the
-        plan cut them), or more when the budget left pays for them (:meth:`_validation_size`): the rest of the valset, then the
-        training examples the search never used (:meth:`unseen_training_examples`), so task calls a
-        search could not spend (e.g. when the prompt-model cap ended it) make the choice surer (only
-        under a task-call cap: without one, the valset is the validation). ``reserves``, next-best
-        candidates in rank order, are validated after the finalists on the same examples, each only
-        if the task calls left under a cap pay for its pairs not scored yet. A strategy may pass its own
-        ``examples`` (in the order to use them; e.g. examples its search never ranked on) and a larger
-        ``z`` (e.g. when the finalists were selected on these same examples), or say with ``reused``
-        that the first ``reused`` of its ``examples`` are ones the finalists were selected on: a
-        finalist then passes only if it also does not lose on the rest (paired mean gain >= 0 on the
-        examples no selection saw), so an edge that exists only where it was picked does not carry it,
-        while the reused examples (cached for the finalists, so free) still add power. The best
-        so far is set after every validation, so a budget that ends here keeps what was validated;
+        The start is validated first (its pairs are often cached) and is the result unless a finalist beats it
+        on the same validation examples by a paired test: mean difference above zero and at least
+        ``VALIDATION_Z`` paired standard errors (:func:`paired_gain`). Among the finalists that pass, the best
+        mean leads; those it leads by no more than one paired standard error are level with it, and among them
+        ``tiebreak`` decides, then the mean, then the earliest (:func:`among_passed`). The validation examples
+        are the first ``validation_examples`` of the valset (all of it unless the plan cut them), or more when
+        the budget left pays for them (:meth:`_validation_size`): the rest of the valset, then the training
+        examples the search never used (:meth:`unseen_training_examples`), so task calls a search could not
+        spend (e.g. when the prompt-model cap ended it) make the choice surer (only under a task-call cap:
+        without one, the valset is the validation). ``reserves``, next-best candidates in rank order, are
+        validated after the finalists on the same examples, each only if the task calls left under a cap pay for
+        its pairs not scored yet. A strategy may pass its own ``examples`` (in the order to use them; e.g.
+        examples its search never ranked on) and a larger ``z`` (e.g. when the finalists were selected on these
+        same examples), or say with ``reused`` that the first ``reused`` of its ``examples`` are ones the
+        finalists were selected on: a finalist then passes only if it also does not lose on the rest (paired
+        mean gain >= 0 on the examples no selection saw), so an edge that exists only where it was picked does
+        not carry it, while the reused examples (cached for the finalists, so free) still add power. The best so
+        far is set after every validation, so a budget that ends here keeps what was validated;
         `BudgetExhausted` propagates. What the choice was based on goes to ``report.extra["final_choice"]``.
         """
         start = self.add_candidate(self.initial_state, step=0, origin="seed")

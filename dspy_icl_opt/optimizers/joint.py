@@ -891,15 +891,15 @@ def _instruction_survey(run: _Run, best: dict[str, int] | None, slots: int) -> l
     """Up to ``slots`` trials' parameters that try each instruction not tried yet with the demos of ``best`` (the
     demo survey's best trial; ``None``: no demos searched, and the start was the given instruction): the proposals
     and the format candidate in their order, then the one given."""
+    orders = {}
+    for name, pspace in run.space.items():
+        tried = {0} if best is None else {best[f"{name}/instruction"]}
+        orders[name] = [i for i in [*range(1, len(pspace.instructions)), 0] if i not in tried]
     rows = []
-    for j in range(slots):
+    for j in range(min([slots, *(len(order) for order in orders.values())])):
         row = {}
-        for name, pspace in run.space.items():
-            tried = {0} if best is None else {best[f"{name}/instruction"]}
-            order = [i for i in range(1, len(pspace.instructions)) if i not in tried] + ([0] if 0 not in tried else [])
-            if j >= len(order):
-                return rows
-            row[f"{name}/instruction"] = order[j]
+        for name in run.space:
+            row[f"{name}/instruction"] = orders[name][j]
             if best is not None and f"{name}/demos" in best:
                 row.update({f"{name}/demos": best[f"{name}/demos"], f"{name}/k": best[f"{name}/k"]})
         rows.append(row)

@@ -308,7 +308,6 @@ class SearchContext:
         validated_reserves: list[int] = []
         choice["reserves_validated"] = validated_reserves
         winners: list[CandidateRecord] = []
-        level_ids: set[int] = set()
 
         def affordable(record: CandidateRecord) -> bool:
             remaining = self.meter.remaining_calls("task")

@@ -417,20 +417,22 @@ def _reference_budget(spec: str | None, task: str, budget: int) -> int:
     """``budget``, or less: what the reference method's row for ``task`` spent (``FILE:METHOD``)."""
     if not spec:
         return budget
-    path, _, method = spec.rpartition(":")
-    row = _read_rows(path).get((task, method)) if path else None
-    if row is None or "task_calls" not in row:
-        raise SystemExit(f"--budget-from {spec}: no {method!r} row for task {task!r} in {path!r}; run it first.")
-    return min(budget, int(row["task_calls"]))
+    return min(budget, int(_reference_row(spec, task, "--budget-from")["task_calls"]))
 
 
 def _reference_calls(spec: str, task: str, budget: int, prompt_budget: int) -> tuple[int, int]:
     """``budget`` and ``prompt_budget``, or less: the task and prompt calls the reference row for ``task`` spent."""
+    row = _reference_row(spec, task, "--calls-from", "prompt_calls")
+    return min(budget, int(row["task_calls"])), min(prompt_budget, int(row["prompt_calls"]))
+
+
+def _reference_row(spec: str, task: str, flag: str, *needed: str) -> dict:
+    """The reference method's row for ``task`` (``FILE:METHOD``), with its task calls and ``needed`` fields."""
     path, _, method = spec.rpartition(":")
     row = _read_rows(path).get((task, method)) if path else None
-    if row is None or "task_calls" not in row or "prompt_calls" not in row:
-        raise SystemExit(f"--calls-from {spec}: no {method!r} row for task {task!r} in {path!r}; run it first.")
-    return min(budget, int(row["task_calls"])), min(prompt_budget, int(row["prompt_calls"]))
+    if row is None or any(key not in row for key in ("task_calls", *needed)):
+        raise SystemExit(f"{flag} {spec}: no {method!r} row for task {task!r} in {path!r}; run it first.")
+    return row
 
 
 def _append_row(path: str | None, row: dict) -> None:

@@ -28,7 +28,7 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import dspy
 import optuna
@@ -180,6 +180,19 @@ class _Run:
     @property
     def study(self) -> optuna.Study:
         return self.studies[-1]
+
+
+class _Sizing(NamedTuple):
+    """What the plan's trial schedule is sized from (see :meth:`InstructionDemoSearch._trial_schedule`)."""
+    m: int  # predictors
+    n_val: int
+    held_out: int
+    n_search: int  # validation examples the trials score on
+    boot: int  # bootstrap calls, paid first
+    top: int  # the largest minibatch
+    sizes: tuple[int, ...]  # minibatch sizes to try, largest first
+    every: int  # full evaluation after every this many trials
+    wanted: int  # trials wanted
 
 
 class InstructionDemoSearch(ICLOptimizer):
@@ -394,37 +407,12 @@ class InstructionDemoSearch(ICLOptimizer):
         sizes = list(range(top, 0, -1)) if self.minibatch else [n_search]  # minibatch=False: every trial scores all
         every = self.minibatch_full_eval_steps
         wanted = self.num_trials or _mipro_trials(m, self.candidates, self.max_demos > 0)
-
-        def schedule(places: int) -> tuple[int, int, int, int]:
-            """Trials, minibatch size, full evaluations and validation calls with ``places`` finalists."""
-            held = _final_cost(m, places, n_val, held_out)
-
-            def cost(size: int, _count: int) -> tuple[int, int]:
-                full = math.ceil((n_search - size) * m / every) if size < n_search else 0
-                return boot, size * m + full
-
-            budget = None if shape.task_cap is None else max(0, shape.task_cap - held)
-            trials, size, _ = shrink_to_fit(cost, steps_wanted=wanted, sizes=sizes, counts=[1], budget=budget,
-                                            preferred_min_size=min(PREFERRED_MINIBATCH, top))
-            fixed, per_trial = cost(size, 1)
-            if budget is not None and self.num_trials is None and per_trial:
-                trials = max(trials, (budget - fixed) // per_trial)
-
-            def spent(count: int) -> int:  # every started block of trials ends with a full evaluation
-                fulls = math.ceil(count / every) if size < n_search else 0
-                return fixed + count * size * m + fulls * (n_search - size) * m
-
-            while budget is not None and trials > 0 and spent(trials) > budget:
-                trials -= 1
-            # a finalist is a fully evaluated configuration other than the start (the first trial)
-            fulls = math.ceil(trials / every) if size < n_search else max(0, trials - 1)
-            return int(trials), size, fulls, held
-
-        trials, size, fulls, held = schedule(finalists)
+        sizing = _Sizing(m, n_val, held_out, n_search, boot, top, tuple(sizes), every, wanted)
+        trials, size, fulls, held = self._trial_schedule(shape, sizing, finalists)
         places = finalists
         while finalists > 1 and fulls < finalists:  # the calls a finalist's place holds back buy trials instead
             finalists = max(1, fulls)
-            trials, size, fulls, held = schedule(finalists)
+            trials, size, fulls, held = self._trial_schedule(shape, sizing, finalists)
         if finalists < places:
             notes.append(f"finalists cut from {places} to {finalists}: the trials end in {fulls} full evaluation(s)")
         if trials < wanted:
@@ -449,6 +437,33 @@ class InstructionDemoSearch(ICLOptimizer):
                     "exploration_trials": max(1, math.ceil(trials * EXPLORATION_SHARE)),
                     "finalists": finalists, "validation_examples": n_val, "validation_calls": held}
         return SearchPlan("InstructionDemoSearch", shape, int(trials), settings, phases, notes)
+
+    def _trial_schedule(self, shape: Shape, z: _Sizing, places: int) -> tuple[int, int, int, int]:
+        """Trials, minibatch size, full evaluations and validation calls with ``places`` finalists: the
+        validation is held back first, the trials and their full evaluations (one per started block of
+        ``full_eval_every`` trials) share the rest; without ``num_trials``, calls left buy more trials."""
+        held = _final_cost(z.m, places, z.n_val, z.held_out)
+
+        def cost(size: int, _count: int) -> tuple[int, int]:
+            full = math.ceil((z.n_search - size) * z.m / z.every) if size < z.n_search else 0
+            return z.boot, size * z.m + full
+
+        budget = None if shape.task_cap is None else max(0, shape.task_cap - held)
+        trials, size, _ = shrink_to_fit(cost, steps_wanted=z.wanted, sizes=list(z.sizes), counts=[1], budget=budget,
+                                        preferred_min_size=min(PREFERRED_MINIBATCH, z.top))
+        fixed, per_trial = cost(size, 1)
+        if budget is not None and self.num_trials is None and per_trial:
+            trials = max(trials, (budget - fixed) // per_trial)
+
+        def spent(count: int) -> int:  # every started block of trials ends with a full evaluation
+            fulls = math.ceil(count / z.every) if size < z.n_search else 0
+            return fixed + count * size * z.m + fulls * (z.n_search - size) * z.m
+
+        while budget is not None and trials > 0 and spent(trials) > budget:
+            trials -= 1
+        # a finalist is a fully evaluated configuration other than the start (the first trial)
+        fulls = math.ceil(trials / z.every) if size < z.n_search else max(0, trials - 1)
+        return int(trials), size, fulls, held
 
     # -------------------------------------------------------------------------- the search
     def _search(self, ctx: SearchContext) -> None:

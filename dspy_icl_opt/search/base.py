@@ -80,6 +80,23 @@ def paired_gain(scores: Sequence[float], baseline: Sequence[float]) -> tuple[flo
     return mean, (variance / n) ** 0.5
 
 
+def _choice_entry(start: CandidateRecord, examples: list[dspy.Example], given: list[dspy.Example], z: float,
+                  reused: int) -> dict[str, Any]:
+    """The report's ``final_choice`` before any validation: the rule, the examples (and how many are training
+    examples beyond ``given``), the start as the choice so far."""
+    fresh_n = len(examples) - reused
+    rule = f"paired: mean gain > 0 and >= {z:g} standard errors over the start"
+    if reused:
+        rule += (f", and >= 0 on the {fresh_n} examples the finalists were not selected on" if fresh_n else
+                 " (every example was one the finalists were selected on)")
+    choice = {"rule": rule, "examples": len(examples), "unseen_training_examples": max(0, len(examples) - len(given)),
+              "start": start.id, "contenders": [], "chosen": start.id}
+    if reused:
+        choice.update({"reused_examples": reused, "fresh_examples": fresh_n})
+    choice["reserves_validated"] = []
+    return choice
+
+
 def among_passed(passed: Sequence[CandidateRecord], scores: dict[int, list[float]],
                  tiebreak: Callable[[CandidateRecord], tuple] = lambda record: ()) -> tuple[CandidateRecord, set[int]]:
     """The final choice among the finalists that passed the test against the start, and the ids level with the leader.
@@ -278,56 +295,43 @@ class SearchContext:
         start = self.add_candidate(self.initial_state, step=0, origin="seed")
         contenders = [start, *(record for record in finalists if record.id != start.id)]
         given = list(self.valset if examples is None else examples)
-        capped = self.meter.remaining_calls("task") is not None  # without a cap there is nothing left to spend
+        reserves, examples = self._validation_pool(contenders, reserves, given, own_examples=examples is not None)
+        reused = min(max(0, reused), len(examples))
+        choice = _choice_entry(start, examples, given, z, reused)
+        self.report.extra["final_choice"] = choice
+        self.set_best(start)
+        best = self._validate_in_turn(start, contenders, reserves, examples, choice, tiebreak, z, reused)
+        logger.info("Final choice on {} validation examples: candidate {} (val {:.3f}; the start {:.3f})",
+                    len(examples), best.id, best.scores[VAL_LABEL], start.scores[VAL_LABEL])
+        return best
+
+    def _validation_pool(self, contenders: list[CandidateRecord], reserves: Sequence[CandidateRecord],
+                         given: list[dspy.Example], *, own_examples: bool
+                         ) -> tuple[list[CandidateRecord], list[dspy.Example]]:
+        """The reserves worth validating (none without a task cap: nothing left to spend; none twice; no
+        contender) and the validation examples: ``given``, then the unseen training examples when the calls
+        left pay for more than ``given`` and the strategy did not pass its own examples, cut to what the
+        budget pays for (:meth:`_validation_size`)."""
+        capped = self.meter.remaining_calls("task") is not None
         taken, unique = {record.id for record in contenders}, []
-        for reserve in reserves if capped else ():  # without a cap no reserve is validated
+        for reserve in reserves if capped else ():
             if reserve.id not in taken:
                 taken.add(reserve.id)
                 unique.append(reserve)
-        reserves = unique
-        # training examples beyond the valset only when the calls left pay for more than the valset
         beyond = capped and self._validation_size(len(contenders), len(given) + len(self.trainset)) > len(given)
-        fresh = self.unseen_training_examples([*contenders, *reserves]) if examples is None and beyond else []
+        fresh = self.unseen_training_examples([*contenders, *unique]) if not own_examples and beyond else []
         pool = given + fresh
-        examples = pool[: self._validation_size(len(contenders), len(pool))]
+        return unique, pool[: self._validation_size(len(contenders), len(pool))]
+
+    def _validate_in_turn(self, start: CandidateRecord, contenders: list[CandidateRecord],
+                          reserves: list[CandidateRecord], examples: list[dspy.Example], choice: dict[str, Any],
+                          tiebreak: Callable[[CandidateRecord], tuple], z: float, reused: int) -> CandidateRecord:
+        """Score the start, the finalists the calls left pay for, then the affordable reserves on ``examples``,
+        each paired with the start; the best of those that pass (:func:`among_passed`) is set after each one,
+        so a budget that ends here keeps what was validated. Rows go to ``choice["contenders"]``."""
         scores: dict[int, list[float]] = {}
-        table: list[dict[str, Any]] = []
-        reused = min(max(0, reused), len(examples))
-        fresh_n = len(examples) - reused
-        rule = f"paired: mean gain > 0 and >= {z:g} standard errors over the start"
-        if reused:
-            rule += (f", and >= 0 on the {fresh_n} examples the finalists were not selected on" if fresh_n else
-                     " (every example was one the finalists were selected on)")
-        choice = {"rule": rule, "examples": len(examples), "unseen_training_examples": max(0, len(examples) - len(given)),
-                  "start": start.id, "contenders": table, "chosen": start.id}
-        if reused:
-            choice.update({"reused_examples": reused, "fresh_examples": fresh_n})
-        self.report.extra["final_choice"] = choice
-        self.set_best(start)
-        best = start
-        validated_reserves: list[int] = []
-        choice["reserves_validated"] = validated_reserves
-        winners: list[CandidateRecord] = []
-
-        def affordable(record: CandidateRecord) -> bool:
-            remaining = self.meter.remaining_calls("task")
-            needed = self.scorer.unscored(self.state_of(record), examples) * len(self.predictors)
-            return remaining is None or remaining >= needed
-
-        def queue() -> Iterator[CandidateRecord]:
-            yield start
-            for record in contenders[1:]:  # a finalist the calls left cannot pay for is skipped, not the end: the
-                if affordable(record):    # later ones may be cached (e.g. a stored study's trials of this run)
-                    yield record
-                else:
-                    choice.setdefault("finalists_unaffordable", []).append(record.id)
-                    logger.info("Final choice: the task calls left cannot validate candidate {}; skipped", record.id)
-            for reserve in reserves:  # each only if the calls left pay for all its pairs not scored yet
-                if affordable(reserve):
-                    validated_reserves.append(reserve.id)
-                    yield reserve
-
-        for record in queue():
+        table, winners, best = choice["contenders"], [], start
+        for record in self._validation_queue(start, contenders, reserves, examples, choice):
             outcomes = self.scorer.evaluate(self.state_of(record), examples, desc=f"{VAL_LABEL} #{record.id}")
             self.record_outcomes(record, outcomes, VAL_LABEL)
             scores[record.id] = [o.score for o in outcomes]
@@ -348,9 +352,30 @@ class SearchContext:
             choice["chosen"] = best.id
             self.set_best(best)
             self.checkpoint()
-        logger.info("Final choice on {} validation examples: candidate {} (val {:.3f}; the start {:.3f})",
-                    len(examples), best.id, best.scores[VAL_LABEL], start.scores[VAL_LABEL])
         return best
+
+    def _validation_queue(self, start: CandidateRecord, contenders: list[CandidateRecord],
+                          reserves: list[CandidateRecord], examples: list[dspy.Example],
+                          choice: dict[str, Any]) -> Iterator[CandidateRecord]:
+        """The start, then each finalist the task calls left pay for (one they cannot is skipped, not the end:
+        a later one may be cached, e.g. a stored study's trials of this run), then each reserve that the calls
+        left pay for in full (recorded in ``choice["reserves_validated"]``)."""
+        def affordable(record: CandidateRecord) -> bool:
+            remaining = self.meter.remaining_calls("task")
+            needed = self.scorer.unscored(self.state_of(record), examples) * len(self.predictors)
+            return remaining is None or remaining >= needed
+
+        yield start
+        for record in contenders[1:]:
+            if affordable(record):
+                yield record
+            else:
+                choice.setdefault("finalists_unaffordable", []).append(record.id)
+                logger.info("Final choice: the task calls left cannot validate candidate {}; skipped", record.id)
+        for reserve in reserves:
+            if affordable(reserve):
+                choice["reserves_validated"].append(reserve.id)
+                yield reserve
 
     def unseen_training_examples(self, contenders: Sequence[CandidateRecord] = ()) -> list[dspy.Example]:
         """Training examples the search never used: scored by no candidate, shown to the prompt model in no

@@ -325,7 +325,8 @@ def _search_figures(report: Any) -> dict[str, Any]:
                                  for r in report.candidates]}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: tasks, methods, budgets, split sizes, LMs and where rows go."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="date_understanding,disambiguation_qa,hyperbaton")
     parser.add_argument("--methods", default="uncompiled,copro,opro")
@@ -351,7 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None,
                         help="append each row to this JSONL file as it finishes; rows already there are kept and "
                              "not run again, so an interrupted benchmark resumes")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level="INFO")
     from dspy_icl_opt.pipeline.cli import setup_logging  # the library logs through `logging`, quiet by default

@@ -306,6 +306,8 @@ class APO(ICLOptimizer):
                     break
                 known = len(ctx.report.candidates)
                 beam, grew = self._round(ctx, run, round_index, beam)
+                if run.prompt_budget_spent is not None and not grew:
+                    raise run.prompt_budget_spent  # the cap ended the round before any child: not a lack of errors
                 if not grew:
                     logger.info("APO round {}: no beam prompt made an error to learn from; the search is done",
                                 round_index)
@@ -326,6 +328,10 @@ class APO(ICLOptimizer):
         if remaining < len(run.search) * len(ctx.predictors):  # not even one child could be scored: stop
             ctx.report.stopped_by_budget = True
             logger.info("APO: {} task calls left cannot pay for round {}; validating the beam", remaining, round_index)
+            return False
+        if ctx.meter.exhausted("prompt"):  # no child can be asked for: the round's minibatch is not paid for
+            ctx.report.stopped_by_budget = True
+            logger.info("APO: the prompt calls are spent before round {}; validating the beam", round_index)
             return False
         return True
 

@@ -153,8 +153,8 @@ CONFIGS = {
     "ape": {"iterations": 1},
     "iterative_ape": {"iterations": 3},
     "iterative_ape_2": {"iterations": 2},
-    "iterative_ape_gen30": {"iterations": 3, "prompts_per_subsample": 6},
-    "iterative_ape_2_gen30": {"iterations": 2, "prompts_per_subsample": 6},
+    "ape_10_subsets": {"iterations": 1, "num_subsamples": 10},
+    "iterative_ape_10_subsets": {"iterations": 3, "num_subsamples": 10},
 }
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import random
 import statistics
 import sys
 from typing import Any
@@ -39,7 +38,7 @@ from dspy_icl_opt.testing import format_chat_reply, scripted_lm, simulated_task_
 from dspy_icl_opt.testing.chat import last_user_text, system_text
 
 START = "Answer the question."
-GARBAGE_ACCURACY = 0.3  # an instruction the world never wrote (none should occur)
+GARBAGE_ACCURACY = 0.3  # a text that loses the task (--garbage), or an instruction the world never wrote
 
 
 def _unit(*parts: Any) -> float:

@@ -322,16 +322,16 @@ class APO(ICLOptimizer):
         self._choose_final(ctx, run, beam)
 
     def _room_for_a_round(self, ctx: SearchContext, run: _Run, plan: SearchPlan, round_index: int) -> bool:
+        if ctx.meter.exhausted("prompt"):  # no child can be asked for: the round's minibatch is not paid for
+            ctx.report.stopped_by_budget = True
+            logger.info("APO: the prompt calls are spent before round {}; validating the beam", round_index)
+            return False
         remaining = ctx.meter.remaining_calls("task")
         if remaining is None:
             return self.rounds is not None or round_index <= UNCAPPED_ROUNDS
         if remaining < len(run.search) * len(ctx.predictors):  # not even one child could be scored: stop
             ctx.report.stopped_by_budget = True
             logger.info("APO: {} task calls left cannot pay for round {}; validating the beam", remaining, round_index)
-            return False
-        if ctx.meter.exhausted("prompt"):  # no child can be asked for: the round's minibatch is not paid for
-            ctx.report.stopped_by_budget = True
-            logger.info("APO: the prompt calls are spent before round {}; validating the beam", round_index)
             return False
         return True
 

@@ -289,14 +289,15 @@ def test_edits_paid_for_before_the_prompt_budget_ends_are_kept():
     assert task.rule in program.signature.instructions, "the paid edit naming the rule was scored and won"
 
 
-def test_a_spent_prompt_cap_ends_the_search_before_a_round_that_could_propose_nothing():
+@pytest.mark.parametrize("task_cap", [1000, None])
+def test_a_spent_prompt_cap_ends_the_search_before_a_round_that_could_propose_nothing(task_cap):
     # The cap pays round 1's gradient, edit and paraphrase calls exactly; a round 2 would score its beam on a
     # minibatch (task calls) and then learn it cannot ask for a child. It used to, and to log "no beam prompt
-    # made an error to learn from" as the reason the search ended.
+    # made an error to learn from" as the reason the search ended; with or without a task cap.
     task = planted_rule_task("vowels", train_size=16, val_size=6, seed=0)
     spent = run_apo(task, rounds=1, beam_size=1, n_gradients=1, mc_samples_per_step=0)[0].report_.spent["prompt"].calls
-    apo, _ = run_apo(task, rounds=3, beam_size=1, n_gradients=1, mc_samples_per_step=0,
-                     budget={"max_prompt_calls": spent, "max_task_calls": 1000})
+    budget = {"max_prompt_calls": spent} | ({} if task_cap is None else {"max_task_calls": task_cap})
+    apo, _ = run_apo(task, rounds=3, beam_size=1, n_gradients=1, mc_samples_per_step=0, budget=budget)
     report = apo.report_
     assert report.spent["prompt"].calls == spent and report.stopped_by_budget
     assert [b["round"] for b in report.extra["beams"]] == [0, 1], "no round without a prompt call to make"

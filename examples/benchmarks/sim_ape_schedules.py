@@ -34,7 +34,7 @@ from typing import Any
 import dspy
 
 from dspy_icl_opt.optimizers.ape import APE
-from dspy_icl_opt.testing import format_chat_reply, scripted_lm, simulated_task_lm
+from dspy_icl_opt.testing import format_chat_reply, parse_field_blocks, scripted_lm, simulated_task_lm
 from dspy_icl_opt.testing.chat import last_user_text, system_text
 
 START = "Answer the question."
@@ -78,7 +78,7 @@ class World:
     def varied(self, parent: str) -> str:
         k = self.asked[parent] = self.asked.get(parent, 0) + 1
         text = f"{parent.rstrip('.')} (version {k})."
-        base = self.accuracy.get(parent, GARBAGE_ACCURACY)
+        base = self.true_accuracy(parent)  # the format candidate's too (the start with a format sentence)
         if _unit(self.seed, "garbage", text) < self.args.var_garbage:  # not a variation of its parent
             unrelated = self.args.gen_mean + self.args.gen_sd * _normal(self.seed, "unrelated", text)
             self.accuracy.setdefault(text, self.clip(unrelated) if self.args.garbage < 0 else self.args.garbage)
@@ -96,8 +96,7 @@ class World:
     def prompt_lm(self) -> dspy.LM:
         def respond(request: Any) -> str:
             if "Write one variation" in system_text(request):
-                user = last_user_text(request)
-                parent = user.split("[[ ## instruction ## ]]")[-1].strip().split("\n\n")[0].strip()
+                parent = parse_field_blocks(last_user_text(request))["instruction"].strip()
                 return format_chat_reply({"variation": self.varied(parent)})
             return format_chat_reply({"instruction": self.generated(last_user_text(request))})
 

@@ -306,8 +306,8 @@ class APO(ICLOptimizer):
                     break
                 known = len(ctx.report.candidates)
                 beam, grew = self._round(ctx, run, round_index, beam)
-                if run.prompt_budget_spent is not None and not grew:
-                    raise run.prompt_budget_spent  # the cap ended the round before any child: not a lack of errors
+                if run.prompt_budget_spent is not None:
+                    raise run.prompt_budget_spent  # ends the search; this round's beam is still validated
                 if not grew:
                     logger.info("APO round {}: no beam prompt made an error to learn from; the search is done",
                                 round_index)
@@ -317,8 +317,6 @@ class APO(ICLOptimizer):
                     logger.info("APO: {} rounds in a row proposed only programs already scored; the search is done",
                                 idle)
                     break
-                if run.prompt_budget_spent is not None:
-                    raise run.prompt_budget_spent  # ends the search; this round's beam is still validated
         self._choose_final(ctx, run, beam)
 
     def _room_for_a_round(self, ctx: SearchContext, run: _Run, plan: SearchPlan, round_index: int) -> bool:

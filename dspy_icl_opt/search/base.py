@@ -595,22 +595,19 @@ class SearchContext:
 
     # ------------------------------------------------------------------------------ budget
     @contextmanager
-    def search_phase(self, *, validation_calls: int, first_cost: int | None = None) -> Iterator[None]:
+    def search_phase(self, *, validation_calls: int) -> Iterator[None]:
         """Run the search part of a strategy so that its final validation keeps its budget.
 
-        The task calls ``validation_calls`` are held back while the block runs (with ``first_cost``,
-        the cost of scoring the seed, only when the budget can pay both; without it, always, up to
-        what is left), and
-        a task or prompt budget running out inside the block ends the block, not the run: the
-        strategy then validates what it found.
+        The task calls ``validation_calls`` are held back while the block runs (up to what is left), and under
+        a task token cap their tokens too, at the mean tokens per task call so far
+        (:meth:`~dspy_icl_opt.search.budget.BudgetMeter.hold_back_tokens`); a task or prompt budget running out
+        inside the block ends the block, not the run: the strategy then validates what it found.
         """
         remaining = self.meter.remaining_calls("task")
-        if first_cost is None:  # hold back the final validation whatever it leaves the search (the plan sized it)
-            held = min(validation_calls, remaining) if remaining is not None else 0
-        else:
-            held = validation_calls if remaining is not None and remaining >= validation_calls + first_cost else 0
+        held = min(validation_calls, remaining) if remaining is not None else 0
         if held:
             self.meter.reserve("task", held)
+        self.meter.hold_back_tokens("task", validation_calls)
         try:
             yield
         except BudgetExhausted as exc:
@@ -619,6 +616,7 @@ class SearchContext:
         finally:
             if held:
                 self.meter.release("task", held)
+            self.meter.release_tokens("task", validation_calls)
 
     # ----------------------------------------------------------------------------- progress
     def plan_against_spending(self) -> None:

@@ -29,6 +29,7 @@ see :mod:`dspy_icl_opt.search.faults`) is not charged against the cap; ``failed_
 from __future__ import annotations
 
 import contextvars
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -193,6 +194,8 @@ class BudgetMeter:
     spent: dict[str, Spent] = field(default_factory=lambda: {role: Spent() for role in ROLES})
     _in_flight: dict[str, int] = field(default_factory=lambda: {role: 0 for role in ROLES})
     _in_flight_tokens: dict[str, int] = field(default_factory=lambda: {role: 0 for role in ROLES})
+    #: calls whose tokens are set aside under a token cap (:meth:`hold_back_tokens`), at the mean tokens per call
+    _held_back_calls: dict[str, int] = field(default_factory=lambda: {role: 0 for role in ROLES})
     #: roles already warned that a call under their token cap could not be bounded
     _unbounded_warned: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -210,8 +213,15 @@ class BudgetMeter:
         does not fit what is left is refused even when this is False)."""
         remaining = self.remaining_calls(role)
         token_cap = self.budget.token_cap(role)
-        over_tokens = token_cap is not None and self.spent[role].tokens >= token_cap
-        return remaining == 0 or over_tokens
+        with self._lock:
+            committed = self.spent[role].tokens + self._tokens_held_back(role)
+        return remaining == 0 or (token_cap is not None and committed >= token_cap)
+
+    def _tokens_held_back(self, role: Role) -> int:
+        """The tokens set aside for the held-back calls: that many calls at the mean tokens per call so far
+        (none before a call has run). Call with the lock held."""
+        spent, calls = self.spent[role], self._held_back_calls[role]
+        return calls * math.ceil(spent.tokens / spent.calls) if calls and spent.calls else 0
 
     def reserve(self, role: Role, slots: int = 1, *, check_tokens: bool = True, tokens: int | None = None) -> int:
         """Reserve ``slots`` calls or raise :class:`BudgetExhausted`; pair with :meth:`settle`.
@@ -227,7 +237,7 @@ class BudgetMeter:
         held = tokens if token_cap is not None and tokens is not None else 0
         with self._lock:
             used = self.spent[role].calls + self._in_flight[role]
-            committed = self.spent[role].tokens + self._in_flight_tokens[role]
+            committed = self.spent[role].tokens + self._in_flight_tokens[role] + self._tokens_held_back(role)
             refusal = None
             if cap is not None and used + slots > cap:
                 refusal = BudgetExhausted(role, "call", cap)
@@ -247,6 +257,20 @@ class BudgetMeter:
         """Give back calls reserved with :meth:`reserve` and never made (e.g. a held-back reserve)."""
         with self._lock:
             self._in_flight[role] -= slots
+
+    def hold_back_tokens(self, role: Role, calls: int) -> None:
+        """Under the role's token cap, set aside the tokens of ``calls`` later calls until :meth:`release_tokens`:
+        calls are admitted only while the tokens left cover them too, counted at the mean tokens per call so far
+        (so the estimate follows what the calls really cost). Nothing without a token cap."""
+        if self.budget.token_cap(role) is not None and calls > 0:
+            with self._lock:
+                self._held_back_calls[role] += calls
+
+    def release_tokens(self, role: Role, calls: int) -> None:
+        """Give back what :meth:`hold_back_tokens` set aside for ``calls`` calls."""
+        if self.budget.token_cap(role) is not None and calls > 0:
+            with self._lock:
+                self._held_back_calls[role] -= calls
 
     def settle(self, role: Role, *, reserved: int, calls: int, tokens: int, cache_hit: bool = False,
                failed: bool = False, reserved_tokens: int = 0) -> None:

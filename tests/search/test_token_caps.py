@@ -216,3 +216,50 @@ def test_an_optimizer_under_a_task_token_cap_stops_within_it():
     report = opro.report_
     assert report.stopped_by_budget
     assert 0 < report.spent["task"].tokens <= cap
+
+
+def test_tokens_held_back_for_later_calls_follow_the_mean_call_and_are_given_back():
+    lm = fake_lm(max_tokens=8)
+    probe = BudgetMeter(Budget())
+    MeteredLM(lm, probe, "task")(messages=user("one two three"))
+    per_call = probe.spent["task"].tokens
+    cap = 40 * per_call + token_bound(lm, None, user("one two three"), {})
+    meter = BudgetMeter(Budget(max_task_tokens=cap))
+    metered = MeteredLM(lm, meter, "task")
+    metered(messages=user("one two three"))
+    meter.hold_back_tokens("task", 1000)  # more than the cap holds: no call is left to the search
+    assert meter.exhausted("task")
+    meter.release_tokens("task", 1000)
+    meter.hold_back_tokens("task", 5)
+    assert not meter.exhausted("task")
+    # spend until only the held-back calls' tokens are left: the next call is refused before it runs
+    with pytest.raises(BudgetExhausted, match="token budget"):
+        for _ in range(1000):
+            metered(messages=user("one two three"))
+    assert cap - meter.spent["task"].tokens >= 5 * per_call  # what the 5 calls need is still there
+    meter.release_tokens("task", 5)
+    for _ in range(5):  # the held-back calls run
+        metered(messages=user("one two three"))
+    assert meter.spent["task"].tokens <= cap
+    unlimited = BudgetMeter(Budget(max_task_calls=10))
+    unlimited.hold_back_tokens("task", 5)  # no token cap: nothing set aside, nothing to give back
+    assert unlimited._held_back_calls["task"] == 0
+
+
+def test_under_a_task_token_cap_the_search_leaves_the_final_validation_its_tokens():
+    task = planted_rule_task("vowels", train_size=20, val_size=10, seed=0)
+    prompt_lm = scripted_lm(lambda request: f"For each word, {task.rule}.")
+
+    def run(budget):
+        opro = OPRO(task.metric, prompt_model=prompt_lm, task_model=task.lm().copy(max_tokens=32), budget=budget,
+                    progress=False, seed=0)
+        opro.compile(task.program(), trainset=task.train, valset=task.val)
+        return opro.report_
+
+    full = run(None)
+    cap = int(full.spent["task"].tokens * 0.6)
+    report = run({"max_task_tokens": cap})
+    assert report.stopped_by_budget and report.spent["task"].tokens <= cap
+    # before: the search spent the tokens and the start could not even be validated (no "val" score)
+    assert "val" in report.best_scores
+    assert report.extra["final_choice"]["examples"] == len(task.val)

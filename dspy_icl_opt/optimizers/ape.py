@@ -143,7 +143,10 @@ class APE(ICLOptimizer):
         num_demos: demonstrations per subset (5).
         prompts_per_subsample: samples per subset (``None``: from the prompt cap, 50 without one).
         keep_fraction: share of the pool kept for variation in Iterative-APE (0.2, at least one).
-        variations_per_candidate: variations asked per kept candidate (3; the prompt cap may lower it).
+        variations_per_candidate: variations asked per kept candidate (3; the prompt cap may lower it). The
+            plan sizes each iteration's variation calls from the pool it expects; when duplicates or unusable
+            answers leave fewer candidates to keep, the kept ones take those calls in turn (more than this each),
+            so the prompt calls the plan set aside are spent.
         evaluator: a bandit of :mod:`dspy_icl_opt.search.bandits` ("ucb", the paper's).
         eval_rounds: bandit rounds (5); with a task cap, as many as it pays for.
         eval_prompts_per_round: most candidates pulled per round (50).

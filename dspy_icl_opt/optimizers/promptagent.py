@@ -234,7 +234,10 @@ class PromptAgent(ICLOptimizer):
         best = None
         for size, width, depth in self._shapes(shape.n_train):
             projection = self._project(shape, search, size, width, depth, wanted)
-            if best is None or projection[0] > best[0][0]:
+            # more iterations win; when none fits a whole iteration, the shape that projects the fewest calls
+            # (the start's reward on a smaller split), so the plan stays within the cap where any shape can
+            if best is None or projection[0] > best[0][0] or (
+                    projection[0] == 0 == best[0][0] and _projected(projection) < _projected(best[0])):
                 best = (projection, size, width, depth)
             if projection[0] >= wanted:
                 best = (projection, size, width, depth)
@@ -557,3 +560,9 @@ class PromptAgent(ICLOptimizer):
         tree.update({"root": run.root.id if run.root else None, "nodes": nodes, "paths": run.paths,
                      "eval_examples": run.eval_indices, "duplicates": run.duplicates,
                      "depth_limit": run.depth_limit, "deepened": run.deepened})
+
+
+def _projected(projection: tuple[int, int, int, int]) -> int:
+    """The task calls a plan's projection ``(iterations, children, fixed, per child)`` spends before validation."""
+    _, children, fixed, per_child = projection
+    return fixed + children * per_child

@@ -291,3 +291,17 @@ def test_a_rewrite_that_is_no_instruction_is_retried_and_counted_unusable():
     stats = agent.report_.extra["meta_prompts"]["RewriteInstruction"]
     assert stats["usable"] == 0 and stats["unusable"] == stats["answers"] == 1 + agent.max_retries
     assert [node["id"] for node in agent.report_.extra["tree"]["nodes"]] == [0]
+
+
+@pytest.mark.parametrize("predictors,cap", [(2, 100), (1, 30), (1, 50)])
+def test_when_no_tree_fits_an_iteration_the_plan_takes_the_cheapest_shape_and_stays_within_the_cap(predictors, cap):
+    from tests.optimizers.two_step import NotesThenAnswer
+
+    task = planted_rule_task("vowels", train_size=40, val_size=20, seed=0)
+    program = NotesThenAnswer() if predictors == 2 else task.program()
+    agent = PromptAgent(task.metric, task_model=task.lm(), prompt_model=scripted_lm(lambda request: "x"),
+                        budget={"max_task_calls": cap}, expand_width=1, depth_limit=2, progress=False)
+    plan = agent.plan(program, trainset=task.train, valset=task.val)
+    assert plan.steps == 0  # not even one iteration fits
+    # before: a tie at 0 iterations kept the first shape tried, the largest split (192 calls against 100)
+    assert plan.task_calls <= cap

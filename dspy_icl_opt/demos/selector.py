@@ -746,6 +746,8 @@ BFSRS_REFUSED = {
 BFSRS_NO_OPS = {"max_rounds": (1,), "teacher_settings": (None, {})}
 #: The baselines BFSRS tries before its random candidates, as DemoSelector's first trials do.
 BFSRS_BASELINES = 3
+#: BootstrapFewShotWithRandomSearch's demo sizes when an argument is not given (DSPy's defaults).
+BFSRS_DEMO_DEFAULTS = {"max_bootstrapped_demos": 4, "max_labeled_demos": 16}
 
 
 def map_bfsrs_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -765,10 +767,14 @@ def map_bfsrs_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
             raise TypeError(f"`{key}` (a BootstrapFewShotWithRandomSearch argument) has no DemoSelector equivalent, "
                             f"but got {key}={kwargs[key]!r}. {instead[0].upper()}{instead[1:]}.")
     mapped: dict[str, Any] = {}
-    sizes = [check_int(k, kwargs.pop(k), minimum=0) for k in ("max_bootstrapped_demos", "max_labeled_demos")
-             if k in kwargs]
-    if sizes:
-        mapped["max_demos"] = max(1, *sizes)
+    given = {k: check_int(k, kwargs.pop(k), minimum=0) for k in BFSRS_DEMO_DEFAULTS if k in kwargs}
+    if given:  # the one not given has BootstrapFewShotWithRandomSearch's default, as it would there
+        sizes = {**BFSRS_DEMO_DEFAULTS, **given}
+        if not any(sizes.values()):
+            raise ValueError(f"`max_bootstrapped_demos` and `max_labeled_demos` are both 0, which asks for no demos "
+                             f"at all (got {given}); DemoSelector searches demonstrations. Pass a positive "
+                             f"max_labeled_demos (or max_demos=N), or keep the program as given without compiling.")
+        mapped["max_demos"] = max(sizes.values())
     if "num_candidate_programs" in kwargs:
         count = kwargs.pop("num_candidate_programs")
         check_int("num_candidate_programs", count, minimum=0)

@@ -575,8 +575,8 @@ class InstructionDemoSearch(ICLOptimizer):
         self._open_study(ctx, run, phase=1)
         explore = ctx.plan.settings["exploration_trials"]
         while self._want_more(ctx, run):
-            if run.phase == 1 and run.done >= explore and not run.pending and run.surveyed_instructions \
-                    and self.influence and self.max_demos:
+            if run.phase == 1 and not run.influence and run.done >= explore and not run.pending \
+                    and run.surveyed_instructions and self.influence and self.max_demos:
                 self._influence_phase(ctx, run)
             if not self._trial(ctx, run):
                 break
@@ -590,8 +590,8 @@ class InstructionDemoSearch(ICLOptimizer):
 
     def _want_more(self, ctx: SearchContext, run: _Run) -> bool:
         planned = ctx.plan.steps
-        if self.num_trials is not None:
-            return run.done < self.num_trials
+        if self.num_trials is not None:  # a task cap may have cut them (the plan holds back their full evaluations)
+            return run.done < min(self.num_trials, planned)
         remaining = ctx.meter.remaining_calls("task")
         if remaining is None or run.done < planned:
             return run.done < planned
@@ -637,17 +637,19 @@ class InstructionDemoSearch(ICLOptimizer):
         fresh = {(state.key(), i) for i in batch} - run.scored  # new to this run (a resumed run replays them)
         run.scored |= fresh
         run.idle = 0 if fresh else run.idle + 1
-        run.rows.append({"trial": trial.number, "phase": run.phase, "candidate": record.id, "value": round(value, 6),
-                         "examples": len(outcomes), "new_examples": len(fresh), "choice": described})
+        stage = stage if stage and repeat == 0 else "sampler"  # a queued configuration told as a repeat: TPE's
+        run.rows.append({"trial": trial.number, "phase": run.phase, "stage": stage, "candidate": record.id,
+                         "value": round(value, 6), "examples": len(outcomes), "new_examples": len(fresh),
+                         "choice": described})
         logger.info("Trial {} (phase {}): {} -> {:.3f} on {} examples", trial.number, run.phase, described, value,
                     len(outcomes))
         return True
 
     def _next_survey(self, run: _Run) -> None:
         """When the demo survey has been asked, queue the instruction survey with the kind that scored best (the
-        earliest of equals: ``SURVEY_ORDER``); the next block of trials, one minibatch."""
-        if run.pending or run.surveyed_instructions:
-            return
+        earliest of equals: ``SURVEY_ORDER``) at the start of the next block of trials, so it runs on one minibatch."""
+        if run.pending or run.surveyed_instructions or run.done % self.minibatch_full_eval_steps:
+            return  # a demo survey shorter than its block: the sampler fills the block, the survey starts the next
         run.surveyed_instructions = True
         if run.survey:
             best = max(run.survey, key=lambda row: row[1])[0]  # max keeps the first of equal values
@@ -788,8 +790,7 @@ class InstructionDemoSearch(ICLOptimizer):
             if found is not None and all(found.ids(len(found.demos)) != s.ids(len(s.demos)) for s in pspace.demo_sets):
                 pspace.demo_sets.append(found)
                 added[name] = len(pspace.demo_sets) - 1
-        run.phase = 2
-        if not added:
+        if not added:  # the trials go on in the first study (phase 1): there is no second
             logger.info("Influence after {} trials: no demo helped clearly; the candidate lists stay as they are",
                         len(done))
             return

@@ -175,7 +175,10 @@ def demo_sets(predictor: dspy.Predict, name: str, sources: Sequence[dspy.Example
     if labeled and max_labeled:
         rng = random.Random(stable_int(seed, "labeled-set", name))
         sets.append(DemoSet("labeled", tuple(rng.sample(labeled, min(max_labeled, len(labeled))))))
-    both = _unique([*boot, *labeled])
+    inputs = list(predictor.signature.input_fields)
+    # one training example is shown once: as the model's trace when it was bootstrapped, else as its label (a
+    # trace with reasoning, or a passing answer written differently, is not the label's demo, yet the same problem)
+    both = _unique([*boot, *_not_among(labeled, boot, inputs)])
     if both:
         size = min(len(both), max_labeled + max_bootstrapped)
         sets.append(DemoSet("mmr", tuple(both[i] for i in mmr(both, size, MMR_LAMBDA))))
@@ -186,7 +189,8 @@ def demo_sets(predictor: dspy.Predict, name: str, sources: Sequence[dspy.Example
         draw += 1
         rng = random.Random(stable_int(seed, "bootstrapped-set", name, draw))
         chosen = rng.sample(boot, min(max_bootstrapped, len(boot)))
-        filler = rng.sample(labeled, min(max_labeled, len(labeled))) if labeled else []
+        others = _not_among(labeled, chosen, inputs)
+        filler = rng.sample(others, min(max_labeled, len(others))) if others else []
         candidate = DemoSet(f"bootstrapped#{draw}", tuple(_unique([*chosen, *filler])))
         if all(s.ids(len(s.demos)) != candidate.ids(len(candidate.demos)) for s in sets):
             sets.append(candidate)
@@ -205,3 +209,10 @@ def _unique(demos: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for demo in demos:
         seen.setdefault(demo_id(demo), demo)
     return list(seen.values())
+
+
+def _not_among(demos: Sequence[dict[str, Any]], shown: Sequence[dict[str, Any]],
+               inputs: Sequence[str]) -> list[dict[str, Any]]:
+    """The ``demos`` whose inputs no demo of ``shown`` has."""
+    taken = {tuple(str(d.get(f)) for f in inputs) for d in shown}
+    return [d for d in demos if tuple(str(d.get(f)) for f in inputs) not in taken]

@@ -472,7 +472,11 @@ def test_bfsrs_argument_names_are_accepted_where_the_meaning_is_the_same():
                             metric_threshold=0.5, num_threads=2)
     assert (selector.max_demos, selector.n_trials, selector.bootstrap_threshold) == (16, 11, 0.5)
     assert DemoSelector(metric, max_bootstrapped_demos=2, max_labeled_demos=0).max_demos == 2
-    assert DemoSelector(metric, max_labeled_demos=3).max_demos == 3
+    # the one not given has BFSRS's default (4 bootstrapped, 16 labeled), whose programs show up to the larger
+    assert DemoSelector(metric, max_labeled_demos=3).max_demos == 4
+    assert DemoSelector(metric, max_bootstrapped_demos=4).max_demos == 16
+    with pytest.raises(ValueError, match=r"`max_bootstrapped_demos` and `max_labeled_demos` are both 0"):
+        DemoSelector(metric, max_bootstrapped_demos=0, max_labeled_demos=0)  # was silently max_demos=1
     for key, value, equivalent in (("teacher_settings", {"lm": "gpt-4o"}, "compile(..., teacher=program)"),
                                    ("max_rounds", 2, "bootstrap_max_calls"), ("max_errors", 5, "failure_score"),
                                    ("stop_at_score", 0.9, "max_task_calls")):

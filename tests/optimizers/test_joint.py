@@ -132,7 +132,7 @@ def test_the_first_trials_survey_the_demo_kinds_then_the_instructions_with_the_b
     best = survey[values.index(max(values))]
     instructions = joint["instructions"]["self"]
     others = [i for i in range(2, len(instructions))] + [0]  # the proposals, then the instruction as given
-    then = rows[1 + len(kinds): 1 + len(kinds) + len(others)]
+    then = [row["choice"]["self"] for row in joint["trials"] if row["stage"] == "instructions"]
     assert [r["instruction"] for r in then] == others
     assert all((r["demo_set"], r["k"]) == (best["demo_set"], best["k"]) for r in then)
     assert big.rule in program.signature.instructions and len(program.demos) >= 3
@@ -495,3 +495,47 @@ def test_a_knn_demo_set_shows_each_input_its_nearest_demos_and_the_program_keeps
     fixed = plain.compile(program, trainset=train, valset=val)
     assert "knn" not in [s["name"] for s in plain.report_.extra["joint"]["demo_sets"]["self"]]
     assert type(fixed) is dspy.Predict and plain.report_.best_scores.get("val", 0.0) <= 0.25
+
+
+def test_num_trials_beyond_what_the_cap_fits_runs_the_planned_trials_and_validates_a_finalist():
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    opt = InstructionDemoSearch(big.metric, task_model=joint_task_lm(big), prompt_model=planted_proposer(big),
+                                num_trials=6, budget={"max_task_calls": 120, "max_prompt_calls": 13}, progress=False)
+    plan = opt.plan(big.program(), trainset=big.train, valset=big.val)
+    assert plan.steps < 6 and plan.settings["finalists"] >= 1  # the cap fits fewer trials than asked
+    opt.compile(big.program(), trainset=big.train, valset=big.val)
+    trials = opt.report_.extra["joint"]["trials"]
+    # before: 4 trials ran on the calls held for the full evaluation, so no finalist met the start
+    assert len(trials) == plan.steps
+    assert any("full" in row for row in trials)
+    assert len(opt.report_.extra["final_choice"]["contenders"]) >= 2
+
+
+def test_a_demo_survey_shorter_than_its_block_leaves_the_rest_to_the_sampler_and_the_instructions_one_block():
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    opt = InstructionDemoSearch(big.metric, task_model=joint_task_lm(big), prompt_model=planted_proposer(big),
+                                max_bootstrapped_demos=0, max_labeled_demos=4, progress=False,
+                                budget={"max_task_calls": 400, "max_prompt_calls": 13})
+    opt.compile(big.program(), trainset=big.train, valset=big.val)
+    rows = opt.report_.extra["joint"]["trials"]
+    every = opt.minibatch_full_eval_steps
+    kinds = len(opt.report_.extra["joint"]["demo_sets"]["self"])
+    assert 1 + kinds < every  # labeled, mmr, knn after the start: the first block has room left
+    assert [r["stage"] for r in rows[:every]] == ["start"] + ["demos"] * kinds + ["sampler"] * (every - 1 - kinds)
+    survey = [i for i, r in enumerate(rows) if r["stage"] == "instructions"]
+    # before: the survey began inside the first block and ran into the second minibatch
+    assert survey and survey[0] == every and {i // every for i in survey} == {1}
+
+
+def test_a_demo_set_shows_a_training_example_once_bootstrapped_or_labeled():
+    from collections import Counter
+
+    from dspy_icl_opt.optimizers.joint_space import demo_sets
+
+    predictor = dspy.ChainOfThought("question -> answer").predict
+    train = [dspy.Example(question=q, answer=a).with_inputs("question") for q, a in [("a", "1"), ("b", "2")]]
+    boot = [{"question": "a", "reasoning": "one vowel", "answer": "1"}]  # train[0]'s passing trace
+    sets = demo_sets(predictor, "predict", train, boot, max_labeled=2, max_bootstrapped=1, count=4, seed=0)
+    assert any(s.name.startswith("bootstrapped") for s in sets)
+    for demo_set in sets:
+        assert max(Counter(d["question"] for d in demo_set.demos).values()) == 1, demo_set.name

@@ -57,8 +57,6 @@ DEFAULT_TEMPERATURE = 0.7
 MIN_ITERATIONS = 3
 #: Iterations without a task cap when ``iterations`` is left to the plan (the paper runs 10 to 12).
 UNCAPPED_ITERATIONS = 12
-#: The plan keeps the evaluation split at least this large before it narrows the tree below its preferred shape.
-PREFERRED_EVAL_EXAMPLES = 16
 #: The plan lowers the depth limit to this before it lowers ``expand_width`` (depth is what MCTS plans over).
 PREFERRED_DEPTH = 3
 #: The shallowest depth limit the plan sets (a tree one level deep is a random sample, not a plan).
@@ -266,12 +264,10 @@ class PromptAgent(ICLOptimizer):
         ``MIN_PLANNED_DEPTH``) and width further."""
         top = min(self.eval_size, n_train)
         sizes = list(range(top, min(top, MIN_SEARCH_EXAMPLES) - 1, -1))
-        big = [s for s in sizes if s >= min(top, PREFERRED_EVAL_EXAMPLES)]
-        small = [s for s in sizes if s not in big]
         floor = min(self.depth_limit, max(PREFERRED_DEPTH, self.min_depth + 1))
         depths = list(range(self.depth_limit, floor - 1, -1))
         widths = list(range(self.expand_width, min(self.expand_width, 2) - 1, -1))
-        preferred = [(s, w, d) for s in big + small for w in widths for d in depths]
+        preferred = [(s, w, d) for s in sizes for w in widths for d in depths]
         last = [(s, w, d) for s in sizes for w in range(self.expand_width, 0, -1)
                 for d in range(self.depth_limit, min(self.depth_limit, MIN_PLANNED_DEPTH) - 1, -1)]
         return list(dict.fromkeys(preferred + last))

@@ -178,6 +178,20 @@ def test_two_lucky_examples_do_not_outrank_a_long_good_record():
     assert records[0].scores["search"] == 1.0 and records[0].n_scored["search"] == 2, "the plain mean is reported"
 
 
+def test_level_on_validation_the_final_choice_prefers_the_long_good_record_to_two_lucky_examples():
+    from dspy_icl_opt.optimizers.ape import _search_record, _shrunk_order
+
+    records = [CandidateRecord(id=i, step=1, origin="generation", state={}) for i in (1, 2, 3)]
+    item_scores = {1: {0: 1.0, 1: 1.0}, 2: {i: float(i % 10 != 0) for i in range(24)}, 3: {i: 0.0 for i in range(10)}}
+    for record in records:  # the plain search means the report keeps: 1.0, 0.875, 0.0
+        values = item_scores[record.id]
+        record.scores["search"], record.n_scored["search"] = sum(values.values()) / len(values), len(values)
+    key = _search_record(_shrunk_order(records, item_scores))
+    # before: the tiebreak was the plain search mean, and the reserve with 2 of 2 passed the one with 21 of 24
+    assert max(records[:2], key=key).id == 2
+    assert key(records[2]) < key(records[0]) < key(records[1])
+
+
 def test_iterative_ape_varies_the_kept_candidates():
     log: list[dict[str, str]] = []
     task = planted_rule_task("vowels", train_size=12, val_size=8, seed=0)

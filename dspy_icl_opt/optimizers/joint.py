@@ -257,7 +257,8 @@ class InstructionDemoSearch(ICLOptimizer):
         auto: ``"light"``, ``"medium"``, ``"heavy"`` (6 / 12 / 18 candidates per list, validation
             capped at 100 / 300 / 1000 examples) or ``None`` (then pass ``num_candidates``).
         num_candidates: instruction and demo-set candidates per predictor (with ``auto=None``).
-        num_trials: trials to run exactly (default: planned from the budget).
+        num_trials: trials to run (default: planned from the budget); under a task cap that pays for
+            fewer (with their full evaluations and the final validation), the plan's fewer.
         max_bootstrapped_demos: bootstrapped demos per set (4); 0 with ``max_labeled_demos=0``
             searches instructions only.
         max_labeled_demos: labeled demos per set (4).

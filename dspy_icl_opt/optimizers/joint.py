@@ -576,8 +576,8 @@ class InstructionDemoSearch(ICLOptimizer):
         self._open_study(ctx, run, phase=1)
         explore = ctx.plan.settings["exploration_trials"]
         while self._want_more(ctx, run):
-            if run.phase == 1 and not run.influence and run.done >= explore and not run.pending \
-                    and run.surveyed_instructions and self.influence and self.max_demos:
+            if not run.influence and run.done >= explore and not run.pending and run.surveyed_instructions \
+                    and self.influence and self.max_demos:  # the fit runs once, whether or not it adds a set
                 self._influence_phase(ctx, run)
             if not self._trial(ctx, run):
                 break

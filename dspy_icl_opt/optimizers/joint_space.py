@@ -30,6 +30,7 @@ import dspy
 from optuna.distributions import CategoricalDistribution
 
 from dspy_icl_opt.demos.dynamic import selection_demo
+from dspy_icl_opt.demos.embeddings import demo_text
 from dspy_icl_opt.demos.pools import collect_traces, demo_id, labeled_pool, labeled_teacher
 from dspy_icl_opt.demos.strategies import mmr
 from dspy_icl_opt.search.base import SearchContext, stable_int
@@ -213,6 +214,6 @@ def _unique(demos: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _not_among(demos: Sequence[dict[str, Any]], shown: Sequence[dict[str, Any]],
                inputs: Sequence[str]) -> list[dict[str, Any]]:
-    """The ``demos`` whose inputs no demo of ``shown`` has."""
-    taken = {tuple(str(d.get(f)) for f in inputs) for d in shown}
-    return [d for d in demos if tuple(str(d.get(f)) for f in inputs) not in taken]
+    """The ``demos`` whose inputs no demo of ``shown`` has (compared as the kNN rule spots a query's own example)."""
+    taken = {demo_text(d, inputs) for d in shown}
+    return [d for d in demos if demo_text(d, inputs) not in taken]

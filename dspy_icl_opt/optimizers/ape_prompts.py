@@ -57,10 +57,11 @@ def render_demonstrations(examples: Sequence[dspy.Example]) -> str:
     return "\n\n".join(blocks)
 
 
-# "The instruction was to ...", "Instruction: ...", "New instruction - ..." echoed before the answer
+# "The instruction was to ...", "The instruction was to: ...", "Instruction: ...", "New instruction - ..." echoed
+# before the answer
 # ("Sure! The instruction is to ...", "**Instructions:** ...")
 _LEAD = re.compile(r"^(?:(?:sure|okay|ok|certainly)[!.,]?\s+)?(?:\*\*)?(?:the\s+)?(?:teacher'?s\s+|new\s+|varied\s+)?"
-                   r"(?:instructions?|variation)(?:\s+(?:was|is))?(?:\*\*)?(?:\s+to\b|\s*[:\-])(?:\*\*)?\s*",
+                   r"(?:instructions?|variation)(?:\s+(?:was|is|were|are))?(?:\*\*)?(?:\s+to\b\s*[:\-]?|\s*[:\-])(?:\*\*)?\s*",
                    re.IGNORECASE)
 #: A line that only announces the list after it ("Here is the instruction:"), not an instruction of its own.
 _ANNOUNCES = re.compile(r"^(?:here\b|below\b|(?:the\s+)?following\b|sure\b|okay\b|certainly\b)|\binstructions?\b",

@@ -362,6 +362,8 @@ def test_another_seed_draws_other_demonstrations():
     ("**Instruction:** Count the vowels in the word.", "Count the vowels in the word."),
     ("Instructions: Count the vowels in the word.", "Count the vowels in the word."),
     ("The instruction is to count the vowels.", "Count the vowels."),
+    ("The instruction was to: count the vowels.", "Count the vowels."),
+    ("The instructions were to count the vowels.", "Count the vowels."),
     ("Ok", ""),
     ("", ""),
     ("x " * 400, ""),

@@ -33,7 +33,8 @@ def check_int(name: str, value: Any, *, minimum: int, hint: str = "") -> int:
 
 def check_number(name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
                  hint: str = "") -> float:
-    """Return ``value`` as a float if it is a real number (``bool`` excluded, NaN refused) within the bounds.
+    """Return ``value`` as a float if it is a finite real number (``bool`` excluded, NaN and infinities refused) within
+    the bounds.
 
     Example:
         >>> check_number("temperature", 1, minimum=0)
@@ -50,6 +51,8 @@ def check_number(name: str, value: Any, *, minimum: float | None = None, maximum
         wanted = "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be {wanted}, but got {type(value).__name__} {value!r}.{tail}")
+    if math.isinf(value):  # an infinite weight, temperature or rate is never meant; it would poison the arithmetic
+        raise ValueError(f"`{name}` must be a finite {wanted[2:]}, but got {value!r}.{tail}")
     inside = (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     if math.isnan(value) or not inside:
         raise ValueError(f"`{name}` must be {wanted}, but got {value!r}.{tail}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 import os
 import random
 import time
@@ -699,8 +698,6 @@ class ICLOptimizer(Teleprompter):
                             f"{type(log_dir).__name__} {log_dir!r}. Pass e.g. log_dir='runs/opro'.")
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.failure_score = check_number("failure_score", failure_score, hint=_FAILURE_SCORE_HINT)
-        if not math.isfinite(self.failure_score):
-            raise ValueError(f"`failure_score` must be a finite number, but got {failure_score!r}. {_FAILURE_SCORE_HINT}")
         self.max_retries = max_retries
         self.progress = progress
         self.report_: OptimizationReport | None = None

@@ -260,6 +260,7 @@ def test_a_tree_full_to_the_planned_depth_goes_deeper_while_the_budget_pays():
 @pytest.mark.parametrize("settings, message", [
     ({"expand_width": 0}, "`expand_width` must be"), ({"depth_limit": 0}, "`depth_limit` must be"),
     ({"iterations": 0}, "`iterations` must be"), ({"w_exp": -1.0}, "`w_exp` must be"),
+    ({"w_exp": float("inf")}, "`w_exp` must be a finite"),
     ({"eval_size": 0}, "`eval_size` must be"), ({"min_depth": -1}, "`min_depth` must be")])
 def test_bad_settings_are_named(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -37,3 +37,9 @@ def test_a_non_number_is_a_type_error_that_names_its_type(value, kind):
 def test_out_of_bounds_or_nan_is_a_value_error_with_the_hint(value):
     with pytest.raises(ValueError, match=r"^`alpha` must be a number in \[0, 1\], but got .*\. Halve it\.$"):
         check_number("alpha", value, minimum=0, maximum=1, hint="Halve it.")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_an_infinite_number_is_a_value_error_even_without_an_upper_bound(value):
+    with pytest.raises(ValueError, match=r"^`w_exp` must be a finite number >= 0, but got -?inf\. Use 2\.5\.$"):
+        check_number("w_exp", value, minimum=0, hint="Use 2.5.")

@@ -74,6 +74,11 @@ class _Schedule:
     subsamples: int
     per_subsample: int
     variations: tuple[int, ...]  # calls of iterations 2, 3, ...
+    extra: int = 0  # the first ``extra`` subsets are sampled once more (a prompt cap not divisible by the subsets)
+
+    @property
+    def generation(self) -> int:
+        return self.subsamples * self.per_subsample + self.extra
 
     @property
     def iterations(self) -> int:
@@ -240,7 +245,8 @@ class APE(ICLOptimizer):
         Without a cap: ``num_subsamples * prompts_per_subsample`` generations (50 per subset unless set),
         then ``variations_per_candidate`` per kept candidate. With one, forward generation gets the whole
         cap for APE, half of it for Iterative-APE; the later iterations share the rest, and what their
-        ``variations_per_candidate`` leaves over goes back to forward generation.
+        ``variations_per_candidate`` leaves over goes back to forward generation, as whole rounds over the
+        subsets and then one more sample of the first subsets, so every prompt call of the cap is planned.
         """
         per = self.prompts_per_subsample or (50 if prompt_cap is None else None)  # 50: the reference
         if prompt_cap is None:
@@ -265,7 +271,10 @@ class APE(ICLOptimizer):
         spare = subsamples * per + (left or 0)
         if left and spare // subsamples > per and generation < spare and self.prompts_per_subsample is None:
             return self._schedule(prompt_cap, iterations, n_predictors, generation=spare)
-        return _Schedule(subsamples, per, tuple(variations))
+        # what is left is fewer calls than subsets: one more sample of the first subsets (when the samples per
+        # subset are the caller's, they are kept as given)
+        extra = spare - subsamples * per if prompt_cap is not None and self.prompts_per_subsample is None else 0
+        return _Schedule(subsamples, per, tuple(variations), extra)
 
     def _bandit_shape(self, pool: int, allotment: int | None, n_items: int, n_predictors: int) -> _BanditShape | None:
         """Rounds, candidates per round and examples per pull for ``pool`` candidates on ``allotment`` task calls.
@@ -312,22 +321,23 @@ class APE(ICLOptimizer):
         if self.scoring == "likelihood":
             notes.append("the bandits score the gold answer's probability (one task call per candidate and example); "
                          "the final validation scores the metric")
-        phases = [Phase(f"iteration 1: {schedule.subsamples} demo subsets x {schedule.per_subsample} samples, "
-                        f"pool of {pools[0]}", bandits[0].calls(m) if bandits[0] else 0,
-                        schedule.subsamples * schedule.per_subsample)]
+        more = f" (+1 for the first {schedule.extra})" if schedule.extra else ""
+        phases = [Phase(f"iteration 1: {schedule.subsamples} demo subsets x {schedule.per_subsample} samples{more}, "
+                        f"pool of {pools[0]}", bandits[0].calls(m) if bandits[0] else 0, schedule.generation)]
         phases += [Phase(f"iteration {t + 2}: {calls} variations, pool of {pools[t + 1]}",
                          bandits[t + 1].calls(m) if bandits[t + 1] else 0, calls)
                    for t, calls in enumerate(schedule.variations)]
         phases.append(Phase(f"final validation: start + {finalists} finalist(s)", held))
         settings = {"iterations": schedule.iterations, "subsamples": schedule.subsamples,
-                    "prompts_per_subsample": schedule.per_subsample, "variations": list(schedule.variations),
+                    "prompts_per_subsample": schedule.per_subsample, "extra_samples": schedule.extra,
+                    "variations": list(schedule.variations),
                     "bandits": [None if b is None else [b.rounds, b.per_round, b.samples] for b in bandits],
                     "search_examples": scored, "demonstration_examples": shown, "finalists": finalists,
                     "validation_examples": n_val}
         return SearchPlan(type(self).__name__, shape, schedule.iterations, settings, phases, notes)
 
     def _pools(self, schedule: _Schedule, n_predictors: int) -> list[int]:
-        pools = [self._first_pool(schedule.subsamples * schedule.per_subsample, n_predictors)]
+        pools = [self._first_pool(schedule.generation, n_predictors)]
         for calls in schedule.variations:
             pools.append(self._keep(pools[-1]) + calls)
         return pools
@@ -385,9 +395,11 @@ class APE(ICLOptimizer):
         still leaves candidates from each subset. Under a prompt cap it ends where the later iterations'
         ``reserve`` (their planned variations) begins, retries included."""
         subsets = [self._subset(ctx, j) for j in range(plan.settings["subsamples"])]
-        records = []
-        for k in range(plan.settings["prompts_per_subsample"]):
+        records, per, extra = [], plan.settings["prompts_per_subsample"], plan.settings.get("extra_samples", 0)
+        for k in range(per + (1 if extra else 0)):
             for j, indices in enumerate(subsets):
+                if k == per and j >= extra:
+                    break
                 room = _prompt_room(ctx, reserve)
                 if room is not None and room < 1:
                     run.cut_short = True

@@ -287,6 +287,24 @@ def test_iterative_ape_plans_every_prompt_call_and_at_least_two_iterations(promp
     assert plan.settings["variations"][0] >= 1 and plan.task_calls <= 200
 
 
+@pytest.mark.parametrize("cls, prompt_cap", [(APE, 13), (APE, 14), (IterativeAPE, 21)])
+def test_a_prompt_cap_the_subsets_do_not_divide_is_planned_and_spent_to_the_last_call(cls, prompt_cap):
+    # 5 subsets: the calls the whole rounds leave (fewer than the subsets) are one more sample of the first subsets
+    task = planted_rule_task("vowels", train_size=20, val_size=10, seed=0)
+    optimizer = cls(task.metric, task_model=task.lm(), prompt_model=scripted_lm(distinct_responder("say a number")),
+                    num_subsamples=5, num_demos=3, progress=False,
+                    budget={"max_task_calls": 200, "max_prompt_calls": prompt_cap})
+    plan = optimizer.plan(task.program(), trainset=task.train, valset=task.val)
+    assert plan.prompt_calls == prompt_cap
+    optimizer.compile(task.program(), trainset=task.train, valset=task.val)
+    assert optimizer.report_.spent["prompt"].calls == prompt_cap
+    per, extra = plan.settings["prompts_per_subsample"], plan.settings["extra_samples"]
+    samples = [sum(1 for c in optimizer.report_.candidates if c.origin == "generation" and c.meta["subset"] == j)
+               for j in range(5)]
+    assert samples == [per + 1] * extra + [per] * (5 - extra) and sum(samples) + sum(plan.settings["variations"]) \
+        == prompt_cap
+
+
 # ------------------------------------------------------------------------ resume and seed
 def test_killed_while_asking_for_variations_resumes_identically(tmp_path):
     task = planted_rule_task("vowels", train_size=12, val_size=8, seed=0)

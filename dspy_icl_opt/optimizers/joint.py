@@ -411,11 +411,14 @@ class InstructionDemoSearch(ICLOptimizer):
         sizing = _Sizing(m, n_val, held_out, n_search, boot, top, tuple(sizes), every, wanted)
         trials, size, fulls, held = self._trial_schedule(shape, sizing, finalists)
         places = finalists
-        while finalists > 1 and fulls < finalists:  # the calls a finalist's place holds back buy trials instead
-            finalists = max(1, fulls)
+        while finalists > 0 and fulls < finalists:  # the calls a finalist's place holds back buy trials instead
+            finalists = fulls  # none when no configuration but the start is fully evaluated (one trial, say)
             trials, size, fulls, held = self._trial_schedule(shape, sizing, finalists)
         if finalists < places:
             notes.append(f"finalists cut from {places} to {finalists}: the trials end in {fulls} full evaluation(s)")
+        if not finalists:
+            notes.append("no finalist fits: the start is validated and kept unless a reserve beats it on the calls "
+                         "left")
         if trials < wanted:
             notes.append(f"only {trials} trial(s) fit the caps; {wanted} wanted")
         notes.append("the first trials survey the demo-set kinds under one instruction, then each instruction with "

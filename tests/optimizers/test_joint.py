@@ -437,6 +437,20 @@ def test_minibatch_false_scores_every_trial_on_the_whole_search_set_under_a_cap(
     assert plan.steps >= 1 and any("trial(s) fit the caps" in note for note in plan.notes)
 
 
+def test_one_full_trial_plans_no_finalist_and_the_start_is_kept():
+    # minibatch=False with one trial: that trial is the start, so no other configuration is fully evaluated; the plan
+    # used to hold back a finalist's validation for a configuration that cannot exist
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    opt = InstructionDemoSearch(big.metric, task_model=big.lm(), prompt_model=planted_proposer(big), minibatch=False,
+                                num_trials=1, progress=False)
+    plan = opt.plan(big.program(), trainset=big.train, valset=big.val)
+    assert plan.settings["finalists"] == 0 and "start + 0 finalist(s)" in plan.phases[-1].name
+    assert plan.settings["validation_calls"] == plan.settings["validation_examples"]
+    opt.compile(big.program(), trainset=big.train, valset=big.val)
+    choice = opt.report_.extra["final_choice"]
+    assert choice["chosen"] == choice["start"]
+
+
 NEIGHBOUR_GROUPS = ("zor", "mip", "kal", "tev", "bun", "ghe", "dax", "wol")
 
 

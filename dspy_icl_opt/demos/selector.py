@@ -431,6 +431,8 @@ class DemoSelector(ICLOptimizer):
 
     # ------------------------------------------------------------------------------ the search
     def _search(self, ctx: SearchContext) -> None:
+        if self.storage is not None:
+            self._charge_earlier_work(ctx)
         changed = enable_dynamic_demos(ctx.student)
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -449,6 +451,21 @@ class DemoSelector(ICLOptimizer):
             if run is not None:
                 self._record_extras(run)
             restore_unless_per_call(ctx.best_state(), changed)
+
+    @staticmethod
+    def _charge_earlier_work(ctx: SearchContext) -> None:
+        """A compile resumed from its journal with a stored study continues the study (its finished trials are
+        not run again) and takes the stored pools (the bootstrap is not run again), so most journaled pairs are
+        never read back, and a pair charged only when read would let the two compiles together pass the cap.
+        Every journaled call is charged here instead, once; a pair read back later is free."""
+        earlier = ctx.journal.charge_all()
+        for kind, role in (("score", "task"), ("ask", "prompt")):
+            cost = earlier.get(kind)
+            if cost is not None and (cost.calls or cost.tokens):
+                ctx.meter.record_earlier(role, cost)
+        if any(cost.calls for cost in earlier.values()):
+            logger.info("DemoSelector: resuming a stored study; the {} journaled task call(s) of the interrupted "
+                        "compile are charged up front", getattr(earlier.get("score"), "calls", 0))
 
     def _trials(self, run: _Run) -> None:
         """Run trials while the plan's count allows and the budget left pays for a whole one."""

@@ -293,6 +293,11 @@ class BudgetMeter:
         self.reserve(role, cost.calls, check_tokens=False)
         self.settle(role, reserved=cost.calls, calls=cost.calls, tokens=cost.tokens)
 
+    def record_earlier(self, role: Role, cost: Cost) -> None:
+        """Record calls an earlier, interrupted process made and this run will not replay one by one. They were
+        made, so they count even past the cap (which then is spent); only :meth:`charge` checks it."""
+        self.settle(role, reserved=0, calls=cost.calls, tokens=cost.tokens)
+
     def snapshot(self) -> dict[str, Spent]:
         with self._lock:
             return {role: s.model_copy() for role, s in self.spent.items()}

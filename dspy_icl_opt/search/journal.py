@@ -78,6 +78,19 @@ class Journal:
         with self._lock:
             return self._records.get((kind, key)), (kind, key) in self._uncharged
 
+    def charge_all(self) -> dict[str, Cost]:
+        """Mark every replayed record charged and return their summed cost per kind (``score``, ``ask``, ...):
+        for a resume that will not read them all back (a stored study continues instead of re-running its
+        trials), so the work they stand for is charged once, up front."""
+        totals: dict[str, Cost] = {}
+        with self._lock:
+            for kind, key in sorted(self._uncharged):
+                cost = self._records[(kind, key)].get("cost") or {}
+                before = totals.get(kind, Cost(0, 0))
+                totals[kind] = Cost(before.calls + int(cost.get("calls", 0)), before.tokens + int(cost.get("tokens", 0)))
+            self._uncharged.clear()
+        return totals
+
     def put(self, kind: str, key: str, record: dict[str, Any]) -> None:
         record = {"kind": kind, "key": key, **record}
         line = json.dumps(record, ensure_ascii=False, default=str) if self.path is not None else ""

@@ -630,3 +630,30 @@ def test_killed_in_the_final_choice_resumes_identically(tmp_path, kill):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, kill_after=kill if kill > 0 else full[0] + kill)  # -1: before the last call
     assert run(tmp_path) == full
+
+
+@pytest.mark.parametrize("kill", [30, 60])
+def test_a_stored_study_resumed_after_a_crash_makes_no_more_real_calls_than_the_cap(tmp_path, kill):
+    # With a storage the resumed compile continues the stored study (its trials are not run again) and takes the
+    # stored pools (the bootstrap is not run again), so the pairs those spent were never read back: the crashed and
+    # the resumed compile together made up to 241 real calls against a cap of 160. A resumed stored study now
+    # charges every journaled call up front.
+    from dspy_icl_opt.testing import make_fake_lm
+    from tests.contract.suite import KilledAfter
+
+    task = _two_teachers_on(40)
+    storage = f"sqlite:///{tmp_path}/study.db"
+
+    def run(kill_after):
+        engine = KilledAfter(task.lm().engine, kill_after)
+        selector = DemoSelector(task.metric, task_model=make_fake_lm(engine, name="fake"), max_demos=4,
+                                pools=("labeled", "bootstrapped"), budget={"max_task_calls": 100}, progress=False,
+                                storage=storage, study_name="resumed", log_dir=tmp_path / "log", seed=0)
+        selector.compile(task.program(), trainset=task.train, valset=task.val)
+        return engine.call_count, selector.report_
+
+    with pytest.raises(KeyboardInterrupt):
+        run(kill)
+    made, report = run(10_000)
+    assert kill + made <= 100
+    assert report.spent["task"].calls <= 100

@@ -522,6 +522,9 @@ class SearchContext:
                 self._add_tally(stats, {"unparsable_answers": 1}, tally)
                 logger.debug("Answer to {} rejected by its validator: {}", key, answer)
             answer = None
+            if attempt + 1 < tries:  # a kill before the next try's answer resumes with that try, not this one
+                self.journal.put("ask", key, {"outputs": None, "incomplete": True, "attempts": attempt + 1,
+                                              "cost": {"calls": spent.calls, "tokens": spent.tokens}, "tally": tally})
         outputs = None if answer is None else {k: answer[k] for k in answer.keys()}
         self.journal.put("ask", key, {"outputs": outputs, "cost": {"calls": spent.calls, "tokens": spent.tokens},
                                       "tally": tally})

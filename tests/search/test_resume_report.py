@@ -53,3 +53,25 @@ def test_a_resumed_report_counts_the_faults_met_before_the_kill(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, task_kill=20, faults=[3])
     assert run(tmp_path).counters.lm_faults == full.counters.lm_faults
+
+
+def test_a_kill_between_the_retries_of_one_ask_repeats_no_prompt_call(tmp_path):
+    # An ask journaled its tries only when it ended (or when a cap or an outage stopped it): a Ctrl-C after a
+    # turned-down answer and before the retry's answer left no record, and the resumed run asked the turned-down
+    # sample again (same answer, one call more). Every kill point is tried.
+    def counted_run(log_dir, kill=10**6):
+        engine = KilledAfter(scripted_lm(respond).engine, kill)
+        optimizer = IterativeAPE(TASK.metric, task_model=TASK.lm(), seed=0, log_dir=log_dir,
+                                 prompt_model=make_fake_lm(engine, name="fake/prompt"), **SMALL)
+        optimizer.compile(TASK.program(), trainset=TASK.train, valset=TASK.val)
+        return engine.call_count, optimizer.report_
+
+    total, full = counted_run(None)
+    assert full.extra.get("rejected_proposals"), "the scenario: some answers are turned down and asked again"
+    for kill in range(1, total):
+        log_dir = tmp_path / f"kill{kill}"
+        with pytest.raises(KeyboardInterrupt):
+            counted_run(log_dir, kill)
+        made, resumed = counted_run(log_dir)
+        assert kill + made == total, f"killed after {kill} prompt calls"
+        assert resumed.best_state == full.best_state

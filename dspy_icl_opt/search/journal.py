@@ -78,17 +78,17 @@ class Journal:
         with self._lock:
             return self._records.get((kind, key)), (kind, key) in self._uncharged
 
-    def charge_all(self) -> dict[str, Cost]:
-        """Mark every replayed record charged and return their summed cost per kind (``score``, ``ask``, ...):
-        for a resume that will not read them all back (a stored study continues instead of re-running its
-        trials), so the work they stand for is charged once, up front."""
+    def charge_all(self, kinds: tuple[str, ...] = ("score", "ask")) -> dict[str, Cost]:
+        """Mark the replayed records of ``kinds`` charged and return their summed cost per kind: for a resume
+        that will not read them all back (a stored study continues instead of re-running its trials), so the
+        work they stand for is charged once, up front. Other kinds (``faults``, say) replay as before."""
         totals: dict[str, Cost] = {}
         with self._lock:
-            for kind, key in sorted(self._uncharged):
+            for kind, key in sorted(k for k in self._uncharged if k[0] in kinds):
                 cost = self._records[(kind, key)].get("cost") or {}
                 before = totals.get(kind, Cost(0, 0))
                 totals[kind] = Cost(before.calls + int(cost.get("calls", 0)), before.tokens + int(cost.get("tokens", 0)))
-            self._uncharged.clear()
+                self._uncharged.discard((kind, key))
         return totals
 
     def put(self, kind: str, key: str, record: dict[str, Any]) -> None:

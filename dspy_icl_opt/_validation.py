@@ -52,7 +52,8 @@ def check_number(name: str, value: Any, *, minimum: float | None = None, maximum
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be {wanted}, but got {type(value).__name__} {value!r}.{tail}")
     if math.isinf(value):  # an infinite weight, temperature or rate is never meant; it would poison the arithmetic
-        raise ValueError(f"`{name}` must be a finite {wanted[2:]}, but got {value!r}.{tail}")
+        finite = wanted.replace("a number", "a finite number", 1)
+        raise ValueError(f"`{name}` must be {finite}, but got {value!r}.{tail}")
     inside = (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     if math.isnan(value) or not inside:
         raise ValueError(f"`{name}` must be {wanted}, but got {value!r}.{tail}")

@@ -273,7 +273,7 @@ class APE(ICLOptimizer):
             return self._schedule(prompt_cap, iterations, n_predictors, generation=spare)
         # what is left is fewer calls than subsets: one more sample of the first subsets (when the samples per
         # subset are the caller's, they are kept as given)
-        extra = spare - subsamples * per if prompt_cap is not None and self.prompts_per_subsample is None else 0
+        extra = left if left and self.prompts_per_subsample is None else 0
         return _Schedule(subsamples, per, tuple(variations), extra)
 
     def _bandit_shape(self, pool: int, allotment: int | None, n_items: int, n_predictors: int) -> _BanditShape | None:
@@ -395,7 +395,7 @@ class APE(ICLOptimizer):
         still leaves candidates from each subset. Under a prompt cap it ends where the later iterations'
         ``reserve`` (their planned variations) begins, retries included."""
         subsets = [self._subset(ctx, j) for j in range(plan.settings["subsamples"])]
-        records, per, extra = [], plan.settings["prompts_per_subsample"], plan.settings.get("extra_samples", 0)
+        records, per, extra = [], plan.settings["prompts_per_subsample"], plan.settings["extra_samples"]
         for k in range(per + (1 if extra else 0)):
             for j, indices in enumerate(subsets):
                 if k == per and j >= extra:

@@ -31,7 +31,7 @@ from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cos
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.fingerprint import describe_differences, lm_identity, metric_identity
 from dspy_icl_opt.search.grounding import shown_example
-from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal
+from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal, record_cost
 from dspy_icl_opt.search.meta import MetaPromptAdapter
 from dspy_icl_opt.search.plan import SearchPlan, Shape
 from dspy_icl_opt.search.proposals import LENIENT_PROBLEMS, ProposalChecker
@@ -498,15 +498,18 @@ class SearchContext:
         if record is not None and not record.get("incomplete"):
             return dspy.Prediction(**record["outputs"]) if record.get("outputs") is not None else None
         first = int(record.get("attempts", 0)) if record else 0  # an interrupted ask goes on where it stopped
-        cost = (record or {}).get("cost") or {}
-        spent = Cost(int(cost.get("calls", 0)), int(cost.get("tokens", 0)))
+        spent = record_cost(record)
+
+        def unfinished(attempts: int) -> None:  # a resume goes on with try number ``attempts``
+            self.journal.put("ask", key, {"outputs": None, "incomplete": True, "attempts": attempts,
+                                          "cost": {"calls": spent.calls, "tokens": spent.tokens}, "tally": tally})
+
         answer = None
         for attempt in range(first, tries):
             try:
                 answer = self._ask_once(signature, key, attempt, temperature, max_tokens, inputs, spent, tally)
             except (BudgetExhausted, RunInterrupted):  # a cap or an outage: the ask goes on when the run resumes
-                self.journal.put("ask", key, {"outputs": None, "incomplete": True, "attempts": attempt,
-                                              "cost": {"calls": spent.calls, "tokens": spent.tokens}, "tally": tally})
+                unfinished(attempt)
                 raise
             self._add_tally(stats, {"answers": 1}, tally)
             outer, self._tally = self._tally, tally  # what the validator records goes into this ask's tally
@@ -523,8 +526,7 @@ class SearchContext:
                 logger.debug("Answer to {} rejected by its validator: {}", key, answer)
             answer = None
             if attempt + 1 < tries:  # a kill before the next try's answer resumes with that try, not this one
-                self.journal.put("ask", key, {"outputs": None, "incomplete": True, "attempts": attempt + 1,
-                                              "cost": {"calls": spent.calls, "tokens": spent.tokens}, "tally": tally})
+                unfinished(attempt + 1)
         outputs = None if answer is None else {k: answer[k] for k in answer.keys()}
         self.journal.put("ask", key, {"outputs": outputs, "cost": {"calls": spent.calls, "tokens": spent.tokens},
                                       "tally": tally})

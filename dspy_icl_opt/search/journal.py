@@ -69,8 +69,7 @@ class Journal:
                 return None, None
             if (kind, key) in self._uncharged:
                 self._uncharged.discard((kind, key))
-                cost = record.get("cost") or {}
-                return record, Cost(int(cost.get("calls", 0)), int(cost.get("tokens", 0)))
+                return record, record_cost(record)
             return record, None
 
     def peek(self, kind: str, key: str) -> tuple[dict[str, Any] | None, bool]:
@@ -85,9 +84,8 @@ class Journal:
         totals: dict[str, Cost] = {}
         with self._lock:
             for kind, key in sorted(k for k in self._uncharged if k[0] in kinds):
-                cost = self._records[(kind, key)].get("cost") or {}
-                before = totals.get(kind, Cost(0, 0))
-                totals[kind] = Cost(before.calls + int(cost.get("calls", 0)), before.tokens + int(cost.get("tokens", 0)))
+                cost = record_cost(self._records[(kind, key)])
+                totals.setdefault(kind, Cost()).add(cost.calls, cost.tokens)
                 self._uncharged.discard((kind, key))
         return totals
 
@@ -101,6 +99,12 @@ class Journal:
                 with self.path.open("a", encoding="utf-8") as handle:
                     handle.write(("\n" if self._torn_tail else "") + line + "\n")
                 self._torn_tail = False
+
+
+def record_cost(record: dict[str, Any] | None) -> Cost:
+    """The calls and tokens a journal record says its work cost (none when it has no ``cost``)."""
+    cost = (record or {}).get("cost") or {}
+    return Cost(int(cost.get("calls", 0)), int(cost.get("tokens", 0)))
 
 
 def _problem(record: Any) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from dspy_icl_opt._log import logger
+from dspy_icl_opt import _log  # noqa: F401 - registers the TRACE and SUCCESS level names --log-level takes
 from dspy_icl_opt.pipeline.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -62,20 +63,32 @@ def test_a_stop_in_a_demoselector_trial_prints_no_optuna_traceback(tmp_path, err
     assert summary["status"] == "interrupted"
 
 
-class _Slow:
-    """Answers after a pause, so a run is still going when the signal comes."""
+class _Held:
+    """Answers the first ``before`` calls after a pause, then holds every later call until the test opens it, so
+    the run is surely still going when the signal comes (on a loaded machine the whole run, 70 calls, could end
+    between two looks of the test at the call count)."""
 
-    def __init__(self, inner, seconds):
-        self.inner, self.seconds = inner, seconds
+    def __init__(self, inner, seconds, before):
+        self.inner, self.seconds, self.before = inner, seconds, before
+        self.opened = threading.Event()
+        self.calls = 0
+        self._lock = threading.Lock()
 
     def complete(self, request):
-        time.sleep(self.seconds)
+        with self._lock:
+            self.calls += 1
+            held = self.calls > self.before
+        if held:
+            self.opened.wait(60)
+        else:
+            time.sleep(self.seconds)
         return self.inner.complete(request)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_the_cli_run_as_interrupted(tmp_path, sig):
-    with LoopbackLMServer(_Slow(_engine(), 0.05)) as server:
+    held = _Held(_engine(), 0.05, before=10)
+    with LoopbackLMServer(held) as server:
         lm = {"model": "openai/fake", "cache": False,
               "options": {"api_base": server.url, "api_key": "k", "num_retries": 0}}
         path = tmp_path / "config.yaml"
@@ -88,6 +101,7 @@ def test_a_signal_ends_the_cli_run_as_interrupted(tmp_path, sig):
         while server.answered < 10 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         proc.send_signal(sig)
+        held.opened.set()  # the call in flight may finish: the interrupted run must not wait on it for long
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err

@@ -28,7 +28,7 @@ from dspy_icl_opt.pipeline.errors import LMOutage, LMProblem
 from dspy_icl_opt.search.budget import Budget, BudgetMeter, MeteredLM, collect_cost, unwrap_lm
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.fingerprint import lm_identity, metric_identity
-from dspy_icl_opt.search.journal import Journal
+from dspy_icl_opt.search.journal import Journal, cost_entry
 from dspy_icl_opt.search.scorer import metric_value
 from dspy_icl_opt.search.surgery import read_state
 from dspy_icl_opt.search.placement import PlacementAdapter
@@ -187,11 +187,11 @@ class _ReplayMixin:
                 state.error(message, lm_failure(exc))
                 logger.debug("Held-out example failed: {}", message)
                 state.journal.put("heldout", key, {"prediction": None, "error": message, "lm_error": lm_failure(exc),
-                                                   "cost": {"calls": cost.calls, "tokens": cost.tokens}})
+                                                   "cost": cost_entry(cost)})
                 raise HeldOutError(message) from exc
         fields = {k: v for k, v in prediction.items()} if hasattr(prediction, "items") else {"answer": prediction}
         state.journal.put("heldout", key, {"prediction": json.loads(json.dumps(fields, default=str)), "error": None,
-                                           "cost": {"calls": cost.calls, "tokens": cost.tokens}})
+                                           "cost": cost_entry(cost)})
         return prediction
 
 

@@ -31,7 +31,7 @@ from dspy_icl_opt.search.budget import Budget, BudgetExhausted, BudgetMeter, Cos
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted
 from dspy_icl_opt.search.fingerprint import describe_differences, lm_identity, metric_identity
 from dspy_icl_opt.search.grounding import shown_example
-from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal, record_cost
+from dspy_icl_opt.search.journal import JOURNAL_FILE, Journal, cost_entry, record_cost
 from dspy_icl_opt.search.meta import MetaPromptAdapter
 from dspy_icl_opt.search.plan import SearchPlan, Shape
 from dspy_icl_opt.search.proposals import LENIENT_PROBLEMS, ProposalChecker
@@ -502,7 +502,7 @@ class SearchContext:
 
         def unfinished(attempts: int) -> None:  # a resume goes on with try number ``attempts``
             self.journal.put("ask", key, {"outputs": None, "incomplete": True, "attempts": attempts,
-                                          "cost": {"calls": spent.calls, "tokens": spent.tokens}, "tally": tally})
+                                          "cost": cost_entry(spent), "tally": tally})
 
         answer = None
         for attempt in range(first, tries):
@@ -528,8 +528,7 @@ class SearchContext:
             if attempt + 1 < tries:  # a kill before the next try's answer resumes with that try, not this one
                 unfinished(attempt + 1)
         outputs = None if answer is None else {k: answer[k] for k in answer.keys()}
-        self.journal.put("ask", key, {"outputs": outputs, "cost": {"calls": spent.calls, "tokens": spent.tokens},
-                                      "tally": tally})
+        self.journal.put("ask", key, {"outputs": outputs, "cost": cost_entry(spent), "tally": tally})
         if answer is None:
             logger.warning("No usable prompt-model answer for {} after {} tries; skipped", key, tries)
         return answer

@@ -101,6 +101,11 @@ class Journal:
                 self._torn_tail = False
 
 
+def cost_entry(cost: Cost) -> dict[str, int]:
+    """A record's ``cost`` field: the calls and tokens its work cost (read back by :func:`record_cost`)."""
+    return {"calls": cost.calls, "tokens": cost.tokens}
+
+
 def record_cost(record: dict[str, Any] | None) -> Cost:
     """The calls and tokens a journal record says its work cost (none when it has no ``cost``)."""
     cost = (record or {}).get("cost") or {}

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from dspy_icl_opt._log import logger
 from dspy_icl_opt.search.budget import BudgetExhausted, BudgetMeter, MeteredLM, collect_cost
 from dspy_icl_opt.search.faults import LMFault, RunInterrupted, is_fault
-from dspy_icl_opt.search.journal import Journal
+from dspy_icl_opt.search.journal import Journal, cost_entry
 from dspy_icl_opt.search.placement import task_adapter
 from dspy_icl_opt.search.report import Counters
 from dspy_icl_opt.search.surgery import ProgramState, apply_state, demo_to_dict, named_predictors
@@ -252,7 +252,7 @@ class Scorer:
                 return
             self.journal.put("score", keys[i], {
                 "score": outcome.score, "prediction": outcome.prediction, "trace": list(outcome.trace),
-                "error": outcome.error, "raw": outcome.raw, "cost": {"calls": cost.calls, "tokens": cost.tokens},
+                "error": outcome.error, "raw": outcome.raw, "cost": cost_entry(cost),
                 **({"faults": faults} if faults else {})})
             results[i] = outcome
             bar.update(1)

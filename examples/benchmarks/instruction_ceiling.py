@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
+from dspy_icl_opt.demos.dynamic import split_demos, with_dynamic_demos
 from dspy_icl_opt.programs import load_task, make_program
 
 from dspy_icl_opt.lm import resolve_lm
@@ -82,8 +83,11 @@ def find_row(path: str, task: str, method: str, seed: int) -> dict[str, Any]:
 
 def score_candidate(program: dspy.Module, state: dict, examples: list[dspy.Example], metric: Any,
                     lm: dspy.BaseLM) -> list[float]:
-    """The per-example scores of ``program`` carrying ``state`` (its instruction positions applied)."""
-    candidate = apply_state(program, ProgramState.from_dict(state))
+    """The per-example scores of ``program`` carrying ``state`` (its instruction positions applied; demos picked
+    per call, as the search ran them, where the state says so: the joint search's and DemoSelector's kNN sets)."""
+    loaded = ProgramState.from_dict(state)
+    per_call = any(split_demos(predictor.demos)[0] for _, predictor in loaded.predictors)
+    candidate = apply_state(with_dynamic_demos(program) if per_call else program, loaded)
     evaluator = dspy.Evaluate(devset=examples, metric=metric, num_threads=1, display_progress=False,
                               failure_score=0.0, max_errors=len(examples) + 1)
     with dspy.context(lm=lm, adapter=PlacementAdapter()):
@@ -139,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finalists", action="store_true",
                         help="score only the candidates the row's final choice validated (the start among them), "
                              "e.g. to see on test what a different choice rule would have returned")
+    parser.add_argument("--candidates", default=None, metavar="ID,ID",
+                        help="score only the start and these candidates (ids of the row's candidate_states), e.g. "
+                             "the one finalist a lower threshold would have returned")
     parser.add_argument("--out", default=None, help="append each candidate's scores here; a re-run skips those done")
     parser.add_argument("--instructions", default=None,
                         help="a JSON file holding a list of hand-written instructions to score beside the search's")
@@ -165,6 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         start = next((c for c in states if c["id"] == table[0]["candidate"]), start)
         validated = {entry["candidate"] for entry in table[1:]}
         states = [start, *(c for c in states if c["id"] in validated)]
+    if args.candidates is not None:
+        if found is None:
+            raise SystemExit("--candidates needs --rows (ids of that row's candidates).")
+        wanted = {int(part) for part in args.candidates.split(",") if part.strip()}
+        missing = wanted - {c["id"] for c in states}
+        if missing:
+            raise SystemExit(f"--candidates: no candidate {sorted(missing)} among those scored here "
+                             f"({sorted(c['id'] for c in states)}).")
+        states = [start, *(c for c in states if c["id"] in wanted and c["id"] != start["id"])]
     if args.max_candidates is not None:
         ranked = sorted((c for c in states if c["id"] != start["id"]), key=_search_key)[: args.max_candidates]
         states = [start, *sorted(ranked, key=lambda c: c["id"])]

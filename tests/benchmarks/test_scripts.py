@@ -457,6 +457,56 @@ def test_the_ceiling_scores_only_the_finalists_the_rows_final_choice_validated(t
         ceiling.main(["--rows", no_table, *argv[2:]])
 
 
+def test_the_ceiling_scores_only_the_candidates_named(tmp_path, monkeypatch, capsys):
+    ceiling, calls = fake_ceiling(monkeypatch, "Think", 10)
+    states = [{"id": i, "step": min(i, 1), "origin": "seed" if i == 0 else "proposal",
+               "state": {"predict": {"instruction": text}}, "scores": {}}
+              for i, text in [(0, "Answer."), (5, "Reply briefly."), (7, "Think, then answer.")]]
+    table = [{"candidate": 0, "val": 0.4, "gain": 0.0, "se": 0.0, "passed": False},
+             {"candidate": 5, "val": 0.4, "gain": 0.0, "se": 0.05, "passed": False},
+             {"candidate": 7, "val": 0.5, "gain": 0.1, "se": 0.08, "passed": False}]
+    rows = write(tmp_path / "run_seed0.jsonl", [row("hyperbaton", "apo", 0.62, 400, seed=0,
+                                                    candidate_states=states, final_choice=table)])
+    argv = ["--rows", rows, "--task", "hyperbaton", "--method", "apo", "--seed", "0", "--test", "20", "--finalists"]
+    assert ceiling.main([*argv, "--candidates", "7"]) == 0
+    assert calls == ["Answer.", "Think, then answer."]  # the start and the one named, not finalist 5
+    with pytest.raises(SystemExit, match=r"no candidate \[9\]"):
+        ceiling.main([*argv, "--candidates", "7,9"])
+
+
+def test_the_ceiling_picks_demos_per_call_where_the_state_says_so():
+    """A joint-search or DemoSelector state carries a kNN pool behind a selection demo: scored as the search ran
+    it, each call shows k demos of the pool, not the whole pool (which overflowed the context: test 0.000)."""
+    import dspy
+
+    from dspy_icl_opt.demos.dynamic import selection_demo
+    from dspy_icl_opt.testing import format_chat_reply, scripted_lm
+    from dspy_icl_opt.testing.chat import prompt_text
+
+    ceiling = load("instruction_ceiling")
+    pool = [{"question": f"pool question {i}", "answer": f"a{i}"} for i in range(6)]
+    state = {"self": {"instruction": "Answer.", "position": "system", "base_instruction": "",
+                           "demos": [selection_demo(mode="knn", k=2, order="as_selected"), *pool]}}
+    shown = []
+
+    def reply(request):
+        text = prompt_text(request)
+        shown.append(sum(f"pool question {i}" in text for i in range(6)))
+        return format_chat_reply({"answer": "a1"})
+
+    examples = [dspy.Example(question="pool question 1?", answer="a1").with_inputs("question"),
+                dspy.Example(question="something else", answer="zz").with_inputs("question")]
+    metric = lambda example, prediction, trace=None: float(prediction.answer == example.answer)
+    program = dspy.Predict("question -> answer")
+    scores = ceiling.score_candidate(program, state, examples, metric, scripted_lm(reply))
+    assert scores == [1.0, 0.0]
+    assert shown == [2, 2]  # k of the 6 each call
+    static = {"self": {**state["self"], "demos": pool}}
+    shown.clear()
+    ceiling.score_candidate(program, static, examples, metric, scripted_lm(reply))
+    assert shown == [6, 6]  # a fixed set is shown whole, as before
+
+
 def test_the_ceiling_scores_hand_written_instructions_apart(tmp_path, monkeypatch, capsys):
     ceiling, calls = fake_ceiling(monkeypatch, "Work out", 10)
     states = [{"id": 0, "step": 0, "origin": "seed", "state": {"predict": {"instruction": "Answer."}},

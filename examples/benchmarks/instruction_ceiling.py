@@ -175,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.candidates is not None:
         if found is None:
             raise SystemExit("--candidates needs --rows (ids of that row's candidates).")
-        wanted = {int(part) for part in args.candidates.split(",") if part.strip()}
+        try:
+            wanted = {int(part) for part in args.candidates.split(",") if part.strip()}
+        except ValueError:
+            raise SystemExit(f"--candidates must be candidate ids separated by commas (e.g. 7,12), but got "
+                             f"{args.candidates!r}.") from None
         missing = wanted - {c["id"] for c in states}
         if missing:
             raise SystemExit(f"--candidates: no candidate {sorted(missing)} among those scored here "
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             lm = resolve_lm(args.lm, temperature=0.0, max_tokens=256, cache=False)
         scores[candidate["id"]] = score_candidate(program, candidate["state"], task.test, task.metric, lm)
         record = {"task": args.task, "method": args.method, "seed": args.seed, "candidate": candidate["id"],
-                  "origin": candidate["origin"], "scores": scores[candidate["id"]]}
+                  "origin": candidate["origin"], "scores": scores[candidate["id"]], "rows": _rows_name(args)}
         if "instruction" in candidate:  # written here: a changed text is scored again
             record["instruction"] = candidate["instruction"]
         _append(args.out, record)
@@ -289,9 +293,17 @@ def _read_done(path: str | None, args: argparse.Namespace) -> dict[int, dict]:
     for line in Path(path).read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            if (r["task"], r["method"], r["seed"]) == (args.task, args.method, args.seed):
+            # records of another rows file (two rows of one cell share candidate ids) are not this row's; records
+            # written before the file was recorded are read as before
+            same_rows = r.get("rows") in (None, _rows_name(args))
+            if (r["task"], r["method"], r["seed"]) == (args.task, args.method, args.seed) and same_rows:
                 done[int(r["candidate"])] = r
     return done
+
+
+def _rows_name(args: argparse.Namespace) -> str | None:
+    """The rows file a record's candidate ids belong to (its name: results move between machines)."""
+    return None if args.rows is None else Path(args.rows).name
 
 
 def _append(path: str | None, record: dict) -> None:

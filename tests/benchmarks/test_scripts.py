@@ -468,10 +468,20 @@ def test_the_ceiling_scores_only_the_candidates_named(tmp_path, monkeypatch, cap
     rows = write(tmp_path / "run_seed0.jsonl", [row("hyperbaton", "apo", 0.62, 400, seed=0,
                                                     candidate_states=states, final_choice=table)])
     argv = ["--rows", rows, "--task", "hyperbaton", "--method", "apo", "--seed", "0", "--test", "20", "--finalists"]
-    assert ceiling.main([*argv, "--candidates", "7"]) == 0
+    out = str(tmp_path / "ceiling.jsonl")
+    assert ceiling.main([*argv, "--candidates", "7", "--out", out]) == 0
     assert calls == ["Answer.", "Think, then answer."]  # the start and the one named, not finalist 5
     with pytest.raises(SystemExit, match=r"no candidate \[9\]"):
         ceiling.main([*argv, "--candidates", "7,9"])
+    with pytest.raises(SystemExit, match="candidate ids separated by commas"):
+        ceiling.main([*argv, "--candidates", "seven"])
+    # another row of the same cell and method: its candidate 7 is another program, not read back from --out
+    other = [dict(c, state={"predict": {"instruction": "Think twice."}}) if c["id"] == 7 else c for c in states]
+    rows2 = write(tmp_path / "run_seed0_b.jsonl", [row("hyperbaton", "apo", 0.62, 400, seed=0,
+                                                       candidate_states=other, final_choice=table)])
+    assert ceiling.main(["--rows", rows2, *argv[2:], "--candidates", "7", "--out", out]) == 0
+    assert calls[2:] == ["Answer.", "Think twice."]
+    assert ceiling.main([*argv, "--candidates", "7", "--out", out]) == 0 and len(calls) == 4  # the first row's, read
 
 
 def test_the_ceiling_picks_demos_per_call_where_the_state_says_so():

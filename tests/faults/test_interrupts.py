@@ -94,9 +94,12 @@ def test_a_signal_ends_the_cli_run_as_interrupted(tmp_path, sig):
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(_config(tmp_path, lm={"task": lm})), encoding="utf-8")
         env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        # SIGINT as in a terminal: a test run started in the background by a non-interactive shell (`pytest &`)
+        # ignores SIGINT, its children inherit that, and Python then raises no KeyboardInterrupt (the CLI rightly
+        # keeps a shell's choice to ignore it; exit 0 here was that, seen once)
         proc = subprocess.Popen([sys.executable, "-m", "dspy_icl_opt.pipeline.cli", "--no-progress", "run", str(path)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                cwd=os.getcwd())
+                                cwd=os.getcwd(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 60
         while server.answered < held.before and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)

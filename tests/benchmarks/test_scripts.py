@@ -457,7 +457,7 @@ def test_the_ceiling_scores_only_the_finalists_the_rows_final_choice_validated(t
         ceiling.main(["--rows", no_table, *argv[2:]])
 
 
-def test_the_ceiling_scores_only_the_candidates_named(tmp_path, monkeypatch, capsys):
+def test_the_ceiling_scores_only_the_candidates_named(tmp_path, monkeypatch):
     ceiling, calls = fake_ceiling(monkeypatch, "Think", 10)
     states = [{"id": i, "step": min(i, 1), "origin": "seed" if i == 0 else "proposal",
                "state": {"predict": {"instruction": text}}, "scores": {}}
@@ -496,7 +496,7 @@ def test_the_ceiling_picks_demos_per_call_where_the_state_says_so():
     ceiling = load("instruction_ceiling")
     pool = [{"question": f"pool question {i}", "answer": f"a{i}"} for i in range(6)]
     state = {"self": {"instruction": "Answer.", "position": "system", "base_instruction": "",
-                           "demos": [selection_demo(mode="knn", k=2, order="as_selected"), *pool]}}
+                      "demos": [selection_demo(mode="knn", k=2, order="as_selected"), *pool]}}
     shown = []
 
     def reply(request):

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from dspy_icl_opt.demos.dynamic import split_demos, with_dynamic_demos
+from dspy_icl_opt.demos.dynamic import with_dynamic_demos
 from dspy_icl_opt.programs import load_task, make_program
 
 from dspy_icl_opt.lm import resolve_lm
@@ -83,11 +83,10 @@ def find_row(path: str, task: str, method: str, seed: int) -> dict[str, Any]:
 
 def score_candidate(program: dspy.Module, state: dict, examples: list[dspy.Example], metric: Any,
                     lm: dspy.BaseLM) -> list[float]:
-    """The per-example scores of ``program`` carrying ``state`` (its instruction positions applied; demos picked
-    per call, as the search ran them, where the state says so: the joint search's and DemoSelector's kNN sets)."""
-    loaded = ProgramState.from_dict(state)
-    per_call = any(split_demos(predictor.demos)[0] for _, predictor in loaded.predictors)
-    candidate = apply_state(with_dynamic_demos(program) if per_call else program, loaded)
+    """The per-example scores of ``program`` carrying ``state`` (its instruction positions applied). Its predictors
+    are the dynamic ones, as the CLI and the runner load a saved program: a kNN state (the joint search's and
+    DemoSelector's) shows k demos of its pool a call as the search did, and fixed demos are shown as they are."""
+    candidate = apply_state(with_dynamic_demos(program), ProgramState.from_dict(state))
     evaluator = dspy.Evaluate(devset=examples, metric=metric, num_threads=1, display_progress=False,
                               failure_score=0.0, max_errors=len(examples) + 1)
     with dspy.context(lm=lm, adapter=PlacementAdapter()):

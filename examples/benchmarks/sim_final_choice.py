@@ -25,6 +25,10 @@ examples, or half as many of the whole valset, as BootstrapFewShotWithRandomSear
 - ``whole, z``: the same at ``VALIDATION_Z`` (no correction for picking the best of the trials).
 - ``whole, best (BFSRS)``: the best of those trials if its mean beats the start's, no test.
 
+A third table runs the rule ``all, fresh >= 0`` at the thresholds ``--z`` names, on the same draws: what a lower
+threshold for demo searches would gain where demo sets help and cost where they hurt, and how often its choice
+is worse than the start.
+
 Run (BENCHMARKS.md's figures come from this command; ``--held 10`` is InstructionDemoSearch's split):
     python examples/benchmarks/sim_final_choice.py --reps 4000
 """
@@ -90,6 +94,31 @@ def simulate(mean: float, spread: float, *, reps: int, trials: int = 8, n_trial:
     return {rule: total / reps for rule, total in gained.items()}
 
 
+def simulate_thresholds(mean: float, spread: float, zs: Sequence[float], *, reps: int, trials: int = 8,
+                        n_trial: int = 20, n_held: int = 20, finalists: int = 3, rho: float = 0.2, p0: float = 0.6,
+                        seed: int = 0) -> dict[float, tuple[float, float]]:
+    """The rule ``all, fresh >= 0`` at each threshold in ``zs``: (true gain of the choice, share of repetitions
+    whose choice is worse than the start). Every threshold judges the same draws."""
+    rng = random.Random(seed)
+    gained = {z: 0.0 for z in zs}
+    harmed = {z: 0 for z in zs}
+    for _ in range(reps):
+        ps = [min(0.98, max(0.02, p0 + mean + spread * rng.gauss(0, 1))) for _ in range(trials)]
+        u_trial = [rng.random() for _ in range(n_trial)]
+        u_held = [rng.random() for _ in range(n_held)]
+        start = outcomes(rng, p0, u_trial, rho) + outcomes(rng, p0, u_held, rho)
+        trial = [outcomes(rng, p, u_trial, rho) for p in ps]
+        both = [t + outcomes(rng, p, u_held, rho) for t, p in zip(trial, ps)]
+        top = sorted(range(trials), key=lambda i: (-sum(trial[i]), i))[:finalists]
+        for z in zs:
+            passed = [i for i in top if passes(both[i], start, z, reused=n_trial)]
+            if passed:
+                chosen = max(passed, key=lambda i: (sum(both[i]), -i))
+                gained[z] += ps[chosen] - p0
+                harmed[z] += ps[chosen] < p0
+    return {z: (gained[z] / reps, harmed[z] / reps) for z in zs}
+
+
 SHAPES = ("split (now)", "whole, Bonferroni", "whole, z", "whole, best (BFSRS)")
 
 
@@ -132,7 +161,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="of them held back from the trials (default 20, DemoSelector's half; "
                              "InstructionDemoSearch holds back a quarter: 10)")
     parser.add_argument("--p0", type=float, default=0.6, help="the start's true accuracy (default 0.6)")
+    parser.add_argument("--z", default="0,0.5,0.75,1.0",
+                        help="thresholds the third table compares for the rule 'all, fresh >= 0' "
+                             "(comma-separated; default 0,0.5,0.75,1.0; VALIDATION_Z is "
+                             f"{VALIDATION_Z})")
     args = parser.parse_args(argv)
+    try:
+        zs = [float(z) for z in args.z.split(",") if z.strip()]
+    except ValueError:
+        parser.error(f"--z must be comma-separated numbers such as 0.5,1.0, but got {args.z!r}")
+    if not zs:
+        parser.error("--z must name at least one threshold, such as 0.5,1.0")
     if not 0 < args.held < args.val:
         parser.error(f"--held must be between 1 and --val - 1 ({args.val - 1}), but got {args.held}")
     n_trial = args.val - args.held
@@ -153,6 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = simulate_shapes(mean, spread, reps=args.reps, trials=args.trials, n_trial=n_trial,
                                  n_held=args.held, rho=args.rho, p0=args.p0, seed=args.seed)
         print(f"| {mean:+.2f}, {spread:.2f} | " + " | ".join(f"{result[r]:+.4f}" for r in SHAPES) + " |")
+    print("\nthe rule 'all, fresh >= 0' at other thresholds: true gain (share of choices worse than the start)")
+    print("| demo sets' mean gain, spread | " + " | ".join(f"z {z:g}" for z in zs) + " |")
+    print("|---|" + "---|" * len(zs))
+    for mean, spread in SCENARIOS:
+        swept = simulate_thresholds(mean, spread, zs, reps=args.reps, trials=args.trials, n_trial=n_trial,
+                                    n_held=args.held, rho=args.rho, p0=args.p0, seed=args.seed)
+        print(f"| {mean:+.2f}, {spread:.2f} | "
+              + " | ".join(f"{swept[z][0]:+.4f} ({swept[z][1]:.3f})" for z in zs) + " |")
     return 0
 
 

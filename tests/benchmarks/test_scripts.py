@@ -597,6 +597,20 @@ def test_the_final_choice_simulation_ranks_the_rules_by_the_true_gain_they_keep(
         sim.main(["--held", "40"])  # nothing left for the trials: refused by name
 
 
+def test_the_simulation_sweeps_the_threshold_on_the_same_draws():
+    sim = load("sim_final_choice")
+    helps = sim.simulate_thresholds(0.08, 0.05, [0.0, 1.0, 3.0], reps=300)
+    hurts = sim.simulate_thresholds(-0.10, 0.05, [0.0, 1.0, 3.0], reps=300)
+    # a lower bar keeps more of a real gain, and more often picks a worse program where demo sets hurt
+    assert helps[0.0][0] > helps[1.0][0] > helps[3.0][0] > 0
+    assert hurts[0.0][0] < hurts[1.0][0] <= 0 and hurts[0.0][1] > hurts[1.0][1] > 0
+    # the rule's own threshold reproduces its column of the first table (same draws, same seed)
+    assert sim.simulate_thresholds(0.08, 0.05, [sim.VALIDATION_Z], reps=300)[sim.VALIDATION_Z][0] == \
+        pytest.approx(sim.simulate(0.08, 0.05, reps=300)["all, fresh >= 0"])
+    with pytest.raises(SystemExit):
+        sim.main(["--z", "low"])  # not numbers: refused by name
+
+
 def test_the_simulation_compares_search_shapes_at_the_same_trial_calls():
     sim = load("sim_final_choice")
     helps = sim.simulate_shapes(0.15, 0.05, reps=200)

@@ -57,19 +57,20 @@ def passes(scores: Sequence[float], start: Sequence[float], z: float, reused: in
 
 
 def choose(rule: str, trial: list[list[float]], held: list[list[float]], start_trial: list[float],
-           start_held: list[float], finalists: list[int]) -> int | None:
-    """The index of the trial the rule returns, or None for the start."""
+           start_held: list[float], finalists: list[int], z: float = VALIDATION_Z) -> int | None:
+    """The index of the trial the rule returns, or None for the start; ``z`` is the threshold of the rules that
+    test at ``VALIDATION_Z``."""
     both = [t + h for t, h in zip(trial, held)]
     start_both = start_trial + start_held
     if rule == "best of all (BFSRS)":
         best = max(range(len(both)), key=lambda i: (sum(both[i]), -i))
         return best if sum(both[best]) > sum(start_both) else None
     tests: dict[str, Callable[[int], bool]] = {
-        "held-out": lambda i: passes(held[i], start_held, VALIDATION_Z),
+        "held-out": lambda i: passes(held[i], start_held, z),
         # the trial examples first, as DemoSelector orders its final examples: the rest are the fresh ones
-        "all, fresh >= 0": lambda i: passes(both[i], start_both, VALIDATION_Z, reused=len(start_trial)),
+        "all, fresh >= 0": lambda i: passes(both[i], start_both, z, reused=len(start_trial)),
         "all, Bonferroni": lambda i: passes(both[i], start_both, reuse_z(len(trial))),
-        "all": lambda i: passes(both[i], start_both, VALIDATION_Z),
+        "all": lambda i: passes(both[i], start_both, z),
     }
     judged = held if rule == "held-out" else both
     passed = [i for i in finalists if tests[rule](i)]
@@ -81,17 +82,25 @@ def simulate(mean: float, spread: float, *, reps: int, trials: int = 8, n_trial:
     rng = random.Random(seed)
     gained = {rule: 0.0 for rule in RULES}
     for _ in range(reps):
-        ps = [min(0.98, max(0.02, p0 + mean + spread * rng.gauss(0, 1))) for _ in range(trials)]
-        u_trial = [rng.random() for _ in range(n_trial)]
-        u_held = [rng.random() for _ in range(n_held)]
-        start_trial, start_held = outcomes(rng, p0, u_trial, rho), outcomes(rng, p0, u_held, rho)
-        trial = [outcomes(rng, p, u_trial, rho) for p in ps]
-        held = [outcomes(rng, p, u_held, rho) for p in ps]
-        top = sorted(range(trials), key=lambda i: (-sum(trial[i]), i))[:finalists]
+        ps, drawn = draw(rng, mean, spread, trials, n_trial, n_held, finalists, rho, p0)
         for rule in RULES:
-            chosen = choose(rule, trial, held, start_trial, start_held, top)
+            chosen = choose(rule, *drawn)
             gained[rule] += 0.0 if chosen is None else ps[chosen] - p0
     return {rule: total / reps for rule, total in gained.items()}
+
+
+def draw(rng: random.Random, mean: float, spread: float, trials: int, n_trial: int, n_held: int, finalists: int,
+         rho: float, p0: float) -> tuple[list[float], tuple]:
+    """One repetition: the trials' true accuracies, and :func:`choose`'s arguments after ``rule`` (the trials' and
+    the start's outcomes on the trial and held-back examples, and the finalists: the best trials on theirs)."""
+    ps = [min(0.98, max(0.02, p0 + mean + spread * rng.gauss(0, 1))) for _ in range(trials)]
+    u_trial = [rng.random() for _ in range(n_trial)]
+    u_held = [rng.random() for _ in range(n_held)]
+    start_trial, start_held = outcomes(rng, p0, u_trial, rho), outcomes(rng, p0, u_held, rho)
+    trial = [outcomes(rng, p, u_trial, rho) for p in ps]
+    held = [outcomes(rng, p, u_held, rho) for p in ps]
+    top = sorted(range(trials), key=lambda i: (-sum(trial[i]), i))[:finalists]
+    return ps, (trial, held, start_trial, start_held, top)
 
 
 def simulate_thresholds(mean: float, spread: float, zs: Sequence[float], *, reps: int, trials: int = 8,
@@ -103,17 +112,10 @@ def simulate_thresholds(mean: float, spread: float, zs: Sequence[float], *, reps
     gained = {z: 0.0 for z in zs}
     harmed = {z: 0 for z in zs}
     for _ in range(reps):
-        ps = [min(0.98, max(0.02, p0 + mean + spread * rng.gauss(0, 1))) for _ in range(trials)]
-        u_trial = [rng.random() for _ in range(n_trial)]
-        u_held = [rng.random() for _ in range(n_held)]
-        start = outcomes(rng, p0, u_trial, rho) + outcomes(rng, p0, u_held, rho)
-        trial = [outcomes(rng, p, u_trial, rho) for p in ps]
-        both = [t + outcomes(rng, p, u_held, rho) for t, p in zip(trial, ps)]
-        top = sorted(range(trials), key=lambda i: (-sum(trial[i]), i))[:finalists]
+        ps, drawn = draw(rng, mean, spread, trials, n_trial, n_held, finalists, rho, p0)
         for z in zs:
-            passed = [i for i in top if passes(both[i], start, z, reused=n_trial)]
-            if passed:
-                chosen = max(passed, key=lambda i: (sum(both[i]), -i))
+            chosen = choose("all, fresh >= 0", *drawn, z=z)
+            if chosen is not None:
                 gained[z] += ps[chosen] - p0
                 harmed[z] += ps[chosen] < p0
     return {z: (gained[z] / reps, harmed[z] / reps) for z in zs}

@@ -161,6 +161,9 @@ class APE(ICLOptimizer):
             temperature when it was built with one, else the reference's 0.9.
         final_candidates: finalists validated against the start (2).
         format_candidate: also score the start with a sentence naming the answer format.
+        generation_share: with a prompt-call cap and ``iterations > 1``, the share of it planned for forward
+            generation (``None``: half); the later iterations' variations share the rest. APE (one iteration)
+            always gives generation the whole cap.
         scoring: how the search scores a candidate on a training example: "accuracy" (execution
             accuracy) or "likelihood" (the probability the task model gives the gold answer, as the
             adapter formats it: :mod:`dspy_icl_opt.search.likelihood`; one task call per pair, like
@@ -190,7 +193,7 @@ class APE(ICLOptimizer):
                  variations_per_candidate: int = 3, evaluator: str = "ucb", eval_rounds: int = 5,
                  eval_prompts_per_round: int = 50, samples_per_eval: int = 50, c: float = 1.0,
                  temperature: float | None = None, final_candidates: int = 2, format_candidate: bool = True,
-                 scoring: Scoring = "accuracy", **kwargs: Any) -> None:
+                 scoring: Scoring = "accuracy", generation_share: float | None = None, **kwargs: Any) -> None:
         super().__init__(metric, task_model=task_model, prompt_model=prompt_model, **kwargs)
         settings = {"iterations": iterations, "num_subsamples": num_subsamples, "num_demos": num_demos,
                     "variations_per_candidate": variations_per_candidate, "eval_rounds": eval_rounds,
@@ -220,11 +223,18 @@ class APE(ICLOptimizer):
         self.prompts_per_subsample = prompts_per_subsample
         self.keep_fraction, self.evaluator, self.c = float(keep_fraction), evaluator, float(c)
         self.temperature = None if temperature is None else float(temperature)
+        if generation_share is not None:
+            check_number("generation_share", generation_share, minimum=0, maximum=1,
+                         hint="Use None (the whole prompt cap for APE, half of it for Iterative-APE).")
+            if generation_share == 0:
+                raise ValueError("`generation_share` must be above 0, but got 0: forward generation would write "
+                                 "nothing to vary. Use None, or 0.5.")
         self.format_candidate, self.scoring = format_candidate, scoring
+        self.generation_share = None if generation_share is None else float(generation_share)
 
     def _params(self) -> dict[str, Any]:
         keys = [*_INT_SETTINGS, "prompts_per_subsample", "keep_fraction", "evaluator", "c", "temperature",
-                "format_candidate", "scoring"]
+                "format_candidate", "scoring", "generation_share"]
         return {key: getattr(self, key) for key in keys}
 
     def _validate(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example]) -> None:
@@ -244,15 +254,17 @@ class APE(ICLOptimizer):
 
         Without a cap: ``num_subsamples * prompts_per_subsample`` generations (50 per subset unless set),
         then ``variations_per_candidate`` per kept candidate. With one, forward generation gets the whole
-        cap for APE, half of it for Iterative-APE; the later iterations share the rest, and what their
-        ``variations_per_candidate`` leaves over goes back to forward generation, as whole rounds over the
-        subsets and then one more sample of the first subsets, so every prompt call of the cap is planned.
+        cap for APE, ``generation_share`` of it (half by default) for Iterative-APE; the later iterations
+        share the rest, and what their ``variations_per_candidate`` leaves over goes back to forward
+        generation, as whole rounds over the subsets and then one more sample of the first subsets, so
+        every prompt call of the cap is planned.
         """
         per = self.prompts_per_subsample or (50 if prompt_cap is None else None)  # 50: the reference
         if prompt_cap is None:
             generation = self.num_subsamples * per
         else:
-            generation = generation or (prompt_cap if iterations == 1 else max(1, prompt_cap // 2))
+            share = 1.0 if iterations == 1 else (0.5 if self.generation_share is None else self.generation_share)
+            generation = generation or max(1, int(prompt_cap * share))
             if per is not None:
                 generation = min(generation, self.num_subsamples * per)
         subsamples = max(1, min(self.num_subsamples, generation))

@@ -151,6 +151,8 @@ CONFIGS = {
     "ape": {"iterations": 1},
     "iterative_ape": {"iterations": 3},
     "iterative_ape_2": {"iterations": 2},
+    "iterative_ape_share_75": {"iterations": 3, "generation_share": 0.75},
+    "iterative_ape_2_share_75": {"iterations": 2, "generation_share": 0.75},
     "ape_10_subsets": {"iterations": 1, "num_subsamples": 10},
     "iterative_ape_10_subsets": {"iterations": 3, "num_subsamples": 10},
 }

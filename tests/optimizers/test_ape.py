@@ -287,6 +287,20 @@ def test_iterative_ape_plans_every_prompt_call_and_at_least_two_iterations(promp
     assert plan.settings["variations"][0] >= 1 and plan.task_calls <= 200
 
 
+@pytest.mark.parametrize("share, generations", [(None, 21), (0.5, 21), (0.75, 30), (1.0, 40)])
+def test_the_generation_share_sets_iterative_apes_forward_generation_calls(share, generations):
+    # half of 40 by default, plus the one call the variations' planned sizes leave over
+    task = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    optimizer = IterativeAPE(task.metric, generation_share=share, budget=USERS_BUDGET)
+    plan = optimizer.plan(task.program(), trainset=task.train, valset=task.val)
+    planned = plan.settings["subsamples"] * plan.settings["prompts_per_subsample"] + plan.settings["extra_samples"]
+    assert planned == generations and plan.prompt_calls == 40
+    if share == 1.0:  # nothing left to vary: the plan drops to one iteration (APE's) and says so
+        assert plan.steps == 1 and any("iteration(s) fit" in note for note in plan.notes)
+    else:
+        assert plan.steps == 3 and planned + sum(plan.settings["variations"]) == 40
+
+
 @pytest.mark.parametrize("cls, prompt_cap", [(APE, 13), (APE, 14), (IterativeAPE, 21)])
 def test_a_prompt_cap_the_subsets_do_not_divide_is_planned_and_spent_to_the_last_call(cls, prompt_cap):
     # 5 subsets: the calls the whole rounds leave (fewer than the subsets) are one more sample of the first subsets
@@ -453,6 +467,8 @@ def test_likelihood_scoring_ranks_by_the_gold_answers_probability():
     ({"evaluator": "thompson"}, "`evaluator` must be one of"),
     ({"scoring": "bleu"}, "`scoring` must be one of"),
     ({"prompts_per_subsample": 0}, "`prompts_per_subsample`"),
+    ({"generation_share": 0}, "`generation_share` must be above 0"),
+    ({"generation_share": 1.2}, "`generation_share`"),
 ])
 def test_bad_settings_are_named(settings, match):
     with pytest.raises(ValueError, match=match):

@@ -234,8 +234,11 @@ class APE(ICLOptimizer):
 
     def _params(self) -> dict[str, Any]:
         keys = [*_INT_SETTINGS, "prompts_per_subsample", "keep_fraction", "evaluator", "c", "temperature",
-                "format_candidate", "scoring", "generation_share"]
-        return {key: getattr(self, key) for key in keys}
+                "format_candidate", "scoring"]
+        params = {key: getattr(self, key) for key in keys}
+        if self.generation_share is not None:  # only when set: a default run's params (and resumes) stay as they were
+            params["generation_share"] = self.generation_share
+        return params
 
     def _validate(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example]) -> None:
         if self.scoring == "likelihood":

@@ -301,6 +301,17 @@ def test_the_generation_share_sets_iterative_apes_forward_generation_calls(share
         assert plan.steps == 3 and planned + sum(plan.settings["variations"]) == 40
 
 
+def test_the_generation_share_is_in_the_report_only_when_set():
+    # a default run's params stay those of runs before the setting existed, so their logs still resume
+    default, _, _ = run(IterativeAPE, budget={"max_task_calls": 120, "max_prompt_calls": 8})
+    shared, _, _ = run(IterativeAPE, budget={"max_task_calls": 120, "max_prompt_calls": 8}, generation_share=0.75)
+    assert "generation_share" not in default.report_.params
+    assert shared.report_.params["generation_share"] == 0.75
+    generated = [sum(c.origin == "generation" for c in o.report_.candidates) for o in (default, shared)]
+    # 3 subsets: half of the 8 prompt calls pays one sample a subset, three quarters two
+    assert generated == [3, 6]
+
+
 @pytest.mark.parametrize("cls, prompt_cap", [(APE, 13), (APE, 14), (IterativeAPE, 21)])
 def test_a_prompt_cap_the_subsets_do_not_divide_is_planned_and_spent_to_the_last_call(cls, prompt_cap):
     # 5 subsets: the calls the whole rounds leave (fewer than the subsets) are one more sample of the first subsets

@@ -267,7 +267,7 @@ class APE(ICLOptimizer):
             generation = self.num_subsamples * per
         else:
             share = 1.0 if iterations == 1 else (0.5 if self.generation_share is None else self.generation_share)
-            generation = generation or max(1, int(prompt_cap * share))
+            generation = generation or max(1, int(prompt_cap * share + 1e-9))  # 100 * 0.29 is 28.999...: 29
             if per is not None:
                 generation = min(generation, self.num_subsamples * per)
         subsamples = max(1, min(self.num_subsamples, generation))

@@ -11,7 +11,8 @@ name the same seed).
 one point per budget a method was run at (each budget's rows in their own ``--out`` file, since a file
 keeps one row per task and method): the point at N calls is the program a run capped at N returned,
 so "as good at half the calls" is read off one picture. The same points are printed as a table. A cell
-run twice at one budget counts once (the later file's row). ``--methods A,B`` keeps only those methods.
+run twice at one budget counts once, the row the targets would read (the later commit, else the later file;
+``--since`` and ``--legacy-machine`` apply). ``--methods A,B`` keeps only those methods.
 
 A chain's row (e.g. ``opro+soft``) carries the test accuracy of each earlier step's program; those are read as
 rows of their own named ``CHAIN/OPTIMIZER`` (``opro+soft/OPRO``), so ``--pair opro+soft,opro+soft/OPRO`` is the
@@ -88,8 +89,9 @@ def git_is_ancestor(old: str, new: str) -> bool:
 
 
 def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequence[str] = (),
-               legacy_machine: str | None = None) -> dict[tuple[str, str, str], dict]:
-    """``{(method, seed, task): row}`` from the files. A cell run twice keeps the row of the later commit (the
+               legacy_machine: str | None = None, by_budget: bool = False) -> dict[tuple, dict]:
+    """``{(method, seed, task): row}`` from the files (``(method, seed, task, budget)`` with ``by_budget``: a
+    method's rows at several task-call budgets kept apart). A cell run twice keeps the row of the later commit (the
     other's commit is its ancestor, ``is_ancestor(old, new)``), else the later file's row: files sort by name,
     not by when they ran. ``since``: ``[METHOD=]COMMIT`` specs: ``COMMIT`` applies to every method,
     ``METHOD=COMMIT`` to METHOD's rows (and its chain stages) only, and a row is kept only if it ran at or after
@@ -110,9 +112,10 @@ def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequenc
 
     for seed, row in seeded_rows(paths, legacy_machine):
         commit = str(row.get("commit") or "")
-        put((row["method"], seed, row["task"]), row, commit)
+        budget = (row.get("budget"),) if by_budget else ()
+        put((row["method"], seed, row["task"], *budget), row, commit)
         for stage in stage_rows(row):
-            put((stage["method"], seed, row["task"]), stage, commit)
+            put((stage["method"], seed, row["task"], *budget), stage, commit)
     return {key: {k: v for k, v in row.items() if k != "_commit"} for key, row in cells.items()}
 
 
@@ -198,13 +201,15 @@ def coverage_table(cells: dict[tuple[str, str, str], dict]) -> str:
     return "\n".join(lines)
 
 
-def curve_points(paths: Sequence[str]) -> dict[str, list[dict]]:
+def curve_points(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequence[str] = (),
+                 legacy_machine: str | None = None) -> dict[str, list[dict]]:
     """Per method, one point per budget: mean calls (task + prompt), mean test accuracy and its standard
     error over the cells (seed x task) run at that budget. A method's rows at several budgets all count;
-    a cell run twice at one budget counts once, the later file's row (as in ``read_cells``)."""
-    latest = {(row["method"], row.get("budget"), seed, row["task"]): row for seed, row in seeded_rows(paths)}
+    a cell run twice at one budget counts once, chosen as ``read_cells`` chooses (the later commit, else the
+    later file; ``since`` and ``legacy_machine`` alike), so the curve and the targets read the same rows."""
+    latest = read_cells(paths, is_ancestor=is_ancestor, since=since, legacy_machine=legacy_machine, by_budget=True)
     groups: dict[tuple[str, object], list[dict]] = {}
-    for (method, budget, _, _), row in latest.items():
+    for (method, _, _, budget), row in latest.items():
         groups.setdefault((method, budget), []).append(row)
     points: dict[str, list[dict]] = {}
     for (method, budget), rows in groups.items():
@@ -484,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(pair_line(cells, a, b))
     if args.curve:
-        points = curve_points(args.files)
+        points = curve_points(args.files, since=args.since, legacy_machine=args.legacy_machine)
         if args.methods:
             points = {m: p for m, p in points.items() if m in wanted}
         plot_curve(points, args.curve)

@@ -216,6 +216,22 @@ def test_the_curve_has_one_point_per_budget_with_calls_of_both_models(tmp_path, 
     assert (again["cells"], again["accuracy"]) == (2, pytest.approx(0.8))
 
 
+def test_the_curve_reads_the_rows_the_targets_read(tmp_path):
+    # a later file holding an older commit's row of the same cell does not replace the newer one, and a row
+    # without a machine pairs with the tagged ones under --legacy-machine (as in read_cells)
+    summarize = load("summarize_runs")
+    new = write(tmp_path / "a_seed0.jsonl", [row("t1", "joint", 0.6, 210, budget=220, commit="new", machine="m1"),
+                                             row("t2", "joint", 0.4, 210, budget=220, commit="new", machine="m1")])
+    old = write(tmp_path / "b_seed0.jsonl", [row("t1", "joint", 0.2, 200, budget=220, commit="old")])
+    is_ancestor = lambda a, b: (a, b) in {("old", "new"), ("old", "old"), ("new", "new")}  # noqa: E731
+    split = summarize.curve_points([new, old], is_ancestor=is_ancestor)["joint"][0]
+    assert split["cells"] == 3, "an untagged row is a cell of its own by default"
+    merged = summarize.curve_points([new, old], is_ancestor=is_ancestor, legacy_machine="m1")["joint"][0]
+    assert (merged["cells"], merged["accuracy"]) == (2, pytest.approx(0.5)), "the newer commit's 0.6 stays"
+    since = summarize.curve_points([new, old], is_ancestor=is_ancestor, since=["joint=new"])["joint"][0]
+    assert since["cells"] == 2
+
+
 def test_the_fp32_control_runs_the_given_program_on_a_pytorch_lm_with_the_task_models_settings(monkeypatch):
     import dspy
 

@@ -10,7 +10,8 @@ name the same seed).
 ``--curve FILE.png`` draws test accuracy against the calls spent (task + prompt model) for every method,
 one point per budget a method was run at (each budget's rows in their own ``--out`` file, since a file
 keeps one row per task and method): the point at N calls is the program a run capped at N returned,
-so "as good at half the calls" is read off one picture. The same points are printed as a table. A cell
+so "as good at half the calls" is read off one picture (``--one-point demos``: one point for a method run at
+each cell's own calls). The same points are printed as a table. A cell
 run twice at one budget counts once, the row the targets would read (the later commit, else the later file;
 ``--since`` and ``--legacy-machine`` apply). ``--methods A,B`` keeps only those methods.
 
@@ -202,15 +203,17 @@ def coverage_table(cells: dict[tuple[str, str, str], dict]) -> str:
 
 
 def curve_points(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequence[str] = (),
-                 legacy_machine: str | None = None) -> dict[str, list[dict]]:
+                 legacy_machine: str | None = None, one_point: Sequence[str] = ()) -> dict[str, list[dict]]:
     """Per method, one point per budget: mean calls (task + prompt), mean test accuracy and its standard
     error over the cells (seed x task) run at that budget. A method's rows at several budgets all count;
     a cell run twice at one budget counts once, chosen as ``read_cells`` chooses (the later commit, else the
-    later file; ``since`` and ``legacy_machine`` alike), so the curve and the targets read the same rows."""
+    later file; ``since`` and ``legacy_machine`` alike), so the curve and the targets read the same rows.
+    ``one_point``: methods whose rows make one point whatever their budgets (budget ``"per cell"``), for a
+    method run at each cell's own reference calls (DemoSelector at BFSRS's, ``--budget-from``)."""
     latest = read_cells(paths, is_ancestor=is_ancestor, since=since, legacy_machine=legacy_machine, by_budget=True)
     groups: dict[tuple[str, object], list[dict]] = {}
     for (method, _, _, budget), row in latest.items():
-        groups.setdefault((method, budget), []).append(row)
+        groups.setdefault((method, "per cell" if method in one_point else budget), []).append(row)
     points: dict[str, list[dict]] = {}
     for (method, budget), rows in groups.items():
         accs = [r["test_accuracy"] for r in rows]
@@ -454,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair", action="append", default=[], metavar="A,B", help="compare method A with B")
     parser.add_argument("--curve", default=None, metavar="FILE.png",
                         help="draw test accuracy against calls spent, one point per budget, and print its table")
+    parser.add_argument("--one-point", action="append", default=[], metavar="A,B",
+                        help="with --curve: these methods' rows make one point whatever their budgets (a method "
+                             "run at each cell's own reference calls, e.g. demos with --budget-from)")
     parser.add_argument("--coverage", action="store_true",
                         help="print which seeds each method has per task, with the commit each row ran at")
     parser.add_argument("--methods", default=None, metavar="A,B,...",
@@ -489,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(pair_line(cells, a, b))
     if args.curve:
-        points = curve_points(args.files, since=args.since, legacy_machine=args.legacy_machine)
+        one_point = [m for spec in args.one_point for m in spec.split(",") if m]
+        points = curve_points(args.files, since=args.since, legacy_machine=args.legacy_machine, one_point=one_point)
         if args.methods:
             points = {m: p for m, p in points.items() if m in wanted}
         plot_curve(points, args.curve)

@@ -232,6 +232,17 @@ def test_the_curve_reads_the_rows_the_targets_read(tmp_path):
     assert since["cells"] == 2
 
 
+def test_a_method_run_at_each_cells_own_calls_can_be_one_point(tmp_path, capsys):
+    summarize = load("summarize_runs")
+    rows = write(tmp_path / "r_seed0.jsonl", [row("t1", "demos", 0.4, 250, budget=260),
+                                              row("t2", "demos", 0.6, 270, budget=272)])
+    assert len(summarize.curve_points([rows])["demos"]) == 2
+    [point] = summarize.curve_points([rows], one_point=["demos"])["demos"]
+    assert (point["budget"], point["cells"], point["calls"]) == ("per cell", 2, 260.0)
+    assert summarize.main([rows, "--curve", str(tmp_path / "c.png"), "--one-point", "demos"]) == 0
+    assert "| demos | per cell | 2 | 260 | 0.500 (0.100) |" in capsys.readouterr().out
+
+
 def test_the_fp32_control_runs_the_given_program_on_a_pytorch_lm_with_the_task_models_settings(monkeypatch):
     import dspy
 

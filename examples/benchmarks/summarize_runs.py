@@ -43,7 +43,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -55,7 +55,12 @@ LEGACY_HELP = ("treat rows that name no machine as rows of this machine tag (e.g
                "as-given rows they reproduce); by default they pair only with each other")
 
 
-def seeded_rows(paths: Sequence[str], legacy_machine: str | None = None) -> Iterator[tuple[str, dict]]:
+#: The machine tag ``--legacy-until`` gives to untagged rows run at or before its commit.
+EARLY_LEGACY = "legacy-early"
+
+
+def seeded_rows(paths: Sequence[str], legacy_machine: str | None = None,
+                machine_of: Callable[[dict], str | None] | None = None) -> Iterator[tuple[str, dict]]:
     """``(seed, row)`` for every row the files hold, in file order, skipped rows left out. The seed is the
     row's ``seed``, else a ``seed<N>`` in its file's name, else the file's name; with ``/<machine>`` appended when
     the row names the machine it ran on, so rows of different machines never pair (their model's numerics
@@ -72,7 +77,7 @@ def seeded_rows(paths: Sequence[str], legacy_machine: str | None = None) -> Iter
                     continue
                 if "skipped" not in row:
                     seed = str(row.get("seed", default))
-                    machine = row.get("machine") or legacy_machine
+                    machine = row.get("machine") or (machine_of(row) if machine_of else None) or legacy_machine
                     yield (f"{seed}/{machine}" if machine else seed), row
 
 
@@ -90,14 +95,18 @@ def git_is_ancestor(old: str, new: str) -> bool:
 
 
 def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequence[str] = (),
-               legacy_machine: str | None = None, by_budget: bool = False) -> dict[tuple, dict]:
+               legacy_machine: str | None = None, by_budget: bool = False,
+               legacy_until: str | None = None) -> dict[tuple, dict]:
     """``{(method, seed, task): row}`` from the files (``(method, seed, task, budget)`` with ``by_budget``: a
     method's rows at several task-call budgets kept apart). A cell run twice keeps the row of the later commit (the
     other's commit is its ancestor, ``is_ancestor(old, new)``), else the later file's row: files sort by name,
     not by when they ran. ``since``: ``[METHOD=]COMMIT`` specs: ``COMMIT`` applies to every method,
     ``METHOD=COMMIT`` to METHOD's rows (and its chain stages) only, and a row is kept only if it ran at or after
     each spec that applies to it (:func:`passes_since`); they are applied to every row before a cell's rows are
-    compared, so a stale row never hides one that qualifies. ``legacy_machine``: the
+    compared, so a stale row never hides one that qualifies. ``legacy_until``: untagged rows run at this commit
+    or an ancestor of it are rows of another build (:data:`EARLY_LEGACY`), never given ``legacy_machine``; the
+    committed rows need ``d0ce1f0``: every untagged as-given figure up to it differs from the AVX2 build's on its
+    cell, every one after it matches. ``legacy_machine``: the
     machine tag given to rows that name none (see :data:`LEGACY_HELP`)."""
     cells: dict[tuple[str, str, str], dict] = {}
     rules = since_rules(since)
@@ -111,7 +120,17 @@ def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequenc
             return  # the held row ran at a later commit
         cells[key] = dict(row, _commit=commit)
 
-    for seed, row in seeded_rows(paths, legacy_machine):
+    early: dict[str, bool] = {}
+
+    def machine_of(row: dict) -> str | None:
+        commit = str(row.get("commit") or "")
+        if legacy_until is None or not commit:
+            return None
+        if commit not in early:
+            early[commit] = is_ancestor(commit, legacy_until)
+        return EARLY_LEGACY if early[commit] else None
+
+    for seed, row in seeded_rows(paths, legacy_machine, machine_of):
         commit = str(row.get("commit") or "")
         budget = (row.get("budget"),) if by_budget else ()
         put((row["method"], seed, row["task"], *budget), row, commit)
@@ -203,14 +222,16 @@ def coverage_table(cells: dict[tuple[str, str, str], dict]) -> str:
 
 
 def curve_points(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequence[str] = (),
-                 legacy_machine: str | None = None, one_point: Sequence[str] = ()) -> dict[str, list[dict]]:
+                 legacy_machine: str | None = None, one_point: Sequence[str] = (),
+                 legacy_until: str | None = None) -> dict[str, list[dict]]:
     """Per method, one point per budget: mean calls (task + prompt), mean test accuracy and its standard
     error over the cells (seed x task) run at that budget. A method's rows at several budgets all count;
     a cell run twice at one budget counts once, chosen as ``read_cells`` chooses (the later commit, else the
     later file; ``since`` and ``legacy_machine`` alike), so the curve and the targets read the same rows.
     ``one_point``: methods whose rows make one point whatever their budgets (budget ``"per cell"``), for a
     method run at each cell's own reference calls (DemoSelector at BFSRS's, ``--budget-from``)."""
-    latest = read_cells(paths, is_ancestor=is_ancestor, since=since, legacy_machine=legacy_machine, by_budget=True)
+    latest = read_cells(paths, is_ancestor=is_ancestor, since=since, legacy_machine=legacy_machine, by_budget=True,
+                        legacy_until=legacy_until)
     groups: dict[tuple[str, object], list[dict]] = {}
     for (method, _, _, budget), row in latest.items():
         groups.setdefault((method, "per cell" if method in one_point else budget), []).append(row)
@@ -469,12 +490,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--since", action="append", default=[], metavar="[METHOD=]COMMIT",
                         help="keep only rows run at COMMIT or later (for METHOD only when named); repeatable")
     parser.add_argument("--legacy-machine", default=None, metavar="TAG", help=LEGACY_HELP)
+    parser.add_argument("--legacy-until", default=None, metavar="COMMIT",
+                        help="rows that name no machine and ran at COMMIT or before it are another build's "
+                             f"({EARLY_LEGACY!r}): they pair only with each other (d0ce1f0 for the committed rows)")
     parser.add_argument("--choices", action="store_true",
                         help="rows whose final choice replaced the start: the chosen z and the test gain it brought")
     args = parser.parse_args(argv)
     if args.since:
         check_commits(args.since)
-    cells = read_cells(args.files, since=args.since, legacy_machine=args.legacy_machine)
+    cells = read_cells(args.files, since=args.since, legacy_machine=args.legacy_machine,
+                       legacy_until=args.legacy_until)
     if args.methods:
         wanted = set(args.methods.split(","))
         cells = {key: r for key, r in cells.items() if key[0] in wanted}
@@ -496,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         print(pair_line(cells, a, b))
     if args.curve:
         one_point = [m for spec in args.one_point for m in spec.split(",") if m]
-        points = curve_points(args.files, since=args.since, legacy_machine=args.legacy_machine, one_point=one_point)
+        points = curve_points(args.files, since=args.since, legacy_machine=args.legacy_machine, one_point=one_point,
+                              legacy_until=args.legacy_until)
         if args.methods:
             points = {m: p for m, p in points.items() if m in wanted}
         plot_curve(points, args.curve)

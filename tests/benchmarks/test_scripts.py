@@ -716,6 +716,25 @@ def test_rows_of_different_machines_never_pair(tmp_path):
     assert legacy[("uncompiled", "0/bbbb", "t1")]["test_accuracy"] == 0.34  # a cell run twice: the later file row
 
 
+def test_untagged_rows_up_to_a_commit_are_another_builds(tmp_path):
+    # untagged rows of the early sessions reproduce another build's as-given figures: with --legacy-until they
+    # pair only with each other, while later untagged rows still join the tagged build's
+    summarize = load("summarize_runs")
+    path = write(tmp_path / "run_seed0.jsonl", [
+        row("t1", "uncompiled", 0.31, 0, seed=0, commit="early"),
+        row("t1", "apo", 0.31, 400, seed=0, commit="early"),  # kept the start: 0.31 is that build's as given
+        row("t1", "uncompiled", 0.28, 0, seed=0, commit="late", machine="bbbb"),
+        row("t1", "opro", 0.38, 400, seed=0, commit="late")])
+    order = ["early", "late"]
+    is_ancestor = lambda old, new: order.index(old) <= order.index(new)  # noqa: E731
+    before = summarize.read_cells([path], is_ancestor=is_ancestor, legacy_machine="bbbb")
+    assert summarize.paired(before, "apo", "uncompiled")["mean"] == pytest.approx(0.03)  # a build read as a gain
+    cells = summarize.read_cells([path], is_ancestor=is_ancestor, legacy_machine="bbbb", legacy_until="early")
+    assert summarize.paired(cells, "apo", "uncompiled")["mean"] == 0.0
+    assert summarize.paired(cells, "opro", "uncompiled")["mean"] == pytest.approx(0.10)
+    assert ("apo", f"0/{summarize.EARLY_LEGACY}", "t1") in cells and ("opro", "0/bbbb", "t1") in cells
+
+
 def test_a_row_names_the_machine_whose_kernels_ran_the_model():
     bench = load("bench_optimizers")
     first, again = bench.machine_fingerprint(), bench.machine_fingerprint()

@@ -461,15 +461,16 @@ def passes_since(method: str, commit: str, rules: Sequence[tuple[str, str]], is_
     return all(commit and commit != "?" and is_ancestor(c, commit) for c in applies)
 
 
-def check_commits(specs: Sequence[str]) -> None:
-    """Refuse a ``--since`` commit this checkout does not know (it would drop every row silently)."""
+def check_commits(specs: Sequence[str], option: str = "--since") -> None:
+    """Refuse a ``--since`` (or ``--legacy-until``) commit this checkout does not know (it would drop every row,
+    or set none apart, silently)."""
     import subprocess
 
     for _, commit in since_rules(specs):
         known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
                                capture_output=True, cwd=Path(__file__).resolve().parent).returncode == 0
         if not known:
-            raise SystemExit(f"--since {commit}: no such commit in this checkout; pass a commit of its history.")
+            raise SystemExit(f"{option} {commit}: no such commit in this checkout; pass a commit of its history.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.since:
         check_commits(args.since)
+    if args.legacy_until:
+        check_commits([args.legacy_until], "--legacy-until")
     cells = read_cells(args.files, since=args.since, legacy_machine=args.legacy_machine,
                        legacy_until=args.legacy_until)
     if args.methods:

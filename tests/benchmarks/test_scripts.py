@@ -735,6 +735,14 @@ def test_untagged_rows_up_to_a_commit_are_another_builds(tmp_path):
     assert ("apo", f"0/{summarize.EARLY_LEGACY}", "t1") in cells and ("opro", "0/bbbb", "t1") in cells
 
 
+def test_an_unknown_commit_is_refused_not_read_as_no_rows(tmp_path):
+    summarize = load("summarize_runs")
+    path = write(tmp_path / "run_seed0.jsonl", [row("t1", "uncompiled", 0.3, 0)])
+    for option in ("--since", "--legacy-until"):
+        with pytest.raises(SystemExit, match=f"{option} 0000000: no such commit"):
+            summarize.main([path, option, "0000000"])
+
+
 def test_a_row_names_the_machine_whose_kernels_ran_the_model():
     bench = load("bench_optimizers")
     first, again = bench.machine_fingerprint(), bench.machine_fingerprint()

@@ -64,7 +64,8 @@ def seeded_rows(paths: Sequence[str], legacy_machine: str | None = None,
     """``(seed, row)`` for every row the files hold, in file order, skipped rows left out. The seed is the
     row's ``seed``, else a ``seed<N>`` in its file's name, else the file's name; with ``/<machine>`` appended when
     the row names the machine it ran on, so rows of different machines never pair (their model's numerics
-    differ: see ``bench_optimizers.machine_fingerprint``). Rows from before that field pair with each other."""
+    differ: see ``bench_optimizers.machine_fingerprint``). Rows from before that field pair with each other, or
+    take the machine ``machine_of(row)`` names for them, else ``legacy_machine``."""
     for path in paths:
         match = re.search(r"seed(\d+)", Path(path).name)
         default = match.group(1) if match else Path(path).name
@@ -108,7 +109,7 @@ def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequenc
     committed rows need ``d0ce1f0``: every untagged as-given figure up to it differs from the AVX2 build's on its
     cell, every one after it matches. ``legacy_machine``: the
     machine tag given to rows that name none (see :data:`LEGACY_HELP`)."""
-    cells: dict[tuple[str, str, str], dict] = {}
+    cells: dict[tuple, dict] = {}  # with by_budget the keys carry the budget too
     rules = since_rules(since)
 
     def put(key: tuple[str, str, str], row: dict, commit: str) -> None:

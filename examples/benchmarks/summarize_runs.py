@@ -26,6 +26,8 @@ is read as a paired mean difference no more than one standard error below zero. 
 (repeatable) keeps only rows run at COMMIT or a later commit (``git merge-base --is-ancestor``), for every
 method or for METHOD alone: rows an algorithm change made stale drop out. Below the targets, each instruction
 search run with the 1.5B proposer (``opro@embedded-1.5b``) is paired with the same search with the 0.5B one.
+``--machine TAG`` keeps only one machine's rows (tagged rows, and untagged ones ``--legacy-machine`` gives it),
+so a comparison whose cells mix builds can be read on one alone.
 
 ``--choices`` checks the final choice's threshold on the rows themselves: every cell whose final choice replaced
 the program as given (``kept_start`` false), with the chosen finalist's paired z on the validation examples and
@@ -97,7 +99,7 @@ def git_is_ancestor(old: str, new: str) -> bool:
 
 def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequence[str] = (),
                legacy_machine: str | None = None, by_budget: bool = False,
-               legacy_until: str | None = None) -> dict[tuple, dict]:
+               legacy_until: str | None = None, machine: str | None = None) -> dict[tuple, dict]:
     """``{(method, seed, task): row}`` from the files (``(method, seed, task, budget)`` with ``by_budget``: a
     method's rows at several task-call budgets kept apart). A cell run twice keeps the row of the later commit (the
     other's commit is its ancestor, ``is_ancestor(old, new)``), else the later file's row: files sort by name,
@@ -108,7 +110,9 @@ def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequenc
     or an ancestor of it are rows of another build (:data:`EARLY_LEGACY`), never given ``legacy_machine``; the
     committed rows need ``d0ce1f0``: every untagged as-given figure up to it differs from the AVX2 build's on its
     cell, every one after it matches. ``legacy_machine``: the
-    machine tag given to rows that name none (see :data:`LEGACY_HELP`)."""
+    machine tag given to rows that name none (see :data:`LEGACY_HELP`). ``machine``: keep only the rows of that
+    machine tag (as the seed labels name it, after ``legacy_machine`` and ``legacy_until``), so every pair is read
+    on one build."""
     cells: dict[tuple, dict] = {}  # with by_budget the keys carry the budget too
     rules = since_rules(since)
 
@@ -132,6 +136,8 @@ def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequenc
         return EARLY_LEGACY if early[commit] else None
 
     for seed, row in seeded_rows(paths, legacy_machine, machine_of):
+        if machine is not None and seed.partition("/")[2] != machine:
+            continue
         commit = str(row.get("commit") or "")
         budget = (row.get("budget"),) if by_budget else ()
         put((row["method"], seed, row["task"], *budget), row, commit)
@@ -224,7 +230,7 @@ def coverage_table(cells: dict[tuple[str, str, str], dict]) -> str:
 
 def curve_points(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequence[str] = (),
                  legacy_machine: str | None = None, one_point: Sequence[str] = (),
-                 legacy_until: str | None = None) -> dict[str, list[dict]]:
+                 legacy_until: str | None = None, machine: str | None = None) -> dict[str, list[dict]]:
     """Per method, one point per budget: mean calls (task + prompt), mean test accuracy and its standard
     error over the cells (seed x task) run at that budget. A method's rows at several budgets all count;
     a cell run twice at one budget counts once, chosen as ``read_cells`` chooses (the later commit, else the
@@ -232,7 +238,7 @@ def curve_points(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Seque
     ``one_point``: methods whose rows make one point whatever their budgets (budget ``"per cell"``), for a
     method run at each cell's own reference calls (DemoSelector at BFSRS's, ``--budget-from``)."""
     latest = read_cells(paths, is_ancestor=is_ancestor, since=since, legacy_machine=legacy_machine, by_budget=True,
-                        legacy_until=legacy_until)
+                        legacy_until=legacy_until, machine=machine)
     groups: dict[tuple[str, object], list[dict]] = {}
     for (method, _, _, budget), row in latest.items():
         groups.setdefault((method, "per cell" if method in one_point else budget), []).append(row)
@@ -495,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--legacy-until", default=None, metavar="COMMIT",
                         help="rows that name no machine and ran at COMMIT or before it are another build's "
                              f"({EARLY_LEGACY!r}): they pair only with each other (d0ce1f0 for the committed rows)")
+    parser.add_argument("--machine", default=None, metavar="TAG",
+                        help="keep only the rows of this machine tag (after --legacy-machine and --legacy-until), "
+                             "so every comparison and curve point is read on one build")
     parser.add_argument("--choices", action="store_true",
                         help="rows whose final choice replaced the start: the chosen z and the test gain it brought")
     args = parser.parse_args(argv)
@@ -503,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.legacy_until:
         check_commits([args.legacy_until], "--legacy-until")
     cells = read_cells(args.files, since=args.since, legacy_machine=args.legacy_machine,
-                       legacy_until=args.legacy_until)
+                       legacy_until=args.legacy_until, machine=args.machine)
     if args.methods:
         wanted = set(args.methods.split(","))
         cells = {key: r for key, r in cells.items() if key[0] in wanted}
@@ -526,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.curve:
         one_point = [m for spec in args.one_point for m in spec.split(",") if m]
         points = curve_points(args.files, since=args.since, legacy_machine=args.legacy_machine, one_point=one_point,
-                              legacy_until=args.legacy_until)
+                              legacy_until=args.legacy_until, machine=args.machine)
         if args.methods:
             points = {m: p for m, p in points.items() if m in wanted}
         plot_curve(points, args.curve)

@@ -735,6 +735,30 @@ def test_untagged_rows_up_to_a_commit_are_another_builds(tmp_path):
     assert ("apo", f"0/{summarize.EARLY_LEGACY}", "t1") in cells and ("opro", "0/bbbb", "t1") in cells
 
 
+def test_one_machine_s_rows_can_be_read_alone(tmp_path):
+    # a comparison whose cells mix builds (one split per build here) is read on one build with --machine
+    summarize = load("summarize_runs")
+    paths = [write(tmp_path / "run_seed0.jsonl", [
+        row("t1", "uncompiled", 0.31, 0, seed=0, commit="early"),
+        row("t1", "demos", 0.41, 200, seed=0, commit="early"),
+        row("t1", "uncompiled", 0.28, 0, seed=0, commit="late", machine="bbbb"),
+        row("t1", "demos", 0.30, 200, seed=0, commit="late", machine="bbbb")]),
+        write(tmp_path / "run_seed1.jsonl", [
+            row("t1", "uncompiled", 0.50, 0, seed=1, commit="late"),  # untagged, after "early": bbbb's
+            row("t1", "demos", 0.54, 200, seed=1, commit="late", machine="bbbb")])]
+    order = ["early", "late"]
+    is_ancestor = lambda old, new: order.index(old) <= order.index(new)  # noqa: E731
+    both = summarize.read_cells(paths, is_ancestor=is_ancestor, legacy_machine="bbbb", legacy_until="early")
+    assert summarize.paired(both, "demos", "uncompiled")["mean"] == pytest.approx((0.10 + 0.02 + 0.04) / 3)
+    one = summarize.read_cells(paths, is_ancestor=is_ancestor, legacy_machine="bbbb", legacy_until="early",
+                               machine="bbbb")
+    assert summarize.paired(one, "demos", "uncompiled")["mean"] == pytest.approx(0.03)
+    assert {seed for _, seed, _ in one} == {"0/bbbb", "1/bbbb"}
+    points = summarize.curve_points(paths, is_ancestor=is_ancestor, legacy_machine="bbbb", legacy_until="early",
+                                    machine="bbbb")
+    assert [p["cells"] for p in points["demos"]] == [2]
+
+
 def test_an_unknown_commit_is_refused_not_read_as_no_rows(tmp_path):
     summarize = load("summarize_runs")
     path = write(tmp_path / "run_seed0.jsonl", [row("t1", "uncompiled", 0.3, 0)])

@@ -503,16 +503,26 @@ def main(argv: list[str] | None = None) -> int:
                              f"({EARLY_LEGACY!r}): they pair only with each other (d0ce1f0 for the committed rows)")
     parser.add_argument("--machine", default=None, metavar="TAG",
                         help="keep only the rows of this machine tag (after --legacy-machine and --legacy-until), "
-                             "so every comparison and curve point is read on one build")
+                             "so every comparison and curve point is read on one build (a tag no row has is "
+                             "refused, with the tags the rows have)")
     parser.add_argument("--choices", action="store_true",
                         help="rows whose final choice replaced the start: the chosen z and the test gain it brought")
     args = parser.parse_args(argv)
     if args.since:
         check_commits(args.since)
     if args.legacy_until:
+        if "=" in args.legacy_until:
+            parser.error(f"--legacy-until {args.legacy_until}: takes a bare COMMIT (it sets rows of every method "
+                         "apart), not METHOD=COMMIT; drop the METHOD= part.")
         check_commits([args.legacy_until], "--legacy-until")
     cells = read_cells(args.files, since=args.since, legacy_machine=args.legacy_machine,
                        legacy_until=args.legacy_until, machine=args.machine)
+    if args.machine is not None and not cells:
+        seen = read_cells(args.files, since=args.since, legacy_machine=args.legacy_machine,
+                          legacy_until=args.legacy_until)
+        tags = sorted({seed.partition("/")[2] or "(none)" for _, seed, _ in seen})
+        parser.error(f"--machine {args.machine}: no row of these files has that machine tag; the tags they have "
+                     f"(after --legacy-machine and --legacy-until) are: {', '.join(tags) or 'none'}.")
     if args.methods:
         wanted = set(args.methods.split(","))
         cells = {key: r for key, r in cells.items() if key[0] in wanted}

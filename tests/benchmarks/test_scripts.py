@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -765,6 +766,24 @@ def test_an_unknown_commit_is_refused_not_read_as_no_rows(tmp_path):
     for option in ("--since", "--legacy-until"):
         with pytest.raises(SystemExit, match=f"{option} 0000000: no such commit"):
             summarize.main([path, option, "0000000"])
+
+
+def test_a_legacy_until_with_a_method_or_an_unknown_machine_tag_is_refused(tmp_path, capsys):
+    # --legacy-until sets every method's early rows apart: a METHOD=COMMIT value would pass the commit check and
+    # then set nothing apart; a --machine tag no row has would print empty tables as if nothing ran
+    summarize = load("summarize_runs")
+    path = write(tmp_path / "run_seed0.jsonl", [row("t1", "uncompiled", 0.3, 0, seed=0, machine="bbbb")])
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+    with pytest.raises(SystemExit):
+        summarize.main([path, "--legacy-until", f"apo={head}"])
+    assert f"--legacy-until apo={head}: takes a bare COMMIT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        summarize.main([path, "--machine", "cccc"])
+    err = capsys.readouterr().err
+    assert "--machine cccc: no row of these files has that machine tag" in err and "are: bbbb." in err
+    assert summarize.main([path, "--machine", "bbbb"]) == 0
+    assert "| uncompiled | 1 |" in capsys.readouterr().out
 
 
 def test_a_row_names_the_machine_whose_kernels_ran_the_model():

@@ -154,6 +154,22 @@ def test_the_tree_is_in_the_report():
     assert set(agent.report_.extra["meta_prompts"]) == {"AnalyzeErrors", "RewriteInstruction"}
 
 
+def test_the_paper_choice_and_the_best_other_node_by_reward_are_validated_by_default():
+    # with one finalist the valset saw only the paper's node, which on the benchmark was often not the node of
+    # best reward (or was the format candidate); two finalists, as the other strategies validate, by default
+    task = planted_rule_task("vowels", train_size=16, val_size=10, seed=0)
+    agent, _ = run_agent(task)
+    tree = agent.report_.extra["tree"]
+    nodes = tree_of(agent)
+    others = sorted((n for n in nodes.values() if n["id"] not in (tree["paper_choice"], tree["root"])),
+                    key=lambda n: (-n["reward"], n["id"]))
+    assert tree["finalists"] == [tree["paper_choice"], others[0]["id"]]
+    validated = [c["candidate"] for c in agent.report_.extra["final_choice"]["contenders"]]
+    assert set(tree["finalists"]) <= set(validated)
+    one, _ = run_agent(task, final_candidates=1)
+    assert one.report_.extra["tree"]["finalists"] == [one.report_.extra["tree"]["paper_choice"]]
+
+
 def test_unreadable_task_answers_are_shown_with_their_raw_text():
     task = planted_rule_task("vowels", train_size=8, val_size=4, seed=0)
     log: list[dict[str, str]] = []

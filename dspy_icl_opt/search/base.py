@@ -138,7 +138,9 @@ def paired_test(scores: Sequence[float], baseline: Sequence[float], z: float = V
     errors; when the first ``reused`` examples are ones the contender was selected on (and some are not), its
     gain on the rest must also not be negative."""
     gain, se = paired_gain(scores, baseline)
-    passed = gain > 0 and gain >= z * se
+    # p wins and q losses with p + q = (p - q) ** 2 (one win and no loss; 3 and 1; 6 and 3) are exactly one
+    # standard error ahead: without the tolerance rounding passed or failed them by the valset's size
+    passed = gain > 0 and gain >= z * se - 1e-9
     fresh_gain = None
     if 0 < reused < min(len(scores), len(baseline)):
         fresh_gain = paired_gain(scores[reused:], baseline[reused:])[0]

@@ -461,6 +461,21 @@ def test_a_finalist_ahead_by_less_than_one_standard_error_leaves_the_start():
     assert chosen.id == choice["start"] and not row["passed"]
 
 
+def test_a_finalist_exactly_one_standard_error_ahead_passes_whatever_the_valset_size():
+    # p wins and q losses with p + q = (p - q) ** 2 are exactly one standard error ahead; rounding decided them by
+    # the number of examples (PromptAgent on date_understanding split 0: 6 wins, 3 losses passed on 44 examples and
+    # failed on 43, the same candidate)
+    from dspy_icl_opt.search.base import paired_test
+
+    for wins, losses in [(1, 0), (3, 1), (6, 3), (10, 6)]:
+        for n in range(wins + losses + 2, 80):
+            rest = n - wins - losses
+            test = paired_test([1.0] * wins + [0.0] * losses + [0.0] * rest,
+                               [0.0] * wins + [1.0] * losses + [0.0] * rest)
+            assert test.gain == pytest.approx(test.se) and test.passed, (wins, losses, n)
+    assert not paired_test([1.0] * 5 + [0.0] * 3 + [0.0] * 35, [0.0] * 5 + [1.0] * 3 + [0.0] * 35).passed  # 0.7 s.e.
+
+
 def test_with_reused_examples_a_finalist_ahead_only_where_it_was_selected_leaves_the_start():
     # the first 20 items ranked the finalist: it wins 8 there and loses 4 of the 20 it was not selected on.
     # On all 40 that is +0.10 at 1.16 standard errors (enough without reuse), but it loses where it is fresh.

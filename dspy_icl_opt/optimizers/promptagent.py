@@ -165,7 +165,7 @@ class PromptAgent(ICLOptimizer):
         n_reasons: reasons asked of the error analysis (3).
         final_candidates: nodes validated against the start (2: the paper's choice and the best other node by
             reward, as the other strategies validate two finalists; 1: the paper's choice only). On the AVX2
-            benchmark rows with 1, the paper's choice was the node of best reward in 6 of 10 cells; in 3 it
+            benchmark rows with 1, the paper's choice was the node of best reward in 8 of 12 cells; in 3 it
             was the format candidate, which scored as the start did on validation.
         temperature: the prompt model's sampling temperature; ``None`` (default): the prompt LM's own
             temperature when it was built with one, else 0.7.

@@ -117,9 +117,15 @@ def among_passed(passed: Sequence[CandidateRecord], scores: dict[int, list[float
     return best, {r.id for r in level}
 
 
+#: Slack for a gain that is exactly ``z`` standard errors: p wins and q losses with p + q = (p - q) ** 2 (one win
+#: and no loss; 3 and 1; 6 and 3) are exactly one standard error ahead, and without it rounding decided such a
+#: comparison by the valset's size.
+SE_TIE = 1e-9
+
+
 def _trails_by_at_most_one_se(leader: Sequence[float], other: Sequence[float]) -> bool:
     gain, se = paired_gain(leader, other)
-    return gain <= se + 1e-9  # one example ahead and the rest alike is exactly one standard error
+    return gain <= se + SE_TIE  # one example ahead and the rest alike is exactly one standard error
 
 
 @dataclass(frozen=True)
@@ -138,9 +144,7 @@ def paired_test(scores: Sequence[float], baseline: Sequence[float], z: float = V
     errors; when the first ``reused`` examples are ones the contender was selected on (and some are not), its
     gain on the rest must also not be negative."""
     gain, se = paired_gain(scores, baseline)
-    # p wins and q losses with p + q = (p - q) ** 2 (one win and no loss; 3 and 1; 6 and 3) are exactly one
-    # standard error ahead: without the tolerance rounding passed or failed them by the valset's size
-    passed = gain > 0 and gain >= z * se - 1e-9
+    passed = gain > 0 and gain >= z * se - SE_TIE
     fresh_gain = None
     if 0 < reused < min(len(scores), len(baseline)):
         fresh_gain = paired_gain(scores[reused:], baseline[reused:])[0]

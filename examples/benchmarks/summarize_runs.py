@@ -89,6 +89,11 @@ def split_of(seed: str) -> str:
     return seed.split("/", 1)[0]
 
 
+def machine_of_seed(seed: str) -> str:
+    """The machine tag of a seed label (``"0/1a2b3c4d"`` -> ``"1a2b3c4d"``; ``""`` when it names none)."""
+    return seed.partition("/")[2]
+
+
 def git_is_ancestor(old: str, new: str) -> bool:
     """Whether commit ``old`` is ``new`` or an ancestor of it in this checkout (False when either is unknown)."""
     import subprocess
@@ -136,7 +141,7 @@ def read_cells(paths: Sequence[str], is_ancestor=git_is_ancestor, since: Sequenc
         return EARLY_LEGACY if early[commit] else None
 
     for seed, row in seeded_rows(paths, legacy_machine, machine_of):
-        if machine is not None and seed.partition("/")[2] != machine:
+        if machine is not None and machine_of_seed(seed) != machine:
             continue
         commit = str(row.get("commit") or "")
         budget = (row.get("budget"),) if by_budget else ()
@@ -520,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.machine is not None and not cells:
         seen = read_cells(args.files, since=args.since, legacy_machine=args.legacy_machine,
                           legacy_until=args.legacy_until)
-        tags = sorted({seed.partition("/")[2] or "(none)" for _, seed, _ in seen})
+        tags = sorted({machine_of_seed(seed) or "(none)" for _, seed, _ in seen})
         parser.error(f"--machine {args.machine}: no row of these files has that machine tag; the tags they have "
                      f"(after --legacy-machine and --legacy-until) are: {', '.join(tags) or 'none'}.")
     if args.methods:

@@ -32,6 +32,8 @@ so a comparison whose cells mix builds can be read on one alone.
 ``--choices`` checks the final choice's threshold on the rows themselves: every cell whose final choice replaced
 the program as given (``kept_start`` false), with the chosen finalist's paired z on the validation examples and
 its test gain over the program as given on the same split; then how many gained, tied and lost, per z band.
+``--overshoot`` shows, per method, how far the search's score of the validated start and finalists sits above
+their validation means (a search score that is not an accuracy, APE's likelihood, is not comparable).
 
 Run (the README's figures come from this command):
     python examples/benchmarks/summarize_runs.py examples/benchmarks/results/run_e_seed*.jsonl \
@@ -461,6 +463,32 @@ def choices_table(cells: dict[tuple[str, str, str], dict]) -> str:
     return "\n".join(lines)
 
 
+def overshoot_table(cells: dict[tuple[str, str, str], dict]) -> str:
+    """How far the search's score of each validated candidate sits above its validation mean, per method, for the
+    start and for the finalists: the search's last recorded score of a candidate (the one its ranking used last:
+    APO's last bandit round, PromptAgent's reward, the others' search score) minus its mean on the validation
+    examples. The finalists' excess over the start's is the selection's winner's curse plus any fit of the
+    candidates to the examples that scored them."""
+    found: dict[str, dict[str, list[float]]] = {}
+    for (method, _, _), r in cells.items():
+        for choice in r.get("final_choice") or []:
+            search = choice.get("search") if isinstance(choice, dict) else None
+            if not isinstance(search, dict) or not search or choice.get("val") is None:
+                continue
+            side = "start" if choice.get("origin") == "seed" else "finalists"
+            score = list(search.values())[-1]
+            found.setdefault(method, {"start": [], "finalists": []})[side].append(score - choice["val"])
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    lines = ["| method | start: validated, search - val | finalists: validated, search - val | finalists - start |",
+             "|---|---|---|---|"]
+    for method, sides in found.items():
+        start, fin = sides["start"], sides["finalists"]
+        cell = lambda xs: f"{len(xs)}, {mean(xs):+.3f}" if xs else "0, -"  # noqa: E731
+        gap = f"{mean(fin) - mean(start):+.3f}" if start and fin else "-"
+        lines.append(f"| {method} | {cell(start)} | {cell(fin)} | {gap} |")
+    return "\n".join(lines)
+
+
 def since_rules(specs: Sequence[str]) -> list[tuple[str, str]]:
     """``(method or "", commit)`` per ``[METHOD=]COMMIT`` spec."""
     return [tuple(spec.partition("=")[::2]) if "=" in spec else ("", spec) for spec in specs]
@@ -512,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
                              "refused, with the tags the rows have)")
     parser.add_argument("--choices", action="store_true",
                         help="rows whose final choice replaced the start: the chosen z and the test gain it brought")
+    parser.add_argument("--overshoot", action="store_true",
+                        help="per method: the search's score of the validated start and finalists minus their "
+                             "validation means")
     args = parser.parse_args(argv)
     if args.since:
         check_commits(args.since)
@@ -541,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.choices:
         print()
         print(choices_table(cells))
+    if args.overshoot:
+        print()
+        print(overshoot_table(cells))
     for pair in args.pair:
         a, _, b = pair.partition(",")
         print()

@@ -818,3 +818,20 @@ def test_a_half_written_row_neither_stops_the_benchmark_nor_swallows_the_next_ro
     assert set(bench._read_rows(str(path))) == {("t1", "opro"), ("t1", "apo")}
     write(tmp_path / "skipped.jsonl", [{"task": "t1", "method": "soft", "skipped": "no torch"}])
     assert bench._read_rows(str(tmp_path / "skipped.jsonl")) == {}  # a skipped method is run again
+
+
+def test_overshoot_takes_each_validated_candidates_last_search_score_minus_its_validation_mean(tmp_path):
+    summarize = load("summarize_runs")
+    choice = [{"candidate": 0, "origin": "seed", "search": {"search": 0.50}, "val": 0.40},
+              {"candidate": 3, "origin": "edit", "search": {"minibatch_round1": 0.9, "bandit_round2": 0.70},
+               "val": 0.45},
+              {"candidate": 5, "origin": "paraphrase", "search": {"bandit_round2": 0.60}, "val": 0.50},
+              {"candidate": 6, "origin": "edit", "search": {}, "val": 0.2}]  # never scored by the search: left out
+    path = write(tmp_path / "run_seed0.jsonl", [
+        row("t1", "uncompiled", 0.40, 0), row("t1", "apo", 0.5, 400, kept_start=False, final_choice=choice),
+        row("t2", "apo", 0.5, 400, kept_start=True, final_choice=[{"candidate": 0, "origin": "seed",
+                                                                   "search": {"search": 0.34}, "val": 0.40}])])
+    table = summarize.overshoot_table(summarize.read_cells([path]))
+    # start: (0.50 - 0.40, 0.34 - 0.40) -> +0.020; finalists: the last score, (0.70 - 0.45, 0.60 - 0.50) -> +0.175
+    assert "| apo | 2, +0.020 | 2, +0.175 | +0.155 |" in table
+    assert "uncompiled" not in table

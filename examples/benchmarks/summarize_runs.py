@@ -465,10 +465,12 @@ def choices_table(cells: dict[tuple[str, str, str], dict]) -> str:
 
 def overshoot_table(cells: dict[tuple[str, str, str], dict]) -> str:
     """How far the search's score of each validated candidate sits above its validation mean, per method, for the
-    start and for the finalists: the search's last recorded score of a candidate (the one its ranking used last:
-    APO's last bandit round, PromptAgent's reward, the others' search score) minus its mean on the validation
-    examples. The finalists' excess over the start's is the selection's winner's curse plus any fit of the
-    candidates to the examples that scored them."""
+    start and for the finalists: the search's last score of a candidate that is not a bandit round's (PromptAgent's
+    reward, OPRO's training score, APO's last shared minibatch, ABO's search score; APE's and Iterative-APE's
+    search score is the mean over the examples their bandit drew for it, so over a few examples for an arm dropped
+    early), else its last bandit mean (an APO child never a beam parent), minus its mean on the validation
+    examples. The finalists' excess over the start's is the selection's winner's curse plus any fit of
+    the candidates to the examples that scored them."""
     found: dict[str, dict[str, list[float]]] = {}
     for (method, _, _), r in cells.items():
         for choice in r.get("final_choice") or []:
@@ -476,7 +478,8 @@ def overshoot_table(cells: dict[tuple[str, str, str], dict]) -> str:
             if not isinstance(search, dict) or not search or choice.get("val") is None:
                 continue
             side = "start" if choice.get("origin") == "seed" else "finalists"
-            score = list(search.values())[-1]
+            whole = [v for k, v in search.items() if not k.startswith("bandit_")]
+            score = (whole or list(search.values()))[-1]
             found.setdefault(method, {"start": [], "finalists": []})[side].append(score - choice["val"])
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     lines = ["| method | start: validated, search - val | finalists: validated, search - val | finalists - start |",

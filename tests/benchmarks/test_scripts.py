@@ -822,9 +822,9 @@ def test_a_half_written_row_neither_stops_the_benchmark_nor_swallows_the_next_ro
 
 def test_overshoot_takes_each_validated_candidates_last_search_score_minus_its_validation_mean(tmp_path):
     summarize = load("summarize_runs")
-    choice = [{"candidate": 0, "origin": "seed", "search": {"search": 0.50}, "val": 0.40},
-              {"candidate": 3, "origin": "edit", "search": {"minibatch_round1": 0.9, "bandit_round2": 0.70},
-               "val": 0.45},
+    choice = [{"candidate": 0, "origin": "seed", "search": {"search": 0.50, "bandit_round1": 0.0}, "val": 0.40},
+              {"candidate": 3, "origin": "edit", "search": {"bandit_round1": 0.5, "minibatch_round2": 0.70,
+                                                            "bandit_round2": 0.9}, "val": 0.45},
               {"candidate": 5, "origin": "paraphrase", "search": {"bandit_round2": 0.60}, "val": 0.50},
               {"candidate": 6, "origin": "edit", "search": {}, "val": 0.2}]  # never scored by the search: left out
     path = write(tmp_path / "run_seed0.jsonl", [
@@ -832,6 +832,7 @@ def test_overshoot_takes_each_validated_candidates_last_search_score_minus_its_v
         row("t2", "apo", 0.5, 400, kept_start=True, final_choice=[{"candidate": 0, "origin": "seed",
                                                                    "search": {"search": 0.34}, "val": 0.40}])])
     table = summarize.overshoot_table(summarize.read_cells([path]))
-    # start: (0.50 - 0.40, 0.34 - 0.40) -> +0.020; finalists: the last score, (0.70 - 0.45, 0.60 - 0.50) -> +0.175
+    # the last whole-search-set score, not a bandit's mean over a few pulls; a bandit mean only where it is all
+    # there is. start: (0.50 - 0.40, 0.34 - 0.40) -> +0.020; finalists: (0.70 - 0.45, 0.60 - 0.50) -> +0.175
     assert "| apo | 2, +0.020 | 2, +0.175 | +0.155 |" in table
     assert "uncompiled" not in table

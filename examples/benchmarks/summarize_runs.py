@@ -482,11 +482,11 @@ def overshoot_table(cells: dict[tuple[str, str, str], dict]) -> str:
             score = (whole or list(search.values()))[-1]
             found.setdefault(method, {"start": [], "finalists": []})[side].append(score - choice["val"])
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    cell = lambda xs: f"{len(xs)}, {mean(xs):+.3f}" if xs else "0, -"  # noqa: E731
     lines = ["| method | start: validated, search - val | finalists: validated, search - val | finalists - start |",
              "|---|---|---|---|"]
     for method, sides in found.items():
         start, fin = sides["start"], sides["finalists"]
-        cell = lambda xs: f"{len(xs)}, {mean(xs):+.3f}" if xs else "0, -"  # noqa: E731
         gap = f"{mean(fin) - mean(start):+.3f}" if start and fin else "-"
         lines.append(f"| {method} | {cell(start)} | {cell(fin)} | {gap} |")
     return "\n".join(lines)

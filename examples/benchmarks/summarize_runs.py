@@ -34,6 +34,11 @@ the program as given (``kept_start`` false), with the chosen finalist's paired z
 its test gain over the program as given on the same split; then how many gained, tied and lost, per z band.
 ``--overshoot`` shows, per method, how far the search's score of the validated start and finalists sits above
 their validation means (a search score that is not an accuracy, APE's likelihood, is not comparable).
+``--search-health`` is the part of the search each instruction strategy reaches, per method: steps run against the
+plan (mean and fewest), the share of the task and prompt caps spent, how often the start was kept, the test gain
+over the program as given on the same cells, and per meta-prompt how many of the prompt model's answers were usable
+(parsed and passed the proposal check), with the proposals the check turned down: the figures issue 12 asks for
+where a target is missed.
 
 Run (the README's figures come from this command):
     python examples/benchmarks/summarize_runs.py examples/benchmarks/results/run_e_seed*.jsonl \
@@ -492,6 +497,52 @@ def overshoot_table(cells: dict[tuple[str, str, str], dict]) -> str:
     return "\n".join(lines)
 
 
+def search_health_table(cells: dict[tuple[str, str, str], dict]) -> str:
+    """Per searching method (rows with ``steps``): how much of the plan and the caps the search used, how often it
+    kept the start, what it gained on test over the program as given, and per meta-prompt the share of usable
+    answers, so a missed target can be put down to the step of the search that falls short."""
+    by_method: dict[str, list[tuple[dict, dict | None]]] = {}
+    for (method, seed, task), r in cells.items():
+        if r.get("steps") is not None:
+            by_method.setdefault(method, []).append((r, cells.get(("uncompiled", seed, task))))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    lines = ["| method | cells | steps run: mean, fewest (planned) | task calls / cap | prompt calls / cap "
+             "| start kept | test gain over as given: mean (cells up, level, down) |", "|---|---|---|---|---|---|---|"]
+    usable_lines = ["| method | meta-prompt | answers | usable | share usable |", "|---|---|---|---|---|"]
+    check_lines = ["| method | proposals turned down (reasons) | scored with a flag (reasons) |", "|---|---|---|"]
+    for method, found in by_method.items():
+        rows = [r for r, _ in found]
+        steps = [r["steps"] for r in rows]
+        planned = mean([r.get("planned_steps") or 0 for r in rows])
+        share = lambda spent, cap: [r.get(spent, 0) / r[cap] for r in rows if r.get(cap)]  # noqa: E731
+        task_share, prompt_share = share("task_calls", "budget"), share("prompt_calls", "prompt_budget")
+        kept = [r["kept_start"] for r in rows if r.get("kept_start") is not None]
+        gains = [r["test_accuracy"] - base["test_accuracy"] for r, base in found if base is not None]
+        gain = (f"{mean(gains):+.3f} ({sum(g > 1e-9 for g in gains)}, {sum(abs(g) <= 1e-9 for g in gains)}, "
+                f"{sum(g < -1e-9 for g in gains)})" if gains else "-")
+        lines.append(f"| {method} | {len(rows)} | {mean(steps):.1f}, {min(steps)} ({planned:.1f}) "
+                     f"| {f'{mean(task_share):.0%}' if task_share else '-'} "
+                     f"| {f'{mean(prompt_share):.0%}' if prompt_share else '-'} "
+                     f"| {f'{sum(kept)}/{len(kept)}' if kept else '-'} | {gain} |")
+        totals: dict[str, list[int]] = {}
+        for r in rows:
+            for name, counts in (r.get("meta_prompts") or {}).items():
+                pooled = totals.setdefault(name, [0, 0])
+                pooled[0] += counts.get("answers", 0)
+                pooled[1] += counts.get("usable", 0)
+        for name, (answers, usable) in totals.items():
+            usable_lines.append(f"| {method} | {name} | {answers} | {usable} | "
+                                f"{f'{usable / answers:.0%}' if answers else '-'} |")
+        reasons = lambda key: {k: sum((r.get(key) or {}).get(k, 0) for r in rows)  # noqa: E731
+                               for k in dict.fromkeys(k for r in rows for k in (r.get(key) or {}))}
+        said = lambda counts: (f"{sum(counts.values())} ("  # noqa: E731
+                               + "; ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+                               + ")" if counts else "0")
+        check_lines.append(f"| {method} | {said(reasons('rejected_proposals'))} | "
+                           f"{said(reasons('admitted_proposals'))} |")
+    return "\n".join(lines + [""] + usable_lines + [""] + check_lines)
+
+
 def since_rules(specs: Sequence[str]) -> list[tuple[str, str]]:
     """``(method or "", commit)`` per ``[METHOD=]COMMIT`` spec."""
     return [tuple(spec.partition("=")[::2]) if "=" in spec else ("", spec) for spec in specs]
@@ -546,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overshoot", action="store_true",
                         help="per method: the search's score of the validated start and finalists minus their "
                              "validation means")
+    parser.add_argument("--search-health", action="store_true",
+                        help="per searching method: steps run against the plan, share of the caps spent, start kept, "
+                             "test gain, and per meta-prompt the share of usable answers")
     args = parser.parse_args(argv)
     if args.since:
         check_commits(args.since)
@@ -578,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.overshoot:
         print()
         print(overshoot_table(cells))
+    if args.search_health:
+        print()
+        print(search_health_table(cells))
     for pair in args.pair:
         a, _, b = pair.partition(",")
         print()

@@ -836,3 +836,24 @@ def test_overshoot_takes_each_validated_candidates_last_search_score_minus_its_v
     # there is. start: (0.50 - 0.40, 0.34 - 0.40) -> +0.020; finalists: (0.70 - 0.45, 0.60 - 0.50) -> +0.175
     assert "| apo | 2, +0.020 | 2, +0.175 | +0.155 |" in table
     assert "uncompiled" not in table
+
+
+def test_search_health_pools_steps_caps_start_kept_gain_and_usable_answers_per_meta_prompt(tmp_path, capsys):
+    summarize = load("summarize_runs")
+    path = write(tmp_path / "run_seed0.jsonl", [
+        row("t1", "uncompiled", 0.40, 0), row("t2", "uncompiled", 0.50, 0),
+        row("t1", "opro", 0.50, 400, steps=6, planned_steps=5, budget=400, prompt_calls=30, prompt_budget=40,
+            kept_start=False, meta_prompts={"ProposeInstruction": {"answers": 10, "usable": 8, "unusable": 2}},
+            rejected_proposals={"a bare answer, not an instruction": 2}, admitted_proposals={"a question": 1}),
+        row("t2", "opro", 0.50, 300, steps=2, planned_steps=5, budget=400, prompt_calls=40, prompt_budget=40,
+            kept_start=True, meta_prompts={"ProposeInstruction": {"answers": 6, "usable": 6, "unusable": 0}},
+            rejected_proposals={"a bare answer, not an instruction": 1, "copies the meta-prompt": 3})])
+    table = summarize.search_health_table(summarize.read_cells([path]))
+    # steps (6 + 2) / 2 = 4.0, fewest 2, plan 5; task calls (400 + 300) / 2 / 400 = 88%; prompt (30 + 40) / 80 = 88%
+    assert "| opro | 2 | 4.0, 2 (5.0) | 88% | 88% | 1/2 | +0.050 (1, 1, 0) |" in table
+    assert "| opro | ProposeInstruction | 16 | 14 | 88% |" in table  # answers pooled over cells, not averaged
+    # reasons pooled over cells, the most frequent first, ties by name
+    assert "| opro | 6 (a bare answer, not an instruction: 3; copies the meta-prompt: 3) | 1 (a question: 1) |" in table
+    assert "uncompiled" not in table  # no search, no row
+    assert summarize.main([path, "--search-health"]) == 0
+    assert "| opro | ProposeInstruction | 16 | 14 | 88% |" in capsys.readouterr().out

@@ -497,14 +497,17 @@ def overshoot_table(cells: dict[tuple[str, str, str], dict]) -> str:
     return "\n".join(lines)
 
 
-def search_health_table(cells: dict[tuple[str, str, str], dict]) -> str:
+def search_health_table(cells: dict[tuple[str, str, str], dict],
+                        baselines: dict[tuple[str, str, str], dict] | None = None) -> str:
     """Per searching method (rows with ``steps``): how much of the plan and the caps the search used, how often it
     kept the start, what it gained on test over the program as given, and per meta-prompt the share of usable
-    answers, so a missed target can be put down to the step of the search that falls short."""
+    answers, so a missed target can be put down to the step of the search that falls short. The program as given
+    is read from ``baselines`` (default ``cells``), so ``--methods`` can leave it out of the table."""
+    baselines = cells if baselines is None else baselines
     by_method: dict[str, list[tuple[dict, dict | None]]] = {}
     for (method, seed, task), r in cells.items():
         if r.get("steps") is not None:
-            by_method.setdefault(method, []).append((r, cells.get(("uncompiled", seed, task))))
+            by_method.setdefault(method, []).append((r, baselines.get(("uncompiled", seed, task))))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     lines = ["| method | cells | steps run: mean, fewest (planned) | task calls / cap | prompt calls / cap "
              "| start kept | test gain over as given: mean (cells up, level, down) |", "|---|---|---|---|---|---|---|"]
@@ -616,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         tags = sorted({machine_of_seed(seed) or "(none)" for _, seed, _ in seen})
         parser.error(f"--machine {args.machine}: no row of these files has that machine tag; the tags they have "
                      f"(after --legacy-machine and --legacy-until) are: {', '.join(tags) or 'none'}.")
+    every_method = cells
     if args.methods:
         wanted = set(args.methods.split(","))
         cells = {key: r for key, r in cells.items() if key[0] in wanted}
@@ -634,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         print(overshoot_table(cells))
     if args.search_health:
         print()
-        print(search_health_table(cells))
+        print(search_health_table(cells, every_method))
     for pair in args.pair:
         a, _, b = pair.partition(",")
         print()

@@ -37,8 +37,9 @@ their validation means (a search score that is not an accuracy, APE's likelihood
 ``--search-health`` is the part of the search each instruction strategy reaches, per method: steps run against the
 plan (mean and fewest), the share of the task and prompt caps spent, how often the start was kept, the test gain
 over the program as given on the same cells, and per meta-prompt how many of the prompt model's answers were usable
-(parsed and passed the proposal check), with the proposals the check turned down: the figures issue 12 asks for
-where a target is missed.
+(parsed, and past the strategy's check: the proposal check, or for ABO's demonstration the metric on its final
+answer), with the proposals the check turned down or scored with a flag: the figures issue 12 asks for where a
+target is missed.
 
 Run (the README's figures come from this command):
     python examples/benchmarks/summarize_runs.py examples/benchmarks/results/run_e_seed*.jsonl \
@@ -538,9 +539,9 @@ def search_health_table(cells: dict[tuple[str, str, str], dict],
                                 f"{f'{usable / answers:.0%}' if answers else '-'} |")
         reasons = lambda key: {k: sum((r.get(key) or {}).get(k, 0) for r in rows)  # noqa: E731
                                for k in dict.fromkeys(k for r in rows for k in (r.get(key) or {}))}
+        by_count = lambda counts: sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # noqa: E731
         said = lambda counts: (f"{sum(counts.values())} ("  # noqa: E731
-                               + "; ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-                               + ")" if counts else "0")
+                               + "; ".join(f"{k}: {v}" for k, v in by_count(counts)) + ")" if counts else "0")
         check_lines.append(f"| {method} | {said(reasons('rejected_proposals'))} | "
                            f"{said(reasons('admitted_proposals'))} |")
     return "\n".join(lines + [""] + usable_lines + [""] + check_lines)

@@ -53,6 +53,7 @@ import json
 import math
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -190,18 +191,23 @@ def method_table(cells: dict[tuple[str, str, str], dict]) -> str:
     return "\n".join(lines)
 
 
+def up_level_down(diffs: Sequence[float]) -> tuple[int, int, int]:
+    """How many differences are above zero, level with it (within 1e-9, float noise) and below it."""
+    return (sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs))
+
+
 def pair_line(cells: dict[tuple[str, str, str], dict], a: str, b: str) -> str:
     both = sorted((s, t) for m, s, t in cells if m == a and (b, s, t) in cells)
     if not both:
         return f"{a} vs {b}: no cell has both"
     diffs = [cells[(a, s, t)]["test_accuracy"] - cells[(b, s, t)]["test_accuracy"] for s, t in both]
     calls = [cells[(a, s, t)]["task_calls"] - cells[(b, s, t)]["task_calls"] for s, t in both]
-    above, level = sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs)
+    above, level, below = up_level_down(diffs)
     mean = sum(diffs) / len(diffs)
     var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) if len(diffs) > 1 else 0.0
     se = f"{math.sqrt(var / len(diffs)):.3f}" if len(diffs) > 1 else "n/a, one cell"
     per_cell = ", ".join(f"seed {s} {t} {d:+.2f}" for (s, t), d in zip(both, diffs))
-    return (f"{a} vs {b} on {len(both)} cells: above {above}, level {level}, below {len(both) - above - level}; "
+    return (f"{a} vs {b} on {len(both)} cells: above {above}, level {level}, below {below}; "
             f"mean difference {mean:+.3f} (paired s.e. {se}); {a} spent {sum(calls) / len(calls):+.1f} task "
             f"calls per cell against {b}\n  {per_cell}")
 
@@ -463,8 +469,8 @@ def choices_table(cells: dict[tuple[str, str, str], dict]) -> str:
     for low, high in Z_BANDS:
         band = [d for d, *_, z in found if z is not None and low <= z < high]
         if band:
-            lines.append(f"| [{low:g}, {high:g}) | {len(band)} | {sum(d > 1e-9 for d in band)} | "
-                         f"{sum(abs(d) <= 1e-9 for d in band)} | {sum(d < -1e-9 for d in band)} | "
+            gained, level, lost = up_level_down(band)
+            lines.append(f"| [{low:g}, {high:g}) | {len(band)} | {gained} | {level} | {lost} | "
                          f"{sum(band) / len(band):+.3f} |")
     return "\n".join(lines)
 
@@ -522,8 +528,7 @@ def search_health_table(cells: dict[tuple[str, str, str], dict],
         task_share, prompt_share = share("task_calls", "budget"), share("prompt_calls", "prompt_budget")
         kept = [r["kept_start"] for r in rows if r.get("kept_start") is not None]
         gains = [r["test_accuracy"] - base["test_accuracy"] for r, base in found if base is not None]
-        gain = (f"{mean(gains):+.3f} ({sum(g > 1e-9 for g in gains)}, {sum(abs(g) <= 1e-9 for g in gains)}, "
-                f"{sum(g < -1e-9 for g in gains)})" if gains else "-")
+        gain = f"{mean(gains):+.3f} ({', '.join(map(str, up_level_down(gains)))})" if gains else "-"
         lines.append(f"| {method} | {len(rows)} | {mean(steps):.1f}, {min(steps)} ({planned:.1f}) "
                      f"| {f'{mean(task_share):.0%}' if task_share else '-'} "
                      f"| {f'{mean(prompt_share):.0%}' if prompt_share else '-'} "
@@ -537,13 +542,15 @@ def search_health_table(cells: dict[tuple[str, str, str], dict],
         for name, (answers, usable) in totals.items():
             usable_lines.append(f"| {method} | {name} | {answers} | {usable} | "
                                 f"{f'{usable / answers:.0%}' if answers else '-'} |")
-        reasons = lambda key: {k: sum((r.get(key) or {}).get(k, 0) for r in rows)  # noqa: E731
-                               for k in dict.fromkeys(k for r in rows for k in (r.get(key) or {}))}
-        by_count = lambda counts: sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # noqa: E731
-        said = lambda counts: (f"{sum(counts.values())} ("  # noqa: E731
-                               + "; ".join(f"{k}: {v}" for k, v in by_count(counts)) + ")" if counts else "0")
-        check_lines.append(f"| {method} | {said(reasons('rejected_proposals'))} | "
-                           f"{said(reasons('admitted_proposals'))} |")
+        said = []
+        for key in ("rejected_proposals", "admitted_proposals"):
+            counts: Counter[str] = Counter()
+            for r in rows:
+                counts.update(r.get(key) or {})
+            by_count = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            said.append(f"{sum(counts.values())} (" + "; ".join(f"{k}: {v}" for k, v in by_count) + ")"
+                        if counts else "0")
+        check_lines.append(f"| {method} | {said[0]} | {said[1]} |")
     return "\n".join(lines + [""] + usable_lines + [""] + check_lines)
 
 

@@ -75,6 +75,12 @@ def _format_fields(values: dict[str, Any]) -> str:
     return "\n".join(f"{k}: {v}" for k, v in values.items())
 
 
+#: The label of the instruction slot where it stands on a line of its own. A bare ``<INS>`` opening each problem
+#: read to the 1.5B proposer as the start of a problem to write: it wrapped a copied problem in the tags on about
+#: half of its answers, and none with the slot labelled (``probe_opro_proposals.py``, BENCHMARKS.md).
+SLOT_LABEL = "instruction:"
+
+
 def render_exemplars(examples: Sequence[dspy.Example], position: Position) -> str:
     """Problems with the instruction slot marked where ``position`` puts it, and gold outputs."""
     blocks = []
@@ -82,9 +88,9 @@ def render_exemplars(examples: Sequence[dspy.Example], position: Position) -> st
         inputs = _format_fields(dict(example.inputs()))
         labels = _format_fields(dict(example.labels()))
         if position == "system":
-            text = f"{INS_OPEN}\ninput:\n{inputs}\noutput:\n{labels}"
+            text = f"{SLOT_LABEL} {INS_OPEN}\ninput:\n{inputs}\noutput:\n{labels}"
         elif position == "q_end":
-            text = f"input:\n{inputs}\n{INS_OPEN}\noutput:\n{labels}"
+            text = f"input:\n{inputs}\n{SLOT_LABEL} {INS_OPEN}\noutput:\n{labels}"
         else:
             text = f"input:\n{inputs}\noutput:\n{INS_OPEN} {labels}"
         blocks.append(f"Problem {i}:\n{text}")
@@ -96,8 +102,11 @@ _OPEN = re.compile(r"<INS>", re.IGNORECASE)
 _QUOTES = "\"'`“”‘’ \n\t"
 
 
-#: The meta-prompt's own labels (trajectory "text:"/"score:", exemplar "input:"/"output:", "Problem N:").
-_SCAFFOLD = ("text", "score", "input", "output")
+#: The meta-prompt's own labels (trajectory "text:"/"score:", exemplar "instruction:"/"input:"/"output:",
+#: "Problem N:").
+_SCAFFOLD = ("text", "score", "instruction", "input", "output")
+#: Labels a proposer writes before its instruction (the trajectory's and the exemplars' slot): cut, not an echo.
+_LEADING_LABELS = ("text", "instruction")
 _TRAILING_SCORE = re.compile(r"\s*\bscore\s*:\s*\d+(?:\.\d+)?\s*$", re.IGNORECASE)
 _PROBLEM = re.compile(r"^\s*problem\s+\d+\s*:", re.IGNORECASE)
 
@@ -111,7 +120,7 @@ def extract_instruction(text: str, fields: Sequence[str] = ()) -> str:
 
     A small proposer also copies the meta-prompt's scaffolding (measured: 3 of 5 proposals of the
     0.5B model on disambiguation_qa, such as "... option.  score: 17" and "input: question: In the
-    following sentences ..."): a leading ``text:`` label and a trailing ``score: N`` are cut, the
+    following sentences ..."): a leading ``text:`` or ``instruction:`` label and a trailing ``score: N`` are cut, the
     answer ends where an echoed problem starts (a line labelled ``input:``, ``output:``, ``Problem N:``
     or one of the task's ``fields``), and an answer that *is* an echoed problem or output (it starts
     with such a label) is rejected.
@@ -137,7 +146,7 @@ def _strip_scaffold(text: str, fields: Sequence[str]) -> str:
         return head.strip().lower() if colon and head.strip().lower() in labels else None
 
     lines = text.splitlines()
-    if lines and label_of(lines[0]) == "text":  # the trajectory's "text:" label, echoed before the instruction
+    if lines and label_of(lines[0]) in _LEADING_LABELS:  # a "text:" or "instruction:" label before the instruction
         lines[0] = lines[0].split(":", 1)[1]
     if lines and (label_of(lines[0]) not in (None, "score") or _PROBLEM.match(lines[0])):
         return ""  # an echoed problem or output, not an instruction

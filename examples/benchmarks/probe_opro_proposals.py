@@ -8,10 +8,13 @@ OPRO reads it (``extract_instruction``, the meta-prompt's sentences dropped, the
 Variants (letters combine): ``A`` the exemplars with every label (as OPRO showed them before
 ``SearchContext.shown_example``: the bundled tasks' ``choices`` shown as an output), ``F`` only the labels the program writes, ``R`` the example
 problems before the scored instructions (the instructions last, nearest the answer), ``2`` two problems instead
-of three, ``N`` no example problems at all.
+of three, ``N`` no example problems at all, ``T`` a later step's trajectory (three proposals of the 1.5B proposer's
+date_understanding split 2 run added, scored as there), ``B`` the instruction slot as a bare ``<INS>`` line (as
+before the slot was labelled ``instruction: <INS>``). A fifth argument names the prompt model (default embedded).
 
-Run (the BENCHMARKS.md figures come from this command; one model process):
+Run (the BENCHMARKS.md figures come from these commands; one model process each):
     python examples/benchmarks/probe_opro_proposals.py date_understanding 1 8 A,F,FR,FR2,N,FN
+    python examples/benchmarks/probe_opro_proposals.py date_understanding 2 10 FT,FTB embedded-1.5b
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import dspy
 
 from dspy_icl_opt.lm import resolve_lm
 from dspy_icl_opt.optimizers.opro_prompts import (
+    INS_OPEN,
+    SLOT_LABEL,
     ProposeInstruction,
     TrajectoryEntry,
     extract_instruction,
@@ -35,6 +40,15 @@ from dspy_icl_opt.search.proposals import ProposalChecker, clean_proposal
 from dspy_icl_opt.search.surgery import describe_signature
 
 
+#: Three proposals of the 1.5B proposer's run on date_understanding split 2 (step 1) with their minibatch scores:
+#: a later step's trajectory (variant ``T``).
+LATER = (("Answer the multiple-choice question. Reply with the exact text of the correct option. The correct answer is "
+          "the one that is 2 hours after the current date. Make sure to include the month, day and year.", 0.44),
+         ("Answer the multiple-choice question. The correct answer is the one that is 1 hour after the current date. "
+          "Make sure to include the month, day and year in MM/DD/YYYY format.", 0.44),
+         ("Answer the multiple-choice question. Reply with the exact text of the correct option. Make sure the date is "
+          "accurate and the answer is 1 day after the current date.", 0.38))
+
 #: OPRO's meta-prompt with the example problems before the scored instructions (variant ``R``).
 ProblemsFirst = ProposeInstruction.delete("example_problems").insert(
     2, "example_problems", ProposeInstruction.input_fields["example_problems"], str)
@@ -46,24 +60,29 @@ def main(argv: list[str]) -> int:
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     task_name, seed, tries, variants = argv[0], int(argv[1]), int(argv[2]), argv[3].split(",")
+    lm_name = argv[4] if len(argv) > 4 else "embedded"
     task = load_task(task_name, seed=seed, train_size=40, val_size=40, test_size=100)
     program = make_program("qa", task)
     predictor = program.named_predictors()[0][1]
     checker = ProposalChecker.for_program(program, task.train)
     start = predictor.signature.instructions
     formatted = format_instruction(start, output_spaces(predictor, task.train)) or start
-    trajectory = [TrajectoryEntry(0, 0, start, "system", 0.30), TrajectoryEntry(1, 0, formatted, "system", 0.31)]
-    shown = f"{start}\n{formatted}"
+    first = [TrajectoryEntry(0, 0, start, "system", 0.30), TrajectoryEntry(1, 0, formatted, "system", 0.31)]
+    later = first + [TrajectoryEntry(2 + i, 1, text, "system", score) for i, (text, score) in enumerate(LATER)]
     fields = (*predictor.signature.input_fields, *predictor.signature.output_fields)
     outputs = set(predictor.signature.output_fields)
-    lm = resolve_lm("embedded", temperature=1.0, max_tokens=400, cache=False)
+    lm = resolve_lm(lm_name, temperature=1.0, max_tokens=400, cache=False)
     for variant in variants:
+        trajectory = later if "T" in variant else first
+        shown = "\n".join(entry.instruction for entry in trajectory)
         signature = ProblemsFirst if "R" in variant else ProposeInstruction
         problems = [shown_example(e, outputs) if "F" in variant else e for e in task.train[:3]]
         problems = problems[:2] if "2" in variant else problems
         inputs = {"task": describe_signature(predictor), "data_summary": data_summary(predictor, task.train),
                   "previous_instructions": render_trajectory(trajectory),
                   "example_problems": "(none)" if "N" in variant else render_exemplars(problems, "system")}
+        if "B" in variant:
+            inputs["example_problems"] = inputs["example_problems"].replace(f"{SLOT_LABEL} {INS_OPEN}", INS_OPEN)
         usable = 0
         for t in range(tries):
             try:

@@ -95,6 +95,19 @@ def test_exemplars_mark_the_instruction_position():
     q_end = render_exemplars([ex], "q_end")
     assert q_end.index("question: abc") < q_end.index("<INS>") < q_end.index("answer: 1")
     assert "output:\n<INS> answer: 1" in render_exemplars([ex], "a_begin")
+    # a slot on a line of its own is labelled: a bare "<INS>" opening a problem reads as a problem to write
+    assert "instruction: <INS>\ninput:" in render_exemplars([ex], "system")
+    assert "instruction: <INS>\noutput:" in q_end
+
+
+def test_extract_instruction_cuts_the_slot_label_an_answer_repeats():
+    assert extract_instruction("<INS>instruction: Count the vowels.</INS>") == "Count the vowels."
+    assert extract_instruction("instruction: Count the vowels.") == "Count the vowels."
+    # an echoed problem that opens with the slot's line is not an instruction
+    assert extract_instruction("<INS>\ninstruction: <INS>\ninput:\nquestion: abc\noutput:\nanswer: 1\n</INS>",
+                               ("question", "answer")) == ""
+    # the answer ends where a next problem's slot line starts
+    assert extract_instruction("<INS>Count the vowels.\ninstruction: next</INS>") == "Count the vowels."
 
 
 def test_extract_instruction_between_tags():

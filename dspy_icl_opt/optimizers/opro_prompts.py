@@ -76,8 +76,9 @@ def _format_fields(values: dict[str, Any]) -> str:
 
 
 #: The label of the instruction slot where it stands on a line of its own. A bare ``<INS>`` opening each problem
-#: read to the 1.5B proposer as the start of a problem to write: it wrapped a copied problem in the tags on about
-#: half of its answers, and none with the slot labelled (``probe_opro_proposals.py``, BENCHMARKS.md).
+#: read as the start of a problem to write: answers with nothing to read but a problem wrapped in the tags fell
+#: from 7 to 1 of 12 (0.5B proposer) and 2 to 1 of 10 (1.5B) with the slot labelled (``probe_opro_proposals.py``,
+#: BENCHMARKS.md, block of 2026-12-07 07:17).
 SLOT_LABEL = "instruction:"
 
 
@@ -120,9 +121,9 @@ def extract_instruction(text: str, fields: Sequence[str] = ()) -> str:
 
     A small proposer also copies the meta-prompt's scaffolding (measured: 3 of 5 proposals of the
     0.5B model on disambiguation_qa, such as "... option.  score: 17" and "input: question: In the
-    following sentences ..."): a leading ``text:`` or ``instruction:`` label and a trailing ``score: N`` are cut, the
-    answer ends where an echoed problem starts (a line labelled ``input:``, ``output:``, ``Problem N:``
-    or one of the task's ``fields``), and an answer that *is* an echoed problem or output (it starts
+    following sentences ..."): a leading ``text:`` or ``instruction:`` label and a trailing ``score: N``
+    are cut, the answer ends where an echoed problem starts (a line labelled ``input:``, ``output:``,
+    ``Problem N:`` or one of the task's ``fields``), and an answer that *is* an echoed problem or output (it starts
     with such a label) is rejected.
     """
     text = text or ""

@@ -14,6 +14,7 @@ before the slot was labelled ``instruction: <INS>``). A fifth argument names the
 
 Run (the BENCHMARKS.md figures come from these commands; one model process each):
     python examples/benchmarks/probe_opro_proposals.py date_understanding 1 8 A,F,FR,FR2,N,FN
+    python examples/benchmarks/probe_opro_proposals.py date_understanding 2 12 FT,FTB
     python examples/benchmarks/probe_opro_proposals.py date_understanding 2 10 FT,FTB embedded-1.5b
 """
 

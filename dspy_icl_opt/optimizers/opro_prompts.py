@@ -76,9 +76,9 @@ def _format_fields(values: dict[str, Any]) -> str:
 
 
 #: The label of the instruction slot where it stands on a line of its own. A bare ``<INS>`` opening each problem
-#: read as the start of a problem to write: answers with nothing to read but a problem wrapped in the tags fell
-#: from 7 to 1 of 12 (0.5B proposer) and 2 to 1 of 10 (1.5B) with the slot labelled (``probe_opro_proposals.py``,
-#: BENCHMARKS.md, block of 2026-12-07 07:17).
+#: read as the start of a problem to write (answers that wrapped a copied problem in the tags): answers with
+#: nothing to read fell from 7 to 1 of 12 (0.5B proposer) and 2 to 1 of 10 (1.5B) with the slot labelled
+#: (``probe_opro_proposals.py``, BENCHMARKS.md, block of 2026-12-07 07:17).
 SLOT_LABEL = "instruction:"
 
 

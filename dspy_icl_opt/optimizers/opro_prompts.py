@@ -105,9 +105,10 @@ _QUOTES = "\"'`“”‘’ \n\t"
 
 #: The meta-prompt's own labels (trajectory "text:"/"score:", exemplar "instruction:"/"input:"/"output:",
 #: "Problem N:").
-_SCAFFOLD = ("text", "score", "instruction", "input", "output")
+_SLOT = SLOT_LABEL.rstrip(":")
+_SCAFFOLD = ("text", "score", _SLOT, "input", "output")
 #: Labels a proposer writes before its instruction (the trajectory's and the exemplars' slot): cut, not an echo.
-_LEADING_LABELS = ("text", "instruction")
+_LEADING_LABELS = ("text", _SLOT)
 _TRAILING_SCORE = re.compile(r"\s*\bscore\s*:\s*\d+(?:\.\d+)?\s*$", re.IGNORECASE)
 _PROBLEM = re.compile(r"^\s*problem\s+\d+\s*:", re.IGNORECASE)
 

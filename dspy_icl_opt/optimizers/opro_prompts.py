@@ -80,6 +80,8 @@ def _format_fields(values: dict[str, Any]) -> str:
 #: nothing to read fell from 7 to 1 of 12 (0.5B proposer) and 2 to 1 of 10 (1.5B) with the slot labelled
 #: (``probe_opro_proposals.py``, BENCHMARKS.md, block of 2026-12-07 07:17).
 SLOT_LABEL = "instruction:"
+#: The slot's line as the exemplars show it (the probe's bare-slot variant replaces exactly this).
+LABELLED_SLOT = f"{SLOT_LABEL} {INS_OPEN}"
 
 
 def render_exemplars(examples: Sequence[dspy.Example], position: Position) -> str:
@@ -89,9 +91,9 @@ def render_exemplars(examples: Sequence[dspy.Example], position: Position) -> st
         inputs = _format_fields(dict(example.inputs()))
         labels = _format_fields(dict(example.labels()))
         if position == "system":
-            text = f"{SLOT_LABEL} {INS_OPEN}\ninput:\n{inputs}\noutput:\n{labels}"
+            text = f"{LABELLED_SLOT}\ninput:\n{inputs}\noutput:\n{labels}"
         elif position == "q_end":
-            text = f"input:\n{inputs}\n{SLOT_LABEL} {INS_OPEN}\noutput:\n{labels}"
+            text = f"input:\n{inputs}\n{LABELLED_SLOT}\noutput:\n{labels}"
         else:
             text = f"input:\n{inputs}\noutput:\n{INS_OPEN} {labels}"
         blocks.append(f"Problem {i}:\n{text}")

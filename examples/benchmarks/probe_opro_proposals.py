@@ -27,7 +27,7 @@ import dspy
 from dspy_icl_opt.lm import resolve_lm
 from dspy_icl_opt.optimizers.opro_prompts import (
     INS_OPEN,
-    SLOT_LABEL,
+    LABELLED_SLOT,
     ProposeInstruction,
     TrajectoryEntry,
     extract_instruction,
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
                   "previous_instructions": render_trajectory(trajectory),
                   "example_problems": "(none)" if "N" in variant else render_exemplars(problems, "system")}
         if "B" in variant:
-            inputs["example_problems"] = inputs["example_problems"].replace(f"{SLOT_LABEL} {INS_OPEN}", INS_OPEN)
+            inputs["example_problems"] = inputs["example_problems"].replace(LABELLED_SLOT, INS_OPEN)
         usable = 0
         for t in range(tries):
             try:

@@ -22,7 +22,7 @@ from dspy_icl_opt.optimizers.opro_prompts import (
     shown_trajectory,
 )
 from dspy_icl_opt.search.base import ICLOptimizer, SearchContext, stable_int
-from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces
+from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces, wording_instruction
 from dspy_icl_opt.search.plan import (
     MIN_STEPS,
     UNCAPPED_STEPS,
@@ -142,6 +142,12 @@ class OPRO(ICLOptimizer):
         racing_min_better: survivors that must beat a candidate to drop it (1).
         final_candidates: top candidates (by training score) validated on ``valset`` (2).
         max_instruction_chars: longer proposals are dropped (500).
+        format_candidate: score the instruction as given plus a sentence naming the answer space the labels
+            use in step 0 (True).
+        wording_candidate: score the task's own wording in step 0 (True): the sentences the training inputs
+            repeat (a benchmark's instruction inside every question, or the question they ask most often),
+            with the answer-format sentence; none when the inputs repeat nothing
+            (:func:`~dspy_icl_opt.search.grounding.task_wording`).
         **kwargs: ``budget``, ``seed``, ``num_threads``, ``log_dir`` ... (see ICLOptimizer), and
             the COPRO names above.
 
@@ -163,7 +169,8 @@ class OPRO(ICLOptimizer):
                  positions: tuple[Position, ...] | list[Position] = ("system",), scoring: Scoring = "full",
                  minibatch_size: int = 16, racing_block: int = 8, racing_alpha: float = 0.2,
                  racing_min_better: int = 1, final_candidates: int = 2, search_examples: int | None = None,
-                 format_candidate: bool = True, max_instruction_chars: int = MAX_INSTRUCTION_CHARS,
+                 format_candidate: bool = True, wording_candidate: bool = True,
+                 max_instruction_chars: int = MAX_INSTRUCTION_CHARS,
                  track_stats: bool = True,
                  **kwargs: Any) -> None:
         mapped = _map_copro_arguments(kwargs)
@@ -176,8 +183,9 @@ class OPRO(ICLOptimizer):
         if search_examples is not None:
             check_int("search_examples", search_examples, minimum=1,
                       hint="Or pass None to let the plan size the shared search set.")
-        if not isinstance(format_candidate, bool):
-            raise TypeError(f"`format_candidate` must be True or False, but got {format_candidate!r}.")
+        for flag, value in (("format_candidate", format_candidate), ("wording_candidate", wording_candidate)):
+            if not isinstance(value, bool):
+                raise TypeError(f"`{flag}` must be True or False, but got {value!r}.")
         check_int("candidates_per_step", candidates_per_step, minimum=1)
         check_int("max_trajectory", max_trajectory, minimum=1)
         check_int("num_exemplars", num_exemplars, minimum=0)
@@ -209,6 +217,7 @@ class OPRO(ICLOptimizer):
         self.racing_block, self.racing_alpha, self.racing_min_better = racing_block, racing_alpha, racing_min_better
         self.final_candidates, self.max_instruction_chars = final_candidates, max_instruction_chars
         self.search_examples, self.format_candidate = search_examples, format_candidate
+        self.wording_candidate = wording_candidate
         self.track_stats = track_stats
 
     def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None,
@@ -243,7 +252,7 @@ class OPRO(ICLOptimizer):
         keys = ("steps", "candidates_per_step", "temperature", "max_trajectory", "score_threshold", "num_exemplars",
                 "exemplar_selection", "positions", "scoring", "minibatch_size", "racing_block", "racing_alpha",
                 "racing_min_better", "final_candidates", "max_instruction_chars", "search_examples",
-                "format_candidate")
+                "format_candidate", "wording_candidate")
         return {k: getattr(self, k) for k in keys}
 
     # -------------------------------------------------------------------------- the plan
@@ -253,7 +262,8 @@ class OPRO(ICLOptimizer):
         finalists, n_val, notes = plan_validation(shape, self.final_candidates)
         held = validation_calls(shape, finalists, n_val)
         search = None if shape.task_cap is None else max(0, shape.task_cap - held)
-        first = 1 + m * (len(self.positions) - 1) + (m if self.format_candidate else 0)
+        # at most one format and one wording candidate per predictor (none when the data says nothing)
+        first = 1 + m * (len(self.positions) - 1) + m * (int(self.format_candidate) + int(self.wording_candidate))
         wanted = self.steps if self.steps is not None else (UNCAPPED_STEPS if search is None else MIN_STEPS)
         counts = list(range(self.candidates_per_step, 0, -1))
         if shape.prompt_cap is not None and wanted:
@@ -274,7 +284,7 @@ class OPRO(ICLOptimizer):
                 steps = min(steps, shape.prompt_cap // count)
         if steps < wanted:
             notes.append(f"only {steps} step(s) fit the caps; {wanted} wanted")
-        phases = [Phase("step 0: seed, format and position candidates", fixed),
+        phases = [Phase("step 0: seed, format, wording and position candidates", fixed),
                   Phase(f"steps 1-{steps}: {count} proposals each", steps * per_step, steps * count),
                   Phase(f"final validation: start + {finalists} finalist(s)", held)]
         settings = {"candidates_per_step": count, "search_examples": size, "finalists": finalists,
@@ -343,6 +353,12 @@ class OPRO(ICLOptimizer):
                 if text is not None:
                     state = ctx.initial_state.replace(name, pstate.with_instruction(text))
                     records.append(ctx.add_candidate(state, step=0, origin="format", predictor=name))
+        if self.wording_candidate:
+            for name, predictor in ctx.predictors:
+                text = wording_instruction(predictor, ctx.trainset)
+                if text is not None:
+                    state = ctx.initial_state.replace(name, ctx.initial_state[name].with_instruction(text))
+                    records.append(ctx.add_candidate(state, step=0, origin="wording", predictor=name))
         for name, pstate in ctx.initial_state.predictors:
             for position in self.positions:
                 if position != pstate.position:

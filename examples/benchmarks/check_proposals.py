@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     verdicts: Counter[str] = Counter()
     print("| candidate | origin | verdict | instruction |\n|---|---|---|---|")
     for candidate in row["candidate_states"]:
-        if candidate["origin"] in ("seed", "format"):
-            continue  # the program as given and the deterministic format candidate are not proposals
+        if candidate["origin"] in ("seed", "format", "wording"):
+            continue  # the program as given and the deterministic format and wording candidates are not proposals
         for name, state in candidate["state"].items():
             text = state["instruction"]
             verdict = checker.problem(text, meta_texts=copied_from) or "an instruction"

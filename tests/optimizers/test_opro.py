@@ -487,3 +487,46 @@ def test_minibatch_finalists_are_the_incumbents_not_the_luckiest_minibatch(monke
     assert lucky.scores["train"] > good.scores["train"], "the scenario: the lucky one has the higher mean"
     assert [row["candidate"] for row in report.extra["final_choice"]["contenders"]][1:] == [good.id]
     assert program.signature.instructions == "Look at each letter closely."
+
+
+def _task_with_its_own_wording(n: int, offset: int = 0) -> list[dspy.Example]:
+    """Every question repeats the task's instruction, as the BIG-bench tasks do."""
+    return [dspy.Example(question=f"Count the vowels of the word below. Word: {w}",
+                         answer=str(sum(ch in "aeiou" for ch in w))).with_inputs("question")
+            for w in (f"{'ab' * (i % 3 + 1)}x{i + offset}" for i in range(n))]
+
+
+def test_the_tasks_own_wording_is_a_step_zero_candidate_and_can_win():
+    train, val = _task_with_its_own_wording(8), _task_with_its_own_wording(6, offset=100)
+    lm = simulated_task_lm(solve=lambda inputs: str(sum(ch in "aeiou" for ch in inputs["question"].split(": ")[-1])),
+                           knows=lambda view: "count the vowels" in view.instruction.lower())
+    prompts = scripted_lm([lambda request: proposal("Think about the word.")] * 8)
+    opro = OPRO(lambda ex, pred, trace=None: ex.answer == pred.answer, task_model=lm, prompt_model=prompts,
+                steps=1, candidates_per_step=1, progress=False, seed=3)
+    program = opro.compile(dspy.Predict("question -> answer"), trainset=train, valset=val)
+    wording = [c for c in opro.report_.candidates if c.origin == "wording"]
+    assert len(wording) == 1 and wording[0].step == 0
+    assert program.signature.instructions.startswith("Count the vowels of the word below.\n\nAnswer format:")
+    assert opro.report_.best_candidate == wording[0].id
+    assert opro.report_.params["wording_candidate"] is True
+
+    off = OPRO(lambda ex, pred, trace=None: ex.answer == pred.answer, task_model=lm, prompt_model=prompts,
+               steps=1, candidates_per_step=1, progress=False, seed=3, wording_candidate=False)
+    kept = off.compile(dspy.Predict("question -> answer"), trainset=train, valset=val)
+    assert not [c for c in off.report_.candidates if c.origin == "wording"]
+    assert "Count the vowels" not in kept.signature.instructions
+
+
+def test_the_plan_pays_for_the_wording_candidate_in_step_zero(task):
+    with_it = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), progress=False,
+                   budget={"max_task_calls": 400, "max_prompt_calls": 40})
+    without = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), progress=False,
+                   budget={"max_task_calls": 400, "max_prompt_calls": 40}, wording_candidate=False)
+    first = [p.plan(task.program(), trainset=task.train, valset=task.val).phases[0] for p in (with_it, without)]
+    size = with_it.plan(task.program(), trainset=task.train, valset=task.val).settings["search_examples"]
+    assert first[0].task_calls - first[1].task_calls == size
+
+
+def test_a_non_boolean_wording_candidate_is_a_type_error():
+    with pytest.raises(TypeError, match="`wording_candidate`"):
+        OPRO(lambda *a: 1.0, wording_candidate="yes")

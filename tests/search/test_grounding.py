@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import dspy
 
-from dspy_icl_opt.search.grounding import answer_space, copied_from, format_instruction, output_spaces
+from dspy_icl_opt.search.grounding import (
+    answer_space,
+    copied_from,
+    format_instruction,
+    output_spaces,
+    task_wording,
+    wording_instruction,
+)
 
 
 def _mc(question: str, options: list[str], answer: str) -> dspy.Example:
@@ -57,3 +64,39 @@ def test_format_candidate_of_a_predictor_uses_its_input_fields():
     assert text is not None
     assert text.startswith("Answer the question.")
     assert "copied exactly" in text
+
+
+def _asked(questions: list[str]) -> list[dspy.Example]:
+    return [dspy.Example(question=q, answer="x").with_inputs("question") for q in questions]
+
+
+def test_task_wording_keeps_the_sentences_most_inputs_repeat_in_their_order():
+    predictor = dspy.Predict("question -> answer")
+    examples = _asked([f"In the following sentence, find the antecedent of the pronoun.\n\nSentence: Pat met Lee {i}. "
+                       "Who is meant?" for i in range(10)])
+    # "Sentence:" is a label (too short), the sentence about Pat and Lee differs per example
+    assert task_wording(predictor, examples) == ("In the following sentence, find the antecedent of the pronoun. "
+                                                 "Who is meant?")
+    text = wording_instruction(predictor, examples)
+    assert text.startswith("In the following sentence, find the antecedent of the pronoun. Who is meant?\n\n")
+    assert "Answer format: the `answer` must be" in text
+
+
+def test_task_wording_falls_back_to_the_commonest_question_and_needs_repeats():
+    predictor = dspy.Predict("question -> answer")
+    asked = ["What is the date today in MM/DD/YYYY?"] * 4 + ["What is the date tomorrow in MM/DD/YYYY?"] * 4
+    examples = _asked([f"Today is day {i} of the year. {q}" for i, q in enumerate(asked + ["Which day is it?"] * 2)])
+    # no sentence in half the inputs: the most repeated one, the first of equal counts
+    assert task_wording(predictor, examples) == "What is the date today in MM/DD/YYYY?"
+    # every sentence differs: nothing to take
+    assert task_wording(predictor, _asked([f"Is {i} even or odd?" for i in range(10)])) is None
+    # a repeat in 2 of 10 inputs is below the minimum of 3
+    assert task_wording(predictor, _asked(["Is it even or odd?"] * 2 + [f"Is {i} prime?" for i in range(8)])) is None
+    assert wording_instruction(predictor, _asked([f"Is {i} prime?" for i in range(8)])) is None
+
+
+def test_task_wording_reads_only_the_predictors_input_fields():
+    examples = [dspy.Example(question=f"Item {i}?", context="Use the table below to answer.", answer="x")
+                .with_inputs("question", "context") for i in range(6)]
+    assert task_wording(dspy.Predict("question, context -> answer"), examples) == "Use the table below to answer."
+    assert task_wording(dspy.Predict("question -> answer"), examples) is None

@@ -22,7 +22,7 @@ from dspy_icl_opt.optimizers.opro_prompts import (
     shown_trajectory,
 )
 from dspy_icl_opt.search.base import ICLOptimizer, SearchContext, stable_int
-from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces, wording_instruction
+from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces, wording_instructions
 from dspy_icl_opt.search.plan import (
     MIN_STEPS,
     UNCAPPED_STEPS,
@@ -146,7 +146,7 @@ class OPRO(ICLOptimizer):
             use in step 0 (True).
         wording_candidate: score the task's own wording in step 0 (True): the sentences the training inputs
             repeat (a benchmark's instruction inside every question, or the question they ask most often),
-            with the answer-format sentence; none when the inputs repeat nothing
+            with the answer-format sentence and alone; none when the inputs repeat nothing
             (:func:`~dspy_icl_opt.search.grounding.task_wording`).
         **kwargs: ``budget``, ``seed``, ``num_threads``, ``log_dir`` ... (see ICLOptimizer), and
             the COPRO names above.
@@ -262,8 +262,8 @@ class OPRO(ICLOptimizer):
         finalists, n_val, notes = plan_validation(shape, self.final_candidates)
         held = validation_calls(shape, finalists, n_val)
         search = None if shape.task_cap is None else max(0, shape.task_cap - held)
-        # at most one format and one wording candidate per predictor (none when the data says nothing)
-        first = 1 + m * (len(self.positions) - 1) + m * (int(self.format_candidate) + int(self.wording_candidate))
+        # per predictor at most one format and two wording candidates (none when the data says nothing)
+        first = 1 + m * (len(self.positions) - 1) + m * (int(self.format_candidate) + 2 * int(self.wording_candidate))
         wanted = self.steps if self.steps is not None else (UNCAPPED_STEPS if search is None else MIN_STEPS)
         counts = list(range(self.candidates_per_step, 0, -1))
         if shape.prompt_cap is not None and wanted:
@@ -355,8 +355,7 @@ class OPRO(ICLOptimizer):
                     records.append(ctx.add_candidate(state, step=0, origin="format", predictor=name))
         if self.wording_candidate:
             for name, predictor in ctx.predictors:
-                text = wording_instruction(predictor, ctx.trainset)
-                if text is not None:
+                for text in wording_instructions(predictor, ctx.trainset):
                     state = ctx.initial_state.replace(name, ctx.initial_state[name].with_instruction(text))
                     records.append(ctx.add_candidate(state, step=0, origin="wording", predictor=name))
         for name, pstate in ctx.initial_state.predictors:

@@ -505,9 +505,9 @@ def test_the_tasks_own_wording_is_a_step_zero_candidate_and_can_win():
                 steps=1, candidates_per_step=1, progress=False, seed=3)
     program = opro.compile(dspy.Predict("question -> answer"), trainset=train, valset=val)
     wording = [c for c in opro.report_.candidates if c.origin == "wording"]
-    assert len(wording) == 1 and wording[0].step == 0
-    assert program.signature.instructions.startswith("Count the vowels of the word below.\n\nAnswer format:")
-    assert opro.report_.best_candidate == wording[0].id
+    assert [c.step for c in wording] == [0, 0], "with the answer-format sentence and alone"
+    assert program.signature.instructions.startswith("Count the vowels of the word below.")
+    assert opro.report_.best_candidate in {c.id for c in wording}
     assert opro.report_.params["wording_candidate"] is True
 
     off = OPRO(lambda ex, pred, trace=None: ex.answer == pred.answer, task_model=lm, prompt_model=prompts,
@@ -524,7 +524,7 @@ def test_the_plan_pays_for_the_wording_candidate_in_step_zero(task):
                    budget={"max_task_calls": 400, "max_prompt_calls": 40}, wording_candidate=False)
     first = [p.plan(task.program(), trainset=task.train, valset=task.val).phases[0] for p in (with_it, without)]
     size = with_it.plan(task.program(), trainset=task.train, valset=task.val).settings["search_examples"]
-    assert first[0].task_calls - first[1].task_calls == size
+    assert first[0].task_calls - first[1].task_calls == 2 * size
 
 
 def test_a_non_boolean_wording_candidate_is_a_type_error():

@@ -10,7 +10,7 @@ from dspy_icl_opt.search.grounding import (
     format_instruction,
     output_spaces,
     task_wording,
-    wording_instruction,
+    wording_instructions,
 )
 
 
@@ -77,9 +77,13 @@ def test_task_wording_keeps_the_sentences_most_inputs_repeat_in_their_order():
     # "Sentence:" is a label (too short), the sentence about Pat and Lee differs per example
     assert task_wording(predictor, examples) == ("In the following sentence, find the antecedent of the pronoun. "
                                                  "Who is meant?")
-    text = wording_instruction(predictor, examples)
-    assert text.startswith("In the following sentence, find the antecedent of the pronoun. Who is meant?\n\n")
-    assert "Answer format: the `answer` must be" in text
+    with_format, alone = wording_instructions(predictor, examples)
+    assert with_format.startswith("In the following sentence, find the antecedent of the pronoun. Who is meant?\n\n")
+    assert "Answer format: the `answer` must be" in with_format
+    assert alone == "In the following sentence, find the antecedent of the pronoun. Who is meant?"
+    # labels that say nothing of a format: the wording alone
+    unlabelled = [dspy.Example(question=ex.question).with_inputs("question") for ex in examples]
+    assert wording_instructions(predictor, unlabelled) == [alone]
 
 
 def test_task_wording_falls_back_to_the_commonest_question_and_needs_repeats():
@@ -92,7 +96,7 @@ def test_task_wording_falls_back_to_the_commonest_question_and_needs_repeats():
     assert task_wording(predictor, _asked([f"Is {i} even or odd?" for i in range(10)])) is None
     # a repeat in 2 of 10 inputs is below the minimum of 3
     assert task_wording(predictor, _asked(["Is it even or odd?"] * 2 + [f"Is {i} prime?" for i in range(8)])) is None
-    assert wording_instruction(predictor, _asked([f"Is {i} prime?" for i in range(8)])) is None
+    assert wording_instructions(predictor, _asked([f"Is {i} prime?" for i in range(8)])) == []
 
 
 def test_task_wording_reads_only_the_predictors_input_fields():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -262,8 +263,11 @@ class OPRO(ICLOptimizer):
         finalists, n_val, notes = plan_validation(shape, self.final_candidates)
         held = validation_calls(shape, finalists, n_val)
         search = None if shape.task_cap is None else max(0, shape.task_cap - held)
-        # per predictor at most one format and two wording candidates (none when the data says nothing)
-        first = 1 + m * (len(self.positions) - 1) + m * (int(self.format_candidate) + 2 * int(self.wording_candidate))
+        # per predictor one format and two wording candidates at most: as many as the data gives, when counted
+        grounded = shape.grounded
+        if grounded is None:
+            grounded = m * (int(self.format_candidate) + 2 * int(self.wording_candidate))
+        first = 1 + m * (len(self.positions) - 1) + grounded
         wanted = self.steps if self.steps is not None else (UNCAPPED_STEPS if search is None else MIN_STEPS)
         counts = list(range(self.candidates_per_step, 0, -1))
         if shape.prompt_cap is not None and wanted:
@@ -344,20 +348,32 @@ class OPRO(ICLOptimizer):
         extra = items * m if self.scoring == "minibatch" else 0  # the incumbent on the step's minibatch
         return max(0, min(run.per_step, (remaining - extra) // max(1, items * m)))
 
+    def _grounded_texts(self, predictor: dspy.Predict, instruction: str, trainset: list[dspy.Example]
+                        ) -> list[tuple[str, str]]:
+        """The deterministic step-0 instructions for one predictor, as ``(origin, text)``: the format candidate and the
+        task's wording (each when switched on and the data gives it)."""
+        texts = []
+        if self.format_candidate:
+            text = format_instruction(instruction, output_spaces(predictor, trainset))
+            if text is not None:
+                texts.append(("format", text))
+        if self.wording_candidate:
+            texts += [("wording", text) for text in wording_instructions(predictor, trainset)]
+        return texts
+
+    def _shape(self, predictors: list[tuple[str, dspy.Predict]], trainset: list[dspy.Example],
+               valset: list[dspy.Example]) -> Shape:
+        shape = super()._shape(predictors, trainset, valset)
+        grounded = sum(len(self._grounded_texts(p, p.signature.instructions, trainset)) for _, p in predictors)
+        return dataclasses.replace(shape, grounded=grounded)
+
     def _seed_candidates(self, ctx: SearchContext) -> list[CandidateRecord]:
         records = [ctx.add_candidate(ctx.initial_state, step=0, origin="seed")]
-        if self.format_candidate:
-            for name, predictor in ctx.predictors:
-                pstate = ctx.initial_state[name]
-                text = format_instruction(pstate.instruction, output_spaces(predictor, ctx.trainset))
-                if text is not None:
-                    state = ctx.initial_state.replace(name, pstate.with_instruction(text))
-                    records.append(ctx.add_candidate(state, step=0, origin="format", predictor=name))
-        if self.wording_candidate:
-            for name, predictor in ctx.predictors:
-                for text in wording_instructions(predictor, ctx.trainset):
-                    state = ctx.initial_state.replace(name, ctx.initial_state[name].with_instruction(text))
-                    records.append(ctx.add_candidate(state, step=0, origin="wording", predictor=name))
+        for name, predictor in ctx.predictors:
+            pstate = ctx.initial_state[name]
+            for origin, text in self._grounded_texts(predictor, pstate.instruction, ctx.trainset):
+                state = ctx.initial_state.replace(name, pstate.with_instruction(text))
+                records.append(ctx.add_candidate(state, step=0, origin=origin, predictor=name))
         for name, pstate in ctx.initial_state.predictors:
             for position in self.positions:
                 if position != pstate.position:

@@ -724,6 +724,11 @@ class ICLOptimizer(Teleprompter):
         """The strategy's schedule for ``shape`` (no LM call); ``None`` if it does not plan."""
         return None
 
+    def _shape(self, predictors: list[tuple[str, dspy.Predict]], trainset: list[dspy.Example],
+               valset: list[dspy.Example]) -> Shape:
+        """What the plan is made for; a strategy whose first step depends on the data adds what it reads there."""
+        return Shape.of(self.budget, len(trainset), len(valset), len(predictors))
+
     def prompt_temperature(self, prompt_lm: dspy.BaseLM | None) -> float | None:
         """The temperature the meta-prompts go out at: the strategy's ``temperature`` when it is given, else the
         prompt LM's own when it was built with one, else :attr:`default_temperature`. A temperature the user
@@ -750,7 +755,7 @@ class ICLOptimizer(Teleprompter):
         named = named_predictors(student)
         trainset = check_examples("trainset", trainset, student)
         trainset, valset = self._split(trainset, valset, student)
-        plan = self._planned(Shape.of(self.budget, len(trainset), len(valset), len(named)))
+        plan = self._planned(self._shape(named, trainset, valset))
         if plan is None:
             raise NotImplementedError(f"{type(self).__name__} does not plan its search ahead.")
         return plan
@@ -794,7 +799,7 @@ class ICLOptimizer(Teleprompter):
         ctx = self._context(student.deepcopy(), trainset, valset, run_dir, resume)
         logger.info("{}: {} predictor(s), {} train / {} val examples, budget {}", type(self).__name__,
                     len(ctx.predictors), len(trainset), len(valset), self.budget.model_dump(exclude_none=True))
-        plan = self._planned(Shape.of(self.budget, len(trainset), len(valset), len(ctx.predictors)))
+        plan = self._planned(self._shape(ctx.predictors, trainset, valset))
         if plan is not None:
             ctx.plan = plan
             ctx.validation_examples = int(plan.settings.get("validation_examples", len(valset)))

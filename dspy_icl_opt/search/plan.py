@@ -44,6 +44,10 @@ class Shape:
     n_predictors: int
     task_cap: int | None
     prompt_cap: int | None
+    #: Deterministic candidates the strategy's first step scores beside the start, counted from the data (the
+    #: grounding's format and wording candidates) when the strategy counts them; ``None``: the plan assumes the
+    #: most there can be.
+    grounded: int | None = None
 
     @classmethod
     def of(cls, budget: Budget, n_train: int, n_val: int, n_predictors: int) -> Shape:

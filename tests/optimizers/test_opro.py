@@ -517,14 +517,24 @@ def test_the_tasks_own_wording_is_a_step_zero_candidate_and_can_win():
     assert "Count the vowels" not in kept.signature.instructions
 
 
-def test_the_plan_pays_for_the_wording_candidate_in_step_zero(task):
-    with_it = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), progress=False,
-                   budget={"max_task_calls": 400, "max_prompt_calls": 40})
-    without = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), progress=False,
-                   budget={"max_task_calls": 400, "max_prompt_calls": 40}, wording_candidate=False)
-    first = [p.plan(task.program(), trainset=task.train, valset=task.val).phases[0] for p in (with_it, without)]
-    size = with_it.plan(task.program(), trainset=task.train, valset=task.val).settings["search_examples"]
-    assert first[0].task_calls - first[1].task_calls == 2 * size
+def test_the_plan_counts_the_grounded_candidates_the_data_gives(task):
+    def first_step(data, **kwargs):
+        opro = OPRO(task.metric, task_model=task.lm(), prompt_model=planted_at_step_two(task), progress=False,
+                    budget={"max_task_calls": 400, "max_prompt_calls": 40}, **kwargs)
+        plan = opro.plan(dspy.Predict("question -> answer"), trainset=data, valset=data[:4])
+        return plan.phases[0].task_calls, plan.settings["search_examples"]
+
+    worded = _task_with_its_own_wording(24)
+    calls, size = first_step(worded)
+    assert calls == 4 * size, "the start, the format candidate and the wording with and without the format sentence"
+    calls, size = first_step(worded, wording_candidate=False)
+    assert calls == 2 * size
+    calls, size = first_step(worded, wording_candidate=False, format_candidate=False)
+    assert calls == size
+    # the toy words repeat no sentence: no wording candidate is planned, as none will be scored
+    calls, size = first_step(task.train)
+    assert calls == 2 * size
+    assert first_step(task.train) == first_step(task.train, wording_candidate=False)
 
 
 def test_a_non_boolean_wording_candidate_is_a_type_error():

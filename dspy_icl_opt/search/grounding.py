@@ -170,8 +170,8 @@ def wording_instructions(predictor: dspy.Predict, examples: Sequence[dspy.Exampl
     wording = task_wording(predictor, examples)
     if wording is None:
         return []
-    spaces = output_spaces(predictor, examples)
-    return [f"{wording}\n\n{format_sentence(spaces)}", wording] if spaces else [wording]
+    formatted = format_instruction(wording, output_spaces(predictor, examples))
+    return [formatted, wording] if formatted is not None else [wording]
 
 
 def shown_example(example: dspy.Example, outputs: Collection[str]) -> dspy.Example:

@@ -79,6 +79,8 @@ _REFUSAL = re.compile(r"^\W*(?:(?:i\s*(?:'|’)?\s*m|i\s+am)\s+(?:sorry|afraid|u
                       r"could\s+not|couldn\s*(?:'|’)?\s*t|do\s+not|don\s*(?:'|’)?\s*t)\s+(?:help|provide|create|write|assist|access|"
                       r"have|see|answer|do)\b|as\s+an\s+ai\b|unfortunately\s*,?\s+i\b)", re.IGNORECASE)
 _MARKER = re.compile(r"\[\[\s*##\s*[^\]#]*?\s*##\s*\]\]")
+#: DSPy's ChatAdapter shows each output field as its marker then ``{field_name}``; a small model copies the latter.
+_PLACEHOLDER = re.compile(r"\{\s*[a-z][a-z0-9]*(?:_[a-z0-9]+)*\s*\}")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 #: A sentence whose word trigrams come from the meta-prompt this much is the meta-prompt's, not the task's
 #: (seen on date_understanding split 0: the joint search's chosen instruction went on "Read the task's inputs, the
@@ -98,8 +100,13 @@ _ASKS_FOR_INSTRUCTION = re.compile(
 
 
 def clean_proposal(text: str) -> str:
-    """``text`` without DSPy's field markers (``[[ ## instruction ## ]]``, ``[[ ## completed ## ]]``)."""
-    return _MARKER.sub(" ", text or "").strip()
+    """``text`` without DSPy's field markers (``[[ ## instruction ## ]]``, ``[[ ## completed ## ]]``) and without
+    the adapter's value placeholders (``{paraphrase}``) copied from the meta-prompt's output template.
+
+    The placeholders are what the 1.5B proposer appended to APO paraphrases on date_understanding split 2
+    ("Choose the correct answer from the list of choices ... {paraphrase}"): a bare field name in braces is the
+    template's, never a requirement of the task."""
+    return _PLACEHOLDER.sub(" ", _MARKER.sub(" ", text or "")).strip()
 
 
 def _asks_for_instruction(text: str, allowed: str) -> bool:

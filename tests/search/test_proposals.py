@@ -89,6 +89,15 @@ def test_field_markers_are_removed_before_the_checks(checker):
     assert checker.problem(text) is None
 
 
+def test_template_placeholders_are_removed_but_braces_in_an_instruction_stay():
+    # the 1.5B proposer's APO paraphrase on date_understanding split 2 ended with the adapter's "{paraphrase}"
+    assert clean_proposal("Choose the correct answer from the choices. {paraphrase}") == \
+        "Choose the correct answer from the choices."
+    assert clean_proposal("[[ ## new_instructions ## ]]\n{ new_instructions }") == ""
+    assert clean_proposal('Reply as {"answer": "(A)"}.') == 'Reply as {"answer": "(A)"}.'
+    assert clean_proposal("Count the {Items} listed.") == "Count the {Items} listed."
+
+
 def test_a_fields_value_is_not_an_instruction():
     # what the 0.5B model wrote as APO edits on hyperbaton: the output field's value, labelled
     checker = ProposalChecker(_examples(), fields=["question", "options", "answer"])

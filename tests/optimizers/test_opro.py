@@ -540,3 +540,29 @@ def test_the_plan_counts_the_grounded_candidates_the_data_gives(task):
 def test_a_non_boolean_wording_candidate_is_a_type_error():
     with pytest.raises(TypeError, match="`wording_candidate`"):
         OPRO(lambda *a: 1.0, wording_candidate="yes")
+
+
+def test_the_best_grounded_candidate_takes_the_last_finalist_slot_from_a_lucky_proposal():
+    from dspy_icl_opt.optimizers.opro import _with_grounded_finalist
+    from dspy_icl_opt.search.report import CandidateRecord
+
+    def record(i, origin, train):
+        return CandidateRecord(id=i, step=0, origin=origin, state={}, scores={"train": train})
+
+    # disambiguation_qa split 2's row: the wording candidate led the start on the search set, two copied
+    # sentences led it by more and took both slots, and validation saw neither grounded candidate
+    start, fmt, worded, bare = record(0, "seed", 0.30), record(1, "format", 0.30), record(2, "wording", 0.35), \
+        record(3, "wording", 0.30)
+    lucky, luckier = record(5, "proposal", 0.45), record(8, "proposal", 0.50)
+    everyone = [start, fmt, worded, bare, lucky, luckier]
+    ranked = sorted(everyone[1:], key=lambda r: (-r.scores["train"], r.id))
+    assert [r.id for r in _with_grounded_finalist(ranked, 2, everyone)] == [8, 2]
+    assert [r.id for r in _with_grounded_finalist(ranked, 3, everyone)] == [8, 5, 2]
+    assert [r.id for r in _with_grounded_finalist(ranked, 1, everyone)] == [8], "one slot: the best by score"
+    # a grounded candidate already among the top keeps the order as it is
+    ahead = sorted([*everyone[1:3], record(9, "proposal", 0.32)], key=lambda r: (-r.scores["train"], r.id))
+    assert [r.id for r in _with_grounded_finalist(ahead, 2, everyone)] == [2, 9]
+    # grounded candidates below the start on the search set do not take a slot
+    below = [record(0, "seed", 0.40), record(1, "format", 0.35), lucky, luckier]
+    ranked_below = sorted(below[1:], key=lambda r: (-r.scores["train"], r.id))
+    assert [r.id for r in _with_grounded_finalist(ranked_below, 2, below)] == [8, 5]

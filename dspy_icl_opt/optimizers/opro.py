@@ -586,7 +586,7 @@ def _with_grounded_finalist(ranked: list[CandidateRecord], finalists: int,
     if finalists < 2 or start is None or any(r.origin in GROUNDED_ORIGINS for r in top):
         return top
     floor = start.scores.get("train", 0.0)
-    grounded = [r for r in ranked if r.origin in GROUNDED_ORIGINS and r.scores["train"] >= floor]
+    grounded = [r for r in ranked if r.origin in GROUNDED_ORIGINS and r.scores.get("train", -1.0) >= floor]
     return top[:-1] + grounded[:1] if grounded else top
 
 

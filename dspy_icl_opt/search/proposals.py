@@ -15,8 +15,9 @@ the questions and copies are scored since, see below).
 ``None``. The checks are deterministic and cheap (no LM call), so a strategy can use them as the
 validator of its meta-prompt answers: a rejected answer is counted as unusable and asked again.
 
-Three of the checks name a prompt that is not worded as an instruction but may still work as one: a
-training example's text copied back, a question, and a text about one example's names or numbers. They are
+Four of the checks name a prompt that is not worded as an instruction but may still work as one: a
+training example's text copied back, a question, a text about one example's names or numbers, and a remark about an
+instruction ("The instruction should specify the date format ..."). They are
 :data:`LENIENT_PROBLEMS`: the strategies score such proposals (counted apart in the report) unless built with
 ``check_proposals="strict"``. Measured on date_understanding (0.5B task model, 100 test examples per split):
 GEPA's chosen instruction on split 1, "Today is the second day of the third month of 1966, what is the date
@@ -54,8 +55,9 @@ SPECIFIC_WORDS_MIN = 3
 COPIES_EXAMPLE = "copies a training example"
 QUESTION = "a question, not an instruction"
 ABOUT_ONE_EXAMPLE = "about one example (its names or numbers), not the task"
+DESCRIBES_INSTRUCTION = "describes an instruction instead of giving it"
 #: What :meth:`ProposalChecker.problem` names but a strategy scores anyway unless its check is strict (see above).
-LENIENT_PROBLEMS = frozenset({COPIES_EXAMPLE, QUESTION, ABOUT_ONE_EXAMPLE})
+LENIENT_PROBLEMS = frozenset({COPIES_EXAMPLE, QUESTION, ABOUT_ONE_EXAMPLE, DESCRIBES_INSTRUCTION})
 _STOPWORDS = frozenset(
     "the a an and or of to in on for with is are was be it its this that these those as at by from if then "
     "what which who when how not no do does your you each one any all their there".split())
@@ -82,6 +84,20 @@ _MARKER = re.compile(r"\[\[\s*##\s*[^\]#]*?\s*##\s*\]\]")
 #: DSPy's ChatAdapter shows each output field as its marker then ``{field_name}``; a small model copies the latter.
 _PLACEHOLDER = re.compile(r"\{\s*[a-z][a-z0-9]*(?:_[a-z0-9]+)*\s*\}")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+#: A remark about an instruction rather than one (APO's 1.5B proposer on date_understanding split 2: 16 of its 26
+#: candidates, e.g. "The instruction should specify the format for the date (MM/DD/YYYY) in the `answer` field of the
+#: output.", "The user needs to provide the correct answer to a multiple-choice question."): the text opens with the
+#: instruction or the user as its subject. "The instruction is to find ..." says what to do and is not one.
+_DESCRIBES = re.compile(
+    r"^\W*(?:(?:the|this|that|your|my|an?)\s+(?:(?:new|improved|revised|reworded|given|current|original|above|"
+    r"following|updated)\s+)?(?:instructions?|prompt)\s+(?:should|must|needs?|has\s+to|ought|could|would|will|can|"
+    r"is(?!\s+to\b)|was|states|says|asks|requests|requires|specifies|tells|lacks|does)\b|the\s+user\s+"
+    r"(?:should|must|needs?|has\s+to|is|will|can)\b)", re.IGNORECASE)
+#: What a proposer writes before the instruction it gives ("The improved instruction is:", "Here is the reworded
+#: instruction:"): a preface, dropped by :func:`clean_proposal`.
+_PREFACE = re.compile(
+    r"^\W*(?:here\s+is\s+|here's\s+)?(?:the|an|my)?\s*(?:new|improved|revised|reworded|updated|better)\s+"
+    r"(?:instruction|prompt)(?:\s+is)?\s*:\s*", re.IGNORECASE)
 #: A sentence whose word trigrams come from the meta-prompt this much is the meta-prompt's, not the task's
 #: (seen on date_understanding split 0: the joint search's chosen instruction went on "Read the task's inputs, the
 #: summary of the data, and the solved problems. Provide one new instruction for this task, following the style
@@ -105,8 +121,11 @@ def clean_proposal(text: str) -> str:
 
     The placeholders are what the 1.5B proposer appended to APO paraphrases on date_understanding split 2
     ("Choose the correct answer from the list of choices ... {paraphrase}"): a bare field name in braces is the
-    template's, never a requirement of the task."""
-    return _PLACEHOLDER.sub(" ", _MARKER.sub(" ", text or "")).strip()
+    template's, never a requirement of the task. A preface before the instruction ("The improved instruction is:")
+    goes too, unless nothing follows it."""
+    text = _PLACEHOLDER.sub(" ", _MARKER.sub(" ", text or "")).strip()
+    rest = _PREFACE.sub("", text, count=1).strip()
+    return rest or text
 
 
 def _asks_for_instruction(text: str, allowed: str) -> bool:
@@ -218,4 +237,6 @@ class ProposalChecker:
         specific = [w for w in content if w in self._specific_words or (w.isdigit() and len(w) >= 2)]
         if len(specific) >= SPECIFIC_WORDS_MIN and len(specific) >= SPECIFIC_WORDS_SHARE * len(content):
             return ABOUT_ONE_EXAMPLE
+        if _DESCRIBES.search(text) and not _DESCRIBES.search(allowed):
+            return DESCRIBES_INSTRUCTION
         return None

@@ -9,6 +9,7 @@ import pytest
 from dspy_icl_opt.search.proposals import (
     ABOUT_ONE_EXAMPLE,
     COPIES_EXAMPLE,
+    DESCRIBES_INSTRUCTION,
     LENIENT_PROBLEMS,
     QUESTION,
     ProposalChecker,
@@ -96,6 +97,40 @@ def test_template_placeholders_are_removed_but_braces_in_an_instruction_stay():
     assert clean_proposal("[[ ## new_instructions ## ]]\n{ new_instructions }") == ""
     assert clean_proposal('Reply as {"answer": "(A)"}.') == 'Reply as {"answer": "(A)"}.'
     assert clean_proposal("Count the {Items} listed.") == "Count the {Items} listed."
+
+
+@pytest.mark.parametrize("remark", [
+    # what APO's 1.5B proposer wrote as edits and paraphrases on date_understanding split 2
+    "The instruction should specify the format for the date (MM/DD/YYYY) in the `answer` field of the output.",
+    "The instruction states that the user needs to answer the multiple-choice question.",
+    "The user needs to provide the correct answer to a multiple-choice question.",
+    "This prompt must tell the model to copy the option's text.",
+    # ... and the 0.5B proposer's
+    "The instruction was not correctly formatted for the date input.",
+])
+def test_a_remark_about_an_instruction_is_named(checker, remark):
+    assert checker.problem(remark) == DESCRIBES_INSTRUCTION
+    # not when the instruction being rewritten is itself worded so (a user's start, or its paraphrase)
+    assert checker.problem(remark, allowed="The instruction is: answer with the option's text.") is None
+
+
+@pytest.mark.parametrize("text", [
+    "The instruction is to find the sentence with the correct adjective order.",
+    "Follow the instruction in the question, then write the option's text.",
+    "The user's question has one correct option: write its text.",
+    "Instructions should be read twice: answer with the letter only.",
+])
+def test_an_instruction_that_names_the_instruction_is_not_a_remark(checker, text):
+    assert checker.problem(text) is None
+
+
+def test_a_preface_before_the_instruction_is_dropped():
+    assert clean_proposal("The improved instruction is:\nAnswer with the option's text.") == \
+        "Answer with the option's text."
+    assert clean_proposal("Here is the reworded instruction: Answer with the letter.") == "Answer with the letter."
+    # nothing after it: the text is kept for the checks to name
+    assert clean_proposal("The improved instruction is:") == "The improved instruction is:"
+    assert clean_proposal("Answer: the new instruction is: x") == "Answer: the new instruction is: x"
 
 
 def test_a_fields_value_is_not_an_instruction():
@@ -191,7 +226,7 @@ def test_instructions_that_mention_instructions_are_still_instructions(checker, 
 
 
 def test_the_lenient_problems_are_named_only_when_nothing_else_is_wrong(checker):
-    assert LENIENT_PROBLEMS == {COPIES_EXAMPLE, QUESTION, ABOUT_ONE_EXAMPLE}
+    assert LENIENT_PROBLEMS == {COPIES_EXAMPLE, QUESTION, ABOUT_ONE_EXAMPLE, DESCRIBES_INSTRUCTION}
     # a question that is a training example copied back is named a copy
     # the meta-prompt's wording is named before a copied example, which the strategies score
     assert checker.problem(META + " The librarian helped the CEO 2 times because they asked on day 10.",

@@ -34,11 +34,19 @@ import sys
 import dspy
 
 from dspy_icl_opt.lm import resolve_lm
-from dspy_icl_opt.optimizers.apo_prompts import FixInstruction, Paraphrase, clean_text, edited_instructions
+from dspy_icl_opt.optimizers.apo_prompts import (
+    Failure,
+    FixInstruction,
+    Paraphrase,
+    clean_text,
+    edited_instructions,
+    render_failures,
+)
 from dspy_icl_opt.programs import load_task, make_program
-from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces
+from dspy_icl_opt.search.grounding import data_summary, format_instruction, output_spaces, shown_example
 from dspy_icl_opt.search.meta import MetaPromptAdapter
-from dspy_icl_opt.search.proposals import ProposalChecker, clean_proposal
+from dspy_icl_opt.search.proposals import DESCRIBES_INSTRUCTION, ProposalChecker, clean_proposal
+from dspy_icl_opt.search.scorer import Outcome
 from dspy_icl_opt.search.surgery import describe_signature
 
 #: A gradient as the 1.5B proposer wrote them on that run (its edits repeat this wording).
@@ -58,15 +66,12 @@ ITSELF_PARAPHRASE = ("Reword an instruction: keep its meaning and every requirem
 ITSELF_PARAPHRASE_DESC = "the reworded instruction itself"
 
 
-def _failures(examples: list[dspy.Example]) -> str:
-    """Three examples answered with a wrong option, rendered as APO shows failures."""
-    blocks = []
-    for number, example in enumerate(examples, 1):
-        wrong = next(c for c in example.choices if c != example.answer)
-        blocks.append("\n".join([f"## Example {number}", "Inputs:", f"  question: {example.question}",
-                                 f"  options: {example.options}", "Output of this step:", f"  answer: {wrong}",
-                                 "Expected output:", f"  answer: {example.answer}"]))
-    return "\n\n".join(blocks)
+def _failures(examples: list[dspy.Example], outputs: set[str]) -> str:
+    """Three examples answered with a wrong option, rendered by APO's own :func:`render_failures`."""
+    failures = [Failure(i, shown_example(example, outputs),
+                        Outcome(0.0, {"answer": next(c for c in example.choices if c != example.answer)}))
+                for i, example in enumerate(examples)]
+    return render_failures(failures, "predictor")
 
 
 def main(argv: list[str]) -> int:
@@ -83,8 +88,8 @@ def main(argv: list[str]) -> int:
     start = predictor.signature.instructions
     lm = resolve_lm(lm_name, temperature=1.0, max_tokens=400, cache=False)
     edit_inputs = {"task": describe_signature(predictor), "data_summary": data_summary(predictor, task.train),
-                   "instruction": start, "failures": _failures(task.train[:3]), "problem": GRADIENT,
-                   "n_instructions": 1}
+                   "instruction": start, "problem": GRADIENT, "n_instructions": 1,
+                   "failures": _failures(task.train[:3], set(predictor.signature.output_fields))}
     itself_fix = FixInstruction.with_instructions(ITSELF_FIX).with_updated_fields("new_instructions",
                                                                                   desc=ITSELF_FIX_DESC)
     itself_paraphrase = Paraphrase.with_instructions(ITSELF_PARAPHRASE).with_updated_fields(
@@ -112,7 +117,7 @@ def main(argv: list[str]) -> int:
             except Exception as exc:  # an unreadable answer
                 text, why = "", f"not parsed ({type(exc).__name__})"
             usable += why is None
-            described += why == "describes an instruction instead of giving it"
+            described += why == DESCRIBES_INSTRUCTION
             print(f"{variant} try {t}: {'usable' if why is None else why} | {' '.join(text.split())[:160]}", flush=True)
         print(f"== {variant}: {usable}/{tries} usable, {described}/{tries} describe an instruction", flush=True)
     return 0

@@ -56,6 +56,10 @@ PREFERRED_SEARCH_EXAMPLES = 16
 #: The paper samples its optimizer LM at temperature 1.0: diverse proposals (used when neither OPRO nor the prompt LM
 #: sets a temperature).
 DEFAULT_TEMPERATURE = 1.0
+#: The origin of the data-grounded format candidate (the instruction with the answer-format sentence).
+FORMAT_ORIGIN = "format"
+#: The origin of an instruction in the task's own wording, read from the data.
+WORDING_ORIGIN = "wording"
 #: COPRO's arguments that have an OPRO meaning, and the OPRO name each maps to.
 COPRO_ARGUMENTS = {"breadth": "candidates_per_step", "depth": "steps", "init_temperature": "temperature"}
 #: eval_kwargs of COPRO.compile that OPRO understands (the rest are rejected).
@@ -357,9 +361,9 @@ class OPRO(ICLOptimizer):
         if self.format_candidate:
             text = format_instruction(instruction, output_spaces(predictor, trainset))
             if text is not None:
-                texts.append(("format", text))
+                texts.append((FORMAT_ORIGIN, text))
         if self.wording_candidate:
-            texts += [("wording", text) for text in wording_instructions(predictor, trainset)]
+            texts += [(WORDING_ORIGIN, text) for text in wording_instructions(predictor, trainset)]
         return texts
 
     def _shape(self, predictors: list[tuple[str, dspy.Predict]], trainset: list[dspy.Example],
@@ -569,7 +573,7 @@ class OPRO(ICLOptimizer):
 
 
 #: Origins of the deterministic step-0 candidates, built from the data before any proposal.
-GROUNDED_ORIGINS = ("format", "wording")
+GROUNDED_ORIGINS = (FORMAT_ORIGIN, WORDING_ORIGIN)
 
 
 def _with_grounded_finalist(ranked: list[CandidateRecord], finalists: int,

@@ -134,8 +134,6 @@ def main(argv: list[str]) -> int:
                 print(f"{variant} try {t}: fewer than two steps", flush=True)
                 continue
             text = procedure.render()
-            steps.append(len(procedure))
-            words.append(len(text.split()))
             pstate = state[name].with_reasoning_field("reasoning")
             if "D" in variant:  # ABO's demonstration arm: a worked example the prompt model writes
                 writer = brief_demo_signature if variant.endswith("DB") else demo_signature
@@ -148,6 +146,8 @@ def main(argv: list[str]) -> int:
                 pstate = pstate.with_instruction(f"{text}\n\n{fmt}").with_demos([demo.as_demo("reasoning")])
             else:
                 pstate = pstate.with_instruction(f"{text}\n\n{STRICT_SENTENCE}\n\n{fmt}")
+            steps.append(len(procedure))  # the procedures run (with a demonstration where one is asked for)
+            words.append(len(text.split()))
             candidate = apply_state(program, state.replace(name, pstate))
             row = []
             for example in runs:
@@ -166,8 +166,8 @@ def main(argv: list[str]) -> int:
                 if example is runs[0]:
                     first = " ".join(str((task_lm.history[-1].get("outputs") or [""])[0]).split())
             shown_demo = f", demonstration {demo_words[-1]} words" if "D" in variant else ""
-            print(f"{variant} try {t}: {len(procedure)} steps, {words[-1]} words{shown_demo} | tokens/correct {' '.join(row)} | "
-                  f"{' '.join(text.split())[:200]}\n    first answer: {first[:300]}", flush=True)
+            print(f"{variant} try {t}: {len(procedure)} steps, {words[-1]} words{shown_demo} | tokens/correct "
+                  f"{' '.join(row)} | {' '.join(text.split())[:200]}\n    first answer: {first[:300]}", flush=True)
         runs_done = len(tokens)
         if runs_done:
             print(f"== {variant}: {len(steps)}/{tries} procedures, steps {mean(steps):.1f} (most {max(steps)}), "

@@ -49,6 +49,7 @@ from dspy_icl_opt.optimizers.abo_prompts import (
     format_fields,
     parse_sub_steps,
     reasoning_field,
+    render_solved_examples,
     step_number,
 )
 from dspy_icl_opt.search import (
@@ -314,8 +315,7 @@ class _PredictorRun:
         self.base = base
         self.final_fields = {n: f for n, f in signature.output_fields.items() if n != self.reasoning}
         self.input_fields = list(signature.input_fields)
-        self.task = (f"{describe_signature(predictor)}\nCurrent instruction: {ctx.initial_state[name].instruction}\n"
-                     f"The data: {data_summary(predictor, ctx.trainset)}")
+        self.task = task_description(predictor, ctx.initial_state[name].instruction, ctx.trainset)
         spaces = output_spaces(predictor, ctx.trainset) if opt.format_candidate else {}
         self.format = format_sentence(spaces) if spaces else ""
         self.demo_signature = demonstration_signature(self.final_fields)
@@ -416,8 +416,7 @@ class _PredictorRun:
     def _write_procedure(self, k: int) -> Procedure | None:
         examples = [self.ctx.shown_example(ex) for ex in
                     self.ctx.rng.sample(self.ctx.trainset, min(PROCEDURE_EXAMPLES, len(self.ctx.trainset)))]
-        shown = "\n\n".join(f"Example {i}:\n{format_fields(demo_to_dict(ex.inputs()))}\n"
-                             f"{format_fields(demo_to_dict(ex.labels()))}" for i, ex in enumerate(examples, start=1))
+        shown = render_solved_examples(examples)
         answer = self._ask(WriteProcedure, f"{self.key}/round0/candidate{k}/procedure",
                            temperature=self.ctx.temperature, task=self.task, examples=shown,
                            validate=lambda a: Procedure.parse(a.procedure) is not None)
@@ -648,12 +647,7 @@ class _PredictorRun:
         return _Arm(record, procedure, demo)
 
     def _instruction(self, procedure: Procedure, demo: Demonstration | None) -> str:
-        fmt = f"\n\n{self.format}" if self.format else ""
-        if demo is None:
-            return f"{procedure.render()}\n\n{STRICT_SENTENCE}{fmt}"
-        if self.reasoning is None:
-            return f"{procedure.render()}\n\nA worked example, every step carried out:\n{demo.render()}{fmt}"
-        return f"{procedure.render()}{fmt}"
+        return arm_instruction(procedure, demo, fmt=self.format, reasoning=self.reasoning)
 
     def _trace_entry(self, outcome: Outcome) -> dict[str, Any] | None:
         """The last call of this predictor in an outcome's trace (None if it was not called)."""
@@ -679,6 +673,24 @@ class _PredictorRun:
                  "scores": {"search": arm.record.scores.get(SEARCH) if arm else None, "parent_search": parent_score},
                  "kept": kept, **diagnosis}
         self.ctx.report.extra["rounds"].append(entry)
+
+
+def task_description(predictor: dspy.Predict, instruction: str, trainset: list[dspy.Example]) -> str:
+    """The task as ABO's meta-prompts are told it: the predictor's fields, its instruction and a data summary."""
+    return (f"{describe_signature(predictor)}\nCurrent instruction: {instruction}\n"
+            f"The data: {data_summary(predictor, trainset)}")
+
+
+def arm_instruction(procedure: Procedure, demo: Demonstration | None, *, fmt: str, reasoning: str | None) -> str:
+    """The instruction an arm runs with: the procedure, then "Follow the steps strictly." when it has no
+    demonstration, or the worked example when the predictor has no reasoning output to hold it as a demo (with one,
+    the demonstration is installed as a demo instead); then the answer-format sentence ``fmt``, if any."""
+    tail = f"\n\n{fmt}" if fmt else ""
+    if demo is None:
+        return f"{procedure.render()}\n\n{STRICT_SENTENCE}{tail}"
+    if reasoning is None:
+        return f"{procedure.render()}\n\nA worked example, every step carried out:\n{demo.render()}{tail}"
+    return f"{procedure.render()}{tail}"
 
 
 def _rank(arm: _Arm) -> tuple:

@@ -16,6 +16,7 @@ from typing import Any
 import dspy
 
 from dspy_icl_opt.search.meta import first_number_in
+from dspy_icl_opt.search.surgery import demo_to_dict
 
 #: A procedure needs at least this many steps: a single step is a task description, not a procedure.
 MIN_STEPS = 2
@@ -252,6 +253,12 @@ class Demonstration:
     def to_dict(self) -> dict[str, Any]:
         return {"example_index": self.example_index, "inputs": self.inputs, "execution": self.execution,
                 "outputs": self.outputs}
+
+
+def render_solved_examples(examples: Sequence[dspy.Example]) -> str:
+    """Solved examples for :class:`WriteProcedure`: each example's inputs, then its labels, numbered from 1."""
+    return "\n\n".join(f"Example {i}:\n{format_fields(demo_to_dict(ex.inputs()))}\n"
+                         f"{format_fields(demo_to_dict(ex.labels()))}" for i, ex in enumerate(examples, start=1))
 
 
 def format_fields(values: Mapping[str, Any]) -> str:

@@ -18,7 +18,8 @@ Measured with the 1.5B proposer (4 training examples per procedure; answers cut 
 ``W`` 4 procedures of 4.8 steps, 90 words on average (most 217): 0/16 cut, 5/16 correct, 71 tokens an answer;
 ``WB`` 53 words (most 92): 0/16 cut, 3/16 correct, 73 tokens; ``WD`` demonstrations of 162 words (most 200):
 16/16 cut, 0/16 correct; ``WDB`` demonstrations of 106 words (most 115; asked for under 80): 8/8 cut, 1/8
-correct. The procedure's length does not cut the task model's answers; a written demonstration does: the task
+correct. (Measured before the probe showed the solved examples as ABO does, without the `choices` label the metric
+reads; the procedures were written from examples that showed it.) The procedure's length does not cut the task model's answers; a written demonstration does: the task
 model copies its shape (the ``WDB`` answers restate the question and all six options under "Step 1" before any
 reasoning) and runs out of its 256 tokens. So the length bound is not adopted.
 
@@ -37,7 +38,7 @@ from statistics import mean
 import dspy
 
 from dspy_icl_opt.lm import resolve_lm
-from dspy_icl_opt.optimizers.abo import PROCEDURE_EXAMPLES, STRICT_SENTENCE
+from dspy_icl_opt.optimizers.abo import PROCEDURE_EXAMPLES, arm_instruction, task_description
 from dspy_icl_opt.optimizers.abo_prompts import (
     Demonstration,
     Procedure,
@@ -45,11 +46,12 @@ from dspy_icl_opt.optimizers.abo_prompts import (
     demonstration_signature,
     follows_every_step,
     format_fields,
+    render_solved_examples,
 )
 from dspy_icl_opt.programs import load_task, make_program
-from dspy_icl_opt.search.grounding import data_summary, format_sentence, output_spaces
+from dspy_icl_opt.search.grounding import format_sentence, output_spaces, shown_example
 from dspy_icl_opt.search.meta import MetaPromptAdapter
-from dspy_icl_opt.search.surgery import apply_state, describe_signature, demo_to_dict, read_state
+from dspy_icl_opt.search.surgery import apply_state, demo_to_dict, read_state
 
 TASK_MAX_TOKENS = 256
 
@@ -62,12 +64,6 @@ BRIEF_WORK = ("Solve the example by carrying out the procedure exactly, in order
               "words), starting with the step's label ('Step 1:', 'Step 2.1:' ...) and giving its intermediate result. "
               "Keep the whole work under 80 words. The work must arrive at the given correct outputs.")
 BRIEF_WORK_DESC = "the step-by-step work, one short labelled line per step"
-
-
-def _shown(examples: list[dspy.Example]) -> str:
-    """The solved examples as ABO's ``_write_procedure`` shows them."""
-    return "\n\n".join(f"Example {i}:\n{format_fields(demo_to_dict(ex.inputs()))}\n"
-                       f"{format_fields(demo_to_dict(ex.labels()))}" for i, ex in enumerate(examples, start=1))
 
 
 def _demonstration(prompt_lm: dspy.BaseLM, signature: type[dspy.Signature], about: str, procedure: Procedure,
@@ -105,8 +101,8 @@ def main(argv: list[str]) -> int:
     program = make_program("qa", task)
     name, predictor = program.named_predictors()[0]
     state = read_state(program)
-    about = (f"{describe_signature(predictor)}\nCurrent instruction: {state[name].instruction}\n"
-             f"The data: {data_summary(predictor, task.train)}")
+    about = task_description(predictor, state[name].instruction, task.train)
+    outputs = set(predictor.signature.output_fields)
     fmt = format_sentence(output_spaces(predictor, task.train))
     prompt_lm = resolve_lm(lm_name, temperature=1.0, max_tokens=400, cache=False)
     task_lm = resolve_lm("embedded", temperature=0.0, max_tokens=TASK_MAX_TOKENS, cache=False)
@@ -120,7 +116,8 @@ def main(argv: list[str]) -> int:
         signature = bounded if variant.startswith("WB") else WriteProcedure
         steps, words, cut, correct, tokens, demo_words = [], [], 0, 0, [], []
         for t in range(tries):
-            shown = _shown(random.Random(5000 + t).sample(task.train, PROCEDURE_EXAMPLES))
+            shown = render_solved_examples([shown_example(ex, outputs) for ex in
+                                            random.Random(5000 + t).sample(task.train, PROCEDURE_EXAMPLES)])
             try:
                 with dspy.context(lm=prompt_lm, adapter=MetaPromptAdapter()):
                     answer = dspy.Predict(signature)(task=about, examples=shown,
@@ -135,6 +132,7 @@ def main(argv: list[str]) -> int:
                 continue
             text = procedure.render()
             pstate = state[name].with_reasoning_field("reasoning")
+            demo = None
             if "D" in variant:  # ABO's demonstration arm: a worked example the prompt model writes
                 writer = brief_demo_signature if variant.endswith("DB") else demo_signature
                 demo = _demonstration(prompt_lm, writer, about, procedure, task, final_fields, t)
@@ -143,9 +141,8 @@ def main(argv: list[str]) -> int:
                           flush=True)
                     continue
                 demo_words.append(len(demo.execution.split()))
-                pstate = pstate.with_instruction(f"{text}\n\n{fmt}").with_demos([demo.as_demo("reasoning")])
-            else:
-                pstate = pstate.with_instruction(f"{text}\n\n{STRICT_SENTENCE}\n\n{fmt}")
+                pstate = pstate.with_demos([demo.as_demo("reasoning")])
+            pstate = pstate.with_instruction(arm_instruction(procedure, demo, fmt=fmt, reasoning="reasoning"))
             steps.append(len(procedure))  # the procedures run (with a demonstration where one is asked for)
             words.append(len(text.split()))
             candidate = apply_state(program, state.replace(name, pstate))

@@ -14,7 +14,8 @@ search set planned from the budget (so all comparisons are paired):
    (with "Follow the steps strictly.", the paper's ablation) and with an instruction-following
    demonstration: one of the task model's own correct runs that carries out every step, or, when
    there is none, a worked example the prompt model writes (checked by the metric). Whether the
-   demonstration helps is decided by running the task model with it, on the same examples. The best
+   demonstration helps is decided by running the task model with it, on the same examples (an arm
+   whose first answers all become unreadable with it, when they were read without it, stops there). The best
    ``beam_size`` pairs, the program as given and a data-grounded format candidate compete;
 1. each round: up to ``errors_per_round`` errors of the current pair (wrong answers, and answers the
    adapter could not read, with what the model wrote) are shown to the prompt model, which names the
@@ -57,6 +58,7 @@ from dspy_icl_opt.search import (
     CandidateRecord,
     ICLOptimizer,
     Outcome,
+    PredictorState,
     ProgramState,
     SearchContext,
     describe_signature,
@@ -88,6 +90,12 @@ DEMO_EXAMPLE_TRIES = 3
 #: (0.5B writer, split 0), 4 of 5 demonstrations failed (1 passed), and their 32 prompt calls took the
 #: budget before round 2 could run.
 DEMO_GIVE_UP = 2
+#: A demonstration arm is first run on this many examples of the search set; when every answer is unreadable there
+#: while the procedure without it was read on them all, the demonstration is what breaks the answers and the arm is
+#: not scored further. Measured (examples/benchmarks/probe_abo_length.py): the 1.5B writer's demonstrations made the
+#: 0.5B task model restate the question and options and run out of tokens on 16 of 16 answers (0 of 16 without
+#: one), each such answer taking ~35 s; ABO's step 0 on date_understanding took 65 minutes.
+UNREADABLE_PROBE = 3
 #: The paper's ablation: this sentence instead of a demonstration (also used when no demo could be made).
 STRICT_SENTENCE = "Follow the steps strictly."
 #: The score label of the shared search set, on which every candidate is compared.
@@ -271,6 +279,7 @@ class ABO(ICLOptimizer):
     def _search(self, ctx: SearchContext) -> None:
         ctx.report.extra.setdefault("rounds", [])
         ctx.report.extra.setdefault("rejected_demonstrations", 0)
+        ctx.report.extra.setdefault("unreadable_demonstrations", 0)
         plan = ctx.plan
         examples = [ctx.trainset[i] for i in search_subset(len(ctx.trainset), plan.settings["search_examples"],
                                                             self.seed)]
@@ -404,14 +413,36 @@ class _PredictorRun:
         outcomes = self.ctx.scorer.evaluate(self.ctx.state_of(plain.record), self.examples, desc="procedure")
         self.ctx.record_outcomes(plain.record, outcomes, SEARCH)
         arms = [plain]
-        demo = self._demonstration(procedure, outcomes, key, preferred)
-        if demo is not None:
+        demo, written = self._demonstration(procedure, outcomes, key, preferred)
+        if demo is not None and self._breaks_answers(procedure, demo, outcomes, key):
+            if written:
+                self._demo_failed()
+        elif demo is not None:
+            if written:
+                self.failed_demos = 0
             shown = self._make_arm(procedure, demo, round_=round_, origin=origin, parent=parent,
                                    refined_step=refined_step)
-            self.ctx.score(shown.record, self.examples, SEARCH)
+            self.ctx.score(shown.record, self.examples, SEARCH)  # the probe's examples come from the cache
             arms.append(shown)
         self.arms += arms
         return arms
+
+    def _breaks_answers(self, procedure: Procedure, demo: Demonstration, plain: list[Outcome], key: str) -> bool:
+        """Whether the task model's answers with ``demo`` cannot be read on the search set's first examples while
+        those without it were: then the arm is not scored further (``report.extra["unreadable_demonstrations"]``).
+        A paired check on the same examples; only unreadable answers count, never wrong ones."""
+        n = min(UNREADABLE_PROBE, len(self.examples))
+        if n == 0 or any(outcome.unparsable or outcome.failed for outcome in plain[:n]):
+            return False
+        state = self.base.replace(self.name, self._arm_state(procedure, demo))
+        probe = self.ctx.scorer.evaluate(state, self.examples[:n], desc="demonstration")
+        if not all(outcome.unparsable for outcome in probe):
+            return False
+        self.ctx.report.extra["unreadable_demonstrations"] += 1
+        logger.info("ABO [{}]: with the demonstration on training example {}, none of the task model's first {} "
+                    "answers could be read (all were without it); the procedure runs without it ({})",
+                    self.name, demo.example_index, n, key)
+        return True
 
     def _write_procedure(self, k: int) -> Procedure | None:
         examples = [self.ctx.shown_example(ex) for ex in
@@ -432,12 +463,13 @@ class _PredictorRun:
         return 2 if self._demos_wanted() else 1
 
     def _demonstration(self, procedure: Procedure, outcomes: list[Outcome], key: str,
-                       preferred: int | None) -> Demonstration | None:
-        """One of the task model's own correct runs that labels every step, else one the prompt model writes."""
+                       preferred: int | None) -> tuple[Demonstration | None, bool]:
+        """One of the task model's own correct runs that labels every step, else one the prompt model writes;
+        and whether the prompt model wrote it."""
         if not self.opt.demonstration or not self.checkable:
-            return None
+            return None, False
         own = self._own_run(procedure, outcomes)
-        return own if own is not None else self._write_demo(procedure, key, preferred)
+        return (own, False) if own is not None else (self._write_demo(procedure, key, preferred), True)
 
     def _own_run(self, procedure: Procedure, outcomes: list[Outcome]) -> Demonstration | None:
         if self.reasoning is None:
@@ -464,16 +496,20 @@ class _PredictorRun:
         for j, index in enumerate(self._demo_pool(preferred)):
             demo = self._demo_attempt(procedure, index, f"{key}/demo{j}")
             if demo is not None:
-                self.failed_demos = 0
-                return demo
-        self.failed_demos += 1
+                return demo  # counted as a success once the task model's answers with it can be read
         logger.info("ABO [{}]: no demonstration passed the metric after {} example(s); going without one ({})",
                     self.name, DEMO_EXAMPLE_TRIES, key)
+        self._demo_failed()
+        return None
+
+    def _demo_failed(self) -> None:
+        """One more written demonstration in a row that could not be used; at ``DEMO_GIVE_UP`` the writer is not
+        asked again in this run."""
+        self.failed_demos += 1
         if self.failed_demos >= DEMO_GIVE_UP:
             self.ctx.report.extra.setdefault("demonstrations_given_up", []).append(self.name)
-            logger.info("ABO [{}]: {} demonstrations in a row could not be written; no more are asked for in this "
-                        "run", self.name, DEMO_GIVE_UP)
-        return None
+            logger.info("ABO [{}]: {} written demonstrations in a row could not be used; no more are asked for in "
+                        "this run", self.name, DEMO_GIVE_UP)
 
     def _demo_room(self) -> int | None:
         """Prompt calls left of the plan's allowance for writing demonstrations (``None``: no prompt cap)."""
@@ -638,16 +674,18 @@ class _PredictorRun:
     # --------------------------------------------------------------------------------- helpers
     def _make_arm(self, procedure: Procedure, demo: Demonstration | None, *, round_: int, origin: str,
                   parent: int | None, refined_step: int | None = None) -> _Arm:
-        pstate = self.base[self.name].with_instruction(self._instruction(procedure, demo))
-        pstate = pstate.with_demos([demo.as_demo(self.reasoning)] if demo else [])
+        pstate = self._arm_state(procedure, demo)
         meta = {"procedure": procedure.render(), "demonstration": demo.to_dict() if demo else None,
                 "refined_step": refined_step}
         record = self.ctx.add_candidate(self.base.replace(self.name, pstate), step=self.first_step + round_,
                                         origin=origin, predictor=self.name, parent=parent, meta=meta)
         return _Arm(record, procedure, demo)
 
-    def _instruction(self, procedure: Procedure, demo: Demonstration | None) -> str:
-        return arm_instruction(procedure, demo, fmt=self.format, reasoning=self.reasoning)
+    def _arm_state(self, procedure: Procedure, demo: Demonstration | None) -> PredictorState:
+        """This predictor running ``procedure``, with ``demo`` as its only demo when there is one."""
+        pstate = self.base[self.name].with_instruction(arm_instruction(procedure, demo, fmt=self.format,
+                                                                       reasoning=self.reasoning))
+        return pstate.with_demos([demo.as_demo(self.reasoning)] if demo else [])
 
     def _trace_entry(self, outcome: Outcome) -> dict[str, Any] | None:
         """The last call of this predictor in an outcome's trace (None if it was not called)."""

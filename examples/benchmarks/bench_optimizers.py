@@ -315,6 +315,8 @@ def _search_figures(report: Any) -> dict[str, Any]:
             "proposing": report.extra.get("proposing"),
             # ABO: prompt calls spent writing demonstrations (retries included)
             "demonstration_calls": report.extra.get("demonstration_calls"),
+            # ABO: demonstrations with which none of the task model's first answers could be read (not scored on)
+            "unreadable_demonstrations": report.extra.get("unreadable_demonstrations"),
             # InstructionDemoSearch: its trials (choice, value, full evaluation) and the repeats told for free
             "joint_trials": _joint_trials(report.extra.get("joint")),
             "task_parse_failures": getattr(report.counters, "task_parse_failures", 0),

@@ -10,13 +10,21 @@ from typing import Any
 import dspy
 import pytest
 
-from dspy_icl_opt.optimizers.abo import ABO, DEMO_EXAMPLE_TRIES, DEMO_GIVE_UP, MAX_IDLE_ROUNDS, STRICT_SENTENCE
+from dspy_icl_opt.optimizers.abo import (
+    ABO,
+    DEMO_EXAMPLE_TRIES,
+    DEMO_GIVE_UP,
+    MAX_IDLE_ROUNDS,
+    STRICT_SENTENCE,
+    UNREADABLE_PROBE,
+)
 from dspy_icl_opt.optimizers.abo_prompts import Procedure, follows_every_step, parse_sub_steps, step_number
 from dspy_icl_opt.testing import (
     format_chat_reply,
     last_user_text,
     never,
     parse_field_blocks,
+    parse_prompt,
     planted_rule_task,
     rule_in_demos,
     scripted_lm,
@@ -592,3 +600,63 @@ def test_starting_over_leaves_files_it_did_not_write(task, tmp_path):
     again.compile(task.program(), trainset=task.train, valset=task.val, resume=False)
     assert (tmp_path / "program" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "program" / "program.pkl").exists()
+
+
+# ------------------------------------------------------------------ demonstrations that break the answers
+def copies_the_demonstration(plain_readable: Callable[[dict], bool] = lambda inputs: True):
+    """A task model that, shown a demonstration, restates it and never reaches its output fields (the 0.5B model
+    with the 1.5B writer's demonstrations: every answer cut at the token cap); without one it answers in format
+    (wrongly) where ``plain_readable(inputs)``, else rambles too. Returns the LM and the questions asked with a demo."""
+    asked_with_demo: list[str] = []
+
+    def reply(request: Any) -> str:
+        view = parse_prompt(request)
+        if view.demos:
+            asked_with_demo.append(view.inputs.get("question", ""))
+            return "Step 1: The question is " + view.inputs.get("question", "") + " and the options are"
+        if not plain_readable(view.inputs):
+            return "I think it could be several things"
+        return format_chat_reply({name: "0" for name in view.output_fields})
+
+    return scripted_lm(reply, name="fake/task-model"), asked_with_demo
+
+
+def test_a_demonstration_that_makes_every_answer_unreadable_is_run_on_the_probe_examples_only(task):
+    task_lm, asked_with_demo = copies_the_demonstration()
+    script = ABOScript()
+    abo = make_abo(task, script, task_lm=task_lm, rounds=1)
+    program = abo.compile(cot(), trainset=task.train, valset=task.val)
+    report = abo.report_
+    assert program.predict.demos == [] and demos_in_report(report) == [], "no arm shows the demonstration"
+    # Step 0 and round 1 each wrote a demonstration (a success resets nothing: both count towards giving up)
+    assert report.extra["unreadable_demonstrations"] == 2 == len(script.asked("demo"))
+    assert report.extra["demonstrations_given_up"] == ["predict"]
+    search = [c for c in report.candidates if c.origin == "procedure"][0]
+    probe_questions = {ex.question for ex in task.train} & set(asked_with_demo)
+    assert len(probe_questions) == UNREADABLE_PROBE < len(task.train), "only the first examples were run"
+    assert set(asked_with_demo) == probe_questions and "search" in search.scores
+    assert all(e["demonstration"] is None for e in report.extra["rounds"])
+
+
+def test_a_writer_whose_demonstrations_break_the_answers_is_given_up_on():
+    big = planted_rule_task("vowels", train_size=40, val_size=40, seed=0)
+    task_lm, _ = copies_the_demonstration()
+    script = _FreshSubSteps()
+    abo = ABO(big.metric, task_model=task_lm, prompt_model=scripted_lm(script),
+              budget={"max_task_calls": 400, "max_prompt_calls": 40}, progress=False)
+    abo.compile(big.program(), trainset=big.train, valset=big.val)
+    report = abo.report_
+    assert len(script.asked("demo")) == DEMO_GIVE_UP == report.extra["unreadable_demonstrations"]
+    assert report.extra["demonstrations_given_up"] == ["self"]
+    refinements = {e["round"] for e in report.extra["rounds"] if e["round"] > 0 and e["candidate"] is not None}
+    assert len(refinements) >= 2 and report.spent["task"].calls <= 400 and report.spent["prompt"].calls <= 40
+
+
+def test_a_demonstration_is_scored_in_full_when_the_procedure_alone_was_unreadable_there_too(task):
+    first = {ex.question for ex in task.train[:4]}  # 4 of the 6: every 3 examples of the search set hold one
+    task_lm, asked_with_demo = copies_the_demonstration(plain_readable=lambda inputs: inputs["question"] not in first)
+    abo = make_abo(task, ABOScript(), task_lm=task_lm, rounds=0)
+    abo.compile(cot(), trainset=task.train, valset=task.val)
+    assert abo.report_.extra["unreadable_demonstrations"] == 0
+    assert {ex.question for ex in task.train} <= set(asked_with_demo), "no evidence against the demonstration"
+    assert len(demos_in_report(abo.report_)) == 1

@@ -134,7 +134,9 @@ class ABO(ICLOptimizer):
     work fills the predictor's reasoning output (ChainOfThought's ``reasoning``, or the one ABO adds to a
     plain Predict with ``add_reasoning``). With ``add_reasoning=False`` a plain Predict carries the worked
     example in its instruction instead. A demonstration written by the prompt model is used only if its
-    final outputs pass ``metric`` (up to three training examples are tried).
+    final outputs pass ``metric`` (up to three training examples are tried). A demonstration with which the
+    task model's first answers on the search set are all unreadable (when they were read without it) is
+    not scored further (``report.extra["unreadable_demonstrations"]``) and counts as one the writer failed.
 
     Multi-predictor programs are optimized one predictor at a time, in DSPy's order, with the others
     fixed at their best state so far. Errors are localised with the trace of the predictor being

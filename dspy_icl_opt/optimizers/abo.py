@@ -58,7 +58,6 @@ from dspy_icl_opt.search import (
     CandidateRecord,
     ICLOptimizer,
     Outcome,
-    PredictorState,
     ProgramState,
     SearchContext,
     describe_signature,
@@ -434,10 +433,9 @@ class _PredictorRun:
         those without it were: then the arm is not scored further (``report.extra["unreadable_demonstrations"]``).
         A paired check on the same examples; only unreadable answers count, never wrong ones."""
         n = min(UNREADABLE_PROBE, len(self.examples))
-        if n == 0 or any(outcome.unparsable or outcome.failed for outcome in plain[:n]):
+        if n == 0 or any(outcome.failed for outcome in plain[:n]):  # (an unreadable answer is a failed one)
             return False
-        state = self.base.replace(self.name, self._arm_state(procedure, demo))
-        probe = self.ctx.scorer.evaluate(state, self.examples[:n], desc="demonstration")
+        probe = self.ctx.scorer.evaluate(self._arm_state(procedure, demo), self.examples[:n], desc="demonstration")
         if not all(outcome.unparsable for outcome in probe):
             return False
         self.ctx.report.extra["unreadable_demonstrations"] += 1
@@ -676,18 +674,18 @@ class _PredictorRun:
     # --------------------------------------------------------------------------------- helpers
     def _make_arm(self, procedure: Procedure, demo: Demonstration | None, *, round_: int, origin: str,
                   parent: int | None, refined_step: int | None = None) -> _Arm:
-        pstate = self._arm_state(procedure, demo)
         meta = {"procedure": procedure.render(), "demonstration": demo.to_dict() if demo else None,
                 "refined_step": refined_step}
-        record = self.ctx.add_candidate(self.base.replace(self.name, pstate), step=self.first_step + round_,
+        record = self.ctx.add_candidate(self._arm_state(procedure, demo), step=self.first_step + round_,
                                         origin=origin, predictor=self.name, parent=parent, meta=meta)
         return _Arm(record, procedure, demo)
 
-    def _arm_state(self, procedure: Procedure, demo: Demonstration | None) -> PredictorState:
-        """This predictor running ``procedure``, with ``demo`` as its only demo when there is one."""
+    def _arm_state(self, procedure: Procedure, demo: Demonstration | None) -> ProgramState:
+        """The program with this predictor running ``procedure``, ``demo`` its only demo when there is one (the
+        demonstration check and the arm's record build it here alike, so they share the scorer's cache)."""
         pstate = self.base[self.name].with_instruction(arm_instruction(procedure, demo, fmt=self.format,
                                                                        reasoning=self.reasoning))
-        return pstate.with_demos([demo.as_demo(self.reasoning)] if demo else [])
+        return self.base.replace(self.name, pstate.with_demos([demo.as_demo(self.reasoning)] if demo else []))
 
     def _trace_entry(self, outcome: Outcome) -> dict[str, Any] | None:
         """The last call of this predictor in an outcome's trace (None if it was not called)."""

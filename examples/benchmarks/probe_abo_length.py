@@ -21,7 +21,8 @@ Measured with the 1.5B proposer (4 training examples per procedure; answers cut 
 correct. (Measured before the probe showed the solved examples as ABO does, without the `choices` label the metric
 reads; the procedures were written from examples that showed it.) The procedure's length does not cut the task model's answers; a written demonstration does: the task
 model copies its shape (the ``WDB`` answers restate the question and all six options under "Step 1" before any
-reasoning) and runs out of its 256 tokens. So the length bound is not adopted.
+reasoning) and runs out of its 256 tokens. So the length bound is not adopted; ABO instead stops a demonstration
+arm whose first 3 answers cannot be read while the procedure's alone were (``UNREADABLE_PROBE``, 9d76c65).
 
 Run (one model process; it loads the task model beside the prompt model):
     python examples/benchmarks/probe_abo_length.py 4 4 W,WB embedded-1.5b
